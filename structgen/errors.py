@@ -1,0 +1,116 @@
+"""Every error structgen raises, in one hierarchy a caller can catch by meaning.
+
+    StructgenError
+    ├── SchemaError        bad or unsupported output spec (carries a JSON pointer)
+    ├── ConfigError        bad config.toml / environment
+    ├── BackendError       a backend failed: unreachable, timeout, protocol
+    │   ├── BackendUnavailable
+    │   ├── BackendTimeout
+    │   └── BackendProtocolError
+    └── ValidationFailed   output could not be made valid (raw text + errors + attempts)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StructgenError(Exception):
+    """Base class of every error structgen raises on purpose."""
+
+
+class SchemaError(StructgenError):
+    """The output spec is malformed or uses something structgen cannot honour.
+
+    ``pointer`` is the JSON pointer (RFC 6901) of the offending part of the schema,
+    ``""`` for the whole document.
+    """
+
+    def __init__(self, message: str, pointer: str = "") -> None:
+        self.pointer = pointer
+        self.reason = message
+        where = pointer or "/"
+        super().__init__(f"{message} (at {where})")
+
+
+class ConfigError(StructgenError):
+    """config.toml or a STRUCTGEN_* environment variable is invalid."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+class BackendError(StructgenError):
+    """A backend could not produce an answer."""
+
+    def __init__(self, message: str, backend: str = "", *, retryable: bool = False) -> None:
+        self.backend = backend
+        self.retryable = retryable
+        super().__init__(f"[{backend}] {message}" if backend else message)
+
+
+class BackendUnavailable(BackendError):
+    """Connection refused, DNS failure, no model installed, circuit open."""
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within the deadline."""
+
+
+class BackendProtocolError(BackendError):
+    """The backend answered, but not in the shape its wire format promises."""
+
+
+@dataclass
+class ErrorDetail:
+    """One validation error: where (JSON pointer into the instance) and what."""
+
+    pointer: str
+    message: str
+    keyword: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.pointer or '/'}: {self.message}"
+
+
+@dataclass
+class Attempt:
+    """One try at producing a valid object (a generation, a repair, a re-ask)."""
+
+    stage: str
+    text: str
+    errors: list[ErrorDetail] = field(default_factory=list)
+    backend: str | None = None
+
+
+class ValidationFailed(StructgenError):
+    """No valid object could be produced.
+
+    Carries the last raw text, the validator's errors for it, and every attempt made.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        raw_text: str,
+        errors: list[ErrorDetail],
+        attempts: list[Attempt] | None = None,
+    ) -> None:
+        self.raw_text = raw_text
+        self.errors = errors
+        self.attempts = attempts or []
+        detail = "; ".join(str(e) for e in errors[:5])
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "raw_text": self.raw_text,
+            "errors": [e.__dict__ for e in self.errors],
+            "attempts": [
+                {"stage": a.stage, "text": a.text, "backend": a.backend,
+                 "errors": [e.__dict__ for e in a.errors]}
+                for a in self.attempts
+            ],
+        }

@@ -1,0 +1,207 @@
+"""Reject bad schemas up front, with the JSON pointer of the offending part.
+
+Checks, in order: the document is a JSON object; it is a valid Draft 2020-12 schema
+(metaschema); every ``$ref`` resolves locally; no subschema contradicts itself
+(``minimum > maximum``, ``allOf`` of disjoint types, ``required`` names a property that
+``additionalProperties: false`` forbids, ...); every ``format`` is one structgen checks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError as JsonSchemaError
+
+from structgen.errors import SchemaError
+
+# Formats the validator asserts (jsonschema's checker with the [format] extra installed).
+ASSERTED_FORMATS = frozenset(Draft202012Validator.FORMAT_CHECKER.checkers)
+# Formats that are well-known annotations (OpenAPI and common practice): accepted, not asserted.
+ANNOTATION_FORMATS = frozenset({
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float",
+    "double", "byte", "binary", "password", "decimal", "text", "textarea", "markdown",
+    "html", "color", "phone", "tel", "data-url", "date-time-local", "utc-millisec",
+    "style", "file", "path", "url", "timestamp", "unix-time", "currency", "hostname-idn",
+})
+KNOWN_FORMATS = ASSERTED_FORMATS | ANNOTATION_FORMATS
+
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SUBSCHEMA_SINGLE = (
+    "items", "additionalProperties", "not", "if", "then", "else", "contains",
+    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
+)
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def walk(schema: Any, pointer: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (pointer, subschema) for every object subschema, the root included."""
+    if not isinstance(schema, dict):
+        return
+    yield pointer, schema
+    for key in _SUBSCHEMA_MAPS:
+        sub = schema.get(key)
+        if isinstance(sub, dict):
+            for name, s in sub.items():
+                yield from walk(s, f"{pointer}/{key}/{_escape(name)}")
+    for key in _SUBSCHEMA_LISTS:
+        sub = schema.get(key)
+        if isinstance(sub, list):
+            for i, s in enumerate(sub):
+                yield from walk(s, f"{pointer}/{key}/{i}")
+    for key in _SUBSCHEMA_SINGLE:
+        sub = schema.get(key)
+        if isinstance(sub, dict):
+            yield from walk(sub, f"{pointer}/{key}")
+        elif key == "items" and isinstance(sub, list):  # draft-04 style tuple items
+            for i, s in enumerate(sub):
+                yield from walk(s, f"{pointer}/{key}/{i}")
+
+
+def resolve_pointer(root: Any, ref: str) -> Any:
+    """Resolve a local ``#/a/b`` reference; raise KeyError when it does not exist."""
+    from urllib.parse import unquote
+
+    if ref in ("#", ""):
+        return root
+    if not ref.startswith("#/"):
+        raise KeyError(ref)
+    node = root
+    for raw in ref[2:].split("/"):
+        token = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list):
+            node = node[int(token)]
+        elif isinstance(node, dict):
+            node = node[token]
+        else:
+            raise KeyError(ref)
+    return node
+
+
+def _anchors(schema: dict[str, Any]) -> set[str]:
+    names = set()
+    for _, sub in walk(schema):
+        for key in ("$anchor", "$dynamicAnchor"):
+            if isinstance(sub.get(key), str):
+                names.add("#" + sub[key])
+        if isinstance(sub.get("$id"), str):
+            names.add(sub["$id"])
+    return names
+
+
+def _types(sub: dict[str, Any]) -> set[str] | None:
+    t = sub.get("type")
+    if isinstance(t, str):
+        types = {t}
+    elif isinstance(t, list):
+        types = set(t)
+    else:
+        return None
+    if "number" in types:
+        types.add("integer")
+    return types
+
+
+def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
+    for lo, hi in (("minimum", "maximum"), ("minLength", "maxLength"),
+                   ("minItems", "maxItems"), ("minProperties", "maxProperties"),
+                   ("minContains", "maxContains")):
+        a, b = sub.get(lo), sub.get(hi)
+        if isinstance(a, int | float) and isinstance(b, int | float) and a > b:
+            raise SchemaError(f"{lo} ({a}) is greater than {hi} ({b}): no value can match",
+                              f"{pointer}/{lo}")
+    a, b = sub.get("exclusiveMinimum"), sub.get("exclusiveMaximum")
+    if isinstance(a, int | float) and isinstance(b, int | float) and a >= b:
+        raise SchemaError("exclusiveMinimum is not below exclusiveMaximum", pointer)
+    for key in ("minimum", "maximum", "multipleOf"):
+        v = sub.get(key)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise SchemaError(f"{key} must be finite", f"{pointer}/{key}")
+    if sub.get("type") == "integer" and isinstance(sub.get("multipleOf"), int | float):
+        pass
+    all_of = sub.get("allOf")
+    if isinstance(all_of, list):
+        common = _types(sub)
+        for part in all_of:
+            t = _types(part) if isinstance(part, dict) else None
+            if t is None:
+                continue
+            common = t if common is None else common & t
+            if not common:
+                raise SchemaError("allOf combines schemas of disjoint types", f"{pointer}/allOf")
+    types = _types(sub)
+    for key in ("enum",):
+        values = sub.get(key)
+        if types is not None and isinstance(values, list) and values:
+            if not any(_json_type(v) in types for v in values):
+                raise SchemaError(f"no {key} value has the declared type {sub['type']}",
+                                  f"{pointer}/{key}")
+    if "const" in sub and types is not None and _json_type(sub["const"]) not in types:
+        raise SchemaError(f"const does not have the declared type {sub['type']}",
+                          f"{pointer}/const")
+    if sub.get("additionalProperties") is False and isinstance(sub.get("required"), list):
+        props = sub.get("properties") or {}
+        patterns = sub.get("patternProperties") or {}
+        for name in sub["required"]:
+            if name not in props and not patterns:
+                raise SchemaError(
+                    f"required property {name!r} is forbidden by additionalProperties: false",
+                    f"{pointer}/required")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "integer" if value.is_integer() else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def check_schema(schema: Any, *, unknown_formats: str = "error") -> None:
+    """Raise :class:`SchemaError` (with a JSON pointer) if ``schema`` cannot be honoured.
+
+    ``unknown_formats="ignore"`` treats an unrecognised ``format`` as an annotation
+    (the conformance runner uses this: Draft 2020-12 allows it).
+    """
+    if isinstance(schema, bool):
+        return
+    if not isinstance(schema, dict):
+        raise SchemaError(f"a JSON Schema must be an object or boolean, got {type(schema).__name__}")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except JsonSchemaError as exc:
+        pointer = "".join(f"/{_escape(str(p))}" for p in exc.path)
+        raise SchemaError(f"not a valid Draft 2020-12 schema: {exc.message}", pointer) from None
+    anchors = _anchors(schema)
+    for pointer, sub in walk(schema):
+        ref = sub.get("$ref")
+        if isinstance(ref, str):
+            if ref.startswith("#/") or ref == "#":
+                try:
+                    resolve_pointer(schema, ref)
+                except (KeyError, IndexError, ValueError, TypeError):
+                    raise SchemaError(f"unresolvable $ref {ref!r}", f"{pointer}/$ref") from None
+            elif ref not in anchors:
+                raise SchemaError(
+                    f"unresolvable $ref {ref!r}: only local references are supported",
+                    f"{pointer}/$ref")
+        _check_contradictions(pointer, sub)
+        fmt = sub.get("format")
+        if isinstance(fmt, str) and fmt not in KNOWN_FORMATS and unknown_formats == "error":
+            raise SchemaError(
+                f"unknown format {fmt!r}: structgen cannot assert it (known: "
+                f"{', '.join(sorted(ASSERTED_FORMATS)[:12])}, ...)", f"{pointer}/format")

@@ -1,0 +1,103 @@
+"""Target forms of a compiled output: Lark (llguidance), EBNF/GBNF (XGrammar, SGLang,
+vLLM ``grammar``, llama.cpp), and regex. Uses the libraries' own converters."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING
+
+from structgen.errors import SchemaError
+
+if TYPE_CHECKING:
+    from structgen.schema.compiled import CompiledOutput
+
+
+def _lark_string(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)
+
+
+def to_lark(c: CompiledOutput) -> str:
+    """Lark grammar in llguidance's dialect (``%json`` embeds a JSON Schema)."""
+    if c.kind == "json":
+        body = f"start: %json {json.dumps(c.json_schema, ensure_ascii=False)}\n"
+    elif c.kind == "regex":
+        body = f"start: {_lark_regex(c.pattern or '')}\n"
+    elif c.kind == "choice":
+        body = "start: " + " | ".join(_lark_string(x) for x in c.choices or ()) + "\n"
+    else:
+        body = c.grammar or ""
+    _validate_lark(body)
+    return body
+
+
+def _lark_regex(pattern: str) -> str:
+    return "/" + pattern.replace("/", "\\/") + "/"
+
+
+def _validate_lark(text: str) -> None:
+    import llguidance
+
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+        llguidance.grammar_from("lark", text))
+    if is_error:
+        raise SchemaError("grammar does not compile: " + "; ".join(messages).strip())
+
+
+def to_ebnf(c: CompiledOutput) -> str:
+    """GBNF-style EBNF as produced by XGrammar (``root ::= ...``)."""
+    import xgrammar as xgr
+
+    try:
+        if c.kind == "json":
+            g = xgr.Grammar.from_json_schema(json.dumps(c.json_schema), any_whitespace=False)
+        elif c.kind == "regex":
+            g = xgr.Grammar.from_regex(c.pattern or "")
+        elif c.kind == "choice":
+            return "root ::= " + " | ".join(json.dumps(x) for x in c.choices or ()) + "\n"
+        elif c.grammar_syntax == "ebnf":
+            g = xgr.Grammar.from_ebnf(c.grammar_source or "")
+        else:
+            raise SchemaError("a Lark grammar has no EBNF form here; pass the grammar as EBNF")
+    except SchemaError:
+        raise
+    except Exception as exc:  # xgrammar raises RuntimeError/ValueError with its message
+        raise SchemaError(f"XGrammar cannot convert this {c.kind} output: {exc}") from None
+    return str(g)
+
+
+def to_regex(c: CompiledOutput) -> str:
+    """A regex for the output (JSON via outlines-core; recursive schemas have none)."""
+    if c.kind == "regex":
+        return c.pattern or ""
+    if c.kind == "choice":
+        return "(" + "|".join(re.escape(x) for x in c.choices or ()) + ")"
+    if c.kind == "json":
+        from outlines_core.json_schema import build_regex_from_schema
+
+        try:
+            return build_regex_from_schema(json.dumps(c.json_schema))  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise SchemaError(f"this schema has no regular-expression form: {exc}") from None
+    raise SchemaError("a context-free grammar has no regular-expression form")
+
+
+def grammar_to_lark(text: str, syntax: str = "auto") -> tuple[str, str]:
+    """(Lark text, detected syntax) for a Lark or EBNF/GBNF grammar; validates it."""
+    from llguidance.gbnf_to_lark import gbnf_to_lark, is_lark_syntax
+
+    if not isinstance(text, str) or not text.strip():
+        raise SchemaError("Grammar text must be a non-empty string")
+    if syntax == "auto":
+        syntax = "lark" if is_lark_syntax(text) else "ebnf"
+    if syntax == "lark":
+        lark = text
+    elif syntax == "ebnf":
+        try:
+            lark = gbnf_to_lark(text)
+        except Exception as exc:
+            raise SchemaError(f"cannot parse EBNF grammar: {exc}") from None
+    else:
+        raise SchemaError(f"unknown grammar syntax {syntax!r} (use 'lark' or 'ebnf')")
+    _validate_lark(lark)
+    return lark, syntax

@@ -1,0 +1,94 @@
+"""Data that crosses boundaries: output specs, chat messages, sampling parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+OutputKind = Literal["json", "regex", "choice", "grammar"]
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Regex:
+    """Constrain the output to a regular expression (Python/Rust `regex` syntax)."""
+
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Constrain the output to exactly one of the given strings."""
+
+    choices: tuple[str, ...]
+
+    def __init__(self, choices: Sequence[str]) -> None:
+        object.__setattr__(self, "choices", tuple(choices))
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """Constrain the output to a context-free grammar.
+
+    ``syntax`` is ``"lark"`` (llguidance's Lark dialect) or ``"ebnf"`` (GBNF / W3C EBNF as
+    used by llama.cpp, SGLang and XGrammar). ``"auto"`` guesses from the text.
+    """
+
+    text: str
+    syntax: Literal["lark", "ebnf", "auto"] = "auto"
+
+
+@dataclass(frozen=True)
+class JsonSchema:
+    """A raw JSON Schema given as a dict (``generate_structured`` also takes the dict as is)."""
+
+    schema: dict[str, Any]
+    name: str = "output"
+
+
+@dataclass
+class Sampling:
+    """Backend-independent sampling parameters (also part of the cache key)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "max_tokens": self.max_tokens,
+            "stop": list(self.stop),
+        }
+
+
+SAMPLING_KEYS = frozenset({"temperature", "top_p", "seed", "max_tokens", "stop"})
+
+
+def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[Message]:
+    """Turn a prompt string or a list of chat messages into a validated message list."""
+    from structgen.errors import StructgenError
+
+    if isinstance(prompt_or_messages, str):
+        return [{"role": "user", "content": prompt_or_messages}]
+    if not isinstance(prompt_or_messages, Sequence) or not prompt_or_messages:
+        raise StructgenError("prompt_or_messages must be a non-empty str or list of messages")
+    out: list[Message] = []
+    for i, m in enumerate(prompt_or_messages):
+        role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
+        content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
+        if role not in {"system", "user", "assistant", "tool"} or not isinstance(content, str):
+            raise StructgenError(
+                f"message {i} must have role in system/user/assistant/tool and str content"
+            )
+        out.append({"role": role, "content": content})
+    return out
