@@ -1,25 +1,248 @@
-"""Result cache (first version: diskcache, JSON values; hardened in the cache issue)."""
+"""Result cache: validated answers keyed by everything that changes the answer.
+
+The key is the SHA-256 of a canonical encoding of the messages, the compiled schema's
+canonical hash, the model id, the backend-independent sampling parameters, the output kind,
+the reasoning flag and :data:`CACHE_FORMAT_VERSION`. Dict order and whitespace of a schema
+do not change it (the schema hash is canonical).
+
+Entries are text, never pickles (a cache directory or a shared Redis must not be a
+code-execution vector)::
+
+    <sha256 of body, 64 hex chars><body: one JSON object>
+
+The checksum catches truncated or corrupted entries; such an entry is dropped and the
+request recomputed. On a hit the cached data is validated again against the requested
+output, so a bad entry or a changed model class never yields an invalid object.
+
+Stores: ``diskcache`` in ``[cache] dir`` (default ``~/.cache/structgen/results``, safe with
+several processes) or Redis (``[cache] backend = "redis"``, ``url``) for a fleet of workers.
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import hashlib
 import json
+import logging
+import threading
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from structgen.schema.canonical import canonical_json, sha256_hex
-from structgen.validate import dump_value, validate_data, validate_text
+from structgen.errors import ConfigError, StructgenError
+from structgen.schema.canonical import canonical_json
+from structgen.validate import dump_value, validate_text
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
-    from structgen.config import CacheConfig
+    from structgen.config import CacheConfig, Config
     from structgen.engine import StructuredResult
     from structgen.schema import CompiledOutput
 
-CACHE_FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 2
+DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
+ENTRY_PREFIX = "r:"  # result entries; everything else in a store is bookkeeping
+STATS_PREFIX = "stats:"
+_FLUSH_EVERY = 64  # counter updates buffered before they are written to the store
+_FLUSH_INTERVAL_S = 5.0
 
 
+class CacheError(StructgenError):
+    """The cache store cannot be used (unreachable Redis, unreadable directory, bad file)."""
+
+
+# Stores ----------------------------------------------------------------------------------
+class Store(Protocol):
+    """Key → text storage. Values are str; a store never unpickles anything."""
+
+    def get(self, key: str) -> str | None: ...
+    def set(self, key: str, value: str, ttl_s: float | None) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def iter_keys(self) -> Iterator[str]: ...
+    def size_bytes(self) -> int: ...
+    def incr(self, key: str, delta: int) -> None: ...
+    def counter(self, key: str) -> int: ...
+    def clear(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def _safe_disk_class() -> type:
+    """A diskcache ``Disk`` that refuses to pickle or unpickle.
+
+    diskcache pickles any value that is not str/bytes/int/float and unpickles rows whose
+    mode says "pickle". A tampered cache.db could set that mode, so reads of such rows
+    fail here instead of running ``pickle.loads``.
+    """
+    import diskcache
+
+    class SafeDisk(diskcache.Disk):  # type: ignore[misc]
+        def put(self, key: Any) -> Any:
+            if not isinstance(key, str):
+                raise TypeError("structgen cache keys are str")
+            return super().put(key)
+
+        def get(self, key: Any, raw: bool) -> Any:
+            if not raw:
+                raise _UnsafeRow("refusing to unpickle a cache key")
+            return super().get(key, raw)
+
+        def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+            if read or not isinstance(value, str | int):
+                raise TypeError("structgen cache values are str (or int counters)")
+            return super().store(value, read, key=key)
+
+        def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+            if mode == diskcache.core.MODE_PICKLE:
+                raise _UnsafeRow("refusing to unpickle a cache value")
+            return super().fetch(mode, filename, value, read)
+
+    return SafeDisk
+
+
+class _UnsafeRow(Exception):
+    """A diskcache row asks to be unpickled (only a tampered database does)."""
+
+
+class DiskStore:
+    """diskcache (SQLite + files): process-safe, used by default."""
+
+    def __init__(self, directory: Path) -> None:
+        import diskcache
+
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            # WAL + one SQLite connection per process/thread: several writers are safe.
+            self._cache = diskcache.Cache(str(directory), disk=_safe_disk_class(),
+                                          timeout=60, eviction_policy="least-recently-stored")
+        except Exception as exc:  # sqlite3.Error, PermissionError, ...
+            raise CacheError(f"cannot open cache directory {directory}: {exc}") from None
+        self.directory = directory
+
+    def get(self, key: str) -> str | None:
+        try:
+            value = self._cache.get(key)
+        except (_UnsafeRow, UnicodeDecodeError, OSError) as exc:
+            log.warning("dropping unreadable cache row %s: %s", key[:20], exc)
+            self.delete(key)
+            return None
+        if value is None or isinstance(value, str):
+            return value
+        self.delete(key)  # an int or bytes where an entry should be: not ours
+        return None
+
+    def set(self, key: str, value: str, ttl_s: float | None) -> None:
+        self._cache.set(key, value, expire=ttl_s)
+
+    def delete(self, key: str) -> None:
+        self._cache.delete(key)
+
+    def iter_keys(self) -> Iterator[str]:
+        yield from self._cache.iterkeys()
+
+    def size_bytes(self) -> int:
+        return int(self._cache.volume())
+
+    def incr(self, key: str, delta: int) -> None:
+        self._cache.incr(key, delta, default=0)
+
+    def counter(self, key: str) -> int:
+        value = self._cache.get(key, default=0)
+        return value if isinstance(value, int) else 0
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+class RedisStore:
+    """Redis: one cache shared by a fleet of workers. Keys live under ``structgen:``."""
+
+    prefix = "structgen:"
+
+    def __init__(self, url: str) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise ConfigError("needs the redis client: pip install 'structgen[redis]'",
+                              "cache.backend") from None
+        try:
+            self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+            self._r.ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise CacheError(f"cannot reach Redis at {url}: {exc}") from None
+        self.url = url
+
+    def get(self, key: str) -> str | None:
+        raw = self._r.get(self.prefix + key)
+        if raw is None:
+            return None
+        try:
+            return raw.decode("utf-8")  # type: ignore[no-any-return,union-attr]
+        except UnicodeDecodeError:
+            self.delete(key)
+            return None
+
+    def set(self, key: str, value: str, ttl_s: float | None) -> None:
+        px = max(1, int(ttl_s * 1000)) if ttl_s else None
+        self._r.set(self.prefix + key, value.encode("utf-8"), px=px)
+
+    def delete(self, key: str) -> None:
+        self._r.delete(self.prefix + key)
+
+    def iter_keys(self) -> Iterator[str]:
+        n = len(self.prefix)
+        for k in self._r.scan_iter(match=self.prefix + "*", count=500):
+            yield k.decode("utf-8", "replace")[n:]
+
+    def size_bytes(self) -> int:
+        total = 0
+        batch: list[str] = []
+        for key in self.iter_keys():
+            batch.append(key)
+            if len(batch) == 500:
+                total += self._strlen(batch)
+                batch = []
+        return total + self._strlen(batch)
+
+    def _strlen(self, keys: list[str]) -> int:
+        pipe = self._r.pipeline(transaction=False)
+        for k in keys:
+            pipe.strlen(self.prefix + k)
+        return sum(int(x) for x in pipe.execute())
+
+    def incr(self, key: str, delta: int) -> None:
+        self._r.incrby(self.prefix + key, delta)
+
+    def counter(self, key: str) -> int:
+        raw = self._r.get(self.prefix + key)
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:
+            return 0
+
+    def clear(self) -> None:
+        keys = [self.prefix + k for k in self.iter_keys()]
+        for i in range(0, len(keys), 500):
+            self._r.delete(*keys[i:i + 500])
+
+    def close(self) -> None:
+        self._r.close()
+
+
+# The cache -------------------------------------------------------------------------------
 class NullCache:
+    """``[cache] backend = "none"``: nothing is cached."""
+
+    hits = 0
+    misses = 0
+
     def cacheable(self, request: GenerationRequest) -> bool:
         return False
 
@@ -29,6 +252,9 @@ class NullCache:
     def get(self, key: str, output: CompiledOutput) -> StructuredResult | None:
         return None
 
+    def contains(self, key: str) -> bool:
+        return False
+
     def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> None:
         return None
 
@@ -36,55 +262,320 @@ class NullCache:
         return None
 
 
-class ResultCache(NullCache):
-    def __init__(self, config: CacheConfig) -> None:
-        import diskcache
+class ResultCache:
+    """Validated results in a :class:`Store`, with hit/miss counters.
 
+    Store failures (Redis down, disk full) never fail a request: a failed read is a miss
+    and a failed write is skipped, both logged and counted in ``errors``.
+    """
+
+    def __init__(self, config: CacheConfig, store: Store, app_config: Config | None = None
+                 ) -> None:
         self.config = config
-        directory = Path(config.dir or Path.home() / ".cache" / "structgen" / "results")
-        self.store = diskcache.Cache(str(directory))
+        self.store = store
+        self.app_config = app_config
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+        self.dropped = 0  # corrupted, expired-but-present or no-longer-valid entries
+        self._pending = {"hits": 0, "misses": 0}
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._model_ids: dict[str | None, str] = {}
+        _open_caches.add(self)
 
+    # Key ------------------------------------------------------------------------------
     def cacheable(self, request: GenerationRequest) -> bool:
+        """Deterministic requests are cached; sampled ones only with a seed or opt-in."""
+        if request.output is None:
+            return False
         s = request.sampling
         return s.temperature == 0 or s.seed is not None or self.config.cache_sampled
 
     def key(self, request: GenerationRequest, backend: str | None = None) -> str:
-        assert request.output is not None
-        body = {"v": CACHE_FORMAT_VERSION, "messages": request.messages,
-                "schema": request.output.hash, "kind": request.output.kind,
-                "model": request.model, "sampling": request.sampling.to_dict()}
-        return sha256_hex(canonical_json(body))
+        """SHA-256 hex over everything that changes the answer (see module docstring)."""
+        if request.output is None:
+            raise StructgenError("only requests with an output constraint are cacheable")
+        s = request.sampling
+        body = (CACHE_FORMAT_VERSION, request.messages, request.output.hash,
+                request.output.kind, request.model or self.model_id(backend),
+                float(s.temperature), float(s.top_p), s.seed, s.max_tokens, list(s.stop),
+                bool(request.reasoning), request.whitespace)
+        return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
+    def model_id(self, backend: str | None) -> str:
+        """The model a request without ``model=`` gets from ``backend`` (or the router)."""
+        if backend in self._model_ids:
+            return self._model_ids[backend]
+        cfg = self.app_config
+        if cfg is None:
+            ident = f"{backend or 'auto'}:"
+        elif backend is not None:
+            ident = _configured_model(cfg, backend)
+        else:
+            # Routed requests: the answer comes from the first healthy backend of the chain,
+            # so the chain's models are the identity (a config change is a new key).
+            chain = _route_chain(cfg)
+            ident = "|".join(_configured_model(cfg, b) for b in chain)
+        self._model_ids[backend] = ident
+        return ident
+
+    # Read / write ---------------------------------------------------------------------
     def get(self, key: str, output: CompiledOutput) -> StructuredResult | None:
+        """The cached result for ``key``, validated against ``output``; None on a miss."""
         from structgen.engine import StructuredResult
 
-        raw = self.store.get(key)
-        if not isinstance(raw, str):
-            return None
-        try:
-            entry = json.loads(raw)
-        except json.JSONDecodeError:
-            self.store.delete(key)
-            return None
-        outcome = (validate_data(entry["data"], output) if output.kind == "json"
-                   else validate_text(entry["data"], output))
-        if not outcome.ok:
-            self.store.delete(key)
-            return None
-        return StructuredResult(value=outcome.value, raw_text=entry["text"],
-                                backend=entry["backend"], model=entry.get("model", ""),
-                                cached=True, cache_key=key)
+        entry = self._read(key)
+        if entry is not None:
+            value = _revalidate(entry, output)
+            if value is not _INVALID:
+                self._count("hits")
+                return StructuredResult(
+                    value=value, raw_text=entry["text"], backend=entry["backend"],
+                    model=entry["model"], cached=True, repaired=entry.get("repaired", False),
+                    cache_key=key)
+            self._drop(key, "cached value no longer validates")
+        self._count("misses")
+        return None
+
+    def contains(self, key: str) -> bool:
+        """Whether a well-formed, unexpired entry exists (does not count as hit or miss)."""
+        return self._read(key) is not None
 
     def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> None:
-        entry = {"data": dump_value(result.value), "text": result.raw_text,
-                 "backend": result.backend, "model": result.model, "created_at": time.time()}
-        self.store.set(key, json.dumps(entry), expire=self.config.ttl_s)
+        """Store ``result`` (its validated value, as JSON) under ``key``."""
+        body = json.dumps({
+            "v": CACHE_FORMAT_VERSION, "key": key, "created_at": time.time(),
+            "ttl_s": self.config.ttl_s, "backend": result.backend, "model": result.model,
+            "kind": request.output.kind if request.output else None,
+            "schema": request.output.hash if request.output else None,
+            "repaired": result.repaired, "data": dump_value(result.value),
+            "text": result.raw_text}, ensure_ascii=False, separators=(",", ":"))
+        self.put_raw(key, body)
+
+    def put_raw(self, key: str, body: str) -> None:
+        """Store an already-encoded entry body (used by ``cache import``)."""
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        try:
+            self.store.set(ENTRY_PREFIX + key, digest + body, self.config.ttl_s)
+        except Exception as exc:  # a cache write must never fail the request
+            self.errors += 1
+            log.warning("result cache write failed: %s", exc)
+
+    def _read(self, key: str) -> dict[str, Any] | None:
+        try:
+            raw = self.store.get(ENTRY_PREFIX + key)
+        except Exception as exc:  # an unreachable store is a miss
+            self.errors += 1
+            log.warning("result cache read failed: %s", exc)
+            return None
+        if raw is None:
+            return None
+        entry = decode_entry(raw)
+        if entry is None or entry.get("key") != key:
+            self._drop(key, "corrupted entry")
+            return None
+        ttl = entry.get("ttl_s")
+        if ttl is not None and entry["created_at"] + ttl < time.time():
+            self._drop(key, "expired entry")
+            return None
+        return entry
+
+    def _drop(self, key: str, why: str) -> None:
+        self.dropped += 1
+        log.warning("result cache: dropping %s (%s)", key[:16], why)
+        try:
+            self.store.delete(ENTRY_PREFIX + key)
+        except Exception:
+            self.errors += 1
+
+    # Counters -------------------------------------------------------------------------
+    def _count(self, name: str) -> None:
+        # Persisted counters are buffered: a store write per hit would cost more than the hit.
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+            self._pending[name] += 1
+            due = (sum(self._pending.values()) >= _FLUSH_EVERY
+                   or time.monotonic() - self._last_flush > _FLUSH_INTERVAL_S)
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered hit/miss counts to the store (shared with other processes)."""
+        with self._lock:
+            pending, self._pending = self._pending, {"hits": 0, "misses": 0}
+            self._last_flush = time.monotonic()
+        try:
+            for name, n in pending.items():
+                if n:
+                    self.store.incr(STATS_PREFIX + name, n)
+        except Exception as exc:
+            self.errors += 1
+            log.warning("result cache counter update failed: %s", exc)
+
+    # Maintenance (the `structgen cache` command) -------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """entries, bytes, hits, misses (persisted, all processes), plus where it lives."""
+        self.flush()
+        entries = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
+        where = (str(self.store.directory) if isinstance(self.store, DiskStore)
+                 else getattr(self.store, "url", ""))
+        return {"backend": self.config.backend, "location": where, "entries": entries,
+                "bytes": self.store.size_bytes(),
+                "hits": self.store.counter(STATS_PREFIX + "hits"),
+                "misses": self.store.counter(STATS_PREFIX + "misses")}
+
+    def clear(self) -> int:
+        """Delete every entry and the counters; returns how many entries there were."""
+        n = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
+        with self._lock:
+            self._pending = {"hits": 0, "misses": 0}
+        self.store.clear()
+        return n
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every valid, unexpired entry as a JSON-able dict (one JSONL line each)."""
+        for k in list(self.store.iter_keys()):
+            if k.startswith(ENTRY_PREFIX):
+                entry = self._read(k[len(ENTRY_PREFIX):])
+                if entry is not None:
+                    yield entry
+
+    def import_entry(self, entry: Any) -> bool:
+        """Store one exported entry; False (and nothing stored) when it is malformed."""
+        if not _well_formed(entry) or entry["v"] != CACHE_FORMAT_VERSION:
+            return False
+        ttl = entry.get("ttl_s")
+        if ttl is not None and entry["created_at"] + ttl < time.time():
+            return False
+        self.put_raw(entry["key"], json.dumps(entry, ensure_ascii=False,
+                                              separators=(",", ":")))
+        return True
 
     def close(self) -> None:
-        self.store.close()
+        if self._closed:
+            return
+        self._closed = True
+        self.flush()
+        _open_caches.discard(self)
+        with contextlib.suppress(Exception):
+            self.store.close()
 
 
-def open_result_cache(config: CacheConfig) -> Any:
+_INVALID = object()
+_REQUIRED = {"v": int, "key": str, "created_at": (int, float), "backend": str, "model": str,
+             "text": str}
+
+
+def _well_formed(entry: Any) -> bool:
+    return (isinstance(entry, dict) and "data" in entry
+            and all(isinstance(entry.get(k), t) for k, t in _REQUIRED.items())
+            and (entry.get("ttl_s") is None or isinstance(entry["ttl_s"], int | float)))
+
+
+def decode_entry(raw: str) -> dict[str, Any] | None:
+    """Check the checksum and parse an entry; None when it is corrupted in any way."""
+    if len(raw) < 66:
+        return None
+    digest, body = raw[:64], raw[64:]
+    if hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest() != digest:
+        return None
+    try:
+        entry = json.loads(body)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not _well_formed(entry) or entry["v"] != CACHE_FORMAT_VERSION:
+        return None
+    return entry  # type: ignore[no-any-return]
+
+
+def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
+    """The cached data as the caller's value type, or _INVALID when it no longer fits."""
+    data = entry["data"]
+    if output.kind != "json":
+        if not isinstance(data, str):
+            return _INVALID
+        outcome = validate_text(data, output)
+        return outcome.value if outcome.ok else _INVALID
+    validator = _validator(output)
+    if not validator.is_valid(data):
+        return _INVALID
+    if output.model is not None:
+        from pydantic import ValidationError
+
+        try:
+            return output.model.model_validate(data)
+        except ValidationError:
+            return _INVALID
+    return data
+
+
+_validators: dict[str, Any] = {}
+
+
+def _validator(output: CompiledOutput) -> Any:
+    # Keyed by the canonical schema hash (cached on the CompiledOutput), not by re-encoding
+    # the schema on every hit: the hit path must stay in the tens of microseconds.
+    v = _validators.get(output.hash)
+    if v is None:
+        from jsonschema import Draft202012Validator
+
+        v = Draft202012Validator(output.json_schema or {},
+                                 format_checker=Draft202012Validator.FORMAT_CHECKER)
+        if len(_validators) > 512:
+            _validators.clear()
+        _validators[output.hash] = v
+    return v
+
+
+def _configured_model(cfg: Config, backend: str) -> str:
+    if backend == "local":
+        return f"local:{cfg.local.model or DEFAULT_LOCAL_MODEL}"
+    section = getattr(cfg, backend, None)
+    if section is None:
+        return f"{backend}:"
+    return f"{backend}:{section.model or section.base_url or ''}"
+
+
+def _route_chain(cfg: Config) -> list[str]:
+    """The backends the router would try, in order (mirrors Router.order)."""
+    def configured(name: str) -> bool:
+        return name == "local" or bool(getattr(cfg, name).base_url)
+
+    provider = cfg.llm_backend.provider
+    if provider != "auto":
+        return [provider, *[b for b in cfg.llm_backend.fallback
+                            if b != provider and configured(b)]]
+    return [b for b in cfg.llm_backend.fallback if configured(b)] or ["local"]
+
+
+def open_store(config: CacheConfig) -> Store:
+    """The configured store (disk directory or Redis URL)."""
+    if config.backend == "redis":
+        return RedisStore(config.url)
+    directory = Path(config.dir).expanduser() if config.dir else (
+        Path.home() / ".cache" / "structgen" / "results")
+    return DiskStore(directory)
+
+
+def open_result_cache(config: CacheConfig, app_config: Config | None = None
+                      ) -> ResultCache | NullCache:
+    """The result cache ``[cache]`` asks for (``backend = "none"`` → :class:`NullCache`).
+
+    ``app_config`` (the whole config) lets keys name the configured model of a backend when
+    a request gives no ``model=``.
+    """
     if config.backend == "none":
         return NullCache()
-    return ResultCache(config)
+    return ResultCache(config, open_store(config), app_config)
+
+
+# Counters buffered in memory reach the store when the process exits normally.
+_open_caches: weakref.WeakSet[ResultCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for cache in list(_open_caches):
+        cache.flush()

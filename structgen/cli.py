@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,293 @@ def generate(
         typer.secho(f"backend={result.backend} model={result.model} cached={result.cached} "
                     f"repaired={result.repaired} latency={result.latency_s:.2f}s "
                     f"usage={result.usage}", fg="cyan", err=True)
+
+
+@app.command()
+def check(
+    path: Path = typer.Argument(..., help="a MaskBench .jsonl[.gz] / Test-Suite .json file, "
+                                          "or a folder of them"),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="worker processes"),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", help="time limit per schema"),
+    report: Path | None = typer.Option(None, "--report", help="write a markdown report"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON"),
+    limit: int | None = typer.Option(None, "--limit", help="only the first N schemas per file"),
+) -> None:
+    """Schema conformance: compile each schema, check its valid/invalid instances."""
+    import itertools
+    import shlex
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from structgen import conformance as cf
+
+    try:
+        files = cf.case_files(path)
+        cases = []
+        for file in files:
+            found = cf.iter_cases(file)
+            cases.extend(itertools.islice(found, limit) if limit else found)
+        todo = sum(1 for c in cases if c.tests)
+        with Progress("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
+            task = bar.add_task("checking schemas", total=todo)
+            failed = 0
+
+            def advance(res: cf.SchemaResult) -> None:
+                nonlocal failed
+                failed += res.status != "pass"
+                bar.update(task, advance=1, description=f"checking schemas ({failed} failing)")
+
+            results = cf.run_checks(cases, jobs=jobs, timeout_s=timeout_s, on_result=advance)
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    summary = cf.summarize(results)
+    command = "structgen check " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(cf.render_markdown(summary, results, machine=cf.machine_line(),
+                                             command=command), encoding="utf-8")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    t = summary["total"]
+    typer.echo(f"{t['passing']}/{t['schemas']} schemas passing ({t['pass_rate']:.1%}), "
+               f"{t['compile_errors']} compile errors, {t['timeouts']} timeouts, "
+               f"{t['too_strict']} too strict, {t['false_accepts']} false accepts")
+    if t["false_accepts"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="small sizes, for a smoke run"),
+) -> None:
+    """Run every benchmark in benchmarks/ and regenerate benchmarks/results/README.md."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
+    if not script.is_file():
+        _fail(StructgenError(f"{script} not found (bench runs from a source checkout)"))
+        return
+    raise typer.Exit(subprocess.call([sys.executable, str(script), *(["--quick"] if quick else [])]))
+
+
+# structgen cache / structgen warmup (the cache issue) ------------------------------------
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect and move the result cache.")
+app.add_typer(cache_app, name="cache")
+
+
+def _open_cache(config: Path | None) -> Any:
+    from structgen.cache import ResultCache, open_result_cache
+    from structgen.config import Config
+    from structgen.errors import ConfigError
+
+    cfg = Config.load(config)
+    cache = open_result_cache(cfg.cache, cfg)
+    if not isinstance(cache, ResultCache):
+        raise ConfigError('the result cache is off ([cache] backend = "none")', "cache.backend")
+    return cache
+
+
+@cache_app.command("stats")
+def cache_stats(
+    config: Path | None = typer.Option(None, "--config", "-c"),
+    as_json: bool = typer.Option(False, "--json", help="print entries, bytes, hits, misses"),
+) -> None:
+    """Entries, size, and hit/miss counts (all processes) of the result cache."""
+    try:
+        cache = _open_cache(config)
+        stats = cache.stats()
+        cache.close()
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(stats))
+        return
+    lookups = stats["hits"] + stats["misses"]
+    ratio = f" ({stats['hits'] / lookups:.0%} hits)" if lookups else ""
+    typer.echo(f"{stats['backend']} cache at {stats['location']}\n"
+               f"entries: {stats['entries']}  bytes: {stats['bytes']}\n"
+               f"hits: {stats['hits']}  misses: {stats['misses']}{ratio}")
+
+
+@cache_app.command("clear")
+def cache_clear(config: Path | None = typer.Option(None, "--config", "-c")) -> None:
+    """Delete every entry (and the hit/miss counters)."""
+    try:
+        cache = _open_cache(config)
+        n = cache.clear()
+        cache.close()
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"cleared {n} entries")
+
+
+@cache_app.command("export")
+def cache_export(
+    out: Path | None = typer.Argument(None, help="JSONL file (default: stdout)"),
+    config: Path | None = typer.Option(None, "--config", "-c"),
+) -> None:
+    """Write every valid entry as one JSON object per line."""
+    try:
+        cache = _open_cache(config)
+        stream = out.open("w", encoding="utf-8") if out is not None else sys.stdout
+        n = 0
+        for entry in cache.export():
+            stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            n += 1
+        if out is not None:
+            stream.close()
+        cache.close()
+    except OSError as exc:
+        _fail(StructgenError(f"cannot write {out}: {exc}"))
+        return
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    typer.secho(f"exported {n} entries", err=True)
+
+
+@cache_app.command("import")
+def cache_import(
+    src: Path = typer.Argument(..., help="JSONL file written by `structgen cache export`"),
+    config: Path | None = typer.Option(None, "--config", "-c"),
+) -> None:
+    """Load entries from an export; malformed lines are skipped and counted."""
+    try:
+        cache = _open_cache(config)
+        imported = skipped = 0
+        with src.open(encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    ok = cache.import_entry(json.loads(line))
+                except json.JSONDecodeError:
+                    ok = False
+                imported += ok
+                skipped += not ok
+        cache.close()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(StructgenError(f"cannot read {src}: {exc}"))
+        return
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"imported {imported} entries, skipped {skipped} malformed")
+    if skipped:
+        raise typer.Exit(1)
+
+
+@app.command()
+def warmup(
+    file: Path = typer.Argument(..., help="JSONL: one request per line"),
+    config: Path | None = typer.Option(None, "--config", "-c"),
+    concurrency: int = typer.Option(4, "--concurrency", "-j", min=1),
+    report: Path | None = typer.Option(None, "--report", "-r",
+                                       help="JSONL report (default: FILE.report.jsonl)"),
+    backend: str | None = typer.Option(None, "--backend", "-b", help="default backend"),
+    model: str | None = typer.Option(None, "--model", "-m", help="default model"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped)."""
+    import asyncio
+
+    from structgen.engine import Engine
+    from structgen.errors import ConfigError
+    from structgen.warmup import plan, read_items, run_warmup
+
+    try:
+        engine = Engine.from_config(config)
+        if engine.config.cache.backend == "none":
+            raise ConfigError('warmup needs a result cache ([cache] backend = "none")',
+                              "cache.backend")
+        items = read_items(file, engine, backend=backend, model=model)
+        if dry_run:
+            _print_plan(plan(engine, items))
+            engine.close()
+            return
+        report = report or file.with_name(file.stem + ".report.jsonl")
+        with _warmup_progress(len(items), progress) as on_progress:
+            summary = asyncio.run(run_warmup(engine, items, concurrency=concurrency,
+                                             report=report, progress=on_progress))
+        engine.close()
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    counts = summary.counts
+    typer.echo(f"{summary.total} requests in {summary.elapsed_s:.1f}s: "
+               + ", ".join(f"{counts.get(k, 0)} {k}" for k in
+                           ("done", "cached", "duplicate", "failed", "invalid"))
+               + f" ({summary.rate():.2f} generated/s); report: {summary.report}")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _print_plan(p: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"{p['total']} requests: {p['cached']} already cached, {p['to_run']} to run, "
+                  f"{p['duplicate']} duplicate, {p['invalid']} invalid")
+    if p["groups"]:
+        table = Table("backend", "model", "schema", "to run")
+        for g in p["groups"]:
+            table.add_row(g["backend"], g["model"], g["schema"], str(g["count"]))
+        console.print(table)
+    for e in p["errors"]:
+        console.print(f"[red]line {e['line']} ({e['id']}): {e['error_type']}: {e['error']}")
+
+
+class _warmup_progress:
+    """A rich progress bar (done, failed, cached, rate, ETA) as a context manager."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("warmup"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[green]{task.fields[done]} done[/] [cyan]{task.fields[cached]} cached"
+                       "[/] [red]{task.fields[failed]} failed[/]"),
+            TextColumn("{task.fields[rate]:.2f}/s"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=Console(stderr=True))
+        self.progress.__enter__()
+        self.task = self.progress.add_task("warmup", total=self.total, done=0, cached=0,
+                                           failed=0, rate=0.0)
+        started = time.perf_counter()
+
+        def update(counts: Any) -> None:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            self.progress.update(
+                self.task, completed=sum(counts.values()), done=counts.get("done", 0),
+                cached=counts.get("cached", 0) + counts.get("duplicate", 0),
+                failed=counts.get("failed", 0) + counts.get("invalid", 0),
+                rate=counts.get("done", 0) / elapsed)
+
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from structgen.backends.base import run_sync
 from structgen.config import Config
 from structgen.errors import StructgenError
 from structgen.schema import CompiledOutput, compile_output
-from structgen.types import SAMPLING_KEYS, Sampling, normalize_messages
+from structgen.types import SAMPLING_KEYS, Choice, Grammar, Regex, Sampling, normalize_messages
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Engine:
 
         self.config = config or Config.load()
         self._backends: dict[str, Backend] = dict(backends or {})
-        self.cache = open_result_cache(self.config.cache)
+        self.cache = open_result_cache(self.config.cache, self.config)
         self.metrics = Metrics(self.config.metrics)
         self.router = Router(self)
 
@@ -70,9 +71,9 @@ class Engine:
 
     # Building a request ------------------------------------------------------------
     def build_request(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
-                      model: str | None = None, reasoning: bool = False,
+                      model: str | None = None, reasoning: bool | None = None,
                       **sampling: Any) -> GenerationRequest:
-        compiled: CompiledOutput = compile_output(output)
+        compiled: CompiledOutput = _compile_memo(output)
         unknown = set(sampling) - SAMPLING_KEYS
         if unknown:
             raise StructgenError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}"
@@ -82,30 +83,44 @@ class Engine:
             raise StructgenError("temperature must be >= 0, top_p in (0, 1], max_tokens >= 1")
         return GenerationRequest(
             messages=normalize_messages(prompt_or_messages), output=compiled, sampling=s,
-            model=model, reasoning=reasoning,
+            # reasoning=None: the router turns it on for reasoning models ([router issue]).
+            model=model, reasoning=bool(reasoning), extra={"reasoning_auto": reasoning is None},
             whitespace=self.config.local.whitespace)
 
     # The pipeline --------------------------------------------------------------------
     async def arun(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
                    backend: str | None = None, model: str | None = None,
-                   reasoning: bool = False, use_cache: bool = True,
+                   reasoning: bool | None = None, use_cache: bool = True,
                    **sampling: Any) -> StructuredResult:
         """Run one request and return the value with its provenance."""
-        from structgen.repair import finalize
-
         start = time.perf_counter()
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
+        key, hit = self._cache_lookup(request, backend, use_cache, start)
+        if hit is not None:
+            return hit
+        return await self._agenerate_request(request, backend, key, start)
+
+    def _cache_lookup(self, request: GenerationRequest, backend: str | None, use_cache: bool,
+                      start: float) -> tuple[str | None, StructuredResult | None]:
+        """(cache key or None when not cacheable, the cached result or None)."""
+        assert request.output is not None
+        if not (use_cache and self.cache.cacheable(request)):
+            return None, None
+        key = self.cache.key(request, backend=backend)
+        hit = self.cache.get(key, request.output)
+        if hit is not None:
+            hit.latency_s = time.perf_counter() - start
+            self.metrics.record_cache_hit(request, hit)
+        return key, hit
+
+    async def _agenerate_request(self, request: GenerationRequest, backend: str | None,
+                                 key: str | None, start: float) -> StructuredResult:
+        """Generate (cache already consulted), validate/repair, store under ``key``."""
+        from structgen.repair import finalize
+
         assert request.output is not None
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
-        key = None
-        if use_cache and self.cache.cacheable(request):
-            key = self.cache.key(request, backend=backend)
-            hit = self.cache.get(key, request.output)
-            if hit is not None:
-                hit.latency_s = time.perf_counter() - start
-                self.metrics.record_cache_hit(request, hit)
-                return hit
         try:
             gen, trail = await self.router.agenerate(request, backend=backend)
             repaired = await finalize(gen, request, self)
@@ -124,8 +139,20 @@ class Engine:
         self.metrics.record(request, gen, result)
         return result
 
-    def run(self, *args: Any, **kwargs: Any) -> StructuredResult:
-        return run_sync(self.arun(*args, **kwargs))  # type: ignore[no-any-return]
+    def run(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+            backend: str | None = None, model: str | None = None, reasoning: bool | None = None,
+            use_cache: bool = True, **sampling: Any) -> StructuredResult:
+        """Sync twin of :meth:`arun`."""
+        # A cache hit is answered in this thread: a round trip through the event loop
+        # would cost more than the hit itself (see benchmarks/results/cache.md).
+        start = time.perf_counter()
+        request = self.build_request(prompt_or_messages, output, model=model,
+                                     reasoning=reasoning, **sampling)
+        key, hit = self._cache_lookup(request, backend, use_cache, start)
+        if hit is not None:
+            return hit
+        return run_sync(  # type: ignore[no-any-return]
+            self._agenerate_request(request, backend, key, start))
 
     async def agenerate(self, *args: Any, **kwargs: Any) -> Any:
         return (await self.arun(*args, **kwargs)).value
@@ -149,6 +176,30 @@ class Engine:
 
     def close(self) -> None:
         run_sync(self.aclose())
+
+
+# [cache issue] compile_output memo: compiling a Pydantic model (schema generation + checks)
+# costs milliseconds, which would dominate a ~100 µs cache hit. Model classes are keyed by
+# identity (weakly, so dynamically created classes can be collected); Regex/Choice/Grammar
+# are frozen dataclasses keyed by value. Dict schemas are not memoized (mutable).
+_compiled_classes: weakref.WeakKeyDictionary[type, CompiledOutput] = weakref.WeakKeyDictionary()
+_compiled_specs: dict[Any, CompiledOutput] = {}
+
+
+def _compile_memo(output: Any) -> CompiledOutput:
+    if isinstance(output, type):
+        compiled = _compiled_classes.get(output)
+        if compiled is None:
+            compiled = _compiled_classes[output] = compile_output(output)
+        return compiled
+    if isinstance(output, Regex | Choice | Grammar):
+        compiled = _compiled_specs.get(output)
+        if compiled is None:
+            if len(_compiled_specs) > 1024:
+                _compiled_specs.clear()
+            compiled = _compiled_specs[output] = compile_output(output)
+        return compiled
+    return compile_output(output)
 
 
 _default: Engine | None = None

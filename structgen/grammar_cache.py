@@ -1,53 +1,343 @@
-"""Compiled-grammar cache: compiled grammars kept in memory (LRU), keyed by
+"""Compiled-grammar cache: memory LRU + disk, keyed by
 (schema hash, tokenizer hash, engine, engine version).
 
-(First version: memory only. The cache issue adds the disk layer, compile timeouts and
-the record of schemas that timed out.)
+Compiling a grammar against a tokenizer is the expensive step of constrained decoding
+(xgrammar: tens of ms to seconds for a large schema). This cache keeps compiled grammars in
+an in-process LRU and, when the caller says how to (a :class:`Codec`), their serialized form
+on disk, so a process restart does not recompile.
+
+Compiles run in a worker thread with a deadline. A schema whose compile runs past
+``timeout_s`` raises :class:`GrammarCompileTimeout` and is recorded on disk, so later calls
+fail fast instead of retrying forever; the caller falls back to a looser grammar plus
+validation. (A thread cannot be killed: the timed-out compile keeps running in the
+background, and if it finishes its result is cached and the record cleared.)
+
+>>> cache = default_grammar_cache()
+>>> key = (compiled.hash, tokenizer_hash, "xgrammar", xgrammar_version)   # doctest: +SKIP
+>>> grammar = cache.get_or_compile(key, lambda: compiler.compile_json_schema(s),
+...                                codec=xgrammar_codec(tokenizer_info),
+...                                timeout_s=10)                           # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from structgen.errors import SchemaError
+
+if TYPE_CHECKING:
+    from structgen.config import CacheConfig
 
 T = TypeVar("T")
+GrammarKey = tuple[str, str, str, str]  # (schema hash, tokenizer hash, engine, engine version)
+
+DISK_FORMAT_VERSION = 1
+
+
+class GrammarCompileTimeout(SchemaError):
+    """Compiling the grammar for this schema took longer than the allowed time.
+
+    Raised at once (without compiling again) for a schema recorded as timed out with a
+    deadline at least as long. The caller should fall back to a looser grammar and rely on
+    validation. ``key`` is the grammar-cache key, ``timeout_s`` the deadline that was missed.
+    """
+
+    def __init__(self, key: GrammarKey, timeout_s: float, *, recorded: bool = False) -> None:
+        self.key = key
+        self.timeout_s = timeout_s
+        self.recorded = recorded
+        how = "recorded as timing out" if recorded else "timed out"
+        super().__init__(f"grammar compile for schema {key[0][:12]} ({key[2]}) {how} "
+                         f"after {timeout_s:g}s; use a looser grammar")
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """How to turn a compiled grammar into text for the disk layer and back."""
+
+    dumps: Callable[[T], str]
+    loads: Callable[[str], T]
+
+
+def text_codec() -> Codec[str]:
+    """For grammars that are text already (llguidance: the validated grammar string)."""
+    return Codec(dumps=lambda s: s, loads=lambda s: s)
+
+
+def xgrammar_codec(tokenizer_info: Any) -> Codec[Any]:
+    """xgrammar ``CompiledGrammar`` ⇄ its own JSON serialization (bound to ``tokenizer_info``).
+
+    ``deserialize_json`` checks the tokenizer metadata and the serialization version, so a
+    stale file raises instead of returning a wrong grammar (the cache then recompiles).
+    """
+    import xgrammar
+
+    return Codec(dumps=lambda g: g.serialize_json(),
+                 loads=lambda s: xgrammar.CompiledGrammar.deserialize_json(s, tokenizer_info))
+
+
+def tokenizer_hash(tokenizer: Any) -> str:
+    """A stable identity for a Hugging Face tokenizer: vocab + special tokens + class.
+
+    Memoized on the tokenizer object, since hashing a 50k-entry vocab costs milliseconds.
+    """
+    cached = getattr(tokenizer, "_structgen_hash", None)
+    if isinstance(cached, str):
+        return cached
+    vocab = tokenizer.get_vocab()
+    body = {"cls": type(tokenizer).__name__,
+            "vocab": sorted(vocab.items(), key=lambda kv: kv[1]),
+            "special": sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", [])),
+            "eos": getattr(tokenizer, "eos_token_id", None)}
+    digest = hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).hexdigest()
+    # a tokenizer with __slots__ cannot keep it: then it is recomputed next time
+    with contextlib.suppress(AttributeError):
+        tokenizer._structgen_hash = digest
+    return digest
 
 
 class GrammarCache:
-    def __init__(self, max_entries: int = 256) -> None:
-        self.max_entries = max_entries
-        self._mem: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+    """Memory LRU + optional disk directory of compiled grammars. Thread-safe.
 
-    def get_or_compile(self, key: tuple[str, str, str, str], compile_fn: Callable[[], T],
-                       *, timeout_s: float | None = None) -> T:
+    Concurrent callers asking for the same key wait for one compile instead of starting
+    their own. ``hits`` counts memory and disk hits, ``disk_hits`` the disk ones only.
+    """
+
+    def __init__(self, max_entries: int = 256, directory: str | Path | None = None) -> None:
+        self.max_entries = max_entries
+        self.directory = Path(directory) if directory is not None else None
+        self._mem: OrderedDict[GrammarKey, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._inflight: dict[GrammarKey, _Inflight] = {}
+        self.hits = 0
+        self.disk_hits = 0
+        self.misses = 0
+        self.timeouts = 0
+
+    # Public ---------------------------------------------------------------------------
+    def get_or_compile(self, key: GrammarKey, compile_fn: Callable[[], T], *,
+                       timeout_s: float | None = None, codec: Codec[T] | None = None) -> T:
         """Return the cached compiled grammar for ``key`` or compile (and keep) it.
 
-        ``key`` = (schema hash, tokenizer hash, engine name, engine version).
+        ``key`` = (schema hash, tokenizer hash, engine name, engine version). With a
+        ``codec`` the grammar is also read from / written to the disk directory. With
+        ``timeout_s`` the compile gets that long; past it :class:`GrammarCompileTimeout`
+        is raised and recorded. An exception from ``compile_fn`` propagates unchanged.
         """
+        key = tuple(str(k) for k in key)  # type: ignore[assignment]
         with self._lock:
             if key in self._mem:
                 self._mem.move_to_end(key)
                 self.hits += 1
                 return self._mem[key]  # type: ignore[no-any-return]
+            flight = self._inflight.get(key)
+            owner = flight is None
+            if flight is None:
+                flight = self._inflight[key] = _Inflight()
+        if not owner:
+            return self._wait(key, flight, timeout_s)
+        try:
+            return self._load_or_compile(key, flight, compile_fn, timeout_s, codec)
+        finally:
+            with self._lock:
+                if not flight.running:
+                    self._inflight.pop(key, None)
+
+    def timed_out(self, key: GrammarKey) -> float | None:
+        """The deadline this key is recorded as having missed, or None."""
+        path = self._path(key, ".timeout")
+        if path is None or not path.is_file():
+            return None
+        try:
+            return float(json.loads(path.read_text())["timeout_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def clear(self, *, disk: bool = False) -> None:
+        """Forget every grammar in memory (and on disk with ``disk=True``)."""
+        with self._lock:
+            self._mem.clear()
+        if disk and self.directory is not None and self.directory.is_dir():
+            for path in self.directory.rglob("*"):
+                if path.is_file() and path.suffix in (".json", ".timeout", ".tmp"):
+                    path.unlink(missing_ok=True)
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self._mem), "hits": self.hits, "disk_hits": self.disk_hits,
+                "misses": self.misses, "timeouts": self.timeouts}
+
+    # Internals ------------------------------------------------------------------------
+    def _load_or_compile(self, key: GrammarKey, flight: _Inflight, compile_fn: Callable[[], T],
+                         timeout_s: float | None, codec: Codec[T] | None) -> T:
+        if codec is not None:
+            value = self._read_disk(key, codec)
+            if value is not None:
+                with self._lock:
+                    self.hits += 1
+                    self.disk_hits += 1
+                self._remember(key, value)
+                flight.finish(value)
+                return value
+        recorded = self.timed_out(key)
+        # A longer deadline than the one missed earns one more try; an equal or shorter one
+        # fails fast (that is what "not retried forever" means).
+        if recorded is not None and (timeout_s is None or timeout_s <= recorded):
+            self.timeouts += 1
+            flight.fail(GrammarCompileTimeout(key, recorded, recorded=True))
+            raise flight.error  # type: ignore[misc]
+        with self._lock:
             self.misses += 1
-        value = compile_fn()
+
+        def compile_and_store() -> None:
+            try:
+                value = compile_fn()
+            except BaseException as exc:  # re-raised in the caller's thread
+                flight.fail(exc)
+                return
+            self._remember(key, value)
+            if codec is not None:
+                self._write_disk(key, value, codec)
+            path = self._path(key, ".timeout")
+            if path is not None:  # it compiled after all: a timeout record no longer applies
+                path.unlink(missing_ok=True)
+            late = flight.timed_out
+            flight.finish(value)
+            if late:  # the caller gave up on us; nobody else will clear the in-flight slot
+                with self._lock:
+                    self._inflight.pop(key, None)
+
+        if timeout_s is None:
+            compile_and_store()
+        else:
+            flight.running = True
+            threading.Thread(target=compile_and_store, daemon=True,
+                             name=f"grammar-compile-{key[0][:8]}").start()
+            if not flight.done.wait(timeout_s):
+                flight.timed_out = True
+                self.timeouts += 1
+                self._record_timeout(key, timeout_s)
+                raise GrammarCompileTimeout(key, timeout_s)
+            flight.running = False
+        if flight.error is not None:
+            raise flight.error
+        return flight.value  # type: ignore[no-any-return]
+
+    def _wait(self, key: GrammarKey, flight: _Inflight, timeout_s: float | None) -> Any:
+        if not flight.done.wait(timeout_s):
+            raise GrammarCompileTimeout(key, timeout_s or 0.0)
+        if flight.error is not None:
+            raise flight.error
+        with self._lock:
+            self.hits += 1
+        return flight.value
+
+    def _remember(self, key: GrammarKey, value: Any) -> None:
         with self._lock:
             self._mem[key] = value
+            self._mem.move_to_end(key)
             while len(self._mem) > self.max_entries:
                 self._mem.popitem(last=False)
-        return value
+
+    def _path(self, key: GrammarKey, suffix: str) -> Path | None:
+        if self.directory is None:
+            return None
+        digest = hashlib.sha256("\x00".join(key).encode()).hexdigest()
+        engine = "".join(c for c in key[2] if c.isalnum() or c in "-_") or "engine"
+        return self.directory / engine / f"{digest}{suffix}"
+
+    def _read_disk(self, key: GrammarKey, codec: Codec[T]) -> T | None:
+        path = self._path(key, ".json")
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            payload = entry["payload"]
+            ok = (entry.get("v") == DISK_FORMAT_VERSION and list(entry["key"]) == list(key)
+                  and hashlib.sha256(payload.encode()).hexdigest() == entry["sha256"])
+            if ok:
+                return codec.loads(payload)
+        except Exception:  # any unreadable file is a miss, never a crash
+            pass
+        path.unlink(missing_ok=True)  # corrupt, stale or from another library version
+        return None
+
+    def _write_disk(self, key: GrammarKey, value: T, codec: Codec[T]) -> None:
+        path = self._path(key, ".json")
+        if path is None:
+            return
+        try:
+            payload = codec.dumps(value)
+            entry = {"v": DISK_FORMAT_VERSION, "key": list(key), "created_at": time.time(),
+                     "sha256": hashlib.sha256(payload.encode()).hexdigest(), "payload": payload}
+            _atomic_write(path, json.dumps(entry))
+        except Exception:  # a read-only or full disk only costs a recompile
+            pass
+
+    def _record_timeout(self, key: GrammarKey, timeout_s: float) -> None:
+        path = self._path(key, ".timeout")
+        if path is None:
+            return
+        with contextlib.suppress(OSError):
+            _atomic_write(path, json.dumps({"key": list(key), "timeout_s": timeout_s,
+                                            "at": time.time()}))
 
 
-_default: GrammarCache | None = None
+class _Inflight:
+    """One compile in progress; other callers for the same key wait on ``done``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.running = False  # a worker thread still owns this compile
+        self.timed_out = False
+
+    def finish(self, value: Any) -> None:
+        self.value = value
+        self.running = False
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.running = False
+        self.done.set()
 
 
-def default_grammar_cache() -> GrammarCache:
-    global _default
-    if _default is None:
-        _default = GrammarCache()
-    return _default
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def default_grammar_dir(config: CacheConfig | None = None) -> Path:
+    """``[cache] grammar_dir``, else ``$STRUCTGEN_CACHE_GRAMMAR_DIR``, else
+    ``~/.cache/structgen/grammars``."""
+    configured = config.grammar_dir if config is not None else None
+    configured = configured or os.environ.get("STRUCTGEN_CACHE_GRAMMAR_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "structgen" / "grammars"
+
+
+_caches: dict[Path, GrammarCache] = {}
+_caches_lock = threading.Lock()
+
+
+def default_grammar_cache(config: CacheConfig | None = None) -> GrammarCache:
+    """The process-wide grammar cache for the configured directory (one per directory)."""
+    directory = default_grammar_dir(config)
+    with _caches_lock:
+        cache = _caches.get(directory)
+        if cache is None:
+            cache = _caches[directory] = GrammarCache(directory=directory)
+        return cache

@@ -1,32 +1,415 @@
-"""Metrics (first version: in-process counters; prometheus-client comes with its issue)."""
+"""Metrics: what the engine did, and whether it is time to move to another backend.
+
+Two views of the same events:
+
+* Prometheus counters and histograms in a :class:`~prometheus_client.CollectorRegistry`
+  owned by each :class:`Metrics` (optionally served on ``/metrics`` at ``metrics.port``);
+* a small JSON summary persisted to ``metrics.state_file`` (default
+  ``~/.cache/structgen/metrics.json``), merged atomically across processes, so
+  ``structgen stats`` in a later process can print it with a recommendation.
+
+The recommendation uses the switch criteria: more than 50 concurrent requests, P99 latency
+over 5 s, more than 30 % structured calls, more than 50 % multi-turn calls.
+
+* **consider SGLang** when calls are mostly multi-turn *and* mostly structured: RadixAttention
+  reuses the shared conversation prefix and its grammar backend overlaps mask computation
+  with decoding, so both criteria pay off at once;
+* otherwise **consider vLLM** when the load is high (concurrency peak or P99 over the line):
+  continuous batching and PagedAttention are what raise throughput under load;
+* otherwise **stay on Ollama** (or whatever serves now): nothing crosses the line.
+
+Fewer than :data:`MIN_CALLS` recorded calls is not enough to judge; the advice is then to
+stay.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+import atexit
+import contextlib
+import json
+import math
+import os
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest, GenerationResult
     from structgen.config import MetricsConfig
     from structgen.engine import StructuredResult
 
+STATE_VERSION = 1
+MAX_SAMPLES = 2000  # latency/TTFT/throughput samples kept in the state file (the newest)
+FLUSH_INTERVAL_S = 1.0
+MIN_CALLS = 20
+
+# The switch criteria.
+CONCURRENCY_LIMIT = 50
+P99_LIMIT_S = 5.0
+STRUCTURED_SHARE = 0.30
+MULTI_TURN_SHARE = 0.50
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+_served_ports: set[int] = set()
+
+
+def default_state_file() -> Path:
+    return Path.home() / ".cache" / "structgen" / "metrics.json"
+
+
+def empty_state() -> dict[str, Any]:
+    """The persisted summary: counters (summed on merge), samples (kept newest), peak (max)."""
+    return {"version": STATE_VERSION, "counts": {}, "by_backend": {}, "by_kind": {},
+            "repairs_tried": {}, "repairs_fixed": {}, "failures_by_error": {},
+            "samples": {"latency_s": [], "ttft_s": [], "tokens_per_s": []},
+            "inflight_peak": 0, "updated_at": None}
+
+
+def merge_states(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """``base`` + ``delta`` (a new dict); counters add, samples append, peaks take the max."""
+    out = empty_state()
+    for part in (base, delta):
+        if part.get("version") != STATE_VERSION:
+            continue
+        for group in ("counts", "by_backend", "by_kind", "repairs_tried", "repairs_fixed",
+                      "failures_by_error"):
+            for key, n in part.get(group, {}).items():
+                out[group][key] = out[group].get(key, 0) + int(n)
+        for key in out["samples"]:
+            out["samples"][key].extend(float(x) for x in part.get("samples", {}).get(key, []))
+        out["inflight_peak"] = max(out["inflight_peak"], int(part.get("inflight_peak", 0)))
+        out["updated_at"] = part.get("updated_at") or out["updated_at"]
+    for key in out["samples"]:
+        out["samples"][key] = out["samples"][key][-MAX_SAMPLES:]
+    return out
+
+
+def load_state(path: str | Path | None = None) -> dict[str, Any]:
+    """Read a state file (an empty state if missing or unreadable)."""
+    p = Path(path) if path is not None else default_state_file()
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return empty_state()
+    return merge_states(empty_state(), data) if isinstance(data, dict) else empty_state()
+
+
+def merge_into_file(path: Path, delta: dict[str, Any]) -> None:
+    """Add ``delta`` to the state file under an exclusive lock, replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        with contextlib.suppress(ImportError, OSError):
+            import fcntl
+
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        merged = merge_states(load_state(path), delta)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(merged, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
 
 class Metrics:
+    """Counters for one engine. Thread-safe; cheap when ``enabled`` is false."""
+
     def __init__(self, config: MetricsConfig) -> None:
         self.config = config
-        self.counts: Counter[str] = Counter()
-        self.latencies: list[float] = []
+        self.enabled = config.enabled
+        self.state_file = Path(config.state_file).expanduser() if config.state_file \
+            else default_state_file()
+        self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        self._total = empty_state()  # this process, since start
+        self._pending = empty_state()  # not yet merged into the state file
+        self._inflight = 0
+        self._last_flush = time.monotonic()
+        r = self.registry
+        self.requests = Counter("structgen_requests", "Requests served by a backend",
+                                ["backend", "kind"], registry=r)
+        self.failures = Counter("structgen_failures", "Requests that raised", ["error"],
+                                registry=r)
+        self.latency = Histogram("structgen_request_latency_seconds", "End-to-end latency",
+                                 ["backend"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("structgen_time_to_first_token_seconds", "Time to first token",
+                              ["backend"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.throughput = Histogram("structgen_tokens_per_second", "Completion tokens/s",
+                                    ["backend"], buckets=(1, 5, 10, 25, 50, 100, 250, 1000),
+                                    registry=r)
+        self.first_try = Counter("structgen_first_try_valid", "Valid without any repair",
+                                 registry=r)
+        self.repairs = Counter("structgen_repairs", "Repair stages run, and whether they fixed it",
+                               ["stage", "fixed"], registry=r)
+        self.retries = Counter("structgen_retries", "Re-asks sent to a model", registry=r)
+        self.fallbacks = Counter("structgen_fallbacks",
+                                 "Requests served by other than the first candidate", registry=r)
+        self.cache_hits = Counter("structgen_cache_hits", "Results served from the cache",
+                                  registry=r)
+        self.structured = Counter("structgen_structured_calls", "Calls with an output constraint",
+                                  registry=r)
+        self.multi_turn = Counter("structgen_multi_turn_calls", "Calls with several turns",
+                                  registry=r)
+        self.inflight = Gauge("structgen_in_flight", "Backend calls in flight", registry=r)
+        self.inflight_peak = Gauge("structgen_in_flight_peak", "Peak backend calls in flight",
+                                   registry=r)
+        if self.enabled:
+            atexit.register(self.flush)
+            if config.port is not None:
+                self.serve(config.port)
+
+    # Recording -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count a backend call in flight (the router wraps every dispatch in this)."""
+        if not self.enabled:
+            yield
+            return
+        with self._lock:
+            self._inflight += 1
+            self.inflight.set(self._inflight)
+            if self._inflight > self._total["inflight_peak"]:
+                self._total["inflight_peak"] = self._inflight
+                self.inflight_peak.set(self._inflight)
+            self._pending["inflight_peak"] = max(self._pending["inflight_peak"], self._inflight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                self.inflight.set(self._inflight)
 
     def record(self, request: GenerationRequest, gen: GenerationResult,
                result: StructuredResult) -> None:
-        self.counts[f"requests:{gen.backend}"] += 1
-        self.latencies.append(result.latency_s)
+        """A request that produced a valid value."""
+        if not self.enabled:
+            return
+        kind = request.output.kind if request.output is not None else "none"
+        fixed_by = result.repairs[-1] if result.repaired and result.repairs else None
+        fallback = any(not a.get("ok") for a in result.attempts)
+        seconds = gen.latency_s or result.latency_s
+        tps = gen.completion_tokens / seconds if gen.completion_tokens and seconds > 0 else None
+        self.requests.labels(gen.backend, kind).inc()
+        self.latency.labels(gen.backend).observe(result.latency_s)
+        if gen.ttft_s is not None:
+            self.ttft.labels(gen.backend).observe(gen.ttft_s)
+        if tps is not None:
+            self.throughput.labels(gen.backend).observe(tps)
+        if not result.repaired:
+            self.first_try.inc()
+        for stage in result.repairs:
+            self.repairs.labels(stage, str(stage == fixed_by).lower()).inc()
+        self.retries.inc(result.repairs.count("reask"))
+        if fallback:
+            self.fallbacks.inc()
+        self._count_call(request)
+        with self._lock:
+            for state in (self._total, self._pending):
+                c = state["counts"]
+                _bump(c, "requests")
+                _bump(state["by_backend"], gen.backend)
+                _bump(state["by_kind"], kind)
+                _bump(c, "first_try_valid", not result.repaired)
+                _bump(c, "repaired", result.repaired)
+                _bump(c, "retries", result.repairs.count("reask"))
+                _bump(c, "fallbacks", fallback)
+                _bump(c, "structured", request.output is not None)
+                _bump(c, "multi_turn", request.multi_turn)
+                for stage in result.repairs:
+                    _bump(state["repairs_tried"], stage)
+                if fixed_by:
+                    _bump(state["repairs_fixed"], fixed_by)
+                _sample(state, "latency_s", result.latency_s)
+                _sample(state, "ttft_s", gen.ttft_s)
+                _sample(state, "tokens_per_s", tps)
+        self._maybe_flush()
 
     def record_cache_hit(self, request: GenerationRequest, result: StructuredResult) -> None:
-        self.counts["cache_hits"] += 1
+        """A request answered from the result cache (no backend call)."""
+        if not self.enabled:
+            return
+        self.cache_hits.inc()
+        with self._lock:
+            for state in (self._total, self._pending):
+                _bump(state["counts"], "cache_hits")
+        self._maybe_flush()
 
     def record_failure(self, request: GenerationRequest, exc: Exception, latency: float) -> None:
-        self.counts[f"failures:{type(exc).__name__}"] += 1
+        """A request that raised (backend failure or ValidationFailed)."""
+        if not self.enabled:
+            return
+        name = type(exc).__name__
+        stages = [a.stage for a in getattr(exc, "attempts", [])]
+        tried = [s for s in stages if s in ("syntax", "coerce", "reask")]
+        self.failures.labels(name).inc()
+        for stage in tried:
+            self.repairs.labels(stage, "false").inc()
+        self.retries.inc(tried.count("reask"))
+        self._count_call(request)
+        with self._lock:
+            for state in (self._total, self._pending):
+                c = state["counts"]
+                _bump(c, "failures")
+                _bump(c, "validation_failures", name == "ValidationFailed")
+                _bump(state["failures_by_error"], name)
+                _bump(c, "retries", tried.count("reask"))
+                _bump(c, "structured", request.output is not None)
+                _bump(c, "multi_turn", request.multi_turn)
+                for stage in tried:
+                    _bump(state["repairs_tried"], stage)
+                _sample(state, "latency_s", latency)
+        self._maybe_flush()
 
+    def _count_call(self, request: GenerationRequest) -> None:
+        if request.output is not None:
+            self.structured.inc()
+        if request.multi_turn:
+            self.multi_turn.inc()
+
+    # Reading -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        return dict(self.counts)
+        """This process's numbers, in the same shape as :func:`describe`."""
+        with self._lock:
+            state = json.loads(json.dumps(self._total))
+        return describe(state)
+
+    def flush(self) -> None:
+        """Merge what was recorded since the last flush into the state file."""
+        if not self.enabled:
+            return
+        with self._lock:
+            delta, self._pending = self._pending, empty_state()
+            self._last_flush = time.monotonic()
+        if not any(delta["counts"].values()) and not delta["inflight_peak"]:
+            return
+        delta["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        try:
+            merge_into_file(self.state_file, delta)
+        except OSError as exc:  # metrics must never break a request
+            warnings.warn(f"structgen: cannot write metrics to {self.state_file}: {exc}",
+                          stacklevel=2)
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
+            self.flush()
+
+    def serve(self, port: int) -> None:
+        """Expose this registry on ``http://0.0.0.0:<port>/metrics`` (once per port)."""
+        from prometheus_client import start_http_server
+
+        if port in _served_ports:
+            return
+        try:
+            start_http_server(port, registry=self.registry)
+        except OSError as exc:
+            warnings.warn(f"structgen: cannot serve /metrics on port {port}: {exc}",
+                          stacklevel=2)
+            return
+        _served_ports.add(port)
+
+
+def _bump(group: dict[str, int], key: str, by: int | bool = 1) -> None:
+    if by:
+        group[key] = group.get(key, 0) + int(by)
+
+
+def _sample(state: dict[str, Any], key: str, value: float | None) -> None:
+    if value is not None:
+        samples = state["samples"][key]
+        samples.append(round(float(value), 6))
+        if len(samples) > 2 * MAX_SAMPLES:
+            del samples[:-MAX_SAMPLES]
+
+
+def describe(state: dict[str, Any]) -> dict[str, Any]:
+    """The derived numbers ``structgen stats`` prints, plus the recommendation."""
+    c = state["counts"]
+    calls = c.get("requests", 0) + c.get("failures", 0)
+    judged = c.get("requests", 0) + c.get("validation_failures", 0)
+    requests = c.get("requests", 0)
+    samples = state["samples"]
+    tried, fixed = state["repairs_tried"], state["repairs_fixed"]
+    out: dict[str, Any] = {
+        "calls": calls,
+        "requests": requests,
+        "failures": c.get("failures", 0),
+        "failures_by_error": dict(state["failures_by_error"]),
+        "by_backend": dict(state["by_backend"]),
+        "by_kind": dict(state["by_kind"]),
+        "latency_p50_s": percentile(samples["latency_s"], 50),
+        "latency_p99_s": percentile(samples["latency_s"], 99),
+        "ttft_p50_s": percentile(samples["ttft_s"], 50),
+        "tokens_per_s_p50": percentile(samples["tokens_per_s"], 50),
+        "first_try_valid_rate": _ratio(c.get("first_try_valid", 0), judged),
+        "repair_rate": _ratio(c.get("repaired", 0), judged),
+        "repairs": {stage: {"tried": tried.get(stage, 0), "fixed": fixed.get(stage, 0),
+                            "fix_rate": _ratio(fixed.get(stage, 0), tried.get(stage, 0))}
+                    for stage in ("syntax", "coerce", "reask")},
+        "retries": c.get("retries", 0),
+        "fallbacks": c.get("fallbacks", 0),
+        "cache_hits": c.get("cache_hits", 0),
+        "cache_hit_rate": _ratio(c.get("cache_hits", 0), calls + c.get("cache_hits", 0)),
+        "structured_share": _ratio(c.get("structured", 0), calls),
+        "multi_turn_share": _ratio(c.get("multi_turn", 0), calls),
+        "inflight_peak": state["inflight_peak"],
+        "updated_at": state.get("updated_at"),
+    }
+    out["recommendation"] = recommend(out)
+    return out
+
+
+def recommend(summary: dict[str, Any]) -> dict[str, Any]:
+    """``{"advice": ..., "reasons": [...], "criteria": {...}}`` from a :func:`describe` dict."""
+    p99 = summary["latency_p99_s"] or 0.0
+    crit = {
+        "concurrency": {"value": summary["inflight_peak"], "limit": CONCURRENCY_LIMIT,
+                        "over": summary["inflight_peak"] > CONCURRENCY_LIMIT},
+        "p99_s": {"value": round(p99, 3), "limit": P99_LIMIT_S, "over": p99 > P99_LIMIT_S},
+        "structured_share": {"value": round(summary["structured_share"], 3),
+                             "limit": STRUCTURED_SHARE,
+                             "over": summary["structured_share"] > STRUCTURED_SHARE},
+        "multi_turn_share": {"value": round(summary["multi_turn_share"], 3),
+                             "limit": MULTI_TURN_SHARE,
+                             "over": summary["multi_turn_share"] > MULTI_TURN_SHARE},
+    }
+    numbers = (f"concurrency peak {summary['inflight_peak']} (>{CONCURRENCY_LIMIT}?), "
+               f"P99 {p99:.2f} s (>{P99_LIMIT_S:g} s?), "
+               f"structured {summary['structured_share']:.0%} (>{STRUCTURED_SHARE:.0%}?), "
+               f"multi-turn {summary['multi_turn_share']:.0%} (>{MULTI_TURN_SHARE:.0%}?)")
+    if summary["calls"] < MIN_CALLS:
+        advice = "stay on Ollama"
+        reasons = [f"only {summary['calls']} call(s) recorded; need {MIN_CALLS} to judge"]
+    elif crit["multi_turn_share"]["over"] and crit["structured_share"]["over"]:
+        advice = "consider SGLang"
+        reasons = ["mostly multi-turn and structured calls: RadixAttention reuses the shared "
+                   "prefix and the grammar backend overlaps with decoding"]
+    elif crit["concurrency"]["over"] or crit["p99_s"]["over"]:
+        advice = "consider vLLM"
+        reasons = ["high load (concurrency or P99 over the limit): continuous batching and "
+                   "PagedAttention raise throughput"]
+    else:
+        advice = "stay on Ollama"
+        reasons = ["no switch criterion calls for a serving engine"]
+    return {"advice": advice, "reasons": reasons, "numbers": numbers, "criteria": crit}
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else 0.0

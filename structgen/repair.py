@@ -1,47 +1,418 @@
-"""Validate and repair a backend's text into a valid value, or raise ValidationFailed.
+"""Validate a backend's text and, if it is not valid, repair it or re-ask, in this order:
 
-(First version: validation plus json-repair syntax repair. Coercion and re-ask come with
-the repair issue.)
+1. ``syntax``: almost-JSON made JSON with ``json-repair`` (code fences, prose around the
+   object, single quotes, comments, trailing commas, and output cut off at ``max_tokens``,
+   whose open strings/arrays/objects get closed);
+2. ``coerce``: schema-aware fixes that have exactly one reading: ``"3"`` → ``3`` where the
+   schema wants an integer, an enum value in the wrong case, a single item where a list is
+   wanted, a default for an optional field that is missing or null, a key in the wrong case,
+   an object wrapped in one extra key (:func:`coerce`);
+3. ``reask``: the model gets its own output and the validator's errors (pointer + message)
+   as a follow-up turn, under the same constraint, through the router.
+
+Local stages (1, 2) are bounded by ``repair.max_repairs`` per text, re-asks by
+``repair.max_retries`` (and ``repair.reask``). The first valid value wins; if none is valid,
+:class:`ValidationFailed` carries the raw text, its errors and every attempt. An invalid
+value is never returned.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends import GenerationRequest, GenerationResult
-from structgen.errors import Attempt, ValidationFailed
-from structgen.validate import validate_data, validate_text
+from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
+from structgen.schema import CompiledOutput
+from structgen.validate import Outcome, schema_errors, validate_data, validate_text
 
 if TYPE_CHECKING:
     from structgen.engine import Engine
 
+STAGES = ("syntax", "coerce", "reask")
+_MAX_ECHO_CHARS = 4000  # how much of a bad answer is sent back in a re-ask
+
 
 @dataclass
 class Repaired:
+    """A valid value and how it was obtained.
+
+    ``stages`` lists every repair stage that ran, in order; when ``repaired`` is true the
+    last one is the stage that produced the valid value.
+    """
+
     value: Any
     text: str
     repaired: bool = False
     stages: list[str] = field(default_factory=list)
     post_enforced: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LocalFix:
+    """The outcome of the local stages on one text (``outcome.ok`` tells if it worked)."""
+
+    outcome: Outcome
+    text: str
+    stages: list[str]
+    attempts: list[Attempt]
+    changes: list[str] = field(default_factory=list)
 
 
 async def finalize(gen: GenerationResult, request: GenerationRequest, engine: Engine) -> Repaired:
+    """Turn ``gen`` into a valid value for ``request.output`` or raise ValidationFailed."""
     output = request.output
     assert output is not None
-    outcome = validate_text(gen.text, output)
-    attempts = [Attempt("generate", gen.text, outcome.errors, gen.backend)]
+    cfg = engine.config.repair
+    post_enforced = [*output.relaxed,
+                     *[k for k in gen.stats.get("post_enforced") or () if k not in output.relaxed]]
+    # (issue 4) server backends report, per request, the constraints their grammar engine
+    # will not enforce (backends/capabilities.py); validation below enforces them.
+    post_enforced += [p for p in gen.stats.get("post_enforced", ()) if p not in post_enforced]
+    fix = repair_locally(gen.text, output, max_repairs=cfg.max_repairs, backend=gen.backend,
+                         truncated=gen.finish_reason == "length")
+    attempts = list(fix.attempts)
+    stages = list(fix.stages)
+    if fix.outcome.ok:
+        return Repaired(fix.outcome.value, fix.text, bool(stages), stages, post_enforced,
+                        attempts, fix.changes)
+    first_errors = attempts[0].errors
+    last_text, last_errors = gen.text, _worst_errors(fix)
+    retries = cfg.max_retries if cfg.reask else 0
+    pinned = gen.backend if gen.backend in _known_backends(engine) else None
+    for _ in range(retries):
+        stages.append("reask")
+        follow_up = reask_request(request, last_text, last_errors)
+        try:
+            again, _trail = await engine.router.agenerate(follow_up, backend=pinned)
+        except BackendError as exc:
+            attempts.append(Attempt("reask", "", [ErrorDetail("", f"re-ask failed: {exc}",
+                                                              "backend")], pinned))
+            break
+        fix = repair_locally(again.text, output, max_repairs=cfg.max_repairs,
+                             backend=again.backend, truncated=again.finish_reason == "length",
+                             first_stage="reask")
+        attempts.extend(fix.attempts)
+        # The local stages that ran on the re-asked text count too ("reask", then "syntax").
+        stages.extend(fix.stages)
+        if fix.outcome.ok:
+            return Repaired(fix.outcome.value, fix.text, True, stages, post_enforced, attempts,
+                            fix.changes)
+        last_text, last_errors = again.text, _worst_errors(fix)
+    raise ValidationFailed(
+        f"output could not be made valid ({len(attempts)} attempt(s): "
+        f"{', '.join(a.stage for a in attempts)})",
+        gen.text, first_errors, attempts)
+
+
+def _worst_errors(fix: LocalFix) -> list[ErrorDetail]:
+    """The errors to show the model: those of the most repaired form that still parsed."""
+    for attempt in reversed(fix.attempts):
+        if attempt.errors and not any(e.keyword == "json" for e in attempt.errors):
+            return attempt.errors
+    return fix.attempts[-1].errors if fix.attempts else []
+
+
+def _known_backends(engine: Engine) -> set[str]:
+    from structgen.backends import REGISTRY
+
+    return set(REGISTRY) | set(engine._backends)
+
+
+# Local stages ----------------------------------------------------------------------------
+def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
+                   backend: str | None = None, truncated: bool = False,
+                   first_stage: str = "generate") -> LocalFix:
+    """Validate ``text``; if invalid, run the syntax and coercion stages (at most
+    ``max_repairs`` of them). Pure: no model is called."""
+    outcome = validate_text(text, output)
+    attempts = [Attempt(first_stage, text, outcome.errors, backend)]
     if outcome.ok:
-        return Repaired(outcome.value, gen.text, attempts=attempts)
-    if output.kind == "json" and engine.config.repair.max_repairs > 0:
-        import json_repair
+        return LocalFix(outcome, text, [], attempts)
+    stages: list[str] = []
+    budget = max_repairs
+    if output.kind != "json":
+        if budget > 0:
+            candidate = _coerce_text(text, output)
+            if candidate is not None:
+                stages.append("coerce")
+                fixed = validate_text(candidate, output)
+                attempts.append(Attempt("coerce", candidate, fixed.errors, backend))
+                if fixed.ok:
+                    return LocalFix(fixed, candidate, stages, attempts,
+                                    [f"/: {text!r} → {candidate!r}"])
+        return LocalFix(outcome, text, stages, attempts)
 
-        data = json_repair.loads(gen.text)
-        fixed = validate_data(data, output)
-        attempts.append(Attempt("syntax", gen.text, fixed.errors, gen.backend))
-        if fixed.ok:
-            import json
+    assert output.json_schema is not None
+    data: Any = outcome.data
+    parsed = outcome.errors[0].keyword != "json" if outcome.errors else True
+    current = outcome
+    if not parsed:
+        if budget <= 0:
+            return LocalFix(outcome, text, stages, attempts)
+        budget -= 1
+        stages.append("syntax")
+        data, found = syntax_repair(text)
+        if not found:
+            note = "the text was cut off at max_tokens" if truncated else "no JSON value found"
+            attempts.append(Attempt("syntax", text, [ErrorDetail("", note, "json")], backend))
+            return LocalFix(outcome, text, stages, attempts)
+        current = validate_data(data, output)
+        repaired_text = json.dumps(data, ensure_ascii=False)
+        attempts.append(Attempt("syntax", repaired_text, current.errors, backend))
+        if current.ok:
+            return LocalFix(current, repaired_text, stages, attempts)
+    if budget <= 0:
+        return LocalFix(current, text, stages, attempts)
+    new, changes = coerce(data, output.json_schema)
+    if not changes:
+        return LocalFix(current, text, stages, attempts)
+    stages.append("coerce")
+    coerced = validate_data(new, output)
+    coerced_text = json.dumps(new, ensure_ascii=False)
+    attempts.append(Attempt("coerce", coerced_text, coerced.errors, backend))
+    return LocalFix(coerced, coerced_text, stages, attempts, changes)
 
-            return Repaired(fixed.value, json.dumps(data), True, ["syntax"], attempts=attempts)
-    raise ValidationFailed("output could not be made valid", gen.text, outcome.errors, attempts)
+
+def syntax_repair(text: str) -> tuple[Any, bool]:
+    """Parse almost-JSON; ``(data, found)`` where ``found`` is false when no JSON was there."""
+    import json_repair
+
+    try:
+        data = json_repair.loads(text)
+    except Exception:  # json-repair raises assorted errors on pathological input
+        return None, False
+    # json-repair answers "" when it found nothing that looks like JSON.
+    if data == "" and not re.search(r'""', text):
+        return None, False
+    return data, True
+
+
+def _coerce_text(text: str, output: CompiledOutput) -> str | None:
+    """Coercion for non-JSON outputs: surrounding whitespace/quotes, choice case."""
+    stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "\"'`":
+        stripped = stripped[1:-1].strip()
+    if output.kind == "choice":
+        matches = [c for c in output.choices or () if _norm(c) == _norm(stripped)]
+        return matches[0] if len(matches) == 1 and matches[0] != text else None
+    return stripped if stripped != text else None
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[\s_\-]+", "", s).casefold()
+
+
+# Schema-aware coercion --------------------------------------------------------------------
+_INT = re.compile(r"\s*[-+]?\d+\s*")
+_NUM = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def coerce(data: Any, schema: dict[str, Any]) -> tuple[Any, list[str]]:
+    """Return ``(coerced_copy, changes)``: fixes with exactly one reading, made while walking
+    ``schema`` (following ``$ref``/``$defs``; an ``anyOf``/``oneOf`` only when exactly one
+    branch can be made to fit). ``changes`` describes each fix as ``"pointer: what"``.
+
+    >>> coerce({"n": "3"}, {"type": "object", "properties": {"n": {"type": "integer"}}})
+    ({'n': 3}, ["/n: '3' → 3 (integer)"])
+    """
+    walker = _Coercer(schema)
+    return walker.walk(copy.deepcopy(data), schema, ""), walker.changes
+
+
+class _Coercer:
+    def __init__(self, root: dict[str, Any]) -> None:
+        self.root = root
+        self.changes: list[str] = []
+
+    def resolve(self, schema: Any) -> Any:
+        for _ in range(32):  # a chain of refs longer than this is a cycle
+            if not isinstance(schema, dict) or "$ref" not in schema:
+                return schema
+            ref = schema["$ref"]
+            if not isinstance(ref, str) or not ref.startswith("#"):
+                return {}
+            target: Any = self.root
+            for part in ref[1:].split("/")[1:]:
+                part = part.replace("~1", "/").replace("~0", "~")
+                if not isinstance(target, dict) or part not in target:
+                    return {}
+                target = target[part]
+            siblings = {k: v for k, v in schema.items() if k != "$ref"}
+            schema = {**target, **siblings} if siblings and isinstance(target, dict) else target
+        return {}
+
+    def fits(self, data: Any, schema: Any) -> bool:
+        if not isinstance(schema, dict):
+            return schema is not False
+        standalone = dict(schema)
+        for defs in ("$defs", "definitions"):
+            if defs in self.root and defs not in standalone:
+                standalone[defs] = self.root[defs]
+        return not schema_errors(data, standalone)
+
+    def note(self, pointer: str, what: str) -> None:
+        self.changes.append(f"{pointer or '/'}: {what}")
+
+    def walk(self, data: Any, schema: Any, pointer: str) -> Any:
+        schema = self.resolve(schema)
+        if not isinstance(schema, dict):
+            return data
+        for sub in schema.get("allOf", ()):
+            data = self.walk(data, sub, pointer)
+        for key in ("anyOf", "oneOf"):
+            if key in schema:
+                data = self.branches(data, schema[key], pointer)
+        if "enum" in schema:
+            data = self.enum(data, list(schema["enum"]), pointer)
+        elif "const" in schema:
+            data = self.enum(data, [schema["const"]], pointer)
+        types = schema.get("type")
+        if types is not None:
+            data = self.retype(data, [types] if isinstance(types, str) else list(types), pointer)
+        if isinstance(data, list):
+            prefix = schema.get("prefixItems", [])
+            items = schema.get("items")
+            for i in range(len(data)):
+                sub = prefix[i] if i < len(prefix) else items
+                if sub is not None:
+                    data[i] = self.walk(data[i], sub, f"{pointer}/{i}")
+        elif isinstance(data, dict) and isinstance(schema.get("properties"), dict):
+            data = self.obj(data, schema, pointer)
+        return data
+
+    def branches(self, data: Any, branches: list[Any], pointer: str) -> Any:
+        if any(self.fits(data, b) for b in branches):
+            return data
+        fitting: list[tuple[Any, list[str]]] = []
+        for branch in branches:
+            trial = _Coercer(self.root)
+            candidate = trial.walk(copy.deepcopy(data), branch, pointer)
+            if trial.changes and self.fits(candidate, branch):
+                fitting.append((candidate, trial.changes))
+        if len(fitting) != 1:
+            return data  # none or several readings: not ours to choose
+        self.changes.extend(fitting[0][1])
+        return fitting[0][0]
+
+    def enum(self, data: Any, values: list[Any], pointer: str) -> Any:
+        if data in values or not isinstance(data, str):
+            return data
+        matches = [v for v in values if (isinstance(v, str) and _norm(v) == _norm(data))
+                   or (not isinstance(v, str) and json.dumps(v) == data.strip())]
+        if len(matches) == 1:
+            self.note(pointer, f"{data!r} → {matches[0]!r} (enum)")
+            return matches[0]
+        return data
+
+    def retype(self, data: Any, types: list[str], pointer: str) -> Any:
+        if any(_is_type(data, t) for t in types):
+            return data
+        readings: list[tuple[str, Any]] = []
+        for t in types:
+            converted = _convert(data, t)
+            if converted is not _NO:
+                readings.append((t, converted))
+        if len(readings) != 1:
+            return data
+        t, value = readings[0]
+        self.note(pointer, f"{_short(data)} → {_short(value)} ({t})")
+        return value
+
+    def obj(self, data: dict[str, Any], schema: dict[str, Any], pointer: str) -> dict[str, Any]:
+        props: dict[str, Any] = schema["properties"]
+        required = set(schema.get("required", ()))
+        if len(data) == 1 and props:
+            (outer, inner), = data.items()
+            if outer not in props and isinstance(inner, dict) and inner and set(inner) <= set(props):
+                self.note(pointer, f"unwrapped the object from key {outer!r}")
+                data = inner
+        for key in [k for k in data if k not in props]:
+            matches = [p for p in props if _norm(p) == _norm(key) and p not in data]
+            if len(matches) == 1:
+                self.note(pointer, f"key {key!r} → {matches[0]!r}")
+                data[matches[0]] = data.pop(key)
+        for name, sub in props.items():
+            sub_schema = self.resolve(sub)
+            child = f"{pointer}/{name}"
+            has_default = isinstance(sub_schema, dict) and "default" in sub_schema
+            if name not in data:
+                if name in required and has_default:
+                    data[name] = copy.deepcopy(sub_schema["default"])
+                    self.note(child, "missing, filled with its default")
+                continue
+            if (data[name] is None and has_default and name not in required
+                    and not self.fits(None, sub_schema)):
+                data[name] = copy.deepcopy(sub_schema["default"])
+                self.note(child, "null, replaced by its default")
+                continue
+            data[name] = self.walk(data[name], sub, child)
+        return data
+
+
+class _Missing:
+    pass
+
+
+_NO: Any = _Missing()
+
+
+def _is_type(data: Any, t: str) -> bool:
+    if t == "integer":
+        return (isinstance(data, int) and not isinstance(data, bool)) or (
+            isinstance(data, float) and data.is_integer())
+    if t == "number":
+        return isinstance(data, int | float) and not isinstance(data, bool)
+    return {"string": str, "boolean": bool, "array": list, "object": dict,
+            "null": type(None)}.get(t, object) in type(data).__mro__
+
+
+def _convert(data: Any, t: str) -> Any:
+    """The one obvious conversion of ``data`` to JSON type ``t``, or ``_NO``."""
+    if t == "integer" and isinstance(data, str) and _INT.fullmatch(data):
+        return int(data)
+    if t == "number" and isinstance(data, str) and _NUM.fullmatch(data):
+        number = float(data)
+        return int(number) if _INT.fullmatch(data) else number
+    if t == "boolean" and isinstance(data, str) and data.strip().casefold() in ("true", "false"):
+        return data.strip().casefold() == "true"
+    if t == "string" and isinstance(data, int | float) and not isinstance(data, bool):
+        return json.dumps(data)
+    if t in ("array", "object") and isinstance(data, str):
+        try:
+            decoded = json.loads(data)
+        except json.JSONDecodeError:
+            decoded = _NO
+        if decoded is not _NO and _is_type(decoded, t):
+            return decoded
+    if t == "array" and data is not None:
+        return [data]
+    return _NO
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Re-ask ------------------------------------------------------------------------------------
+def reask_request(request: GenerationRequest, bad_text: str,
+                  errors: list[ErrorDetail]) -> GenerationRequest:
+    """The follow-up request: the model's own answer, then the validator's errors."""
+    assert request.output is not None
+    shown = bad_text if len(bad_text) <= _MAX_ECHO_CHARS else bad_text[:_MAX_ECHO_CHARS] + "…"
+    listed = "\n".join(f"- {e.pointer or '/'}: {e.message}" for e in errors[:20]) or "- (unknown)"
+    what = ("the corrected JSON object only, with no explanation and no code fences"
+            if request.output.kind == "json" else "the corrected answer only")
+    feedback = (f"Your answer is not valid. The validator reported these errors "
+                f"(JSON pointer: message):\n{listed}\n\nReply with {what}.")
+    messages = [*request.messages, {"role": "assistant", "content": shown or "(empty)"},
+                {"role": "user", "content": feedback}]
+    return dataclasses.replace(request, messages=messages,  # type: ignore[arg-type]
+                               extra={**request.extra, "reask": True})

@@ -1,51 +1,262 @@
-"""Router: which backend serves a request, and fallback when one fails.
+"""Router: which backend serves a request, and what happens when it fails.
 
-(First version: explicit backend, configured provider, or the first configured backend in
-the fallback order; the next backend on BackendError. Health probes and circuit breakers
-come with the router issue.)
+Order of candidates:
+
+* an explicit ``backend=`` → only that backend;
+* ``provider = "<name>"`` → that backend, then the configured ``fallback`` list;
+* ``provider = "auto"`` → the ``fallback`` list (default vllm, sglang, ollama, local),
+  keeping only backends that are configured (a server needs a ``base_url``) and, using
+  health probes cached for ``router.health_interval_s``, healthy.
+
+A backend that cannot take the request's output kind at all (its
+``Capabilities.output_kinds``) is skipped. On :class:`BackendError` the next candidate is
+tried. Each backend has a :class:`CircuitBreaker`: after ``router.breaker_failures``
+consecutive failures it is skipped for ``router.breaker_cooldown_s``, then one trial request
+is let through (half-open); success closes it, failure opens it again. The request's
+``deadline`` (absolute ``time.monotonic()``) bounds the whole chain: when it passes,
+:class:`BackendTimeout` is raised and no further backend is tried.
+
+Every call returns a trail, one dict per candidate considered, e.g.
+``[{"backend": "vllm", "ok": False, "error": "BackendUnavailable: ...", "latency_s": 0.01},
+{"backend": "local", "ok": True, "latency_s": 0.4}]``; it becomes
+``StructuredResult.attempts``. When every candidate fails the raised error carries it as
+``error.trail``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-from structgen.backends import GenerationRequest, GenerationResult
-from structgen.errors import BackendError, BackendUnavailable
+from structgen.backends import Backend, GenerationRequest, GenerationResult
+from structgen.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    StructgenError,
+)
+from structgen.reasoning import is_reasoning_model, separate_reasoning
 
 if TYPE_CHECKING:
     from structgen.engine import Engine
 
+Clock = Callable[[], float]
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass
+class CircuitBreaker:
+    """Per-backend circuit breaker (closed → open → half-open → closed).
+
+    ``clock`` is injectable so tests can move time by hand.
+    """
+
+    failures_to_open: int = 3
+    cooldown_s: float = 30.0
+    clock: Clock = time.monotonic
+    consecutive_failures: int = 0
+    opened_at: float | None = None
+    trial_in_flight: bool = False
+
+    @property
+    def state(self) -> BreakerState:
+        if self.opened_at is None:
+            return "closed"
+        if self.clock() - self.opened_at >= self.cooldown_s:
+            return "half_open"
+        return "open"
+
+    def allow(self) -> bool:
+        """May a request go to this backend now? Half-open lets exactly one trial through."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self.trial_in_flight:
+            self.trial_in_flight = True
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self.trial_in_flight = False
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        was_trial = self.trial_in_flight
+        self.trial_in_flight = False
+        if was_trial or self.consecutive_failures >= self.failures_to_open:
+            self.opened_at = self.clock()
+
+    def release(self) -> None:
+        """The trial ended without a verdict (cancelled): let another one through."""
+        self.trial_in_flight = False
+
+
+@dataclass
+class _Health:
+    healthy: bool
+    checked_at: float
+
 
 class Router:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """Picks backends for the engine and falls back along the configured chain."""
 
+    def __init__(self, engine: Engine, *, clock: Clock = time.monotonic) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._health: dict[str, _Health] = {}
+
+    # Candidates --------------------------------------------------------------------
     def order(self, backend: str | None = None) -> list[str]:
-        cfg = self.engine.config
+        """Backend names to try, in order (before health, capability and breaker checks)."""
+        cfg = self.engine.config.llm_backend
         if backend is not None:
             return [backend]
-        if cfg.llm_backend.provider != "auto":
-            first = cfg.llm_backend.provider
-            rest = [b for b in cfg.llm_backend.fallback if b != first]
-            return [first, *[b for b in rest if self._configured(b)]]
-        return [b for b in cfg.llm_backend.fallback if self._configured(b)] or ["local"]
+        if cfg.provider != "auto":
+            rest = [b for b in cfg.fallback if b != cfg.provider and self._configured(b)]
+            return [cfg.provider, *rest]
+        return [b for b in cfg.fallback if self._configured(b)] or ["local"]
 
     def _configured(self, name: str) -> bool:
-        if name == "local":
+        # Backends handed to Engine(backends=...) count as configured whatever their section.
+        if name == "local" or name in self.engine._backends:
             return True
-        return bool(getattr(self.engine.config, name).base_url)
+        section = getattr(self.engine.config, name, None)
+        return bool(getattr(section, "base_url", None))
 
-    async def agenerate(self, request: GenerationRequest, *, backend: str | None = None
+    def breaker(self, name: str) -> CircuitBreaker:
+        if name not in self.breakers:
+            rc = self.engine.config.router
+            self.breakers[name] = CircuitBreaker(rc.breaker_failures, rc.breaker_cooldown_s,
+                                                 self.clock)
+        return self.breakers[name]
+
+    async def healthy(self, name: str, backend: Backend, deadline: float | None) -> bool:
+        """Cached health probe: re-probed once ``router.health_interval_s`` has passed."""
+        now = self.clock()
+        cached = self._health.get(name)
+        if cached is not None and now - cached.checked_at < self.engine.config.router.health_interval_s:
+            return cached.healthy
+        timeout = _remaining(deadline)
+        section = getattr(self.engine.config, name, None)
+        # A server gets its connect timeout; the embedded backend's probe loads the model,
+        # which may take longer, so only the deadline bounds it.
+        probe_limit = getattr(section, "connect_timeout_s", None)
+        if probe_limit is not None:
+            timeout = probe_limit if timeout is None else min(timeout, probe_limit)
+        try:
+            ok = bool(await asyncio.wait_for(backend.health(), timeout))
+        except (TimeoutError, StructgenError, OSError):
+            ok = False
+        self._health[name] = _Health(ok, now)
+        return ok
+
+    # Dispatch ----------------------------------------------------------------------
+    async def agenerate(self, request: GenerationRequest, backend: str | None = None
                         ) -> tuple[GenerationResult, list[dict[str, Any]]]:
+        """Generate with the first backend that works; return the result and the trail."""
         trail: list[dict[str, Any]] = []
+        auto = backend is None and self.engine.config.llm_backend.provider == "auto"
         last: BackendError | None = None
-        for name in self.order(backend):
-            try:
-                result = await self.engine.backend(name).agenerate(request)
-            except BackendError as exc:
-                trail.append({"backend": name, "ok": False, "error": str(exc)})
-                last = exc
-                continue
-            trail.append({"backend": name, "ok": True})
-            return result, trail
-        raise last or BackendUnavailable("no backend available")
+        with self.engine.metrics.in_flight():
+            for name in self.order(backend):
+                if _remaining(request.deadline) == 0.0:
+                    raise _with_trail(BackendTimeout(
+                        f"deadline passed before trying {name}", name), trail)
+                entry: dict[str, Any] = {"backend": name, "ok": False}
+                try:
+                    instance = self.engine.backend(name)
+                except (ConfigError, ImportError) as exc:
+                    entry["skipped"] = f"not available: {exc}"
+                    trail.append(entry)
+                    continue
+                kind = request.output.kind if request.output is not None else None
+                if kind is not None and kind not in instance.capabilities().output_kinds:
+                    entry["skipped"] = f"cannot constrain {kind} output"
+                    trail.append(entry)
+                    continue
+                breaker = self.breaker(name)
+                if not breaker.allow():
+                    entry["skipped"] = "circuit open"
+                    trail.append(entry)
+                    continue
+                if auto and not await self.healthy(name, instance, request.deadline):
+                    breaker.release()
+                    entry["skipped"] = "health probe failed"
+                    trail.append(entry)
+                    continue
+                result, error = await self._attempt(name, instance, request, entry)
+                trail.append(entry)
+                if result is not None:
+                    breaker.record_success()
+                    return result, trail
+                assert error is not None
+                breaker.record_failure()  # failures count on the breaker, not on health
+                last = error
+                if isinstance(error, BackendTimeout) and _remaining(request.deadline) == 0.0:
+                    raise _with_trail(error, trail)
+        if last is None:
+            reasons = "; ".join(f"{e['backend']}: {e.get('skipped') or e.get('error')}"
+                                for e in trail)
+            raise _with_trail(BackendUnavailable(f"no backend available ({reasons})"), trail)
+        if sum(1 for e in trail if "skipped" not in e) > 1:
+            reasons = "; ".join(f"{e['backend']}: {e.get('skipped') or e.get('error')}"
+                                for e in trail)
+            raise _with_trail(BackendUnavailable(f"every backend failed ({reasons})",
+                                                 last.backend), trail) from last
+        raise _with_trail(last, trail)
+
+    async def _attempt(self, name: str, backend: Backend, request: GenerationRequest,
+                       entry: dict[str, Any]) -> tuple[GenerationResult | None,
+                                                       BackendError | None]:
+        req = self._for_backend(name, request)
+        start = time.perf_counter()
+        try:
+            remaining = _remaining(request.deadline)
+            if remaining is None:
+                result = await backend.agenerate(req)
+            else:
+                result = await asyncio.wait_for(backend.agenerate(req), remaining)
+        except TimeoutError:
+            error: BackendError = BackendTimeout("request deadline exceeded", name)
+        except BackendError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            self.breaker(name).release()
+            raise
+        else:
+            entry.update(ok=True, latency_s=round(time.perf_counter() - start, 4))
+            if req.reasoning:
+                entry["reasoning"] = True
+            return separate_reasoning(result, req), None
+        entry.update(error=f"{type(error).__name__}: {error}",
+                     latency_s=round(time.perf_counter() - start, 4))
+        return None, error
+
+    def _for_backend(self, name: str, request: GenerationRequest) -> GenerationRequest:
+        """Turn on reasoning for a reasoning model when the caller left it to auto."""
+        if request.reasoning or not request.extra.get("reasoning_auto"):
+            return request
+        section = getattr(self.engine.config, name, None)
+        model = request.model or getattr(section, "model", None)
+        if is_reasoning_model(model):
+            return dataclasses.replace(request, reasoning=True)
+        return request
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _with_trail(exc: BackendError, trail: list[dict[str, Any]]) -> BackendError:
+    exc.trail = list(trail)  # type: ignore[attr-defined]
+    return exc

@@ -43,9 +43,14 @@ def _validator(schema_json: str) -> Draft202012Validator:
 
 
 def schema_errors(data: Any, schema: dict[str, Any]) -> list[ErrorDetail]:
-    """jsonschema errors for ``data``, most specific first, as ErrorDetails."""
+    """jsonschema errors for ``data`` as ErrorDetails, most useful first.
+
+    Deepest instance location first (the most specific), and at one location a ``type``
+    error before the others: "must be an integer" explains "not a multiple of 5".
+    """
     validator = _validator(canonical_json(schema))
-    errors = sorted(validator.iter_errors(data), key=lambda e: (-len(e.absolute_path), e.message))
+    errors = sorted(validator.iter_errors(data),
+                    key=lambda e: (-len(e.absolute_path), e.validator != "type", e.message))
     return [ErrorDetail(_pointer(e.absolute_path), e.message, str(e.validator)) for e in errors]
 
 

@@ -8,6 +8,7 @@ validates or repairs: that is the engine's job, one layer up.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -107,13 +108,26 @@ class BackendBase:
         return None
 
 
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine from sync code, also when called inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import concurrent.futures
+_portal_loop: asyncio.AbstractEventLoop | None = None
+_portal_lock = threading.Lock()
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+
+def _portal() -> asyncio.AbstractEventLoop:
+    """One long-lived event loop in a daemon thread for all sync calls.
+
+    Sync wrappers submit here instead of calling ``asyncio.run`` each time, so pooled
+    clients (httpx) and the embedded scheduler stay bound to one loop across calls.
+    """
+    global _portal_loop
+    with _portal_lock:
+        if _portal_loop is None or _portal_loop.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="structgen-loop",
+                             daemon=True).start()
+            _portal_loop = loop
+        return _portal_loop
+
+
+def run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code (also from inside a running loop)."""
+    return asyncio.run_coroutine_threadsafe(coro, _portal()).result()

@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaError
 
 from structgen.errors import SchemaError
+from structgen.schema.canonical import SUBSCHEMA_LISTS, SUBSCHEMA_MAPS, SUBSCHEMA_SINGLE
 
 # Formats the validator asserts (jsonschema's checker with the [format] extra installed).
 ASSERTED_FORMATS = frozenset(Draft202012Validator.FORMAT_CHECKER.checkers)
@@ -28,12 +29,10 @@ ANNOTATION_FORMATS = frozenset({
 })
 KNOWN_FORMATS = ASSERTED_FORMATS | ANNOTATION_FORMATS
 
-_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
-_SUBSCHEMA_SINGLE = (
-    "items", "additionalProperties", "not", "if", "then", "else", "contains",
-    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
-)
+_SUBSCHEMA_MAPS = tuple(sorted(SUBSCHEMA_MAPS))
+_SUBSCHEMA_LISTS = tuple(sorted(SUBSCHEMA_LISTS))
+_SUBSCHEMA_SINGLE = tuple(sorted(SUBSCHEMA_SINGLE))
+JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
 
 
 def _escape(token: str) -> str:
@@ -116,15 +115,15 @@ def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
         if isinstance(a, int | float) and isinstance(b, int | float) and a > b:
             raise SchemaError(f"{lo} ({a}) is greater than {hi} ({b}): no value can match",
                               f"{pointer}/{lo}")
-    a, b = sub.get("exclusiveMinimum"), sub.get("exclusiveMaximum")
-    if isinstance(a, int | float) and isinstance(b, int | float) and a >= b:
-        raise SchemaError("exclusiveMinimum is not below exclusiveMaximum", pointer)
-    for key in ("minimum", "maximum", "multipleOf"):
+    for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
         v = sub.get(key)
         if isinstance(v, float) and not math.isfinite(v):
             raise SchemaError(f"{key} must be finite", f"{pointer}/{key}")
-    if sub.get("type") == "integer" and isinstance(sub.get("multipleOf"), int | float):
-        pass
+    _check_interval(pointer, sub)
+    if isinstance(sub.get("enum"), list) and not sub["enum"]:
+        raise SchemaError("an empty enum admits no value", f"{pointer}/enum")
+    if "const" in sub and isinstance(sub.get("enum"), list) and sub["const"] not in sub["enum"]:
+        raise SchemaError("const is not one of the enum values", f"{pointer}/const")
     all_of = sub.get("allOf")
     if isinstance(all_of, list):
         common = _types(sub)
@@ -155,6 +154,19 @@ def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
                     f"{pointer}/required")
 
 
+def _check_interval(pointer: str, sub: dict[str, Any]) -> None:
+    """The numeric bounds (inclusive or exclusive, in any mix) leave some number."""
+    lows = [(sub[k], k, k == "exclusiveMinimum") for k in ("minimum", "exclusiveMinimum")
+            if isinstance(sub.get(k), int | float) and not isinstance(sub.get(k), bool)]
+    highs = [(sub[k], k, k == "exclusiveMaximum") for k in ("maximum", "exclusiveMaximum")
+             if isinstance(sub.get(k), int | float) and not isinstance(sub.get(k), bool)]
+    for lo, lo_key, lo_excl in lows:
+        for hi, hi_key, hi_excl in highs:
+            if lo > hi or (lo == hi and (lo_excl or hi_excl)):
+                raise SchemaError(f"{lo_key} ({lo}) and {hi_key} ({hi}) leave no number",
+                                  f"{pointer}/{lo_key}")
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -171,6 +183,20 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
+def _metaschema_error(schema: dict[str, Any], exc: JsonSchemaError) -> SchemaError:
+    """A SchemaError pointing at the offending keyword (or property name)."""
+    path = list(exc.path)
+    pointer = "".join(f"/{_escape(str(p))}" for p in path)
+    message = exc.message
+    if path and path[-1] == "type" and not isinstance(exc.instance, list | dict):
+        message = (f"unknown type {exc.instance!r} (JSON Schema types: "
+                   f"{', '.join(JSON_TYPES)})")
+    elif "propertyNames" in exc.schema_path and isinstance(exc.instance, str):
+        # the error is about a key of the object at ``path`` (a patternProperties regex)
+        pointer += "/" + _escape(exc.instance)
+    return SchemaError(f"not a valid Draft 2020-12 schema: {message}", pointer)
+
+
 def check_schema(schema: Any, *, unknown_formats: str = "error") -> None:
     """Raise :class:`SchemaError` (with a JSON pointer) if ``schema`` cannot be honoured.
 
@@ -184,8 +210,7 @@ def check_schema(schema: Any, *, unknown_formats: str = "error") -> None:
     try:
         Draft202012Validator.check_schema(schema)
     except JsonSchemaError as exc:
-        pointer = "".join(f"/{_escape(str(p))}" for p in exc.path)
-        raise SchemaError(f"not a valid Draft 2020-12 schema: {exc.message}", pointer) from None
+        raise _metaschema_error(schema, exc) from None
     anchors = _anchors(schema)
     for pointer, sub in walk(schema):
         ref = sub.get("$ref")

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from structgen.errors import SchemaError
-from structgen.schema.canonical import canonical_json, schema_hash
+from structgen.schema.canonical import canonical_json, schema_json, sha256_hex
 from structgen.types import Choice, Grammar, JsonSchema, OutputKind, Regex
 
 COMPILER_VERSION = "1"
@@ -40,14 +40,15 @@ class CompiledOutput:
         """Canonical hash of the constraint (model class identity is not part of it)."""
         body: dict[str, Any] = {"v": COMPILER_VERSION, "kind": self.kind}
         if self.json_schema is not None:
-            body["schema"] = self.json_schema
+            # canonical text, not the dict: canonical_json would sort ``properties``
+            body["schema"] = schema_json(self.json_schema)
         if self.pattern is not None:
             body["pattern"] = self.pattern
         if self.choices is not None:
             body["choices"] = list(self.choices)
         if self.grammar is not None:
             body["grammar"] = self.grammar
-        return schema_hash(body)
+        return sha256_hex(canonical_json(body))
 
     # Target forms -----------------------------------------------------------------
     def to_json_schema(self) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         return CompiledOutput(kind="json", json_schema=schema, model=output,
                               name=name or output.__name__)
     if isinstance(output, JsonSchema):
-        output, name = output.schema, name or output.name
+        output, name = canonicalize_schema(output.schema), name or output.name
     if isinstance(output, dict):
         schema = canonicalize_schema(output)
         check_schema(schema)
@@ -127,10 +128,11 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
 
 
 def canonicalize_schema(schema: Any) -> dict[str, Any]:
-    """A deep copy with keys in a stable order (the hash does not depend on input order)."""
+    """A JSON-clean deep copy in canonical form (see :mod:`structgen.schema.canonical`)."""
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON Schema must be an object, got {type(schema).__name__}")
     try:
-        return json.loads(canonical_json(schema))  # type: ignore[no-any-return]
+        return json.loads(schema_json(schema))  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
+        # NaN/inf, sets, non-str keys...: nothing a JSON-speaking backend could receive
         raise SchemaError(f"schema is not JSON-serializable: {exc}") from None

@@ -31,7 +31,10 @@ def grammar_accepts(lark: str, text: str) -> tuple[bool, str]:
     """(accepted, reason) for ``text`` under the Lark grammar ``lark``."""
     import llguidance
 
-    matcher = llguidance.LLMatcher(byte_tokenizer(), llguidance.grammar_from("lark", lark))
+    # log_level=0: a rejected byte is the answer we asked for, not something to print on
+    # stderr (at the default level llguidance writes "Warning: ... stopping" there).
+    matcher = llguidance.LLMatcher(byte_tokenizer(), llguidance.grammar_from("lark", lark),
+                                   log_level=0)
     if matcher.is_error():
         return False, f"grammar error: {matcher.get_error()}"
     data = text.encode("utf-8")

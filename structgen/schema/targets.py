@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from structgen.errors import SchemaError
 
@@ -45,12 +45,17 @@ def _validate_lark(text: str) -> None:
 
 
 def to_ebnf(c: CompiledOutput) -> str:
-    """GBNF-style EBNF as produced by XGrammar (``root ::= ...``)."""
+    """GBNF-style EBNF as produced by XGrammar (``root ::= ...``).
+
+    JSON is compact (``,`` and ``:`` with no spaces), the form ``model_dump_json`` writes.
+    """
     import xgrammar as xgr
 
     try:
         if c.kind == "json":
-            g = xgr.Grammar.from_json_schema(json.dumps(c.json_schema), any_whitespace=False)
+            schema = _discriminated_one_of_as_any_of(c.json_schema)
+            g = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False,
+                                             separators=(",", ":"))
         elif c.kind == "regex":
             g = xgr.Grammar.from_regex(c.pattern or "")
         elif c.kind == "choice":
@@ -66,8 +71,35 @@ def to_ebnf(c: CompiledOutput) -> str:
     return str(g)
 
 
+def _discriminated_one_of_as_any_of(schema: Any) -> Any:
+    """Rewrite ``oneOf`` + ``discriminator`` (Pydantic's tagged unions) as ``anyOf``.
+
+    The branches differ in the discriminator's ``const``, so at most one can match and
+    ``anyOf`` means the same; XGrammar cannot prove that and warns on stderr otherwise.
+    """
+    if isinstance(schema, list):
+        return [_discriminated_one_of_as_any_of(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _discriminated_one_of_as_any_of(v) for k, v in schema.items()}
+    if "discriminator" in out and isinstance(out.get("oneOf"), list) and "anyOf" not in out:
+        out["anyOf"] = out.pop("oneOf")
+        del out["discriminator"]
+    return out
+
+
+# How deep a recursive schema is unrolled into a regex (outlines-core's own default).
+REGEX_RECURSION_DEPTH = 3
+
+
 def to_regex(c: CompiledOutput) -> str:
-    """A regex for the output (JSON via outlines-core; recursive schemas have none)."""
+    """A Python-``re``-compatible regex for the output.
+
+    JSON goes through outlines-core (compact JSON, optional single spaces). A recursive
+    schema has no exact regex: its recursion is unrolled ``REGEX_RECURSION_DEPTH`` levels
+    deep, so the regex accepts a subset (deeper trees are rejected, never wrong shapes).
+    A context-free grammar has no regex form and raises :class:`SchemaError`.
+    """
     if c.kind == "regex":
         return c.pattern or ""
     if c.kind == "choice":
@@ -76,10 +108,13 @@ def to_regex(c: CompiledOutput) -> str:
         from outlines_core.json_schema import build_regex_from_schema
 
         try:
-            return build_regex_from_schema(json.dumps(c.json_schema))  # type: ignore[no-any-return]
-        except Exception as exc:
+            pattern: str = build_regex_from_schema(json.dumps(c.json_schema), None,
+                                                   REGEX_RECURSION_DEPTH)
+        except Exception as exc:  # outlines-core raises ValueError/TypeError
             raise SchemaError(f"this schema has no regular-expression form: {exc}") from None
-    raise SchemaError("a context-free grammar has no regular-expression form")
+        return pattern
+    raise SchemaError("a context-free grammar has no regular-expression form; "
+                      "use --to lark or --to ebnf")
 
 
 def grammar_to_lark(text: str, syntax: str = "auto") -> tuple[str, str]:

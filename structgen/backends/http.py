@@ -1,0 +1,288 @@
+"""The one HTTP layer the server backends (vLLM, SGLang, Ollama) share.
+
+:class:`HTTPClient` owns an ``httpx.AsyncClient`` (connection pool sized from the
+backend's config section), applies connect/read timeouts plus a total deadline, retries
+with exponential backoff on 429, 5xx and connection errors only (never on 4xx, never
+after a response body started streaming), and turns every failure into a typed
+:class:`~structgen.errors.BackendError`:
+
+    connection refused / reset       -> BackendUnavailable (retryable)
+    429 / 5xx after the retries      -> BackendUnavailable (retryable)
+    connect/read/total timeout       -> BackendTimeout
+    4xx, non-JSON body, cut stream   -> BackendProtocolError
+
+:class:`HTTPBackend` is the base class of the three server backends: it holds the
+client and implements ``generate`` (sync), ``health`` and ``aclose`` once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from structgen.backends.base import BackendBase, GenerationRequest
+from structgen.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+)
+
+if TYPE_CHECKING:
+    from structgen.config import Config, ServerConfig
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class _RetryableStatus(Exception):
+    """Internal: a 429/5xx answer, raised so tenacity retries it."""
+
+    def __init__(self, status: int, body: str) -> None:
+        self.status = status
+        self.body = body
+        super().__init__(f"HTTP {status}")
+
+
+def _retryable(exc: BaseException) -> bool:
+    # Timeouts are not retried: the deadline is already spent, a retry only doubles it.
+    if isinstance(exc, httpx.TimeoutException):
+        return False
+    return isinstance(exc, _RetryableStatus | httpx.TransportError)
+
+
+class HTTPClient:
+    """Pooled async HTTP client for one server backend.
+
+    A client is bound to the event loop it was created in (httpx pools are), so a new
+    one is made when called from another loop, e.g. by the sync wrappers' ``asyncio.run``.
+    """
+
+    def __init__(self, backend: str, section: ServerConfig, *, total_timeout_s: float,
+                 default_url: str) -> None:
+        self.backend = backend
+        self.base_url = (section.base_url or default_url).rstrip("/")
+        self.section = section
+        self.total_timeout_s = total_timeout_s
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # The pool ------------------------------------------------------------------------
+    def _make_client(self) -> httpx.AsyncClient:
+        s = self.section
+        headers = {"Content-Type": "application/json"}
+        if s.api_key:
+            headers["Authorization"] = f"Bearer {s.api_key}"
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(s.read_timeout_s, connect=s.connect_timeout_s),
+            limits=httpx.Limits(max_connections=s.max_connections,
+                                max_keepalive_connections=s.max_keepalive),
+            trust_env=False,  # a local server must not be routed through HTTP_PROXY
+        )
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop or self._client.is_closed:
+            self._client = self._make_client()
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+
+    # Deadlines ------------------------------------------------------------------------
+    def _budget(self, deadline: float | None) -> float:
+        """Seconds left for this call: the request's deadline or the total timeout."""
+        budget = self.total_timeout_s
+        if deadline is not None:
+            budget = min(budget, deadline - time.monotonic())
+        if budget <= 0:
+            raise BackendTimeout("deadline already passed before the request", self.backend)
+        return budget
+
+    def _retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(self.section.retries + 1),
+            wait=wait_exponential(multiplier=0.1, max=2.0) + wait_random(0, 0.05),
+            reraise=True,
+        )
+
+    # Error mapping -------------------------------------------------------------------
+    def _map(self, exc: BaseException, path: str) -> BackendError:
+        where = f"{self.base_url}{path}"
+        if isinstance(exc, BackendError):
+            return exc
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            return BackendTimeout(f"timed out calling {where}", self.backend, retryable=True)
+        if isinstance(exc, _RetryableStatus):
+            return BackendUnavailable(
+                f"{where} answered HTTP {exc.status} after {self.section.retries + 1} "
+                f"attempt(s): {exc.body[:300]}", self.backend, retryable=True)
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return BackendProtocolError(f"{where} broke the HTTP protocol: {exc}",
+                                        self.backend, retryable=True)
+        if isinstance(exc, httpx.TransportError):
+            return BackendUnavailable(f"cannot reach {where}: {exc or type(exc).__name__}",
+                                      self.backend, retryable=True)
+        return BackendProtocolError(f"unexpected error calling {where}: {exc!r}", self.backend)
+
+    def _check_status(self, response: httpx.Response, body: str, path: str) -> None:
+        if response.status_code in RETRY_STATUS:
+            raise _RetryableStatus(response.status_code, body)
+        if response.status_code >= 400:
+            raise BackendProtocolError(
+                f"{self.base_url}{path} rejected the request with HTTP "
+                f"{response.status_code}: {body[:500]}", self.backend)
+
+    # Calls -------------------------------------------------------------------------
+    async def request_json(self, method: str, path: str, body: dict[str, Any] | None = None,
+                           *, deadline: float | None = None) -> Any:
+        """Send ``body`` as JSON and return the decoded JSON answer."""
+        budget = self._budget(deadline)
+
+        async def once() -> Any:
+            response = await self.client.request(method, path, json=body)
+            text = response.text
+            self._check_status(response, text, path)
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                raise BackendProtocolError(
+                    f"{self.base_url}{path} answered HTTP {response.status_code} with a "
+                    f"body that is not JSON: {text[:200]!r}", self.backend) from None
+
+        try:
+            async with asyncio.timeout(budget):
+                async for attempt in self._retrying():
+                    with attempt:
+                        return await once()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise self._map(exc, path) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream_lines(self, path: str, body: dict[str, Any], *,
+                           deadline: float | None = None) -> AsyncIterator[str]:
+        """POST ``body`` and yield the answer's non-empty lines as they arrive.
+
+        Retries happen only until the server sends a 2xx status: once bytes of the body
+        flowed, a failure is reported (a retry would repeat text the caller already has).
+        """
+        budget = self._budget(deadline)
+        end = time.monotonic() + budget
+        try:
+            async with self._open_stream(path, body, budget) as response:
+                async for line in response.aiter_lines():
+                    if time.monotonic() > end:
+                        raise TimeoutError
+                    line = line.strip()
+                    if line:
+                        yield line
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                raise
+            raise self._map(exc, path) from None
+
+    @asynccontextmanager
+    async def _open_stream(self, path: str, body: dict[str, Any],
+                           budget: float) -> AsyncIterator[httpx.Response]:
+        async with asyncio.timeout(budget):
+            async for attempt in self._retrying():
+                with attempt:
+                    req = self.client.build_request("POST", path, json=body)
+                    response = await self.client.send(req, stream=True)
+                    if response.status_code >= 400:
+                        text = (await response.aread()).decode("utf-8", "replace")
+                        await response.aclose()
+                        self._check_status(response, text, path)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def ok(self, path: str) -> bool:
+        """True when GET ``path`` answers 2xx within the connect timeout (health probes)."""
+        try:
+            response = await self.client.get(path, timeout=self.section.connect_timeout_s)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
+
+
+class HTTPBackend(BackendBase):
+    """Base class of the server backends: one :class:`HTTPClient`, shared plumbing."""
+
+    name = "http"
+    default_url = "http://127.0.0.1:8000"
+    health_path = "/health"
+
+    def __init__(self, config: Config) -> None:
+        from structgen.config import Config as _Config
+
+        if not isinstance(config, _Config):
+            raise ConfigError(f"{type(self).__name__} needs a structgen Config")
+        self.config = config
+        self.section: Any = config.section(self.name)
+        self.http = HTTPClient(self.name, self.section,
+                               total_timeout_s=config.llm_backend.timeout_s,
+                               default_url=self.default_url)
+
+    def model_for(self, request: GenerationRequest) -> str | None:
+        return request.model or self.section.model
+
+    async def health(self) -> bool:
+        """True when the server answers its health endpoint."""
+        return await self.http.ok(self.health_path)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of a server-sent-events ``data:`` line (None for other lines)."""
+    if not line.startswith("data:"):
+        return None
+    return line[5:].strip()
+
+
+def loads_event(payload: str, backend: str) -> Any:
+    """Decode one streamed JSON event, as a protocol error when it is not JSON."""
+    try:
+        return json.loads(payload)
+    except json.JSONDecodeError:
+        raise BackendProtocolError(f"stream event is not JSON: {payload[:200]!r}",
+                                   backend) from None
+
+
+def render_prompt(request: GenerationRequest) -> str:
+    """Plain-text prompt for completion-style endpoints that take no message list.
+
+    One user message is sent as is. A conversation is rendered as ``role: content``
+    lines ending with ``assistant:``; a server that knows the model's chat template
+    should be called through its chat endpoint instead (the default everywhere).
+    """
+    msgs = request.messages
+    if len(msgs) == 1 and msgs[0]["role"] == "user":
+        return msgs[0]["content"]
+    lines = [f"{m['role']}: {m['content']}" for m in msgs]
+    return "\n".join([*lines, "assistant:"])

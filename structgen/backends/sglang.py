@@ -1,0 +1,193 @@
+"""SGLang server: native ``/generate`` (default) or its OpenAI-compatible chat endpoint.
+
+Native (``[sglang] api = "native"``)::
+
+    POST /generate {"text": prompt, "stream": bool, "require_reasoning": bool?,
+                    "sampling_params": {"max_new_tokens", "temperature", "top_p",
+                                        "sampling_seed"?, "stop"?,
+                                        "json_schema": "<schema as a JSON STRING>"
+                                        | "regex": str | "ebnf": str}}
+    -> {"text": str, "meta_info": {"finish_reason": {"type": "stop"|"length"},
+                                   "prompt_tokens", "completion_tokens", "e2e_latency"}}
+
+The native endpoint takes raw text, not messages. structgen does not ship the model's
+tokenizer to the client, so it renders messages as ``role: content`` lines (see
+:func:`~structgen.backends.http.render_prompt`); for chat models whose template matters,
+use ``api = "openai"``, which sends the message list to ``/v1/chat/completions`` and
+lets the server apply the model's own chat template. ``choice`` outputs are sent as a
+regex (SGLang has no choice constraint). Streaming: SSE ``data:`` lines whose ``text`` is
+the whole output so far (structgen yields the new suffix), ended by ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import capabilities_for, relax_for
+from structgen.backends.http import HTTPBackend, loads_event, render_prompt, sse_data
+from structgen.errors import BackendProtocolError, BackendUnavailable
+
+NATIVE_PATH = "/generate"
+CHAT_PATH = "/v1/chat/completions"
+
+
+class SGLangBackend(HTTPBackend):
+    """Client for an SGLang server (``[sglang]`` config section)."""
+
+    name = "sglang"
+    default_url = "http://127.0.0.1:30000"
+    health_path = "/health"
+
+    def capabilities(self) -> Capabilities:
+        return capabilities_for("sglang", self.section.grammar_backend)
+
+    # Request -------------------------------------------------------------------------
+    def _constraint(self, request: GenerationRequest) -> tuple[dict[str, Any], list[str]]:
+        """``{"json_schema"|"regex"|"ebnf": str}`` and the post-enforced pointers."""
+        out = request.output
+        if out is None:
+            return {}, []
+        schema, post = relax_for(out, self.capabilities())
+        if post == ["/"]:
+            raise BackendUnavailable(
+                f"SGLang's {self.section.grammar_backend} backend cannot constrain "
+                f"{out.kind} outputs", self.name)
+        if out.kind == "json":
+            # SGLang wants the schema serialized: a JSON string, not an object.
+            return {"json_schema": json.dumps(schema, ensure_ascii=False)}, post
+        if out.kind in ("regex", "choice"):
+            return {"regex": out.to_regex()}, post
+        return {"ebnf": out.to_ebnf()}, post
+
+    def build(self, request: GenerationRequest, *, stream: bool = False
+              ) -> tuple[str, dict[str, Any], list[str]]:
+        """The path, JSON body and post-enforced pointers for ``request``."""
+        s = request.sampling
+        constraint, post = self._constraint(request)
+        if self.section.api == "openai":
+            return CHAT_PATH, self._chat_body(request, constraint, stream), post
+        params: dict[str, Any] = {"max_new_tokens": s.max_tokens,
+                                  "temperature": s.temperature, "top_p": s.top_p}
+        if s.seed is not None:
+            params["sampling_seed"] = s.seed
+        if s.stop:
+            params["stop"] = list(s.stop)
+        params.update(constraint)
+        body: dict[str, Any] = {"text": render_prompt(request), "sampling_params": params,
+                                "stream": stream}
+        if request.reasoning:
+            # Native API only: make the grammar wait until the model finished thinking.
+            body["require_reasoning"] = True
+        return NATIVE_PATH, body, post
+
+    def _chat_body(self, request: GenerationRequest, constraint: dict[str, Any],
+                   stream: bool) -> dict[str, Any]:
+        s = request.sampling
+        body: dict[str, Any] = {"model": self.model_for(request) or "default",
+                                "messages": [dict(m) for m in request.messages],
+                                "max_tokens": s.max_tokens, "temperature": s.temperature,
+                                "top_p": s.top_p, "stream": stream}
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.stop:
+            body["stop"] = list(s.stop)
+        if "json_schema" in constraint:
+            out = request.output
+            assert out is not None
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": out.name, "schema": json.loads(constraint["json_schema"]),
+                "strict": True}}
+        else:
+            body.update(constraint)  # SGLang's chat endpoint takes regex/ebnf as extra body
+        if request.reasoning:
+            body["separate_reasoning"] = True
+            body["chat_template_kwargs"] = {"enable_thinking": True}
+        return body
+
+    # Response ------------------------------------------------------------------------
+    def _parse_native(self, data: Any) -> GenerationResult:
+        try:
+            text = data["text"]
+            meta = data.get("meta_info") or {}
+            finish = meta.get("finish_reason") or {}
+        except (KeyError, TypeError, AttributeError):
+            raise BackendProtocolError(
+                f"answer is not an SGLang /generate result: {str(data)[:200]}",
+                self.name) from None
+        if not isinstance(text, str):
+            raise BackendProtocolError("/generate text is not a string", self.name)
+        reason = finish.get("type") if isinstance(finish, dict) else finish
+        e2e = meta.get("e2e_latency")
+        return GenerationResult(
+            text=text, backend=self.name, model=str(self.section.model or ""),
+            finish_reason=str(reason or "stop"),
+            prompt_tokens=int(meta.get("prompt_tokens") or 0),
+            completion_tokens=int(meta.get("completion_tokens") or 0),
+            server_time_s=float(e2e) if isinstance(e2e, int | float) else None)
+
+    def _parse_chat(self, data: Any) -> GenerationResult:
+        try:
+            choice = data["choices"][0]
+            msg = choice["message"]
+            usage = data.get("usage") or {}
+        except (KeyError, IndexError, TypeError):
+            raise BackendProtocolError(
+                f"answer is not an OpenAI chat completion: {str(data)[:200]}",
+                self.name) from None
+        text = msg.get("content") or ""
+        if not isinstance(text, str):
+            raise BackendProtocolError("message content is not a string", self.name)
+        reasoning = msg.get("reasoning_content")
+        return GenerationResult(
+            text=text, backend=self.name, model=str(data.get("model") or ""),
+            finish_reason=str(choice.get("finish_reason") or "stop"),
+            reasoning_text=reasoning if isinstance(reasoning, str) else None,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0))
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        start = time.perf_counter()
+        path, body, post = self.build(request)
+        data = await self.http.request_json("POST", path, body, deadline=request.deadline)
+        result = self._parse_native(data) if path == NATIVE_PATH else self._parse_chat(data)
+        result.latency_s = time.perf_counter() - start
+        result.stats["post_enforced"] = post
+        result.stats["endpoint"] = path
+        return result
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Text chunks from the SSE stream (native events carry the text so far)."""
+        path, body, _post = self.build(request, stream=True)
+        seen = ""
+        done = False
+        async for line in self.http.stream_lines(path, body, deadline=request.deadline):
+            payload = sse_data(line)
+            if payload is None:
+                continue
+            if payload == "[DONE]":
+                done = True
+                break
+            event = loads_event(payload, self.name)
+            if isinstance(event, dict) and "error" in event:
+                raise BackendUnavailable(f"server error mid-stream: {event['error']}",
+                                         self.name, retryable=True)
+            if path == NATIVE_PATH:
+                text = event.get("text") if isinstance(event, dict) else None
+                if not isinstance(text, str) or not text.startswith(seen):
+                    raise BackendProtocolError("stream event text does not extend the "
+                                               "previous one", self.name)
+                chunk, seen = text[len(seen):], text
+                if chunk:
+                    yield chunk
+            else:
+                for choice in event.get("choices") or ():
+                    chunk = (choice.get("delta") or {}).get("content")
+                    if chunk:
+                        yield chunk
+        if not done:
+            raise BackendProtocolError("stream ended before data: [DONE]", self.name,
+                                       retryable=True)

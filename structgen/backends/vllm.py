@@ -1,0 +1,171 @@
+"""vLLM's OpenAI-compatible server (v0.12+): ``/v1/chat/completions`` and ``/v1/completions``.
+
+Every constraint goes in the request body's ``structured_outputs`` object, one of
+``json`` (the schema object), ``regex``, ``choice`` (a list) or ``grammar`` (text), which
+both endpoints accept; ``disable_any_whitespace`` is added for compact JSON and
+``whitespace_pattern`` when the request asks for one. The removed ``guided_*`` fields are
+never sent: vLLM >= 0.12 ignores them and would return unconstrained text.
+
+Note: vLLM 0.32 accepts ``disable_any_whitespace`` per request but its grammar engines
+read the server-wide ``--structured-outputs-config`` value only, so start the server with
+``{"disable_any_whitespace": true}`` to get compact JSON from a small model.
+
+Thinking models: with a ``--reasoning-parser`` the server returns the thinking in
+``message.reasoning`` (``reasoning_content`` before v0.13); both are read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import capabilities_for, relax_for
+from structgen.backends.http import HTTPBackend, loads_event, render_prompt, sse_data
+from structgen.errors import BackendProtocolError, BackendUnavailable
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"
+
+
+class VLLMBackend(HTTPBackend):
+    """Client for a vLLM OpenAI-compatible server (``[vllm]`` config section)."""
+
+    name = "vllm"
+    default_url = "http://127.0.0.1:8000"
+    health_path = "/health"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._served_model: str | None = None
+
+    def capabilities(self) -> Capabilities:
+        return capabilities_for("vllm", self.section.structured_backend)
+
+    # Request -------------------------------------------------------------------------
+    async def _model(self, request: GenerationRequest) -> str:
+        """The configured model, else the first one the server lists (asked once)."""
+        model = self.model_for(request)
+        if model:
+            return model
+        if self._served_model is None:
+            data = await self.http.request_json("GET", "/v1/models", deadline=request.deadline)
+            try:
+                self._served_model = str(data["data"][0]["id"])
+            except (KeyError, IndexError, TypeError):
+                raise BackendProtocolError("/v1/models lists no model", self.name) from None
+        return self._served_model
+
+    def structured_outputs(self, request: GenerationRequest) -> tuple[dict[str, Any] | None,
+                                                                      list[str]]:
+        """The ``structured_outputs`` object and the post-enforced constraint pointers."""
+        out = request.output
+        if out is None:
+            return None, []
+        schema, post = relax_for(out, self.capabilities())
+        so: dict[str, Any]
+        if out.kind == "json":
+            so = {"json": schema}
+            if request.whitespace == "compact":
+                so["disable_any_whitespace"] = True
+        elif out.kind == "regex":
+            so = {"regex": out.pattern}
+        elif out.kind == "choice":
+            so = {"choice": list(out.choices or ())}
+        else:
+            so = {"grammar": self._grammar_text(out)}
+        if "whitespace_pattern" in request.extra:
+            so["whitespace_pattern"] = str(request.extra["whitespace_pattern"])
+        return so, post
+
+    def _grammar_text(self, out: Any) -> str:
+        # llguidance and outlines read Lark; XGrammar (also behind "auto") reads GBNF and
+        # recognises Lark too, so an EBNF grammar goes as given and anything else as Lark.
+        engine = self.section.structured_backend
+        if engine in ("xgrammar", "auto") and out.grammar_syntax == "ebnf":
+            return str(out.grammar_source)
+        return str(out.grammar)
+
+    async def build(self, request: GenerationRequest, *, stream: bool = False
+                    ) -> tuple[str, dict[str, Any], list[str]]:
+        """The path, JSON body and post-enforced pointers for ``request``."""
+        s = request.sampling
+        body: dict[str, Any] = {"model": await self._model(request)}
+        if self.section.endpoint == "chat":
+            path = CHAT_PATH
+            body["messages"] = [dict(m) for m in request.messages]
+            if request.reasoning:
+                body["chat_template_kwargs"] = {"enable_thinking": True}
+        else:
+            path = COMPLETIONS_PATH
+            body["prompt"] = render_prompt(request)
+        body.update(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.stop:
+            body["stop"] = list(s.stop)
+        so, post = self.structured_outputs(request)
+        if so is not None:
+            body["structured_outputs"] = so
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return path, body, post
+
+    # Response ------------------------------------------------------------------------
+    def _parse(self, data: Any, model: str) -> GenerationResult:
+        try:
+            choice = data["choices"][0]
+            if "message" in choice:
+                msg = choice["message"]
+                text = msg.get("content") or ""
+                reasoning = msg.get("reasoning") or msg.get("reasoning_content")
+            else:
+                text, reasoning = choice["text"], None
+            usage = data.get("usage") or {}
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise BackendProtocolError(
+                f"answer is not an OpenAI completion: {str(data)[:200]}", self.name) from None
+        if not isinstance(text, str):
+            raise BackendProtocolError("completion text is not a string", self.name)
+        return GenerationResult(
+            text=text, backend=self.name, model=str(data.get("model") or model),
+            finish_reason=str(choice.get("finish_reason") or "stop"),
+            reasoning_text=reasoning if isinstance(reasoning, str) else None,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0))
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        start = time.perf_counter()
+        path, body, post = await self.build(request)
+        data = await self.http.request_json("POST", path, body, deadline=request.deadline)
+        result = self._parse(data, body["model"])
+        result.latency_s = time.perf_counter() - start
+        result.stats["post_enforced"] = post
+        result.stats["endpoint"] = path
+        return result
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Text chunks as the server's SSE events arrive (``data: [DONE]`` ends it)."""
+        path, body, _post = await self.build(request, stream=True)
+        done = False
+        async for line in self.http.stream_lines(path, body, deadline=request.deadline):
+            payload = sse_data(line)
+            if payload is None:
+                continue
+            if payload == "[DONE]":
+                done = True
+                break
+            event = loads_event(payload, self.name)
+            if "error" in event:
+                raise BackendUnavailable(f"server error mid-stream: {event['error']}",
+                                         self.name, retryable=True)
+            for choice in event.get("choices") or ():
+                delta = choice.get("delta") or {}
+                chunk = delta.get("content") if "delta" in choice else choice.get("text")
+                if chunk:
+                    yield chunk
+        if not done:
+            raise BackendProtocolError("stream ended before data: [DONE]", self.name,
+                                       retryable=True)

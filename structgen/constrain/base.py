@@ -1,0 +1,179 @@
+"""The small interface every constraint engine implements (one file per engine).
+
+A :class:`GrammarConstraint` is built once per tokenizer; it compiles a
+:class:`~structgen.schema.CompiledOutput` (through the shared grammar cache) into a fresh
+:class:`Matcher` per request. The decode loop only ever talks to a Matcher: fill the
+allowed-token bitmask, consume the chosen token, ask for forced (fast-forward) tokens.
+
+Bitmasks are the format the three libraries share: an int32 tensor, one bit per token,
+bit set = allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from structgen.errors import SchemaError
+
+if TYPE_CHECKING:
+    import torch
+
+    from structgen.schema import CompiledOutput
+
+
+@dataclass(frozen=True)
+class ConstraintOptions:
+    """How a JSON output is laid out and what the grammar wraps around it.
+
+    ``whitespace``: ``"compact"`` (no whitespace between JSON tokens) or ``"any"`` (at most
+    ``max_whitespace`` whitespace characters between tokens). ``reasoning``: free text in
+    ``<think>...</think>`` before the answer (engines that cannot express it raise).
+    """
+
+    whitespace: str = "compact"
+    max_whitespace: int = 4
+    reasoning: bool = False
+
+    def key(self) -> str:
+        return f"ws={self.whitespace}:{self.max_whitespace}:think={int(self.reasoning)}"
+
+
+@dataclass
+class TokenizerData:
+    """What engines need to know about a tokenizer, computed once per loaded model."""
+
+    hf_tokenizer: Any
+    vocab_size: int  # the model's logits width (may exceed len(tokenizer))
+    eos_token_ids: tuple[int, ...]
+
+    def ll_tokenizer(self) -> Any:
+        """llguidance's view of the tokenizer (built once, ~1 s for a 50k vocabulary)."""
+        cached = getattr(self, "_ll", None)
+        if cached is None:
+            import copy
+
+            import llguidance
+
+            backend = copy.copy(self.hf_tokenizer.backend_tokenizer)
+            backend.no_padding()
+            backend.no_truncation()
+            cached = llguidance.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size,
+                                            eos_token=list(self.eos_token_ids))
+            self._ll = cached
+        return cached
+
+    def token_bytes(self) -> list[bytes]:
+        """Raw bytes of every token id (b"" for special and unused ids)."""
+        cached = getattr(self, "_bytes", None)
+        if cached is None:
+            ll = self.ll_tokenizer()
+            cached = [b"" if ll.is_special_token(i) else ll.decode_bytes([i])
+                      for i in range(self.vocab_size)]
+            self._bytes = cached
+        return cached
+
+    @property
+    def hash(self) -> str:
+        """Identity of the tokenizer for the grammar cache key."""
+        cached = getattr(self, "_hash", None)
+        if cached is None:
+            h = hashlib.sha256(self.hf_tokenizer.backend_tokenizer.to_str().encode())
+            h.update(json.dumps([self.vocab_size, list(self.eos_token_ids)]).encode())
+            cached = h.hexdigest()[:24]
+            self._hash = cached
+        return cached
+
+
+class Matcher(ABC):
+    """Per-request grammar state."""
+
+    @abstractmethod
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        """Write the allowed next tokens into ``bitmask[row]``."""
+
+    @abstractmethod
+    def consume(self, token: int) -> bool:
+        """Advance by one token; False when the grammar rejects it."""
+
+    def forced_tokens(self) -> list[int]:
+        """Tokens the grammar forces next, already consumed by the matcher ([] = none)."""
+        return []
+
+    @abstractmethod
+    def is_finished(self) -> bool:
+        """True when the grammar admits no further token (only end-of-sequence)."""
+
+    @abstractmethod
+    def is_accepting(self) -> bool:
+        """True when the text so far is a complete sentence of the grammar."""
+
+    def error(self) -> str | None:
+        return None
+
+
+class GrammarConstraint(ABC):
+    """A constraint engine bound to one tokenizer."""
+
+    name: str = "base"
+    version: str = "0"
+    supports_fast_forward: bool = False
+    supports_reasoning: bool = False
+    notes: tuple[str, ...] = ()
+    # JSON Schema keywords it enforces while decoding; None = all that structgen knows
+    json_keywords: frozenset[str] | None = None
+
+    def __init__(self, tok: TokenizerData) -> None:
+        self.tok = tok
+
+    def matcher(self, output: CompiledOutput, options: ConstraintOptions) -> Matcher:
+        """A fresh matcher for ``output``; the compiled grammar is cached across requests."""
+        from structgen.grammar_cache import default_grammar_cache
+
+        if options.reasoning and not self.supports_reasoning:
+            raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
+                              "use engine='llguidance'")
+        key = (f"{output.hash}:{options.key()}", self.tok.hash, self.name, self.version)
+        compiled = default_grammar_cache().get_or_compile(
+            key, lambda: self.compile(output, options))
+        return self.new_matcher(compiled)
+
+    @abstractmethod
+    def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
+        """Compile ``output`` into this engine's reusable form (raises SchemaError)."""
+
+    @abstractmethod
+    def new_matcher(self, compiled: Any) -> Matcher:
+        """A fresh matcher from a compiled grammar."""
+
+
+ENGINES = {
+    "llguidance": "structgen.constrain.llguidance:LLGuidanceConstraint",
+    "xgrammar": "structgen.constrain.xgrammar:XGrammarConstraint",
+    "outlines": "structgen.constrain.outlines:OutlinesConstraint",
+}
+
+
+def create_constraint(engine: str, tok: TokenizerData) -> GrammarConstraint:
+    """Instantiate constraint engine ``engine`` for a tokenizer."""
+    import importlib
+
+    from structgen.errors import ConfigError
+
+    try:
+        module_name, _, cls_name = ENGINES[engine].partition(":")
+    except KeyError:
+        raise ConfigError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})",
+                          "local.engine") from None
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls(tok)  # type: ignore[no-any-return]
+
+
+def json_whitespace_regex(options: ConstraintOptions) -> str:
+    """Regex for whitespace between JSON tokens under ``options``."""
+    if options.whitespace == "compact":
+        return ""
+    return f"[\\x20\\x0A\\x0D\\x09]{{0,{options.max_whitespace}}}"

@@ -1,0 +1,102 @@
+"""Outlines engine (outlines-core): the output is turned into a regular expression and an
+index of allowed tokens per automaton state. No context-free grammars, no fast-forward."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from structgen.constrain.base import (
+    ConstraintOptions,
+    GrammarConstraint,
+    Matcher,
+    TokenizerData,
+    json_whitespace_regex,
+)
+from structgen.errors import SchemaError
+
+if TYPE_CHECKING:
+    import torch
+
+    from structgen.schema import CompiledOutput
+
+
+class OutlinesMatcher(Matcher):
+    __slots__ = ("eos", "guide", "words")
+
+    def __init__(self, guide: Any, eos: int, words: int) -> None:
+        self.guide = guide
+        self.eos = eos
+        self.words = words
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        v = bitmask[row]
+        self.guide.write_mask_into(v.data_ptr(), v.numel(), 4)
+
+    def consume(self, token: int) -> bool:
+        if not self.guide.accepts_tokens([token]):
+            return False
+        self.guide.advance(token, return_tokens=False)
+        return True
+
+    def is_finished(self) -> bool:
+        # outlines-core's is_finished means "in a final state"; finished here means that
+        # nothing but end-of-sequence may follow
+        return bool(self.guide.is_finished()) and self.guide.get_tokens() == [self.eos]
+
+    def is_accepting(self) -> bool:
+        return bool(self.guide.is_finished())
+
+
+class OutlinesConstraint(GrammarConstraint):
+    name = "outlines"
+    version = importlib.metadata.version("outlines_core")
+    supports_fast_forward = False
+    supports_reasoning = False
+    json_keywords = frozenset({
+        "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+        "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "minItems", "maxItems",
+        "minLength", "maxLength", "pattern", "format", "minimum", "maximum"})
+    notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
+             "construction can take seconds for large schemas",)
+
+    def __init__(self, tok: TokenizerData) -> None:
+        from outlines_core import Vocabulary
+
+        super().__init__(tok)
+        eos = tok.eos_token_ids[0]
+        groups: dict[bytes, list[int]] = {}
+        for i, b in enumerate(tok.token_bytes()):
+            if b and i not in tok.eos_token_ids:
+                groups.setdefault(b, []).append(i)
+        self.eos = eos
+        self.vocabulary = Vocabulary(eos, groups)
+
+    def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
+        from outlines_core import Index
+        from outlines_core.json_schema import build_regex_from_schema
+
+        try:
+            if output.kind == "json":
+                regex = build_regex_from_schema(json.dumps(output.to_json_schema()),
+                                                json_whitespace_regex(options))
+            elif output.kind == "regex":
+                regex = output.pattern or ""
+            elif output.kind == "choice":
+                regex = "(" + "|".join(re.escape(c) for c in output.choices or ()) + ")"
+            else:
+                raise SchemaError("the outlines engine cannot enforce context-free grammars; "
+                                  "use engine='llguidance'")
+            return Index(regex, self.vocabulary)
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise SchemaError(f"outlines-core cannot compile this {output.kind} output: "
+                              f"{exc}") from None
+
+    def new_matcher(self, compiled: Any) -> Matcher:
+        from outlines_core import Guide
+
+        return OutlinesMatcher(Guide(compiled), self.eos, self.tok.vocab_size)

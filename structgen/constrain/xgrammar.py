@@ -1,0 +1,111 @@
+"""XGrammar engine: compiled grammars with a persistent token-mask cache; jump-forward via
+its jump-forward string (re-tokenized, accepted only when the tokens reproduce it exactly)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from typing import TYPE_CHECKING, Any
+
+from structgen.constrain.base import ConstraintOptions, GrammarConstraint, Matcher, TokenizerData
+from structgen.errors import SchemaError
+
+if TYPE_CHECKING:
+    import torch
+
+    from structgen.schema import CompiledOutput
+
+
+class XGrammarMatcher(Matcher):
+    __slots__ = ("encode", "m", "token_bytes")
+
+    def __init__(self, m: Any, encode: Any, token_bytes: list[bytes]) -> None:
+        self.m = m
+        self.encode = encode
+        self.token_bytes = token_bytes
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        self.m.fill_next_token_bitmask(bitmask, row)
+
+    def consume(self, token: int) -> bool:
+        return bool(self.m.accept_token(token))
+
+    def forced_tokens(self) -> list[int]:
+        s = self.m.find_jump_forward_string()
+        if not s:
+            return []
+        ids: list[int] = self.encode(s)
+        # A jump-forward string may end inside what would be one token with the text after
+        # it; only take it when its tokens spell exactly that string.
+        if b"".join(self.token_bytes[i] for i in ids) != s.encode("utf-8"):
+            return []
+        for n, t in enumerate(ids):
+            if not self.m.accept_token(t):
+                if n:
+                    self.m.rollback(n)
+                return []
+        return ids
+
+    def is_finished(self) -> bool:
+        return bool(self.m.is_terminated())
+
+    def is_accepting(self) -> bool:
+        return bool(self.m.is_completed())
+
+
+class XGrammarConstraint(GrammarConstraint):
+    name = "xgrammar"
+    version = importlib.metadata.version("xgrammar")
+    supports_fast_forward = True
+    supports_reasoning = False
+    # keywords XGrammar's JSON converter turns into grammar; the rest (e.g. format on some
+    # strings, uniqueItems, multipleOf, not, if/then/else, dependent*) is checked by
+    # validation after decoding
+    json_keywords = frozenset({
+        "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+        "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "minItems", "maxItems",
+        "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
+        "exclusiveMaximum", "patternProperties", "propertyNames", "minProperties",
+        "maxProperties", "format"})
+    notes = ("xgrammar: Lark grammars are not accepted (pass Grammar(..., syntax='ebnf') or "
+             "use engine='llguidance'); reasoning needs llguidance",)
+
+    def __init__(self, tok: TokenizerData) -> None:
+        import xgrammar as xgr
+
+        super().__init__(tok)
+        self.info = xgr.TokenizerInfo.from_huggingface(
+            tok.hf_tokenizer, vocab_size=tok.vocab_size, stop_token_ids=list(tok.eos_token_ids))
+        self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
+        self._token_bytes = tok.token_bytes()
+        hf = tok.hf_tokenizer
+        self._encode = lambda s: hf.encode(s, add_special_tokens=False)
+
+    def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
+        c = self.compiler
+        try:
+            if output.kind == "json":
+                compact = options.whitespace == "compact"
+                return c.compile_json_schema(
+                    json.dumps(output.to_json_schema()), any_whitespace=not compact,
+                    separators=(",", ":") if compact else None,
+                    max_whitespace_cnt=None if compact else max(options.max_whitespace, 1))
+            if output.kind == "regex":
+                return c.compile_regex(output.pattern or "")
+            if output.kind == "choice":
+                return c.compile_grammar(
+                    "root ::= " + " | ".join(json.dumps(x) for x in output.choices or ()))
+            if output.grammar_syntax != "ebnf":
+                raise SchemaError("the xgrammar engine takes EBNF grammars only; pass "
+                                  "Grammar(text, syntax='ebnf') or use engine='llguidance'")
+            return c.compile_grammar(output.grammar_source or "")
+        except SchemaError:
+            raise
+        except Exception as exc:  # xgrammar raises RuntimeError/ValueError with its message
+            raise SchemaError(f"xgrammar cannot compile this {output.kind} output: "
+                              f"{exc}") from None
+
+    def new_matcher(self, compiled: Any) -> Matcher:
+        import xgrammar as xgr
+
+        return XGrammarMatcher(xgr.GrammarMatcher(compiled), self._encode, self._token_bytes)

@@ -1,0 +1,89 @@
+"""Bring schemas written for older drafts (04, 06, 07, 2019-09) to Draft 2020-12.
+
+Schemas found in the wild declare ``"$schema": "http://json-schema.org/draft-04/schema#"``
+and rely on that draft's meaning: ``$ref`` hides its siblings, ``exclusiveMaximum`` is a
+boolean, ``items`` may be a list, ``dependencies`` mixes two keywords. structgen compiles
+and validates everything as 2020-12, so :func:`upgrade_schema` rewrites those idioms into
+their 2020-12 equivalents; the meaning of the schema does not change.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+_OLD_DRAFT = re.compile(r"json-schema\.org/(draft-0[3-7]|draft/2019-09)/schema")
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+
+# Keywords kept next to a draft <= 7 ``$ref``: they hold the targets other refs point at.
+_REF_KEEP = ("$ref", "definitions", "$defs", "$id", "id")
+
+
+def declared_draft(schema: Any) -> str | None:
+    """``"draft-04"`` ... ``"draft/2019-09"`` when the root declares an older draft."""
+    if isinstance(schema, dict) and isinstance(schema.get("$schema"), str):
+        m = _OLD_DRAFT.search(schema["$schema"])
+        if m:
+            return m.group(1)
+    return None
+
+
+def upgrade_schema(schema: Any) -> Any:
+    """A 2020-12 schema with the same meaning as ``schema`` (a copy; the input is untouched).
+
+    Schemas without an older ``$schema`` declaration come back unchanged (as a copy).
+    """
+    draft = declared_draft(schema)
+    schema = copy.deepcopy(schema)
+    if draft is None:
+        return schema
+    _upgrade(schema, draft)
+    schema["$schema"] = DRAFT_2020_12
+    return schema
+
+
+def _upgrade(node: Any, draft: str) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _upgrade(item, draft)
+        return
+    if not isinstance(node, dict):
+        return
+    if "$ref" in node and draft != "draft/2019-09":
+        # draft <= 7: every sibling of $ref is ignored
+        for key in [k for k in node if k not in _REF_KEEP]:
+            del node[key]
+    if draft == "draft-04" or draft == "draft-03":
+        for bound, excl in (("maximum", "exclusiveMaximum"), ("minimum", "exclusiveMinimum")):
+            flag = node.get(excl)
+            if isinstance(flag, bool):
+                del node[excl]
+                if flag and isinstance(node.get(bound), int | float):
+                    node[excl] = node.pop(bound)
+    if isinstance(node.get("items"), list):
+        node["prefixItems"] = node.pop("items")
+        if "additionalItems" in node:
+            node["items"] = node.pop("additionalItems")
+    else:
+        node.pop("additionalItems", None)  # ignored when items is not a list
+    deps = node.get("dependencies")
+    if isinstance(deps, dict):
+        del node["dependencies"]
+        required = {k: v for k, v in deps.items() if isinstance(v, list)}
+        schemas = {k: v for k, v in deps.items() if isinstance(v, dict | bool)}
+        if required:
+            node["dependentRequired"] = required
+        if schemas:
+            node["dependentSchemas"] = schemas
+    for key, value in node.items():
+        if key in ("enum", "const", "default", "examples", "required"):
+            continue  # data, not subschemas
+        if key in ("properties", "patternProperties", "definitions", "$defs",
+                   "dependentSchemas"):
+            if isinstance(value, dict):
+                for sub in value.values():
+                    _upgrade(sub, draft)
+            continue
+        if isinstance(value, dict | list):
+            _upgrade(value, draft)

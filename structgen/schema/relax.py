@@ -1,0 +1,251 @@
+"""Derive the tightest schema a grammar engine can compile, dropping only what it cannot do.
+
+Grammar engines support a subset of JSON Schema (llguidance documents its own; XGrammar and
+Outlines have theirs). When an engine refuses a schema, structgen does not give up on
+constrained decoding: :func:`relax_for_engine` removes the keywords the engine names in its
+error (or, failing that, the least important keywords still present), recompiling after each
+step, down to plain JSON of the schema's type and finally any JSON. The relaxed schema only
+ever *loosens* the original, so everything it lets through is checked afterwards by full
+validation; the dropped keywords are returned so the caller can report them.
+
+Loosening is not always the same as deleting a keyword: inside ``not`` or an ``if``
+condition a looser subschema makes the whole schema *stricter*, and a looser ``oneOf``
+branch can make two branches match. Those cases are handled by dropping the whole ``not``
+/ ``if`` and turning ``oneOf`` into ``anyOf``.
+
+Example::
+
+    def check(s):                      # None when the engine compiles s, else its message
+        m = llguidance.LLMatcher(tok, llguidance.grammar_from("json_schema", json.dumps(s)))
+        return m.get_error() if m.is_error() else None
+
+    schema, dropped = relax_for_engine(schema, check)
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from typing import Any
+
+from structgen.errors import SchemaError
+
+CompileCheck = Callable[[Any], str | None]
+"""Returns ``None`` when the engine compiles the schema, else the engine's error message."""
+
+# Groups dropped together, from the least to the most informative for the grammar.
+LADDER: tuple[tuple[str, ...], ...] = (
+    ("oneOf",),  # special: oneOf -> anyOf (exclusivity left to validation)
+    ("format",),
+    ("pattern",),
+    ("dependencies", "dependentSchemas", "dependentRequired"),
+    ("not",),
+    ("if", "then", "else"),
+    ("minProperties", "maxProperties"),
+    ("propertyNames",),
+    ("uniqueItems",),
+    ("contains", "minContains", "maxContains"),
+    ("unevaluatedProperties", "unevaluatedItems"),
+    ("multipleOf",),
+    ("minLength", "maxLength"),
+    ("minItems", "maxItems"),
+    ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"),
+    ("patternProperties",),
+    ("$dynamicRef", "$recursiveRef"),
+    ("enum", "const"),
+    ("additionalProperties",),
+    ("allOf",),
+    ("anyOf",),
+    ("$ref",),
+    ("required",),
+)
+KEYWORDS = frozenset(k for group in LADDER for k in group)
+# Dropping the key also drops these at the same node (else the node gets stricter).
+_COUPLED = {
+    "patternProperties": ("additionalProperties", "unevaluatedProperties"),
+    "properties": ("additionalProperties", "unevaluatedProperties"),
+    "prefixItems": ("items", "unevaluatedItems"),
+    "if": ("then", "else"),
+}
+_MAP_KEYS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_LIST_KEYS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_ONE_KEYS = ("items", "additionalProperties", "then", "else", "contains", "propertyNames",
+             "unevaluatedItems", "unevaluatedProperties", "additionalItems")
+
+
+def relax_for_engine(schema: Any, compile_check: CompileCheck, *,
+                     max_steps: int = 40) -> tuple[Any, tuple[str, ...]]:
+    """(schema the engine compiles, keywords relaxed to get there; empty if none).
+
+    ``compile_check(schema)`` returns ``None`` when the engine compiles ``schema`` and the
+    engine's error message otherwise. Raises :class:`SchemaError` when not even the
+    any-JSON schema ``{}`` compiles.
+    """
+    error = compile_check(schema)
+    if error is None:
+        return schema, ()
+    relaxed: list[str] = []
+    current = copy.deepcopy(schema)
+    tried: set[tuple[str, ...]] = set()
+    for _ in range(max_steps):
+        group = _next_group(current, error or "", tried)
+        if group is None:
+            break
+        tried.add(group)
+        candidate = copy.deepcopy(current)
+        if not apply_relaxation(candidate, group):
+            continue
+        current = candidate
+        relaxed.extend(k for k in group if k not in relaxed)
+        error = compile_check(current)
+        if error is None:
+            return current, tuple(relaxed)
+    for fallback, label in ((_type_only(schema), "type-only"), ({}, "any-json")):
+        if fallback is not None and compile_check(fallback) is None:
+            return fallback, (*relaxed, label)
+    raise SchemaError(f"the grammar engine cannot compile even an any-JSON grammar: {error}")
+
+
+def _next_group(schema: Any, error: str, tried: set[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The keyword group the error names, else the next ladder group present in the schema."""
+    present = keywords_present(schema)
+    hinted = [g for g in LADDER if g not in tried and present & set(g)
+              and any(_mentions(error, k) for k in g)]
+    if hinted:
+        return hinted[0]
+    for group in LADDER:
+        if group not in tried and present & set(group):
+            return group
+    return None
+
+
+_HINTS = {
+    "format": ("format",),
+    "pattern": ("regex", "lookaround", "lookahead", "lookbehind", "backreference",
+                "pattern"),
+    "minProperties": ("min/maxproperties",),
+    "maxProperties": ("min/maxproperties",),
+    "oneOf": ("oneof",),
+}
+
+
+def _mentions(error: str, keyword: str) -> bool:
+    low = error.lower()
+    if f'"{keyword.lower()}"' in low or re.search(rf"\b{re.escape(keyword.lower())}\b", low):
+        return True
+    return any(h in low for h in _HINTS.get(keyword, ()))
+
+
+def keywords_present(schema: Any) -> set[str]:
+    """Every JSON Schema keyword used anywhere in ``schema`` (known subschema positions)."""
+    found: set[str] = set()
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            found.update(k for k in node if isinstance(k, str))
+            for child in _children(node):
+                visit(child)
+
+    visit(schema)
+    return found
+
+
+def _children(node: dict[str, Any]) -> list[Any]:
+    out: list[Any] = []
+    for key in _MAP_KEYS:
+        if isinstance(node.get(key), dict):
+            out.extend(node[key].values())
+    for key in _LIST_KEYS:
+        if isinstance(node.get(key), list):
+            out.extend(node[key])
+    for key in (*_ONE_KEYS, "not", "if"):
+        if isinstance(node.get(key), dict):
+            out.append(node[key])
+    if isinstance(node.get("items"), list):
+        out.extend(node["items"])
+    if isinstance(node.get("dependencies"), dict):
+        out.extend(v for v in node["dependencies"].values() if isinstance(v, dict))
+    return out
+
+
+def apply_relaxation(schema: Any, group: tuple[str, ...]) -> bool:
+    """Loosen ``schema`` in place by dropping ``group`` everywhere; True if it changed."""
+    drop = frozenset(group)
+    changed = _relax(schema, drop, to_any_of="oneOf" in drop)
+    if changed and isinstance(schema, dict):
+        # unevaluated* depends on what the other keywords evaluated; after any change it
+        # could become stricter, so it goes too
+        _relax(schema, frozenset({"unevaluatedProperties", "unevaluatedItems"}), False)
+    return changed
+
+
+def _has_ref(node: Any) -> bool:
+    if isinstance(node, dict):
+        return "$ref" in node or "$dynamicRef" in node or any(_has_ref(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_ref(v) for v in node)
+    return False
+
+
+def _relax(node: Any, drop: frozenset[str], to_any_of: bool) -> bool:
+    if not isinstance(node, dict):
+        return False
+    changed = False
+    for key in [k for k in node if k in drop and k != "oneOf"]:
+        for coupled in (key, *_COUPLED.get(key, ())):
+            if coupled in node:
+                del node[coupled]
+                changed = True
+    # A looser `not` or `if` makes the schema stricter: drop them whole instead.
+    for key in ("not", "if"):
+        if key in node and (_relax(copy.deepcopy(node[key]), drop, to_any_of)
+                            or _has_ref(node[key])):
+            for coupled in (key, *_COUPLED.get(key, ())):
+                node.pop(coupled, None)
+            changed = True
+    if "contains" in node and _relax(copy.deepcopy(node["contains"]), drop, to_any_of):
+        node.pop("maxContains", None)  # more items may match a looser `contains`
+    for key in _MAP_KEYS:
+        if isinstance(node.get(key), dict):
+            for sub in node[key].values():
+                changed |= _relax(sub, drop, to_any_of)
+    for key in ("allOf", "anyOf", "prefixItems"):
+        if isinstance(node.get(key), list):
+            for sub in node[key]:
+                changed |= _relax(sub, drop, to_any_of)
+    for key in _ONE_KEYS:
+        changed |= _relax(node.get(key), drop, to_any_of)
+    if isinstance(node.get("items"), list):
+        for sub in node["items"]:
+            changed |= _relax(sub, drop, to_any_of)
+    if isinstance(node.get("oneOf"), list):
+        branches = node["oneOf"]
+        branch_changed = False
+        for sub in branches:
+            branch_changed |= _relax(sub, drop, to_any_of)
+        if to_any_of or branch_changed or "oneOf" in drop:
+            # a looser branch could overlap another one: exclusivity goes to validation
+            del node["oneOf"]
+            if "anyOf" in node:
+                node.setdefault("allOf", []).append({"anyOf": branches})
+            else:
+                node["anyOf"] = branches
+            changed = True
+        changed |= branch_changed
+    return changed
+
+
+_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+
+def _type_only(schema: Any) -> dict[str, Any] | None:
+    """``{"type": ...}`` of the root when it declares one (plain JSON of the right type)."""
+    if not isinstance(schema, dict):
+        return None
+    t = schema.get("type")
+    if isinstance(t, str) and t in _TYPES:
+        return {"type": t}
+    if isinstance(t, list) and t and all(x in _TYPES for x in t):
+        return {"type": list(t)}
+    return None

@@ -1,0 +1,288 @@
+"""Offline cache warmup: run a JSONL file of requests into the result cache.
+
+Each input line is one request::
+
+    {"id": "q1", "prompt": "...", "schema": "schemas/intent.py:Intent"}
+    {"messages": [{"role": "user", "content": "..."}], "schema": {"type": "object", ...},
+     "model": "...", "backend": "local", "temperature": 0, "max_tokens": 128}
+
+``schema`` is a spec as the CLI takes it (``file.py:Class``, ``module:Class``, ``x.json``;
+relative paths are tried from the working directory, then from the JSONL file's directory)
+or an inline JSON Schema object.
+
+Requests run with bounded concurrency on one engine (concurrent requests are batched by the
+embedded backend and sent as concurrent HTTP requests to servers). Every finished request is
+in the cache before the next report line is written, so the run is resumable: after a crash
+or Ctrl-C, running it again skips what is cached. Duplicate requests (same cache key) run
+once. Bad lines become ``invalid`` report lines, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from structgen.errors import ConfigError, SchemaError, StructgenError
+from structgen.types import SAMPLING_KEYS
+
+if TYPE_CHECKING:
+    from structgen.backends import GenerationRequest
+    from structgen.engine import Engine
+
+Status = Literal["done", "cached", "duplicate", "failed", "invalid"]
+LINE_KEYS = frozenset({"id", "prompt", "messages", "schema", "model", "backend", "reasoning"}
+                      ) | SAMPLING_KEYS
+
+
+class WarmupLineError(StructgenError):
+    """One line of a warmup file is not a valid request (reported, not raised to the user)."""
+
+
+@dataclass
+class WarmupItem:
+    """One parsed input line. ``error`` is set (and the rest may be empty) for bad lines."""
+
+    line: int
+    id: str
+    prompt: Any = None
+    schema: Any = None
+    schema_name: str = ""
+    model: str | None = None
+    backend: str | None = None
+    reasoning: bool = False
+    sampling: dict[str, Any] = field(default_factory=dict)
+    request: GenerationRequest | None = None
+    key: str | None = None
+    error: StructgenError | None = None
+
+
+@dataclass
+class ReportLine:
+    """One line of the JSONL report."""
+
+    id: str
+    line: int
+    status: Status
+    key: str | None = None
+    backend: str | None = None
+    model: str | None = None
+    latency_s: float | None = None
+    repaired: bool = False
+    error: str | None = None
+    error_type: str | None = None
+
+
+@dataclass
+class WarmupSummary:
+    total: int
+    counts: dict[str, int]
+    elapsed_s: float
+    report: Path | None
+
+    @property
+    def ok(self) -> bool:
+        return not (self.counts.get("failed") or self.counts.get("invalid"))
+
+    def rate(self) -> float:
+        """Generated requests per second of wall-clock time."""
+        return self.counts.get("done", 0) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+# Parsing ---------------------------------------------------------------------------------
+def read_items(path: Path, engine: Engine, *, backend: str | None = None,
+               model: str | None = None) -> list[WarmupItem]:
+    """Parse ``path`` into items, each with its built request and cache key (or an error).
+
+    ``backend``/``model`` are defaults for lines that do not name their own.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read warmup file {path}: {exc}") from None
+    items: list[WarmupItem] = []
+    spec_cache: dict[str, Any] = {}
+    for n, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        item = WarmupItem(line=n, id=f"line-{n}")
+        try:
+            _parse_line(item, text, path.parent, spec_cache, backend, model)
+            item.request = engine.build_request(
+                item.prompt, item.schema, model=item.model, reasoning=item.reasoning,
+                **item.sampling)
+            if not engine.cache.cacheable(item.request):
+                raise WarmupLineError(
+                    "not cacheable: temperature > 0 needs a seed (or [cache] cache_sampled)")
+            item.key = engine.cache.key(item.request, backend=item.backend)
+        except StructgenError as exc:
+            item.error = exc
+        except Exception as exc:  # a bad value deep in a spec (e.g. a TypeError)
+            item.error = WarmupLineError(f"{type(exc).__name__}: {exc}")
+        items.append(item)
+    return items
+
+
+def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, Any],
+                backend: str | None, model: str | None) -> None:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WarmupLineError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise WarmupLineError("a line must be a JSON object")
+    if "id" in obj:
+        if not isinstance(obj["id"], str | int) or isinstance(obj["id"], bool):
+            raise WarmupLineError("id must be a string or an integer")
+        item.id = str(obj["id"])
+    unknown = set(obj) - LINE_KEYS
+    if unknown:
+        raise WarmupLineError(f"unknown field(s): {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(LINE_KEYS))})")
+    if ("prompt" in obj) == ("messages" in obj):
+        raise WarmupLineError('give exactly one of "prompt" or "messages"')
+    item.prompt = obj.get("prompt", obj.get("messages"))
+    if "schema" not in obj:
+        raise WarmupLineError('missing "schema"')
+    item.schema, item.schema_name = _load_schema(obj["schema"], base, spec_cache)
+    for name in ("model", "backend"):
+        value = obj.get(name)
+        if value is not None and not isinstance(value, str):
+            raise WarmupLineError(f"{name} must be a string")
+    item.model = obj.get("model") or model
+    item.backend = obj.get("backend") or backend
+    if item.backend is not None:
+        from structgen.backends import REGISTRY
+
+        if item.backend not in REGISTRY:
+            raise WarmupLineError(f"unknown backend {item.backend!r} "
+                                  f"(known: {', '.join(REGISTRY)})")
+    item.reasoning = bool(obj.get("reasoning", False))
+    item.sampling = {k: obj[k] for k in SAMPLING_KEYS if k in obj}
+
+
+def _load_schema(spec: Any, base: Path, spec_cache: dict[str, Any]) -> tuple[Any, str]:
+    from structgen.cli import load_spec
+
+    if isinstance(spec, dict):
+        return spec, str(spec.get("title") or "inline")
+    if not isinstance(spec, str) or not spec:
+        raise WarmupLineError("schema must be a spec string or an inline JSON Schema object")
+    if spec not in spec_cache:
+        try:
+            spec_cache[spec] = load_spec(spec)
+        except SchemaError:
+            # relative to the warmup file, so a file can travel with its schemas
+            target, sep, attr = spec.rpartition(":")
+            rebased = (str(base / target) + sep + attr) if sep else str(base / spec)
+            if rebased == spec or not (base / (target if sep else spec)).exists():
+                raise
+            spec_cache[spec] = load_spec(rebased)
+    loaded = spec_cache[spec]
+    return loaded, getattr(loaded, "__name__", None) or spec
+
+
+# Running ---------------------------------------------------------------------------------
+ProgressFn = Callable[[Counter[str]], None]
+
+
+async def run_warmup(engine: Engine, items: list[WarmupItem], *, concurrency: int = 4,
+                     report: Path | None = None, progress: ProgressFn | None = None
+                     ) -> WarmupSummary:
+    """Run every valid, uncached item through ``engine`` (at most ``concurrency`` at once).
+
+    Writes one report line per item as it finishes (flushed, so a killed run leaves a
+    readable partial report) and calls ``progress`` with the running counts.
+    """
+    start = time.perf_counter()
+    counts: Counter[str] = Counter()
+    sem = asyncio.Semaphore(max(1, concurrency))
+    out = report.open("w", encoding="utf-8") if report is not None else None
+
+    def emit(line: ReportLine) -> None:
+        counts[line.status] += 1
+        if out is not None:
+            out.write(json.dumps(asdict(line), ensure_ascii=False) + "\n")
+            out.flush()
+        if progress is not None:
+            progress(counts)
+
+    seen: set[str] = set()
+    todo: list[WarmupItem] = []
+    for item in items:
+        if item.error is not None or item.key is None:
+            emit(_error_line(item, "invalid", item.error))
+        elif item.key in seen:
+            emit(ReportLine(item.id, item.line, "duplicate", key=item.key))
+        else:
+            seen.add(item.key)
+            todo.append(item)
+
+    async def one(item: WarmupItem) -> None:
+        assert item.key is not None and item.request is not None
+        if engine.cache.contains(item.key):
+            emit(ReportLine(item.id, item.line, "cached", key=item.key))
+            return
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                result = await engine.arun(item.prompt, item.request.output,
+                                           backend=item.backend, model=item.model,
+                                           reasoning=item.reasoning, **item.sampling)
+            except StructgenError as exc:
+                emit(_error_line(item, "failed", exc))
+                return
+            except Exception as exc:  # a bug below must not stop the other requests
+                emit(_error_line(item, "failed", exc))
+                return
+            status: Status = "cached" if result.cached else "done"
+            emit(ReportLine(item.id, item.line, status, key=item.key, backend=result.backend,
+                            model=result.model, latency_s=round(time.perf_counter() - t0, 4),
+                            repaired=result.repaired))
+
+    try:
+        await asyncio.gather(*(one(item) for item in todo))
+    finally:
+        if out is not None:
+            out.close()
+        flush = getattr(engine.cache, "flush", None)
+        if flush is not None:
+            flush()
+    return WarmupSummary(total=len(items), counts=dict(counts),
+                         elapsed_s=time.perf_counter() - start, report=report)
+
+
+def _error_line(item: WarmupItem, status: Status, exc: BaseException | None) -> ReportLine:
+    return ReportLine(item.id, item.line, status, key=item.key, backend=item.backend,
+                      error=str(exc) if exc else "invalid line",
+                      error_type=type(exc).__name__ if exc else "WarmupLineError")
+
+
+def plan(engine: Engine, items: list[WarmupItem]) -> dict[str, Any]:
+    """What a run would do: counts, and per (backend, model, schema) how many to run."""
+    groups: Counter[tuple[str, str, str]] = Counter()
+    cached = invalid = duplicate = 0
+    seen: set[str] = set()
+    for item in items:
+        if item.key is None:
+            invalid += 1
+            continue
+        if item.key in seen:
+            duplicate += 1
+            continue
+        seen.add(item.key)
+        if engine.cache.contains(item.key):
+            cached += 1
+            continue
+        groups[(item.backend or "auto", item.model or "default", item.schema_name)] += 1
+    return {"total": len(items), "cached": cached, "invalid": invalid,
+            "duplicate": duplicate, "to_run": sum(groups.values()),
+            "groups": [{"backend": b, "model": m, "schema": s, "count": n}
+                       for (b, m, s), n in sorted(groups.items())],
+            "errors": [{"id": i.id, "line": i.line, "error_type": type(i.error).__name__,
+                        "error": str(i.error)} for i in items if i.error is not None]}

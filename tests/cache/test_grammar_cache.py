@@ -1,0 +1,239 @@
+"""Compiled-grammar cache with real xgrammar / llguidance compiles on a real tokenizer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from structgen.config import CacheConfig
+from structgen.grammar_cache import (
+    GrammarCache,
+    GrammarCompileTimeout,
+    default_grammar_cache,
+    text_codec,
+    tokenizer_hash,
+    xgrammar_codec,
+)
+
+SCHEMA = {"type": "object", "properties": {"kind": {"enum": ["a", "b"]},
+                                           "n": {"type": "integer"}},
+          "required": ["kind", "n"], "additionalProperties": False}
+VALID, INVALID = '{"kind":"a","n":12}', '{"kind":"c","n":12}'
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def xgr(tokenizer: Any) -> Any:
+    import xgrammar
+
+    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer)
+    # xgrammar's own cache off, so every compile_fn call really compiles
+    return info, xgrammar.GrammarCompiler(info, cache_enabled=False)
+
+
+def xgr_key(tokenizer: Any, schema: dict[str, Any] = SCHEMA) -> tuple[str, str, str, str]:
+    import importlib.metadata
+
+    return (json.dumps(schema, sort_keys=True), tokenizer_hash(tokenizer), "xgrammar",
+            importlib.metadata.version("xgrammar"))
+
+
+def accepts(compiled: Any, text: str) -> bool:
+    import xgrammar
+
+    m = xgrammar.GrammarMatcher(compiled)
+    return bool(m.accept_string(text) and m.is_terminated() or m.is_completed())
+
+
+def test_xgrammar_memory_then_disk_after_restart(tmp_path: Path, tokenizer: Any, xgr: Any
+                                                 ) -> None:
+    info, compiler = xgr
+    calls = []
+
+    def compile_fn() -> Any:
+        calls.append(1)
+        return compiler.compile_json_schema(json.dumps(SCHEMA))
+
+    key = xgr_key(tokenizer)
+    c1 = GrammarCache(directory=tmp_path)
+    g1 = c1.get_or_compile(key, compile_fn, codec=xgrammar_codec(info))
+    assert c1.get_or_compile(key, compile_fn, codec=xgrammar_codec(info)) is g1
+    assert len(calls) == 1 and c1.stats()["hits"] == 1 and c1.stats()["misses"] == 1
+    assert len(list(tmp_path.rglob("*.json"))) == 1
+
+    c2 = GrammarCache(directory=tmp_path)  # a new process: nothing in memory
+    g2 = c2.get_or_compile(key, compile_fn, codec=xgrammar_codec(info))
+    assert len(calls) == 1 and c2.disk_hits == 1
+    assert g2.serialize_json() == g1.serialize_json()
+    assert accepts(g2, VALID)
+    assert not accepts(g2, INVALID)
+
+
+def test_llguidance_grammar_string_cached_on_disk(tmp_path: Path, tokenizer: Any) -> None:
+    import llguidance
+    import llguidance.hf
+
+    ll = llguidance.hf.from_tokenizer(tokenizer)
+    calls = []
+
+    def compile_fn() -> str:
+        calls.append(1)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(SCHEMA)
+        assert llguidance.LLMatcher.validate_grammar(grammar, ll) == ""
+        return grammar
+
+    key = ("s", tokenizer_hash(tokenizer), "llguidance", llguidance.get_version())
+    g1 = GrammarCache(directory=tmp_path).get_or_compile(key, compile_fn, codec=text_codec())
+    g2 = GrammarCache(directory=tmp_path).get_or_compile(key, compile_fn, codec=text_codec())
+    assert g1 == g2 and len(calls) == 1
+    matcher = llguidance.LLMatcher(ll, g2)
+    assert not matcher.is_error()
+    assert matcher.consume_tokens(tokenizer.encode(VALID)) and matcher.is_accepting()
+
+
+def test_corrupt_or_stale_disk_entry_recompiles(tmp_path: Path, tokenizer: Any, xgr: Any
+                                                ) -> None:
+    info, compiler = xgr
+    key = xgr_key(tokenizer)
+    calls = []
+
+    def compile_fn() -> Any:
+        calls.append(1)
+        return compiler.compile_json_schema(json.dumps(SCHEMA))
+
+    GrammarCache(directory=tmp_path).get_or_compile(key, compile_fn, codec=xgrammar_codec(info))
+    (path,) = tmp_path.rglob("*.json")
+    for damage in (lambda t: t[: len(t) // 2], lambda t: t.replace('"sha256": "', '"sha256": "0')):
+        text = path.read_text()
+        assert damage(text) != text
+        path.write_text(damage(text))
+        g = GrammarCache(directory=tmp_path).get_or_compile(key, compile_fn,
+                                                            codec=xgrammar_codec(info))
+        assert accepts(g, VALID)
+    assert len(calls) == 3
+    # a serialized grammar bound to another tokenizer is refused by xgrammar itself
+    import xgrammar
+
+    other = xgrammar.TokenizerInfo(["a", "b", "c"])
+    g = GrammarCache(directory=tmp_path).get_or_compile(
+        key, lambda: xgrammar.GrammarCompiler(other).compile_json_schema(json.dumps(SCHEMA)),
+        codec=xgrammar_codec(other))
+    assert g.tokenizer_info.vocab_size == 3
+
+
+def test_real_compile_past_deadline_then_cached_when_it_finishes(tmp_path: Path,
+                                                                 tokenizer: Any, xgr: Any
+                                                                 ) -> None:
+    info, compiler = xgr
+    key = xgr_key(tokenizer, {**SCHEMA, "title": "deadline"})
+    calls = []
+
+    def compile_fn() -> Any:
+        calls.append(1)
+        return compiler.compile_json_schema(json.dumps(SCHEMA))
+
+    cache = GrammarCache(directory=tmp_path)
+    with pytest.raises(GrammarCompileTimeout) as err:
+        cache.get_or_compile(key, compile_fn, timeout_s=1e-6, codec=xgrammar_codec(info))
+    assert err.value.key == key and not err.value.recorded
+    deadline = time.monotonic() + 30
+    while cache.timed_out(key) is not None or key not in cache._mem:
+        assert time.monotonic() < deadline, "the background compile never landed"
+        time.sleep(0.01)
+    g = cache.get_or_compile(key, compile_fn, timeout_s=1e-6, codec=xgrammar_codec(info))
+    assert accepts(g, VALID) and len(calls) == 1
+
+
+def test_hanging_compile_is_recorded_and_not_retried(tmp_path: Path) -> None:
+    release = threading.Event()
+    calls = []
+
+    def never_finishes() -> str:
+        calls.append(1)
+        release.wait(30)
+        return "grammar"
+
+    key = ("h", "t", "llguidance", "1")
+    try:
+        with pytest.raises(GrammarCompileTimeout):
+            GrammarCache(directory=tmp_path).get_or_compile(key, never_finishes, timeout_s=0.05,
+                                                           codec=text_codec())
+        restarted = GrammarCache(directory=tmp_path)
+        assert restarted.timed_out(key) == 0.05
+        with pytest.raises(GrammarCompileTimeout) as err:
+            restarted.get_or_compile(key, never_finishes, timeout_s=0.05, codec=text_codec())
+        assert err.value.recorded and len(calls) == 1  # failed fast, no second compile
+        with pytest.raises(GrammarCompileTimeout):  # a longer deadline earns one retry
+            restarted.get_or_compile(key, never_finishes, timeout_s=0.1, codec=text_codec())
+        assert len(calls) == 2 and restarted.timed_out(key) == 0.1
+    finally:
+        release.set()
+
+
+def test_concurrent_callers_share_one_compile(tmp_path: Path, tokenizer: Any, xgr: Any) -> None:
+    info, compiler = xgr
+    calls = []
+
+    def compile_fn() -> Any:
+        calls.append(1)
+        time.sleep(0.05)  # keep the compile in flight while the others arrive
+        return compiler.compile_json_schema(json.dumps(SCHEMA))
+
+    cache = GrammarCache(directory=tmp_path)
+    key = xgr_key(tokenizer, {**SCHEMA, "title": "shared"})
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        cache.get_or_compile(key, compile_fn, timeout_s=10, codec=xgrammar_codec(info))))
+        for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 6 and all(r is results[0] for r in results)
+
+
+def test_compile_error_propagates_and_is_not_cached(tmp_path: Path, xgr: Any) -> None:
+    _, compiler = xgr
+    cache = GrammarCache(directory=tmp_path)
+    key = ("bad", "t", "xgrammar", "x")
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            cache.get_or_compile(key, lambda: compiler.compile_json_schema('{"type": 12}'),
+                                 timeout_s=10)
+    assert cache.stats()["misses"] == 2 and key not in cache._mem
+
+
+def test_lru_bound(tmp_path: Path) -> None:
+    cache = GrammarCache(max_entries=3)
+    for i in range(5):
+        cache.get_or_compile((str(i), "t", "e", "v"), lambda i=i: f"g{i}")
+    assert list(cache._mem) == [(str(i), "t", "e", "v") for i in (2, 3, 4)]
+
+
+def test_tokenizer_hash(tokenizer: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from structgen.testing import build_tiny_model
+
+    again = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer_hash(again) == tokenizer_hash(tokenizer)
+    other = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", vocab_size=520))
+    assert tokenizer_hash(other) != tokenizer_hash(tokenizer)
+
+
+def test_default_cache_follows_config(tmp_path: Path) -> None:
+    a = default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path / "a")))
+    assert a is default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path / "a")))
+    assert a is not default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path / "b")))
+    assert a.directory == tmp_path / "a"

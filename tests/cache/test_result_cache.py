@@ -1,0 +1,309 @@
+"""The result cache, against both stores (diskcache and a real redis-server)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, field_validator
+
+from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
+from structgen.cache import ENTRY_PREFIX, ResultCache, decode_entry, open_result_cache
+from structgen.config import CacheConfig, Config
+from structgen.engine import Engine, StructuredResult
+from structgen.types import Choice, Regex
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+# Same JSON Schema as Person (so the same key; no docstring, it would become a
+# "description"), but its validator rejects minors.
+class StrictPerson(BaseModel):
+    name: str
+    age: int
+
+    @field_validator("age")
+    @classmethod
+    def adult(cls, v: int) -> int:
+        if v < 18:
+            raise ValueError("must be an adult")
+        return v
+
+    model_config = {"title": "Person"}
+
+
+SCHEMA = {"type": "object", "properties": {"id": {"type": "integer"},
+                                           "tags": {"type": "array", "items": {"type": "string"}}},
+          "required": ["id", "tags"], "additionalProperties": False}
+
+
+class CountingBackend(BackendBase):
+    """A backend that answers with fixed text and counts calls (a stand-in for a model)."""
+
+    name = "local"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.calls = 0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(output_kinds=frozenset({"json", "regex", "choice", "grammar"}))
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        self.calls += 1
+        return GenerationResult(text=self.text, backend=self.name, model="counting-model")
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        yield self.text
+
+    async def health(self) -> bool:
+        return True
+
+
+def put_value(cache: ResultCache, engine_cfg: Config, prompt: str, output: Any, value: Any,
+              text: str) -> tuple[str, GenerationRequest]:
+    req = Engine(engine_cfg, backends={"local": CountingBackend(text)}).build_request(
+        prompt, output)
+    key = cache.key(req)
+    cache.put(key, req, StructuredResult(value=value, raw_text=text, backend="local",
+                                         model="m-1"))
+    return key, req
+
+
+def test_round_trip_pydantic(cache: ResultCache, app_config: Config) -> None:
+    p = Person(name="Ada", age=36)
+    key, req = put_value(cache, app_config, "who?", Person, p, p.model_dump_json())
+    hit = cache.get(key, req.output)  # type: ignore[arg-type]
+    assert hit is not None and hit.cached and hit.cache_key == key
+    assert isinstance(hit.value, Person) and hit.value == p
+    assert (hit.backend, hit.model, hit.raw_text) == ("local", "m-1", p.model_dump_json())
+    assert (cache.hits, cache.misses) == (1, 0)
+
+
+@pytest.mark.parametrize(("output", "value"), [
+    (SCHEMA, {"id": 3, "tags": ["a", "ü"]}),
+    (Regex(r"[a-z]+-\d+"), "abc-12"),
+    (Choice(["yes", "no"]), "no"),
+])
+def test_round_trip_other_outputs(cache: ResultCache, app_config: Config, output: Any,
+                                  value: Any) -> None:
+    text = json.dumps(value) if isinstance(value, dict) else value
+    key, req = put_value(cache, app_config, "q", output, value, text)
+    hit = cache.get(key, req.output)  # type: ignore[arg-type]
+    assert hit is not None and hit.value == value
+
+
+def test_entry_records_metadata(cache: ResultCache, app_config: Config) -> None:
+    key, req = put_value(cache, app_config, "q", SCHEMA, {"id": 1, "tags": []}, '{"id":1,"tags":[]}')
+    raw = cache.store.get(ENTRY_PREFIX + key)
+    assert raw is not None
+    entry = decode_entry(raw)
+    assert entry is not None
+    assert entry["backend"] == "local" and entry["model"] == "m-1" and entry["key"] == key
+    assert abs(entry["created_at"] - time.time()) < 60 and entry["ttl_s"] is None
+    assert entry["schema"] == req.output.hash  # type: ignore[union-attr]
+    json.loads(raw[64:])  # the body is plain JSON: nothing pickled
+
+
+def test_miss_and_counters_persist(cache_config: CacheConfig, app_config: Config) -> None:
+    c1 = open_result_cache(cache_config, app_config)
+    assert isinstance(c1, ResultCache)
+    key, req = put_value(c1, app_config, "q", Person, Person(name="a", age=1), "{}")
+    assert c1.get("0" * 64, req.output) is None  # type: ignore[arg-type]
+    for _ in range(3):
+        assert c1.get(key, req.output) is not None  # type: ignore[arg-type]
+    c1.close()  # flushes the buffered counters
+    c2 = open_result_cache(cache_config, app_config)
+    assert isinstance(c2, ResultCache)
+    stats = c2.stats()
+    assert (stats["entries"], stats["hits"], stats["misses"]) == (1, 3, 1)
+    assert stats["bytes"] > 0
+    c2.close()
+
+
+def test_ttl_expires(cache_config: CacheConfig) -> None:
+    cfg = cache_config.model_copy(update={"ttl_s": 0.3})
+    cache = open_result_cache(cfg, Config(cache=cfg))
+    assert isinstance(cache, ResultCache)
+    key, req = put_value(cache, Config(cache=cfg), "q", Choice(["a", "b"]), "a", "a")
+    assert cache.get(key, req.output) is not None  # type: ignore[arg-type]
+    time.sleep(0.45)
+    assert cache.get(key, req.output) is None  # type: ignore[arg-type]
+    cache.close()
+
+
+def test_cacheable_policy(cache_config: CacheConfig) -> None:
+    engine = Engine(Config(cache=cache_config), backends={"local": CountingBackend("a")})
+    out = Choice(["a", "b"])
+
+    def cacheable(cache_sampled: bool = False, **s: Any) -> bool:
+        engine.cache.config = cache_config.model_copy(update={"cache_sampled": cache_sampled})
+        return bool(engine.cache.cacheable(engine.build_request("q", out, **s)))
+
+    assert cacheable(temperature=0)
+    assert not cacheable(temperature=0.7)
+    assert cacheable(temperature=0.7, seed=1)
+    assert cacheable(cache_sampled=True, temperature=0.7)
+    engine.close()
+
+
+CORRUPTIONS = {
+    "truncated": lambda raw: raw[: len(raw) // 2],
+    "bit flip in body": lambda raw: raw[:80] + chr(ord(raw[80]) ^ 1) + raw[81:],
+    "bad checksum": lambda raw: "0" * 64 + raw[64:],
+    "empty": lambda raw: "",
+    "json without checksum": lambda raw: raw[64:],
+    "not json, valid checksum": lambda raw: _with_checksum("{not json"),
+    "wrong key inside": lambda raw: _with_checksum(raw[64:].replace('"key":"', '"key":"x')),
+    "missing fields": lambda raw: _with_checksum(json.dumps({"v": 2, "data": 1})),
+    "deep nesting": lambda raw: _with_checksum("[" * 100000 + "]" * 100000),
+}
+
+
+def _with_checksum(body: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(body.encode()).hexdigest() + body
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_corrupted_entry_dropped_and_recomputed(cache_config: CacheConfig, kind: str) -> None:
+    backend = CountingBackend('{"name":"Ada","age":36}')
+    engine = Engine(Config(cache=cache_config), backends={"local": backend})
+    first = engine.run("who?", Person, backend="local")
+    assert not first.cached and backend.calls == 1
+    assert engine.run("who?", Person, backend="local").cached and backend.calls == 1
+    store, key = engine.cache.store, ENTRY_PREFIX + str(first.cache_key)
+    store.set(key, CORRUPTIONS[kind](store.get(key)), None)
+
+    again = engine.run("who?", Person, backend="local")  # never raises
+    assert not again.cached and backend.calls == 2 and again.value == Person(name="Ada", age=36)
+    assert engine.cache.dropped == 1
+    assert engine.run("who?", Person, backend="local").cached  # the recomputed entry is good
+    engine.close()
+
+
+def test_bytes_that_are_not_utf8(cache_config: CacheConfig, app_config: Config) -> None:
+    cache = open_result_cache(cache_config, app_config)
+    assert isinstance(cache, ResultCache)
+    key, req = put_value(cache, app_config, "q", Choice(["a"]), "a", "a")
+    if cache_config.backend == "redis":
+        import redis
+
+        with redis.Redis.from_url(cache_config.url) as r:
+            r.set("structgen:" + ENTRY_PREFIX + key, b"\xff\xfe" * 40)
+    else:
+        import diskcache
+
+        with diskcache.Cache(cache_config.dir) as raw:
+            raw.set(ENTRY_PREFIX + key, b"\xff\xfe" * 40)
+    assert cache.get(key, req.output) is None  # type: ignore[arg-type]
+    assert cache.store.get(ENTRY_PREFIX + key) is None
+    cache.close()
+
+
+class _Marker:
+    """Unpickling this creates a directory: proof that a read ran pickle.loads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def test_disk_store_never_unpickles(tmp_path: Path) -> None:
+    import diskcache
+
+    cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
+    cache = open_result_cache(cfg, Config(cache=cfg))
+    assert isinstance(cache, ResultCache)
+    key, req = put_value(cache, Config(cache=cfg), "q", Choice(["a"]), "a", "a")
+    marker = tmp_path / "pwned"
+    with diskcache.Cache(cfg.dir) as raw:  # the stock Disk pickles non-str values
+        raw.set(ENTRY_PREFIX + key, _Marker(str(marker)))
+    assert cache.get(key, req.output) is None  # type: ignore[arg-type]
+    assert not marker.exists()
+    assert list(cache.export()) == []
+    assert not marker.exists()
+    with pytest.raises(TypeError):
+        cache.store._cache.set("x", {"a": 1})  # type: ignore[attr-defined]
+    cache.close()
+
+
+def test_revalidation_rejects_entry_that_no_longer_fits(cache: ResultCache,
+                                                        app_config: Config) -> None:
+    key, _ = put_value(cache, app_config, "who?", Person, Person(name="Kid", age=9),
+                       '{"name":"Kid","age":9}')
+    engine = Engine(app_config, backends={"local": CountingBackend("{}")})
+    strict = engine.build_request("who?", StrictPerson)
+    assert cache.key(strict) == key  # same schema → same key, but the class is stricter now
+    assert cache.get(key, strict.output) is None  # type: ignore[arg-type]
+    assert cache.dropped == 1 and cache.store.get(ENTRY_PREFIX + key) is None
+    engine.close()
+
+
+def test_forged_data_with_valid_checksum_is_not_returned(cache: ResultCache,
+                                                         app_config: Config) -> None:
+    key, req = put_value(cache, app_config, "q", SCHEMA, {"id": 1, "tags": []}, "{}")
+    entry = decode_entry(cache.store.get(ENTRY_PREFIX + key))  # type: ignore[arg-type]
+    assert entry is not None
+    entry["data"] = {"id": "not an int", "tags": []}
+    cache.put_raw(key, json.dumps(entry))
+    assert cache.get(key, req.output) is None  # type: ignore[arg-type]
+
+
+def test_engine_hit_skips_backend_sync_and_async(cache_config: CacheConfig) -> None:
+    import asyncio
+
+    backend = CountingBackend('{"id":7,"tags":["x"]}')
+    engine = Engine(Config(cache=cache_config), backends={"local": backend})
+    r1 = engine.run("q", SCHEMA, backend="local")
+    r2 = asyncio.run(engine.arun("q", SCHEMA, backend="local"))
+    r3 = engine.run("q", SCHEMA, backend="local", use_cache=False)
+    assert (r1.cached, r2.cached, r3.cached) == (False, True, False)
+    assert r1.value == r2.value == {"id": 7, "tags": ["x"]} and backend.calls == 2
+    sampled = engine.run("q", SCHEMA, backend="local", temperature=0.9)
+    assert not sampled.cached and sampled.cache_key is None
+    assert not engine.run("q", SCHEMA, backend="local", temperature=0.9).cached
+    assert backend.calls == 4
+    engine.close()
+
+
+def test_export_import_clear(cache_config: CacheConfig, app_config: Config,
+                             tmp_path: Path) -> None:
+    src = open_result_cache(cache_config, app_config)
+    assert isinstance(src, ResultCache)
+    keys = [put_value(src, app_config, f"q{i}", SCHEMA, {"id": i, "tags": []}, "{}")
+            for i in range(5)]
+    exported = list(src.export())
+    assert sorted(e["key"] for e in exported) == sorted(k for k, _ in keys)
+    assert src.clear() == 5 and src.stats()["entries"] == 0
+    assert all(src.import_entry(e) for e in exported)
+    assert not src.import_entry({"v": 2, "key": "k"})  # malformed
+    assert not src.import_entry("nonsense")
+    for (key, req), i in zip(keys, range(5), strict=True):
+        hit = src.get(key, req.output)  # type: ignore[arg-type]
+        assert hit is not None and hit.value == {"id": i, "tags": []}
+    assert src.stats()["entries"] == 5
+    src.close()
+
+
+def test_store_failure_is_a_miss_not_a_crash(tmp_path: Path) -> None:
+    cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
+    backend = CountingBackend('{"name":"Ada","age":36}')
+    engine = Engine(Config(cache=cfg), backends={"local": backend})
+    engine.run("q", Person, backend="local")
+    engine.cache.store.close()
+    engine.cache.store._cache = None  # type: ignore[attr-defined]  # every call now raises
+    assert not engine.run("q", Person, backend="local").cached
+    assert engine.cache.errors >= 2 and backend.calls == 2

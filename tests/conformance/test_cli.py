@@ -1,0 +1,61 @@
+"""`structgen check` end to end on a small folder of real files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from structgen.cli import app
+
+ROWS = [
+    {"id": "a", "schema": {"type": "object", "properties": {"n": {"type": "integer"}},
+                           "required": ["n"]},
+     "tests": [{"data": {"n": 1}, "valid": True}, {"data": {"n": "x"}, "valid": False}]},
+    {"id": "b", "schema": {"type": "string", "format": "email"},
+     "tests": [{"data": "a@b.io", "valid": True}, {"data": "nope", "valid": False}]},
+    {"id": "c", "schema": {"type": "string"}, "tests": []},  # no tests: skipped
+    {"id": "d", "schema": {"type": "object", "properties": {"a": {"type": "integer"}},
+                           "dependentRequired": {"a": ["b"]}},
+     "tests": [{"data": {"a": 1, "b": 2}, "valid": True}, {"data": {"a": 1}, "valid": False}]},
+]
+SUITE = [{"description": "minimum", "schema": {"minimum": 3},
+          "tests": [{"description": "ok", "data": 3, "valid": True},
+                    {"description": "low", "data": 2, "valid": False}]}]
+
+
+@pytest.mark.slow
+def test_check_writes_json_and_report(tmp_path: Path) -> None:
+    with gzip.open(tmp_path / "mini.jsonl.gz", "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in ROWS)
+    (tmp_path / "minimum.json").write_text(json.dumps(SUITE))
+    out_json, out_md = tmp_path / "out.json", tmp_path / "out.md"
+    res = CliRunner().invoke(app, ["check", str(tmp_path), "--jobs", "2", "--timeout-s", "60",
+                                   "--json", str(out_json), "--report", str(out_md)])
+    assert res.exit_code == 0, res.output
+    assert "4/4 schemas passing" in res.output
+    figures = json.loads(out_json.read_text())
+    assert set(figures["splits"]) == {"mini", "minimum"}
+    for fig in (*figures["splits"].values(), figures["total"]):
+        assert {"schemas", "passing", "compile_errors", "timeouts", "too_strict",
+                "false_accepts"} <= set(fig)
+    assert figures["splits"]["mini"]["schemas"] == 3
+    assert figures["total"]["false_accepts"] == 0
+    assert "| mini |" in out_md.read_text()
+
+
+@pytest.mark.slow
+def test_check_reports_compile_errors_and_bad_paths(tmp_path: Path) -> None:
+    rows = [{"id": "bad", "schema": {"$ref": "#/nowhere"},
+             "tests": [{"data": 1, "valid": True}]}]
+    (tmp_path / "bad.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    out_json = tmp_path / "o.json"
+    res = CliRunner().invoke(app, ["check", str(tmp_path / "bad.jsonl"), "--json",
+                                   str(out_json)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out_json.read_text())["total"]["compile_errors"] == 1
+    res = CliRunner().invoke(app, ["check", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no such file" in res.output

@@ -1,0 +1,149 @@
+"""relax_for_engine and upgrade_schema: only loosen, never tighten; real llguidance checks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from jsonschema import Draft4Validator, Draft202012Validator
+
+from structgen.errors import SchemaError
+from structgen.schema.drafts import upgrade_schema
+from structgen.schema.grammar_check import byte_tokenizer
+from structgen.schema.relax import apply_relaxation, relax_for_engine
+
+
+def llguidance_check(schema: Any) -> str | None:
+    import llguidance
+
+    m = llguidance.LLMatcher(byte_tokenizer(),
+                             llguidance.grammar_from("json_schema", json.dumps(schema)),
+                             log_level=0)
+    return m.get_error() if m.is_error() else None
+
+
+def refusing(*keywords: str):
+    """An engine that refuses any schema using one of ``keywords`` (and records calls)."""
+    calls: list[Any] = []
+
+    def check(schema: Any) -> str | None:
+        calls.append(schema)
+        text = json.dumps(schema)
+        for k in keywords:
+            if f'"{k}"' in text:
+                return f'Unimplemented keys: ["{k}"]'
+        return None
+
+    check.calls = calls  # type: ignore[attr-defined]
+    return check
+
+
+def test_supported_schema_is_returned_untouched() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 3}}}
+    out, relaxed = relax_for_engine(schema, llguidance_check)
+    assert out is schema and relaxed == ()
+
+
+def test_only_the_named_keyword_is_dropped() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 4}},
+              "dependencies": {"a": ["b"]}, "required": ["a"]}
+    out, relaxed = relax_for_engine(schema, llguidance_check)
+    assert "dependencies" in relaxed
+    assert out["properties"]["a"]["maxLength"] == 4 and out["required"] == ["a"]
+    assert llguidance_check(out) is None
+    assert "dependencies" in schema  # the input is not mutated
+
+
+def test_one_of_becomes_any_of() -> None:
+    schema = {"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 0}]}
+    out, relaxed = relax_for_engine(schema, refusing("oneOf"))
+    assert relaxed == ("oneOf",)
+    assert out == {"anyOf": [{"type": "integer"}, {"type": "number", "minimum": 0}]}
+
+
+def test_a_keyword_inside_not_drops_the_whole_not() -> None:
+    # dropping `pattern` inside `not` would make the schema reject more: the `not` goes
+    schema = {"type": "string", "minLength": 2, "not": {"pattern": "^a"}}
+    out, relaxed = relax_for_engine(schema, refusing("pattern"))
+    assert out == {"type": "string", "minLength": 2}
+    assert "pattern" in relaxed
+
+
+def test_a_keyword_inside_if_drops_if_then_else() -> None:
+    schema = {"type": "object", "if": {"properties": {"a": {"format": "email"}}},
+              "then": {"required": ["b"]}, "else": {"required": ["c"]}}
+    out, _ = relax_for_engine(schema, refusing("format"))
+    assert out == {"type": "object"}
+
+
+def test_looser_one_of_branch_turns_one_of_into_any_of() -> None:
+    schema = {"oneOf": [{"type": "string", "format": "email"}, {"type": "string"}]}
+    changed = apply_relaxation(schema, ("format",))
+    assert changed and schema == {"anyOf": [{"type": "string"}, {"type": "string"}]}
+
+
+def test_dropping_pattern_properties_drops_additional_properties_there() -> None:
+    schema = {"type": "object", "patternProperties": {"^x": {"type": "integer"}},
+              "additionalProperties": False}
+    apply_relaxation(schema, ("patternProperties",))
+    assert schema == {"type": "object"}  # else {"x1": 1} would become invalid
+
+
+def test_falls_back_to_type_only_then_any_json() -> None:
+    schema = {"type": "array", "items": {"type": "integer"}, "x-weird": 1}
+    out, relaxed = relax_for_engine(schema, refusing("x-weird", "items"))
+    assert out == {"type": "array"} and relaxed[-1] == "type-only"
+    out, relaxed = relax_for_engine({"x-weird": 1}, refusing("x-weird"))
+    assert out == {} and relaxed[-1] == "any-json"
+
+
+def test_engine_that_refuses_everything_raises_schema_error() -> None:
+    with pytest.raises(SchemaError, match="any-JSON"):
+        relax_for_engine({"type": "integer"}, lambda s: "no")
+
+
+def test_relaxed_grammar_still_accepts_every_valid_instance() -> None:
+    from structgen.schema.grammar_check import grammar_accepts
+
+    schema = {"type": "object", "properties": {
+        "id": {"type": "string", "pattern": "^(?=x)x[0-9]+$"},
+        "n": {"oneOf": [{"type": "integer"}, {"type": "number", "multipleOf": 0.5}]}},
+        "required": ["id"]}
+    out, relaxed = relax_for_engine(schema, llguidance_check)
+    assert "pattern" in relaxed
+    lark = "start: %json " + json.dumps(out)
+    for good in ({"id": "x1"}, {"id": "x22", "n": 1.5}):
+        assert Draft202012Validator(schema).is_valid(good)
+        assert grammar_accepts(lark, json.dumps(good, separators=(",", ":")))[0]
+
+
+# upgrade_schema -------------------------------------------------------------------------
+DRAFT4 = "http://json-schema.org/draft-04/schema#"
+
+
+@pytest.mark.parametrize(("schema", "instances"), [
+    ({"$schema": DRAFT4, "type": "number", "maximum": 5, "exclusiveMaximum": True},
+     [5, 4.9, 6]),
+    ({"$schema": DRAFT4, "type": "number", "minimum": 1, "exclusiveMinimum": False}, [1, 0]),
+    ({"$schema": DRAFT4, "definitions": {"o": {"type": "object"}},
+      "properties": {"a": {"type": "string", "$ref": "#/definitions/o"}}},
+     [{"a": {}}, {"a": "x"}]),
+    ({"$schema": DRAFT4, "items": [{"type": "integer"}], "additionalItems": False},
+     [[1], [1, 2], ["x"]]),
+    ({"$schema": DRAFT4, "dependencies": {"a": ["b"], "c": {"required": ["d"]}}},
+     [{"a": 1}, {"a": 1, "b": 2}, {"c": 1}, {"c": 1, "d": 2}]),
+])
+def test_upgrade_keeps_the_meaning_of_draft_04(schema: dict[str, Any],
+                                               instances: list[Any]) -> None:
+    upgraded = upgrade_schema(schema)
+    Draft202012Validator.check_schema(upgraded)
+    for inst in instances:
+        assert (Draft202012Validator(upgraded).is_valid(inst)
+                == Draft4Validator(schema).is_valid(inst)), inst
+
+
+def test_upgrade_leaves_2020_12_schemas_alone() -> None:
+    schema = {"properties": {"a": {"type": "string", "$ref": "#/$defs/x"}},
+              "$defs": {"x": {"minLength": 1}}}
+    assert upgrade_schema(schema) == schema

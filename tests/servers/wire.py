@@ -1,0 +1,469 @@
+"""Local wire-format servers for SGLang and Ollama (neither can run on this machine).
+
+These are NOT the real servers and prove nothing about their decoding. They implement the
+documented request/response formats (SGLang: docs.sglang.io "Sampling Parameters" /
+native API, ``GenerateReqInput``; Ollama: docs.ollama.com/api + ``api/types.go``
+``ChatRequest``/``GenerateRequest``), check every request structgen sends against those
+formats field by field (names, types, JSON string vs object; unknown fields rejected), and
+answer with text they generate from the constraint so the engine can validate it. A
+request that breaks the format gets HTTP 400 and is recorded in ``violations``, so a test
+can assert there were none.
+
+Faults a test can switch on: ``fail_statuses`` (answer these statuses first, e.g. 500),
+``delay_s`` (slow answers), ``malformed`` (HTTP 200 with a non-JSON body),
+``truncate`` (cut the stream without its terminator / mid-chunk), ``reply`` (a fixed text,
+e.g. unconstrained prose).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ValidationError as PydanticValidationError
+
+Number = StrictInt | StrictFloat
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- SGLang (native /generate and OpenAI-compatible chat) -----------------------------
+class SGLangSamplingParams(_Strict):
+    max_new_tokens: StrictInt | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: StrictInt | None = None
+    sampling_seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    json_schema: StrictStr | None = None  # a JSON *string*, not an object
+    regex: StrictStr | None = None
+    ebnf: StrictStr | None = None
+
+
+class SGLangGenerate(_Strict):
+    text: StrictStr
+    sampling_params: SGLangSamplingParams
+    stream: StrictBool = False
+    require_reasoning: StrictBool | None = None
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: StrictStr
+
+
+class JsonSchemaFormat(_Strict):
+    name: StrictStr
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["json_schema", "json_object", "text"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class SGLangChat(_Strict):
+    model: StrictStr
+    messages: list[ChatMessage]
+    max_tokens: StrictInt | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    stream: StrictBool = False
+    response_format: ResponseFormat | None = None
+    regex: StrictStr | None = None
+    ebnf: StrictStr | None = None
+    separate_reasoning: StrictBool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+# --- Ollama (/api/chat, /api/generate) -----------------------------------------------
+class OllamaOptions(_Strict):
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: StrictInt | None = None
+    num_predict: StrictInt | None = None
+    seed: StrictInt | None = None
+    stop: list[StrictStr] | None = None
+
+
+class OllamaChat(_Strict):
+    model: StrictStr
+    messages: list[ChatMessage]
+    stream: StrictBool | None = None
+    format: dict[str, Any] | Literal["json"] | None = None  # schema OBJECT or "json"
+    options: OllamaOptions | None = None
+    keep_alive: StrictStr | StrictInt | None = None
+    think: StrictBool | Literal["high", "medium", "low"] | None = None
+
+
+class OllamaGenerate(_Strict):
+    model: StrictStr
+    prompt: StrictStr
+    stream: StrictBool | None = None
+    format: dict[str, Any] | Literal["json"] | None = None
+    options: OllamaOptions | None = None
+    keep_alive: StrictStr | StrictInt | None = None
+    think: StrictBool | Literal["high", "medium", "low"] | None = None
+
+
+# --- Answers generated from the constraint ------------------------------------------
+def instance_for(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
+    """A small valid instance of ``schema`` (enough of JSON Schema for our schemas)."""
+    root = root or schema
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return instance_for(target, root)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return instance_for(schema[key][0], root)
+    if "allOf" in schema:
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            merged.update(part)
+        return instance_for(merged, root)
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: instance_for(props.get(k, {}), root) for k in schema.get("required", [])}
+    if kind == "array":
+        return [instance_for(schema.get("items", {}), root)
+                for _ in range(schema.get("minItems", 0))]
+    if kind == "string":
+        if "pattern" in schema:
+            return regex_example(schema["pattern"].lstrip("^").rstrip("$"))
+        return "x" * max(1, schema.get("minLength", 1))
+    if kind == "integer":
+        return int(schema.get("minimum", 1))
+    if kind == "number":
+        return float(schema.get("minimum", 0.5))
+    if kind == "boolean":
+        return True
+    return None
+
+
+def regex_example(pattern: str) -> str:
+    """The simplest string that fully matches ``pattern`` (hypothesis finds it)."""
+    from hypothesis import find, settings
+    from hypothesis import strategies as st
+
+    return str(find(st.from_regex(pattern, fullmatch=True), lambda _s: True,
+                    settings=settings(database=None, max_examples=200)))
+
+
+# --- The server -----------------------------------------------------------------------
+class WireServer:
+    """A ThreadingHTTPServer on 127.0.0.1 speaking one product's wire format."""
+
+    flavor = "base"
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.violations: list[str] = []
+        self.fail_statuses: list[int] = []
+        self.delay_s = 0.0
+        self.malformed = False
+        self.truncate = False
+        self.reply: str | None = None
+        self.thinking: str | None = None
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._get(self)
+
+            def do_POST(self) -> None:
+                server._post(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> WireServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.violations.clear()
+        self.fail_statuses = []
+        self.delay_s = 0.0
+        self.malformed = self.truncate = False
+        self.reply = self.thinking = None
+
+    # HTTP plumbing ------------------------------------------------------------------
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, status: int, body: bytes,
+              ctype: str = "application/json") -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def _send_json(self, h: BaseHTTPRequestHandler, status: int, obj: Any) -> None:
+        self._send(h, status, json.dumps(obj).encode())
+
+    def _send_stream(self, h: BaseHTTPRequestHandler, lines: Iterator[str],
+                     ctype: str) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        for i, line in enumerate(lines):
+            data = line.encode()
+            if self.truncate and i >= 2:
+                # half a chunk, then hang up: the client sees an incomplete body
+                h.wfile.write(f"{len(data):x}\r\n".encode() + data[: len(data) // 2])
+                h.wfile.flush()
+                h.close_connection = True
+                return
+            h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            h.wfile.flush()
+        h.wfile.write(b"0\r\n\r\n")
+
+    def _get(self, h: BaseHTTPRequestHandler) -> None:
+        answer = self.get(h.path)
+        if answer is None:
+            self._send_json(h, 404, {"error": f"no route {h.path}"})
+        else:
+            self._send_json(h, 200, answer)
+
+    def _post(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length)
+        if h.headers.get("Content-Type", "").split(";")[0] != "application/json":
+            self._violation(h, f"Content-Type is {h.headers.get('Content-Type')!r}")
+            return
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            self._violation(h, "body is not JSON")
+            return
+        with self._lock:
+            self.requests.append((h.path, body))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_statuses:
+            status = self.fail_statuses.pop(0)
+            self._send_json(h, status, {"error": f"injected HTTP {status}"})
+            return
+        problem = self.check(h.path, body)
+        if problem:
+            self._violation(h, problem)
+            return
+        if self.malformed:
+            self._send(h, 200, b'{"text": "unterminated')
+            return
+        self.answer(h, h.path, body)
+
+    def _violation(self, h: BaseHTTPRequestHandler, problem: str) -> None:
+        with self._lock:
+            self.violations.append(problem)
+        self._send_json(h, 400, {"error": problem})
+
+    @staticmethod
+    def validate(model: type[BaseModel], body: dict[str, Any]) -> str | None:
+        try:
+            model.model_validate(body)
+        except PydanticValidationError as exc:
+            return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors())
+        return None
+
+    # Overridden per product ---------------------------------------------------------
+    def get(self, path: str) -> Any:
+        raise NotImplementedError
+
+    def check(self, path: str, body: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def answer(self, h: BaseHTTPRequestHandler, path: str, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def text_for(self, *, json_schema: dict[str, Any] | None = None,
+                 regex: str | None = None, choices: list[str] | None = None) -> str:
+        if self.reply is not None:
+            return self.reply
+        if json_schema is not None:
+            return json.dumps(instance_for(json_schema), separators=(",", ":"))
+        if regex is not None:
+            return regex_example(regex)
+        if choices:
+            return choices[0]
+        return "plain text"
+
+
+def _chunks(text: str, n: int = 3) -> list[str]:
+    """Split ``text`` into a few pieces, as a token stream would."""
+    step = max(1, len(text) // n)
+    return [text[i:i + step] for i in range(0, len(text), step)] or [""]
+
+
+class SGLangWireServer(WireServer):
+    """SGLang's native ``/generate``, ``/v1/chat/completions`` and ``/health``."""
+
+    flavor = "sglang"
+
+    def get(self, path: str) -> Any:
+        if path == "/health":
+            return {}
+        if path == "/v1/models":
+            return {"object": "list", "data": [{"id": "served-model", "object": "model"}]}
+        return None
+
+    def check(self, path: str, body: dict[str, Any]) -> str | None:
+        if path == "/generate":
+            problem = self.validate(SGLangGenerate, body)
+            if problem:
+                return problem
+            sp = body["sampling_params"]
+            kinds = [k for k in ("json_schema", "regex", "ebnf") if sp.get(k) is not None]
+            if len(kinds) > 1:
+                return f"only one of json_schema/regex/ebnf allowed, got {kinds}"
+            if "json_schema" in sp:
+                try:
+                    if not isinstance(json.loads(sp["json_schema"]), dict):
+                        return "json_schema must encode a JSON object"
+                except json.JSONDecodeError:
+                    return "json_schema is not a JSON string"
+            if "regex" in sp:
+                try:
+                    re.compile(sp["regex"])
+                except re.error as exc:
+                    return f"regex does not compile: {exc}"
+            return None
+        if path == "/v1/chat/completions":
+            return self.validate(SGLangChat, body)
+        return f"no route {path}"
+
+    def answer(self, h: BaseHTTPRequestHandler, path: str, body: dict[str, Any]) -> None:
+        if path == "/generate":
+            sp = body["sampling_params"]
+            schema = json.loads(sp["json_schema"]) if "json_schema" in sp else None
+            text = self.text_for(json_schema=schema, regex=sp.get("regex"))
+            meta = {"id": "req-1", "finish_reason": {"type": "stop", "matched": 1},
+                    "prompt_tokens": len(body["text"].split()),
+                    "completion_tokens": len(text), "cached_tokens": 0,
+                    "e2e_latency": 0.004}
+            if not body.get("stream"):
+                self._send_json(h, 200, {"text": text, "output_ids": [1, 2], "meta_info": meta})
+                return
+
+            def events() -> Iterator[str]:
+                so_far = ""
+                for piece in _chunks(text):
+                    so_far += piece  # native stream events carry the text so far
+                    yield "data: " + json.dumps({"text": so_far, "meta_info": meta}) + "\n\n"
+                yield "data: [DONE]\n\n"
+
+            self._send_stream(h, events(), "text/event-stream")
+            return
+        rf = body.get("response_format") or {}
+        schema = (rf.get("json_schema") or {}).get("schema")
+        text = self.text_for(json_schema=schema, regex=body.get("regex"))
+        message = {"role": "assistant", "content": text,
+                   "reasoning_content": self.thinking}
+        if not body.get("stream"):
+            self._send_json(h, 200, {
+                "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": len(text),
+                          "total_tokens": 5 + len(text)}})
+            return
+
+        def chat_events() -> Iterator[str]:
+            for piece in _chunks(text):
+                yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {
+                    "content": piece}, "finish_reason": None}]}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        self._send_stream(h, chat_events(), "text/event-stream")
+
+
+class OllamaWireServer(WireServer):
+    """Ollama's ``/api/chat``, ``/api/generate``, ``/api/tags`` and ``/api/version``."""
+
+    flavor = "ollama"
+
+    def get(self, path: str) -> Any:
+        if path == "/api/version":
+            return {"version": "0.12.0"}
+        if path == "/api/tags":
+            return {"models": [{"name": "smollm2:135m", "model": "smollm2:135m"}]}
+        return None
+
+    def check(self, path: str, body: dict[str, Any]) -> str | None:
+        if path == "/api/chat":
+            return self.validate(OllamaChat, body)
+        if path == "/api/generate":
+            return self.validate(OllamaGenerate, body)
+        return f"no route {path}"
+
+    def answer(self, h: BaseHTTPRequestHandler, path: str, body: dict[str, Any]) -> None:
+        fmt = body.get("format")
+        schema = fmt if isinstance(fmt, dict) else None
+        text = self.text_for(json_schema=schema)
+        thinking = self.thinking if body.get("think") else None
+        stats = {"total_duration": 4_000_000, "load_duration": 1_000,
+                 "prompt_eval_count": 5, "eval_count": len(text), "eval_duration": 3_000_000}
+
+        def final(content: str) -> dict[str, Any]:
+            out: dict[str, Any] = {"model": body["model"], "created_at": "2026-01-01T00:00:00Z",
+                                   "done": True, "done_reason": "stop", **stats}
+            if path == "/api/chat":
+                msg: dict[str, Any] = {"role": "assistant", "content": content}
+                if thinking:
+                    msg["thinking"] = thinking
+                out["message"] = msg
+            else:
+                out["response"] = content
+                if thinking:
+                    out["thinking"] = thinking
+            return out
+
+        if body.get("stream") is False:
+            self._send_json(h, 200, final(text))
+            return
+
+        def lines() -> Iterator[str]:
+            for piece in _chunks(text):
+                part: dict[str, Any] = {"model": body["model"], "done": False}
+                if path == "/api/chat":
+                    part["message"] = {"role": "assistant", "content": piece}
+                else:
+                    part["response"] = piece
+                yield json.dumps(part) + "\n"
+            yield json.dumps(final("")) + "\n"
+
+        self._send_stream(h, lines(), "application/x-ndjson")

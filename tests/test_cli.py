@@ -1,0 +1,125 @@
+"""The structgen command line, through typer's CliRunner (in process, real compile)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from schemas import debugger, intent, reflection
+from structgen.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+SPECS = {
+    "intent-module": ("schemas.intent:Intent", intent.EXAMPLES),
+    "debugger-file": (str(ROOT / "schemas" / "debugger.py") + ":Diagnosis", debugger.EXAMPLES),
+    "reflection-module": ("schemas.reflection:Reflection", reflection.EXAMPLES),
+}
+
+
+@pytest.mark.parametrize(("spec", "examples"), SPECS.values(), ids=SPECS.keys())
+def test_compile_to_all_four_targets(spec: str, examples: list) -> None:  # type: ignore[type-arg]
+    import xgrammar as xgr
+
+    from structgen.schema.grammar_check import grammar_accepts
+
+    outs = {}
+    for target in ("json-schema", "lark", "ebnf", "regex"):
+        result = runner.invoke(app, ["compile", "--schema", spec, "--to", target])
+        assert result.exit_code == 0, result.output
+        outs[target] = result.stdout.rstrip("\n")
+    schema = json.loads(outs["json-schema"])
+    assert schema["type"] == "object" and schema["properties"]
+    assert outs["lark"].startswith("start: %json")
+    xgr.Grammar.from_ebnf(outs["ebnf"])  # parses
+    pattern = re.compile(outs["regex"])
+    for example in examples:
+        compact = example.model_dump_json()
+        assert pattern.fullmatch(compact)
+        assert grammar_accepts(outs["lark"], compact)[0]
+
+
+def test_compile_json_schema_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
+    result = runner.invoke(app, ["compile", "-s", str(path), "--to", "regex"])
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(result.stdout.strip(), '{"n":42}')
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["compile", "-s", "schemas.intent:Nope"], "has no attribute 'Nope'"),
+    (["compile", "-s", "no_such_module_xyz:Model"], "cannot import no_such_module_xyz"),
+    (["compile", "-s", "missing/file.py:Model"], "file not found"),
+    (["compile", "-s", "missing.json"], "schema file not found"),
+    (["compile", "-s", "just-a-name"], "bad schema spec"),
+    (["compile", "-s", "{bad}.json"], "schema file not found"),
+    (["compile", "-s", "schemas.intent:EXAMPLES"], "unsupported output spec"),
+])
+def test_bad_spec_exits_2_with_a_clear_message(args: list[str], words: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "error: SchemaError" in result.stderr
+    assert words in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_schema_file_exits_2_with_pointer(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"type": "object", "properties": {"a": {"$ref": "#/$defs/X"}}}))
+    result = runner.invoke(app, ["compile", "-s", str(path)])
+    assert result.exit_code == 2
+    assert "unresolvable $ref" in result.stderr and "/properties/a/$ref" in result.stderr
+    (tmp_path / "broken.json").write_text("{not json")
+    result = runner.invoke(app, ["compile", "-s", str(tmp_path / "broken.json")])
+    assert result.exit_code == 2 and "is not valid JSON" in result.stderr
+
+
+def test_unknown_target_exits_2() -> None:
+    result = runner.invoke(app, ["compile", "-s", "schemas.intent:Intent", "--to", "yaml"])
+    assert result.exit_code == 2
+    assert "--to must be json-schema, lark, ebnf or regex" in result.output
+
+
+def test_generate_with_unreachable_backend_exits_2(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "config.toml"
+    config.write_text(f'[llm_backend]\nprovider = "vllm"\nfallback = ["vllm"]\n'
+                      f'[vllm]\nbase_url = "http://127.0.0.1:{port}"\nmodel = "m"\n'
+                      f'retries = 0\n[cache]\nbackend = "none"\n')
+    result = runner.invoke(app, ["generate", "-s", "schemas.intent:Intent", "-p", "hi",
+                                 "-c", str(config)])
+    assert result.exit_code == 2
+    assert "error: BackendUnavailable" in result.stderr
+
+
+def test_generate_with_bad_config_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[llm_backend]\nprovider = "openai"\n')
+    result = runner.invoke(app, ["generate", "-s", "schemas.intent:Intent", "-p", "hi",
+                                 "-c", str(config)])
+    assert result.exit_code == 2
+    assert "ConfigError" in result.stderr and "llm_backend.provider" in result.stderr
+
+
+@pytest.mark.slow
+def test_generate_prints_a_valid_object_from_the_tiny_model(tiny_model_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """End to end through the embedded backend with a random tiny model: the grammar
+    alone makes the output a valid Intent."""
+    config = tmp_path / "config.toml"
+    config.write_text('[llm_backend]\nprovider = "local"\nfallback = ["local"]\n'
+                      '[cache]\nbackend = "none"\n')
+    result = runner.invoke(app, ["generate", "-s", "schemas.intent:Intent", "-p",
+                                 "add a flag to cli.py", "-b", "local", "-m",
+                                 str(tiny_model_dir), "-c", str(config),
+                                 "--max-tokens", "400"])
+    assert result.exit_code == 0, result.output
+    intent.Intent.model_validate_json(result.stdout)

@@ -1,0 +1,126 @@
+"""config.toml + STRUCTGEN_* environment: good values load, bad ones raise ConfigError
+naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from structgen.backends import create_backend
+from structgen.config import Config
+from structgen.errors import ConfigError
+
+GOOD = """
+[llm_backend]
+provider = "vllm"
+fallback = ["vllm", "local"]
+timeout_s = 30
+
+[vllm]
+base_url = "http://127.0.0.1:8000/"
+model = "smollm"
+
+[cache]
+backend = "none"
+"""
+
+
+def _write(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "config.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_good_file_loads_and_env_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD)
+    cfg = Config.load(path, env={})
+    assert cfg.llm_backend.provider == "vllm"
+    assert cfg.llm_backend.fallback == ["vllm", "local"]
+    assert cfg.vllm.base_url == "http://127.0.0.1:8000"  # trailing slash dropped
+    assert cfg.cache.backend == "none"
+    cfg = Config.load(path, env={"STRUCTGEN_PROVIDER": "ollama",
+                                 "STRUCTGEN_FALLBACK": "ollama, local",
+                                 "STRUCTGEN_VLLM_MODEL": "other",
+                                 "STRUCTGEN_REPAIR_REASK": "false",
+                                 "STRUCTGEN_SOME_TEST_KNOB": "ignored"})
+    assert cfg.llm_backend.provider == "ollama"
+    assert cfg.llm_backend.fallback == ["ollama", "local"]
+    assert cfg.vllm.model == "other"
+    assert cfg.repair.reask is False
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.toml here
+    cfg = Config.load(env={})
+    assert cfg.llm_backend.provider == "auto"
+    assert cfg.local.engine == "llguidance"
+
+
+# (file text or None, env, expected key or None, words in the message)
+BAD: dict[str, tuple[str | bytes | None, dict[str, str], str | None, str]] = {
+    "unknown-section": ("[vlm]\nbase_url = 'http://x'\n", {}, "vlm", "unknown key"),
+    "unknown-key": ("[vllm]\nbse_url = 'http://x'\n", {}, "vllm.bse_url", "unknown key"),
+    "unknown-top-level-key": ("provider = 'vllm'\n", {}, "provider", "unknown key"),
+    "bad-provider": ("[llm_backend]\nprovider = 'openai'\n", {}, "llm_backend.provider",
+                     "'auto'"),
+    "bad-fallback-entry": ("[llm_backend]\nfallback = ['vllm', 'tgi']\n", {},
+                           "llm_backend.fallback.1", "'local'"),
+    "bad-type-timeout": ("[llm_backend]\ntimeout_s = 'fast'\n", {}, "llm_backend.timeout_s",
+                         "number"),
+    "nonpositive-timeout": ("[llm_backend]\ntimeout_s = 0\n", {}, "llm_backend.timeout_s",
+                            "greater than 0"),
+    "bad-url-scheme": ("[vllm]\nbase_url = 'localhost:8000'\n", {}, "vllm.base_url",
+                       "http://"),
+    "bad-url-type": ("[sglang]\nbase_url = 8000\n", {}, "sglang.base_url", "string"),
+    "section-not-table": ("vllm = 3\n", {}, "vllm", "valid dictionary"),
+    "bad-port": ("[metrics]\nport = 70000\n", {}, "metrics.port", "65535"),
+    "bad-cache-backend": ("[cache]\nbackend = 'memcached'\n", {}, "cache.backend", "'disk'"),
+    "bad-local-engine": ("[local]\nengine = 'guidance'\n", {}, "local.engine", "'llguidance'"),
+    "bad-bool": ("[repair]\nreask = 'maybe'\n", {}, "repair.reask", "boolean"),
+    "negative-retries": ("[vllm]\nretries = -1\n", {}, "vllm.retries", "greater than or equal"),
+    "invalid-toml": ("[vllm\nbase_url = 'x'\n", {}, None, "not valid TOML"),
+    "not-utf8": (b"[vllm]\nmodel = '\xff\xfe'\n", {}, None, "not valid TOML"),
+    "env-bad-provider": (None, {"STRUCTGEN_PROVIDER": "bogus"}, "llm_backend.provider",
+                         "'auto'"),
+    "env-bad-url": (None, {"STRUCTGEN_VLLM_BASE_URL": "ftp://x"}, "vllm.base_url", "http://"),
+    "env-bad-number": (None, {"STRUCTGEN_TIMEOUT_S": "soon"}, "llm_backend.timeout_s",
+                       "number"),
+    "env-over-non-table": ("ollama = 'x'\n", {"STRUCTGEN_OLLAMA_MODEL": "m"}, "ollama",
+                           "must be a table"),
+}
+
+
+@pytest.mark.parametrize(("text", "env", "key", "words"), BAD.values(), ids=BAD.keys())
+def test_bad_config_raises_config_error(tmp_path: Path, text: str | bytes | None,
+                                        env: dict[str, str], key: str | None,
+                                        words: str) -> None:
+    path = _write(tmp_path, text) if text is not None else None
+    if path is None:
+        env = {**env, "STRUCTGEN_CONFIG": str(_write(tmp_path, ""))}
+    with pytest.raises(ConfigError) as info:
+        Config.load(path, env=env)
+    assert info.value.key == key
+    assert words in str(info.value)
+    assert info.value.__cause__ is None
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        Config.load(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        Config.load(env={"STRUCTGEN_CONFIG": str(tmp_path / "gone.toml")})
+
+
+def test_bad_override_and_unknown_backend(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        Config.load(env={}, overrides={"vllm.modle": "x"})
+    assert info.value.key == "vllm.modle"
+    with pytest.raises(ConfigError, match="unknown backend 'tgi'"):
+        create_backend("tgi", Config())
+

@@ -1,0 +1,310 @@
+"""Router: fallback from dead servers, circuit breaker, deadline, health and capabilities.
+
+Dead servers are real: a closed 127.0.0.1 port and a real HTTP server answering 500.
+The healthy "next backend" is either the embedded backend on the tiny model or a small
+Backend implementation returning canned text (the router is what is under test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
+from structgen.config import Config
+from structgen.engine import Engine
+from structgen.errors import BackendTimeout, BackendUnavailable
+from structgen.router import CircuitBreaker, Router
+from structgen.types import Regex
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CannedBackend(BackendBase):
+    """A real Backend: answers canned text, or fails ``fail_times`` times first."""
+
+    def __init__(self, name: str, text: str = '{"ok": true}', *, fail_times: int = 0,
+                 delay_s: float = 0.0, healthy: bool = True,
+                 kinds: frozenset[str] = frozenset({"json", "regex", "choice", "grammar"})) -> None:
+        self.name = name
+        self.text = text
+        self.fail_times = fail_times
+        self.delay_s = delay_s
+        self.healthy = healthy
+        self.kinds = kinds
+        self.calls = 0
+        self.probes = 0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(output_kinds=self.kinds)  # type: ignore[arg-type]
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise BackendUnavailable("connection refused (canned)", self.name)
+        return GenerationResult(text=self.text, backend=self.name)
+
+    async def stream(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
+        yield (await self.agenerate(request)).text
+
+    async def health(self) -> bool:
+        self.probes += 1
+        return self.healthy
+
+
+def config(tmp_path: Path, **sections: Any) -> Config:
+    data: dict[str, Any] = {"cache": {"backend": "none"},
+                            "metrics": {"state_file": str(tmp_path / "metrics.json")}}
+    data.update(sections)
+    return Config.from_dict(data)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed when the block ends: nothing listens
+
+
+@pytest.fixture
+def server_500() -> Iterator[str]:
+    """A real HTTP server that answers every request with 500."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _fail(self) -> None:
+            body = json.dumps({"error": "internal"}).encode()
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _fail
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+# Circuit breaker ----------------------------------------------------------------------------
+def test_breaker_open_half_open_closed() -> None:
+    clock = Clock()
+    b = CircuitBreaker(failures_to_open=3, cooldown_s=30, clock=clock)
+    assert b.state == "closed" and b.allow()
+    b.record_failure()
+    b.record_failure()
+    assert b.state == "closed" and b.allow()
+    b.record_failure()
+    assert b.state == "open" and not b.allow()
+    clock.now += 29.9
+    assert not b.allow()
+    clock.now += 0.2
+    assert b.state == "half_open"
+    assert b.allow()  # one trial goes through...
+    assert not b.allow()  # ...and only one
+    b.record_failure()  # the trial failed: open again for a full cool-down
+    assert b.state == "open" and not b.allow()
+    clock.now += 30
+    assert b.allow()
+    b.record_success()
+    assert b.state == "closed" and b.consecutive_failures == 0 and b.allow()
+
+
+async def test_router_breaker_skips_then_probes_then_closes(tmp_path: Path) -> None:
+    flaky = CannedBackend("sglang", fail_times=4)
+    good = CannedBackend("local")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto",
+                                                  "fallback": ["sglang", "local"]},
+                           router={"breaker_failures": 3, "breaker_cooldown_s": 30,
+                                   "health_interval_s": 1e9}),
+                    backends={"sglang": flaky, "local": good})
+    clock = Clock()
+    engine.router = Router(engine, clock=clock)
+    for _ in range(3):  # three consecutive failures, each served by the fallback
+        result = await engine.arun("q", SCHEMA)
+        assert result.backend == "local"
+        assert result.attempts[0]["backend"] == "sglang" and not result.attempts[0]["ok"]
+        assert "BackendUnavailable" in result.attempts[0]["error"]
+    assert flaky.calls == 3 and engine.router.breaker("sglang").state == "open"
+    result = await engine.arun("q", SCHEMA)
+    assert flaky.calls == 3  # open: not called at all
+    assert result.attempts[0] == {"backend": "sglang", "ok": False, "skipped": "circuit open"}
+    clock.now += 30  # half-open: one trial, which fails (fail_times was 4)
+    await engine.arun("q", SCHEMA)
+    assert flaky.calls == 4 and engine.router.breaker("sglang").state == "open"
+    clock.now += 30  # half-open again: the trial succeeds and the breaker closes
+    result = await engine.arun("q", SCHEMA)
+    assert result.backend == "sglang" and result.attempts == [
+        {"backend": "sglang", "ok": True, "latency_s": result.attempts[0]["latency_s"]}]
+    assert engine.router.breaker("sglang").state == "closed"
+    await engine.aclose()
+
+
+# Fallback from dead servers -----------------------------------------------------------------
+async def test_closed_port_falls_back_to_next_backend(tmp_path: Path) -> None:
+    port = closed_port()
+    engine = Engine(config(tmp_path, llm_backend={"provider": "vllm",
+                                                  "fallback": ["vllm", "local"],
+                                                  "timeout_s": 20},
+                           vllm={"base_url": f"http://127.0.0.1:{port}", "model": "m",
+                                 "retries": 0}),
+                    backends={"local": CannedBackend("local")})
+    start = time.monotonic()
+    result = await engine.arun("q", SCHEMA)
+    assert time.monotonic() - start < 20  # inside the request's deadline
+    assert result.backend == "local" and result.value == {"ok": True}
+    first = result.attempts[0]
+    assert first["backend"] == "vllm" and not first["ok"]
+    assert "BackendUnavailable" in first["error"] and str(port) in first["error"]
+    assert result.attempts[1]["ok"]
+    await engine.aclose()
+
+
+async def test_server_answering_500_falls_back(tmp_path: Path, server_500: str) -> None:
+    engine = Engine(config(tmp_path, llm_backend={"provider": "vllm",
+                                                  "fallback": ["vllm", "local"],
+                                                  "timeout_s": 20},
+                           vllm={"base_url": server_500, "model": "m", "retries": 1}),
+                    backends={"local": CannedBackend("local")})
+    result = await engine.arun("q", SCHEMA)
+    assert result.backend == "local"
+    assert result.attempts[0]["backend"] == "vllm" and "500" in result.attempts[0]["error"]
+    await engine.aclose()
+
+
+async def test_auto_skips_server_whose_health_probe_fails(tmp_path: Path,
+                                                          server_500: str) -> None:
+    port = closed_port()
+    local = CannedBackend("local")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto", "timeout_s": 20},
+                           vllm={"base_url": server_500, "model": "m"},
+                           sglang={"base_url": f"http://127.0.0.1:{port}", "model": "m"}),
+                    backends={"local": local})
+    result = await engine.arun("q", SCHEMA)
+    assert result.backend == "local"
+    assert [(a["backend"], a.get("skipped")) for a in result.attempts] == [
+        ("vllm", "health probe failed"), ("sglang", "health probe failed"), ("local", None)]
+    assert engine.router.order() == ["vllm", "sglang", "local"]  # ollama: no base_url
+    await engine.aclose()
+
+
+@pytest.mark.slow
+async def test_dead_vllm_falls_back_to_embedded_tiny_model(tmp_path: Path,
+                                                           tiny_model_dir: Path) -> None:
+    engine = Engine(config(tmp_path, llm_backend={"provider": "vllm",
+                                                  "fallback": ["vllm", "local"],
+                                                  "timeout_s": 120},
+                           vllm={"base_url": f"http://127.0.0.1:{closed_port()}",
+                                 "model": "m", "retries": 0},
+                           local={"model": str(tiny_model_dir)}))
+    try:
+        result = await engine.arun("q", SCHEMA, max_tokens=16)
+    finally:
+        await engine.aclose()
+    assert result.backend == "local" and isinstance(result.value["ok"], bool)
+    assert result.attempts[0]["backend"] == "vllm" and not result.attempts[0]["ok"]
+
+
+# Deadline, health cache, capabilities ---------------------------------------------------------
+async def test_deadline_bounds_the_whole_chain(tmp_path: Path) -> None:
+    slow = CannedBackend("sglang", delay_s=5)
+    nxt = CannedBackend("local")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang",
+                                                  "fallback": ["sglang", "local"],
+                                                  "timeout_s": 0.3}),
+                    backends={"sglang": slow, "local": nxt})
+    with pytest.raises(BackendTimeout) as info:
+        await engine.arun("q", SCHEMA)
+    assert nxt.calls == 0  # no time left for the next backend
+    trail = info.value.trail  # type: ignore[attr-defined]
+    assert trail[0]["backend"] == "sglang" and "BackendTimeout" in trail[0]["error"]
+    # An already-expired deadline tries nothing.
+    request = engine.build_request("q", SCHEMA)
+    request.deadline = time.monotonic() - 1
+    with pytest.raises(BackendTimeout):
+        await engine.router.agenerate(request)
+    assert nxt.calls == 0 and slow.calls == 1
+    await engine.aclose()
+
+
+async def test_health_probes_are_cached(tmp_path: Path) -> None:
+    sg = CannedBackend("sglang")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto",
+                                                  "fallback": ["sglang", "local"]},
+                           router={"health_interval_s": 10}),
+                    backends={"sglang": sg, "local": CannedBackend("local")})
+    clock = Clock()
+    engine.router = Router(engine, clock=clock)
+    for _ in range(3):
+        await engine.arun("q", SCHEMA)
+    assert sg.probes == 1 and sg.calls == 3
+    clock.now += 10
+    sg.healthy = False
+    result = await engine.arun("q", SCHEMA)
+    assert sg.probes == 2 and result.backend == "local"
+    assert result.attempts[0]["skipped"] == "health probe failed"
+    await engine.aclose()
+
+
+async def test_backend_that_cannot_take_the_kind_is_skipped(tmp_path: Path) -> None:
+    json_only = CannedBackend("sglang", kinds=frozenset({"json"}))
+    local = CannedBackend("local", text="123")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto",
+                                                  "fallback": ["sglang", "local"]}),
+                    backends={"sglang": json_only, "local": local})
+    result = await engine.arun("q", Regex(r"\d+"))
+    assert result.value == "123" and json_only.calls == 0
+    assert result.attempts[0]["skipped"] == "cannot constrain regex output"
+    await engine.aclose()
+
+
+async def test_every_backend_failing_raises_with_trail(tmp_path: Path) -> None:
+    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang",
+                                                  "fallback": ["sglang", "local"]}),
+                    backends={"sglang": CannedBackend("sglang", fail_times=9),
+                              "local": CannedBackend("local", fail_times=9)})
+    with pytest.raises(BackendUnavailable) as info:
+        await engine.arun("q", SCHEMA)
+    assert "every backend failed" in str(info.value)
+    trail = info.value.trail  # type: ignore[attr-defined]
+    assert [a["backend"] for a in trail] == ["sglang", "local"]
+    assert engine.metrics.summary()["failures_by_error"] == {"BackendUnavailable": 1}
+    await engine.aclose()
+
+
+async def test_explicit_backend_has_no_fallback(tmp_path: Path) -> None:
+    local = CannedBackend("local")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto",
+                                                  "fallback": ["sglang", "local"]}),
+                    backends={"sglang": CannedBackend("sglang", fail_times=1), "local": local})
+    with pytest.raises(BackendUnavailable):
+        await engine.arun("q", SCHEMA, backend="sglang")
+    assert local.calls == 0
+    await engine.aclose()
