@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Step = Annotated[str, StringConstraints(min_length=1, max_length=160)]
 
 
 class CodeLocation(BaseModel):
@@ -69,7 +71,7 @@ class Diagnosis(BaseModel):
     evidence: list[Evidence] = Field(
         default_factory=list, max_length=4,
         description="Traceback frames, log lines or failing tests that support the hypothesis.")
-    fix_steps: list[str] = Field(
+    fix_steps: list[Step] = Field(
         min_length=1, max_length=8,
         description="Ordered steps to fix the problem; each step is one short imperative.")
     confidence: float = Field(ge=0.0, le=1.0, description="Confidence in the root cause, 0..1.")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Bounded so that even a random model under the grammar closes the string.
+RepoPath = Annotated[str, StringConstraints(min_length=1, max_length=120)]
 
 
-class IntentKind(str, Enum):
+class IntentKind(StrEnum):
     """The closed set of things a coding agent can be asked to do."""
 
     create_file = "create_file"
@@ -29,7 +33,7 @@ class Intent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: IntentKind = Field(description="What the user wants done, from a closed set.")
-    targets: list[str] = Field(
+    targets: list[RepoPath] = Field(
         default_factory=list, max_length=5,
         description="Paths of the files or directories the request is about (at most 5).")
     confidence: float = Field(ge=0.0, le=1.0,

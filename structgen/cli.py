@@ -38,10 +38,12 @@ def load_spec(spec: str) -> Any:
             path = Path(target)
             if not path.is_file():
                 raise SchemaError(f"file not found: {target}")
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            # a private module name: a spec file called json.py must not shadow json
+            mod_name = f"_structgen_spec_{path.stem}"
+            mod_spec = importlib.util.spec_from_file_location(mod_name, path)
             assert mod_spec and mod_spec.loader
             module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[path.stem] = module
+            sys.modules[mod_name] = module  # Pydantic resolves forward refs here
             mod_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
@@ -402,6 +404,58 @@ class _warmup_progress:
     def __exit__(self, *exc: Any) -> None:
         if self.enabled:
             self.progress.__exit__(*exc)
+
+
+@app.command()
+def stats(
+    as_json: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
+    config: Path | None = typer.Option(None, "--config", "-c"),
+    state_file: Path | None = typer.Option(None, "--state-file",
+                                           help="default: metrics.state_file from config"),
+) -> None:
+    """Print the recorded metrics and whether to move to vLLM or SGLang."""
+    from structgen.config import Config
+    from structgen.metrics import default_state_file, describe, load_state
+
+    try:
+        if state_file is None:
+            configured = Config.load(config).metrics.state_file
+            state_file = Path(configured).expanduser() if configured else default_state_file()
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    summary = describe(load_state(state_file))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    rec = summary["recommendation"]
+
+    def num(v: float | None, fmt: str = ".3f", unit: str = "") -> str:
+        return "-" if v is None else f"{v:{fmt}}{unit}"
+
+    lines = [
+        f"state file         {state_file} (updated {summary['updated_at'] or 'never'})",
+        f"calls              {summary['calls']} ({summary['requests']} ok, "
+        f"{summary['failures']} failed {summary['failures_by_error'] or ''})",
+        f"by backend         {summary['by_backend']}",
+        f"by output kind     {summary['by_kind']}",
+        f"latency p50 / p99  {num(summary['latency_p50_s'], unit=' s')} / "
+        f"{num(summary['latency_p99_s'], unit=' s')}",
+        f"TTFT p50           {num(summary['ttft_p50_s'], unit=' s')}",
+        f"tokens/s p50       {num(summary['tokens_per_s_p50'], '.1f')}",
+        f"valid first try    {summary['first_try_valid_rate']:.0%}",
+        f"repair rate        {summary['repair_rate']:.0%} "
+        + " ".join(f"{k}={v['fixed']}/{v['tried']}" for k, v in summary["repairs"].items()),
+        f"retries            {summary['retries']}",
+        f"fallbacks          {summary['fallbacks']}",
+        f"cache hits         {summary['cache_hits']} ({summary['cache_hit_rate']:.0%})",
+        f"structured share   {summary['structured_share']:.0%}",
+        f"multi-turn share   {summary['multi_turn_share']:.0%}",
+        f"in-flight peak     {summary['inflight_peak']}",
+    ]
+    typer.echo("\n".join(lines))
+    typer.secho(f"recommendation: {rec['advice']}: {'; '.join(rec['reasons'])} "
+                f"[{rec['numbers']}]", bold=True)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ Environment variables override the file: ``STRUCTGEN_<SECTION>_<KEY>`` (for exam
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tomllib
@@ -21,7 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from structgen.errors import ConfigError
 
 Provider = Literal["auto", "local", "vllm", "sglang", "ollama"]
+BackendName = Literal["local", "vllm", "sglang", "ollama"]
 BACKEND_NAMES = ("vllm", "sglang", "ollama", "local")
+
+
+def _default_fallback() -> list[BackendName]:
+    return ["vllm", "sglang", "ollama", "local"]
 
 
 class _Section(BaseModel):
@@ -30,9 +36,8 @@ class _Section(BaseModel):
 
 class LLMBackendConfig(_Section):
     provider: Provider = "auto"
-    fallback: list[Literal["local", "vllm", "sglang", "ollama"]] = Field(
-        default_factory=lambda: ["vllm", "sglang", "ollama", "local"])
-    timeout_s: float = Field(120.0, gt=0)
+    fallback: list[BackendName] = Field(default_factory=_default_fallback)
+    timeout_s: float = Field(default=120.0, gt=0)
 
 
 class LocalConfig(_Section):
@@ -40,24 +45,24 @@ class LocalConfig(_Section):
     engine: Literal["llguidance", "xgrammar", "outlines"] = "llguidance"
     model_cache_dir: str | None = None  # default ~/.cache/structgen/models
     whitespace: Literal["compact", "any"] = "compact"
-    max_whitespace: int = Field(4, ge=0)
+    max_whitespace: int = Field(default=4, ge=0)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    max_batch: int = Field(8, ge=1)
-    prefix_cache_entries: int = Field(4, ge=0)
+    max_batch: int = Field(default=8, ge=1)
+    prefix_cache_entries: int = Field(default=4, ge=0)
     fast_forward: bool = True
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(default=None, ge=1)
 
 
 class ServerConfig(_Section):
     base_url: str | None = None
     api_key: str | None = None
     model: str | None = None
-    connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(120.0, gt=0)
-    max_connections: int = Field(256, ge=1)
-    max_keepalive: int = Field(64, ge=0)
-    retries: int = Field(2, ge=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    max_connections: int = Field(default=256, ge=1)
+    max_keepalive: int = Field(default=64, ge=0)
+    retries: int = Field(default=2, ge=0)
 
     @field_validator("base_url")
     @classmethod
@@ -86,26 +91,26 @@ class CacheConfig(_Section):
     backend: Literal["disk", "redis", "none"] = "disk"
     dir: str | None = None  # default ~/.cache/structgen/results
     url: str = "redis://127.0.0.1:6379/0"
-    ttl_s: float | None = Field(None, gt=0)
+    ttl_s: float | None = Field(default=None, gt=0)
     cache_sampled: bool = False  # cache temperature>0 requests without a seed
     grammar_dir: str | None = None
 
 
 class RepairConfig(_Section):
-    max_repairs: int = Field(2, ge=0)
-    max_retries: int = Field(1, ge=0)
+    max_repairs: int = Field(default=2, ge=0)
+    max_retries: int = Field(default=1, ge=0)
     reask: bool = True
 
 
 class RouterConfig(_Section):
-    health_interval_s: float = Field(10.0, gt=0)
-    breaker_failures: int = Field(3, ge=1)
-    breaker_cooldown_s: float = Field(30.0, gt=0)
+    health_interval_s: float = Field(default=10.0, gt=0)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
 
 class MetricsConfig(_Section):
     enabled: bool = True
-    port: int | None = Field(None, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535)
     state_file: str | None = None
 
 
@@ -182,10 +187,8 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
         if key == "fallback":
             value = [x.strip() for x in raw.split(",") if x.strip()]
         elif raw.startswith(("[", "{")) or raw in ("true", "false", "null"):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):  # else keep it as a string
                 value = json.loads(raw)
-            except json.JSONDecodeError:
-                pass
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError("must be a table", section)

@@ -465,6 +465,10 @@ def render_markdown(summary: dict[str, Any], results: list[SchemaResult], *,
         lines.append(f"| {name} | " + " | ".join(str(fig[c]) for c in cols)
                      + f" | {rate:.1%} |")
     lines += ["", "## Keywords behind failures", "",
+              "Found by relaxing one keyword group at a time until the grammar accepts the "
+              "rejected valid instance. `unknown`: no single group does; typically an "
+              "instance whose properties come in another order than the schema lists them "
+              "(llguidance keeps schema order).", "",
               "| keyword | failing schemas |", "|---|---|"]
     lines += [f"| `{k}` | {v} |" for k, v in list(summary["failure_keywords"].items())[:25]]
     lines += ["", "## Keywords relaxed out of the grammar (enforced by validation)", "",

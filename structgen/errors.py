@@ -24,14 +24,15 @@ class SchemaError(StructgenError):
     """The output spec is malformed or uses something structgen cannot honour.
 
     ``pointer`` is the JSON pointer (RFC 6901) of the offending part of the schema,
-    ``""`` for the whole document.
+    ``""`` for the whole document (or a spec that is not a schema); ``reason`` is the
+    message without the pointer.
     """
 
     def __init__(self, message: str, pointer: str = "") -> None:
         self.pointer = pointer
         self.reason = message
-        where = pointer or "/"
-        super().__init__(f"{message} (at {where})")
+        # RFC 6901: "" is the whole document ("/" would be the key ""), so say nothing
+        super().__init__(f"{message} (at {pointer})" if pointer else message)
 
 
 class ConfigError(StructgenError):

@@ -28,10 +28,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def _corpus() -> list[str]:
     """Text that gives the tokenizer merges for JSON punctuation, keys and prose."""
-    words = ("kind target paths confidence rationale error type root cause file line steps "
-             "verdict pass revise fail issues severity next action name value items id title "
-             "description true false null create edit explain run tests debug refactor other "
-             "the a of to in is and for with on that this user assistant system think").split()
+    words = ["kind", "target", "paths", "confidence", "rationale", "error", "type", "root", "cause", "file", "line", "steps", "verdict", "pass", "revise", "fail", "issues", "severity", "next", "action", "name", "value", "items", "id", "title", "description", "true", "false", "null", "create", "edit", "explain", "run", "tests", "debug", "refactor", "other", "the", "a", "of", "to", "in", "is", "and", "for", "with", "on", "that", "this", "user", "assistant", "system", "think"]
     lines = [" ".join(words), "<think> reasoning about it </think>"]
     for i, w in enumerate(words):
         obj = {w: i, "name": w, "items": [w, i * 0.5, True, None], "nested": {"key": w}}
@@ -44,8 +41,7 @@ def _corpus() -> list[str]:
 
 def _json_samples(rng: random.Random, n: int) -> list[str]:
     """Chat-formatted prompts with short JSON answers (what the tiny model is trained on)."""
-    words = ("kind target paths confidence rationale error type file line steps verdict "
-             "issues severity name value items id title description").split()
+    words = ["kind", "target", "paths", "confidence", "rationale", "error", "type", "file", "line", "steps", "verdict", "issues", "severity", "name", "value", "items", "id", "title", "description"]
 
     def value(depth: int) -> object:
         r = rng.random()

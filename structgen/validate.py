@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
-from structgen.errors import ErrorDetail
+from structgen.errors import ErrorDetail, SchemaError
 from structgen.schema import CompiledOutput
 from structgen.schema.canonical import canonical_json
 
@@ -69,7 +69,9 @@ def parse_json(text: str) -> tuple[Any, list[ErrorDetail]]:
 
 def validate_data(data: Any, output: CompiledOutput) -> Outcome:
     """Validate already-parsed JSON data against a json output."""
-    assert output.json_schema is not None
+    if output.json_schema is None:
+        raise SchemaError(f"a {output.kind} output validates text, not parsed JSON data: "
+                          "use validate_text")
     errors = schema_errors(data, output.json_schema)
     if errors:
         return Outcome(False, data=data, errors=errors)

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from schemas import debugger, intent, reflection
@@ -17,13 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 SPECS = {
     "intent-module": ("schemas.intent:Intent", intent.EXAMPLES),
-    "debugger-file": (str(ROOT / "schemas" / "debugger.py") + ":Diagnosis", debugger.EXAMPLES),
-    "reflection-module": ("schemas.reflection:Reflection", reflection.EXAMPLES),
+    "debugger-module": ("schemas.debugger:Diagnosis", debugger.EXAMPLES),
+    # a file path, and a recursive model with postponed annotations: forward refs resolve
+    "reflection-file": (str(ROOT / "schemas" / "reflection.py") + ":Reflection",
+                        reflection.EXAMPLES),
 }
 
 
 @pytest.mark.parametrize(("spec", "examples"), SPECS.values(), ids=SPECS.keys())
-def test_compile_to_all_four_targets(spec: str, examples: list) -> None:  # type: ignore[type-arg]
+def test_compile_to_all_four_targets(spec: str, examples: list[BaseModel]) -> None:
     import xgrammar as xgr
 
     from structgen.schema.grammar_check import grammar_accepts

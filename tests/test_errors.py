@@ -44,7 +44,7 @@ def _engine(base_url: str, **vllm: Any) -> Engine:
 
 
 class _NotJSON(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = b"<html>surprise</html>"
         self.send_response(200)
         self.send_header("Content-Type", "text/html")

@@ -115,6 +115,13 @@ def test_regex_choice_and_grammar_outputs() -> None:
     assert not validate_text("aac", ebnf).ok
 
 
+def test_validate_data_needs_a_json_output() -> None:
+    from structgen.errors import SchemaError
+
+    with pytest.raises(SchemaError, match="use validate_text"):
+        validate_data("abc", compile_output(Regex("abc")))
+
+
 def test_grammar_check_keeps_stderr_quiet(capfd: pytest.CaptureFixture[str]) -> None:
     """A rejected byte is an answer, not a warning: llguidance must print nothing."""
     from structgen.schema.grammar_check import grammar_accepts

@@ -390,7 +390,7 @@ class _Decoder:
         while True:
             self._choose(live, logits)
             keep = [i for i, s in enumerate(live) if s.finish is None]
-            for i, s in enumerate(live):
+            for s in live:
                 if s.finish is not None:
                     self._finish(s)
             if not keep:

@@ -135,12 +135,11 @@ def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
             if not common:
                 raise SchemaError("allOf combines schemas of disjoint types", f"{pointer}/allOf")
     types = _types(sub)
-    for key in ("enum",):
-        values = sub.get(key)
-        if types is not None and isinstance(values, list) and values:
-            if not any(_json_type(v) in types for v in values):
-                raise SchemaError(f"no {key} value has the declared type {sub['type']}",
-                                  f"{pointer}/{key}")
+    values = sub.get("enum")
+    if (types is not None and isinstance(values, list) and values
+            and not any(_json_type(v) in types for v in values)):
+        raise SchemaError(f"no enum value has the declared type {sub['type']}",
+                          f"{pointer}/enum")
     if "const" in sub and types is not None and _json_type(sub["const"]) not in types:
         raise SchemaError(f"const does not have the declared type {sub['type']}",
                           f"{pointer}/const")

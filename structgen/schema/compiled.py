@@ -81,7 +81,9 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         return output
     if isinstance(output, type) and issubclass(output, BaseModel):
         schema = model_json_schema(output)
-        check_schema(schema)
+        # Pydantic asserts the formats it emits (ipvanyaddress, ...) when it validates the
+        # output, so an unknown format is an annotation here, not a promise we cannot keep
+        check_schema(schema, unknown_formats="ignore")
         return CompiledOutput(kind="json", json_schema=schema, model=output,
                               name=name or output.__name__)
     if isinstance(output, JsonSchema):
@@ -132,7 +134,8 @@ def canonicalize_schema(schema: Any) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON Schema must be an object, got {type(schema).__name__}")
     try:
-        return json.loads(schema_json(schema))  # type: ignore[no-any-return]
+        canonical: dict[str, Any] = json.loads(schema_json(schema))
+        return canonical
     except (TypeError, ValueError) as exc:
         # NaN/inf, sets, non-str keys...: nothing a JSON-speaking backend could receive
         raise SchemaError(f"schema is not JSON-serializable: {exc}") from None

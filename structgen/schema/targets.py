@@ -27,7 +27,7 @@ def to_lark(c: CompiledOutput) -> str:
         body = "start: " + " | ".join(_lark_string(x) for x in c.choices or ()) + "\n"
     else:
         body = c.grammar or ""
-    _validate_lark(body)
+    _validate_lark(body, c.json_schema)
     return body
 
 
@@ -35,13 +35,27 @@ def _lark_regex(pattern: str) -> str:
     return "/" + pattern.replace("/", "\\/") + "/"
 
 
-def _validate_lark(text: str) -> None:
+def _validate_lark(text: str, schema: Any = None) -> None:
     import llguidance
 
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
         llguidance.grammar_from("lark", text))
     if is_error:
-        raise SchemaError("grammar does not compile: " + "; ".join(messages).strip())
+        message = "; ".join(messages).strip()
+        raise SchemaError("grammar does not compile: " + message,
+                          _blame(schema, message) if schema is not None else "")
+
+
+def _blame(schema: Any, message: str) -> str:
+    """Best-effort JSON pointer for an llguidance JSON Schema error (it reports none)."""
+    from structgen.schema.check import walk
+
+    m = re.search(r"Unknown format: (\S+)", message)
+    if m:
+        for pointer, sub in walk(schema):
+            if sub.get("format") == m.group(1):
+                return f"{pointer}/format"
+    return ""
 
 
 def to_ebnf(c: CompiledOutput) -> str:
@@ -99,6 +113,8 @@ def to_regex(c: CompiledOutput) -> str:
     schema has no exact regex: its recursion is unrolled ``REGEX_RECURSION_DEPTH`` levels
     deep, so the regex accepts a subset (deeper trees are rejected, never wrong shapes).
     A context-free grammar has no regex form and raises :class:`SchemaError`.
+    outlines-core does not encode numeric bounds or some ``format`` values in the regex;
+    validation enforces those afterwards, as for every target.
     """
     if c.kind == "regex":
         return c.pattern or ""

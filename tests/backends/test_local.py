@@ -4,7 +4,6 @@ output kinds, reasoning, errors. Everything runs the real decode loop and real e
 from __future__ import annotations
 
 import asyncio
-import json
 from enum import Enum
 from pathlib import Path
 
@@ -62,7 +61,8 @@ def test_fast_forward_uses_fewer_passes_and_same_output(tiny_model_dir: Path) ->
     decode_passes = a.stats["forward_passes"] - 1  # minus the prefill
     assert a.stats["ff_tokens"] > 20
     assert decode_passes < a.stats["generated_tokens"]
-    assert b.stats["forward_passes"] - 1 == b.stats["generated_tokens"]
+    assert b.stats["forward_passes"] > a.stats["forward_passes"]
+    assert b.stats["ff_tokens"] == a.stats["ff_tokens"]  # same tokens, fed one per pass
 
 
 def test_prefix_reuse_hits_and_matches_cold_run(tiny_model_dir: Path) -> None:
@@ -110,10 +110,16 @@ def test_regex_and_choice_conform(tiny_model_dir: Path, engine: str) -> None:
 
 @pytest.mark.parametrize("engine", ["xgrammar", "outlines"])
 def test_other_engines_follow_a_json_schema(tiny_model_dir: Path, engine: str) -> None:
+    # enum + boolean only: outlines does not bound integers, so a random model could
+    # write digits until max_tokens
+    schema = {"type": "object", "additionalProperties": False,
+              "properties": {"the_primary_classification": {"enum": ["red", "green"]},
+                             "whether_it_is_understood": {"type": "boolean"}},
+              "required": ["the_primary_classification", "whether_it_is_understood"]}
     eng, backend = make(tiny_model_dir, engine=engine)
-    r = gen(eng, backend, LongNames)
+    r = gen(eng, backend, schema)
     assert r.finish_reason == "stop"
-    assert json.loads(r.text).keys() == LongNames.model_fields.keys()
+    assert validate_text(r.text, eng.build_request("x", schema).output).ok, r.text
     assert r.stats["engine"] == engine
 
 
@@ -135,11 +141,20 @@ def test_reasoning_splits_thinking_from_answer(tiny_model_dir: Path) -> None:
     req = eng.build_request("think first", LongNames, reasoning=True, max_tokens=200,
                             temperature=1.0, seed=7)
     r = backend.generate(req)
-    assert r.reasoning_text is not None
-    assert "</think>" not in r.text
-    if r.finish_reason == "stop":
-        assert validate_text(r.text, req.output).ok, r.text
+    # a random model rarely writes "</think>" by chance; the grammar is checked directly
+    assert r.text.startswith("<think>") or r.reasoning_text is not None
     assert backend.capabilities().reasoning
+    from structgen.constrain.base import ConstraintOptions
+    from structgen.constrain.llguidance import build_lark
+    from structgen.schema.grammar_check import grammar_accepts
+
+    lark = build_lark(req.output, ConstraintOptions(reasoning=True))
+    answer = ('{"the_primary_classification_of_the_request":"red",'
+              '"whether_the_request_is_fully_understood_by_agent":true,'
+              '"numeric_estimate_of_overall_confidence_level":3}')
+    assert grammar_accepts(lark, f"<think>plan: it is red\n</think>\n{answer}")[0]
+    assert not grammar_accepts(lark, answer)[0]
+    assert not grammar_accepts(lark, "<think>x</think>{}")[0]
 
 
 def test_length_and_unconstrained(tiny_model_dir: Path) -> None:
@@ -170,7 +185,7 @@ def test_capabilities_and_health(tiny_model_dir: Path, tmp_path: Path) -> None:
     _, missing = make(tmp_path)  # an empty directory is not a model
     assert not asyncio.run(missing.health())
     eng, _ = make(tmp_path)
-    with pytest.raises(BackendUnavailable, match="config.json"):
+    with pytest.raises(BackendUnavailable, match=r"config\.json"):
         missing.generate(eng.build_request("x", LongNames))
     _, outl = make(tiny_model_dir, engine="outlines")
     assert "grammar" not in outl.capabilities().output_kinds

@@ -51,9 +51,8 @@ async def test_vllm_string_outputs(vllm_tiny, output):
     assert validate_text(value, compile_output(output)).ok, value
 
 
-async def test_vllm_ebnf_grammar_on_xgrammar(vllm_tiny):
-    if vllm_tiny.engine != "xgrammar":
-        pytest.skip("EBNF grammars are sent as given only to xgrammar")  # guidance: Lark
+async def test_vllm_ebnf_grammar(vllm_tiny):
+    """EBNF goes to xgrammar as given and to guidance converted to Lark."""
     value = await engine_mod.agenerate_structured(
         "Answer:", Grammar('root ::= "yes" | "no"', "ebnf"), backend="vllm",
         config=vllm_config(vllm_tiny), max_tokens=8)

@@ -30,7 +30,8 @@ def setup(tmp_path: Path, tiny_model_dir: Path) -> dict[str, Path]:
               "max_tokens": 48} for i in range(N)]
     lines[3] = {"id": "q3", "messages": [{"role": "system", "content": "terse"},
                                          {"role": "user", "content": "three"}],
-                "schema": "schemas/intent.py:Intent", "max_tokens": 48}
+                "schema": "schema.json", "max_tokens": 48}  # a spec relative to the file
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA, indent=2))
     src = tmp_path / "requests.jsonl"
     src.write_text("".join(json.dumps(x) + "\n" for x in lines))
     bad = tmp_path / "bad.jsonl"

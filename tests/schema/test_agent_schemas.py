@@ -56,6 +56,19 @@ def test_model_is_documented_and_has_examples(module: ModuleType, model: type[Ba
     assert all(isinstance(e, model) for e in module.EXAMPLES)
 
 
+@pytest.mark.parametrize(("module", "model"), AGENTS, ids=IDS)
+def test_every_string_and_list_is_bounded(module: ModuleType, model: type[BaseModel]) -> None:
+    """So that even a random model under the grammar finishes the object."""
+    from structgen.schema.check import walk
+
+    for pointer, sub in walk(_compiled(model).json_schema):
+        if sub.get("type") == "string" and "enum" not in sub and "const" not in sub:
+            bounded = "maxLength" in sub or re.search(r"\{\d+,\d+\}\$$", sub.get("pattern", ""))
+            assert bounded, f"unbounded string at {pointer}"
+        if sub.get("type") == "array":
+            assert "maxItems" in sub, f"unbounded list at {pointer}"
+
+
 def test_shapes_the_brief_asks_for() -> None:
     s_int = _compiled(intent.Intent).json_schema
     s_dbg = _compiled(debugger.Diagnosis).json_schema

@@ -7,18 +7,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, IPvAnyAddress
 
 from structgen.schema import compile_output
 from structgen.validate import validate_data, validate_text
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     green = "green"
 
@@ -201,6 +201,21 @@ def test_raw_json_schema_round_trip_without_a_model() -> None:
         "name": "abc", "code": "ABC-12"}
     bad = validate_text('{"name":"abc","code":"ABC-1"}', compiled)
     assert [(e.pointer, e.keyword) for e in bad.errors] == [("/code", "pattern")]
+
+
+class WithPydanticFormat(BaseModel):
+    ip: IPvAnyAddress
+
+
+def test_pydantic_only_formats_are_asserted_by_pydantic() -> None:
+    """A dict schema with an unknown format is refused; the same format from a Pydantic
+    model is fine, because Pydantic checks it when the output is validated."""
+    compiled = compile_output(WithPydanticFormat)
+    assert compiled.json_schema is not None
+    assert compiled.json_schema["properties"]["ip"]["format"] == "ipvanyaddress"
+    assert validate_text('{"ip": "10.0.0.1"}', compiled).ok
+    bad = validate_text('{"ip": "10.0.0.300"}', compiled)
+    assert (bad.errors[0].pointer, bad.errors[0].keyword) == ("/ip", "ip_any_address")
 
 
 def test_properties_keep_declaration_order_and_other_keys_are_sorted() -> None:

