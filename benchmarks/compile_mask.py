@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import statistics
 import sys
@@ -31,6 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MASKBENCH = ROOT.parent / "shared" / "data" / "maskbench"
 ENGINES = ("structgen", "llguidance", "xgrammar", "outlines-core")
 WARM_REPEAT = 50
+MASK_REPEAT = 3  # best of 3 per token: the same state, so this only removes scheduler noise
 
 
 def pick_schemas(n: int) -> list[dict[str, Any]]:
@@ -86,9 +88,12 @@ class LLGuidance(Engine):
         m = grammar.deep_copy()
         out = []
         for t in tokens:
-            t0 = time.perf_counter()
-            self.fill(m, self.bitmask, 0)
-            out.append(time.perf_counter() - t0)
+            best = math.inf
+            for _ in range(MASK_REPEAT):
+                t0 = time.perf_counter()
+                self.fill(m, self.bitmask, 0)
+                best = min(best, time.perf_counter() - t0)
+            out.append(best)
             if not m.consume_token(t):
                 break
         return out
@@ -157,9 +162,12 @@ class XGrammar(Engine):
         m = self.xgr.GrammarMatcher(grammar)
         out = []
         for t in tokens:
-            t0 = time.perf_counter()
-            m.fill_next_token_bitmask(self.bitmask)
-            out.append(time.perf_counter() - t0)
+            best = math.inf
+            for _ in range(MASK_REPEAT):
+                t0 = time.perf_counter()
+                m.fill_next_token_bitmask(self.bitmask)
+                best = min(best, time.perf_counter() - t0)
+            out.append(best)
             if not m.accept_token(t):
                 break
         return out
@@ -189,9 +197,12 @@ class OutlinesCore(Engine):
         out = []
         ptr, numel, size = self.mask.data_ptr(), self.mask.numel(), self.mask.element_size()
         for t in tokens:
-            t0 = time.perf_counter()
-            g.write_mask_into(ptr, numel, size)
-            out.append(time.perf_counter() - t0)
+            best = math.inf
+            for _ in range(MASK_REPEAT):
+                t0 = time.perf_counter()
+                g.write_mask_into(ptr, numel, size)
+                best = min(best, time.perf_counter() - t0)
+            out.append(best)
             try:
                 g.advance(t)
             except Exception:  # token not allowed: the instance left the grammar
@@ -315,7 +326,8 @@ def write_results(stats: dict[str, dict[str, Any]], n: int, timeout_s: float, ma
         f"{n} MaskBench schemas (spread over every split), SmolLM2-135M tokenizer "
         f"(49,152 tokens), one worker process per engine, per-schema limit {timeout_s:g} s. "
         "Compile = schema → ready matcher; mask = the allowed-token bitmask computed before "
-        "each token of the schema's first valid instance (compact JSON). structgen cold "
+        "each token of the schema's first valid instance (compact JSON; best of "
+        f"{MASK_REPEAT} per token). structgen cold "
         "= its full compile path (draft upgrade, checks, relaxation, llguidance) with an "
         "empty grammar cache; warm = answered from the grammar cache (median of "
         f"{WARM_REPEAT} lookups + matcher copy). `compiled` = pass count (no error/timeout). "
@@ -344,11 +356,11 @@ def write_results(stats: dict[str, dict[str, Any]], n: int, timeout_s: float, ma
         "structgen warm compile p50 (µs)": round(sg["warm_p50_us"] or float("nan"), 1),
         "mask p99 structgen / llguidance (same schemas)": round(
             sg["mask_p99_common_us"] / llg["mask_p99_common_us"], 2),
-        "compile p50 xgrammar / structgen": round(
-            stats["xgrammar"]["compile_p50_ms"] / sg["compile_p50_ms"], 1),
-        "compiled OK structgen/llguidance/xgrammar/outlines-core": "/".join(
-            str(stats[e]["compiled"]) for e in ENGINES),
+        f"compiled OK {'/'.join(stats)}": "/".join(str(v["compiled"]) for v in stats.values()),
     }
+    if "xgrammar" in stats:
+        headline["compile p50 xgrammar / structgen"] = round(
+            stats["xgrammar"]["compile_p50_ms"] / sg["compile_p50_ms"], 1)
     (out / "compile_mask.json").write_text(json.dumps(
         {"name": "compile_mask", "result": "compile_mask.md", "headline": headline,
          "machine": machine, "stats": stats}, indent=2, ensure_ascii=False) + "\n")

@@ -122,7 +122,8 @@ def _tokenizer_json() -> dict[str, Any]:
     (reading it out of the GGUF takes seconds; workers then load it in a fraction of one)."""
     path = TOKENIZER_CACHE / "smollm2-135m-instruct.json"
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return body
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
@@ -378,21 +379,22 @@ def run_checks(cases: Iterable[SchemaCase], *, jobs: int = 1, timeout_s: float =
             left = max(0.0, min(s.deadline for s in busy) - time.monotonic())
             ready = wait([s.conn for s in busy], timeout=left)
             for i, slot in enumerate(slots):
-                if slot.case is None:
+                case = slot.case
+                if case is None:
                     continue
                 if slot.conn in ready:
                     try:
                         done(slot.conn.recv())
                     except (EOFError, OSError):  # the worker died (native crash)
-                        done(SchemaResult(slot.case.split, slot.case.id, "compile_error",
-                                          tests=len(slot.case.tests),
+                        done(SchemaResult(case.split, case.id, "compile_error",
+                                          tests=len(case.tests),
                                           error="worker died", keywords=["crash"]))
                         slot.stop()
                         slots[i] = slot = _Slot(ctx)
                     feed(slot)
                 elif time.monotonic() >= slot.deadline:
-                    done(SchemaResult(slot.case.split, slot.case.id, "timeout",
-                                      tests=len(slot.case.tests), seconds=timeout_s,
+                    done(SchemaResult(case.split, case.id, "timeout",
+                                      tests=len(case.tests), seconds=timeout_s,
                                       keywords=["timeout"]))
                     slot.stop()
                     slots[i] = slot = _Slot(ctx)

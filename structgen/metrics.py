@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -172,7 +173,9 @@ class Metrics:
         self.inflight_peak = Gauge("structgen_in_flight_peak", "Peak backend calls in flight",
                                    registry=r)
         if self.enabled:
-            atexit.register(self.flush)
+            # A weak reference: engines created and dropped (tests, workers) are not kept alive.
+            ref = weakref.ref(self)
+            atexit.register(lambda: (m := ref()) is not None and m.flush())
             if config.port is not None:
                 self.serve(config.port)
 

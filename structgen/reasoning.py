@@ -75,8 +75,8 @@ def is_reasoning_model(name: str | None) -> bool:
     """
     if not name:
         return False
-    if _REASONING_NAME.search(name.lower().rsplit("/", 1)[-1]) or _REASONING_NAME.search(
-            name.lower()):
+    # Only the last component: a directory path may contain anything ("/tmp/reasoning/...").
+    if _REASONING_NAME.search(name.lower().rstrip("/").rsplit("/", 1)[-1]):
         return True
     return _template_thinks(name)
 

@@ -155,13 +155,20 @@ class HTTPClient:
 
     # Calls -------------------------------------------------------------------------
     async def request_json(self, method: str, path: str, body: dict[str, Any] | None = None,
-                           *, deadline: float | None = None) -> Any:
-        """Send ``body`` as JSON and return the decoded JSON answer."""
+                           *, deadline: float | None = None,
+                           timing: dict[str, float] | None = None) -> Any:
+        """Send ``body`` as JSON and return the decoded JSON answer.
+
+        ``timing["http_s"]`` receives the last attempt's round trip as httpx measured it
+        (request sent to body read): the rest of a call's latency is client-side work.
+        """
         budget = self._budget(deadline)
 
         async def once() -> Any:
             response = await self.client.request(method, path, json=body)
             text = response.text
+            if timing is not None:
+                timing["http_s"] = response.elapsed.total_seconds()
             self._check_status(response, text, path)
             try:
                 return json.loads(text)

@@ -15,6 +15,8 @@ system prompt shared by many requests is computed once.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import codecs
 import concurrent.futures
 import importlib
 import importlib.util
@@ -22,8 +24,9 @@ import inspect
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +47,10 @@ if TYPE_CHECKING:
     from structgen.config import Config, LocalConfig
 
 WHITESPACE_BYTES = frozenset(b" \t\n\r")
+# Bytes JSON never allows raw (RFC 8259: control characters must be escaped in strings);
+# "any" whitespace mode still needs tab, LF and CR between tokens.
+JSON_FORBIDDEN_BYTES = {"compact": frozenset(range(0x20)),
+                        "any": frozenset(range(0x20)) - frozenset(b"\t\n\r")}
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 GATHER_WINDOW_S = 0.005  # how long the worker waits for concurrent requests to join a batch
 
@@ -66,6 +73,10 @@ class _Seq:
     out_ids: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)
     ws_run: int = 0
+    ctrl_mask: torch.Tensor | None = None  # allowed-token row ANDed into the grammar mask
+    on_text: Callable[[str | None], None] | None = None  # streaming: chunk, then None
+    emitted: int = 0  # tokens already streamed
+    utf8: Any = None  # incremental decoder for streamed chunks
     finish: str | None = None
     ttft: float | None = None
     stats: dict[str, int] = field(default_factory=lambda: {
@@ -105,6 +116,7 @@ class _Runtime:
         self.bitmask = torch.full((cfg.max_batch, (self.vocab_size + 31) // 32), -1,
                                   dtype=torch.int32)
         self.prefix_cache: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._ctrl_masks: dict[str, torch.Tensor] = {}
         params = inspect.signature(self.model.forward).parameters
         # transformers 5.x renamed past_key_values to cache
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -115,6 +127,25 @@ class _Runtime:
         if name not in self.engines:
             self.engines[name] = create_constraint(name, self.tok)
         return self.engines[name]
+
+    def json_ctrl_mask(self, whitespace: str) -> torch.Tensor:
+        """Bitmask row allowing every token without a byte JSON forbids raw (built once)."""
+        import torch
+
+        mask = self._ctrl_masks.get(whitespace)
+        if mask is None:
+            forbidden = JSON_FORBIDDEN_BYTES.get(whitespace, JSON_FORBIDDEN_BYTES["any"])
+            allowed = torch.tensor([not forbidden.intersection(b) for b in self.token_bytes],
+                                   dtype=torch.bool)
+            words = (self.vocab_size + 31) // 32
+            bits = torch.zeros(words * 32, dtype=torch.int64)
+            bits[:self.vocab_size] = allowed.long()
+            weights = torch.tensor([1 << i for i in range(32)], dtype=torch.int64)
+            packed = (bits.view(words, 32) * weights).sum(1)
+            # reinterpret the low 32 bits as int32 (bit 31 set -> negative)
+            mask = torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+            self._ctrl_masks[whitespace] = mask
+        return mask
 
     # Prompt ---------------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -221,6 +252,10 @@ class LocalBackend(BackendBase):
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        # set while shutting down: the worker ends sequences in flight instead of finishing
+        # them, so interpreter exit never waits on (or kills) a thread inside torch
+        self._closing = threading.Event()
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # Protocol -------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
@@ -231,7 +266,7 @@ class LocalBackend(BackendBase):
             kinds.discard("grammar")
         return Capabilities(
             output_kinds=frozenset(kinds),  # type: ignore[arg-type]
-            json_keywords=engine.json_keywords, streaming=False,
+            json_keywords=engine.json_keywords, streaming=True,
             reasoning=engine.supports_reasoning, batching=True, notes=tuple(notes))
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
@@ -241,9 +276,27 @@ class LocalBackend(BackendBase):
         return await asyncio.wrap_future(future)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Yields the whole text at once (token streaming is not implemented here)."""
-        result = await self.agenerate(request)
-        yield result.text
+        """Yield text chunks as the worker produces tokens (fast-forwarded runs arrive as one
+        chunk). Reasoning and stop-string requests are post-processed once the text is
+        complete, so they arrive as one chunk at the end."""
+        if request.reasoning or (request.output is None and request.sampling.stop):
+            result = await self.agenerate(request)
+            yield result.text
+            return
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def push(chunk: str | None) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+        future: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
+        seq = _Seq(request, future, time.perf_counter(), on_text=push,
+                   utf8=codecs.getincrementaldecoder("utf-8")(errors="replace"))
+        self._ensure_worker()
+        self._queue.put(seq)
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+        await asyncio.wrap_future(future)  # raises the request's error, if any
 
     async def health(self) -> bool:
         try:
@@ -253,10 +306,15 @@ class LocalBackend(BackendBase):
         return True
 
     async def aclose(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker: requests in flight fail with BackendUnavailable."""
         worker = self._worker
         if worker is not None and worker.is_alive():
+            self._closing.set()
             self._queue.put(None)
-            await asyncio.to_thread(worker.join, 5)
+            worker.join(timeout_s)
         self._worker = None
 
     # Model ------------------------------------------------------------------------------
@@ -274,6 +332,10 @@ class LocalBackend(BackendBase):
 
                 if self.cfg.threads:
                     torch.set_num_threads(self.cfg.threads)
+                else:
+                    # more than 4 intra-op threads only add synchronisation cost for
+                    # a small model decoding one token per step
+                    torch.set_num_threads(min(4, torch.get_num_threads()))
                 self._runtimes[ref] = _Runtime(ref, self.cfg)
             return self._runtimes[ref]
 
@@ -286,6 +348,7 @@ class LocalBackend(BackendBase):
     def _ensure_worker(self) -> None:
         with self._lock:
             if self._worker is None or not self._worker.is_alive():
+                self._closing.clear()
                 self._worker = threading.Thread(target=self._work, name="structgen-local",
                                                 daemon=True)
                 self._worker.start()
@@ -322,10 +385,16 @@ class LocalBackend(BackendBase):
                 _fail(seq, exc)
             return
         try:
-            _Decoder(rt, self.cfg).run(seqs)
+            _Decoder(rt, self.cfg, self._closing).run(seqs)
         except BaseException as exc:  # never leave a caller waiting
             for seq in seqs:
                 _fail(seq, exc)
+
+
+def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:
+    backend = ref()
+    if backend is not None:
+        backend.shutdown(timeout_s=5.0)
 
 
 def _fail(seq: _Seq, exc: BaseException) -> None:
@@ -334,14 +403,17 @@ def _fail(seq: _Seq, exc: BaseException) -> None:
     if not isinstance(exc, StructgenError):
         exc = BackendError(f"{type(exc).__name__}: {exc}", "local")
     seq.future.set_exception(exc)
+    if seq.on_text is not None:
+        seq.on_text(None)
 
 
 class _Decoder:
     """Decodes one batch of sequences to completion."""
 
-    def __init__(self, rt: _Runtime, cfg: LocalConfig) -> None:
+    def __init__(self, rt: _Runtime, cfg: LocalConfig, closing: threading.Event) -> None:
         self.rt = rt
         self.cfg = cfg
+        self.closing = closing
 
     def setup(self, seq: _Seq) -> None:
         import torch
@@ -352,7 +424,12 @@ class _Decoder:
             options = ConstraintOptions(whitespace=req.whitespace or self.cfg.whitespace,
                                         max_whitespace=self.cfg.max_whitespace,
                                         reasoning=req.reasoning)
-            seq.matcher = self.rt.engine(self.cfg.engine).matcher(req.output, options)
+            engine = self.rt.engine(self.cfg.engine)
+            seq.matcher = engine.matcher(req.output, options)
+            if seq.matcher.relaxed:
+                seq.stats["relaxed"] = list(seq.matcher.relaxed)  # type: ignore[assignment]
+            if req.output.kind == "json" and not engine.forbids_json_control_chars:
+                seq.ctrl_mask = self.rt.json_ctrl_mask(options.whitespace)
         if req.sampling.temperature > 0:
             seq.generator = torch.Generator()
             seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None
@@ -434,7 +511,10 @@ class _Decoder:
             bitmask = rt.bitmask[:len(live)]
             bitmask.fill_(-1)
             for i in constrained:
-                live[i].matcher.fill_bitmask(bitmask, i)  # type: ignore[union-attr]
+                s = live[i]
+                s.matcher.fill_bitmask(bitmask, i)  # type: ignore[union-attr]
+                if s.ctrl_mask is not None:
+                    bitmask[i].bitwise_and_(s.ctrl_mask)
             rt._apply_mask(logits, bitmask)
         for i, s in enumerate(live):
             if s.ws_run >= self.cfg.max_whitespace and s.request.output is not None \
@@ -468,6 +548,9 @@ class _Decoder:
         s.out_ids.append(tok)
         self._track_whitespace(s, tok)
         s.pending = [tok]
+        if self.closing.is_set():
+            s.finish = "closed"
+            return
         if s.request.deadline is not None and time.monotonic() > s.request.deadline:
             s.finish = "timeout"
             return
@@ -492,6 +575,15 @@ class _Decoder:
                     s.finish = "stop"
                 elif len(s.out_ids) >= s.request.sampling.max_tokens:
                     s.finish = "length"
+        if s.on_text is not None:
+            self._emit(s)
+
+    def _emit(self, s: _Seq) -> None:
+        """Stream the bytes of tokens produced since the last call (whole characters only)."""
+        chunk = s.utf8.decode(b"".join(self.rt.token_bytes[i] for i in s.out_ids[s.emitted:]))
+        s.emitted = len(s.out_ids)
+        if chunk and s.on_text is not None:
+            s.on_text(chunk)
 
     def _track_whitespace(self, s: _Seq, tok: int) -> None:
         b = self.rt.token_bytes[tok]
@@ -556,8 +648,10 @@ class _Decoder:
     def _finish(self, s: _Seq) -> None:
         if s.future.done():
             return
-        if s.finish == "timeout":
-            s.future.set_exception(BackendTimeout("deadline passed while decoding", "local"))
+        if s.finish in ("timeout", "closed"):
+            _fail(s, BackendTimeout("deadline passed while decoding", "local")
+                  if s.finish == "timeout" else
+                  BackendUnavailable("the local backend was shut down mid-request", "local"))
             return
         text = self._text(s.out_ids)
         if "stop_at_char" in s.stats:
@@ -571,11 +665,18 @@ class _Decoder:
         stats: dict[str, Any] = dict(s.stats)
         stats["generated_tokens"] = len(s.out_ids)
         stats["engine"] = self.cfg.engine if s.matcher is not None else "none"
+        stats["finish_reason"] = s.finish or "stop"
         s.future.set_result(GenerationResult(
             text=text, backend="local", model=self.rt.name, finish_reason=s.finish or "stop",
             reasoning_text=reasoning, prompt_tokens=len(s.prompt_ids),
             completion_tokens=len(s.out_ids), latency_s=time.perf_counter() - s.start,
             ttft_s=s.ttft, constrained=s.matcher is not None, stats=stats))
+        if s.on_text is not None:
+            self._emit(s)
+            tail = s.utf8.decode(b"", final=True)
+            if tail:
+                s.on_text(tail)
+            s.on_text(None)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float,

@@ -132,7 +132,9 @@ class OllamaBackend(HTTPBackend):
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()
         path, body, post = self.build(request)
-        data = await self.http.request_json("POST", path, body, deadline=request.deadline)
+        timing: dict[str, float] = {}
+        data = await self.http.request_json("POST", path, body, deadline=request.deadline,
+                                            timing=timing)
         if isinstance(data, dict) and "error" in data:
             raise BackendProtocolError(f"Ollama error: {data['error']}", self.name)
         text, thinking = self._parts(data, path)
@@ -140,6 +142,7 @@ class OllamaBackend(HTTPBackend):
         result.latency_s = time.perf_counter() - start
         result.stats["post_enforced"] = post
         result.stats["endpoint"] = path
+        result.stats.update(timing)
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:

@@ -152,11 +152,14 @@ class SGLangBackend(HTTPBackend):
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()
         path, body, post = self.build(request)
-        data = await self.http.request_json("POST", path, body, deadline=request.deadline)
+        timing: dict[str, float] = {}
+        data = await self.http.request_json("POST", path, body, deadline=request.deadline,
+                                            timing=timing)
         result = self._parse_native(data) if path == NATIVE_PATH else self._parse_chat(data)
         result.latency_s = time.perf_counter() - start
         result.stats["post_enforced"] = post
         result.stats["endpoint"] = path
+        result.stats.update(timing)
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
@@ -185,9 +188,9 @@ class SGLangBackend(HTTPBackend):
                     yield chunk
             else:
                 for choice in event.get("choices") or ():
-                    chunk = (choice.get("delta") or {}).get("content")
-                    if chunk:
-                        yield chunk
+                    piece = (choice.get("delta") or {}).get("content")
+                    if isinstance(piece, str) and piece:
+                        yield piece
         if not done:
             raise BackendProtocolError("stream ended before data: [DONE]", self.name,
                                        retryable=True)

@@ -139,11 +139,14 @@ class VLLMBackend(HTTPBackend):
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()
         path, body, post = await self.build(request)
-        data = await self.http.request_json("POST", path, body, deadline=request.deadline)
+        timing: dict[str, float] = {}
+        data = await self.http.request_json("POST", path, body, deadline=request.deadline,
+                                            timing=timing)
         result = self._parse(data, body["model"])
         result.latency_s = time.perf_counter() - start
         result.stats["post_enforced"] = post
         result.stats["endpoint"] = path
+        result.stats.update(timing)
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:

@@ -114,6 +114,10 @@ class Matcher(ABC):
     def error(self) -> str | None:
         return None
 
+    # keywords dropped from the schema so the engine could compile it (validation enforces
+    # them after decoding); set by GrammarConstraint.matcher
+    relaxed: tuple[str, ...] = ()
+
 
 class GrammarConstraint(ABC):
     """A constraint engine bound to one tokenizer."""
@@ -125,6 +129,10 @@ class GrammarConstraint(ABC):
     notes: tuple[str, ...] = ()
     # JSON Schema keywords it enforces while decoding; None = all that structgen knows
     json_keywords: frozenset[str] | None = None
+    # True when the engine itself keeps raw control characters out of JSON strings; the
+    # decode loop masks them for engines that do not (XGrammar lets them into strings with
+    # maxLength, Outlines' string regex is similar)
+    forbids_json_control_chars: bool = False
 
     def __init__(self, tok: TokenizerData) -> None:
         self.tok = tok
@@ -137,9 +145,43 @@ class GrammarConstraint(ABC):
             raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
                               "use engine='llguidance'")
         key = (f"{output.hash}:{options.key()}", self.tok.hash, self.name, self.version)
-        compiled = default_grammar_cache().get_or_compile(
-            key, lambda: self.compile(output, options))
-        return self.new_matcher(compiled)
+        compiled, relaxed = default_grammar_cache().get_or_compile(
+            key, lambda: self._compile_or_relax(output, options))
+        matcher = self.new_matcher(compiled)
+        matcher.relaxed = relaxed
+        return matcher
+
+    def _compile_or_relax(self, output: CompiledOutput,
+                          options: ConstraintOptions) -> tuple[Any, tuple[str, ...]]:
+        """Compile ``output``; a JSON schema the engine refuses is loosened keyword by keyword
+        (:func:`structgen.schema.relax.relax_for_engine`) until it compiles. The grammar then
+        lets through a superset of valid outputs and validation enforces the dropped keywords.
+        """
+        try:
+            return self.compile(output, options), ()
+        except SchemaError as exc:
+            if output.kind != "json" or output.json_schema is None:
+                raise
+            first_error = str(exc)
+        from dataclasses import replace
+
+        from structgen.schema.relax import relax_for_engine
+
+        compiled: dict[str, Any] = {}
+
+        def check(schema: Any) -> str | None:
+            try:
+                compiled["value"] = self.compile(replace(output, json_schema=schema), options)
+            except SchemaError as err:
+                return str(err)
+            return None
+
+        schema, relaxed = relax_for_engine(output.json_schema, check)
+        if "value" not in compiled:  # relax_for_engine returned a schema it never checked
+            raise SchemaError(first_error)
+        if schema is output.json_schema:
+            return compiled["value"], ()
+        return compiled["value"], relaxed
 
     @abstractmethod
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:

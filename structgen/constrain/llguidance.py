@@ -103,6 +103,7 @@ class LLGuidanceConstraint(GrammarConstraint):
     supports_fast_forward = True
     supports_reasoning = True
     json_keywords = None  # llguidance enforces every keyword it compiles; others fail upfront
+    forbids_json_control_chars = True  # its JSON strings follow RFC 8259 (checked in tests)
     notes = ("llguidance: schemas using keywords it does not implement fail to compile "
              "(SchemaError) rather than being loosened",)
 

@@ -148,5 +148,5 @@ async def test_vllm_smollm_agent_schemas(vllm_smollm):
     messages = [{"role": "system", "content": "You review an agent's answer."},
                 {"role": "user", "content": "Answer: 2+2=5. Review it."}]
     reflection = await engine_mod.agenerate_structured(
-        messages, Reflection, backend="vllm", config=cfg, max_tokens=200)
+        messages, Reflection, backend="vllm", config=cfg, max_tokens=400)
     assert isinstance(reflection, Reflection)

@@ -17,9 +17,11 @@ from structgen.conformance import iter_cases, keyword_agreement, run_checks
 
 # Keywords on which every Test-Suite schema passes today (a regression fails the test).
 # Known gaps, all on the too-strict side (the grammar rejects a valid instance; nothing
-# invalid gets through): `type`/`enum`/`const` with 1.0 where an integer is expected
-# (llguidance's integer grammar has no fraction), `pattern` on non-ASCII text, `format`
-# (asserted by structgen, an annotation for the suite), remote and dynamic refs.
+# invalid gets through): `type`/`enum`/`const` with a number written another way (1.0 for
+# an integer 1, -2.0 for -2: the grammar matches the literal text), `const` objects with
+# another key order, `pattern` with `\p{...}` (Python's `re` lacks it, so the schema is
+# rejected up front), `format` (asserted by structgen, an annotation for the suite),
+# remote and dynamic refs.
 MUST_AGREE = ("required", "properties", "minimum", "maximum", "minLength", "maxLength",
               "items", "prefixItems", "anyOf", "oneOf", "not", "uniqueItems", "multipleOf",
               "if-then-else", "dependentRequired", "dependentSchemas", "contains",

@@ -7,6 +7,7 @@ by PID, never by name.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -77,8 +78,11 @@ class VLLMProcess:
         """SIGTERM the server's process group, SIGKILL it if still alive after 20 s."""
         if self.proc.poll() is not None:
             return
-        pgid = os.getpgid(self.proc.pid)
-        os.killpg(pgid, signal.SIGTERM)
+        pgid = self.proc.pid  # start_new_session=True: the server leads its own group
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -93,7 +97,7 @@ class VLLMProcess:
 
 
 def start_vllm(model_dir: Path, *, engine: str, workdir: Path, port: int | None = None,
-               compact: bool = True, ready_timeout_s: float = 240.0,
+               compact: bool = True, ready_timeout_s: float = 600.0,
                extra_args: tuple[str, ...] = ()) -> VLLMProcess:
     """Launch ``vllm.entrypoints.openai.api_server`` on 127.0.0.1 and wait until it serves.
 
@@ -116,6 +120,7 @@ def start_vllm(model_dir: Path, *, engine: str, workdir: Path, port: int | None 
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=workdir)
     server = VLLMProcess(proc, f"http://127.0.0.1:{port}", model_dir.name, engine, log_path)
+    atexit.register(server.stop)  # also when the caller dies before its own cleanup
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
