@@ -98,6 +98,11 @@ def write_readme(statuses: list[dict[str, Any]]) -> None:
         link = f"[{name}]({e.get('result', name + '.md')})"
         for i, (label, value) in enumerate(e["headline"].items()):
             lines.append(f"| {link if i == 0 else ''} | {label} | {value} |")
+    listed = {e.get("result") for e in entries}
+    for md in sorted(RESULTS.glob("*.md")):
+        if md.name != "README.md" and md.name not in listed:
+            # a benchmark that wrote no <name>.json yet: link it all the same
+            lines.append(f"| [{md.stem}]({md.name}) | (no headline JSON) | see file |")
     machines = sorted({e["machine"] for e in entries if e.get("machine")})
     if machines:
         lines += ["", "Machines:", *[f"- {m}" for m in machines]]

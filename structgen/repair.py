@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.backends import GenerationRequest, GenerationResult
 from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
+from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
 from structgen.validate import Outcome, schema_errors, validate_data, validate_text
 
@@ -70,6 +71,8 @@ async def finalize(gen: GenerationResult, request: GenerationRequest, engine: En
     output = request.output
     assert output is not None
     cfg = engine.config.repair
+    # The router already did this for generated results; streamed text arrives here raw.
+    separate_reasoning(gen, request)
     post_enforced = [*output.relaxed,
                      *[k for k in gen.stats.get("post_enforced") or () if k not in output.relaxed]]
     # (issue 4) server backends report, per request, the constraints their grammar engine

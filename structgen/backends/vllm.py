@@ -10,6 +10,9 @@ Note: vLLM 0.32 accepts ``disable_any_whitespace`` per request but its grammar e
 read the server-wide ``--structured-outputs-config`` value only, so start the server with
 ``{"disable_any_whitespace": true}`` to get compact JSON from a small model.
 
+Server time: with ``--enable-per-request-metrics`` the answer carries ``metrics``
+(queue, time to first token, generation, in ms), read into ``server_time_s``/``ttft_s``.
+
 Thinking models: with a ``--reasoning-parser`` the server returns the thinking in
 ``message.reasoning`` (``reasoning_content`` before v0.13); both are read.
 """
@@ -129,12 +132,14 @@ class VLLMBackend(HTTPBackend):
                 f"answer is not an OpenAI completion: {str(data)[:200]}", self.name) from None
         if not isinstance(text, str):
             raise BackendProtocolError("completion text is not a string", self.name)
+        server_s, ttft_s = _server_times(data.get("metrics"))
         return GenerationResult(
             text=text, backend=self.name, model=str(data.get("model") or model),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             reasoning_text=reasoning if isinstance(reasoning, str) else None,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0))
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            server_time_s=server_s, ttft_s=ttft_s)
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()
@@ -172,3 +177,20 @@ class VLLMBackend(HTTPBackend):
         if not done:
             raise BackendProtocolError("stream ended before data: [DONE]", self.name,
                                        retryable=True)
+
+
+def _server_times(metrics: Any) -> tuple[float | None, float | None]:
+    """(engine time, time to first token) from the ``metrics`` object that vLLM >= 0.32
+    adds to each answer when started with ``--enable-per-request-metrics``.
+
+    Engine time = queue + time to first token + generation: from the engine queueing the
+    request to its last token (the API server's own parsing/tokenizing is not included).
+    """
+    if not isinstance(metrics, dict):
+        return None, None
+    parts = [metrics.get(k) for k in ("queue_time_ms", "time_to_first_token_ms",
+                                      "generation_time_ms")]
+    known = [float(p) for p in parts if isinstance(p, int | float)]
+    ttft = metrics.get("time_to_first_token_ms")
+    return ((sum(known) / 1000 if known else None),
+            float(ttft) / 1000 if isinstance(ttft, int | float) else None)

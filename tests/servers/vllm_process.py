@@ -112,7 +112,7 @@ def start_vllm(model_dir: Path, *, engine: str, workdir: Path, port: int | None 
            "--model", str(model_dir), "--served-model-name", model_dir.name,
            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--max-model-len", "512", "--structured-outputs-config", json.dumps(so_config),
-           *extra_args]
+           "--enable-per-request-metrics", *extra_args]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(workdir / "cache"),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
                DO_NOT_TRACK="1")
