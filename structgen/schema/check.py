@@ -9,6 +9,7 @@ Checks, in order: the document is a JSON object; it is a valid Draft 2020-12 sch
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -196,6 +197,31 @@ def _metaschema_error(schema: dict[str, Any], exc: JsonSchemaError) -> SchemaErr
     return SchemaError(f"not a valid Draft 2020-12 schema: {message}", pointer)
 
 
+def _metaschema_valid_fast(schema: Any) -> bool:
+    """jsonschema-rs checks the metaschema ~300x faster than jsonschema (0.05 vs 17 ms on
+    an agent schema), which matters for cold compiles; jsonschema still words the error."""
+    try:
+        import jsonschema_rs
+    except ImportError:  # optional speed-up
+        return False
+    try:
+        if not jsonschema_rs.meta.is_valid(schema):
+            return False
+    except Exception:  # unsupported Python values, unknown drafts: let jsonschema decide
+        return False
+    # jsonschema-rs does not assert the "regex" format of patterns; jsonschema does.
+    for _, sub in walk(schema):
+        patterns = [sub["pattern"]] if isinstance(sub.get("pattern"), str) else []
+        if isinstance(sub.get("patternProperties"), dict):
+            patterns.extend(sub["patternProperties"])
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error:
+                return False
+    return True
+
+
 def check_schema(schema: Any, *, unknown_formats: str = "error") -> None:
     """Raise :class:`SchemaError` (with a JSON pointer) if ``schema`` cannot be honoured.
 
@@ -206,10 +232,11 @@ def check_schema(schema: Any, *, unknown_formats: str = "error") -> None:
         return
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON Schema must be an object or boolean, got {type(schema).__name__}")
-    try:
-        Draft202012Validator.check_schema(schema)
-    except JsonSchemaError as exc:
-        raise _metaschema_error(schema, exc) from None
+    if not _metaschema_valid_fast(schema):
+        try:
+            Draft202012Validator.check_schema(schema)
+        except JsonSchemaError as exc:
+            raise _metaschema_error(schema, exc) from None
     anchors = _anchors(schema)
     for pointer, sub in walk(schema):
         ref = sub.get("$ref")
