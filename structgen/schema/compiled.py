@@ -89,7 +89,10 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
     if isinstance(output, JsonSchema):
         output, name = canonicalize_schema(output.schema), name or output.name
     if isinstance(output, dict):
-        schema = canonicalize_schema(output)
+        from structgen.schema.drafts import upgrade_schema
+
+        # Older drafts (04/06/07/2019-09) are rewritten to their 2020-12 meaning first.
+        schema = canonicalize_schema(upgrade_schema(output))
         check_schema(schema)
         return CompiledOutput(kind="json", json_schema=schema,
                               name=name or str(output.get("title") or "output"))
