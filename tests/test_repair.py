@@ -2,7 +2,9 @@
 
 Each case names its schema, the broken text and the stage expected to fix it: ``syntax``,
 ``coerce``, ``valid`` (nothing to do) or ``fail`` (no local stage can: only a re-ask).
-The ``smollm_*`` cases are unconstrained SmolLM2-135M outputs (collect_smollm.py).
+The ``smollm_*`` cases are unconstrained SmolLM2-135M outputs (collect_smollm.py), the
+``tiny_*`` ones unconstrained outputs of the tiny random test model (collect_tiny.py), the
+``hand_*`` ones hand-broken JSON.
 """
 
 from __future__ import annotations
