@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,6 +25,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine_line, pct  # noqa: E402
 
 from schemas.intent import Intent  # noqa: E402
 from structgen.config import Config  # noqa: E402
@@ -35,23 +36,6 @@ from structgen.engine import Engine  # noqa: E402
 SMALL = {"type": "object", "properties": {"kind": {"enum": ["a", "b", "c"]},
                                           "note": {"type": "string", "maxLength": 24}},
          "required": ["kind", "note"], "additionalProperties": False}
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
-                .splitlines() if ln.startswith("model name")), platform.processor())
-    ram = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
-                   if ln.startswith("MemTotal"))) / 2**20
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, {ram:.0f} GiB RAM, Python "
-            f"{platform.python_version()}, torch {torch.__version__}, "
-            f"{datetime.date.today().isoformat()}")
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
 def bench_hits(engine: Engine, n: int = 3000) -> dict[str, Any]:
@@ -162,7 +146,7 @@ def main() -> None:
     name = "SmolLM2-135M-Instruct" if args.model == "smollm" else "tiny random 2-layer Llama"
     md = f"""# Cache benchmark
 
-Machine: {machine()}
+Machine: {machine_line()}
 Model: {name} on the embedded backend (CPU, float32). Produced by `benchmarks/cache.py --model {args.model}`.
 
 ## Result-cache hit vs miss (`Engine.run`, Intent schema, diskcache store)

@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -31,6 +27,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import machine_line, pct  # noqa: E402
 
 from structgen.backends.vllm import VLLMBackend  # noqa: E402
 from structgen.config import Config  # noqa: E402
@@ -46,24 +45,6 @@ SCHEMA = {"type": "object", "properties": {
 MAX_TOKENS = 24
 
 
-def machine_line() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
-                     .group(1))  # type: ignore[union-attr]
-        mem = f"{mem_kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, AttributeError):
-        mem = "? RAM"
-    import torch
-
-    return (f"{cpu}, {os.cpu_count()} cores, {mem}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {datetime.date.today().isoformat()}")
-
-
 def server_seconds(base_url: str) -> tuple[float, float]:
     """(sum, count) of vLLM's e2e request latency histogram, over all label sets."""
     text = urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode()
@@ -74,11 +55,6 @@ def server_seconds(base_url: str) -> tuple[float, float]:
         elif line.startswith("vllm:e2e_request_latency_seconds_count"):
             count += float(line.rsplit(" ", 1)[1])
     return total, count
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run_batch(name: str, call: Any, n: int, base_url: str, *,
@@ -113,13 +89,13 @@ async def run_batch(name: str, call: Any, n: int, base_url: str, *,
     server_mean = (after[0] - before[0]) / served if served else float("nan")
     mean = statistics.fmean(latencies) if latencies else float("nan")
     return {"name": name, "n": n, "ok": len(latencies), "errors": errors, "wall_s": wall,
-            "p50": pct(latencies, 0.5) if latencies else float("nan"),
-            "p99": pct(latencies, 0.99) if latencies else float("nan"),
+            "p50": pct(latencies, 50) if latencies else float("nan"),
+            "p99": pct(latencies, 99) if latencies else float("nan"),
             "mean": mean, "server_mean": server_mean, "served": served,
             "http_mean": statistics.fmean(http) if http else float("nan"),
             "ovh_mean": statistics.fmean(overheads) if overheads else float("nan"),
-            "ovh_p50": pct(overheads, 0.5) if overheads else float("nan"),
-            "ovh_p99": pct(overheads, 0.99) if overheads else float("nan")}
+            "ovh_p50": pct(overheads, 50) if overheads else float("nan"),
+            "ovh_p99": pct(overheads, 99) if overheads else float("nan")}
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:

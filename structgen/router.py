@@ -173,7 +173,10 @@ class Router:
                 entry: dict[str, Any] = {"backend": name, "ok": False}
                 try:
                     instance = self.engine.backend(name)
-                except (ConfigError, ImportError) as exc:
+                except (StructgenError, ImportError) as exc:
+                    if backend is not None and isinstance(exc, ConfigError):
+                        raise  # a named backend that does not exist is the caller's mistake
+                    # e.g. the embedded backend without the [local] extra installed
                     entry["skipped"] = f"not available: {exc}"
                     trail.append(entry)
                     continue

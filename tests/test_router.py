@@ -308,3 +308,12 @@ async def test_explicit_backend_has_no_fallback(tmp_path: Path) -> None:
         await engine.arun("q", SCHEMA, backend="sglang")
     assert local.calls == 0
     await engine.aclose()
+
+
+async def test_unknown_named_backend_is_a_config_error(tmp_path: Path) -> None:
+    from structgen.errors import ConfigError
+
+    engine = Engine(config(tmp_path), backends={"local": CannedBackend("local")})
+    with pytest.raises(ConfigError, match="unknown backend"):
+        await engine.arun("q", SCHEMA, backend="llamacpp")
+    await engine.aclose()

@@ -157,15 +157,21 @@ class GrammarConstraint(ABC):
         (:func:`structgen.schema.relax.relax_for_engine`) until it compiles. The grammar then
         lets through a superset of valid outputs and validation enforces the dropped keywords.
         """
+        from dataclasses import replace
+
+        from structgen.schema.relax import relax_for_engine
+
+        prepared: tuple[str, ...] = ()
+        if output.kind == "json" and output.json_schema is not None:
+            schema, prepared = self.prepare_schema(output.json_schema)
+            if schema is not output.json_schema:
+                output = replace(output, json_schema=schema)
         try:
-            return self.compile(output, options), ()
+            return self.compile(output, options), prepared
         except SchemaError as exc:
             if output.kind != "json" or output.json_schema is None:
                 raise
             first_error = str(exc)
-        from dataclasses import replace
-
-        from structgen.schema.relax import relax_for_engine
 
         compiled: dict[str, Any] = {}
 
@@ -180,8 +186,16 @@ class GrammarConstraint(ABC):
         if "value" not in compiled:  # relax_for_engine returned a schema it never checked
             raise SchemaError(first_error)
         if schema is output.json_schema:
-            return compiled["value"], ()
-        return compiled["value"], relaxed
+            return compiled["value"], prepared
+        return compiled["value"], (*prepared, *(k for k in relaxed if k not in prepared))
+
+    def prepare_schema(self, schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The schema to give this engine and the keywords taken out of it beforehand.
+
+        Engines that compile some keywords without enforcing them override this, so that
+        the grammar is honest and the dropped keywords are reported (then validated).
+        """
+        return schema, ()
 
     @abstractmethod
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:

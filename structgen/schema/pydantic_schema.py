@@ -16,4 +16,35 @@ def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
         schema = model.model_json_schema(mode="validation")
     except Exception as exc:  # pydantic raises several types for unsupported fields
         raise SchemaError(f"cannot build a JSON Schema for {model.__name__}: {exc}") from None
+    _require_discriminators(schema, schema.get("$defs", {}))
     return canonicalize_schema(schema)
+
+
+def _require_discriminators(node: Any, defs: dict[str, Any]) -> None:
+    """Make the tag of every discriminated union a required property of each variant.
+
+    Pydantic emits the tag field with a default, so the JSON Schema lets it be left out,
+    but Pydantic's discriminated-union validator needs the tag in the data to pick the
+    variant. Requiring it keeps the grammar and Pydantic in agreement (and the tag is a
+    ``const``, which fast-forward then writes for free).
+    """
+    if isinstance(node, list):
+        for item in node:
+            _require_discriminators(item, defs)
+        return
+    if not isinstance(node, dict):
+        return
+    tag = node.get("discriminator", {}).get("propertyName") \
+        if isinstance(node.get("discriminator"), dict) else None
+    if isinstance(tag, str):
+        for variant in node.get("oneOf", []) + node.get("anyOf", []):
+            target = variant
+            ref = variant.get("$ref", "") if isinstance(variant, dict) else ""
+            if ref.startswith("#/$defs/"):
+                target = defs.get(ref.removeprefix("#/$defs/"), {})
+            if isinstance(target, dict) and tag in target.get("properties", {}):
+                required = target.setdefault("required", [])
+                if tag not in required:
+                    required.append(tag)
+    for value in node.values():
+        _require_discriminators(value, defs)

@@ -107,6 +107,75 @@ def relax_for_engine(schema: Any, compile_check: CompileCheck, *,
     raise SchemaError(f"the grammar engine cannot compile even an any-JSON grammar: {error}")
 
 
+def drop_keywords(schema: Any, keywords: frozenset[str]) -> tuple[Any, tuple[str, ...]]:
+    """A loosened copy of ``schema`` without ``keywords`` (each dropped with its ladder group,
+    ``oneOf`` turned into ``anyOf``), and the keywords actually dropped.
+
+    For engines that compile a keyword without enforcing it (or enforce it wrongly): the
+    grammar is built from what the engine really does, and validation is told to enforce
+    the rest, instead of trusting a grammar that silently lets invalid output through.
+    """
+    present = keywords_present(schema)
+    current = schema
+    relaxed: list[str] = []
+    for group in LADDER:
+        if not set(group) & keywords & present:
+            continue
+        if current is schema:
+            current = copy.deepcopy(schema)
+        if apply_relaxation(current, group):
+            relaxed.extend(k for k in group if k in present and k not in relaxed)
+    return current, tuple(relaxed)
+
+
+def disjoint_one_of_to_any_of(schema: Any) -> Any:
+    """``schema`` with every ``oneOf`` whose branches are told apart by a required ``const``
+    tag (a discriminated union) written as ``anyOf``: for such branches at most one can
+    match, so the two mean the same and nothing is loosened. Returns a copy if anything
+    changed, else ``schema`` itself."""
+    def tag_values(branch: Any) -> dict[str, Any]:
+        if isinstance(branch, dict) and isinstance(branch.get("$ref"), str):
+            ref = branch["$ref"]
+            for prefix in ("#/$defs/", "#/definitions/"):
+                if ref.startswith(prefix) and isinstance(schema, dict):
+                    branch = schema.get(prefix[2:-1], {}).get(ref.removeprefix(prefix))
+        if not isinstance(branch, dict):
+            return {}
+        props, required = branch.get("properties") or {}, branch.get("required") or []
+        return {name: props[name]["const"] for name in required
+                if isinstance(props.get(name), dict) and "const" in props[name]}
+
+    def disjoint(branches: list[Any]) -> bool:
+        tags = [tag_values(b) for b in branches]
+        shared = set.intersection(*(set(t) for t in tags)) if tags else set()
+        return any(len({repr(t[name]) for t in tags}) == len(tags) for name in shared)
+
+    def exact(node: dict[str, Any]) -> bool:
+        branches = node.get("oneOf")
+        return isinstance(branches, list) and len(branches) > 1 and "anyOf" not in node \
+            and disjoint(branches)
+
+    if not any(exact(n) for n in subschemas(schema)):
+        return schema
+    schema = copy.deepcopy(schema)  # tag_values reads $defs from this copy from now on
+    for node in subschemas(schema):
+        if exact(node):
+            node["anyOf"] = node.pop("oneOf")
+    return schema
+
+
+def subschemas(schema: Any) -> list[dict[str, Any]]:
+    """Every subschema of ``schema`` (itself first) at the known subschema positions."""
+    out: list[dict[str, Any]] = []
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            out.append(node)
+            stack.extend(reversed(_children(node)))
+    return out
+
+
 def _next_group(schema: Any, error: str, tried: set[tuple[str, ...]]) -> tuple[str, ...] | None:
     """The keyword group the error names, else the next ladder group present in the schema."""
     present = keywords_present(schema)

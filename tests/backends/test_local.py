@@ -4,7 +4,7 @@ output kinds, reasoning, errors. Everything runs the real decode loop and real e
 from __future__ import annotations
 
 import asyncio
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ SYSTEM = ("You are a careful coding agent. Read the user's request and answer wi
           "object that follows the schema exactly. " * 3)
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     green = "green"
 

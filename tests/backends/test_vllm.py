@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from schemas import reflection as reflection_mod
 from schemas.intent import Intent
 from schemas.reflection import Reflection
 from structgen import engine as engine_mod
@@ -145,8 +146,12 @@ async def test_vllm_smollm_agent_schemas(vllm_smollm):
         "Add a --verbose flag to structgen/cli.py", Intent, backend="vllm", config=cfg,
         max_tokens=160)
     assert isinstance(intent, Intent)
-    messages = [{"role": "system", "content": "You review an agent's answer."},
+    # As the reflection agent prompts it: the task plus one worked answer. (With no example,
+    # greedy SmolLM2 nests `critique.sub_points` until max_tokens: the schema is recursive.)
+    example = reflection_mod.EXAMPLES[2].model_dump_json(exclude_none=True)
+    messages = [{"role": "system", "content": "You review an agent's answer and reply with "
+                                              f"one JSON object like this one: {example}"},
                 {"role": "user", "content": "Answer: 2+2=5. Review it."}]
     reflection = await engine_mod.agenerate_structured(
-        messages, Reflection, backend="vllm", config=cfg, max_tokens=400)
+        messages, Reflection, backend="vllm", config=cfg, max_tokens=300)
     assert isinstance(reflection, Reflection)

@@ -147,3 +147,57 @@ def test_upgrade_leaves_2020_12_schemas_alone() -> None:
     schema = {"properties": {"a": {"type": "string", "$ref": "#/$defs/x"}},
               "$defs": {"x": {"minLength": 1}}}
     assert upgrade_schema(schema) == schema
+
+
+# Engines that compile a keyword without enforcing it -------------------------------------
+def test_drop_keywords_loosens_a_copy_and_names_what_went() -> None:
+    from structgen.schema.relax import drop_keywords
+
+    schema = {"type": "object", "properties": {
+        "n": {"type": "integer", "multipleOf": 3, "not": {"const": 9}},
+        "tags": {"type": "array", "uniqueItems": True}}}
+    loose, dropped = drop_keywords(schema, frozenset({"multipleOf", "not", "oneOf"}))
+    assert set(dropped) == {"multipleOf", "not"}  # oneOf is not in the schema
+    assert loose["properties"]["n"] == {"type": "integer"}
+    assert loose["properties"]["tags"]["uniqueItems"] is True
+    assert schema["properties"]["n"]["multipleOf"] == 3  # the input is untouched
+    same, none = drop_keywords(schema, frozenset({"if"}))
+    assert same is schema and none == ()
+
+
+def test_discriminated_one_of_becomes_any_of_exactly() -> None:
+    from structgen.schema.relax import disjoint_one_of_to_any_of
+
+    tagged = {"$defs": {
+        "A": {"type": "object", "properties": {"t": {"const": "a"}}, "required": ["t"]},
+        "B": {"type": "object", "properties": {"t": {"const": "b"}, "x": {"type": "integer"}},
+              "required": ["t"]}},
+        "oneOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/B"}]}
+    out = disjoint_one_of_to_any_of(tagged)
+    assert "oneOf" not in out and len(out["anyOf"]) == 2 and "oneOf" in tagged
+    for instance in ({"t": "a"}, {"t": "b", "x": 1}, {"t": "c"}, {"x": 1}, {"t": "a", "x": 1}):
+        assert Draft202012Validator(out).is_valid(instance) == \
+            Draft202012Validator(tagged).is_valid(instance)
+    # a tag that is not required, or equal tags, proves nothing: left alone
+    optional = json.loads(json.dumps(tagged))
+    optional["$defs"]["B"]["required"] = []
+    assert disjoint_one_of_to_any_of(optional) is optional
+    same_tag = json.loads(json.dumps(tagged))
+    same_tag["$defs"]["B"]["properties"]["t"]["const"] = "a"
+    assert disjoint_one_of_to_any_of(same_tag) is same_tag
+
+
+def test_xgrammar_prepare_schema_reports_what_it_cannot_enforce() -> None:
+    from structgen.constrain.xgrammar import XGrammarConstraint
+
+    prepare = XGrammarConstraint.prepare_schema.__get__(object.__new__(XGrammarConstraint))
+    # MaskBench Github_trivial---o25183: XGrammar emitted null for this string enum
+    schema, dropped = prepare({"type": "string", "enum": ["1", "2-two", None]})
+    assert schema == {"type": "string", "enum": ["1", "2-two"]} and dropped == ()
+    # several allOf branches: XGrammar lost the object type and wrote '":"'
+    schema, dropped = prepare({"type": "object", "maxProperties": 1, "allOf": [
+        {"required": ["a"]}, {"not": {"required": ["b"]}}]})
+    assert schema == {"type": "object", "maxProperties": 1}
+    assert set(dropped) == {"not", "allOf"}
+    untouched = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert prepare(untouched) == (untouched, ())

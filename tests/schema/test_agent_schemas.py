@@ -83,6 +83,12 @@ def test_shapes_the_brief_asks_for() -> None:
     evidence = s_dbg["properties"]["evidence"]["items"]
     assert evidence["discriminator"]["propertyName"] == "type"
     assert len(evidence["oneOf"]) == 3
+    # the tag Pydantic needs to pick a variant is required, so the grammar always writes it
+    for name in ("StackFrame", "LogLine", "TestFailure"):
+        assert "type" in s_dbg["$defs"][name]["required"]
+    untagged = {"error_type": "KeyError", "root_cause": "x", "fix_steps": ["y"],
+                "confidence": 0.5, "evidence": [{"test_id": "t", "assertion": "a"}]}
+    assert not validate_text(json.dumps(untagged), _compiled(debugger.Diagnosis)).ok
     assert s_dbg["$defs"]["CodeLocation"]["properties"]["line"]["minimum"] == 1
     assert s_dbg["properties"]["fix_steps"]["minItems"] == 1
     critique = s_ref["$defs"]["Critique"]
