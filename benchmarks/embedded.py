@@ -466,6 +466,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--maskbench", type=int, default=50, help="MaskBench schemas (default 50)")
     ap.add_argument("--quick", action="store_true", help="agents + 8 MaskBench schemas")
+    ap.add_argument("--no-agents", action="store_true",
+                    help="MaskBench prompts only (a smoke run of the script)")
     ap.add_argument("--timeout-s", type=float, default=180.0,
                     help="Outlines per-request limit (compile + generate)")
     args = ap.parse_args()
@@ -474,7 +476,7 @@ def main() -> None:
     from structgen.models import default_model_dir
 
     model_dir = default_model_dir()
-    cases = agent_cases() + maskbench_cases(args.maskbench)
+    cases = ([] if args.no_agents else agent_cases()) + maskbench_cases(args.maskbench)
     print(f"{len(cases)} prompts", flush=True)
     texts = prompt_texts(cases, model_dir)
     rows_a, rows_b = run_structgen(cases, model_dir)

@@ -80,7 +80,7 @@ def _safe_disk_class() -> type:
     """
     import diskcache
 
-    class SafeDisk(diskcache.Disk):  # type: ignore[misc]
+    class SafeDisk(diskcache.Disk):
         def put(self, key: Any) -> Any:
             if not isinstance(key, str):
                 raise TypeError("structgen cache keys are str")
@@ -184,7 +184,7 @@ class RedisStore:
         if raw is None:
             return None
         try:
-            return raw.decode("utf-8")  # type: ignore[no-any-return,union-attr]
+            return raw.decode("utf-8")  # type: ignore[union-attr]
         except UnicodeDecodeError:
             self.delete(key)
             return None
@@ -464,8 +464,8 @@ class ResultCache:
 
 
 _INVALID = object()
-_REQUIRED = {"v": int, "key": str, "created_at": (int, float), "backend": str, "model": str,
-             "text": str}
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "v": int, "key": str, "created_at": (int, float), "backend": str, "model": str, "text": str}
 
 
 def _well_formed(entry: Any) -> bool:
@@ -487,7 +487,7 @@ def decode_entry(raw: str) -> dict[str, Any] | None:
         return None
     if not _well_formed(entry) or entry["v"] != CACHE_FORMAT_VERSION:
         return None
-    return entry  # type: ignore[no-any-return]
+    return entry
 
 
 def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:

@@ -139,7 +139,7 @@ def check(
 
     try:
         files = cf.case_files(path)
-        cases = []
+        cases: list[cf.SchemaCase] = []
         for file in files:
             found = cf.iter_cases(file)
             cases.extend(itertools.islice(found, limit) if limit else found)

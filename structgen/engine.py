@@ -151,7 +151,7 @@ class Engine:
         key, hit = self._cache_lookup(request, backend, use_cache, start)
         if hit is not None:
             return hit
-        return run_sync(  # type: ignore[no-any-return]
+        return run_sync(
             self._agenerate_request(request, backend, key, start))
 
     async def agenerate(self, *args: Any, **kwargs: Any) -> Any:

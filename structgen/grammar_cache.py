@@ -139,7 +139,7 @@ class GrammarCache:
             if key in self._mem:
                 self._mem.move_to_end(key)
                 self.hits += 1
-                return self._mem[key]  # type: ignore[no-any-return]
+                return self._mem[key]
             flight = self._inflight.get(key)
             owner = flight is None
             if flight is None:
@@ -230,7 +230,7 @@ class GrammarCache:
             flight.running = False
         if flight.error is not None:
             raise flight.error
-        return flight.value  # type: ignore[no-any-return]
+        return flight.value
 
     def _wait(self, key: GrammarKey, flight: _Inflight, timeout_s: float | None) -> Any:
         if not flight.done.wait(timeout_s):

@@ -175,7 +175,7 @@ class Metrics:
         if self.enabled:
             # A weak reference: engines created and dropped (tests, workers) are not kept alive.
             ref = weakref.ref(self)
-            atexit.register(lambda: (m := ref()) is not None and m.flush())
+            atexit.register(_flush_if_alive, ref)
             if config.port is not None:
                 self.serve(config.port)
 
@@ -327,6 +327,12 @@ class Metrics:
                           stacklevel=2)
             return
         _served_ports.add(port)
+
+
+def _flush_if_alive(ref: weakref.ref[Metrics]) -> None:
+    metrics = ref()
+    if metrics is not None:
+        metrics.flush()
 
 
 def _bump(group: dict[str, int], key: str, by: int | bool = 1) -> None:

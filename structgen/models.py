@@ -129,6 +129,6 @@ def load_model(model: str | None, *, cache_dir: str | None = None, dtype: str = 
         lm = AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise BackendUnavailable(f"cannot load model {ref!r}: {exc}", "local") from None
-    lm.to(device)
+    lm.to(device)  # type: ignore[arg-type]
     lm.eval()
     return lm, tokenizer, ref

@@ -36,7 +36,7 @@ def create_backend(name: str, config: Config) -> Backend:
     except KeyError:
         raise ConfigError(f"unknown backend {name!r} (known: {', '.join(REGISTRY)})") from None
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(config)  # type: ignore[no-any-return]
+    return cls(config)
 
 
 __all__ = [

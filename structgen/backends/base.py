@@ -92,12 +92,18 @@ class BackendBase:
 
     name: str = "base"
 
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        raise NotImplementedError
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        raise NotImplementedError
+
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return run_sync(self.agenerate(request))
 
     def iter_stream(self, request: GenerationRequest) -> Iterator[str]:
         """Synchronous twin of :meth:`stream`."""
-        agen = self.stream(request)  # type: ignore[attr-defined]
+        agen = self.stream(request)
 
         async def collect() -> list[str]:
             return [chunk async for chunk in agen]

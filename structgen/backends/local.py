@@ -57,7 +57,7 @@ GATHER_WINDOW_S = 0.005  # how long the worker waits for concurrent requests to 
 
 def _engine_class(engine: str) -> type[GrammarConstraint]:
     module_name, _, cls_name = ENGINES[engine].partition(":")
-    return getattr(importlib.import_module(module_name), cls_name)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module_name), cls_name)
 
 
 @dataclass
@@ -154,7 +154,7 @@ class _Runtime:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                       add_generation_prompt=True)
         else:  # a base model: plain concatenation
-            text = "\n\n".join(m["content"] for m in messages) + "\n"
+            text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     # KV cache helpers -------------------------------------------------------------------
@@ -176,7 +176,7 @@ class _Runtime:
         kwargs = {self.cache_kw: cache}
         out = self.model(input_ids=input_ids, attention_mask=attention_mask,
                          position_ids=position_ids, use_cache=True, logits_to_keep=1, **kwargs)
-        return out.logits[:, -1, :].float()  # type: ignore[no-any-return]
+        return out.logits[:, -1, :].float()
 
     def prefill(self, seq: _Seq) -> tuple[Any, torch.Tensor]:
         """KV cache + last logits for the prompt, reusing the longest cached prefix."""

@@ -225,7 +225,7 @@ def create_constraint(engine: str, tok: TokenizerData) -> GrammarConstraint:
         raise ConfigError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})",
                           "local.engine") from None
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(tok)  # type: ignore[no-any-return]
+    return cls(tok)
 
 
 def json_whitespace_regex(options: ConstraintOptions) -> str:
