@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from structgen.errors import ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
-from structgen.validate import dump_value, validate_text
+from structgen.validate import dump_value, is_valid, validate_text
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
@@ -498,8 +498,7 @@ def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
             return _INVALID
         outcome = validate_text(data, output)
         return outcome.value if outcome.ok else _INVALID
-    validator = _validator(output)
-    if not validator.is_valid(data):
+    if not is_valid(data, output):
         return _INVALID
     if output.model is not None:
         from pydantic import ValidationError
@@ -509,24 +508,6 @@ def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
         except ValidationError:
             return _INVALID
     return data
-
-
-_validators: dict[str, Any] = {}
-
-
-def _validator(output: CompiledOutput) -> Any:
-    # Keyed by the canonical schema hash (cached on the CompiledOutput), not by re-encoding
-    # the schema on every hit: the hit path must stay in the tens of microseconds.
-    v = _validators.get(output.hash)
-    if v is None:
-        from jsonschema import Draft202012Validator
-
-        v = Draft202012Validator(output.json_schema or {},
-                                 format_checker=Draft202012Validator.FORMAT_CHECKER)
-        if len(_validators) > 512:
-            _validators.clear()
-        _validators[output.hash] = v
-    return v
 
 
 def _configured_model(cfg: Config, backend: str) -> str:
