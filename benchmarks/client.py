@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -177,6 +178,18 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> No
         "",
     ]
     out.write_text("\n".join(lines))
+    full_one = next((r for r in rows if r["name"].startswith("full pipeline, one")), None)
+    raw_one = next((r for r in rows if r["name"].startswith("HTTP backend, one")), None)
+    headline = {f"{rows[0]['n']} concurrent requests: ok / errors":
+                f"{rows[0]['ok']} / {sum(rows[0]['errors'].values())}",
+                "p50 / p99 latency, full pipeline at once (s)":
+                f"{rows[1]['p50']:.2f} / {rows[1]['p99']:.2f}"}
+    if full_one and raw_one:
+        headline["client overhead per request, one at a time: backend / pipeline (ms)"] = (
+            f"{raw_one['ovh_p50'] * 1000:.1f} / {full_one['ovh_p50'] * 1000:.1f}")
+    out.with_suffix(".json").write_text(json.dumps(
+        {"name": "client", "result": out.name, "headline": headline,
+         "machine": machine_line()}, indent=1) + "\n")
 
 
 def main() -> None:
