@@ -52,6 +52,9 @@ class LocalConfig(_Section):
     prefix_cache_entries: int = Field(default=4, ge=0)
     fast_forward: bool = True
     threads: int | None = Field(default=None, ge=1)
+    # a grammar that takes longer is recorded and replaced by a looser one (validation
+    # enforces the rest); see structgen/grammar_cache.py
+    compile_timeout_s: float = Field(default=10.0, gt=0)
 
 
 class ServerConfig(_Section):

@@ -40,11 +40,13 @@ from structgen.constrain.base import (
     create_constraint,
 )
 from structgen.errors import BackendError, BackendTimeout, BackendUnavailable, StructgenError
+from structgen.grammar_cache import default_grammar_cache
 
 if TYPE_CHECKING:
     import torch
 
     from structgen.config import Config, LocalConfig
+    from structgen.grammar_cache import GrammarCache
 
 WHITESPACE_BYTES = frozenset(b" \t\n\r")
 # Bytes JSON never allows raw (RFC 8259: control characters must be escaped in strings);
@@ -87,12 +89,13 @@ class _Seq:
 class _Runtime:
     """A loaded model with everything derived from it (tokenizer data, engines, caches)."""
 
-    def __init__(self, ref: str, cfg: LocalConfig) -> None:
+    def __init__(self, ref: str, cfg: LocalConfig, grammar_cache: GrammarCache) -> None:
         import torch
 
         from structgen.models import load_model
 
         self.cfg = cfg
+        self.grammar_cache = grammar_cache
         self.model, self.tokenizer, self.ref = load_model(
             ref if ref != "default" else None, cache_dir=cfg.model_cache_dir, dtype=cfg.dtype,
             device=cfg.device)
@@ -125,7 +128,9 @@ class _Runtime:
 
     def engine(self, name: str) -> GrammarConstraint:
         if name not in self.engines:
-            self.engines[name] = create_constraint(name, self.tok)
+            self.engines[name] = create_constraint(
+                name, self.tok, grammar_cache=self.grammar_cache,
+                compile_timeout_s=self.cfg.compile_timeout_s)
         return self.engines[name]
 
     def json_ctrl_mask(self, whitespace: str) -> torch.Tensor:
@@ -336,7 +341,8 @@ class LocalBackend(BackendBase):
                     # more than 4 intra-op threads only add synchronisation cost for
                     # a small model decoding one token per step
                     torch.set_num_threads(min(4, torch.get_num_threads()))
-                self._runtimes[ref] = _Runtime(ref, self.cfg)
+                self._runtimes[ref] = _Runtime(ref, self.cfg,
+                                               default_grammar_cache(self.config.cache))
             return self._runtimes[ref]
 
     @property

@@ -22,7 +22,12 @@ from structgen.errors import SchemaError
 if TYPE_CHECKING:
     import torch
 
+    from structgen.grammar_cache import Codec, GrammarCache
     from structgen.schema import CompiledOutput
+
+# Part of every grammar-cache key (memory and disk): bump it when prepare_schema or the
+# relaxation rules change which grammar a schema gets, so no stale grammar is reused.
+PREPARE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -134,22 +139,59 @@ class GrammarConstraint(ABC):
     # maxLength, Outlines' string regex is similar)
     forbids_json_control_chars: bool = False
 
-    def __init__(self, tok: TokenizerData) -> None:
+    def __init__(self, tok: TokenizerData, *, grammar_cache: GrammarCache | None = None,
+                 compile_timeout_s: float | None = None) -> None:
         self.tok = tok
+        self.grammar_cache = grammar_cache
+        self.compile_timeout_s = compile_timeout_s
 
     def matcher(self, output: CompiledOutput, options: ConstraintOptions) -> Matcher:
-        """A fresh matcher for ``output``; the compiled grammar is cached across requests."""
-        from structgen.grammar_cache import default_grammar_cache
+        """A fresh matcher for ``output``; the compiled grammar is cached across requests
+        (in memory, and on disk for engines with a serialized form, so a restarted process
+        does not compile again). A JSON grammar that does not compile within
+        ``compile_timeout_s`` is recorded and replaced by plain JSON of the schema's type
+        (reported as relaxed ``compile-timeout``; validation enforces the schema)."""
+        from structgen.grammar_cache import GrammarCompileTimeout, default_grammar_cache
 
         if options.reasoning and not self.supports_reasoning:
             raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
                               "use engine='llguidance'")
-        key = (f"{output.hash}:{options.key()}", self.tok.hash, self.name, self.version)
-        compiled, relaxed = default_grammar_cache().get_or_compile(
-            key, lambda: self._compile_or_relax(output, options))
+        cache = self.grammar_cache or default_grammar_cache()
+        key = (f"{output.hash}:{options.key()}", self.tok.hash, self.name,
+               f"{self.version}+prepare{PREPARE_VERSION}")
+        try:
+            compiled, relaxed = cache.get_or_compile(
+                key, lambda: self._compile_or_relax(output, options),
+                timeout_s=self.compile_timeout_s, codec=self.codec())
+        except GrammarCompileTimeout:
+            if output.kind != "json" or output.json_schema is None:
+                raise
+            compiled, relaxed = cache.get_or_compile(
+                (f"{key[0]}:compile-timeout", *key[1:]),
+                lambda: self._looser(output, options), codec=self.codec())
         matcher = self.new_matcher(compiled)
         matcher.relaxed = relaxed
         return matcher
+
+    def _looser(self, output: CompiledOutput,
+                options: ConstraintOptions) -> tuple[Any, tuple[str, ...]]:
+        from dataclasses import replace
+
+        from structgen.schema.relax import type_only
+
+        for schema in (type_only(output.json_schema), {}):
+            if schema is not None:
+                try:
+                    return (self.compile(replace(output, json_schema=schema), options),
+                            ("compile-timeout",))
+                except SchemaError:
+                    continue
+        raise SchemaError(f"the {self.name} engine cannot compile even an any-JSON grammar")
+
+    def codec(self) -> Codec[tuple[Any, tuple[str, ...]]] | None:
+        """How a compiled grammar (with its relaxed keywords) goes to disk; None = memory
+        only (an engine whose compiled form cannot be serialized)."""
+        return None
 
     def _compile_or_relax(self, output: CompiledOutput,
                           options: ConstraintOptions) -> tuple[Any, tuple[str, ...]]:
@@ -213,7 +255,9 @@ ENGINES = {
 }
 
 
-def create_constraint(engine: str, tok: TokenizerData) -> GrammarConstraint:
+def create_constraint(engine: str, tok: TokenizerData, *,
+                      grammar_cache: GrammarCache | None = None,
+                      compile_timeout_s: float | None = None) -> GrammarConstraint:
     """Instantiate constraint engine ``engine`` for a tokenizer."""
     import importlib
 
@@ -225,7 +269,8 @@ def create_constraint(engine: str, tok: TokenizerData) -> GrammarConstraint:
         raise ConfigError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})",
                           "local.engine") from None
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(tok)
+    return cls(tok, grammar_cache=grammar_cache,
+               compile_timeout_s=compile_timeout_s)
 
 
 def json_whitespace_regex(options: ConstraintOptions) -> str:

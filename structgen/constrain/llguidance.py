@@ -107,8 +107,8 @@ class LLGuidanceConstraint(GrammarConstraint):
     notes = ("llguidance: schemas using keywords it does not implement fail to compile "
              "(SchemaError) rather than being loosened",)
 
-    def __init__(self, tok: TokenizerData) -> None:
-        super().__init__(tok)
+    def __init__(self, tok: TokenizerData, **cache: Any) -> None:
+        super().__init__(tok, **cache)
         self.ll = tok.ll_tokenizer()
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:

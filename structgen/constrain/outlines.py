@@ -62,10 +62,10 @@ class OutlinesConstraint(GrammarConstraint):
     notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
              "construction can take seconds for large schemas",)
 
-    def __init__(self, tok: TokenizerData) -> None:
+    def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         from outlines_core import Vocabulary
 
-        super().__init__(tok)
+        super().__init__(tok, **cache)
         eos = tok.eos_token_ids[0]
         groups: dict[bytes, list[int]] = {}
         for i, b in enumerate(tok.token_bytes()):

@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.base import ConstraintOptions, GrammarConstraint, Matcher, TokenizerData
 from structgen.errors import SchemaError
+from structgen.schema.check import declared_types, json_type
+from structgen.schema.relax import disjoint_one_of_to_any_of, drop_keywords, subschemas
 
 if TYPE_CHECKING:
     import torch
 
+    from structgen.grammar_cache import Codec
     from structgen.schema import CompiledOutput
 
 
@@ -23,25 +26,14 @@ XGRAMMAR_UNENFORCED = frozenset({
     "oneOf", "not", "if", "then", "else", "dependencies", "dependentSchemas",
     "dependentRequired", "multipleOf", "uniqueItems", "contains", "minContains", "maxContains",
     "unevaluatedProperties", "unevaluatedItems"})
-_JSON_TYPES = {bool: "boolean", type(None): "null", str: "string", dict: "object",
-               list: "array"}
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool) or value is None or isinstance(value, str | dict | list):
-        return _JSON_TYPES[type(value)]
-    return "integer" if isinstance(value, int) or float(value).is_integer() else "number"
 
 
 def _enum_outside_type(node: dict[str, Any]) -> set[str] | None:
     """The node's types when its ``enum`` lists a value of another type, else None."""
-    t, enum = node.get("type"), node.get("enum")
-    if not isinstance(enum, list) or not isinstance(t, str | list):
+    types, enum = declared_types(node), node.get("enum")
+    if types is None or not isinstance(enum, list):
         return None
-    types = {t} if isinstance(t, str) else set(t)
-    if "number" in types:
-        types.add("integer")
-    return types if any(_json_type(v) not in types for v in enum) else None
+    return types if any(json_type(v) not in types for v in enum) else None
 
 
 def _multi_all_of(node: dict[str, Any]) -> bool:
@@ -102,10 +94,10 @@ class XGrammarConstraint(GrammarConstraint):
     notes = ("xgrammar: Lark grammars are not accepted (pass Grammar(..., syntax='ebnf') or "
              "use engine='llguidance'); reasoning needs llguidance",)
 
-    def __init__(self, tok: TokenizerData) -> None:
+    def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         import xgrammar as xgr
 
-        super().__init__(tok)
+        super().__init__(tok, **cache)
         self.info = xgr.TokenizerInfo.from_huggingface(
             tok.hf_tokenizer, vocab_size=tok.vocab_size, stop_token_ids=list(tok.eos_token_ids))
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
@@ -118,12 +110,6 @@ class XGrammarConstraint(GrammarConstraint):
         emits ``":"`` for an object whose ``allOf`` has several branches, ``null`` for a
         string ``enum`` listing null, ignores ``not``/``if``/``multipleOf``, and reads
         ``oneOf`` as ``anyOf``), so the result records them as post-enforced."""
-        from structgen.schema.relax import (
-            disjoint_one_of_to_any_of,
-            drop_keywords,
-            subschemas,
-        )
-
         exact = disjoint_one_of_to_any_of(schema)
         out, relaxed = drop_keywords(exact, XGRAMMAR_UNENFORCED)
         dropped = list(relaxed)
@@ -139,8 +125,24 @@ class XGrammarConstraint(GrammarConstraint):
             types = _enum_outside_type(node)
             if types:
                 # exact, not loosened: an enum value of another type is never valid here
-                node["enum"] = [v for v in node["enum"] if _json_type(v) in types]
+                node["enum"] = [v for v in node["enum"] if json_type(v) in types]
         return out, tuple(dropped)
+
+    def codec(self) -> Codec[tuple[Any, tuple[str, ...]]]:
+        """XGrammar's own JSON serialization of the compiled grammar (its tokenizer metadata
+        is checked on load), with the keywords that were relaxed to get it."""
+        from structgen.grammar_cache import Codec, xgrammar_codec
+
+        grammar = xgrammar_codec(self.info)
+
+        def dumps(value: tuple[Any, tuple[str, ...]]) -> str:
+            return json.dumps({"grammar": grammar.dumps(value[0]), "relaxed": list(value[1])})
+
+        def loads(text: str) -> tuple[Any, tuple[str, ...]]:
+            entry = json.loads(text)
+            return grammar.loads(entry["grammar"]), tuple(entry["relaxed"])
+
+        return Codec(dumps=dumps, loads=loads)
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
         c = self.compiler

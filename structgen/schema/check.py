@@ -96,7 +96,8 @@ def _anchors(schema: dict[str, Any],
     return names
 
 
-def _types(sub: dict[str, Any]) -> set[str] | None:
+def declared_types(sub: dict[str, Any]) -> set[str] | None:
+    """The types a subschema's ``type`` allows (number includes integer), None if unset."""
     t = sub.get("type")
     if isinstance(t, str):
         types = {t}
@@ -128,21 +129,21 @@ def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
         raise SchemaError("const is not one of the enum values", f"{pointer}/const")
     all_of = sub.get("allOf")
     if isinstance(all_of, list):
-        common = _types(sub)
+        common = declared_types(sub)
         for part in all_of:
-            t = _types(part) if isinstance(part, dict) else None
+            t = declared_types(part) if isinstance(part, dict) else None
             if t is None:
                 continue
             common = t if common is None else common & t
             if not common:
                 raise SchemaError("allOf combines schemas of disjoint types", f"{pointer}/allOf")
-    types = _types(sub)
+    types = declared_types(sub)
     values = sub.get("enum")
     if (types is not None and isinstance(values, list) and values
-            and not any(_json_type(v) in types for v in values)):
+            and not any(json_type(v) in types for v in values)):
         raise SchemaError(f"no enum value has the declared type {sub['type']}",
                           f"{pointer}/enum")
-    if "const" in sub and types is not None and _json_type(sub["const"]) not in types:
+    if "const" in sub and types is not None and json_type(sub["const"]) not in types:
         raise SchemaError(f"const does not have the declared type {sub['type']}",
                           f"{pointer}/const")
     if sub.get("additionalProperties") is False and isinstance(sub.get("required"), list):
@@ -168,7 +169,8 @@ def _check_interval(pointer: str, sub: dict[str, Any]) -> None:
                                   f"{pointer}/{lo_key}")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON Schema type of a JSON value (an integral float is an integer)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

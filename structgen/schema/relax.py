@@ -101,7 +101,7 @@ def relax_for_engine(schema: Any, compile_check: CompileCheck, *,
         error = compile_check(current)
         if error is None:
             return current, tuple(relaxed)
-    for fallback, label in ((_type_only(schema), "type-only"), ({}, "any-json")):
+    for fallback, label in ((type_only(schema), "type-only"), ({}, "any-json")):
         if fallback is not None and compile_check(fallback) is None:
             return fallback, (*relaxed, label)
     raise SchemaError(f"the grammar engine cannot compile even an any-JSON grammar: {error}")
@@ -308,7 +308,7 @@ def _relax(node: Any, drop: frozenset[str], to_any_of: bool) -> bool:
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 
-def _type_only(schema: Any) -> dict[str, Any] | None:
+def type_only(schema: Any) -> dict[str, Any] | None:
     """``{"type": ...}`` of the root when it declares one (plain JSON of the right type)."""
     if not isinstance(schema, dict):
         return None

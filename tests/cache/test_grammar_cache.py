@@ -237,3 +237,58 @@ def test_default_cache_follows_config(tmp_path: Path) -> None:
     assert a is default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path / "a")))
     assert a is not default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path / "b")))
     assert a.directory == tmp_path / "a"
+
+
+# Through the embedded backend's constraint engines (what a request really goes through) ----
+def _constraint(tiny_model_dir: Path, cache: GrammarCache, timeout_s: float | None = None
+                ) -> Any:
+    from transformers import AutoTokenizer
+
+    from structgen.constrain.base import TokenizerData, create_constraint
+
+    hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok = TokenizerData(hf, len(hf), (hf.eos_token_id,))
+    return create_constraint("xgrammar", tok, grammar_cache=cache, compile_timeout_s=timeout_s)
+
+
+def test_embedded_xgrammar_grammar_survives_a_restart(tmp_path: Path,
+                                                      tiny_model_dir: Path) -> None:
+    from structgen.constrain.base import ConstraintOptions
+    from structgen.schema import compile_output
+
+    output = compile_output({**SCHEMA, "properties": {**SCHEMA["properties"], "n": {
+        "type": "integer", "multipleOf": 3}}})
+    first = _constraint(tiny_model_dir, GrammarCache(directory=tmp_path))
+    m1 = first.matcher(output, ConstraintOptions())
+    assert m1.relaxed == ("multipleOf",)
+    assert list((tmp_path / "xgrammar").glob("*.json"))  # written to disk
+    # a new process: new cache object, new engine, same directory
+    restarted = GrammarCache(directory=tmp_path)
+    again = _constraint(tiny_model_dir, restarted)
+    m2 = again.matcher(output, ConstraintOptions())
+    assert restarted.disk_hits == 1 and restarted.misses == 0
+    assert m2.relaxed == ("multipleOf",)  # the relaxation report survives too
+    for m in (m1, m2):
+        assert m.m.accept_string('{"kind":"a","n":12}') and m.is_accepting()
+
+
+def test_embedded_compile_timeout_falls_back_to_plain_json(tmp_path: Path,
+                                                           tiny_model_dir: Path) -> None:
+    from structgen.constrain.base import ConstraintOptions
+    from structgen.schema import compile_output
+
+    output = compile_output(SCHEMA)
+    cache = GrammarCache(directory=tmp_path)
+    engine = _constraint(tiny_model_dir, cache, timeout_s=1e-6)  # nothing compiles that fast
+    m = engine.matcher(output, ConstraintOptions())
+    assert m.relaxed == ("compile-timeout",)
+    assert cache.timeouts == 1
+    # plain JSON of the schema's type: any object, so validation has the last word
+    assert m.m.accept_string('{"other":true}') and m.is_accepting()
+    # a new process compiles nothing: the timeout is on record (so the fallback grammar is
+    # read from disk), unless the first compile finished in the background meanwhile and
+    # stored the full grammar, which is then read instead
+    restarted = GrammarCache(directory=tmp_path)
+    engine2 = _constraint(tiny_model_dir, restarted, timeout_s=1e-6)
+    assert engine2.matcher(output, ConstraintOptions()).relaxed in (("compile-timeout",), ())
+    assert restarted.misses == 0 and restarted.disk_hits == 1
