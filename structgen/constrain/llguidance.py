@@ -104,8 +104,9 @@ class LLGuidanceConstraint(GrammarConstraint):
     supports_reasoning = True
     json_keywords = None  # llguidance enforces every keyword it compiles; others fail upfront
     forbids_json_control_chars = True  # its JSON strings follow RFC 8259 (checked in tests)
-    notes = ("llguidance: schemas using keywords it does not implement fail to compile "
-             "(SchemaError) rather than being loosened",)
+    notes = ("llguidance: a keyword it does not implement fails its compile instead of "
+             "being loosened silently; structgen then drops that keyword (relax_for_engine), "
+             "reports it as relaxed and enforces it by validation",)
 
     def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         super().__init__(tok, **cache)
