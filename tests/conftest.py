@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads from a model hub in tests
+# Compiled grammars (and recorded compile timeouts) go to a directory of this run's own,
+# so no test reads what an earlier run, or the user's own use, left on disk.
+os.environ.setdefault("STRUCTGEN_CACHE_GRAMMAR_DIR",
+                      tempfile.mkdtemp(prefix="structgen-test-grammars-"))
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,9 @@ def run_all(tiny: Path, engine_name: str, outputs: list[tuple[str, Any]],
             modes: tuple[int | None, ...], max_tokens: int = MAX_TOKENS) -> Report:
     """Generate every output under every mode (None = greedy, int = sampling seed)."""
     cfg = Config.from_dict({
-        "local": {"model": str(tiny), "engine": engine_name, "max_batch": 8, "threads": 2},
+        # what is under test is the grammar: no compile-timeout fallback on a loaded machine
+        "local": {"model": str(tiny), "engine": engine_name, "max_batch": 8, "threads": 2,
+                  "compile_timeout_s": 600},
         "cache": {"backend": "none"}, "llm_backend": {"provider": "local"},
         "repair": {"reask": False}, "metrics": {"enabled": False}})
     backend = LocalBackend(cfg)

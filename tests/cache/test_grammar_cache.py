@@ -292,3 +292,25 @@ def test_embedded_compile_timeout_falls_back_to_plain_json(tmp_path: Path,
     engine2 = _constraint(tiny_model_dir, restarted, timeout_s=1e-6)
     assert engine2.matcher(output, ConstraintOptions()).relaxed in (("compile-timeout",), ())
     assert restarted.misses == 0 and restarted.disk_hits == 1
+
+
+def test_only_slow_compiles_go_to_disk_and_off_the_request_path(tmp_path: Path) -> None:
+    """The backend's cache writes a grammar only when a disk read can beat recompiling, and
+    in the background: XGrammar's serialized form runs to hundreds of MB."""
+    cache = GrammarCache(directory=tmp_path, disk_min_compile_s=0.3, background_writes=True)
+    fast = cache.get_or_compile(("fast", "t", "e", "1"), lambda: "g-fast", codec=text_codec())
+
+    def slow() -> str:
+        time.sleep(0.4)
+        return "g-slow"
+
+    assert fast == "g-fast"
+    assert cache.get_or_compile(("slow", "t", "e", "1"), slow, codec=text_codec()) == "g-slow"
+    cache.flush()
+    assert len(list(tmp_path.rglob("*.json"))) == 1  # the slow one only
+    restarted = GrammarCache(directory=tmp_path)
+    assert restarted.get_or_compile(("slow", "t", "e", "1"), lambda: "recompiled",
+                                    codec=text_codec()) == "g-slow"
+    assert restarted.disk_hits == 1
+    backend_cache = default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path / "b")))
+    assert backend_cache.background_writes and backend_cache.disk_min_compile_s >= 1.0
