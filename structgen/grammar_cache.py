@@ -182,7 +182,9 @@ class GrammarCache:
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait for background disk writes to finish."""
-        for writer in list(self._writers):
+        with self._lock:
+            writers = list(self._writers)
+        for writer in writers:
             writer.join(timeout_s)
 
     def stats(self) -> dict[str, int]:
@@ -227,7 +229,8 @@ class GrammarCache:
                 if self.background_writes:
                     writer = threading.Thread(target=self._write_disk, args=(key, value, codec),
                                               daemon=True, name="grammar-disk-write")
-                    self._writers = [w for w in self._writers if w.is_alive()] + [writer]
+                    with self._lock:
+                        self._writers = [w for w in self._writers if w.is_alive()] + [writer]
                     writer.start()
                 else:
                     self._write_disk(key, value, codec)
