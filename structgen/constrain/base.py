@@ -177,15 +177,14 @@ class GrammarConstraint(ABC):
                 options: ConstraintOptions) -> tuple[Any, tuple[str, ...]]:
         from dataclasses import replace
 
-        from structgen.schema.relax import type_only
+        from structgen.schema.relax import last_resorts
 
-        for schema in (type_only(output.json_schema), {}):
-            if schema is not None:
-                try:
-                    return (self.compile(replace(output, json_schema=schema), options),
-                            ("compile-timeout",))
-                except SchemaError:
-                    continue
+        for schema, _ in last_resorts(output.json_schema):
+            try:
+                return (self.compile(replace(output, json_schema=schema), options),
+                        ("compile-timeout",))
+            except SchemaError:
+                continue
         raise SchemaError(f"the {self.name} engine cannot compile even an any-JSON grammar")
 
     def codec(self) -> Codec[tuple[Any, tuple[str, ...]]] | None:

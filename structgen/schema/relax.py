@@ -101,8 +101,8 @@ def relax_for_engine(schema: Any, compile_check: CompileCheck, *,
         error = compile_check(current)
         if error is None:
             return current, tuple(relaxed)
-    for fallback, label in ((type_only(schema), "type-only"), ({}, "any-json")):
-        if fallback is not None and compile_check(fallback) is None:
+    for fallback, label in last_resorts(schema):
+        if compile_check(fallback) is None:
             return fallback, (*relaxed, label)
     raise SchemaError(f"the grammar engine cannot compile even an any-JSON grammar: {error}")
 
@@ -306,6 +306,13 @@ def _relax(node: Any, drop: frozenset[str], to_any_of: bool) -> bool:
 
 
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+
+def last_resorts(schema: Any) -> list[tuple[dict[str, Any], str]]:
+    """The loosest grammars left, tightest first: plain JSON of the root's declared type
+    (when it declares one), then any JSON; each with the label it is reported under."""
+    typed = type_only(schema)
+    return [*([(typed, "type-only")] if typed is not None else []), ({}, "any-json")]
 
 
 def type_only(schema: Any) -> dict[str, Any] | None:
