@@ -194,57 +194,29 @@ def compile_for_check(schema: Any) -> tuple[Any, Any]:
     """(structgen CompiledOutput, 2020-12 schema for the grammar) as the conformance path
     compiles them. Raises :class:`SchemaError` for schemas structgen rejects.
 
-    The grammar schema keeps the caller's property order: llguidance emits (and accepts)
-    properties in schema order, so the key-sorted canonical form (for hashes and
-    validation) would reject objects written in the declared order.
+    The grammar schema is the upgraded schema itself, in the caller's order (llguidance
+    emits and accepts properties in schema order); the CompiledOutput holds a JSON-clean
+    copy of it.
     """
     from structgen.schema.check import check_schema
-    from structgen.schema.compiled import CompiledOutput, canonicalize_schema
+    from structgen.schema.compiled import json_copy, json_output
     from structgen.schema.drafts import upgrade_schema
 
     if isinstance(schema, bool):  # true / false schemas: any JSON / nothing
         schema = {} if schema else {"not": {}}
     ordered = upgrade_schema(schema)
-    upgraded = canonicalize_schema(ordered)
-    try:
-        check_schema(upgraded, unknown_formats="ignore")  # 2020-12: formats are annotations
-    except SchemaError:
-        # check_schema also rejects legal but unsatisfiable parts (an enum with no value of
-        # the declared type) as likely mistakes; the spec allows them, and so does this path
-        _check_legal(upgraded)
-    return CompiledOutput(kind="json", json_schema=upgraded), ordered
-
-
-def _check_legal(schema: dict[str, Any]) -> None:
-    """Metaschema and local-``$ref`` checks only (what every validator needs)."""
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError as JsonSchemaError
-
-    from structgen.schema.check import _anchors, resolve_pointer, walk
-
-    try:
-        Draft202012Validator.check_schema(schema)
-    except JsonSchemaError as exc:
-        pointer = "".join(f"/{p}" for p in exc.path)
-        raise SchemaError(f"not a valid Draft 2020-12 schema: {exc.message}", pointer) from None
-    anchors = _anchors(schema)
-    for pointer, sub in walk(schema):
-        ref = sub.get("$ref")
-        if not isinstance(ref, str):
-            continue
-        if ref.startswith("#/") or ref == "#":
-            try:
-                resolve_pointer(schema, ref)
-            except (KeyError, IndexError, ValueError, TypeError):
-                raise SchemaError(f"unresolvable $ref {ref!r}", f"{pointer}/$ref") from None
-        elif ref not in anchors:
-            raise SchemaError(f"unresolvable $ref {ref!r}", f"{pointer}/$ref")
+    upgraded, text = json_copy(ordered)
+    # 2020-12 makes unknown formats annotations and allows unsatisfiable parts (an enum
+    # with no value of the declared type), which structgen's own API rejects as mistakes
+    check_schema(upgraded, unknown_formats="ignore", contradictions=False)
+    return json_output(upgraded, text), ordered
 
 
 def check_case(case: SchemaCase) -> SchemaResult:
     """Compile one schema and judge every instance (runs inside a worker)."""
     import llguidance
 
+    from structgen.constrain.llguidance import prepare_for_llguidance
     from structgen.schema.relax import relax_for_engine
     from structgen.validate import validate_data
 
@@ -254,7 +226,10 @@ def check_case(case: SchemaCase) -> SchemaResult:
     try:
         compiled, upgraded = compile_for_check(case.schema)
         check = llguidance_check(tokenizer)
-        engine_schema, relaxed = relax_for_engine(upgraded, check)
+        # the embedded backend's steps: known gaps out first, then whatever still fails
+        prepared, taken_out = prepare_for_llguidance(upgraded)
+        engine_schema, relaxed = relax_for_engine(prepared, check)
+        relaxed = (*taken_out, *(k for k in relaxed if k not in taken_out))
     except SchemaError as exc:
         result.status, result.error = "compile_error", str(exc)[:300]
         result.keywords = [_pointer_keyword(exc.pointer)]

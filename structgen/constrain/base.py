@@ -11,13 +11,16 @@ bit set = allowed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from structgen.errors import SchemaError
+from structgen.grammar_cache import GrammarCompileTimeout, default_grammar_cache
+from structgen.schema.relax import last_resorts, relax_for_engine
 
 if TYPE_CHECKING:
     import torch
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
 # Part of every grammar-cache key (memory and disk): bump it when prepare_schema or the
 # relaxation rules change which grammar a schema gets, so no stale grammar is reused.
-PREPARE_VERSION = 2
+PREPARE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,12 @@ class ConstraintOptions:
     reasoning: bool = False
 
     def key(self) -> str:
-        return f"ws={self.whitespace}:{self.max_whitespace}:think={int(self.reasoning)}"
+        return _options_key(self)
+
+
+@functools.lru_cache(maxsize=64)
+def _options_key(options: ConstraintOptions) -> str:
+    return f"ws={options.whitespace}:{options.max_whitespace}:think={int(options.reasoning)}"
 
 
 @dataclass
@@ -138,6 +146,9 @@ class GrammarConstraint(ABC):
     # decode loop masks them for engines that do not (XGrammar lets them into strings with
     # maxLength, Outlines' string regex is similar)
     forbids_json_control_chars: bool = False
+    # True when the engine bounds its own compile work (and fails instead of running on):
+    # its compiles then run inline, without the worker thread that enforces the deadline
+    bounded_compile: bool = False
 
     def __init__(self, tok: TokenizerData, *, grammar_cache: GrammarCache | None = None,
                  compile_timeout_s: float | None = None) -> None:
@@ -150,19 +161,19 @@ class GrammarConstraint(ABC):
         (in memory, and on disk for engines with a serialized form, so a restarted process
         does not compile again). A JSON grammar that does not compile within
         ``compile_timeout_s`` is recorded and replaced by plain JSON of the schema's type
-        (reported as relaxed ``compile-timeout``; validation enforces the schema)."""
-        from structgen.grammar_cache import GrammarCompileTimeout, default_grammar_cache
-
+        (reported as relaxed ``compile-timeout``; validation enforces the schema). Engines
+        with ``bounded_compile`` compile inline: they stop themselves and raise instead."""
         if options.reasoning and not self.supports_reasoning:
             raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
                               "use engine='llguidance'")
         cache = self.grammar_cache or default_grammar_cache()
-        key = (f"{output.hash}:{options.key()}", self.tok.hash, self.name,
+        key = (f"{output.engine_hash}:{options.key()}", self.tok.hash, self.name,
                f"{self.version}+prepare{PREPARE_VERSION}")
         try:
             compiled, relaxed = cache.get_or_compile(
                 key, lambda: self._compile_or_relax(output, options),
-                timeout_s=self.compile_timeout_s, codec=self.codec())
+                timeout_s=None if self.bounded_compile else self.compile_timeout_s,
+                codec=self.codec())
         except GrammarCompileTimeout:
             if output.kind != "json" or output.json_schema is None:
                 raise
@@ -175,10 +186,6 @@ class GrammarConstraint(ABC):
 
     def _looser(self, output: CompiledOutput,
                 options: ConstraintOptions) -> tuple[Any, tuple[str, ...]]:
-        from dataclasses import replace
-
-        from structgen.schema.relax import last_resorts
-
         for schema, _ in last_resorts(output.json_schema):
             try:
                 return (self.compile(replace(output, json_schema=schema), options),
@@ -198,13 +205,9 @@ class GrammarConstraint(ABC):
         (:func:`structgen.schema.relax.relax_for_engine`) until it compiles. The grammar then
         lets through a superset of valid outputs and validation enforces the dropped keywords.
         """
-        from dataclasses import replace
-
-        from structgen.schema.relax import relax_for_engine
-
         prepared: tuple[str, ...] = ()
         if output.kind == "json" and output.json_schema is not None:
-            schema, prepared = self.prepare_schema(output.json_schema)
+            schema, prepared = self.prepare_schema(output)
             if schema is not output.json_schema:
                 output = replace(output, json_schema=schema)
         try:
@@ -230,13 +233,14 @@ class GrammarConstraint(ABC):
             return compiled["value"], prepared
         return compiled["value"], (*prepared, *(k for k in relaxed if k not in prepared))
 
-    def prepare_schema(self, schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """The schema to give this engine and the keywords taken out of it beforehand.
+    def prepare_schema(self, output: CompiledOutput) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The schema to give this engine for a json ``output`` (its ``json_schema`` itself
+        when nothing changes) and the keywords taken out of it beforehand.
 
         Engines that compile some keywords without enforcing them override this, so that
         the grammar is honest and the dropped keywords are reported (then validated).
         """
-        return schema, ()
+        return output.to_json_schema(), ()
 
     @abstractmethod
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:

@@ -105,11 +105,12 @@ class XGrammarConstraint(GrammarConstraint):
         hf = tok.hf_tokenizer
         self._encode = lambda s: hf.encode(s, add_special_tokens=False)
 
-    def prepare_schema(self, schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    def prepare_schema(self, output: CompiledOutput) -> tuple[dict[str, Any], tuple[str, ...]]:
         """Take out what XGrammar compiles but does not enforce (measured on MaskBench: it
         emits ``":"`` for an object whose ``allOf`` has several branches, ``null`` for a
         string ``enum`` listing null, ignores ``not``/``if``/``multipleOf``, and reads
         ``oneOf`` as ``anyOf``), so the result records them as post-enforced."""
+        schema = output.to_json_schema()
         exact = disjoint_one_of_to_any_of(schema)
         out, relaxed = drop_keywords(exact, XGRAMMAR_UNENFORCED)
         dropped = list(relaxed)

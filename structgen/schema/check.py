@@ -30,9 +30,9 @@ ANNOTATION_FORMATS = frozenset({
 })
 KNOWN_FORMATS = ASSERTED_FORMATS | ANNOTATION_FORMATS
 
-_SUBSCHEMA_MAPS = tuple(sorted(SUBSCHEMA_MAPS))
-_SUBSCHEMA_LISTS = tuple(sorted(SUBSCHEMA_LISTS))
-_SUBSCHEMA_SINGLE = tuple(sorted(SUBSCHEMA_SINGLE))
+_MAP_KEYS = frozenset(SUBSCHEMA_MAPS)
+_LIST_KEYS = frozenset(SUBSCHEMA_LISTS)
+_SUBSCHEMA_KEYS = frozenset(SUBSCHEMA_MAPS | SUBSCHEMA_LISTS | SUBSCHEMA_SINGLE)
 JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
 
 
@@ -41,27 +41,68 @@ def _escape(token: str) -> str:
 
 
 def walk(schema: Any, pointer: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (pointer, subschema) for every object subschema, the root included."""
+    """Yield (pointer, subschema) for every object subschema, the root included, depth
+    first, keywords in sorted order (the same order as :func:`subschema_nodes`)."""
     if not isinstance(schema, dict):
         return
-    yield pointer, schema
-    for key in _SUBSCHEMA_MAPS:
-        sub = schema.get(key)
-        if isinstance(sub, dict):
-            for name, s in sub.items():
-                yield from walk(s, f"{pointer}/{key}/{_escape(name)}")
-    for key in _SUBSCHEMA_LISTS:
-        sub = schema.get(key)
-        if isinstance(sub, list):
-            for i, s in enumerate(sub):
-                yield from walk(s, f"{pointer}/{key}/{i}")
-    for key in _SUBSCHEMA_SINGLE:
-        sub = schema.get(key)
-        if isinstance(sub, dict):
-            yield from walk(sub, f"{pointer}/{key}")
-        elif key == "items" and isinstance(sub, list):  # draft-04 style tuple items
-            for i, s in enumerate(sub):
-                yield from walk(s, f"{pointer}/{key}/{i}")
+    stack: list[tuple[str, dict[str, Any]]] = [(pointer, schema)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        here, node = pop()
+        yield here, node
+        keys = node.keys() & _SUBSCHEMA_KEYS
+        if not keys:
+            continue
+        children: list[tuple[str, dict[str, Any]]] = []
+        for key in sorted(keys):
+            sub = node[key]
+            if isinstance(sub, dict):
+                if key in _MAP_KEYS:
+                    children.extend((f"{here}/{key}/{_escape(name)}", s)
+                                    for name, s in sub.items() if isinstance(s, dict))
+                elif key not in _LIST_KEYS:
+                    children.append((f"{here}/{key}", sub))
+            elif isinstance(sub, list) and (key in _LIST_KEYS or key == "items"):
+                children.extend((f"{here}/{key}/{i}", s)
+                                for i, s in enumerate(sub) if isinstance(s, dict))
+        for child in reversed(children):
+            push(child)
+
+
+def subschema_nodes(schema: Any) -> list[dict[str, Any]]:
+    """Every object subschema of ``schema`` (itself first, depth first), without pointers:
+    the cold-compile checks need the nodes, and a pointer only once one is wrong
+    (:func:`pointer_to`). Each node costs one C-level set intersection of its keys with
+    the subschema keywords (most nodes have none), not a lookup per keyword."""
+    if not isinstance(schema, dict):
+        return []
+    out: list[dict[str, Any]] = []
+    stack = [schema]
+    pop, push, append = stack.pop, stack.append, out.append
+    while stack:
+        node = pop()
+        append(node)
+        keys = node.keys() & _SUBSCHEMA_KEYS
+        if not keys:
+            continue
+        children: list[dict[str, Any]] = []
+        for key in sorted(keys):  # a fixed order: the first error found is always the same
+            sub = node[key]
+            if isinstance(sub, dict):
+                if key in _MAP_KEYS:
+                    children.extend(s for s in sub.values() if isinstance(s, dict))
+                elif key not in _LIST_KEYS:
+                    children.append(sub)
+            elif isinstance(sub, list) and (key in _LIST_KEYS or key == "items"):
+                children.extend(s for s in sub if isinstance(s, dict))
+        for child in reversed(children):
+            push(child)
+    return out
+
+
+def pointer_to(schema: Any, target: dict[str, Any]) -> str:
+    """The JSON pointer of the subschema object ``target`` inside ``schema``."""
+    return next((pointer for pointer, node in walk(schema) if node is target), "")
 
 
 def resolve_pointer(root: Any, ref: str) -> Any:
@@ -84,10 +125,9 @@ def resolve_pointer(root: Any, ref: str) -> Any:
     return node
 
 
-def _anchors(schema: dict[str, Any],
-             nodes: list[tuple[str, dict[str, Any]]] | None = None) -> set[str]:
+def _anchors(schema: dict[str, Any], nodes: list[dict[str, Any]] | None = None) -> set[str]:
     names = set()
-    for _, sub in nodes if nodes is not None else walk(schema):
+    for sub in nodes if nodes is not None else subschema_nodes(schema):
         for key in ("$anchor", "$dynamicAnchor"):
             if isinstance(sub.get(key), str):
                 names.add("#" + sub[key])
@@ -110,23 +150,37 @@ def declared_types(sub: dict[str, Any]) -> set[str] | None:
     return types
 
 
-def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
+# The keywords _check_contradictions reads: a subschema with none of them (most of them:
+# {"type": "string", "description": ...}) is skipped with one set operation.
+_CONTRADICTION_KEYS = frozenset({
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+    "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
+    "maxContains", "enum", "const", "allOf", "additionalProperties",
+})
+
+_CHECKED_KEYS = _CONTRADICTION_KEYS | {"$ref", "format"}
+
+
+def _check_contradictions(sub: dict[str, Any]) -> None:
+    """Raise SchemaError (pointer relative to ``sub``) for bounds or values no JSON can meet."""
+    if _CONTRADICTION_KEYS.isdisjoint(sub):
+        return
     for lo, hi in (("minimum", "maximum"), ("minLength", "maxLength"),
                    ("minItems", "maxItems"), ("minProperties", "maxProperties"),
                    ("minContains", "maxContains")):
         a, b = sub.get(lo), sub.get(hi)
         if isinstance(a, int | float) and isinstance(b, int | float) and a > b:
             raise SchemaError(f"{lo} ({a}) is greater than {hi} ({b}): no value can match",
-                              f"{pointer}/{lo}")
+                              f"/{lo}")
     for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
         v = sub.get(key)
         if isinstance(v, float) and not math.isfinite(v):
-            raise SchemaError(f"{key} must be finite", f"{pointer}/{key}")
-    _check_interval(pointer, sub)
+            raise SchemaError(f"{key} must be finite", f"/{key}")
+    _check_interval(sub)
     if isinstance(sub.get("enum"), list) and not sub["enum"]:
-        raise SchemaError("an empty enum admits no value", f"{pointer}/enum")
+        raise SchemaError("an empty enum admits no value", "/enum")
     if "const" in sub and isinstance(sub.get("enum"), list) and sub["const"] not in sub["enum"]:
-        raise SchemaError("const is not one of the enum values", f"{pointer}/const")
+        raise SchemaError("const is not one of the enum values", "/const")
     all_of = sub.get("allOf")
     if isinstance(all_of, list):
         common = declared_types(sub)
@@ -136,16 +190,16 @@ def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
                 continue
             common = t if common is None else common & t
             if not common:
-                raise SchemaError("allOf combines schemas of disjoint types", f"{pointer}/allOf")
+                raise SchemaError("allOf combines schemas of disjoint types", "/allOf")
     types = declared_types(sub)
     values = sub.get("enum")
     if (types is not None and isinstance(values, list) and values
             and not any(json_type(v) in types for v in values)):
         raise SchemaError(f"no enum value has the declared type {sub['type']}",
-                          f"{pointer}/enum")
+                          "/enum")
     if "const" in sub and types is not None and json_type(sub["const"]) not in types:
         raise SchemaError(f"const does not have the declared type {sub['type']}",
-                          f"{pointer}/const")
+                          "/const")
     if sub.get("additionalProperties") is False and isinstance(sub.get("required"), list):
         props = sub.get("properties") or {}
         patterns = sub.get("patternProperties") or {}
@@ -153,10 +207,10 @@ def _check_contradictions(pointer: str, sub: dict[str, Any]) -> None:
             if name not in props and not patterns:
                 raise SchemaError(
                     f"required property {name!r} is forbidden by additionalProperties: false",
-                    f"{pointer}/required")
+                    "/required")
 
 
-def _check_interval(pointer: str, sub: dict[str, Any]) -> None:
+def _check_interval(sub: dict[str, Any]) -> None:
     """The numeric bounds (inclusive or exclusive, in any mix) leave some number."""
     lows = [(sub[k], k, k == "exclusiveMinimum") for k in ("minimum", "exclusiveMinimum")
             if isinstance(sub.get(k), int | float) and not isinstance(sub.get(k), bool)]
@@ -166,7 +220,7 @@ def _check_interval(pointer: str, sub: dict[str, Any]) -> None:
         for hi, hi_key, hi_excl in highs:
             if lo > hi or (lo == hi and (lo_excl or hi_excl)):
                 raise SchemaError(f"{lo_key} ({lo}) and {hi_key} ({hi}) leave no number",
-                                  f"{pointer}/{lo_key}")
+                                  f"/{lo_key}")
 
 
 def json_type(value: Any) -> str:
@@ -200,8 +254,7 @@ def _metaschema_error(schema: dict[str, Any], exc: JsonSchemaError) -> SchemaErr
     return SchemaError(f"not a valid Draft 2020-12 schema: {message}", pointer)
 
 
-def _metaschema_valid_fast(schema: Any,
-                           nodes: list[tuple[str, dict[str, Any]]] | None = None) -> bool:
+def _metaschema_valid_fast(schema: Any, nodes: list[dict[str, Any]] | None = None) -> bool:
     """jsonschema-rs checks the metaschema ~300x faster than jsonschema (0.05 vs 17 ms on
     an agent schema), which matters for cold compiles; jsonschema still words the error."""
     try:
@@ -214,7 +267,9 @@ def _metaschema_valid_fast(schema: Any,
     except Exception:  # unsupported Python values, unknown drafts: let jsonschema decide
         return False
     # jsonschema-rs does not assert the "regex" format of patterns; jsonschema does.
-    for _, sub in nodes if nodes is not None else walk(schema):
+    for sub in nodes if nodes is not None else subschema_nodes(schema):
+        if "pattern" not in sub and "patternProperties" not in sub:
+            continue
         patterns = [sub["pattern"]] if isinstance(sub.get("pattern"), str) else []
         if isinstance(sub.get("patternProperties"), dict):
             patterns.extend(sub["patternProperties"])
@@ -226,41 +281,51 @@ def _metaschema_valid_fast(schema: Any,
     return True
 
 
-def check_schema(schema: Any, *, unknown_formats: str = "error") -> None:
-    """Raise :class:`SchemaError` (with a JSON pointer) if ``schema`` cannot be honoured.
+def check_schema(schema: Any, *, unknown_formats: str = "error",
+                 contradictions: bool = True) -> list[dict[str, Any]]:
+    """Raise :class:`SchemaError` (with a JSON pointer) if ``schema`` cannot be honoured;
+    return the subschemas it checked (:func:`subschema_nodes`).
 
     ``unknown_formats="ignore"`` treats an unrecognised ``format`` as an annotation
-    (the conformance runner uses this: Draft 2020-12 allows it).
+    (the conformance runner uses this: Draft 2020-12 allows it). ``contradictions=False``
+    accepts legal but unsatisfiable parts (``minimum`` above ``maximum``, an enum with no
+    value of the declared type), which structgen otherwise rejects as likely mistakes.
     """
     if isinstance(schema, bool):
-        return
+        return []
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON Schema must be an object or boolean, got {type(schema).__name__}")
-    nodes = list(walk(schema))  # one walk serves every check below (cold-compile cost)
+    nodes = subschema_nodes(schema)  # one walk serves every check below (cold-compile cost)
     if not _metaschema_valid_fast(schema, nodes):
         try:
             Draft202012Validator.check_schema(schema)
         except JsonSchemaError as exc:
             raise _metaschema_error(schema, exc) from None
     anchors: set[str] | None = None
-    for pointer, sub in nodes:
-        ref = sub.get("$ref")
-        if isinstance(ref, str):
-            if ref.startswith("#/") or ref == "#":
-                try:
-                    resolve_pointer(schema, ref)
-                except (KeyError, IndexError, ValueError, TypeError):
-                    raise SchemaError(f"unresolvable $ref {ref!r}", f"{pointer}/$ref") from None
-            else:
-                if anchors is None:  # only schemas with non-local refs pay for this
-                    anchors = _anchors(schema, nodes)
-                if ref not in anchors:
-                    raise SchemaError(
-                        f"unresolvable $ref {ref!r}: only local references are supported",
-                        f"{pointer}/$ref")
-        _check_contradictions(pointer, sub)
-        fmt = sub.get("format")
-        if isinstance(fmt, str) and fmt not in KNOWN_FORMATS and unknown_formats == "error":
-            raise SchemaError(
-                f"unknown format {fmt!r}: structgen cannot assert it (known: "
-                f"{', '.join(sorted(ASSERTED_FORMATS)[:12])}, ...)", f"{pointer}/format")
+    for sub in nodes:
+        if _CHECKED_KEYS.isdisjoint(sub):  # most subschemas: nothing below applies
+            continue
+        try:
+            ref = sub.get("$ref")
+            if isinstance(ref, str):
+                if ref.startswith("#/") or ref == "#":
+                    try:
+                        resolve_pointer(schema, ref)
+                    except (KeyError, IndexError, ValueError, TypeError):
+                        raise SchemaError(f"unresolvable $ref {ref!r}", "/$ref") from None
+                else:
+                    if anchors is None:  # only schemas with non-local refs pay for this
+                        anchors = _anchors(schema, nodes)
+                    if ref not in anchors:
+                        raise SchemaError(f"unresolvable $ref {ref!r}: only local references "
+                                          "are supported", "/$ref")
+            if contradictions:
+                _check_contradictions(sub)
+            fmt = sub.get("format")
+            if isinstance(fmt, str) and fmt not in KNOWN_FORMATS and unknown_formats == "error":
+                raise SchemaError(
+                    f"unknown format {fmt!r}: structgen cannot assert it (known: "
+                    f"{', '.join(sorted(ASSERTED_FORMATS)[:12])}, ...)", "/format")
+        except SchemaError as exc:  # exc.pointer is relative to ``sub``
+            raise SchemaError(exc.reason, pointer_to(schema, sub) + exc.pointer) from None
+    return nodes

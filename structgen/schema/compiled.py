@@ -8,6 +8,7 @@ validation reads the schema or the pattern, caches read ``hash``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,10 +17,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from structgen.errors import SchemaError
-from structgen.schema.canonical import canonical_json, schema_json, sha256_hex
+from structgen.schema.canonical import canonical_json, schema_identity, sha256_hex
 from structgen.types import Choice, Grammar, JsonSchema, OutputKind, Regex
 
-COMPILER_VERSION = "1"
+COMPILER_VERSION = "2"  # 2: schema identity = sorted JSON + properties orders
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,10 +39,28 @@ class CompiledOutput:
     @cached_property
     def hash(self) -> str:
         """Canonical hash of the constraint (model class identity is not part of it)."""
+        # canonical text, not the dict: canonical_json would lose the ``properties`` order
+        text = None if self.json_schema is None else schema_identity(self.json_schema)
+        return self._hash_with(text)
+
+    @cached_property
+    def engine_hash(self) -> str:
+        """Hash of exactly what a grammar engine reads (the schema as ordered, the pattern,
+        the choices, the grammar): the grammar cache's key. Equal keys compile to the same
+        grammar, and a cold compile does not pay for :attr:`hash`'s canonical form."""
+        if self.kind == "json":
+            return sha256_hex(f"{COMPILER_VERSION}\x00json\x00{self.json_text}")
+        return self.hash
+
+    @cached_property
+    def json_text(self) -> str:
+        """Compact JSON of ``json_schema`` as it is ordered (what grammar engines read)."""
+        return json.dumps(self.to_json_schema(), separators=(",", ":"), ensure_ascii=False)
+
+    def _hash_with(self, schema_text: str | None) -> str:
         body: dict[str, Any] = {"v": COMPILER_VERSION, "kind": self.kind}
-        if self.json_schema is not None:
-            # canonical text, not the dict: canonical_json would sort ``properties``
-            body["schema"] = schema_json(self.json_schema)
+        if schema_text is not None:
+            body["schema"] = schema_text
         if self.pattern is not None:
             body["pattern"] = self.pattern
         if self.choices is not None:
@@ -87,15 +106,17 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         return CompiledOutput(kind="json", json_schema=schema, model=output,
                               name=name or output.__name__)
     if isinstance(output, JsonSchema):
-        output, name = canonicalize_schema(output.schema), name or output.name
+        if not isinstance(output.schema, dict):
+            raise SchemaError("a JSON Schema must be an object, got "
+                              f"{type(output.schema).__name__}")
+        output, name = output.schema, name or output.name
     if isinstance(output, dict):
         from structgen.schema.drafts import upgrade_schema
 
         # Older drafts (04/06/07/2019-09) are rewritten to their 2020-12 meaning first.
-        schema = canonicalize_schema(upgrade_schema(output))
+        schema, text = json_copy(upgrade_schema(output))
         check_schema(schema)
-        return CompiledOutput(kind="json", json_schema=schema,
-                              name=name or str(output.get("title") or "output"))
+        return json_output(schema, text, name=name or str(output.get("title") or "output"))
     if isinstance(output, Regex):
         if not isinstance(output.pattern, str) or not output.pattern:
             raise SchemaError("Regex pattern must be a non-empty string")
@@ -132,13 +153,58 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
     )
 
 
-def canonicalize_schema(schema: Any) -> dict[str, Any]:
-    """A JSON-clean deep copy in canonical form (see :mod:`structgen.schema.canonical`)."""
+# One encoder for every compile (json.dumps with options builds one per call). No circular
+# check: a schema that contains itself fails with RecursionError instead.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            check_circular=False)
+
+
+def json_copy(schema: Any) -> tuple[dict[str, Any], str]:
+    """(a JSON-clean deep copy of ``schema`` in its own key order, its compact JSON text).
+
+    The copy keeps the caller's order: ``properties`` order is the order a constrained
+    decoder writes the fields in. The text is what grammar engines are given, so callers
+    building a CompiledOutput pass it on (:func:`json_output`) instead of encoding again.
+    """
     if not isinstance(schema, dict):
         raise SchemaError(f"a JSON Schema must be an object, got {type(schema).__name__}")
     try:
-        canonical: dict[str, Any] = json.loads(schema_json(schema))
-        return canonical
+        text = _ENCODER.encode(schema)
+    except RecursionError:
+        raise SchemaError("schema is not JSON-serializable: it contains itself") from None
     except (TypeError, ValueError) as exc:
         # NaN/inf, sets, non-str keys...: nothing a JSON-speaking backend could receive
+        pointer = _non_finite(schema)
+        if pointer is not None:
+            key = pointer.rsplit("/", 1)[-1]
+            raise SchemaError(f"{key} must be finite (NaN and infinity are not JSON)",
+                              pointer) from None
         raise SchemaError(f"schema is not JSON-serializable: {exc}") from None
+    copy: dict[str, Any] = json.loads(text)
+    return copy, text
+
+
+def _non_finite(value: Any, pointer: str = "") -> str | None:
+    """The JSON pointer of the first NaN or infinite float in ``value``, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return pointer
+    items = value.items() if isinstance(value, dict) else \
+        enumerate(value) if isinstance(value, list | tuple) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}")
+        if found is not None:
+            return found
+    return None
+
+
+def canonicalize_schema(schema: Any) -> dict[str, Any]:
+    """A JSON-clean deep copy of ``schema`` (see :func:`json_copy`)."""
+    return json_copy(schema)[0]
+
+
+def json_output(schema: dict[str, Any], text: str, **fields: Any) -> CompiledOutput:
+    """A json CompiledOutput for ``schema`` with its compact ``text`` (from
+    :func:`json_copy`) filled in, so the cold compile encodes the schema once."""
+    output = CompiledOutput(kind="json", json_schema=schema, **fields)
+    output.__dict__["json_text"] = text  # the cached_property's slot
+    return output

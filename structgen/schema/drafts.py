@@ -10,6 +10,7 @@ their 2020-12 equivalents; the meaning of the schema does not change.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -30,14 +31,19 @@ def declared_draft(schema: Any) -> str | None:
 
 
 def upgrade_schema(schema: Any) -> Any:
-    """A 2020-12 schema with the same meaning as ``schema`` (a copy; the input is untouched).
+    """A 2020-12 schema with the same meaning as ``schema``; the input is never changed.
 
-    Schemas without an older ``$schema`` declaration come back unchanged (as a copy).
+    A schema without an older ``$schema`` declaration is returned as is (the same object:
+    copying it would cost every cold compile; callers that edit a schema copy it first).
+    Otherwise the result is an upgraded copy.
     """
     draft = declared_draft(schema)
-    schema = copy.deepcopy(schema)
     if draft is None:
         return schema
+    try:  # the C JSON codec copies a JSON document ~10x faster than copy.deepcopy
+        schema = json.loads(json.dumps(schema))
+    except (TypeError, ValueError, RecursionError):  # not plain JSON: later checks say why
+        schema = copy.deepcopy(schema)
     _upgrade(schema, draft)
     schema["$schema"] = DRAFT_2020_12
     return schema

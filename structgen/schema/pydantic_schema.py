@@ -1,4 +1,4 @@
-"""Pydantic v2 model → canonical Draft 2020-12 JSON Schema."""
+"""Pydantic v2 model → Draft 2020-12 JSON Schema."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from structgen.schema.compiled import canonicalize_schema
 
 
 def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's validation schema with ``$defs`` kept (recursion works) and keys sorted."""
+    """The model's validation schema (a JSON-clean copy) with ``$defs`` kept, so recursion works."""
     try:
         schema = model.model_json_schema(mode="validation")
     except Exception as exc:  # pydantic raises several types for unsupported fields

@@ -314,3 +314,73 @@ def test_only_slow_compiles_go_to_disk_and_off_the_request_path(tmp_path: Path) 
     assert restarted.disk_hits == 1
     backend_cache = default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path / "b")))
     assert backend_cache.background_writes and backend_cache.disk_min_compile_s >= 1.0
+
+
+def test_llguidance_compiles_inline_without_the_deadline_thread(tmp_path: Path,
+                                                                tiny_model_dir: Path) -> None:
+    """llguidance caps its own compile work, so a deadline no compile could meet does not
+    apply to it: the grammar compiles in the caller's thread and nothing is recorded."""
+    from transformers import AutoTokenizer
+
+    from structgen.constrain.base import ConstraintOptions, TokenizerData, create_constraint
+    from structgen.schema import compile_output
+
+    hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok = TokenizerData(hf, len(hf), (hf.eos_token_id,))
+    cache = GrammarCache(directory=tmp_path)
+    engine = create_constraint("llguidance", tok, grammar_cache=cache, compile_timeout_s=1e-9)
+    before = threading.active_count()
+    m = engine.matcher(compile_output(SCHEMA), ConstraintOptions())
+    assert m.relaxed == () and cache.timeouts == 0 and cache.misses == 1
+    assert threading.active_count() == before
+    assert not list(tmp_path.rglob("*.timeout"))
+    for token in hf.encode(VALID, add_special_tokens=False):
+        assert m.consume(token)
+    assert m.is_accepting()
+
+
+def test_compile_workers_are_reused_and_a_hung_compile_blocks_nothing() -> None:
+    from structgen.grammar_cache import _Workers
+
+    workers = _Workers(idle_s=5)
+    names: list[str] = []
+
+    def record() -> None:
+        names.append(threading.current_thread().name + str(threading.get_ident()))
+
+    for _ in range(20):  # one after the other: one thread serves them all
+        done = threading.Event()
+        workers.submit(lambda done=done: (record(), done.set()))
+        assert done.wait(5)
+    assert len(set(names)) == 1
+    release, started = threading.Event(), threading.Event()
+    workers.submit(lambda: (started.set(), release.wait(10)))
+    assert started.wait(5)
+    done = threading.Event()
+    workers.submit(done.set)  # the only worker is stuck: a new one takes this job
+    assert done.wait(5)
+    release.set()
+
+
+def test_compile_workers_after_fork_start_fresh() -> None:
+    """A forked child has none of the parent's worker threads; its pool must not count on
+    them (a job handed to a thread that does not exist would wait forever)."""
+    import os
+
+    import structgen.grammar_cache as gc
+
+    done = threading.Event()
+    gc._COMPILE_WORKERS.submit(done.set)
+    assert done.wait(5)
+    time.sleep(0.05)  # the worker is back to idle in the parent
+    pid = os.fork()
+    if pid == 0:  # child: a compile with a deadline must still run
+        code = 1
+        try:
+            cache = GrammarCache()
+            code = 0 if cache.get_or_compile(("k", "t", "e", "1"), lambda: "g",
+                                             timeout_s=5) == "g" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

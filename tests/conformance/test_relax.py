@@ -189,8 +189,12 @@ def test_discriminated_one_of_becomes_any_of_exactly() -> None:
 
 def test_xgrammar_prepare_schema_reports_what_it_cannot_enforce() -> None:
     from structgen.constrain.xgrammar import XGrammarConstraint
+    from structgen.schema.compiled import CompiledOutput
 
-    prepare = XGrammarConstraint.prepare_schema.__get__(object.__new__(XGrammarConstraint))
+    bound = XGrammarConstraint.prepare_schema.__get__(object.__new__(XGrammarConstraint))
+
+    def prepare(schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+        return bound(CompiledOutput(kind="json", json_schema=schema))
     # MaskBench Github_trivial---o25183: XGrammar emitted null for this string enum
     schema, dropped = prepare({"type": "string", "enum": ["1", "2-two", None]})
     assert schema == {"type": "string", "enum": ["1", "2-two"]} and dropped == ()
@@ -201,3 +205,91 @@ def test_xgrammar_prepare_schema_reports_what_it_cannot_enforce() -> None:
     assert set(dropped) == {"not", "allOf"}
     untouched = {"type": "object", "properties": {"a": {"type": "integer"}}}
     assert prepare(untouched) == (untouched, ())
+
+
+# prepare_for_llguidance: what llguidance is known to refuse goes out before its compile ---
+@pytest.mark.parametrize("keyword", sorted(
+    __import__("structgen.constrain.llguidance", fromlist=["x"]).LLGUIDANCE_UNIMPLEMENTED))
+def test_llguidance_refuses_each_keyword_prepare_takes_out(keyword: str) -> None:
+    """The list matches the installed llguidance: each keyword alone fails its compile, and
+    the prepared schema compiles. (A new llguidance that implements one fails this test,
+    which is the cue to let it through.)"""
+    from structgen.constrain.llguidance import prepare_for_llguidance
+
+    examples = {
+        "not": {"type": "string", "not": {"const": "a"}},
+        "if": {"if": {"type": "string"}, "then": {"minLength": 2}},
+        "then": {"if": {"type": "string"}, "then": {"minLength": 2}},
+        "else": {"if": {"type": "string"}, "else": {"type": "integer"}},
+        "dependencies": {"type": "object", "dependencies": {"a": ["b"]}},
+        "dependentSchemas": {"type": "object", "dependentSchemas": {"a": {"required": ["b"]}}},
+        "dependentRequired": {"type": "object", "dependentRequired": {"a": ["b"]}},
+        "unevaluatedProperties": {"type": "object", "unevaluatedProperties": False},
+        "unevaluatedItems": {"type": "array", "unevaluatedItems": False},
+        "contains": {"type": "array", "contains": {"type": "string"}},
+        "minContains": {"type": "array", "contains": {"type": "string"}, "minContains": 2},
+        "maxContains": {"type": "array", "contains": {"type": "string"}, "maxContains": 2},
+        "uniqueItems": {"type": "array", "uniqueItems": True},
+        "propertyNames": {"type": "object", "propertyNames": {"pattern": "^a"}},
+        "$dynamicRef": {"$defs": {"n": {"$dynamicAnchor": "n", "type": "string"}},
+                        "$dynamicRef": "#n"},
+    }
+    schema = examples[keyword]
+    assert llguidance_check(schema) is not None
+    prepared, taken_out = prepare_for_llguidance(schema)
+    assert keyword in taken_out or (keyword in ("then", "else") and "if" in taken_out)
+    assert llguidance_check(prepared) is None
+    assert schema == examples[keyword]  # the input is never changed
+
+
+def test_prepare_for_llguidance_keeps_what_it_can() -> None:
+    from structgen.constrain.llguidance import prepare_for_llguidance
+
+    plain = {"type": "object", "properties": {"not_a_keyword": {"type": "string"},
+                                              "at": {"type": "string", "format": "date-time"}}}
+    assert prepare_for_llguidance(plain) == (plain, ())
+    assert prepare_for_llguidance(plain)[0] is plain  # nothing to do: no copy
+    mixed = {"type": "object", "properties": {
+        "id": {"type": "string", "format": "int64"},      # llguidance: "Unknown format"
+        "at": {"type": "string", "format": "date-time"},  # llguidance asserts this one
+        "tags": {"type": "array", "uniqueItems": True, "items": {"type": "string"}}}}
+    assert llguidance_check(mixed) is not None
+    prepared, taken_out = prepare_for_llguidance(mixed)
+    assert set(taken_out) == {"uniqueItems", "format"}
+    assert prepared["properties"]["at"]["format"] == "date-time"  # only unknown formats go
+    assert "format" not in prepared["properties"]["id"]
+    assert llguidance_check(prepared) is None
+
+
+def test_json_schema_grammar_is_the_lark_grammar_language() -> None:
+    """The embedded backend compiles a JSON output as a JSON Schema grammar (faster than the
+    Lark %json wrapper); both must accept and reject the same texts, whitespace layout
+    included."""
+    import llguidance
+
+    from structgen.constrain.base import ConstraintOptions
+    from structgen.constrain.llguidance import build_grammar, build_lark
+    from structgen.schema import compile_output
+
+    tok = byte_tokenizer()
+    output = compile_output({"type": "object", "properties": {
+        "kind": {"enum": ["a", "b"]}, "n": {"type": "integer", "minimum": 0},
+        "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
+        "required": ["kind", "n"], "additionalProperties": False})
+    texts = ['{"kind":"a","n":3}', '{"kind":"b","n":0,"tags":["x","y"]}',
+             '{"kind": "a", "n": 3}', '{\n  "kind": "a",\n  "n": 3\n}', '{"kind":"c","n":3}',
+             '{"kind":"a","n":-1}', '{"kind":"a","n":3,"tags":["x","y","z"]}', '{"n":3}']
+    for options in (ConstraintOptions(), ConstraintOptions(whitespace="any")):
+        fast = build_grammar(output, options)
+        lark = llguidance.LLMatcher.grammar_from_lark(build_lark(output, options))
+        for text in texts:
+            verdicts = []
+            for grammar in (fast, lark):
+                m = llguidance.LLMatcher(tok, grammar, log_level=0)
+                ok = m.consume_tokens(tok.tokenize_str(text)) and m.is_accepting()
+                verdicts.append(bool(ok))
+            assert verdicts[0] == verdicts[1], (options, text)
+        assert sum(  # the layout matters: compact accepts 2 texts, "any" 4
+            bool(llguidance.LLMatcher(tok, fast, log_level=0).consume_tokens(
+                tok.tokenize_str(t))) for t in texts[:4]) == (2 if options.whitespace ==
+                                                              "compact" else 4)
