@@ -216,18 +216,17 @@ class GrammarCache:
             self.misses += 1
 
         def compile_and_store() -> None:
-            started = time.perf_counter()
+            started = time.perf_counter() if codec is not None else 0.0
             try:
                 value = compile_fn()
             except BaseException as exc:  # re-raised in the caller's thread
                 flight.fail(exc)
                 return
-            compile_s = time.perf_counter() - started
             self._remember(key, value)
             path = self._path(key, ".timeout") if timeout_s is not None else None
             if path is not None:  # it compiled after all: a timeout record no longer applies
                 path.unlink(missing_ok=True)
-            if codec is not None and compile_s >= self.disk_min_compile_s:
+            if codec is not None and time.perf_counter() - started >= self.disk_min_compile_s:
                 if self.background_writes:
                     writer = threading.Thread(target=self._write_disk, args=(key, value, codec),
                                               daemon=True, name="grammar-disk-write")
@@ -247,7 +246,7 @@ class GrammarCache:
         else:
             flight.running = True
             _COMPILE_WORKERS.submit(compile_and_store)
-            if not flight.done.wait(timeout_s):
+            if not flight.wait(timeout_s):
                 flight.timed_out = True
                 self.timeouts += 1
                 self._record_timeout(key, timeout_s)
@@ -258,7 +257,7 @@ class GrammarCache:
         return flight.value
 
     def _wait(self, key: GrammarKey, flight: _Inflight, timeout_s: float | None) -> Any:
-        if not flight.done.wait(timeout_s):
+        if not flight.wait(timeout_s):
             raise GrammarCompileTimeout(key, timeout_s or 0.0)
         if flight.error is not None:
             raise flight.error
@@ -363,24 +362,37 @@ os.register_at_fork(after_in_child=lambda: globals().update(_COMPILE_WORKERS=_Wo
 
 
 class _Inflight:
-    """One compile in progress; other callers for the same key wait on ``done``."""
+    """One compile in progress; other callers for the same key wait for it to end.
+
+    A lock held from creation until :meth:`finish`/:meth:`fail` serves as the "done" signal
+    (a threading.Event costs a Condition and two locks, on every cold compile)."""
+
+    __slots__ = ("_done", "error", "running", "timed_out", "value")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._done = threading.Lock()
+        self._done.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
         self.running = False  # a worker thread still owns this compile
         self.timed_out = False
 
+    def wait(self, timeout_s: float | None) -> bool:
+        """True once the compile has ended, False if ``timeout_s`` passed first."""
+        if not self._done.acquire(timeout=-1 if timeout_s is None else timeout_s):
+            return False
+        self._done.release()  # let the next waiter through
+        return True
+
     def finish(self, value: Any) -> None:
         self.value = value
         self.running = False
-        self.done.set()
+        self._done.release()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
         self.running = False
-        self.done.set()
+        self._done.release()
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -14,15 +14,7 @@ import hashlib
 import json
 from typing import Any
 
-# Keywords whose value is a schema, a list of schemas, or a name → schema map.
-SUBSCHEMA_SINGLE = frozenset({
-    "items", "additionalProperties", "not", "if", "then", "else", "contains",
-    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
-})
-SUBSCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
-SUBSCHEMA_MAPS = frozenset({
-    "properties", "patternProperties", "$defs", "definitions", "dependentSchemas",
-})
+from structgen.schema.check import walk
 
 
 def canonical_json(value: Any) -> str:
@@ -42,8 +34,6 @@ def schema_identity(schema: Any) -> str:
     Built by the C JSON encoder and one pass over the subschemas. Equal schemas up to
     keyword order give equal text; a different ``properties`` order gives a different text.
     """
-    from structgen.schema.check import walk
-
     text = json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     orders = sorted((pointer, list(node["properties"])) for pointer, node in walk(schema)
                     if isinstance(node.get("properties"), dict) and len(node["properties"]) > 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,18 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaError
 
 from structgen.errors import SchemaError
-from structgen.schema.canonical import SUBSCHEMA_LISTS, SUBSCHEMA_MAPS, SUBSCHEMA_SINGLE
+
+# Keywords whose value is a schema, a list of schemas, or a name → schema map (the draft-7
+# ``dependencies`` map holds schemas and name lists; the lists are not subschemas).
+SUBSCHEMA_SINGLE = frozenset({
+    "items", "additionalProperties", "not", "if", "then", "else", "contains",
+    "propertyNames", "unevaluatedItems", "unevaluatedProperties", "additionalItems",
+})
+SUBSCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+SUBSCHEMA_MAPS = frozenset({
+    "properties", "patternProperties", "$defs", "definitions", "dependentSchemas",
+    "dependencies",
+})
 
 # Formats the validator asserts (jsonschema's checker with the [format] extra installed).
 ASSERTED_FORMATS = frozenset(Draft202012Validator.FORMAT_CHECKER.checkers)
@@ -267,17 +279,22 @@ def _metaschema_valid_fast(schema: Any, nodes: list[dict[str, Any]] | None = Non
     except Exception:  # unsupported Python values, unknown drafts: let jsonschema decide
         return False
     # jsonschema-rs does not assert the "regex" format of patterns; jsonschema does.
+    patterns: list[str] = []
     for sub in nodes if nodes is not None else subschema_nodes(schema):
         if "pattern" not in sub and "patternProperties" not in sub:
             continue
-        patterns = [sub["pattern"]] if isinstance(sub.get("pattern"), str) else []
+        if isinstance(sub.get("pattern"), str):
+            patterns.append(sub["pattern"])
         if isinstance(sub.get("patternProperties"), dict):
             patterns.extend(sub["patternProperties"])
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error:
-                return False
+    if patterns:
+        with warnings.catch_warnings():  # "possible nested set" and the like: not our call
+            warnings.simplefilter("ignore", FutureWarning)
+            for pattern in patterns:
+                try:
+                    re.compile(pattern)
+                except re.error:
+                    return False
     return True
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from structgen.errors import SchemaError
+from structgen.schema.check import subschema_nodes
 
 CompileCheck = Callable[[Any], str | None]
 """Returns ``None`` when the engine compiles the schema, else the engine's error message."""
@@ -70,7 +71,6 @@ _COUPLED = {
     "if": ("then", "else"),
 }
 _MAP_KEYS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_LIST_KEYS = ("allOf", "anyOf", "oneOf", "prefixItems")
 _ONE_KEYS = ("items", "additionalProperties", "then", "else", "contains", "propertyNames",
              "unevaluatedItems", "unevaluatedProperties", "additionalItems")
 
@@ -173,16 +173,8 @@ def disjoint_one_of_to_any_of(schema: Any) -> Any:
     return schema
 
 
-def subschemas(schema: Any) -> list[dict[str, Any]]:
-    """Every subschema of ``schema`` (itself first) at the known subschema positions."""
-    out: list[dict[str, Any]] = []
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            out.append(node)
-            stack.extend(reversed(_children(node)))
-    return out
+# Every subschema of a schema (itself first) at the known subschema positions.
+subschemas = subschema_nodes
 
 
 def _next_group(schema: Any, error: str, tried: set[tuple[str, ...]]) -> tuple[str, ...] | None:
@@ -218,33 +210,9 @@ def _mentions(error: str, keyword: str) -> bool:
 def keywords_present(schema: Any) -> set[str]:
     """Every JSON Schema keyword used anywhere in ``schema`` (known subschema positions)."""
     found: set[str] = set()
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            found.update(k for k in node if isinstance(k, str))
-            for child in _children(node):
-                visit(child)
-
-    visit(schema)
+    for node in subschema_nodes(schema):
+        found.update(node)
     return found
-
-
-def _children(node: dict[str, Any]) -> list[Any]:
-    out: list[Any] = []
-    for key in _MAP_KEYS:
-        if isinstance(node.get(key), dict):
-            out.extend(node[key].values())
-    for key in _LIST_KEYS:
-        if isinstance(node.get(key), list):
-            out.extend(node[key])
-    for key in (*_ONE_KEYS, "not", "if"):
-        if isinstance(node.get(key), dict):
-            out.append(node[key])
-    if isinstance(node.get("items"), list):
-        out.extend(node["items"])
-    if isinstance(node.get("dependencies"), dict):
-        out.extend(v for v in node["dependencies"].values() if isinstance(v, dict))
-    return out
 
 
 def apply_relaxation(schema: Any, group: tuple[str, ...]) -> bool:

@@ -293,3 +293,21 @@ def test_json_schema_grammar_is_the_lark_grammar_language() -> None:
             bool(llguidance.LLMatcher(tok, fast, log_level=0).consume_tokens(
                 tok.tokenize_str(t))) for t in texts[:4]) == (2 if options.whitespace ==
                                                               "compact" else 4)
+
+
+def test_prepare_for_llguidance_leaves_formats_on_numbers() -> None:
+    """llguidance ignores ``format`` on non-strings (Kubernetes' int32/int64/double), so they
+    are neither dropped nor reported."""
+    from structgen.constrain.llguidance import prepare_for_llguidance
+
+    schema = {"type": "object", "properties": {
+        "replicas": {"type": "integer", "format": "int32"},
+        "ratio": {"type": "number", "format": "double"},
+        "blob": {"format": "byte"}}}
+    assert llguidance_check({"type": "integer", "format": "int32"}) is None
+    prepared, taken_out = prepare_for_llguidance(schema)
+    assert taken_out == ("format",)
+    assert prepared["properties"]["replicas"] == {"type": "integer", "format": "int32"}
+    assert prepared["properties"]["ratio"] == {"type": "number", "format": "double"}
+    assert prepared["properties"]["blob"] == {}
+    assert llguidance_check(prepared) is None
