@@ -216,7 +216,7 @@ class GrammarCache:
             self.misses += 1
 
         def compile_and_store() -> None:
-            started = time.perf_counter() if codec is not None else 0.0
+            started = time.perf_counter()
             try:
                 value = compile_fn()
             except BaseException as exc:  # re-raised in the caller's thread

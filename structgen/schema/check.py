@@ -52,63 +52,57 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+def _children(node: dict[str, Any]) -> list[tuple[str, str | int | None, dict[str, Any]]]:
+    """(keyword, member name or index or None, subschema) for each direct subschema of
+    ``node``, keywords in sorted order (so the first error found is always the same one).
+    One C-level set intersection finds the keywords; most nodes have none."""
+    keys = node.keys() & _SUBSCHEMA_KEYS
+    if not keys:
+        return []
+    out: list[tuple[str, str | int | None, dict[str, Any]]] = []
+    for key in sorted(keys):
+        sub = node[key]
+        if isinstance(sub, dict):
+            if key in _MAP_KEYS:
+                out.extend((key, name, s) for name, s in sub.items() if isinstance(s, dict))
+            elif key not in _LIST_KEYS:
+                out.append((key, None, sub))
+        elif isinstance(sub, list) and (key in _LIST_KEYS or key == "items"):
+            out.extend((key, i, s) for i, s in enumerate(sub) if isinstance(s, dict))
+    return out
+
+
 def walk(schema: Any, pointer: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (pointer, subschema) for every object subschema, the root included, depth
-    first, keywords in sorted order (the same order as :func:`subschema_nodes`)."""
+    first (the order of :func:`subschema_nodes`)."""
     if not isinstance(schema, dict):
         return
     stack: list[tuple[str, dict[str, Any]]] = [(pointer, schema)]
-    pop, push = stack.pop, stack.append
     while stack:
-        here, node = pop()
+        here, node = stack.pop()
         yield here, node
-        keys = node.keys() & _SUBSCHEMA_KEYS
-        if not keys:
-            continue
-        children: list[tuple[str, dict[str, Any]]] = []
-        for key in sorted(keys):
-            sub = node[key]
-            if isinstance(sub, dict):
-                if key in _MAP_KEYS:
-                    children.extend((f"{here}/{key}/{_escape(name)}", s)
-                                    for name, s in sub.items() if isinstance(s, dict))
-                elif key not in _LIST_KEYS:
-                    children.append((f"{here}/{key}", sub))
-            elif isinstance(sub, list) and (key in _LIST_KEYS or key == "items"):
-                children.extend((f"{here}/{key}/{i}", s)
-                                for i, s in enumerate(sub) if isinstance(s, dict))
-        for child in reversed(children):
-            push(child)
+        for key, member, child in reversed(_children(node)):
+            if member is None:
+                stack.append((f"{here}/{key}", child))
+            else:
+                name = member if isinstance(member, int) else _escape(member)
+                stack.append((f"{here}/{key}/{name}", child))
 
 
 def subschema_nodes(schema: Any) -> list[dict[str, Any]]:
-    """Every object subschema of ``schema`` (itself first, depth first), without pointers:
-    the cold-compile checks need the nodes, and a pointer only once one is wrong
-    (:func:`pointer_to`). Each node costs one C-level set intersection of its keys with
-    the subschema keywords (most nodes have none), not a lookup per keyword."""
+    """Every object subschema of ``schema`` in :func:`walk`'s order, without pointers: the
+    cold-compile checks need the nodes, and a pointer only once one is wrong
+    (:func:`pointer_to`)."""
     if not isinstance(schema, dict):
         return []
     out: list[dict[str, Any]] = []
     stack = [schema]
-    pop, push, append = stack.pop, stack.append, out.append
     while stack:
-        node = pop()
-        append(node)
-        keys = node.keys() & _SUBSCHEMA_KEYS
-        if not keys:
-            continue
-        children: list[dict[str, Any]] = []
-        for key in sorted(keys):  # a fixed order: the first error found is always the same
-            sub = node[key]
-            if isinstance(sub, dict):
-                if key in _MAP_KEYS:
-                    children.extend(s for s in sub.values() if isinstance(s, dict))
-                elif key not in _LIST_KEYS:
-                    children.append(sub)
-            elif isinstance(sub, list) and (key in _LIST_KEYS or key == "items"):
-                children.extend(s for s in sub if isinstance(s, dict))
-        for child in reversed(children):
-            push(child)
+        node = stack.pop()
+        out.append(node)
+        children = _children(node)
+        if children:
+            stack.extend(child for _, _, child in reversed(children))
     return out
 
 

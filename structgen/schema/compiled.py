@@ -154,7 +154,8 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
 
 
 # One encoder for every compile (json.dumps with options builds one per call). No circular
-# check: a schema that contains itself fails with RecursionError instead.
+# check: a schema that contains itself fails with RecursionError instead. Non-string keys
+# are written as strings, as json.dumps does.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                             check_circular=False)
 
@@ -171,7 +172,8 @@ def json_copy(schema: Any) -> tuple[dict[str, Any], str]:
     try:
         text = _ENCODER.encode(schema)
     except RecursionError:
-        raise SchemaError("schema is not JSON-serializable: it contains itself") from None
+        raise SchemaError("schema is not JSON-serializable: it contains itself or nests "
+                          "too deeply") from None
     except (TypeError, ValueError) as exc:
         # NaN/inf, sets, non-str keys...: nothing a JSON-speaking backend could receive
         pointer = _non_finite(schema)
