@@ -222,10 +222,13 @@ class GrammarCache:
             except BaseException as exc:  # re-raised in the caller's thread
                 flight.fail(exc)
                 return
+            with flight.state:  # from here on the caller waits for us instead of giving up
+                flight.compiled = True
+                late = flight.timed_out
             self._remember(key, value)
             path = self._path(key, ".timeout") if timeout_s is not None else None
             if path is not None:  # it compiled after all: a timeout record no longer applies
-                path.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)  # (one this caller wrote is on disk by now)
             if codec is not None and time.perf_counter() - started >= self.disk_min_compile_s:
                 if self.background_writes:
                     writer = threading.Thread(target=self._write_disk, args=(key, value, codec),
@@ -235,7 +238,6 @@ class GrammarCache:
                     writer.start()
                 else:
                     self._write_disk(key, value, codec)
-            late = flight.timed_out
             flight.finish(value)
             if late:  # the caller gave up on us; nobody else will clear the in-flight slot
                 with self._lock:
@@ -247,10 +249,17 @@ class GrammarCache:
             flight.running = True
             _COMPILE_WORKERS.submit(compile_and_store)
             if not flight.wait(timeout_s):
-                flight.timed_out = True
-                self.timeouts += 1
-                self._record_timeout(key, timeout_s)
-                raise GrammarCompileTimeout(key, timeout_s)
+                # Decided under the flight's lock: a compile that ends at this very moment
+                # either sees the record (and removes it) or is waited for (no record).
+                with flight.state:
+                    gave_up = not flight.compiled
+                    if gave_up:
+                        flight.timed_out = True
+                        self.timeouts += 1
+                        self._record_timeout(key, timeout_s)
+                if gave_up:
+                    raise GrammarCompileTimeout(key, timeout_s)
+                flight.wait(None)  # compiled just now: its result is moments away
             flight.running = False
         if flight.error is not None:
             raise flight.error
@@ -367,14 +376,16 @@ class _Inflight:
     A lock held from creation until :meth:`finish`/:meth:`fail` serves as the "done" signal
     (a threading.Event costs a Condition and two locks, on every cold compile)."""
 
-    __slots__ = ("_done", "error", "running", "timed_out", "value")
+    __slots__ = ("_done", "compiled", "error", "running", "state", "timed_out", "value")
 
     def __init__(self) -> None:
         self._done = threading.Lock()
         self._done.acquire()
+        self.state = threading.Lock()  # orders "compiled" against "the caller gave up"
         self.value: Any = None
         self.error: BaseException | None = None
         self.running = False  # a worker thread still owns this compile
+        self.compiled = False
         self.timed_out = False
 
     def wait(self, timeout_s: float | None) -> bool:

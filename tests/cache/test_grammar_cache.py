@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -384,3 +385,24 @@ def test_compile_workers_after_fork_start_fresh() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_compile_ending_at_the_deadline_leaves_no_stale_timeout_record(tmp_path: Path) -> None:
+    """Compiles that end right around their deadline: whichever side wins, once the grammar
+    is cached no timeout record may stay behind (it would make every later call with that
+    deadline give up at once, and a restarted process skip a grammar that compiles)."""
+    cache = GrammarCache(directory=tmp_path)
+
+    def compile_fn() -> str:
+        time.sleep(0.002)
+        return "grammar"
+
+    keys = [(f"edge-{i}", "t", "e", "1") for i in range(60)]
+    for key in keys:
+        with contextlib.suppress(GrammarCompileTimeout):
+            cache.get_or_compile(key, compile_fn, timeout_s=0.002, codec=text_codec())
+    deadline = time.monotonic() + 20
+    for key in keys:
+        while key not in cache._mem or cache.timed_out(key) is not None:
+            assert time.monotonic() < deadline, f"{key[0]}: stale timeout record"
+            time.sleep(0.005)
