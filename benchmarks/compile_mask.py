@@ -130,7 +130,7 @@ class Structgen(LLGuidance):
         from structgen.conformance import compile_for_check
 
         self.constraint.grammar_cache.clear()  # type: ignore[union-attr]  # cold: a miss
-        output, _ = compile_for_check(schema)
+        output = compile_for_check(schema)
         self.last_output = output
         return self.constraint.matcher(output, self.options).m
 

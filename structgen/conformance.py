@@ -190,26 +190,21 @@ class SchemaResult:
     seconds: float = 0.0
 
 
-def compile_for_check(schema: Any) -> tuple[Any, Any]:
-    """(structgen CompiledOutput, 2020-12 schema for the grammar) as the conformance path
-    compiles them. Raises :class:`SchemaError` for schemas structgen rejects.
-
-    The grammar schema is the upgraded schema itself, in the caller's order (llguidance
-    emits and accepts properties in schema order); the CompiledOutput holds a JSON-clean
-    copy of it.
-    """
+def compile_for_check(schema: Any) -> Any:
+    """The structgen CompiledOutput the conformance path compiles (its ``json_schema`` keeps
+    the caller's key order: llguidance emits and accepts properties in schema order).
+    Raises :class:`SchemaError` for schemas structgen rejects."""
     from structgen.schema.check import check_schema
     from structgen.schema.compiled import json_copy, json_output
     from structgen.schema.drafts import upgrade_schema
 
     if isinstance(schema, bool):  # true / false schemas: any JSON / nothing
         schema = {} if schema else {"not": {}}
-    ordered = upgrade_schema(schema)
-    upgraded, text = json_copy(ordered)
+    upgraded, text = json_copy(upgrade_schema(schema))
     # 2020-12 makes unknown formats annotations and allows unsatisfiable parts (an enum
     # with no value of the declared type), which structgen's own API rejects as mistakes
     check_schema(upgraded, unknown_formats="ignore", contradictions=False)
-    return json_output(upgraded, text), ordered
+    return json_output(upgraded, text)
 
 
 def check_case(case: SchemaCase) -> SchemaResult:
@@ -224,10 +219,10 @@ def check_case(case: SchemaCase) -> SchemaResult:
     result = SchemaResult(case.split, case.id, "pass", tests=len(case.tests))
     tokenizer = smollm_tokenizer()
     try:
-        compiled, upgraded = compile_for_check(case.schema)
+        compiled = compile_for_check(case.schema)
         check = llguidance_check(tokenizer)
         # the embedded backend's steps: known gaps out first, then whatever still fails
-        prepared, taken_out = prepare_for_llguidance(upgraded)
+        prepared, taken_out = prepare_for_llguidance(compiled.json_schema, compiled.json_text)
         engine_schema, relaxed = relax_for_engine(prepared, check)
         relaxed = (*taken_out, *(k for k in relaxed if k not in taken_out))
     except SchemaError as exc:

@@ -217,14 +217,20 @@ class GrammarCache:
 
         def compile_and_store() -> None:
             started = time.perf_counter()
+            error: BaseException | None = None
             try:
                 value = compile_fn()
             except BaseException as exc:  # re-raised in the caller's thread
-                flight.fail(exc)
-                return
+                error = exc
             with flight.state:  # from here on the caller waits for us instead of giving up
-                flight.compiled = True
+                flight.ended = True
                 late = flight.timed_out
+            if error is not None:
+                flight.fail(error)
+                if late:  # the caller gave up on us; nobody else will clear the slot
+                    with self._lock:
+                        self._inflight.pop(key, None)
+                return
             self._remember(key, value)
             path = self._path(key, ".timeout") if timeout_s is not None else None
             if path is not None:  # it compiled after all: a timeout record no longer applies
@@ -252,14 +258,14 @@ class GrammarCache:
                 # Decided under the flight's lock: a compile that ends at this very moment
                 # either sees the record (and removes it) or is waited for (no record).
                 with flight.state:
-                    gave_up = not flight.compiled
+                    gave_up = not flight.ended
                     if gave_up:
                         flight.timed_out = True
                         self.timeouts += 1
                         self._record_timeout(key, timeout_s)
                 if gave_up:
                     raise GrammarCompileTimeout(key, timeout_s)
-                flight.wait(None)  # compiled just now: its result is moments away
+                flight.wait(None)  # ended just now: its result is moments away
             flight.running = False
         if flight.error is not None:
             raise flight.error
@@ -376,16 +382,16 @@ class _Inflight:
     A lock held from creation until :meth:`finish`/:meth:`fail` serves as the "done" signal
     (a threading.Event costs a Condition and two locks, on every cold compile)."""
 
-    __slots__ = ("_done", "compiled", "error", "running", "state", "timed_out", "value")
+    __slots__ = ("_done", "ended", "error", "running", "state", "timed_out", "value")
 
     def __init__(self) -> None:
         self._done = threading.Lock()
         self._done.acquire()
-        self.state = threading.Lock()  # orders "compiled" against "the caller gave up"
+        self.state = threading.Lock()  # orders "the compile ended" against "the caller gave up"
         self.value: Any = None
         self.error: BaseException | None = None
         self.running = False  # a worker thread still owns this compile
-        self.compiled = False
+        self.ended = False
         self.timed_out = False
 
     def wait(self, timeout_s: float | None) -> bool:

@@ -11,7 +11,6 @@ bit set = allowed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from abc import ABC, abstractmethod
@@ -47,12 +46,7 @@ class ConstraintOptions:
     reasoning: bool = False
 
     def key(self) -> str:
-        return _options_key(self)
-
-
-@functools.lru_cache(maxsize=64)
-def _options_key(options: ConstraintOptions) -> str:
-    return f"ws={options.whitespace}:{options.max_whitespace}:think={int(options.reasoning)}"
+        return f"ws={self.whitespace}:{self.max_whitespace}:think={int(self.reasoning)}"
 
 
 @dataclass

@@ -17,8 +17,8 @@ from structgen.constrain.base import (
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
-from structgen.schema.check import declared_types
-from structgen.schema.relax import copy_schema, drop_keywords, subschemas
+from structgen.schema.check import copy_schema, declared_types
+from structgen.schema.relax import drop_keywords, subschemas
 
 if TYPE_CHECKING:
     import torch

@@ -8,6 +8,8 @@ Checks, in order: the document is a JSON object; it is a valid Draft 2020-12 sch
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import re
 import warnings
@@ -46,6 +48,15 @@ _MAP_KEYS = frozenset(SUBSCHEMA_MAPS)
 _LIST_KEYS = frozenset(SUBSCHEMA_LISTS)
 _SUBSCHEMA_KEYS = frozenset(SUBSCHEMA_MAPS | SUBSCHEMA_LISTS | SUBSCHEMA_SINGLE)
 JSON_TYPES = ("array", "boolean", "integer", "null", "number", "object", "string")
+
+
+def copy_schema(schema: Any) -> Any:
+    """A deep copy of a JSON schema (the C JSON codec is ~10x faster than copy.deepcopy;
+    anything that is not plain JSON falls back to deepcopy)."""
+    try:
+        return json.loads(json.dumps(schema))
+    except (TypeError, ValueError, RecursionError):
+        return copy.deepcopy(schema)
 
 
 def _escape(token: str) -> str:

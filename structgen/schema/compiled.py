@@ -199,11 +199,6 @@ def _non_finite(value: Any, pointer: str = "") -> str | None:
     return None
 
 
-def canonicalize_schema(schema: Any) -> dict[str, Any]:
-    """A JSON-clean deep copy of ``schema`` (see :func:`json_copy`)."""
-    return json_copy(schema)[0]
-
-
 def json_output(schema: dict[str, Any], text: str, **fields: Any) -> CompiledOutput:
     """A json CompiledOutput for ``schema`` with its compact ``text`` (from
     :func:`json_copy`) filled in, so the cold compile encodes the schema once."""

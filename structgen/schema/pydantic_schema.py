@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from structgen.errors import SchemaError
-from structgen.schema.compiled import canonicalize_schema
+from structgen.schema.compiled import json_copy
 
 
 def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -17,7 +17,7 @@ def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
     except Exception as exc:  # pydantic raises several types for unsupported fields
         raise SchemaError(f"cannot build a JSON Schema for {model.__name__}: {exc}") from None
     _require_discriminators(schema, schema.get("$defs", {}))
-    return canonicalize_schema(schema)
+    return json_copy(schema)[0]
 
 
 def _require_discriminators(node: Any, defs: dict[str, Any]) -> None:

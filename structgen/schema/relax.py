@@ -24,14 +24,17 @@ Example::
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 from collections.abc import Callable
 from typing import Any
 
 from structgen.errors import SchemaError
-from structgen.schema.check import subschema_nodes
+from structgen.schema.check import (
+    SUBSCHEMA_MAPS,
+    SUBSCHEMA_SINGLE,
+    copy_schema,
+    subschema_nodes,
+)
 
 CompileCheck = Callable[[Any], str | None]
 """Returns ``None`` when the engine compiles the schema, else the engine's error message."""
@@ -70,9 +73,9 @@ _COUPLED = {
     "prefixItems": ("items", "unevaluatedItems"),
     "if": ("then", "else"),
 }
-_MAP_KEYS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_ONE_KEYS = ("items", "additionalProperties", "then", "else", "contains", "propertyNames",
-             "unevaluatedItems", "unevaluatedProperties", "additionalItems")
+# Where _relax descends (not/if are handled whole; draft-7 dependencies go as a keyword).
+_MAP_KEYS = tuple(sorted(SUBSCHEMA_MAPS - {"dependencies"}))
+_ONE_KEYS = tuple(sorted(SUBSCHEMA_SINGLE - {"not", "if"}))
 
 
 def relax_for_engine(schema: Any, compile_check: CompileCheck, *,
@@ -126,15 +129,6 @@ def drop_keywords(schema: Any, keywords: frozenset[str]) -> tuple[Any, tuple[str
     if not apply_relaxation(current, tuple(k for group in groups for k in group)):
         return schema, ()
     return current, tuple(k for group in groups for k in group if k in present)
-
-
-def copy_schema(schema: Any) -> Any:
-    """A deep copy of a JSON schema (the C JSON codec is ~10x faster than copy.deepcopy;
-    anything that is not plain JSON falls back to deepcopy)."""
-    try:
-        return json.loads(json.dumps(schema))
-    except (TypeError, ValueError, RecursionError):
-        return copy.deepcopy(schema)
 
 
 def disjoint_one_of_to_any_of(schema: Any) -> Any:

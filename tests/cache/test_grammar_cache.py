@@ -406,3 +406,23 @@ def test_a_compile_ending_at_the_deadline_leaves_no_stale_timeout_record(tmp_pat
         while key not in cache._mem or cache.timed_out(key) is not None:
             assert time.monotonic() < deadline, f"{key[0]}: stale timeout record"
             time.sleep(0.005)
+
+
+def test_a_compile_failing_after_its_caller_gave_up_does_not_block_the_key(tmp_path: Path
+                                                                          ) -> None:
+    cache = GrammarCache(directory=tmp_path)
+    key = ("fails-late", "t", "e", "1")
+
+    def fails_late() -> str:
+        time.sleep(0.05)
+        raise ValueError("engine refused it")
+
+    with pytest.raises(GrammarCompileTimeout):
+        cache.get_or_compile(key, fails_late, timeout_s=0.01, codec=text_codec())
+    deadline = time.monotonic() + 10
+    while key in cache._inflight:  # the failed compile frees its slot when it ends
+        assert time.monotonic() < deadline, "the in-flight slot was never freed"
+        time.sleep(0.01)
+    # a longer deadline earns a new try, which compiles
+    assert cache.get_or_compile(key, lambda: "grammar", timeout_s=5, codec=text_codec()) \
+        == "grammar"
