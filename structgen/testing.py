@@ -129,3 +129,104 @@ def build_tiny_model(path: Path, *, vocab_size: int = 600, seed: int = 0,
         _train(model, fast, train_steps, seed)
     model.save_pretrained(path)
     return path
+
+
+def build_tiny_gguf(hf_dir: Path, out: Path, *, favorite: int | None = None) -> Path:
+    """Write the tiny Llama at ``hf_dir`` (from :func:`build_tiny_model`) as a GGUF file,
+    so the llama.cpp runtime runs the same weights and tokenizer as the transformers one.
+
+    Uses the ``gguf`` package's writer: float32 tensors under llama.cpp's names, the
+    byte-level BPE vocabulary and merges, and the chat template. Returns ``out``.
+
+    ``favorite``: a token id the model then always prefers, wherever the grammar allows it
+    (every layer's output is zeroed, so the last hidden state is the input token's
+    embedding, and every embedding shares one large component that only the favorite's
+    output row reads). That is the runaway a small model does for real: endless spaces,
+    digits or string text; tests use it to exercise the decoder's termination guards.
+    """
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    hf_dir, out = Path(hf_dir), Path(out)
+    config = json.loads((hf_dir / "config.json").read_text())
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    tok_config = json.loads((hf_dir / "tokenizer_config.json").read_text())
+    weights = load_file(str(hf_dir / "model.safetensors"))
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim = config["hidden_size"] // n_head
+
+    vocab: dict[str, int] = dict(tok["model"]["vocab"])
+    for added in tok.get("added_tokens", []):
+        vocab[added["content"]] = added["id"]
+    special = {added["id"] for added in tok.get("added_tokens", []) if added.get("special")}
+    n_vocab = config["vocab_size"]
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    types = [int(gguf.TokenType.UNUSED)] * n_vocab
+    for text, i in vocab.items():
+        if i < n_vocab:
+            tokens[i] = text
+            types[i] = int(gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+
+    writer = gguf.GGUFWriter(str(out), "llama")
+    writer.add_name("structgen-tiny-llama")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(0)  # all float32
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")  # the byte-level pre-tokenizer's split pattern
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_eos_token_id(config["eos_token_id"])
+    if config.get("pad_token_id") is not None:
+        writer.add_pad_token_id(config["pad_token_id"])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(tok_config.get("chat_template") or CHAT_TEMPLATE)
+
+    def permute(w: np.ndarray, heads: int) -> np.ndarray:
+        # Hugging Face stores rotary halves apart; llama.cpp wants them interleaved
+        return (w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
+                .swapaxes(1, 2).reshape(w.shape))
+
+    names = {"self_attn.o_proj": "attn_output", "self_attn.v_proj": "attn_v",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    embed = weights["model.embed_tokens.weight"]
+    if favorite is not None:
+        embed = embed.copy()
+        embed[:, 0] = 1.0  # the shared component
+        output = embed.copy()
+        output[favorite] = 0.0
+        output[favorite, 0] = 10.0
+        for layer in range(config["num_hidden_layers"]):
+            for hf in ("self_attn.o_proj", "mlp.down_proj"):
+                key = f"model.layers.{layer}.{hf}.weight"
+                weights[key] = np.zeros_like(weights[key])
+        writer.add_tensor("output.weight", output)
+    elif "lm_head.weight" in weights and not config.get("tie_word_embeddings"):
+        writer.add_tensor("output.weight", weights["lm_head.weight"])
+    writer.add_tensor("token_embd.weight", embed)
+    writer.add_tensor("output_norm.weight", weights["model.norm.weight"])
+    for layer in range(config["num_hidden_layers"]):
+        pre = f"model.layers.{layer}."
+        writer.add_tensor(f"blk.{layer}.attn_q.weight",
+                          permute(weights[pre + "self_attn.q_proj.weight"], n_head))
+        writer.add_tensor(f"blk.{layer}.attn_k.weight",
+                          permute(weights[pre + "self_attn.k_proj.weight"], n_kv))
+        for hf, name in names.items():
+            writer.add_tensor(f"blk.{layer}.{name}.weight", weights[pre + hf + ".weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out

@@ -49,6 +49,9 @@ class JsonSchema:
 
     schema: dict[str, Any]
     name: str = "output"
+    # close every object with declared properties (additionalProperties: false), as
+    # structgen does for Pydantic models: a small model cannot invent keys
+    closed_objects: bool = False
 
 
 @dataclass

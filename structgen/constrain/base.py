@@ -83,6 +83,18 @@ class TokenizerData:
             self._bytes = cached
         return cached
 
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        return list(self.hf_tokenizer.encode(text, add_special_tokens=False))
+
+    def xgr_tokenizer_info(self) -> Any:
+        """XGrammar's view of the tokenizer."""
+        import xgrammar as xgr
+
+        return xgr.TokenizerInfo.from_huggingface(
+            self.hf_tokenizer, vocab_size=self.vocab_size,
+            stop_token_ids=list(self.eos_token_ids))
+
     @property
     def hash(self) -> str:
         """Identity of the tokenizer for the grammar cache key."""
@@ -120,6 +132,28 @@ class Matcher(ABC):
 
     def error(self) -> str | None:
         return None
+
+    # Budget-aware closing (engines that can copy their state and walk their grammar).
+    supports_closing: bool = False
+
+    def fork(self) -> Matcher:
+        """An independent copy of this matcher's state (engines with ``supports_closing``)."""
+        raise NotImplementedError
+
+    def closing_path(self, limit: int) -> list[int] | None:
+        """A short token path from the current state to a complete sentence, found by
+        walking the grammar (at most ``limit`` tokens; None when none is found). The
+        matcher itself does not move."""
+        return None
+
+    def completes_with(self, tokens: list[int]) -> bool:
+        """True when ``tokens`` take the current state to a complete sentence (checked on a
+        copy; the matcher itself does not move)."""
+        m = self.fork()
+        return all(m.consume(t) for t in tokens) and m.is_accepting()
+
+    def consume_all(self, tokens: list[int]) -> bool:
+        return all(self.consume(t) for t in tokens)
 
     # keywords dropped from the schema so the engine could compile it (validation enforces
     # them after decoding); set by GrammarConstraint.matcher
@@ -268,6 +302,24 @@ def create_constraint(engine: str, tok: TokenizerData, *,
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(tok, grammar_cache=grammar_cache,
                compile_timeout_s=compile_timeout_s)
+
+
+# Bytes a closing walk tries, best first: what ends a value or a container, then what
+# starts the shortest values, then what fills a string or a pattern.
+CLOSING_BYTES = (b'}]"0,:' + b"123456789-.tfn" + bytes(range(0x61, 0x7B))
+                 + bytes(range(0x41, 0x5B)) + b"_{[ @/+#")
+CLOSING_PAIRS = (b'"}', b'"]', b"}}", b"]}", b"}]", b"]]", b'":', b'",')
+
+
+def closing_candidates(token_bytes: list[bytes]) -> list[int]:
+    """Token ids for a closing walk, in the order it tries them: two-byte closers first
+    (fewer tokens), then the single bytes of :data:`CLOSING_BYTES`."""
+    by_bytes: dict[bytes, int] = {}
+    for i, b in enumerate(token_bytes):
+        if b and len(b) <= 2:
+            by_bytes.setdefault(b, i)
+    wanted = [*CLOSING_PAIRS, *(bytes([c]) for c in CLOSING_BYTES)]
+    return [by_bytes[b] for b in wanted if b in by_bytes]
 
 
 def json_whitespace_regex(options: ConstraintOptions) -> str:

@@ -14,6 +14,7 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
+    closing_candidates,
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
@@ -140,10 +141,27 @@ def _rename_start(lark: str) -> str:
 
 
 class LLGuidanceMatcher(Matcher):
-    __slots__ = ("m",)
+    __slots__ = ("closers", "m")
+    supports_closing = True
 
-    def __init__(self, m: Any) -> None:
+    def __init__(self, m: Any, closers: list[int] | None = None) -> None:
         self.m = m
+        self.closers = closers or []
+
+    def fork(self) -> LLGuidanceMatcher:
+        out = LLGuidanceMatcher(self.m.deep_copy(), self.closers)
+        out.relaxed = self.relaxed
+        return out
+
+    def closing_path(self, limit: int) -> list[int] | None:
+        return _walk_to_accept(self.m.deep_copy(), self.closers, limit)
+
+    def completes_with(self, tokens: list[int]) -> bool:
+        m = self.m.deep_copy()
+        return (not tokens or bool(m.consume_tokens(tokens))) and bool(m.is_accepting())
+
+    def consume_all(self, tokens: list[int]) -> bool:
+        return bool(self.m.consume_tokens(tokens))
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         # the row's address, without a view tensor (bitmask[row] was a fifth of the call);
@@ -170,6 +188,36 @@ class LLGuidanceMatcher(Matcher):
         return self.m.get_error() if self.m.is_error() else None
 
 
+def _walk_to_accept(m: Any, closers: list[int], limit: int) -> list[int] | None:
+    """Greedy walk from ``m``'s state (consumed as it goes) to an accepting state: forced
+    tokens, else the first closer token the grammar takes, else the lowest allowed token.
+    The path is short, not always the shortest; what matters is that it is valid and that
+    its length is known before the decoder commits to a token."""
+    path: list[int] = []
+    while not m.is_accepting():
+        if len(path) >= limit or m.is_error() or m.is_stopped():
+            return None
+        ff = m.compute_ff_tokens()
+        if ff:
+            if not m.consume_tokens(ff):
+                return None
+            path.extend(ff)
+            continue
+        for tok in closers:
+            if m.validate_tokens([tok]) == 1:
+                break
+        else:
+            mask = m.compute_bitmask()
+            allowed = next((i for i, byte in enumerate(mask) if byte), None)
+            if allowed is None:
+                return None
+            tok = allowed * 8 + (mask[allowed] & -mask[allowed]).bit_length() - 1
+        if not m.consume_token(tok):
+            return None
+        path.append(tok)
+    return path if len(path) <= limit else None
+
+
 class LLGuidanceConstraint(GrammarConstraint):
     name = "llguidance"
     version = importlib.metadata.version("llguidance")
@@ -189,6 +237,7 @@ class LLGuidanceConstraint(GrammarConstraint):
     def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         super().__init__(tok, **cache)
         self.ll = tok.ll_tokenizer()
+        self.closers = closing_candidates(tok.token_bytes())
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
         import llguidance
@@ -209,4 +258,4 @@ class LLGuidanceConstraint(GrammarConstraint):
 
     def new_matcher(self, compiled: Any) -> Matcher:
         # deep_copy of a fresh matcher is far cheaper than rebuilding the parser
-        return LLGuidanceMatcher(compiled.deep_copy())
+        return LLGuidanceMatcher(compiled.deep_copy(), self.closers)

@@ -98,12 +98,10 @@ class XGrammarConstraint(GrammarConstraint):
         import xgrammar as xgr
 
         super().__init__(tok, **cache)
-        self.info = xgr.TokenizerInfo.from_huggingface(
-            tok.hf_tokenizer, vocab_size=tok.vocab_size, stop_token_ids=list(tok.eos_token_ids))
+        self.info = tok.xgr_tokenizer_info()
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self._token_bytes = tok.token_bytes()
-        hf = tok.hf_tokenizer
-        self._encode = lambda s: hf.encode(s, add_special_tokens=False)
+        self._encode = tok.encode
 
     def prepare_schema(self, output: CompiledOutput) -> tuple[dict[str, Any], tuple[str, ...]]:
         """Take out what XGrammar compiles but does not enforce (measured on MaskBench: it

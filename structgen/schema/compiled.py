@@ -109,12 +109,19 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         if not isinstance(output.schema, dict):
             raise SchemaError("a JSON Schema must be an object, got "
                               f"{type(output.schema).__name__}")
+        closed = output.closed_objects
         output, name = output.schema, name or output.name
+    else:
+        closed = False
     if isinstance(output, dict):
         from structgen.schema.drafts import upgrade_schema
 
         # Older drafts (04/06/07/2019-09) are rewritten to their 2020-12 meaning first.
         schema, text = json_copy(upgrade_schema(output))
+        if closed:
+            from structgen.schema.pydantic_schema import close_objects
+
+            schema, text = json_copy(close_objects(schema))
         check_schema(schema)
         return json_output(schema, text, name=name or str(output.get("title") or "output"))
     if isinstance(output, Regex):

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from structgen.errors import SchemaError
+from structgen.schema.check import subschema_nodes
 from structgen.schema.compiled import json_copy
 
 
@@ -17,7 +18,27 @@ def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
     except Exception as exc:  # pydantic raises several types for unsupported fields
         raise SchemaError(f"cannot build a JSON Schema for {model.__name__}: {exc}") from None
     _require_discriminators(schema, schema.get("$defs", {}))
-    return json_copy(schema)[0]
+    out = json_copy(schema)[0]
+    close_objects(out)
+    return out
+
+
+def close_objects(schema: dict[str, Any]) -> dict[str, Any]:
+    """Close every object with declared ``properties`` and no ``additionalProperties``
+    (``additionalProperties: false``), in place; returns ``schema``.
+
+    For a Pydantic model whose ``extra`` is not ``"allow"`` (Pydantic writes
+    ``additionalProperties: true`` for those, and ``false`` for ``"forbid"``), a key the
+    model does not declare is thrown away by Pydantic anyway, so an open grammar only lets
+    a small model invent keys until its budget ends. Raw JSON Schemas keep their meaning
+    unless the caller asks (``JsonSchema(..., closed_objects=True)``).
+    """
+    for node in subschema_nodes(schema):
+        if "properties" in node and "additionalProperties" not in node \
+                and "patternProperties" not in node \
+                and "unevaluatedProperties" not in node and node.get("type") == "object":
+            node["additionalProperties"] = False
+    return schema
 
 
 def _require_discriminators(node: Any, defs: dict[str, Any]) -> None:

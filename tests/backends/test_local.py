@@ -195,7 +195,7 @@ def test_missing_gguf_package_says_what_to_install(monkeypatch: pytest.MonkeyPat
                                                    tmp_path: Path) -> None:
     import importlib.util
 
-    from structgen import models
+    from structgen.backends.local import models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(models.importlib.util, "find_spec",

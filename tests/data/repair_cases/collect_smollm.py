@@ -63,7 +63,7 @@ def main(style: str = "schema") -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from structgen.models import default_model_dir
+    from structgen.backends.local.models import default_model_dir
 
     torch.manual_seed(0)
     model_dir = default_model_dir()

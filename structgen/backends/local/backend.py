@@ -1,0 +1,220 @@
+"""The embedded backend: in-process constrained decoding on the CPU (the default backend).
+
+One worker thread owns the model. ``agenerate`` calls from any number of asyncio tasks are
+queued; the worker gathers what is waiting (up to ``[local] max_batch``) and decodes those
+sequences together (``decoder.py``), one forward pass per step for the whole batch, each
+with its own grammar matcher. The model runs on a runtime (``runtime.py``): llama.cpp for
+GGUF models (the default, ``llamacpp_runtime.py``) or transformers for Hugging Face model
+directories (``transformers_runtime.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import codecs
+import concurrent.futures
+import importlib.util
+import queue
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from structgen.backends.base import BackendBase, Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.local.decoder import Decoder, fail
+from structgen.backends.local.models import is_gguf_reference
+from structgen.backends.local.runtime import Runtime, Seq, engine_class
+from structgen.errors import BackendUnavailable, StructgenError
+from structgen.grammar_cache import default_grammar_cache
+
+if TYPE_CHECKING:
+    from structgen.config import Config
+
+GATHER_WINDOW_S = 0.005  # how long the worker waits for concurrent requests to join a batch
+
+
+class LocalBackend(BackendBase):
+    """In-process constrained decoding on the CPU (the default backend).
+
+    >>> backend = LocalBackend(Config())  # doctest: +SKIP
+    >>> backend.generate(engine.build_request("Fix app.py", Intent)).text  # doctest: +SKIP
+    """
+
+    name = "local"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.cfg = config.local
+        self._runtimes: dict[str, Runtime] = {}
+        self._queue: queue.Queue[Seq | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        # set while shutting down: the worker ends sequences in flight instead of finishing
+        # them, so interpreter exit never waits on (or kills) a thread inside torch
+        self._closing = threading.Event()
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    # Protocol -------------------------------------------------------------------------
+    def capabilities(self) -> Capabilities:
+        engine = engine_class(self.cfg.engine)
+        kinds = {"json", "regex", "choice", "grammar"}
+        notes = list(engine.notes)
+        if engine.name == "outlines":
+            kinds.discard("grammar")
+        return Capabilities(
+            output_kinds=frozenset(kinds),  # type: ignore[arg-type]
+            json_keywords=engine.json_keywords, streaming=True,
+            reasoning=engine.supports_reasoning, batching=True, notes=tuple(notes))
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        future: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
+        self._ensure_worker()
+        self._queue.put(Seq(request, future, time.perf_counter()))
+        return await asyncio.wrap_future(future)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Yield text chunks as the worker produces tokens (fast-forwarded runs arrive as one
+        chunk). Reasoning and stop-string requests are post-processed once the text is
+        complete, so they arrive as one chunk at the end."""
+        if request.reasoning or (request.output is None and request.sampling.stop):
+            result = await self.agenerate(request)
+            yield result.text
+            return
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def push(chunk: str | None) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+
+        future: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
+        seq = Seq(request, future, time.perf_counter(), on_text=push,
+                   utf8=codecs.getincrementaldecoder("utf-8")(errors="replace"))
+        self._ensure_worker()
+        self._queue.put(seq)
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+        await asyncio.wrap_future(future)  # raises the request's error, if any
+
+    async def health(self) -> bool:
+        try:
+            await asyncio.to_thread(self.runtime, None)
+        except StructgenError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker: requests in flight fail with BackendUnavailable."""
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            self._closing.set()
+            self._queue.put(None)
+            worker.join(timeout_s)
+            if worker.is_alive():  # still inside a forward pass: leave the model to it
+                self._worker = None
+                return
+        self._worker = None
+        with self._load_lock:
+            for rt in self._runtimes.values():
+                rt.close()
+            self._runtimes.clear()
+
+    # Model ------------------------------------------------------------------------------
+    def runtime(self, model: str | None) -> Runtime:
+        """Load (once) the model a request asks for; ``None`` = the configured default."""
+        ref = model or self.cfg.model or "default"
+        with self._load_lock:
+            if ref not in self._runtimes:
+                if importlib.util.find_spec("torch") is None:
+                    raise BackendUnavailable(
+                        "the embedded backend needs torch: pip install 'structgen[local]'",
+                        self.name)
+                import torch
+
+                if self.cfg.threads:
+                    torch.set_num_threads(self.cfg.threads)
+                else:
+                    # more than 4 intra-op threads only add synchronisation cost for
+                    # a small model decoding one token per step
+                    torch.set_num_threads(min(4, torch.get_num_threads()))
+                self._runtimes[ref] = self._load(ref)
+            return self._runtimes[ref]
+
+    def _load(self, ref: str) -> Runtime:
+        """The runtime for ``ref``: llama.cpp for GGUF models unless the transformers
+        runtime is configured; a Hugging Face directory or hub id always runs on
+        transformers (llama.cpp reads GGUF only)."""
+        cache = default_grammar_cache(self.config.cache)
+        if self.cfg.runtime == "llamacpp" and is_gguf_reference(None if ref == "default"
+                                                                else ref):
+            from structgen.backends.local.llamacpp_runtime import LlamaCppRuntime
+
+            return LlamaCppRuntime(ref, self.cfg, cache)
+        if importlib.util.find_spec("transformers") is None:
+            raise BackendUnavailable("the transformers runtime needs transformers: "
+                                     "pip install 'structgen[local]'", self.name)
+        from structgen.backends.local.transformers_runtime import TransformersRuntime
+
+        return TransformersRuntime(ref, self.cfg, cache)
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes run so far, over all models (for tests and benchmarks)."""
+        return sum(rt.forward_passes for rt in self._runtimes.values())
+
+    # Worker -------------------------------------------------------------------------------
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._closing.clear()
+                self._worker = threading.Thread(target=self._work, name="structgen-local",
+                                                daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.cfg.max_batch:
+                try:
+                    nxt = self._queue.get(timeout=GATHER_WINDOW_S)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            groups: dict[str | None, list[Seq]] = {}
+            for seq in batch:
+                groups.setdefault(seq.request.model or self.cfg.model, []).append(seq)
+            for model, seqs in groups.items():
+                self._run_group(model, seqs)
+            if stop:
+                return
+
+    def _run_group(self, model: str | None, seqs: list[Seq]) -> None:
+        try:
+            rt = self.runtime(model)
+        except BaseException as exc:
+            for seq in seqs:
+                fail(seq, exc)
+            return
+        try:
+            Decoder(rt, self.cfg, self._closing).run(seqs)
+        except BaseException as exc:  # never leave a caller waiting
+            for seq in seqs:
+                fail(seq, exc)
+
+
+def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:
+    backend = ref()
+    if backend is not None:
+        backend.shutdown(timeout_s=5.0)

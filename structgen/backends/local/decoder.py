@@ -1,0 +1,422 @@
+"""structgen's decode loop, the same for every runtime (llama.cpp, transformers).
+
+Per step and sequence:
+
+    fill bitmask (grammar engine) → mask logits → guards → greedy / seeded top-p sample
+    → budget check → consume token → forced tokens (fast-forward) → feed token + forced
+    tokens in ONE pass
+
+Termination guarantees, so a small model cannot run away until ``max_tokens``:
+
+- **whitespace runs** are bounded (``[local] max_whitespace``): past the bound no
+  whitespace token is allowed unless nothing else is;
+- **numbers** are bounded to what their type can hold (``[local] max_number_digits``
+  significant digits, 3 exponent digits): past the bound no token continues the number
+  unless nothing else can follow;
+- **budget-aware closing**: before a token is taken, the decoder checks that a completion
+  of the grammar still fits in the tokens left after it (the matcher's shortest closing
+  path). When it would not, the decoder takes the closing path from the current state
+  instead, so an answer is not cut at ``max_tokens`` whenever the budget can hold a valid
+  instance at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from structgen.backends.base import GenerationResult
+from structgen.backends.local.runtime import Runtime, Seq
+from structgen.constrain.base import ConstraintOptions, Matcher
+from structgen.constrain.closing import JsonCursor
+from structgen.errors import BackendError, BackendTimeout, BackendUnavailable, StructgenError
+
+if TYPE_CHECKING:
+    import torch
+
+    from structgen.config import LocalConfig
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# While the tokens left exceed the last closing cost by more than this, the closing path is
+# recomputed only every CLOSE_REFRESH steps (a walk costs ~0.1-1 ms); inside the window it
+# is checked before every token.
+CLOSE_WINDOW = 48
+CLOSE_REFRESH = 8
+# When no completion is known after a token (the schema's minimal completion was refused
+# and the grammar walk found none), the token is still taken while this many tokens more
+# than the closing path from the current state are left.
+CLOSE_MARGIN = 4
+_DIGITS = frozenset(b"0123456789")
+
+
+class NumberGuard:
+    """A JSON lexer over the answer's bytes that knows when a number has as many digits as
+    its type can hold (a float: ``max_digits`` significant digits; an integer: 19, int64).
+    """
+
+    __slots__ = (
+        "escape",
+        "exp_digits",
+        "frac",
+        "in_exp",
+        "in_number",
+        "in_string",
+        "max_digits",
+        "sig",
+        "zeros",
+    )
+
+    def __init__(self, max_digits: int) -> None:
+        self.max_digits = max_digits
+        self.in_string = self.escape = self.in_number = False
+        self.sig = self.zeros = self.exp_digits = 0
+        self.frac = self.in_exp = False
+
+    def feed(self, data: bytes) -> None:
+        for c in data:
+            if self.in_string:
+                if self.escape:
+                    self.escape = False
+                elif c == 0x5C:  # backslash
+                    self.escape = True
+                elif c == 0x22:
+                    self.in_string = False
+                continue
+            if c == 0x22:
+                self.in_string, self.in_number = True, False
+                continue
+            if not self.in_number:
+                if c == 0x2D or c in _DIGITS:  # a number starts
+                    self.in_number = True
+                    self.sig = self.zeros = self.exp_digits = 0
+                    self.frac = self.in_exp = False
+                else:
+                    continue
+            if c in _DIGITS:
+                if self.in_exp:
+                    self.exp_digits += 1
+                elif self.sig or c != 0x30:
+                    self.sig += 1
+                else:
+                    self.zeros += 1
+            elif c == 0x2E:
+                self.frac = True
+            elif c in (0x65, 0x45):
+                self.in_exp = True
+            elif c not in (0x2B, 0x2D):
+                self.in_number = False
+
+    def blocked(self) -> bool:
+        """True when another digit would exceed what the number's type holds."""
+        if not self.in_number:
+            return False
+        if self.in_exp:
+            return self.exp_digits >= 3
+        cap = self.max_digits if self.frac else max(self.max_digits, 19)
+        return self.sig >= cap or self.zeros >= cap
+
+
+def fail(seq: Seq, exc: BaseException) -> None:
+    if seq.future.done():
+        return
+    if not isinstance(exc, StructgenError):
+        exc = BackendError(f"{type(exc).__name__}: {exc}", "local")
+    seq.future.set_exception(exc)
+    if seq.on_text is not None:
+        seq.on_text(None)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float,
+           generator: torch.Generator) -> int:
+    """Temperature + nucleus sampling from one row of (masked) logits."""
+    import torch
+
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cum = torch.cumsum(sorted_probs, -1)
+        sorted_probs[(cum - sorted_probs) > top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+class Decoder:
+    """Decodes one batch of sequences to completion."""
+
+    def __init__(self, rt: Runtime, cfg: LocalConfig, closing: threading.Event) -> None:
+        self.rt = rt
+        self.cfg = cfg
+        self.closing = closing
+
+    def setup(self, seq: Seq) -> None:
+        import torch
+
+        req = seq.request
+        seq.prompt_ids = self.rt.prompt_ids(req)
+        if req.output is not None:
+            options = ConstraintOptions(whitespace=req.whitespace or self.cfg.whitespace,
+                                        max_whitespace=self.cfg.max_whitespace,
+                                        reasoning=req.reasoning)
+            engine = self.rt.engine(self.cfg.engine)
+            seq.matcher = engine.matcher(req.output, options)
+            if seq.matcher.relaxed:
+                seq.stats["relaxed"] = list(seq.matcher.relaxed)  # type: ignore[assignment]
+            if req.output.kind == "json":
+                if not engine.forbids_json_control_chars:
+                    seq.ctrl_mask = self.rt.json_ctrl_mask(options.whitespace)
+                if self.cfg.max_number_digits:
+                    seq.number = NumberGuard(self.cfg.max_number_digits)
+                if self.cfg.budget_closing and not req.reasoning:
+                    seq.cursor = JsonCursor(req.output.json_schema)
+        if req.sampling.temperature > 0:
+            seq.generator = torch.Generator()
+            seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None
+                                      else int(time.time_ns() % (2**63)))
+
+    def run(self, seqs: list[Seq]) -> None:
+        import torch
+
+        with torch.inference_mode():
+            self._run(seqs)
+
+    def _run(self, seqs: list[Seq]) -> None:
+        live: list[Seq] = []
+        for seq in seqs:
+            try:
+                self.setup(seq)
+            except BaseException as exc:
+                fail(seq, exc)
+                continue
+            live.append(seq)
+        if not live:
+            return
+        batch, logits = self.rt.begin(live)
+        try:
+            for seq in live:
+                seq.stats["batch_size"] = len(live)
+            while True:
+                self._choose(live, logits)
+                keep = [i for i, s in enumerate(live) if s.finish is None]
+                for s in live:
+                    if s.finish is not None:
+                        self._finish(s)
+                if not keep:
+                    return
+                if len(keep) < len(live):
+                    batch.keep(keep)
+                    live = [live[i] for i in keep]
+                logits = batch.step(live, self.cfg.fast_forward)
+        finally:
+            batch.close()
+
+    def _choose(self, live: list[Seq], logits: torch.Tensor) -> None:
+        """Pick each live sequence's next token and queue what the next pass feeds."""
+
+        rt = self.rt
+        constrained = [i for i, s in enumerate(live) if s.matcher is not None]
+        if constrained:
+            bitmask = rt.bitmask[:len(live)]
+            bitmask.fill_(-1)
+            for i in constrained:
+                s = live[i]
+                s.matcher.fill_bitmask(bitmask, i)  # type: ignore[union-attr]
+                if s.ctrl_mask is not None:
+                    bitmask[i].bitwise_and_(s.ctrl_mask)
+            rt.apply_mask(logits, bitmask)
+        for i, s in enumerate(live):
+            if s.request.output is None or s.request.output.kind != "json":
+                continue
+            if s.ws_run >= self.cfg.max_whitespace and len(rt.ws_ids):
+                # runaway-whitespace guard: no more whitespace unless nothing else fits
+                self._hold_back(s, logits[i], rt.ws_ids)
+            if s.number is not None and s.number.blocked() and len(rt.digit_ids):
+                # runaway-number guard: the number has all the digits its type holds
+                self._hold_back(s, logits[i], rt.digit_ids)
+        greedy = logits.argmax(-1).tolist()
+        now = time.perf_counter()
+        for i, s in enumerate(live):
+            sp = s.request.sampling
+            tok = greedy[i] if s.generator is None else sample(logits[i], sp.temperature,
+                                                               sp.top_p, s.generator)
+            if s.ttft is None:
+                s.ttft = now - s.start
+            if s.matcher is not None and logits[i, tok].item() == float("-inf"):
+                raise BackendError(f"the grammar allows no token here: {s.matcher.error()}",
+                                   "local")
+            self._advance(s, tok)
+
+    @staticmethod
+    def _hold_back(s: Seq, row: torch.Tensor, ids: torch.Tensor) -> None:
+        import torch
+
+        saved = row[ids].clone()
+        row[ids] = float("-inf")
+        if torch.isfinite(row).any():
+            s.stats["guarded_steps"] += 1
+        else:
+            row[ids] = saved
+
+    def _closing(self, s: Seq, m: Matcher, cursor: JsonCursor | None,
+                 limit: int) -> list[int] | None:
+        """The shortest known path from ``m``'s state to a complete answer within ``limit``
+        tokens: the schema's minimal completion (:mod:`structgen.constrain.closing`) when
+        the grammar accepts it, else a walk of the grammar itself."""
+        if limit < 0:
+            return None
+        if cursor is not None:
+            text = cursor.completion()
+            if text is not None:
+                ids = self.rt.tok.encode(text) if text else []
+                if len(ids) <= limit and m.completes_with(ids):
+                    return ids
+        return m.closing_path(limit)
+
+    def _budget_close(self, s: Seq, tok: int) -> bool:
+        """Take the closing path instead of ``tok`` when, after ``tok``, no completion would
+        fit in the tokens left. Returns True when the sequence was closed."""
+        m = s.matcher
+        if m is None or not self.cfg.budget_closing or not m.supports_closing:
+            return False
+        remaining = s.request.sampling.max_tokens - len(s.out_ids)
+        if s.close_cost is not None and remaining > s.close_cost + CLOSE_WINDOW \
+                and len(s.out_ids) % CLOSE_REFRESH:
+            return False
+        ahead = m.fork()
+        if ahead.consume(tok):
+            cost = 1
+            if not ahead.is_finished():
+                forced = ahead.forced_tokens()
+                cursor = None
+                if s.cursor is not None:
+                    cursor = s.cursor.copy()
+                    cursor.feed(self._piece([tok, *forced]))
+                # a looser limit than the budget: over-budget is a verdict, not-found is not
+                after = self._closing(s, ahead, cursor, remaining + CLOSE_WINDOW)
+                cost = None if after is None else 1 + len(forced) + len(after)
+            if cost is not None and cost <= remaining:
+                s.close_cost = cost
+                return False
+        path = self._closing(s, m, s.cursor, remaining)
+        if path is None:  # no completion fits at all: decode on (the answer will be cut)
+            return False
+        if cost is None and len(path) < remaining - CLOSE_MARGIN:
+            # no known way to finish after this token, but time is left: take it, look again
+            s.close_cost = len(path)
+            return False
+        if not m.consume_all(path):
+            raise BackendError(f"the grammar rejected its own closing path: {m.error()}",
+                               "local")
+        s.out_ids.extend(path)
+        s.stats["closing_tokens"] += len(path)
+        s.finish = "stop"
+        if s.on_text is not None:
+            self._emit(s)
+        return True
+
+    def _piece(self, ids: list[int]) -> str:
+        return b"".join(self.rt.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    def _advance(self, s: Seq, tok: int) -> None:
+        rt = self.rt
+        if tok in rt.eos_ids:
+            s.finish = "stop"
+            return
+        if self._budget_close(s, tok):
+            return
+        m = s.matcher
+        if m is not None and not m.consume(tok):
+            raise BackendError(f"the grammar rejected token {tok}: {m.error()}", "local")
+        s.out_ids.append(tok)
+        self._track(s, tok)
+        s.pending = [tok]
+        if self.closing.is_set():
+            s.finish = "closed"
+            return
+        if s.request.deadline is not None and time.monotonic() > s.request.deadline:
+            s.finish = "timeout"
+            return
+        if m is not None and m.is_finished():
+            s.finish = "stop"
+            return
+        if len(s.out_ids) >= s.request.sampling.max_tokens:
+            s.finish = "length"
+            return
+        if m is None and s.request.sampling.stop and self._hit_stop(s):
+            s.finish = "stop"
+            return
+        if m is not None:
+            forced = m.forced_tokens()
+            if forced:
+                s.out_ids.extend(forced)
+                s.pending.extend(forced)
+                s.stats["ff_tokens"] += len(forced)
+                for t in forced:
+                    self._track(s, t)
+                if m.is_finished():
+                    s.finish = "stop"
+                elif len(s.out_ids) >= s.request.sampling.max_tokens:
+                    s.finish = "length"
+        if s.on_text is not None:
+            self._emit(s)
+
+    def _emit(self, s: Seq) -> None:
+        """Stream the bytes of tokens produced since the last call (whole characters only)."""
+        chunk = s.utf8.decode(b"".join(self.rt.token_bytes[i] for i in s.out_ids[s.emitted:]))
+        s.emitted = len(s.out_ids)
+        if chunk and s.on_text is not None:
+            s.on_text(chunk)
+
+    def _track(self, s: Seq, tok: int) -> None:
+        b = self.rt.token_bytes[tok]
+        if not b:
+            return
+        stripped = b.rstrip(b" \t\n\r")
+        s.ws_run = s.ws_run + len(b) if not stripped else len(b) - len(stripped)
+        if s.number is not None:
+            s.number.feed(b)
+        if s.cursor is not None:
+            s.cursor.feed(b.decode("utf-8", errors="replace"))
+
+    def _hit_stop(self, s: Seq) -> bool:
+        text = self.rt.text(s.out_ids)
+        for stop in s.request.sampling.stop:
+            pos = text.find(stop)
+            if pos >= 0:
+                s.stats["stop_at_char"] = pos
+                return True
+        return False
+
+    def _finish(self, s: Seq) -> None:
+        if s.future.done():
+            return
+        if s.finish in ("timeout", "closed"):
+            fail(s, BackendTimeout("deadline passed while decoding", "local")
+                 if s.finish == "timeout" else
+                 BackendUnavailable("the local backend was shut down mid-request", "local"))
+            return
+        text = self.rt.text(s.out_ids)
+        if "stop_at_char" in s.stats:
+            text = text[:s.stats.pop("stop_at_char")]
+        reasoning = None
+        if s.request.reasoning and s.matcher is not None:
+            head, sep, tail = text.partition(THINK_CLOSE)
+            if sep:
+                reasoning = head.removeprefix(THINK_OPEN)
+                text = tail.lstrip("\n")
+        stats: dict[str, Any] = dict(s.stats)
+        stats["generated_tokens"] = len(s.out_ids)
+        stats["engine"] = self.cfg.engine if s.matcher is not None else "none"
+        stats["runtime"] = self.rt.kind
+        stats["finish_reason"] = s.finish or "stop"
+        s.future.set_result(GenerationResult(
+            text=text, backend="local", model=self.rt.name, finish_reason=s.finish or "stop",
+            reasoning_text=reasoning, prompt_tokens=len(s.prompt_ids),
+            completion_tokens=len(s.out_ids), latency_s=time.perf_counter() - s.start,
+            ttft_s=s.ttft, constrained=s.matcher is not None, stats=stats))
+        if s.on_text is not None:
+            self._emit(s)
+            tail = s.utf8.decode(b"", final=True)
+            if tail:
+                s.on_text(tail)
+            s.on_text(None)

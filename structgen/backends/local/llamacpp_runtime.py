@@ -1,0 +1,362 @@
+"""The llama.cpp runtime (``[local] runtime = "llamacpp"``, the default): GGUF models on
+llama.cpp's quantised CPU kernels, through llama-cpp-python's low-level C API.
+
+structgen keeps its own decode loop on top: llama.cpp only runs forward passes. One context
+holds every sequence in a unified KV cache, so
+
+- a batch is one ``llama_decode`` call carrying each live sequence's pending tokens (the
+  sampled one plus the grammar's forced tokens) under its own sequence id;
+- a prompt prefix shared with an earlier request (an agent's long system prompt, a chat's
+  history) is not recomputed: cached prompts stay in the cache under sequence ids of their
+  own, and a new sequence shares their cells (``llama_memory_seq_cp``) up to the common
+  prefix.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from structgen.backends.base import GenerationRequest
+from structgen.backends.local.runtime import Batch, Runtime, Seq, common_prefix
+from structgen.constrain.base import TokenizerData
+from structgen.errors import BackendError, BackendUnavailable
+
+if TYPE_CHECKING:
+    import torch
+
+    from structgen.config import LocalConfig
+    from structgen.grammar_cache import GrammarCache
+
+_INIT = threading.Lock()
+_initialised = False
+
+
+def _llama() -> Any:
+    """The llama_cpp C API, initialised once, with its log routed to Python logging."""
+    global _initialised
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"the llama.cpp runtime needs llama-cpp-python ({exc}); run `make install`, or "
+            "set [local] runtime = \"transformers\"", "local") from None
+    with _INIT:
+        if not _initialised:
+            # llama-cpp-python prints every llama.cpp log line unless its logger says not to
+            logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+            llama_cpp.llama_backend_init()
+            _initialised = True
+    return llama_cpp
+
+
+class LlamaCppTokenizerData(TokenizerData):
+    """The tokenizer as llama.cpp has it (from the GGUF), for every grammar engine."""
+
+    def __init__(self, lc: Any, vocab: Any, vocab_size: int, eos: tuple[int, ...]) -> None:
+        super().__init__(None, vocab_size, eos)
+        self._lc = lc
+        self._vocab = vocab
+
+    def ll_tokenizer(self) -> Any:
+        cached = getattr(self, "_ll", None)
+        if cached is None:
+            from llguidance.llamacpp import lltokenizer_from_vocab
+
+            cached = lltokenizer_from_vocab(self._vocab, n_vocab=self.vocab_size,
+                                            eos_token=list(self.eos_token_ids))
+            self._ll = cached
+        return cached
+
+    def encode(self, text: str) -> list[int]:
+        return tokenize(self._lc, self._vocab, text.encode(), add_special=False,
+                        parse_special=False)
+
+    def xgr_tokenizer_info(self) -> Any:
+        import xgrammar as xgr
+
+        return xgr.TokenizerInfo(self.token_bytes(), vocab_type=xgr.VocabType.RAW,
+                                 vocab_size=self.vocab_size,
+                                 stop_token_ids=list(self.eos_token_ids))
+
+    @property
+    def hash(self) -> str:
+        """Identity of the vocabulary (every token's bytes, the end tokens) for the
+        grammar-cache key: two GGUFs with one tokenizer share compiled grammars."""
+        cached = getattr(self, "_hash", None)
+        if cached is None:
+            h = hashlib.sha256(b"\0".join(self.token_bytes()))
+            h.update(json.dumps([self.vocab_size, list(self.eos_token_ids)]).encode())
+            cached = self._hash = "gguf-" + h.hexdigest()[:20]
+        return cached
+
+
+def tokenize(lc: Any, vocab: Any, data: bytes, *, add_special: bool,
+             parse_special: bool) -> list[int]:
+    n_max = len(data) + 16
+    buf = (lc.llama_token * n_max)()
+    n = lc.llama_tokenize(vocab, data, len(data), buf, n_max, add_special, parse_special)
+    if n < 0:  # the buffer was too small: -n is the size needed
+        n_max = -n
+        buf = (lc.llama_token * n_max)()
+        n = lc.llama_tokenize(vocab, data, len(data), buf, n_max, add_special, parse_special)
+    if n < 0:
+        raise BackendError("llama.cpp could not tokenize the prompt", "local")
+    return list(buf[:n])
+
+
+class LlamaCppRuntime(Runtime):
+    kind = "llamacpp"
+
+    def __init__(self, ref: str, cfg: LocalConfig, grammar_cache: GrammarCache) -> None:
+        from structgen.backends.local.models import resolve_gguf
+
+        super().__init__(cfg, grammar_cache)
+        lc = self.lc = _llama()
+        start = time.perf_counter()
+        path = resolve_gguf(None if ref == "default" else ref)
+        self.ref = str(path)
+        mparams = lc.llama_model_default_params()
+        self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise BackendUnavailable(f"llama.cpp could not load {path} (a GGUF of an "
+                                     "architecture this llama.cpp build does not know, or a "
+                                     "damaged file)", "local")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.vocab_size = int(lc.llama_vocab_n_tokens(self.vocab))
+        self.name = _meta(lc, self.model, "general.name") or path.stem
+        if ref.startswith("ollama:"):
+            self.name = ref
+        self.n_seq = cfg.max_batch + cfg.prefix_cache_entries
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = cfg.context_size
+        cparams.n_batch = cparams.n_ubatch = 512
+        cparams.n_seq_max = self.n_seq
+        threads = cfg.threads or max(1, min(os.cpu_count() or 1, 8))
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # sequences share cells: prefix reuse without copies
+        cparams.no_perf = True
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise BackendUnavailable(f"llama.cpp could not create a context for {path} "
+                                     f"(context_size={cfg.context_size})", "local")
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_batch = int(cparams.n_batch)
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        eos = [t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self.vocab, t)]
+        if not eos:
+            raise BackendUnavailable(f"model {path} has no end-of-generation token", "local")
+        self.eos_ids = frozenset(eos)
+        self.bos = int(lc.llama_vocab_bos(self.vocab))
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab)) and self.bos >= 0
+        template = lc.llama_model_chat_template(self.model, None)
+        self.template = template.decode("utf-8", errors="replace") if template else None
+        self.tok = LlamaCppTokenizerData(lc, self.vocab, self.vocab_size, tuple(eos))
+        self.token_bytes = self.tok.token_bytes()
+        self.free_ids = list(range(cfg.max_batch))
+        # prompt tokens -> the sequence id that keeps their cells
+        self.prefix_cache: OrderedDict[tuple[int, ...], int] = OrderedDict()
+        self.free_slots = list(range(cfg.max_batch, self.n_seq))
+        self._derive()
+        self.load_s = time.perf_counter() - start
+
+    # Prompt ---------------------------------------------------------------------------
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        messages = [dict(m) for m in request.messages]
+        if self.template:
+            text = render_chat_template(self.template, messages, self._piece(self.bos),
+                                        self._piece(next(iter(sorted(self.eos_ids)))))
+        else:  # a base model: plain concatenation
+            text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
+        data = text.encode()
+        bos_in_text = self.bos >= 0 and text.startswith(self._piece(self.bos) or "\0")
+        return tokenize(self.lc, self.vocab, data, add_special=self.add_bos and not bos_in_text,
+                        parse_special=True)
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        buf = ctypes.create_string_buffer(256)
+        n = self.lc.llama_token_to_piece(self.vocab, token, buf, 256, 0, True)
+        return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
+
+    # Forward passes ----------------------------------------------------------------------
+    def feed(self, items: list[tuple[int, list[int], int]]) -> torch.Tensor:
+        """Run ``(seq_id, tokens, first_position)`` items; logits of each item's last token.
+
+        Items are packed into as few ``llama_decode`` calls as the batch size allows."""
+        import numpy as np
+        import torch
+
+        lc, b = self.lc, self.batch
+        out = torch.empty((len(items), self.vocab_size), dtype=torch.float32)
+        flat = [(i, sid, tok, pos + j, j == len(toks) - 1)
+                for i, (sid, toks, pos) in enumerate(items) for j, tok in enumerate(toks)]
+        for start in range(0, len(flat), self.n_batch):
+            chunk = flat[start:start + self.n_batch]
+            for k, (_, sid, tok, pos, last) in enumerate(chunk):
+                b.token[k] = tok
+                b.pos[k] = pos
+                b.n_seq_id[k] = 1
+                b.seq_id[k][0] = sid
+                b.logits[k] = last
+            b.n_tokens = len(chunk)
+            self._decode()
+            for k, (i, _, _, _, last) in enumerate(chunk):
+                if last:
+                    ptr = lc.llama_get_logits_ith(self.ctx, k)
+                    out[i].copy_(torch.from_numpy(
+                        np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))))
+        return out
+
+    def _decode(self) -> None:
+        self.forward_passes += 1
+        rc = self.lc.llama_decode(self.ctx, self.batch)
+        while rc == 1 and self.prefix_cache:  # no room in the KV cache: drop cached prompts
+            _, slot = self.prefix_cache.popitem(last=False)
+            self.lc.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            self.free_slots.append(slot)
+            rc = self.lc.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise BackendError(
+                "llama.cpp has no room left in its KV cache for this batch "
+                f"([local] context_size={self.cfg.context_size} tokens over all sequences "
+                "in flight)" if rc == 1 else f"llama_decode failed ({rc})", "local")
+
+    def begin(self, seqs: list[Seq]) -> tuple[Batch, torch.Tensor]:
+        items: list[tuple[int, list[int], int]] = []
+        sids = []
+        for seq in seqs:
+            sid = self.free_ids.pop()
+            sids.append(sid)
+            self.lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+            ids = seq.prompt_ids
+            best_key, best = None, 0
+            for key in self.prefix_cache:
+                n = common_prefix(key, ids)
+                if n > best:
+                    best_key, best = key, n
+            use = min(best, len(ids) - 1)  # at least one token must run to get logits
+            if best_key is not None and use > 0:
+                self.prefix_cache.move_to_end(best_key)
+                self.lc.llama_memory_seq_cp(self.mem, self.prefix_cache[best_key], sid, 0, use)
+            else:
+                use = 0
+            seq.stats["prefill_tokens"] = len(ids) - use
+            seq.stats["prefix_cache_hit_tokens"] = use
+            seq.stats["forward_passes"] += 1
+            items.append((sid, ids[use:], use))
+        batch = _LlamaBatch(self, sids, [len(s.prompt_ids) for s in seqs])
+        try:
+            logits = self.feed(items)
+        except BaseException:
+            batch.close()
+            raise
+        for seq, sid in zip(seqs, sids, strict=True):
+            self._remember(tuple(seq.prompt_ids), sid)
+        return batch, logits
+
+    def _remember(self, ids: tuple[int, ...], sid: int) -> None:
+        """Keep a prompt's cells under a sequence id of the prefix cache (LRU)."""
+        if self.cfg.prefix_cache_entries <= 0:
+            return
+        if ids in self.prefix_cache:
+            self.prefix_cache.move_to_end(ids)
+            return
+        if not self.free_slots:
+            _, slot = self.prefix_cache.popitem(last=False)
+            self.lc.llama_memory_seq_rm(self.mem, slot, -1, -1)
+            self.free_slots.append(slot)
+        slot = self.free_slots.pop()
+        self.lc.llama_memory_seq_cp(self.mem, sid, slot, 0, len(ids))
+        self.prefix_cache[ids] = slot
+
+    def release(self, sid: int) -> None:
+        self.lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+        self.free_ids.append(sid)
+
+    def close(self) -> None:
+        lc = self.lc
+        if getattr(self, "ctx", None):
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            lc.llama_model_free(self.model)
+            self.model = None
+
+
+class _LlamaBatch(Batch):
+    def __init__(self, rt: LlamaCppRuntime, sids: list[int], n_past: list[int]) -> None:
+        self.rt = rt
+        self.sids = sids
+        self.n_past = n_past
+
+    def keep(self, indices: list[int]) -> None:
+        kept = set(indices)
+        for i, sid in enumerate(self.sids):
+            if i not in kept:
+                self.rt.release(sid)
+        self.sids = [self.sids[i] for i in indices]
+        self.n_past = [self.n_past[i] for i in indices]
+
+    def step(self, live: list[Seq], fast_forward: bool) -> torch.Tensor:
+        import torch
+
+        if fast_forward:
+            items = [(sid, s.pending, n) for s, sid, n in zip(live, self.sids, self.n_past,
+                                                              strict=True)]
+            for s in live:
+                s.stats["forward_passes"] += 1
+            logits = self.rt.feed(items)
+        else:  # one token per pass: the reference path fast-forward must reproduce
+            logits = torch.empty((len(live), self.rt.vocab_size), dtype=torch.float32)
+            for j in range(max(len(s.pending) for s in live)):
+                rows = [i for i, s in enumerate(live) if j < len(s.pending)]
+                part = self.rt.feed([(self.sids[i], [live[i].pending[j]], self.n_past[i] + j)
+                                     for i in rows])
+                for r, i in enumerate(rows):
+                    logits[i] = part[r]
+                    live[i].stats["forward_passes"] += 1
+        self.n_past = [n + len(s.pending) for n, s in zip(self.n_past, live, strict=True)]
+        return logits
+
+    def close(self) -> None:
+        for sid in self.sids:
+            self.rt.release(sid)
+        self.sids = []
+
+
+def _meta(lc: Any, model: Any, key: str) -> str | None:
+    buf = ctypes.create_string_buffer(512)
+    n = lc.llama_model_meta_val_str(model, key.encode(), buf, 512)
+    return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
+
+
+def render_chat_template(template: str, messages: list[dict[str, Any]], bos: str,
+                         eos: str) -> str:
+    """The model's chat template (Jinja, from the GGUF) in a sandbox: a model file is
+    untrusted input, and its template must not reach Python objects or the file system."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    except TemplateError as exc:
+        raise BackendError(f"the model's chat template failed: {exc}", "local") from None

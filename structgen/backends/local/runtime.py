@@ -1,0 +1,193 @@
+"""The contract between the decode loop and a model runtime (llama.cpp or transformers).
+
+A runtime owns a loaded model and everything derived from it: the tokenizer's view for the
+grammar engines (:class:`~structgen.constrain.TokenizerData`), the raw bytes of every token,
+the prompt template, and the model's memory (KV cache, with reuse of shared prompt
+prefixes). The decoder (``decoder.py``) never sees any of that memory: it asks the runtime
+to :meth:`Runtime.begin` a batch of sequences and then to :meth:`Batch.step` them, each
+step feeding every live sequence's pending tokens (the sampled one plus the tokens the
+grammar forced, in one pass) and returning one row of logits per sequence.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from structgen.backends.base import GenerationRequest, GenerationResult
+from structgen.constrain.base import ENGINES, GrammarConstraint, Matcher, create_constraint
+
+if TYPE_CHECKING:
+    import torch
+
+    from structgen.config import LocalConfig
+    from structgen.constrain.base import TokenizerData
+    from structgen.grammar_cache import GrammarCache
+
+WHITESPACE_BYTES = frozenset(b" \t\n\r")
+# Bytes JSON never allows raw (RFC 8259: control characters must be escaped in strings);
+# "any" whitespace mode still needs tab, LF and CR between tokens.
+JSON_FORBIDDEN_BYTES = {"compact": frozenset(range(0x20)),
+                        "any": frozenset(range(0x20)) - frozenset(b"\t\n\r")}
+
+
+def engine_class(engine: str) -> type[GrammarConstraint]:
+    module_name, _, cls_name = ENGINES[engine].partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+@dataclass
+class Seq:
+    """One request in flight inside the worker."""
+
+    request: GenerationRequest
+    future: concurrent.futures.Future[GenerationResult]
+    start: float
+    prompt_ids: list[int] = field(default_factory=list)
+    matcher: Matcher | None = None
+    generator: torch.Generator | None = None
+    out_ids: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+    ws_run: int = 0
+    number: Any = None  # the JSON lexer state of the number guard (decoder.NumberGuard)
+    close_cost: int | None = None  # tokens of the last computed closing path
+    cursor: Any = None  # where a JSON answer stands in its schema (constrain.closing)
+    ctrl_mask: torch.Tensor | None = None  # allowed-token row ANDed into the grammar mask
+    on_text: Callable[[str | None], None] | None = None  # streaming: chunk, then None
+    emitted: int = 0  # tokens already streamed
+    utf8: Any = None  # incremental decoder for streamed chunks
+    finish: str | None = None
+    ttft: float | None = None
+    stats: dict[str, int] = field(default_factory=lambda: {
+        "forward_passes": 0, "ff_tokens": 0, "prefill_tokens": 0,
+        "prefix_cache_hit_tokens": 0, "batch_size": 1, "closing_tokens": 0,
+        "guarded_steps": 0})
+
+
+class Batch(ABC):
+    """Sequences decoding together: the runtime's memory for them lives here."""
+
+    @abstractmethod
+    def step(self, live: list[Seq], fast_forward: bool) -> torch.Tensor:
+        """Feed each live sequence's ``pending`` tokens; one row of logits per sequence.
+
+        ``fast_forward=False`` feeds one token per pass (the reference path that the
+        single pass must reproduce exactly under greedy decoding)."""
+
+    @abstractmethod
+    def keep(self, indices: list[int]) -> None:
+        """Only the sequences at ``indices`` (of the last call's ``live``) go on."""
+
+    def close(self) -> None:  # noqa: B027 - most batches hold nothing to free
+        """Free what the batch holds (called once, when every sequence is done)."""
+
+
+class Runtime(ABC):
+    """A loaded model with everything derived from it (tokenizer data, engines, caches)."""
+
+    kind: str = "base"
+    name: str
+    ref: str
+    vocab_size: int
+    eos_ids: frozenset[int]
+    tok: TokenizerData
+    token_bytes: list[bytes]
+    load_s: float = 0.0  # how long loading the model took (reported apart from requests)
+
+    def __init__(self, cfg: LocalConfig, grammar_cache: GrammarCache) -> None:
+        self.cfg = cfg
+        self.grammar_cache = grammar_cache
+        self.engines: dict[str, GrammarConstraint] = {}
+        self._ctrl_masks: dict[str, Any] = {}
+        self.forward_passes = 0
+
+    def _derive(self) -> None:
+        """Tables computed once from the token bytes (call at the end of ``__init__``)."""
+        import torch
+
+        self.ws_ids = torch.tensor(
+            [i for i, b in enumerate(self.token_bytes) if b and set(b) <= WHITESPACE_BYTES],
+            dtype=torch.long)
+        # tokens that begin with a digit: what the number guard holds back
+        self.digit_ids = torch.tensor(
+            [i for i, b in enumerate(self.token_bytes) if b and 0x30 <= b[0] <= 0x39],
+            dtype=torch.long)
+        self.bitmask = torch.full((self.cfg.max_batch, (self.vocab_size + 31) // 32), -1,
+                                  dtype=torch.int32)
+        self.apply_mask = mask_applier()
+
+    def engine(self, name: str) -> GrammarConstraint:
+        if name not in self.engines:
+            self.engines[name] = create_constraint(
+                name, self.tok, grammar_cache=self.grammar_cache,
+                compile_timeout_s=self.cfg.compile_timeout_s)
+        return self.engines[name]
+
+    def json_ctrl_mask(self, whitespace: str) -> torch.Tensor:
+        """Bitmask row allowing every token without a byte JSON forbids raw (built once)."""
+        import torch
+
+        mask = self._ctrl_masks.get(whitespace)
+        if mask is None:
+            forbidden = JSON_FORBIDDEN_BYTES.get(whitespace, JSON_FORBIDDEN_BYTES["any"])
+            allowed = torch.tensor([not forbidden.intersection(b) for b in self.token_bytes],
+                                   dtype=torch.bool)
+            words = (self.vocab_size + 31) // 32
+            bits = torch.zeros(words * 32, dtype=torch.int64)
+            bits[:self.vocab_size] = allowed.long()
+            weights = torch.tensor([1 << i for i in range(32)], dtype=torch.int64)
+            packed = (bits.view(words, 32) * weights).sum(1)
+            # reinterpret the low 32 bits as int32 (bit 31 set -> negative)
+            mask = torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+            self._ctrl_masks[whitespace] = mask
+        return mask
+
+    def text(self, ids: list[int]) -> str:
+        return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+    @abstractmethod
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The request's messages through the model's chat template, as token ids."""
+
+    @abstractmethod
+    def begin(self, seqs: list[Seq]) -> tuple[Batch, torch.Tensor]:
+        """Prefill every sequence (reusing cached prompt prefixes): the batch and one row
+        of logits per sequence. Records ``prefill_tokens``/``prefix_cache_hit_tokens``."""
+
+    def close(self) -> None:  # noqa: B027 - torch frees its model by itself
+        """Free the model (called when the backend shuts down)."""
+
+
+def common_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def mask_applier() -> Any:
+    """The bitmask → logits kernel: XGrammar's CPU kernel, or a torch fallback."""
+    import importlib.util
+
+    if importlib.util.find_spec("xgrammar") is not None:
+        import xgrammar as xgr
+
+        def apply_xgr(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+            xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=logits.shape[1])
+
+        return apply_xgr
+    import torch
+
+    bits = torch.tensor([1 << i for i in range(31)] + [-(1 << 31)], dtype=torch.int32)
+
+    def apply_torch(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+        allowed = (bitmask.unsqueeze(-1) & bits) != 0
+        allowed = allowed.view(bitmask.shape[0], -1)[:, :logits.shape[1]]
+        logits.masked_fill_(~allowed, float("-inf"))
+
+    return apply_torch

@@ -1,0 +1,464 @@
+"""The shortest way to finish a JSON answer: what budget-aware closing steers to.
+
+:class:`JsonCursor` follows the answer's bytes as the decoder produces them (a JSON lexer
+with a stack of open objects and arrays, each with the subschema that applies there).
+:meth:`JsonCursor.completion` then writes the text that closes everything open with the
+fewest characters the schema allows: the current string, number or literal finished, the
+required members an open object still lacks, the items an array still needs for
+``minItems``, then the closing brackets.
+
+The text is a proposal: the decoder tokenizes it and keeps it only if the grammar engine
+accepts it (so a schema feature this module does not model, a ``pattern`` say, costs a
+fallback, never an invalid answer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+_MAX_DEPTH = 24  # schema nesting followed when building a minimal value
+
+
+@dataclass
+class _Frame:
+    kind: str  # "object" | "array"
+    schema: Any
+    # object: "key_or_end" after "{", "key" after ",", "colon", "value", "comma_or_end"
+    # array: "value_or_end" after "[", "value" after ",", "comma_or_end"
+    state: str
+    keys: set[str] = field(default_factory=set)
+    key: str = ""  # the member being written
+    count: int = 0  # array items so far
+
+
+class JsonCursor:
+    """Where an answer stands inside its JSON Schema (see the module docstring)."""
+
+    def __init__(self, schema: Any) -> None:
+        self.root = schema if isinstance(schema, dict) else {}
+        self.stack: list[_Frame] = []
+        self.top_done = False
+        self.started = False
+        self.lexeme = ""  # "string" | "key" | "number" | "literal" | ""
+        self.buf = ""  # text of the lexeme so far (unescaped enough for keys and lengths)
+        self.escape = False
+        self.broken = False  # the text left JSON: no completion is proposed
+
+    def copy(self) -> JsonCursor:
+        out = JsonCursor.__new__(JsonCursor)
+        out.__dict__.update(self.__dict__)
+        out.stack = [_Frame(f.kind, f.schema, f.state, set(f.keys), f.key, f.count)
+                     for f in self.stack]
+        return out
+
+    # Lexer ----------------------------------------------------------------------------------
+    def feed(self, text: str) -> None:
+        for ch in text:
+            if self.broken:
+                return
+            self._char(ch)
+
+    def _char(self, ch: str) -> None:
+        if self.lexeme in ("string", "key"):
+            if self.escape:
+                self.escape = False
+                self.buf += "?"
+            elif ch == "\\":
+                self.escape = True
+            elif ch == '"':
+                self._end_string()
+            else:
+                self.buf += ch
+            return
+        if self.lexeme == "number":
+            if ch in "0123456789+-.eE":
+                self.buf += ch
+                return
+            self._value_done()
+        elif self.lexeme == "literal":
+            if ch.isalpha():
+                self.buf += ch
+                return
+            self._value_done()
+        if ch in " \t\n\r":
+            return
+        frame = self.stack[-1] if self.stack else None
+        if frame is not None and frame.kind == "object" and frame.state in ("key_or_end", "key"):
+            if ch == '"':
+                self.lexeme, self.buf = "key", ""
+            elif ch == "}" and frame.state == "key_or_end":
+                self._close()
+            else:
+                self.broken = True
+            return
+        if frame is not None and frame.kind == "object" and frame.state == "colon":
+            if ch == ":":
+                frame.state = "value"
+            else:
+                self.broken = True
+            return
+        if frame is not None and frame.state == "comma_or_end":
+            if ch == ",":
+                frame.state = "key" if frame.kind == "object" else "value"
+            elif ch == ("}" if frame.kind == "object" else "]"):
+                self._close()
+            else:
+                self.broken = True
+            return
+        if frame is not None and frame.kind == "array" and frame.state == "value_or_end" \
+                and ch == "]":
+            self._close()
+            return
+        self._start_value(ch)
+
+    def _start_value(self, ch: str) -> None:
+        if self.top_done and not self.stack:
+            self.broken = True
+            return
+        self.started = True
+        schema = self._value_schema()
+        if ch == "{":
+            self.stack.append(_Frame("object", _object_schema(self.root, schema), "key_or_end"))
+        elif ch == "[":
+            self.stack.append(_Frame("array", schema, "value_or_end"))
+        elif ch == '"':
+            self.lexeme, self.buf = "string", ""
+        elif ch in "-0123456789":
+            self.lexeme, self.buf = "number", ch
+        elif ch in "tfn":
+            self.lexeme, self.buf = "literal", ch
+        else:
+            self.broken = True
+
+    def _value_schema(self) -> Any:
+        """The subschema of the value about to start (where the cursor stands)."""
+        if not self.stack:
+            return self.root
+        frame = self.stack[-1]
+        if frame.kind == "object":
+            return _member_schema(self.root, frame.schema, frame.key)
+        return _item_schema(self.root, frame.schema, frame.count)
+
+    def _end_string(self) -> None:
+        if self.lexeme == "key":
+            frame = self.stack[-1]
+            frame.key = self.buf
+            frame.keys.add(self.buf)
+            frame.state = "colon"
+            self.lexeme, self.buf = "", ""
+            return
+        self._value_done()
+
+    def _value_done(self) -> None:
+        self.lexeme, self.buf = "", ""
+        self._after_value()
+
+    def _after_value(self) -> None:
+        if not self.stack:
+            self.top_done = True
+            return
+        frame = self.stack[-1]
+        if frame.kind == "array":
+            frame.count += 1
+        frame.state = "comma_or_end"
+
+    def _close(self) -> None:
+        self.stack.pop()
+        self._after_value()
+
+    # Completion -----------------------------------------------------------------------------
+    def completion(self) -> str | None:
+        """The text that finishes the answer, or None when none can be proposed."""
+        if self.broken:
+            return None
+        if not self.started:
+            return minimal_value(self.root, self.root)
+        cur = self.copy()
+        out: list[str] = []
+        if cur.lexeme in ("string", "key"):
+            if cur.escape:
+                return None
+            if cur.lexeme == "key":
+                frame = cur.stack[-1]
+                name = _complete_key(cur.root, frame, cur.buf)
+                if name is None:
+                    return None
+                out.append(name[len(cur.buf):] + '":')
+                frame.key = name
+                frame.keys.add(name)
+                value = minimal_value(cur.root, _member_schema(cur.root, frame.schema, name))
+                if value is None:
+                    return None
+                out.append(value)
+                frame.state = "comma_or_end"
+            else:
+                rest = _string_rest(cur.root, cur._value_schema(), cur.buf)
+                if rest is None:
+                    return None
+                out.append(rest)
+                cur._value_done()
+        elif cur.lexeme == "number":
+            tail = cur.buf[-1]
+            out.append("0" if tail in "-+.eE" else "")
+            cur._value_done()
+        elif cur.lexeme == "literal":
+            word = next((w for w in ("true", "false", "null") if w.startswith(cur.buf)), None)
+            if word is None:
+                return None
+            out.append(word[len(cur.buf):])
+            cur._value_done()
+        while cur.stack:
+            frame = cur.stack[-1]
+            piece = _close_frame(cur.root, frame)
+            if piece is None:
+                return None
+            out.append(piece)
+            cur.stack.pop()
+            if cur.stack:
+                cur.stack[-1].state = "comma_or_end"
+                if cur.stack[-1].kind == "array":
+                    cur.stack[-1].count += 1
+        return "".join(out)
+
+
+def _close_frame(root: dict[str, Any], frame: _Frame) -> str | None:
+    parts: list[str] = []
+    if frame.kind == "object":
+        schema = frame.schema
+        if frame.state == "colon":
+            value = minimal_value(root, _member_schema(root, schema, frame.key))
+            if value is None:
+                return None
+            parts.append(":" + value)
+            frame.state = "comma_or_end"
+        elif frame.state == "value":
+            value = minimal_value(root, _member_schema(root, schema, frame.key))
+            if value is None:
+                return None
+            parts.append(value)
+            frame.state = "comma_or_end"
+        missing = [k for k in _required(root, schema) if k not in frame.keys]
+        if frame.state == "key" and not missing:
+            # a member must follow the comma: the first declared one not yet written
+            props = _properties(root, schema)
+            extra = next((k for k in props if k not in frame.keys), None)
+            if extra is None:
+                return None
+            missing = [extra]
+        members = []
+        for key in missing:
+            value = minimal_value(root, _member_schema(root, schema, key))
+            if value is None:
+                return None
+            members.append(json.dumps(key, ensure_ascii=False) + ":" + value)
+        lead = "," if frame.state == "comma_or_end" and members else ""
+        parts.append(lead + ",".join(members) + "}")
+        return "".join(parts)
+    schema = _resolve(root, frame.schema)
+    need = max(0, int(_num(schema.get("minItems"), 0)) - frame.count)
+    if frame.state == "value":
+        need = max(need, 1)
+    items = []
+    for i in range(need):
+        value = minimal_value(root, _item_schema(root, schema, frame.count + i))
+        if value is None:
+            return None
+        items.append(value)
+    lead = "," if frame.state == "comma_or_end" and items else ""
+    return lead + ",".join(items) + "]"
+
+
+# Schema navigation ----------------------------------------------------------------------------
+def _resolve(root: dict[str, Any], schema: Any, depth: int = 0) -> dict[str, Any]:
+    """``schema`` with local ``$ref``s followed and ``allOf`` branches merged (members)."""
+    if not isinstance(schema, dict):
+        return {} if schema is not False else {"not": {}}
+    while "$ref" in schema and depth < _MAX_DEPTH:
+        target = _pointer(root, schema["$ref"])
+        if target is None:
+            break
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        schema = {**target, **rest} if rest else target
+        depth += 1
+    if "allOf" in schema and depth < _MAX_DEPTH:
+        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        for branch in schema["allOf"]:
+            part = _resolve(root, branch, depth + 1)
+            for key, value in part.items():
+                if key == "properties":
+                    merged["properties"] = {**merged.get("properties", {}), **value}
+                elif key == "required":
+                    merged["required"] = [*merged.get("required", []), *value]
+                else:
+                    merged.setdefault(key, value)
+        schema = merged
+    return schema
+
+
+def _pointer(root: dict[str, Any], ref: Any) -> dict[str, Any] | None:
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    node: Any = root
+    for part in ref[1:].split("/")[1:] if ref != "#" else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node if isinstance(node, dict) else None
+
+
+def _object_schema(root: dict[str, Any], schema: Any) -> Any:
+    """For an object value: the branch of an anyOf/oneOf that describes objects."""
+    schema = _resolve(root, schema)
+    for key in ("anyOf", "oneOf"):
+        for branch in schema.get(key, []):
+            b = _resolve(root, branch)
+            if b.get("type") == "object" or "properties" in b:
+                return b
+    return schema
+
+
+def _properties(root: dict[str, Any], schema: Any) -> dict[str, Any]:
+    props = _resolve(root, schema).get("properties")
+    return props if isinstance(props, dict) else {}
+
+
+def _required(root: dict[str, Any], schema: Any) -> list[str]:
+    req = _resolve(root, schema).get("required")
+    return [k for k in req if isinstance(k, str)] if isinstance(req, list) else []
+
+
+def _member_schema(root: dict[str, Any], schema: Any, key: str) -> Any:
+    schema = _resolve(root, schema)
+    props = schema.get("properties")
+    if isinstance(props, dict) and key in props:
+        return props[key]
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, dict) else {}
+
+
+def _item_schema(root: dict[str, Any], schema: Any, index: int) -> Any:
+    schema = _resolve(root, schema)
+    prefix = schema.get("prefixItems")
+    if isinstance(prefix, list) and index < len(prefix):
+        return prefix[index]
+    items = schema.get("items")
+    return items if isinstance(items, dict) else {}
+
+
+def _complete_key(root: dict[str, Any], frame: _Frame, partial: str) -> str | None:
+    missing = [k for k in _required(root, frame.schema) if k not in frame.keys]
+    names = missing + [k for k in _properties(root, frame.schema) if k not in frame.keys]
+    for name in names:
+        if name.startswith(partial):
+            return name
+    return None
+
+
+def _num(value: Any, default: float) -> float:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) \
+        else default
+
+
+def _string_rest(root: dict[str, Any], schema: Any, partial: str) -> str | None:
+    """What finishes a string value begun as ``partial`` (closing quote included)."""
+    schema = _resolve(root, schema)
+    fixed = [schema["const"]] if "const" in schema else schema.get("enum")
+    if isinstance(fixed, list):
+        for value in sorted((v for v in fixed if isinstance(v, str)), key=len):
+            if value.startswith(partial):
+                return json.dumps(value, ensure_ascii=False)[1 + len(partial):]
+        return None
+    for key in ("anyOf", "oneOf"):
+        for branch in schema.get(key, []) if isinstance(schema.get(key), list) else []:
+            b = _resolve(root, branch)
+            if b.get("type") == "string" or "enum" in b or "const" in b:
+                return _string_rest(root, b, partial)
+    return "a" * max(0, _string_min(root, schema) - len(partial)) + '"'
+
+
+def _string_min(root: dict[str, Any], schema: Any) -> int:
+    return int(_num(_resolve(root, schema).get("minLength"), 0))
+
+
+def minimal_value(root: dict[str, Any], schema: Any, depth: int = 0) -> str | None:
+    """The shortest JSON text this module knows to be valid for ``schema`` (None: none)."""
+    if depth > _MAX_DEPTH:
+        return None
+    if schema is True or schema == {}:
+        return "0"
+    schema = _resolve(root, schema)
+    dump = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+    if "const" in schema:
+        return dump(schema["const"])
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return min((dump(v) for v in schema["enum"]), key=len)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            options = [minimal_value(root, b, depth + 1) for b in schema[key]]
+            found = [o for o in options if o is not None]
+            return min(found, key=len) if found else None
+    types = schema.get("type")
+    if isinstance(types, str):
+        types = [types]
+    if not isinstance(types, list) or not types:
+        types = ["object"] if "properties" in schema else \
+            ["array"] if "items" in schema or "prefixItems" in schema else \
+            ["string"] if "minLength" in schema or "pattern" in schema else ["integer"]
+    for kind in sorted(types, key=lambda t: ["null", "integer", "number", "boolean",
+                                             "string", "array", "object"].index(t)
+                       if t in ("null", "integer", "number", "boolean", "string", "array",
+                                "object") else 9):
+        if kind == "null":
+            return "null"
+        if kind in ("integer", "number"):
+            return _minimal_number(schema, kind == "integer")
+        if kind == "boolean":
+            return "true"
+        if kind == "string":
+            return '"' + "a" * _string_min(root, schema) + '"'
+        if kind == "array":
+            need = int(_num(schema.get("minItems"), 0))
+            items = [minimal_value(root, _item_schema(root, schema, i), depth + 1)
+                     for i in range(need)]
+            if any(i is None for i in items):
+                return None
+            return "[" + ",".join(items) + "]"  # type: ignore[arg-type]
+        if kind == "object":
+            members = []
+            for key in _required(root, schema):
+                value = minimal_value(root, _member_schema(root, schema, key), depth + 1)
+                if value is None:
+                    return None
+                members.append(dump(key) + ":" + value)
+            return "{" + ",".join(members) + "}"
+    return None
+
+
+def _minimal_number(schema: dict[str, Any], integer: bool) -> str:
+    lo = _num(schema.get("minimum"), -math.inf)
+    hi = _num(schema.get("maximum"), math.inf)
+    xlo = _num(schema.get("exclusiveMinimum"), -math.inf)
+    xhi = _num(schema.get("exclusiveMaximum"), math.inf)
+
+    def ok(v: float) -> bool:
+        return lo <= v <= hi and xlo < v < xhi
+
+    if ok(0):
+        return "0"
+    start = max(lo, xlo)
+    if start > -math.inf:
+        v = math.floor(start) + 1 if start == xlo else math.ceil(start)
+        if ok(v):
+            return str(int(v))
+        if not integer and ok(start if start == lo else start + 1e-6):
+            return json.dumps(start if start == lo else start + 1e-6)
+    end = min(hi, xhi)
+    v = math.ceil(end) - 1 if end == xhi else math.floor(end)
+    return str(int(v)) if ok(v) else json.dumps(end)

