@@ -126,7 +126,8 @@ def agent_cases(prompts_per_agent: int | None = None) -> list[Case]:
     from schemas import debugger, intent, reflection
     from structgen.engine import _compile_memo
 
-    models = {"intent": (intent.Intent, intent.EXAMPLES),
+    models: dict[str, tuple[Any, list[Any]]] = {
+              "intent": (intent.Intent, intent.EXAMPLES),
               "debugger": (debugger.Diagnosis, debugger.EXAMPLES),
               "reflection": (reflection.Reflection, reflection.EXAMPLES)}
     cases = []
@@ -291,18 +292,18 @@ class LlamaColumn:
             self.evals.append(len(tokens))
             evaluate(tokens)
 
-        self.llm.eval = counting_eval  # type: ignore[method-assign]
+        setattr(self.llm, "eval", counting_eval)  # noqa: B010 - a per-instance hook
         if mode == "e":
             import outlines
 
             complete = self.llm.create_chat_completion
 
             def keep_last(*args: Any, **kwargs: Any) -> Any:
-                self.last = complete(*args, **kwargs)  # type: ignore[assignment]
+                self.last = complete(*args, **kwargs)
                 return self.last
 
             # Outlines returns only the text; the finish reason and token counts are here
-            self.llm.create_chat_completion = keep_last  # type: ignore[method-assign]
+            setattr(self.llm, "create_chat_completion", keep_last)  # noqa: B010
             self.model = outlines.from_llamacpp(self.llm)
         warm = Case("warm-up", "", [{"role": "user", "content": "warm up"}], WARM_UP_SCHEMA,
                     WARM_UP_SCHEMA, 8)
@@ -320,8 +321,8 @@ class LlamaColumn:
 
                 generator = outlines.Generator(self.model, JsonSchema(json.dumps(case.schema)))
                 row.stats["compile_s"] = time.perf_counter() - t0
-                text = generator(Chat(case.messages), max_tokens=case.max_tokens,
-                                 temperature=0.0)
+                text = str(generator(Chat(case.messages), max_tokens=case.max_tokens,
+                                     temperature=0.0))
                 resp = self.last or {}
             else:
                 grammar = None
@@ -414,6 +415,7 @@ class ColumnWorker:
                                      args=(self.method, self.spec, self.timeout_s, child))
         self.proc.start()
         child.close()
+        msg: dict[str, Any]
         try:
             msg = self.conn.recv() if self.conn.poll(LOAD_TIMEOUT_S) else {"fatal": "timeout"}
         except EOFError:
@@ -588,9 +590,10 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
     lines += ["## Columns", "", "| column | load (s) | peak RSS (MB) | restarts |",
               "|---|---|---|---|"]
     for m in methods:
-        i = info.get(m) or {}
-        lines.append(f"| ({m}) {LABELS[m]} | {fmt(i.get('load_s') or math.nan, 1)} | "
-                     f"{fmt(i.get('peak_rss_mb') or math.nan, 0)} | {i.get('restarts', '-')} |")
+        col = info.get(m) or {}
+        lines.append(f"| ({m}) {LABELS[m]} | {fmt(col.get('load_s') or math.nan, 1)} | "
+                     f"{fmt(col.get('peak_rss_mb') or math.nan, 0)} | "
+                     f"{col.get('restarts', '-')} |")
     lines.append("")
     for s in scopes:
         lines += [f"## {s}", "",
@@ -622,7 +625,7 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
         mask_r = fmt(time_ratio(sub["maskbench"], "a", "c")) if "maskbench" in sub else "n/a"
         targets["a/c per request, agents"] = r
         target_lines.append(
-            f"- (a) ≤ 0.5× (c) per request on the agent requests: **{fmt(r)}×** (sum of "
+            f"- (a) ≤ 0.5x (c) per request on the agent requests: **{fmt(r)}x** (sum of "
             f"times on the {len(paired(sub[agents_scope], 'a', 'c'))} requests both "
             f"finished; mean s/request ratio {fmt(mean_r)}; "
             + ", ".join(f"{g} {fmt(v)}" for g, v in per.items())
@@ -633,7 +636,7 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
         per_scope = ", ".join(f"{s} {fmt(rate_ratio(sub[s], 'a', 'd'))}"
                               for s in scopes if s != "all")
         target_lines.append(
-            f"- (a) tokens/s ≥ 0.9× (d): **{fmt(r)}×** over all requests ({per_scope}): "
+            f"- (a) tokens/s ≥ 0.9x (d): **{fmt(r)}x** over all requests ({per_scope}): "
             f"**{'met' if r >= 0.9 else 'not met'}**. (d) is given (a)'s token count and "
             "may stop earlier at its end-of-turn token.")
     if "a" in rows:
@@ -649,7 +652,7 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
         target_lines.append(f"- 0 runaways in (a) (answers cut at max_tokens): {ra}: "
                             f"**{'met' if ra == 0 else 'not met'}**.")
         targets["runaways a"] = ra
-    lines += target_lines + [""]
+    lines += [*target_lines, ""]
     if "a" in rows:
         t = table["all"]["a"]
         lines += [
@@ -672,15 +675,16 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
     for i, case in enumerate(cases):
         cells, notes = [], []
         for m in methods:
-            r = rows[m][i]
-            mark = "" if r.valid or m in SAME_BUDGET_AS_A else " ✗"
-            cells.append(f"{r.wall_s:.2f} / {r.tokens}{mark}" if r.error is None else "error")
-            if r.error:
-                notes.append(f"({m}) {r.error}")
-            elif r.finish == "length" and m not in SAME_BUDGET_AS_A:
+            row = rows[m][i]
+            mark = "" if row.valid or m in SAME_BUDGET_AS_A else " ✗"
+            cells.append(f"{row.wall_s:.2f} / {row.tokens}{mark}" if row.error is None
+                         else "error")
+            if row.error:
+                notes.append(f"({m}) {row.error}")
+            elif row.finish == "length" and m not in SAME_BUDGET_AS_A:
                 notes.append(f"({m}) cut at max_tokens")
-            elif r.valid is False and m not in SAME_BUDGET_AS_A:
-                notes.append(f"({m}) {r.stats.get('note') or 'invalid'}")
+            elif row.valid is False and m not in SAME_BUDGET_AS_A:
+                notes.append(f"({m}) {row.stats.get('note') or 'invalid'}")
         lines.append(f"| {case['id']} | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "embedded.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
