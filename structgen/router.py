@@ -10,7 +10,8 @@ Order of candidates:
 
 A backend that cannot take the request's output kind at all (its
 ``Capabilities.output_kinds``) is skipped. On :class:`BackendError` the next candidate is
-tried. Each backend has a :class:`CircuitBreaker`: after ``router.breaker_failures``
+tried; an exception of any other kind from a backend (a bug in it) is recorded as a
+:class:`BackendProtocolError` and treated the same way. Each backend has a :class:`CircuitBreaker`: after ``router.breaker_failures``
 consecutive failures it is skipped for ``router.breaker_cooldown_s``, then one trial request
 is let through (half-open); success closes it, failure opens it again. The request's
 ``deadline`` (absolute ``time.monotonic()``) bounds the whole chain: when it passes,
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from structgen.backends import Backend, GenerationRequest, GenerationResult
 from structgen.errors import (
     BackendError,
+    BackendProtocolError,
     BackendTimeout,
     BackendUnavailable,
     ConfigError,
@@ -190,12 +192,19 @@ class Router:
                     entry["skipped"] = "circuit open"
                     trail.append(entry)
                     continue
-                if auto and not await self.healthy(name, instance, request.deadline):
+                # From here on a half-open breaker has handed this request its one trial
+                # slot: whatever ends the attempt (a verdict, cancellation, a bug) gives it
+                # back, or the backend would stay skipped forever.
+                try:
+                    if auto and not await self.healthy(name, instance, request.deadline):
+                        breaker.release()
+                        entry["skipped"] = "health probe failed"
+                        trail.append(entry)
+                        continue
+                    result, error = await self._attempt(name, instance, request, entry)
+                except BaseException:
                     breaker.release()
-                    entry["skipped"] = "health probe failed"
-                    trail.append(entry)
-                    continue
-                result, error = await self._attempt(name, instance, request, entry)
+                    raise
                 trail.append(entry)
                 if result is not None:
                     breaker.record_success()
@@ -231,9 +240,13 @@ class Router:
             error: BackendError = BackendTimeout("request deadline exceeded", name)
         except BackendError as exc:
             error = exc
-        except asyncio.CancelledError:
-            self.breaker(name).release()
-            raise
+        except StructgenError:
+            raise  # the caller's mistake (bad config, schema): no other backend fixes it
+        except Exception as exc:
+            # A backend must answer or raise BackendError; anything else is its bug, which
+            # counts against it like any failure instead of ending the fallback chain.
+            error = BackendProtocolError(f"unexpected {type(exc).__name__}: {exc}", name)
+            error.__cause__ = exc
         else:
             entry.update(ok=True, latency_s=round(time.perf_counter() - start, 4))
             if req.reasoning:
