@@ -22,9 +22,10 @@ import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+import pydantic
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from structgen.config import Config, ServerConfig
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_M = TypeVar("_M", bound=pydantic.BaseModel)
 
 
 class _RetryableStatus(Exception):
@@ -170,12 +172,8 @@ class HTTPClient:
             if timing is not None:
                 timing["http_s"] = response.elapsed.total_seconds()
             self._check_status(response, text, path)
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                raise BackendProtocolError(
-                    f"{self.base_url}{path} answered HTTP {response.status_code} with a "
-                    f"body that is not JSON: {text[:200]!r}", self.backend) from None
+            return loads_json(text, self.backend, f"{self.base_url}{path} answered HTTP "
+                              f"{response.status_code} with a body that")
 
         try:
             async with asyncio.timeout(budget):
@@ -272,13 +270,47 @@ def sse_data(line: str) -> str | None:
     return line[5:].strip()
 
 
+def loads_json(text: str, backend: str, what: str) -> Any:
+    """Decode a server's JSON, as a protocol error when it is not JSON we can hold.
+
+    Nesting deeper than the interpreter's recursion limit and integers longer than
+    Python's digit limit are refused by ``json`` (RecursionError, ValueError): both are
+    answers of the wrong shape, not crashes.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+        raise BackendProtocolError(f"{what} is {reason}: {text[:200]!r}", backend) from None
+
+
 def loads_event(payload: str, backend: str) -> Any:
     """Decode one streamed JSON event, as a protocol error when it is not JSON."""
+    return loads_json(payload, backend, "stream event")
+
+
+def parse_wire(model: type[_M], data: Any, backend: str, what: str) -> _M:
+    """``data`` read as the wire-format ``model``; any other shape is a protocol error.
+
+    Each server backend declares the answers it reads as Pydantic models, so a field of
+    the wrong type (``"usage": "x"``), a missing one or an event that is not an object
+    is reported here, once, instead of surfacing as a TypeError deep in a parser.
+    """
     try:
-        return json.loads(payload)
-    except json.JSONDecodeError:
-        raise BackendProtocolError(f"stream event is not JSON: {payload[:200]!r}",
-                                   backend) from None
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the answer"
+        raise BackendProtocolError(
+            f"{what} has the wrong shape ({where}: {first['msg']}; {exc.error_count()} "
+            f"problem(s)): {_preview(data)}", backend) from None
+
+
+def _preview(data: Any) -> str:
+    try:
+        return json.dumps(data)[:200]
+    except (ValueError, TypeError, RecursionError):
+        return type(data).__name__
 
 
 def render_prompt(request: GenerationRequest) -> str:
