@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -224,6 +224,50 @@ class Router:
             raise _with_trail(BackendUnavailable(f"every backend failed ({reasons})",
                                                  last.backend), trail) from last
         raise _with_trail(last, trail)
+
+    async def open_stream(self, request: GenerationRequest, backend: str | None = None
+                          ) -> tuple[str, AsyncIterator[str], str]:
+        """The first backend whose stream starts: its name, the rest of it, the first chunk.
+
+        Streams go through the same circuit breakers as :meth:`agenerate`: an open breaker
+        skips its backend, and how the stream ends (complete, failed, abandoned) is
+        recorded on it.
+        """
+        last: BackendError | None = None
+        kind = request.output.kind if request.output is not None else None
+        for name in self.order(backend):
+            instance = self.engine.backend(name)
+            if kind is not None and kind not in instance.capabilities().output_kinds:
+                continue
+            breaker = self.breaker(name)
+            if not breaker.allow():
+                last = BackendUnavailable("circuit open", name)
+                continue
+            stream = self._watched(breaker, instance.stream(request))
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                return name, stream, ""
+            except BackendError as exc:
+                last = exc
+                continue
+            return name, stream, first
+        raise last or BackendUnavailable("no backend available for streaming")
+
+    @staticmethod
+    async def _watched(breaker: CircuitBreaker, stream: AsyncIterator[str]
+                       ) -> AsyncIterator[str]:
+        """``stream``, reporting its outcome to ``breaker``."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except BackendError:
+            breaker.record_failure()
+            raise
+        except BaseException:  # cancelled, abandoned, or a bug: no verdict on the backend
+            breaker.release()
+            raise
+        breaker.record_success()
 
     async def _attempt(self, name: str, backend: Backend, request: GenerationRequest,
                        entry: dict[str, Any]) -> tuple[GenerationResult | None,

@@ -10,6 +10,10 @@ after a response body started streaming), and turns every failure into a typed
     429 / 5xx after the retries      -> BackendUnavailable (retryable)
     connect/read/total timeout       -> BackendTimeout
     4xx, non-JSON body, cut stream   -> BackendProtocolError
+    body or stream line too large    -> BackendProtocolError
+
+Every read of a streamed answer is bounded by the request's deadline, not only the
+arrival of a whole line.
 
 :class:`HTTPBackend` is the base class of the three server backends: it holds the
 client and implements ``generate`` (sync), ``health`` and ``aclose`` once.
@@ -72,6 +76,12 @@ class HTTPClient:
     A client is bound to the event loop it was created in (httpx pools are), so a new
     one is made when called from another loop, e.g. by the sync wrappers' ``asyncio.run``.
     """
+
+    #: The most a server may send: a whole answer, and one line of a stream (an SSE event
+    #: or NDJSON line; SGLang's native events repeat the whole text so far). Beyond them
+    #: the answer is a BackendProtocolError, so a broken server cannot exhaust memory.
+    max_body_bytes = 32 * 1024 * 1024
+    max_line_bytes = 8 * 1024 * 1024
 
     def __init__(self, backend: str, section: ServerConfig, *, total_timeout_s: float,
                  default_url: str) -> None:
@@ -167,8 +177,13 @@ class HTTPClient:
         budget = self._budget(deadline)
 
         async def once() -> Any:
-            response = await self.client.request(method, path, json=body)
-            text = response.text
+            client = self.client
+            response = await client.send(client.build_request(method, path, json=body),
+                                         stream=True)
+            try:
+                text = await self._read_body(response, path)
+            finally:
+                await response.aclose()
             if timing is not None:
                 timing["http_s"] = response.elapsed.total_seconds()
             self._check_status(response, text, path)
@@ -197,16 +212,60 @@ class HTTPClient:
         end = time.monotonic() + budget
         try:
             async with self._open_stream(path, body, budget) as response:
-                async for line in response.aiter_lines():
-                    if time.monotonic() > end:
-                        raise TimeoutError
-                    line = line.strip()
-                    if line:
-                        yield line
+                chunks = response.aiter_bytes()
+                pending = b""
+                total = 0
+                while True:
+                    # Every read is bounded by what is left of the deadline: a server that
+                    # trickles bytes (never finishing a line) cannot hold the caller.
+                    try:
+                        async with asyncio.timeout(end - time.monotonic()):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    total += len(chunk)
+                    if total > self.max_body_bytes:
+                        raise self._too_big(path, "streamed answer", self.max_body_bytes)
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    if len(pending) > self.max_line_bytes or any(
+                            len(raw) > self.max_line_bytes for raw in lines):
+                        raise self._too_big(path, "stream line", self.max_line_bytes)
+                    for raw in lines:
+                        line = self._decode(raw, path).strip()
+                        if line:
+                            yield line
+                last = self._decode(pending, path).strip()
+                if last:
+                    yield last
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 raise
             raise self._map(exc, path) from None
+
+    async def _read_body(self, response: httpx.Response, path: str) -> str:
+        """The whole (decompressed) body, refused past :attr:`max_body_bytes`."""
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > self.max_body_bytes:
+                raise self._too_big(path, "answer", self.max_body_bytes)
+            parts.append(chunk)
+        raw = b"".join(parts)
+        if response.status_code >= 400:  # only quoted in the error: keep what can be read
+            return raw.decode("utf-8", "replace")
+        return self._decode(raw, path)
+
+    def _decode(self, raw: bytes, path: str) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BackendProtocolError(f"{self.base_url}{path} sent text that is not UTF-8: "
+                                       f"{exc}", self.backend) from None
+
+    def _too_big(self, path: str, what: str, limit: int) -> BackendProtocolError:
+        return BackendProtocolError(f"{self.base_url}{path}: {what} exceeds {limit} bytes",
+                                    self.backend)
 
     @asynccontextmanager
     async def _open_stream(self, path: str, body: dict[str, Any],
@@ -217,8 +276,10 @@ class HTTPClient:
                     req = self.client.build_request("POST", path, json=body)
                     response = await self.client.send(req, stream=True)
                     if response.status_code >= 400:
-                        text = (await response.aread()).decode("utf-8", "replace")
-                        await response.aclose()
+                        try:
+                            text = await self._read_body(response, path)
+                        finally:
+                            await response.aclose()
                         self._check_status(response, text, path)
         try:
             yield response

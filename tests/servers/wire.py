@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -251,6 +252,14 @@ class WireServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        default_handle_error = self.httpd.handle_error
+
+        def handle_error(request: Any, client_address: Any) -> None:
+            # A client that hung up (a deadline, a size limit) is expected here, not a bug.
+            if not isinstance(sys.exc_info()[1], OSError):
+                default_handle_error(request, client_address)
+
+        self.httpd.handle_error = handle_error  # type: ignore[method-assign]
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -297,10 +306,14 @@ class WireServer:
             data = line.encode()
             if self.trickle_s:
                 # one byte per chunk: data keeps flowing, a line never seems to end
-                for byte in data:
-                    h.wfile.write(b"1\r\n" + bytes([byte]) + b"\r\n")
-                    h.wfile.flush()
-                    time.sleep(self.trickle_s)
+                try:
+                    for byte in data:
+                        h.wfile.write(b"1\r\n" + bytes([byte]) + b"\r\n")
+                        h.wfile.flush()
+                        time.sleep(self.trickle_s)
+                except OSError:  # the client gave up (its deadline): stop here
+                    h.close_connection = True
+                    return
                 continue
             if self.truncate and i >= 2:
                 # half a chunk, then hang up: the client sees an incomplete body
