@@ -10,8 +10,12 @@ Keep one :class:`Engine` per process (it owns backends, caches and metrics);
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +207,12 @@ def _compile_memo(output: Any) -> CompiledOutput:
 
 
 _default: Engine | None = None
+# Engines built for generate_structured(config=...), one per distinct configuration (its
+# canonical JSON): a new Engine per call would reload the model and open new pools and
+# caches each time. Bounded; an engine pushed out, and every engine at exit, is closed.
+_MAX_CONFIG_ENGINES = 8
+_config_engines: OrderedDict[str, Engine] = OrderedDict()
+_engines_lock = threading.Lock()
 
 
 def default_engine() -> Engine:
@@ -215,9 +225,30 @@ def default_engine() -> Engine:
 def _engine_for(config: Config | str | Path | None) -> Engine:
     if config is None:
         return default_engine()
-    if isinstance(config, Config):
-        return Engine(config)
-    return Engine.from_config(config)
+    cfg = config if isinstance(config, Config) else Config.load(config)
+    key = cfg.model_dump_json()
+    with _engines_lock:
+        engine = _config_engines.get(key)
+        if engine is not None:
+            _config_engines.move_to_end(key)
+            return engine
+        # a copy: the caller may change its Config later, which must not change this engine
+        engine = _config_engines[key] = Engine(cfg.model_copy(deep=True))
+        evicted = (_config_engines.popitem(last=False)[1]
+                   if len(_config_engines) > _MAX_CONFIG_ENGINES else None)
+    if evicted is not None:
+        evicted.close()
+    return engine
+
+
+@atexit.register
+def _close_config_engines() -> None:
+    with _engines_lock:
+        engines = list(_config_engines.values())
+        _config_engines.clear()
+    for engine in engines:
+        with contextlib.suppress(Exception):  # exiting: nothing left to report it to
+            engine.close()
 
 
 def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +38,7 @@ from tenacity import (
     wait_random,
 )
 
-from structgen.backends.base import BackendBase, GenerationRequest
+from structgen.backends.base import BackendBase, GenerationRequest, _portal
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _M = TypeVar("_M", bound=pydantic.BaseModel)
+_T = TypeVar("_T")
 
 
 class _RetryableStatus(Exception):
@@ -73,8 +74,9 @@ def _retryable(exc: BaseException) -> bool:
 class HTTPClient:
     """Pooled async HTTP client for one server backend.
 
-    A client is bound to the event loop it was created in (httpx pools are), so a new
-    one is made when called from another loop, e.g. by the sync wrappers' ``asyncio.run``.
+    A pool is bound to the event loop it was created in, so every call runs on the
+    portal loop (:func:`on_portal`) whatever loop the caller awaits it from: one pool for
+    the life of the process. Should that loop ever change, the old pool is closed.
     """
 
     #: The most a server may send: a whole answer, and one line of a stream (an SSE event
@@ -109,16 +111,27 @@ class HTTPClient:
 
     @property
     def client(self) -> httpx.AsyncClient:
+        """The pool, on the portal loop (see :func:`on_portal`)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop or self._client.is_closed:
+            old, old_loop = self._client, self._loop
             self._client = self._make_client()
             self._loop = loop
+            if old is not None and old_loop is not None:
+                _close_on(old, old_loop)
         return self._client
 
     async def aclose(self) -> None:
+        await on_portal(self._aclose())
+
+    async def _aclose(self) -> None:
         client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
+        if client is None or self._loop is None:
+            return
+        if self._loop is asyncio.get_running_loop():
             await client.aclose()
+        else:
+            _close_on(client, self._loop)
 
     # Deadlines ------------------------------------------------------------------------
     def _budget(self, deadline: float | None) -> float:
@@ -174,6 +187,12 @@ class HTTPClient:
         ``timing["http_s"]`` receives the last attempt's round trip as httpx measured it
         (request sent to body read): the rest of a call's latency is client-side work.
         """
+        return await on_portal(self._request_json(method, path, body, deadline=deadline,
+                                                  timing=timing))
+
+    async def _request_json(self, method: str, path: str, body: dict[str, Any] | None,
+                            *, deadline: float | None,
+                            timing: dict[str, float] | None) -> Any:
         budget = self._budget(deadline)
 
         async def once() -> Any:
@@ -208,6 +227,19 @@ class HTTPClient:
         Retries happen only until the server sends a 2xx status: once bytes of the body
         flowed, a failure is reported (a retry would repeat text the caller already has).
         """
+        lines = self._stream_lines(path, body, deadline=deadline)
+        if asyncio.get_running_loop() is _portal():
+            async for line in lines:
+                yield line
+            return
+        try:
+            while (item := await on_portal(_next_or_none(lines))) is not None:
+                yield item
+        finally:
+            await on_portal(lines.aclose())
+
+    async def _stream_lines(self, path: str, body: dict[str, Any], *,
+                            deadline: float | None) -> AsyncGenerator[str, None]:
         budget = self._budget(deadline)
         end = time.monotonic() + budget
         try:
@@ -288,11 +320,43 @@ class HTTPClient:
 
     async def ok(self, path: str) -> bool:
         """True when GET ``path`` answers 2xx within the connect timeout (health probes)."""
+        return await on_portal(self._ok(path))
+
+    async def _ok(self, path: str) -> bool:
         try:
             response = await self.client.get(path, timeout=self.section.connect_timeout_s)
         except httpx.HTTPError:
             return False
         return response.is_success
+
+
+async def on_portal(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``coro`` on the portal loop (:func:`~structgen.backends.base.run_sync`'s).
+
+    An httpx pool belongs to the loop it was opened in. Running every call of every
+    :class:`HTTPClient` on the one long-lived portal loop keeps one pool per backend for
+    the life of the process, whichever loops the callers use (each ``asyncio.run`` makes
+    a new one); a pool per caller loop would leave the old pools' sockets open.
+    Cancelling the caller cancels the call on the portal.
+    """
+    portal = _portal()
+    if asyncio.get_running_loop() is portal:
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, portal))
+
+
+async def _next_or_none(lines: AsyncIterator[str]) -> str | None:
+    try:
+        return await anext(lines)
+    except StopAsyncIteration:
+        return None
+
+
+def _close_on(client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
+    """Close ``client`` on its own loop, if that loop still runs (a closed loop took its
+    connections with it)."""
+    if not loop.is_closed() and loop.is_running():
+        asyncio.run_coroutine_threadsafe(client.aclose(), loop)
 
 
 class HTTPBackend(BackendBase):
