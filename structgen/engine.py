@@ -46,6 +46,8 @@ class StructuredResult:
     latency_s: float = 0.0
     cache_key: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    # made from an answer cut off at max_tokens (only with allow_truncated=True); never cached
+    truncated: bool = False
 
 
 class Engine:
@@ -95,15 +97,19 @@ class Engine:
     async def arun(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
                    backend: str | None = None, model: str | None = None,
                    reasoning: bool | None = None, use_cache: bool = True,
-                   **sampling: Any) -> StructuredResult:
-        """Run one request and return the value with its provenance."""
+                   allow_truncated: bool = False, **sampling: Any) -> StructuredResult:
+        """Run one request and return the value with its provenance.
+
+        An answer cut off at ``max_tokens`` raises ValidationFailed, unless
+        ``allow_truncated``: then its value comes back with ``truncated=True``, uncached.
+        """
         start = time.perf_counter()
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
         if hit is not None:
             return hit
-        return await self._agenerate_request(request, backend, key, start)
+        return await self._agenerate_request(request, backend, key, start, allow_truncated)
 
     def _cache_lookup(self, request: GenerationRequest, backend: str | None, use_cache: bool,
                       start: float) -> tuple[str | None, StructuredResult | None]:
@@ -119,7 +125,8 @@ class Engine:
         return key, hit
 
     async def _agenerate_request(self, request: GenerationRequest, backend: str | None,
-                                 key: str | None, start: float) -> StructuredResult:
+                                 key: str | None, start: float,
+                                 allow_truncated: bool = False) -> StructuredResult:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
         from structgen.repair import finalize
 
@@ -127,7 +134,7 @@ class Engine:
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
         try:
             gen, trail = await self.router.agenerate(request, backend=backend)
-            repaired = await finalize(gen, request, self)
+            repaired = await finalize(gen, request, self, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
             raise
@@ -135,17 +142,20 @@ class Engine:
             value=repaired.value, raw_text=repaired.text, backend=gen.backend, model=gen.model,
             repaired=repaired.repaired, repairs=repaired.stages, attempts=trail,
             post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
-            latency_s=time.perf_counter() - start, cache_key=key,
+            latency_s=time.perf_counter() - start,
+            cache_key=None if repaired.truncated else key,
             usage={"prompt_tokens": gen.prompt_tokens,
-                   "completion_tokens": gen.completion_tokens, **gen.stats})
-        if key is not None:
+                   "completion_tokens": gen.completion_tokens, **gen.stats},
+            truncated=repaired.truncated)
+        if key is not None and not result.truncated:  # a cut value is never served again
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)
         return result
 
     def run(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
             backend: str | None = None, model: str | None = None, reasoning: bool | None = None,
-            use_cache: bool = True, **sampling: Any) -> StructuredResult:
+            use_cache: bool = True, allow_truncated: bool = False,
+            **sampling: Any) -> StructuredResult:
         """Sync twin of :meth:`arun`."""
         # A cache hit is answered in this thread: a round trip through the event loop
         # would cost more than the hit itself (see benchmarks/results/cache.md).
@@ -156,7 +166,7 @@ class Engine:
         if hit is not None:
             return hit
         return run_sync(
-            self._agenerate_request(request, backend, key, start))
+            self._agenerate_request(request, backend, key, start, allow_truncated))
 
     async def agenerate(self, *args: Any, **kwargs: Any) -> Any:
         return (await self.arun(*args, **kwargs)).value
@@ -253,23 +263,28 @@ def _close_config_engines() -> None:
 
 def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
                         backend: str | None = None, model: str | None = None,
-                        config: Config | str | Path | None = None, **sampling: Any) -> Any:
+                        config: Config | str | Path | None = None,
+                        allow_truncated: bool = False, **sampling: Any) -> Any:
     """Generate a validated object.
 
     >>> intent = generate_structured("Fix the failing test in app.py", Intent)  # doctest: +SKIP
 
     ``output`` is a Pydantic model class (returns an instance), a JSON Schema dict (returns
     the parsed data), ``Regex``/``Choice``/``Grammar`` (returns the string). Raises
-    :class:`~structgen.errors.ValidationFailed` rather than return an invalid value.
+    :class:`~structgen.errors.ValidationFailed` rather than return an invalid value, and
+    for an answer cut off at ``max_tokens`` unless ``allow_truncated``. One engine serves
+    each distinct ``config`` for the life of the process.
     """
     return _engine_for(config).generate(prompt_or_messages, output, backend=backend,
-                                        model=model, **sampling)
+                                        model=model, allow_truncated=allow_truncated,
+                                        **sampling)
 
 
 async def agenerate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
                                backend: str | None = None, model: str | None = None,
                                config: Config | str | Path | None = None,
-                               **sampling: Any) -> Any:
+                               allow_truncated: bool = False, **sampling: Any) -> Any:
     """Async twin of :func:`generate_structured`."""
     return await _engine_for(config).agenerate(prompt_or_messages, output, backend=backend,
-                                               model=model, **sampling)
+                                               model=model, allow_truncated=allow_truncated,
+                                               **sampling)
