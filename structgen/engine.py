@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import math
 import threading
 import time
+import typing
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from structgen.backends import Backend, GenerationRequest, create_backend
 from structgen.backends.base import run_sync
@@ -84,8 +88,8 @@ class Engine:
         if unknown:
             raise StructgenError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}"
                                  f" (known: {', '.join(sorted(SAMPLING_KEYS))})")
-        s = Sampling(**sampling)
-        if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1:
+        s = Sampling(**_checked_sampling(sampling))
+        if not (0 <= s.temperature < math.inf) or not 0 < s.top_p <= 1 or s.max_tokens < 1:
             raise StructgenError("temperature must be >= 0, top_p in (0, 1], max_tokens >= 1")
         return GenerationRequest(
             messages=normalize_messages(prompt_or_messages), output=compiled, sampling=s,
@@ -190,6 +194,28 @@ class Engine:
 
     def close(self) -> None:
         run_sync(self.aclose())
+
+
+# Each sampling parameter checked against Sampling's own annotation, strictly: "10" is not
+# a max_tokens (it would fail deep in a backend, or be sent as text).
+_SAMPLING_TYPES = {name: pydantic.TypeAdapter(hint)
+                   for name, hint in typing.get_type_hints(Sampling).items()}
+
+
+def _checked_sampling(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with their types checked; ``stop="END"`` means one stop string."""
+    out = dict(values)
+    if isinstance(out.get("stop"), str):
+        out["stop"] = [out["stop"]]  # list("END") would be three stop strings
+    problems = []
+    for name, value in out.items():
+        try:
+            out[name] = _SAMPLING_TYPES[name].validate_python(value, strict=True)
+        except pydantic.ValidationError as exc:
+            problems.append(f"{name}={value!r}: {exc.errors()[0]['msg']}")
+    if problems:
+        raise StructgenError(f"invalid sampling parameter(s): {'; '.join(problems)}")
+    return out
 
 
 # [cache issue] compile_output memo: compiling a Pydantic model (schema generation + checks)
