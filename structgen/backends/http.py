@@ -245,7 +245,7 @@ class HTTPClient:
         try:
             async with self._open_stream(path, body, budget) as response:
                 chunks = response.aiter_bytes()
-                pending = b""
+                pending = bytearray()  # the line being received
                 total = 0
                 while True:
                     # Every read is bounded by what is left of the deadline: a server that
@@ -258,15 +258,19 @@ class HTTPClient:
                     total += len(chunk)
                     if total > self.max_body_bytes:
                         raise self._too_big(path, "streamed answer", self.max_body_bytes)
-                    *lines, pending = (pending + chunk).split(b"\n")
-                    if len(pending) > self.max_line_bytes or any(
-                            len(raw) > self.max_line_bytes for raw in lines):
-                        raise self._too_big(path, "stream line", self.max_line_bytes)
-                    for raw in lines:
-                        line = self._decode(raw, path).strip()
+                    searched = len(pending)  # only the new bytes can hold a newline
+                    pending += chunk
+                    while (newline := pending.find(b"\n", searched)) != -1:
+                        if newline > self.max_line_bytes:
+                            raise self._too_big(path, "stream line", self.max_line_bytes)
+                        line = self._decode(bytes(pending[:newline]), path).strip()
+                        del pending[:newline + 1]
+                        searched = 0
                         if line:
                             yield line
-                last = self._decode(pending, path).strip()
+                    if len(pending) > self.max_line_bytes:
+                        raise self._too_big(path, "stream line", self.max_line_bytes)
+                last = self._decode(bytes(pending), path).strip()
                 if last:
                     yield last
         except BaseException as exc:
