@@ -10,12 +10,20 @@ Keep one :class:`Engine` per process (it owns backends, caches and metrics);
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import math
+import threading
 import time
+import typing
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from structgen.backends import Backend, GenerationRequest, create_backend
 from structgen.backends.base import run_sync
@@ -42,6 +50,8 @@ class StructuredResult:
     latency_s: float = 0.0
     cache_key: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    # made from an answer cut off at max_tokens (only with allow_truncated=True); never cached
+    truncated: bool = False
 
 
 class Engine:
@@ -78,8 +88,8 @@ class Engine:
         if unknown:
             raise StructgenError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}"
                                  f" (known: {', '.join(sorted(SAMPLING_KEYS))})")
-        s = Sampling(**sampling)
-        if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_tokens < 1:
+        s = Sampling(**_checked_sampling(sampling))
+        if not (0 <= s.temperature < math.inf) or not 0 < s.top_p <= 1 or s.max_tokens < 1:
             raise StructgenError("temperature must be >= 0, top_p in (0, 1], max_tokens >= 1")
         return GenerationRequest(
             messages=normalize_messages(prompt_or_messages), output=compiled, sampling=s,
@@ -91,15 +101,19 @@ class Engine:
     async def arun(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
                    backend: str | None = None, model: str | None = None,
                    reasoning: bool | None = None, use_cache: bool = True,
-                   **sampling: Any) -> StructuredResult:
-        """Run one request and return the value with its provenance."""
+                   allow_truncated: bool = False, **sampling: Any) -> StructuredResult:
+        """Run one request and return the value with its provenance.
+
+        An answer cut off at ``max_tokens`` raises ValidationFailed, unless
+        ``allow_truncated``: then its value comes back with ``truncated=True``, uncached.
+        """
         start = time.perf_counter()
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
         if hit is not None:
             return hit
-        return await self._agenerate_request(request, backend, key, start)
+        return await self._agenerate_request(request, backend, key, start, allow_truncated)
 
     def _cache_lookup(self, request: GenerationRequest, backend: str | None, use_cache: bool,
                       start: float) -> tuple[str | None, StructuredResult | None]:
@@ -115,7 +129,8 @@ class Engine:
         return key, hit
 
     async def _agenerate_request(self, request: GenerationRequest, backend: str | None,
-                                 key: str | None, start: float) -> StructuredResult:
+                                 key: str | None, start: float,
+                                 allow_truncated: bool = False) -> StructuredResult:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
         from structgen.repair import finalize
 
@@ -123,7 +138,7 @@ class Engine:
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
         try:
             gen, trail = await self.router.agenerate(request, backend=backend)
-            repaired = await finalize(gen, request, self)
+            repaired = await finalize(gen, request, self, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
             raise
@@ -131,17 +146,20 @@ class Engine:
             value=repaired.value, raw_text=repaired.text, backend=gen.backend, model=gen.model,
             repaired=repaired.repaired, repairs=repaired.stages, attempts=trail,
             post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
-            latency_s=time.perf_counter() - start, cache_key=key,
+            latency_s=time.perf_counter() - start,
+            cache_key=None if repaired.truncated else key,
             usage={"prompt_tokens": gen.prompt_tokens,
-                   "completion_tokens": gen.completion_tokens, **gen.stats})
-        if key is not None:
+                   "completion_tokens": gen.completion_tokens, **gen.stats},
+            truncated=repaired.truncated)
+        if key is not None and not result.truncated:  # a cut value is never served again
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)
         return result
 
     def run(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
             backend: str | None = None, model: str | None = None, reasoning: bool | None = None,
-            use_cache: bool = True, **sampling: Any) -> StructuredResult:
+            use_cache: bool = True, allow_truncated: bool = False,
+            **sampling: Any) -> StructuredResult:
         """Sync twin of :meth:`arun`."""
         # A cache hit is answered in this thread: a round trip through the event loop
         # would cost more than the hit itself (see benchmarks/results/cache.md).
@@ -152,7 +170,7 @@ class Engine:
         if hit is not None:
             return hit
         return run_sync(
-            self._agenerate_request(request, backend, key, start))
+            self._agenerate_request(request, backend, key, start, allow_truncated))
 
     async def agenerate(self, *args: Any, **kwargs: Any) -> Any:
         return (await self.arun(*args, **kwargs)).value
@@ -176,6 +194,28 @@ class Engine:
 
     def close(self) -> None:
         run_sync(self.aclose())
+
+
+# Each sampling parameter checked against Sampling's own annotation, strictly: "10" is not
+# a max_tokens (it would fail deep in a backend, or be sent as text).
+_SAMPLING_TYPES = {name: pydantic.TypeAdapter(hint)
+                   for name, hint in typing.get_type_hints(Sampling).items()}
+
+
+def _checked_sampling(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with their types checked; ``stop="END"`` means one stop string."""
+    out = dict(values)
+    if isinstance(out.get("stop"), str):
+        out["stop"] = [out["stop"]]  # list("END") would be three stop strings
+    problems = []
+    for name, value in out.items():
+        try:
+            out[name] = _SAMPLING_TYPES[name].validate_python(value, strict=True)
+        except pydantic.ValidationError as exc:
+            problems.append(f"{name}={value!r}: {exc.errors()[0]['msg']}")
+    if problems:
+        raise StructgenError(f"invalid sampling parameter(s): {'; '.join(problems)}")
+    return out
 
 
 # [cache issue] compile_output memo: compiling a Pydantic model (schema generation + checks)
@@ -203,6 +243,12 @@ def _compile_memo(output: Any) -> CompiledOutput:
 
 
 _default: Engine | None = None
+# Engines built for generate_structured(config=...), one per distinct configuration (its
+# canonical JSON): a new Engine per call would reload the model and open new pools and
+# caches each time. Bounded; an engine pushed out, and every engine at exit, is closed.
+_MAX_CONFIG_ENGINES = 8
+_config_engines: OrderedDict[str, Engine] = OrderedDict()
+_engines_lock = threading.Lock()
 
 
 def default_engine() -> Engine:
@@ -215,30 +261,56 @@ def default_engine() -> Engine:
 def _engine_for(config: Config | str | Path | None) -> Engine:
     if config is None:
         return default_engine()
-    if isinstance(config, Config):
-        return Engine(config)
-    return Engine.from_config(config)
+    cfg = config if isinstance(config, Config) else Config.load(config)
+    key = cfg.model_dump_json()
+    with _engines_lock:
+        engine = _config_engines.get(key)
+        if engine is not None:
+            _config_engines.move_to_end(key)
+            return engine
+        # a copy: the caller may change its Config later, which must not change this engine
+        engine = _config_engines[key] = Engine(cfg.model_copy(deep=True))
+        evicted = (_config_engines.popitem(last=False)[1]
+                   if len(_config_engines) > _MAX_CONFIG_ENGINES else None)
+    if evicted is not None:
+        evicted.close()
+    return engine
+
+
+@atexit.register
+def _close_config_engines() -> None:
+    with _engines_lock:
+        engines = list(_config_engines.values())
+        _config_engines.clear()
+    for engine in engines:
+        with contextlib.suppress(Exception):  # exiting: nothing left to report it to
+            engine.close()
 
 
 def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
                         backend: str | None = None, model: str | None = None,
-                        config: Config | str | Path | None = None, **sampling: Any) -> Any:
+                        config: Config | str | Path | None = None,
+                        allow_truncated: bool = False, **sampling: Any) -> Any:
     """Generate a validated object.
 
     >>> intent = generate_structured("Fix the failing test in app.py", Intent)  # doctest: +SKIP
 
     ``output`` is a Pydantic model class (returns an instance), a JSON Schema dict (returns
     the parsed data), ``Regex``/``Choice``/``Grammar`` (returns the string). Raises
-    :class:`~structgen.errors.ValidationFailed` rather than return an invalid value.
+    :class:`~structgen.errors.ValidationFailed` rather than return an invalid value, and
+    for an answer cut off at ``max_tokens`` unless ``allow_truncated``. One engine serves
+    each distinct ``config`` for the life of the process.
     """
     return _engine_for(config).generate(prompt_or_messages, output, backend=backend,
-                                        model=model, **sampling)
+                                        model=model, allow_truncated=allow_truncated,
+                                        **sampling)
 
 
 async def agenerate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
                                backend: str | None = None, model: str | None = None,
                                config: Config | str | Path | None = None,
-                               **sampling: Any) -> Any:
+                               allow_truncated: bool = False, **sampling: Any) -> Any:
     """Async twin of :func:`generate_structured`."""
     return await _engine_for(config).agenerate(prompt_or_messages, output, backend=backend,
-                                               model=model, **sampling)
+                                               model=model, allow_truncated=allow_truncated,
+                                               **sampling)

@@ -36,8 +36,9 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import pydantic
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
@@ -91,14 +92,66 @@ def merge_states(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Counts(pydantic.RootModel[dict[str, pydantic.NonNegativeInt]]):
+    pass
+
+
+class _StateFile(pydantic.BaseModel):
+    """What a state file must hold to be merged (the shape :func:`empty_state` writes)."""
+
+    version: Literal[1]
+    counts: _Counts = _Counts({})
+    by_backend: _Counts = _Counts({})
+    by_kind: _Counts = _Counts({})
+    repairs_tried: _Counts = _Counts({})
+    repairs_fixed: _Counts = _Counts({})
+    failures_by_error: _Counts = _Counts({})
+    samples: dict[Literal["latency_s", "ttft_s", "tokens_per_s"],
+                  list[pydantic.FiniteFloat]] = {}
+    inflight_peak: pydantic.NonNegativeInt = 0
+    updated_at: str | None = None
+
+
 def load_state(path: str | Path | None = None) -> dict[str, Any]:
-    """Read a state file (an empty state if missing or unreadable)."""
+    """Read a state file (an empty state if it is missing).
+
+    A file that cannot be read as a state (not JSON, another shape, another version) is
+    never merged nor overwritten: it is renamed to ``<name>.corrupt-<time>`` and reported
+    with a warning, and the returned empty state says where it went (``"set_aside"``).
+    Metrics must not fail a request, and must not silently lose what was recorded.
+    """
     p = Path(path) if path is not None else default_state_file()
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        raw = p.read_bytes()
+    except FileNotFoundError:
         return empty_state()
-    return merge_states(empty_state(), data) if isinstance(data, dict) else empty_state()
+    except OSError as exc:
+        warnings.warn(f"structgen: cannot read metrics state {p}: {exc}", stacklevel=2)
+        return empty_state()
+    try:
+        data = _StateFile.model_validate_json(raw).model_dump()
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
+        return _set_aside(p, f"{where}: {first['msg']}")
+    return merge_states(empty_state(), data)
+
+
+def _set_aside(path: Path, reason: str) -> dict[str, Any]:
+    state = empty_state()
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+                            f"-{os.getpid()}")
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        warnings.warn(f"structgen: metrics state {path} is not valid ({reason}) and could "
+                      f"not be set aside: {exc}", stacklevel=3)
+        state["set_aside"] = {"path": str(path), "reason": reason, "moved_to": None}
+        return state
+    warnings.warn(f"structgen: metrics state {path} is not valid ({reason}); set aside "
+                  f"as {target}, starting a new one", stacklevel=3)
+    state["set_aside"] = {"path": str(path), "reason": reason, "moved_to": str(target)}
+    return state
 
 
 def merge_into_file(path: Path, delta: dict[str, Any]) -> None:
@@ -306,9 +359,9 @@ class Metrics:
         delta["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         try:
             merge_into_file(self.state_file, delta)
-        except OSError as exc:  # metrics must never break a request
-            warnings.warn(f"structgen: cannot write metrics to {self.state_file}: {exc}",
-                          stacklevel=2)
+        except Exception as exc:  # metrics must never break a request, whatever went wrong
+            warnings.warn(f"structgen: cannot write metrics to {self.state_file}: "
+                          f"{type(exc).__name__}: {exc}", stacklevel=2)
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
@@ -380,6 +433,7 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
         "multi_turn_share": _ratio(c.get("multi_turn", 0), calls),
         "inflight_peak": state["inflight_peak"],
         "updated_at": state.get("updated_at"),
+        "set_aside": state.get("set_aside"),
     }
     out["recommendation"] = recommend(out)
     return out

@@ -53,6 +53,7 @@ class Repaired:
     post_enforced: list[str] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
+    truncated: bool = False  # made from an answer cut off at max_tokens (see cut_short)
 
 
 @dataclass
@@ -66,8 +67,46 @@ class LocalFix:
     changes: list[str] = field(default_factory=list)
 
 
-async def finalize(gen: GenerationResult, request: GenerationRequest, engine: Engine) -> Repaired:
-    """Turn ``gen`` into a valid value for ``request.output`` or raise ValidationFailed."""
+async def finalize(gen: GenerationResult, request: GenerationRequest, engine: Engine, *,
+                   allow_truncated: bool = False) -> Repaired:
+    """Turn ``gen`` into a valid value for ``request.output`` or raise ValidationFailed.
+
+    A value made from an answer cut off at ``max_tokens`` (:func:`cut_short`) may be valid
+    and still not what the model meant ("Adds a verbose fl"): it raises ValidationFailed
+    unless ``allow_truncated``, and is then returned with ``truncated`` set.
+    """
+    done = await _finalize(gen, request, engine)
+    if done.truncated and not allow_truncated:
+        error = ErrorDetail("", "the answer was cut off at max_tokens (finish_reason "
+                            "'length'); raise max_tokens, or pass allow_truncated=True to "
+                            "accept the cut value", "truncated")
+        raise ValidationFailed("output was truncated", done.text, [error],
+                               [*done.attempts, Attempt("truncated", done.text, [error],
+                                                        gen.backend)])
+    return done
+
+
+def cut_short(text: str, finish_reason: str, output: CompiledOutput) -> bool:
+    """Is a value made from ``text`` possibly missing what came after the cut?
+
+    Only when generation stopped at ``max_tokens``. Even then, JSON whose top-level value
+    is an object, array or string and parses as is was complete: its closing bracket or
+    quote was generated. Anything else (a repaired text, a number, a regex or grammar
+    match) may have gone on.
+    """
+    if finish_reason != "length":
+        return False
+    if output.kind != "json":
+        return True
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return True
+    return not isinstance(value, dict | list | str)
+
+
+async def _finalize(gen: GenerationResult, request: GenerationRequest,
+                    engine: Engine) -> Repaired:
     output = request.output
     assert output is not None
     cfg = engine.config.repair
@@ -84,7 +123,8 @@ async def finalize(gen: GenerationResult, request: GenerationRequest, engine: En
     stages = list(fix.stages)
     if fix.outcome.ok:
         return Repaired(fix.outcome.value, fix.text, bool(stages), stages, post_enforced,
-                        attempts, fix.changes)
+                        attempts, fix.changes,
+                        truncated=cut_short(gen.text, gen.finish_reason, output))
     first_errors = attempts[0].errors
     last_text, last_errors = gen.text, _worst_errors(fix)
     retries = cfg.max_retries if cfg.reask else 0
@@ -106,7 +146,8 @@ async def finalize(gen: GenerationResult, request: GenerationRequest, engine: En
         stages.extend(fix.stages)
         if fix.outcome.ok:
             return Repaired(fix.outcome.value, fix.text, True, stages, post_enforced, attempts,
-                            fix.changes)
+                            fix.changes,
+                            truncated=cut_short(again.text, again.finish_reason, output))
         last_text, last_errors = again.text, _worst_errors(fix)
     raise ValidationFailed(
         f"output could not be made valid ({len(attempts)} attempt(s): "

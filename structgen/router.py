@@ -10,7 +10,8 @@ Order of candidates:
 
 A backend that cannot take the request's output kind at all (its
 ``Capabilities.output_kinds``) is skipped. On :class:`BackendError` the next candidate is
-tried. Each backend has a :class:`CircuitBreaker`: after ``router.breaker_failures``
+tried; an exception of any other kind from a backend (a bug in it) is recorded as a
+:class:`BackendProtocolError` and treated the same way. Each backend has a :class:`CircuitBreaker`: after ``router.breaker_failures``
 consecutive failures it is skipped for ``router.breaker_cooldown_s``, then one trial request
 is let through (half-open); success closes it, failure opens it again. The request's
 ``deadline`` (absolute ``time.monotonic()``) bounds the whole chain: when it passes,
@@ -28,13 +29,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from structgen.backends import Backend, GenerationRequest, GenerationResult
 from structgen.errors import (
     BackendError,
+    BackendProtocolError,
     BackendTimeout,
     BackendUnavailable,
     ConfigError,
@@ -190,12 +192,19 @@ class Router:
                     entry["skipped"] = "circuit open"
                     trail.append(entry)
                     continue
-                if auto and not await self.healthy(name, instance, request.deadline):
+                # From here on a half-open breaker has handed this request its one trial
+                # slot: whatever ends the attempt (a verdict, cancellation, a bug) gives it
+                # back, or the backend would stay skipped forever.
+                try:
+                    if auto and not await self.healthy(name, instance, request.deadline):
+                        breaker.release()
+                        entry["skipped"] = "health probe failed"
+                        trail.append(entry)
+                        continue
+                    result, error = await self._attempt(name, instance, request, entry)
+                except BaseException:
                     breaker.release()
-                    entry["skipped"] = "health probe failed"
-                    trail.append(entry)
-                    continue
-                result, error = await self._attempt(name, instance, request, entry)
+                    raise
                 trail.append(entry)
                 if result is not None:
                     breaker.record_success()
@@ -216,6 +225,50 @@ class Router:
                                                  last.backend), trail) from last
         raise _with_trail(last, trail)
 
+    async def open_stream(self, request: GenerationRequest, backend: str | None = None
+                          ) -> tuple[str, AsyncIterator[str], str]:
+        """The first backend whose stream starts: its name, the rest of it, the first chunk.
+
+        Streams go through the same circuit breakers as :meth:`agenerate`: an open breaker
+        skips its backend, and how the stream ends (complete, failed, abandoned) is
+        recorded on it.
+        """
+        last: BackendError | None = None
+        kind = request.output.kind if request.output is not None else None
+        for name in self.order(backend):
+            instance = self.engine.backend(name)
+            if kind is not None and kind not in instance.capabilities().output_kinds:
+                continue
+            breaker = self.breaker(name)
+            if not breaker.allow():
+                last = BackendUnavailable("circuit open", name)
+                continue
+            stream = self._watched(breaker, instance.stream(request))
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                return name, stream, ""
+            except BackendError as exc:
+                last = exc
+                continue
+            return name, stream, first
+        raise last or BackendUnavailable("no backend available for streaming")
+
+    @staticmethod
+    async def _watched(breaker: CircuitBreaker, stream: AsyncIterator[str]
+                       ) -> AsyncIterator[str]:
+        """``stream``, reporting its outcome to ``breaker``."""
+        try:
+            async for chunk in stream:
+                yield chunk
+        except BackendError:
+            breaker.record_failure()
+            raise
+        except BaseException:  # cancelled, abandoned, or a bug: no verdict on the backend
+            breaker.release()
+            raise
+        breaker.record_success()
+
     async def _attempt(self, name: str, backend: Backend, request: GenerationRequest,
                        entry: dict[str, Any]) -> tuple[GenerationResult | None,
                                                        BackendError | None]:
@@ -231,9 +284,13 @@ class Router:
             error: BackendError = BackendTimeout("request deadline exceeded", name)
         except BackendError as exc:
             error = exc
-        except asyncio.CancelledError:
-            self.breaker(name).release()
-            raise
+        except StructgenError:
+            raise  # the caller's mistake (bad config, schema): no other backend fixes it
+        except Exception as exc:
+            # A backend must answer or raise BackendError; anything else is its bug, which
+            # counts against it like any failure instead of ending the fallback chain.
+            error = BackendProtocolError(f"unexpected {type(exc).__name__}: {exc}", name)
+            error.__cause__ = exc
         else:
             entry.update(ok=True, latency_s=round(time.perf_counter() - start, 4))
             if req.reasoning:

@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 from partial_json_parser import Allow, MalformedJSON
 from partial_json_parser import loads as partial_loads
 
-from structgen.backends.base import GenerationRequest, GenerationResult
+from structgen.backends.base import GenerationResult
 from structgen.backends.capabilities import unenforced
-from structgen.errors import BackendError, BackendUnavailable
 
 if TYPE_CHECKING:
     from structgen.engine import Engine
@@ -47,23 +46,6 @@ def partial_value(text: str) -> Any:
         return None
 
 
-async def _open_stream(engine: Engine, request: GenerationRequest, backend: str | None
-                       ) -> tuple[str, AsyncIterator[str], str]:
-    """The first backend (in routing order) whose stream starts: name, rest, first chunk."""
-    last: BackendError | None = None
-    for name in engine.router.order(backend):
-        stream = engine.backend(name).stream(request)
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration:
-            return name, stream, ""
-        except BackendError as exc:
-            last = exc
-            continue
-        return name, stream, first
-    raise last or BackendUnavailable("no backend available for streaming")
-
-
 async def stream_structured(engine: Engine, prompt_or_messages: str | Sequence[Any],
                             output: Any, *, backend: str | None = None,
                             model: str | None = None, reasoning: bool = False,
@@ -76,7 +58,7 @@ async def stream_structured(engine: Engine, prompt_or_messages: str | Sequence[A
                                    reasoning=reasoning, **sampling)
     assert request.output is not None
     request.deadline = time.monotonic() + engine.config.llm_backend.timeout_s
-    name, stream, first = await _open_stream(engine, request, backend)
+    name, stream, first = await engine.router.open_stream(request, backend)
     ttft = time.perf_counter() - start
     is_json = request.output.kind == "json"
     text = ""

@@ -317,3 +317,87 @@ async def test_unknown_named_backend_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown backend"):
         await engine.arun("q", SCHEMA, backend="llamacpp")
     await engine.aclose()
+
+
+# The half-open trial slot comes back whatever ends the trial ---------------------------------
+class BrokenBackend(CannedBackend):
+    """A backend with a bug: raises something that is not a BackendError."""
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        self.calls += 1
+        raise KeyError("choices")
+
+
+class SlowProbeBackend(CannedBackend):
+    """A backend whose health probe hangs (so a request can be cancelled inside it)."""
+
+    async def health(self) -> bool:
+        self.probes += 1
+        await asyncio.sleep(60)
+        return True
+
+
+def _half_open(engine: Engine, name: str, clock: Clock) -> None:
+    breaker = engine.router.breaker(name)
+    for _ in range(breaker.failures_to_open):
+        breaker.record_failure()
+    assert breaker.state == "open"
+    clock.now += breaker.cooldown_s
+    assert breaker.state == "half_open"
+
+
+async def test_non_backend_error_releases_the_trial_and_falls_back(tmp_path: Path) -> None:
+    broken = BrokenBackend("sglang")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang",
+                                                  "fallback": ["sglang", "local"]},
+                           router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
+                    backends={"sglang": broken, "local": CannedBackend("local")})
+    clock = Clock()
+    engine.router = Router(engine, clock=clock)
+    _half_open(engine, "sglang", clock)
+    result = await engine.arun("q", SCHEMA)  # the trial: the bug counts as a failure
+    assert result.backend == "local" and broken.calls == 1
+    assert "BackendProtocolError: [sglang] unexpected KeyError" in result.attempts[0]["error"]
+    breaker = engine.router.breaker("sglang")
+    assert breaker.state == "open" and not breaker.trial_in_flight
+    clock.now += 30  # the next cool-down ends: a new trial is let through
+    await engine.arun("q", SCHEMA, use_cache=False)
+    assert broken.calls == 2
+    await engine.aclose()
+
+
+async def test_cancelled_trial_releases_the_slot(tmp_path: Path) -> None:
+    slow = CannedBackend("sglang", delay_s=60)
+    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang", "fallback": ["sglang"]},
+                           router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
+                    backends={"sglang": slow})
+    clock = Clock()
+    engine.router = Router(engine, clock=clock)
+    _half_open(engine, "sglang", clock)
+    task = asyncio.ensure_future(engine.arun("q", SCHEMA))
+    while slow.calls == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert engine.router.breaker("sglang").allow()  # still half-open, slot free again
+    await engine.aclose()
+
+
+async def test_cancelled_health_probe_releases_the_slot(tmp_path: Path) -> None:
+    slow = SlowProbeBackend("sglang")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto", "fallback": ["sglang"]},
+                           router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
+                    backends={"sglang": slow})
+    clock = Clock()
+    engine.router = Router(engine, clock=clock)
+    _half_open(engine, "sglang", clock)
+    task = asyncio.ensure_future(engine.arun("q", SCHEMA))
+    while slow.probes == 0:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    breaker = engine.router.breaker("sglang")
+    assert not breaker.trial_in_flight and breaker.allow()
+    await engine.aclose()

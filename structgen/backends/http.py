@@ -10,6 +10,10 @@ after a response body started streaming), and turns every failure into a typed
     429 / 5xx after the retries      -> BackendUnavailable (retryable)
     connect/read/total timeout       -> BackendTimeout
     4xx, non-JSON body, cut stream   -> BackendProtocolError
+    body or stream line too large    -> BackendProtocolError
+
+Every read of a streamed answer is bounded by the request's deadline, not only the
+arrival of a whole line.
 
 :class:`HTTPBackend` is the base class of the three server backends: it holds the
 client and implements ``generate`` (sync), ``health`` and ``aclose`` once.
@@ -20,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+import pydantic
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -33,7 +38,7 @@ from tenacity import (
     wait_random,
 )
 
-from structgen.backends.base import BackendBase, GenerationRequest
+from structgen.backends.base import BackendBase, GenerationRequest, _portal
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
     from structgen.config import Config, ServerConfig
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_M = TypeVar("_M", bound=pydantic.BaseModel)
+_T = TypeVar("_T")
 
 
 class _RetryableStatus(Exception):
@@ -67,9 +74,16 @@ def _retryable(exc: BaseException) -> bool:
 class HTTPClient:
     """Pooled async HTTP client for one server backend.
 
-    A client is bound to the event loop it was created in (httpx pools are), so a new
-    one is made when called from another loop, e.g. by the sync wrappers' ``asyncio.run``.
+    A pool is bound to the event loop it was created in, so every call runs on the
+    portal loop (:func:`on_portal`) whatever loop the caller awaits it from: one pool for
+    the life of the process. Should that loop ever change, the old pool is closed.
     """
+
+    #: The most a server may send: a whole answer, and one line of a stream (an SSE event
+    #: or NDJSON line; SGLang's native events repeat the whole text so far). Beyond them
+    #: the answer is a BackendProtocolError, so a broken server cannot exhaust memory.
+    max_body_bytes = 32 * 1024 * 1024
+    max_line_bytes = 8 * 1024 * 1024
 
     def __init__(self, backend: str, section: ServerConfig, *, total_timeout_s: float,
                  default_url: str) -> None:
@@ -97,16 +111,27 @@ class HTTPClient:
 
     @property
     def client(self) -> httpx.AsyncClient:
+        """The pool, on the portal loop (see :func:`on_portal`)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop or self._client.is_closed:
+            old, old_loop = self._client, self._loop
             self._client = self._make_client()
             self._loop = loop
+            if old is not None and old_loop is not None:
+                _close_on(old, old_loop)
         return self._client
 
     async def aclose(self) -> None:
+        await on_portal(self._aclose())
+
+    async def _aclose(self) -> None:
         client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
+        if client is None or self._loop is None:
+            return
+        if self._loop is asyncio.get_running_loop():
             await client.aclose()
+        else:
+            _close_on(client, self._loop)
 
     # Deadlines ------------------------------------------------------------------------
     def _budget(self, deadline: float | None) -> float:
@@ -162,20 +187,27 @@ class HTTPClient:
         ``timing["http_s"]`` receives the last attempt's round trip as httpx measured it
         (request sent to body read): the rest of a call's latency is client-side work.
         """
+        return await on_portal(self._request_json(method, path, body, deadline=deadline,
+                                                  timing=timing))
+
+    async def _request_json(self, method: str, path: str, body: dict[str, Any] | None,
+                            *, deadline: float | None,
+                            timing: dict[str, float] | None) -> Any:
         budget = self._budget(deadline)
 
         async def once() -> Any:
-            response = await self.client.request(method, path, json=body)
-            text = response.text
+            client = self.client
+            response = await client.send(client.build_request(method, path, json=body),
+                                         stream=True)
+            try:
+                text = await self._read_body(response, path)
+            finally:
+                await response.aclose()
             if timing is not None:
                 timing["http_s"] = response.elapsed.total_seconds()
             self._check_status(response, text, path)
-            try:
-                return json.loads(text)
-            except json.JSONDecodeError:
-                raise BackendProtocolError(
-                    f"{self.base_url}{path} answered HTTP {response.status_code} with a "
-                    f"body that is not JSON: {text[:200]!r}", self.backend) from None
+            return loads_json(text, self.backend, f"{self.base_url}{path} answered HTTP "
+                              f"{response.status_code} with a body that")
 
         try:
             async with asyncio.timeout(budget):
@@ -195,20 +227,81 @@ class HTTPClient:
         Retries happen only until the server sends a 2xx status: once bytes of the body
         flowed, a failure is reported (a retry would repeat text the caller already has).
         """
+        lines = self._stream_lines(path, body, deadline=deadline)
+        if asyncio.get_running_loop() is _portal():
+            async for line in lines:
+                yield line
+            return
+        try:
+            while (item := await on_portal(_next_or_none(lines))) is not None:
+                yield item
+        finally:
+            await on_portal(lines.aclose())
+
+    async def _stream_lines(self, path: str, body: dict[str, Any], *,
+                            deadline: float | None) -> AsyncGenerator[str, None]:
         budget = self._budget(deadline)
         end = time.monotonic() + budget
         try:
             async with self._open_stream(path, body, budget) as response:
-                async for line in response.aiter_lines():
-                    if time.monotonic() > end:
-                        raise TimeoutError
-                    line = line.strip()
-                    if line:
-                        yield line
+                chunks = response.aiter_bytes()
+                pending = bytearray()  # the line being received
+                total = 0
+                while True:
+                    # Every read is bounded by what is left of the deadline: a server that
+                    # trickles bytes (never finishing a line) cannot hold the caller.
+                    try:
+                        async with asyncio.timeout(end - time.monotonic()):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    total += len(chunk)
+                    if total > self.max_body_bytes:
+                        raise self._too_big(path, "streamed answer", self.max_body_bytes)
+                    searched = len(pending)  # only the new bytes can hold a newline
+                    pending += chunk
+                    while (newline := pending.find(b"\n", searched)) != -1:
+                        if newline > self.max_line_bytes:
+                            raise self._too_big(path, "stream line", self.max_line_bytes)
+                        line = self._decode(bytes(pending[:newline]), path).strip()
+                        del pending[:newline + 1]
+                        searched = 0
+                        if line:
+                            yield line
+                    if len(pending) > self.max_line_bytes:
+                        raise self._too_big(path, "stream line", self.max_line_bytes)
+                last = self._decode(bytes(pending), path).strip()
+                if last:
+                    yield last
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 raise
             raise self._map(exc, path) from None
+
+    async def _read_body(self, response: httpx.Response, path: str) -> str:
+        """The whole (decompressed) body, refused past :attr:`max_body_bytes`."""
+        parts: list[bytes] = []
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > self.max_body_bytes:
+                raise self._too_big(path, "answer", self.max_body_bytes)
+            parts.append(chunk)
+        raw = b"".join(parts)
+        if response.status_code >= 400:  # only quoted in the error: keep what can be read
+            return raw.decode("utf-8", "replace")
+        return self._decode(raw, path)
+
+    def _decode(self, raw: bytes, path: str) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BackendProtocolError(f"{self.base_url}{path} sent text that is not UTF-8: "
+                                       f"{exc}", self.backend) from None
+
+    def _too_big(self, path: str, what: str, limit: int) -> BackendProtocolError:
+        return BackendProtocolError(f"{self.base_url}{path}: {what} exceeds {limit} bytes",
+                                    self.backend)
 
     @asynccontextmanager
     async def _open_stream(self, path: str, body: dict[str, Any],
@@ -219,8 +312,10 @@ class HTTPClient:
                     req = self.client.build_request("POST", path, json=body)
                     response = await self.client.send(req, stream=True)
                     if response.status_code >= 400:
-                        text = (await response.aread()).decode("utf-8", "replace")
-                        await response.aclose()
+                        try:
+                            text = await self._read_body(response, path)
+                        finally:
+                            await response.aclose()
                         self._check_status(response, text, path)
         try:
             yield response
@@ -229,11 +324,43 @@ class HTTPClient:
 
     async def ok(self, path: str) -> bool:
         """True when GET ``path`` answers 2xx within the connect timeout (health probes)."""
+        return await on_portal(self._ok(path))
+
+    async def _ok(self, path: str) -> bool:
         try:
             response = await self.client.get(path, timeout=self.section.connect_timeout_s)
         except httpx.HTTPError:
             return False
         return response.is_success
+
+
+async def on_portal(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Await ``coro`` on the portal loop (:func:`~structgen.backends.base.run_sync`'s).
+
+    An httpx pool belongs to the loop it was opened in. Running every call of every
+    :class:`HTTPClient` on the one long-lived portal loop keeps one pool per backend for
+    the life of the process, whichever loops the callers use (each ``asyncio.run`` makes
+    a new one); a pool per caller loop would leave the old pools' sockets open.
+    Cancelling the caller cancels the call on the portal.
+    """
+    portal = _portal()
+    if asyncio.get_running_loop() is portal:
+        return await coro
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, portal))
+
+
+async def _next_or_none(lines: AsyncIterator[str]) -> str | None:
+    try:
+        return await anext(lines)
+    except StopAsyncIteration:
+        return None
+
+
+def _close_on(client: httpx.AsyncClient, loop: asyncio.AbstractEventLoop) -> None:
+    """Close ``client`` on its own loop, if that loop still runs (a closed loop took its
+    connections with it)."""
+    if not loop.is_closed() and loop.is_running():
+        asyncio.run_coroutine_threadsafe(client.aclose(), loop)
 
 
 class HTTPBackend(BackendBase):
@@ -272,13 +399,47 @@ def sse_data(line: str) -> str | None:
     return line[5:].strip()
 
 
+def loads_json(text: str, backend: str, what: str) -> Any:
+    """Decode a server's JSON, as a protocol error when it is not JSON we can hold.
+
+    Nesting deeper than the interpreter's recursion limit and integers longer than
+    Python's digit limit are refused by ``json`` (RecursionError, ValueError): both are
+    answers of the wrong shape, not crashes.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else "not JSON"
+        raise BackendProtocolError(f"{what} is {reason}: {text[:200]!r}", backend) from None
+
+
 def loads_event(payload: str, backend: str) -> Any:
     """Decode one streamed JSON event, as a protocol error when it is not JSON."""
+    return loads_json(payload, backend, "stream event")
+
+
+def parse_wire(model: type[_M], data: Any, backend: str, what: str) -> _M:
+    """``data`` read as the wire-format ``model``; any other shape is a protocol error.
+
+    Each server backend declares the answers it reads as Pydantic models, so a field of
+    the wrong type (``"usage": "x"``), a missing one or an event that is not an object
+    is reported here, once, instead of surfacing as a TypeError deep in a parser.
+    """
     try:
-        return json.loads(payload)
-    except json.JSONDecodeError:
-        raise BackendProtocolError(f"stream event is not JSON: {payload[:200]!r}",
-                                   backend) from None
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the answer"
+        raise BackendProtocolError(
+            f"{what} has the wrong shape ({where}: {first['msg']}; {exc.error_count()} "
+            f"problem(s)): {_preview(data)}", backend) from None
+
+
+def _preview(data: Any) -> str:
+    try:
+        return json.dumps(data)[:200]
+    except (ValueError, TypeError, RecursionError):
+        return type(data).__name__
 
 
 def render_prompt(request: GenerationRequest) -> str:

@@ -24,9 +24,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel, NonNegativeInt
+
 from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
 from structgen.backends.capabilities import capabilities_for, relax_for
-from structgen.backends.http import HTTPBackend, loads_event, render_prompt
+from structgen.backends.http import HTTPBackend, loads_event, parse_wire, render_prompt
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
 
 CHAT_PATH = "/api/chat"
@@ -43,6 +45,26 @@ def unwrap_choice(text: str, choices: tuple[str, ...]) -> str:
     except json.JSONDecodeError:
         return text
     return value if isinstance(value, str) and value in choices else text
+
+
+# The answers read, as Ollama's api/types.go defines them (extra fields ignored).
+class _Message(BaseModel):
+    content: str = ""
+    thinking: str | None = None
+
+
+class _Answer(BaseModel):
+    """One ``/api/chat`` or ``/api/generate`` answer, or one NDJSON stream line."""
+
+    model: str | None = None
+    message: _Message | None = None  # /api/chat
+    response: str | None = None  # /api/generate
+    thinking: str | None = None  # /api/generate
+    done: bool = False
+    done_reason: str | None = None
+    total_duration: NonNegativeInt | None = None  # ns
+    prompt_eval_count: NonNegativeInt | None = None
+    eval_count: NonNegativeInt | None = None
 
 
 class OllamaBackend(HTTPBackend):
@@ -100,34 +122,38 @@ class OllamaBackend(HTTPBackend):
         return path, body, post
 
     # Response ------------------------------------------------------------------------
-    def _parts(self, data: Any, path: str) -> tuple[str, str | None]:
-        try:
-            if path == CHAT_PATH:
-                msg = data["message"]
-                text, thinking = msg.get("content", ""), msg.get("thinking")
-            else:
-                text, thinking = data["response"], data.get("thinking")
-        except (KeyError, TypeError, AttributeError):
-            raise BackendProtocolError(
-                f"answer is not an Ollama {path} result: {str(data)[:200]}",
-                self.name) from None
-        if not isinstance(text, str):
-            raise BackendProtocolError("answer text is not a string", self.name)
-        return text, thinking if isinstance(thinking, str) else None
+    def _read(self, data: Any, path: str, what: str, *, streaming: bool = False
+              ) -> tuple[_Answer, str, str | None]:
+        """The answer, its text and its thinking; a protocol error for any other shape."""
+        if isinstance(data, dict) and "error" in data:
+            if streaming:  # the server started, then failed: worth trying elsewhere
+                raise BackendUnavailable(f"Ollama error mid-stream: {data['error']}",
+                                         self.name, retryable=True)
+            raise BackendProtocolError(f"Ollama error: {data['error']}", self.name)
+        answer = parse_wire(_Answer, data, self.name, what)
+        if path == CHAT_PATH:
+            if answer.message is None:
+                raise BackendProtocolError(f"{what} has no message: {str(data)[:200]}",
+                                           self.name)
+            return answer, answer.message.content, answer.message.thinking
+        if answer.response is None:
+            raise BackendProtocolError(f"{what} has no response: {str(data)[:200]}",
+                                       self.name)
+        return answer, answer.response, answer.thinking
 
-    def _result(self, data: dict[str, Any], text: str, thinking: str | None,
+    def _result(self, answer: _Answer, text: str, thinking: str | None,
                 request: GenerationRequest) -> GenerationResult:
         out = request.output
         if out is not None and out.kind == "choice":
             text = unwrap_choice(text, out.choices or ())
-        total_ns = data.get("total_duration")
+        total_ns = answer.total_duration
         return GenerationResult(
-            text=text, backend=self.name, model=str(data.get("model") or ""),
-            finish_reason=str(data.get("done_reason") or "stop"),
+            text=text, backend=self.name, model=answer.model or "",
+            finish_reason=answer.done_reason or "stop",
             reasoning_text=thinking or None,
-            prompt_tokens=int(data.get("prompt_eval_count") or 0),
-            completion_tokens=int(data.get("eval_count") or 0),
-            server_time_s=total_ns / 1e9 if isinstance(total_ns, int | float) else None)
+            prompt_tokens=answer.prompt_eval_count or 0,
+            completion_tokens=answer.eval_count or 0,
+            server_time_s=total_ns / 1e9 if total_ns is not None else None)
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()
@@ -135,10 +161,8 @@ class OllamaBackend(HTTPBackend):
         timing: dict[str, float] = {}
         data = await self.http.request_json("POST", path, body, deadline=request.deadline,
                                             timing=timing)
-        if isinstance(data, dict) and "error" in data:
-            raise BackendProtocolError(f"Ollama error: {data['error']}", self.name)
-        text, thinking = self._parts(data, path)
-        result = self._result(data, text, thinking, request)
+        answer, text, thinking = self._read(data, path, f"{path} answer")
+        result = self._result(answer, text, thinking, request)
         result.latency_s = time.perf_counter() - start
         result.stats["post_enforced"] = post
         result.stats["endpoint"] = path
@@ -150,14 +174,11 @@ class OllamaBackend(HTTPBackend):
         path, body, _post = self.build(request, stream=True)
         done = False
         async for line in self.http.stream_lines(path, body, deadline=request.deadline):
-            event = loads_event(line, self.name)
-            if isinstance(event, dict) and "error" in event:
-                raise BackendUnavailable(f"Ollama error mid-stream: {event['error']}",
-                                         self.name, retryable=True)
-            chunk, _thinking = self._parts(event, path)
+            event, chunk, _thinking = self._read(loads_event(line, self.name), path,
+                                                 "stream line", streaming=True)
             if chunk:
                 yield chunk
-            if event.get("done"):
+            if event.done:
                 done = True
                 break
         if not done:

@@ -26,13 +26,66 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel, Field, FiniteFloat, NonNegativeInt
+
 from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
 from structgen.backends.capabilities import capabilities_for, relax_for
-from structgen.backends.http import HTTPBackend, loads_event, render_prompt, sse_data
+from structgen.backends.http import (
+    HTTPBackend,
+    loads_event,
+    parse_wire,
+    render_prompt,
+    sse_data,
+)
 from structgen.errors import BackendProtocolError, BackendUnavailable
 
 NATIVE_PATH = "/generate"
 CHAT_PATH = "/v1/chat/completions"
+
+
+# The answers read, as SGLang documents them (extra fields ignored).
+class _Finish(BaseModel):
+    type: str | None = None
+
+
+class _Meta(BaseModel):
+    finish_reason: _Finish | str | None = None
+    prompt_tokens: NonNegativeInt | None = None
+    completion_tokens: NonNegativeInt | None = None
+    e2e_latency: FiniteFloat | None = None
+
+
+class _Native(BaseModel):
+    """``/generate``: one answer, or one streamed event (``text`` = the output so far)."""
+
+    text: str
+    meta_info: _Meta | None = None
+
+
+class _Message(BaseModel):
+    content: str | None = None
+    reasoning_content: str | None = None
+
+
+class _Choice(BaseModel):
+    message: _Message | None = None
+    delta: _Message | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: NonNegativeInt | None = None
+    completion_tokens: NonNegativeInt | None = None
+
+
+class _Chat(BaseModel):
+    model: str | None = None
+    choices: list[_Choice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+class _ChatEvent(BaseModel):
+    choices: list[_Choice] = Field(default_factory=list)
 
 
 class SGLangBackend(HTTPBackend):
@@ -110,44 +163,30 @@ class SGLangBackend(HTTPBackend):
 
     # Response ------------------------------------------------------------------------
     def _parse_native(self, data: Any) -> GenerationResult:
-        try:
-            text = data["text"]
-            meta = data.get("meta_info") or {}
-            finish = meta.get("finish_reason") or {}
-        except (KeyError, TypeError, AttributeError):
-            raise BackendProtocolError(
-                f"answer is not an SGLang /generate result: {str(data)[:200]}",
-                self.name) from None
-        if not isinstance(text, str):
-            raise BackendProtocolError("/generate text is not a string", self.name)
-        reason = finish.get("type") if isinstance(finish, dict) else finish
-        e2e = meta.get("e2e_latency")
+        answer = parse_wire(_Native, data, self.name, f"{NATIVE_PATH} answer")
+        meta = answer.meta_info or _Meta()
+        finish = meta.finish_reason
+        reason = finish.type if isinstance(finish, _Finish) else finish
         return GenerationResult(
-            text=text, backend=self.name, model=str(self.section.model or ""),
-            finish_reason=str(reason or "stop"),
-            prompt_tokens=int(meta.get("prompt_tokens") or 0),
-            completion_tokens=int(meta.get("completion_tokens") or 0),
-            server_time_s=float(e2e) if isinstance(e2e, int | float) else None)
+            text=answer.text, backend=self.name, model=str(self.section.model or ""),
+            finish_reason=reason or "stop",
+            prompt_tokens=meta.prompt_tokens or 0,
+            completion_tokens=meta.completion_tokens or 0,
+            server_time_s=meta.e2e_latency)
 
     def _parse_chat(self, data: Any) -> GenerationResult:
-        try:
-            choice = data["choices"][0]
-            msg = choice["message"]
-            usage = data.get("usage") or {}
-        except (KeyError, IndexError, TypeError):
-            raise BackendProtocolError(
-                f"answer is not an OpenAI chat completion: {str(data)[:200]}",
-                self.name) from None
-        text = msg.get("content") or ""
-        if not isinstance(text, str):
-            raise BackendProtocolError("message content is not a string", self.name)
-        reasoning = msg.get("reasoning_content")
+        answer = parse_wire(_Chat, data, self.name, f"{CHAT_PATH} answer")
+        choice = answer.choices[0]
+        if choice.message is None:
+            raise BackendProtocolError(f"{CHAT_PATH} answer has no message: "
+                                       f"{str(data)[:200]}", self.name)
+        usage = answer.usage or _Usage()
         return GenerationResult(
-            text=text, backend=self.name, model=str(data.get("model") or ""),
-            finish_reason=str(choice.get("finish_reason") or "stop"),
-            reasoning_text=reasoning if isinstance(reasoning, str) else None,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0))
+            text=choice.message.content or "", backend=self.name, model=answer.model or "",
+            finish_reason=choice.finish_reason or "stop",
+            reasoning_text=choice.message.reasoning_content,
+            prompt_tokens=usage.prompt_tokens or 0,
+            completion_tokens=usage.completion_tokens or 0)
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         start = time.perf_counter()
@@ -179,17 +218,17 @@ class SGLangBackend(HTTPBackend):
                 raise BackendUnavailable(f"server error mid-stream: {event['error']}",
                                          self.name, retryable=True)
             if path == NATIVE_PATH:
-                text = event.get("text") if isinstance(event, dict) else None
-                if not isinstance(text, str) or not text.startswith(seen):
+                text = parse_wire(_Native, event, self.name, "stream event").text
+                if not text.startswith(seen):
                     raise BackendProtocolError("stream event text does not extend the "
                                                "previous one", self.name)
                 chunk, seen = text[len(seen):], text
                 if chunk:
                     yield chunk
             else:
-                for choice in event.get("choices") or ():
-                    piece = (choice.get("delta") or {}).get("content")
-                    if isinstance(piece, str) and piece:
+                for choice in parse_wire(_ChatEvent, event, self.name, "stream event").choices:
+                    piece = choice.delta.content if choice.delta is not None else None
+                    if piece:
                         yield piece
         if not done:
             raise BackendProtocolError("stream ended before data: [DONE]", self.name,

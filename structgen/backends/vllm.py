@@ -23,13 +23,61 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel, Field, FiniteFloat, NonNegativeInt
+
 from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
 from structgen.backends.capabilities import capabilities_for, relax_for
-from structgen.backends.http import HTTPBackend, loads_event, render_prompt, sse_data
+from structgen.backends.http import (
+    HTTPBackend,
+    loads_event,
+    parse_wire,
+    render_prompt,
+    sse_data,
+)
 from structgen.errors import BackendProtocolError, BackendUnavailable
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
+
+
+# The answers read, as vLLM's OpenAI-compatible server documents them (extra fields ignored).
+class _Message(BaseModel):
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+
+
+class _Choice(BaseModel):
+    message: _Message | None = None  # chat
+    delta: _Message | None = None  # chat, streamed
+    text: str | None = None  # completions
+    finish_reason: str | None = None
+
+
+class _Usage(BaseModel):
+    prompt_tokens: NonNegativeInt | None = None
+    completion_tokens: NonNegativeInt | None = None
+
+
+class _Metrics(BaseModel):
+    """``--enable-per-request-metrics`` (vLLM >= 0.32), in milliseconds."""
+
+    queue_time_ms: FiniteFloat | None = None
+    time_to_first_token_ms: FiniteFloat | None = None
+    generation_time_ms: FiniteFloat | None = None
+
+
+class _Completion(BaseModel):
+    model: str | None = None
+    choices: list[_Choice] = Field(min_length=1)
+    usage: _Usage | None = None
+    metrics: _Metrics | None = None
+
+
+class _Event(BaseModel):
+    choices: list[_Choice] = Field(default_factory=list)
+    usage: _Usage | None = None
+    error: Any = None
 
 
 class VLLMBackend(HTTPBackend):
@@ -117,28 +165,28 @@ class VLLMBackend(HTTPBackend):
         return path, body, post
 
     # Response ------------------------------------------------------------------------
-    def _parse(self, data: Any, model: str) -> GenerationResult:
-        try:
-            choice = data["choices"][0]
-            if "message" in choice:
-                msg = choice["message"]
-                text = msg.get("content") or ""
-                reasoning = msg.get("reasoning") or msg.get("reasoning_content")
-            else:
-                text, reasoning = choice["text"], None
-            usage = data.get("usage") or {}
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise BackendProtocolError(
-                f"answer is not an OpenAI completion: {str(data)[:200]}", self.name) from None
-        if not isinstance(text, str):
-            raise BackendProtocolError("completion text is not a string", self.name)
-        server_s, ttft_s = _server_times(data.get("metrics"))
+    def _parse(self, data: Any, model: str, path: str) -> GenerationResult:
+        answer = parse_wire(_Completion, data, self.name, f"{path} answer")
+        choice = answer.choices[0]
+        if path == CHAT_PATH:
+            if choice.message is None:
+                raise BackendProtocolError(f"{path} answer has no message: "
+                                           f"{str(data)[:200]}", self.name)
+            text = choice.message.content or ""
+            reasoning = choice.message.reasoning or choice.message.reasoning_content
+        else:
+            if choice.text is None:
+                raise BackendProtocolError(f"{path} answer has no text: {str(data)[:200]}",
+                                           self.name)
+            text, reasoning = choice.text, None
+        usage = answer.usage or _Usage()
+        server_s, ttft_s = _server_times(answer.metrics)
         return GenerationResult(
-            text=text, backend=self.name, model=str(data.get("model") or model),
-            finish_reason=str(choice.get("finish_reason") or "stop"),
-            reasoning_text=reasoning if isinstance(reasoning, str) else None,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
+            text=text, backend=self.name, model=answer.model or model,
+            finish_reason=choice.finish_reason or "stop",
+            reasoning_text=reasoning,
+            prompt_tokens=usage.prompt_tokens or 0,
+            completion_tokens=usage.completion_tokens or 0,
             server_time_s=server_s, ttft_s=ttft_s)
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
@@ -147,7 +195,7 @@ class VLLMBackend(HTTPBackend):
         timing: dict[str, float] = {}
         data = await self.http.request_json("POST", path, body, deadline=request.deadline,
                                             timing=timing)
-        result = self._parse(data, body["model"])
+        result = self._parse(data, body["model"], path)
         result.latency_s = time.perf_counter() - start
         result.stats["post_enforced"] = post
         result.stats["endpoint"] = path
@@ -165,13 +213,13 @@ class VLLMBackend(HTTPBackend):
             if payload == "[DONE]":
                 done = True
                 break
-            event = loads_event(payload, self.name)
-            if "error" in event:
-                raise BackendUnavailable(f"server error mid-stream: {event['error']}",
+            event = parse_wire(_Event, loads_event(payload, self.name), self.name,
+                               "stream event")
+            if event.error is not None:
+                raise BackendUnavailable(f"server error mid-stream: {event.error}",
                                          self.name, retryable=True)
-            for choice in event.get("choices") or ():
-                delta = choice.get("delta") or {}
-                chunk = delta.get("content") if "delta" in choice else choice.get("text")
+            for choice in event.choices:
+                chunk = choice.delta.content if choice.delta is not None else choice.text
                 if chunk:
                     yield chunk
         if not done:
@@ -179,18 +227,17 @@ class VLLMBackend(HTTPBackend):
                                        retryable=True)
 
 
-def _server_times(metrics: Any) -> tuple[float | None, float | None]:
+def _server_times(metrics: _Metrics | None) -> tuple[float | None, float | None]:
     """(engine time, time to first token) from the ``metrics`` object that vLLM >= 0.32
     adds to each answer when started with ``--enable-per-request-metrics``.
 
     Engine time = queue + time to first token + generation: from the engine queueing the
     request to its last token (the API server's own parsing/tokenizing is not included).
     """
-    if not isinstance(metrics, dict):
+    if metrics is None:
         return None, None
-    parts = [metrics.get(k) for k in ("queue_time_ms", "time_to_first_token_ms",
-                                      "generation_time_ms")]
-    known = [float(p) for p in parts if isinstance(p, int | float)]
-    ttft = metrics.get("time_to_first_token_ms")
+    parts = [metrics.queue_time_ms, metrics.time_to_first_token_ms, metrics.generation_time_ms]
+    known = [p for p in parts if p is not None]
+    ttft = metrics.time_to_first_token_ms
     return ((sum(known) / 1000 if known else None),
-            float(ttft) / 1000 if isinstance(ttft, int | float) else None)
+            ttft / 1000 if ttft is not None else None)

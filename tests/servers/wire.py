@@ -1,4 +1,4 @@
-"""Local wire-format servers for SGLang and Ollama (neither can run on this machine).
+"""Local wire-format servers for vLLM, SGLang and Ollama (fault injection needs no model).
 
 These are NOT the real servers and prove nothing about their decoding. They implement the
 documented request/response formats (SGLang: docs.sglang.io "Sampling Parameters" /
@@ -12,16 +12,23 @@ can assert there were none.
 Faults a test can switch on: ``fail_statuses`` (answer these statuses first, e.g. 500),
 ``delay_s`` (slow answers), ``malformed`` (HTTP 200 with a non-JSON body),
 ``truncate`` (cut the stream without its terminator / mid-chunk), ``reply`` (a fixed text,
-e.g. unconstrained prose).
+e.g. unconstrained prose), ``finish`` (the finish reason reported, e.g. ``"length"``),
+``canned`` (a :class:`Canned` answer sent as is: any status, body or SSE framing, written in
+chunks, slowly or cut off) and ``trickle_s`` (a streamed answer one byte at a time).
+
+The vLLM stand-in exists for fault tests only; vLLM's real wire format is tested against a
+real vLLM server (tests/backends/test_vllm.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -117,6 +124,47 @@ class OllamaGenerate(_Strict):
     think: StrictBool | Literal["high", "medium", "low"] | None = None
 
 
+# --- vLLM (OpenAI-compatible /v1/chat/completions, /v1/completions) ------------------
+class VLLMStructuredOutputs(_Strict):
+    json_: dict[str, Any] | None = Field(None, alias="json")
+    regex: StrictStr | None = None
+    choice: list[StrictStr] | None = None
+    grammar: StrictStr | None = None
+    disable_any_whitespace: StrictBool | None = None
+    whitespace_pattern: StrictStr | None = None
+
+
+class VLLMRequest(_Strict):
+    model: StrictStr
+    messages: list[ChatMessage] | None = None
+    prompt: StrictStr | None = None
+    max_tokens: StrictInt | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    seed: StrictInt | None = None
+    stop: list[StrictStr] | None = None
+    stream: StrictBool = False
+    stream_options: dict[str, StrictBool] | None = None
+    structured_outputs: VLLMStructuredOutputs | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+@dataclass
+class Canned:
+    """An answer sent exactly as given, whatever the request (fault injection).
+
+    ``chunks`` are written one after the other (``delay_s`` apart), with chunked transfer
+    encoding unless ``length`` is set; ``cut`` hangs up before the terminating chunk.
+    """
+
+    status: int = 200
+    chunks: tuple[bytes, ...] = ()
+    content_type: str = "application/json"
+    delay_s: float = 0.0
+    cut: bool = False
+    length: bool = False
+
+
 # --- Answers generated from the constraint ------------------------------------------
 def instance_for(schema: dict[str, Any], root: dict[str, Any] | None = None) -> Any:
     """A small valid instance of ``schema`` (enough of JSON Schema for our schemas)."""
@@ -184,11 +232,17 @@ class WireServer:
         self.truncate = False
         self.reply: str | None = None
         self.thinking: str | None = None
+        self.finish = "stop"
+        self.canned: Canned | None = None
+        self.trickle_s = 0.0
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in separate writes: without this, Nagle plus the
+            # client's delayed ACK add ~40 ms to every answer
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -201,6 +255,14 @@ class WireServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        default_handle_error = self.httpd.handle_error
+
+        def handle_error(request: Any, client_address: Any) -> None:
+            # A client that hung up (a deadline, a size limit) is expected here, not a bug.
+            if not isinstance(sys.exc_info()[1], OSError):
+                default_handle_error(request, client_address)
+
+        self.httpd.handle_error = handle_error  # type: ignore[method-assign]
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -220,6 +282,9 @@ class WireServer:
         self.delay_s = 0.0
         self.malformed = self.truncate = False
         self.reply = self.thinking = None
+        self.finish = "stop"
+        self.canned = None
+        self.trickle_s = 0.0
 
     # HTTP plumbing ------------------------------------------------------------------
     @staticmethod
@@ -242,6 +307,17 @@ class WireServer:
         h.end_headers()
         for i, line in enumerate(lines):
             data = line.encode()
+            if self.trickle_s:
+                # one byte per chunk: data keeps flowing, a line never seems to end
+                try:
+                    for byte in data:
+                        h.wfile.write(b"1\r\n" + bytes([byte]) + b"\r\n")
+                        h.wfile.flush()
+                        time.sleep(self.trickle_s)
+                except OSError:  # the client gave up (its deadline): stop here
+                    h.close_connection = True
+                    return
+                continue
             if self.truncate and i >= 2:
                 # half a chunk, then hang up: the client sees an incomplete body
                 h.wfile.write(f"{len(data):x}\r\n".encode() + data[: len(data) // 2])
@@ -251,6 +327,30 @@ class WireServer:
             h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             h.wfile.flush()
         h.wfile.write(b"0\r\n\r\n")
+
+    @staticmethod
+    def _send_canned(h: BaseHTTPRequestHandler, c: Canned) -> None:
+        h.send_response(c.status)
+        h.send_header("Content-Type", c.content_type)
+        if c.length:
+            h.send_header("Content-Length", str(sum(len(part) for part in c.chunks)))
+        else:
+            h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        try:
+            for part in c.chunks:
+                if c.delay_s:
+                    time.sleep(c.delay_s)
+                h.wfile.write(part if c.length or not part
+                              else f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                h.wfile.flush()
+            if c.cut:
+                h.close_connection = True
+                return
+            if not c.length:
+                h.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client gave up first (a deadline): nothing left to do
+            h.close_connection = True
 
     def _get(self, h: BaseHTTPRequestHandler) -> None:
         answer = self.get(h.path)
@@ -284,6 +384,9 @@ class WireServer:
             return
         if self.malformed:
             self._send(h, 200, b'{"text": "unterminated')
+            return
+        if self.canned is not None:
+            self._send_canned(h, self.canned)
             return
         self.answer(h, h.path, body)
 
@@ -372,7 +475,7 @@ class SGLangWireServer(WireServer):
             sp = body["sampling_params"]
             schema = json.loads(sp["json_schema"]) if "json_schema" in sp else None
             text = self.text_for(json_schema=schema, regex=sp.get("regex"))
-            meta = {"id": "req-1", "finish_reason": {"type": "stop", "matched": 1},
+            meta = {"id": "req-1", "finish_reason": {"type": self.finish, "matched": 1},
                     "prompt_tokens": len(body["text"].split()),
                     "completion_tokens": len(text), "cached_tokens": 0,
                     "e2e_latency": 0.004}
@@ -397,7 +500,7 @@ class SGLangWireServer(WireServer):
         if not body.get("stream"):
             self._send_json(h, 200, {
                 "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": len(text),
                           "total_tokens": 5 + len(text)}})
             return
@@ -440,7 +543,7 @@ class OllamaWireServer(WireServer):
 
         def final(content: str) -> dict[str, Any]:
             out: dict[str, Any] = {"model": body["model"], "created_at": "2026-01-01T00:00:00Z",
-                                   "done": True, "done_reason": "stop", **stats}
+                                   "done": True, "done_reason": self.finish, **stats}
             if path == "/api/chat":
                 msg: dict[str, Any] = {"role": "assistant", "content": content}
                 if thinking:
@@ -467,3 +570,59 @@ class OllamaWireServer(WireServer):
             yield json.dumps(final("")) + "\n"
 
         self._send_stream(h, lines(), "application/x-ndjson")
+
+
+class VLLMWireServer(WireServer):
+    """vLLM's OpenAI-compatible ``/v1/chat/completions``, ``/v1/completions``, ``/health``."""
+
+    flavor = "vllm"
+
+    def get(self, path: str) -> Any:
+        if path == "/health":
+            return {}
+        if path == "/v1/models":
+            return {"object": "list", "data": [{"id": "served-model", "object": "model"}]}
+        return None
+
+    def check(self, path: str, body: dict[str, Any]) -> str | None:
+        if path not in ("/v1/chat/completions", "/v1/completions"):
+            return f"no route {path}"
+        problem = self.validate(VLLMRequest, body)
+        if problem:
+            return problem
+        chat = path == "/v1/chat/completions"
+        if chat != ("messages" in body) or chat == ("prompt" in body):
+            return "chat takes messages, completions take prompt"
+        return None
+
+    def answer(self, h: BaseHTTPRequestHandler, path: str, body: dict[str, Any]) -> None:
+        so = body.get("structured_outputs") or {}
+        text = self.text_for(json_schema=so.get("json"), regex=so.get("regex"),
+                             choices=so.get("choice"))
+        chat = path == "/v1/chat/completions"
+        usage = {"prompt_tokens": 5, "completion_tokens": len(text),
+                 "total_tokens": 5 + len(text)}
+        if not body.get("stream"):
+            choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = text
+            self._send_json(h, 200, {"id": "cmpl-1", "model": body["model"],
+                                     "choices": [choice], "usage": usage})
+            return
+
+        def events() -> Iterator[str]:
+            pieces = _chunks(text)
+            for i, piece in enumerate(pieces):
+                last = i == len(pieces) - 1
+                choice = {"index": 0, "finish_reason": self.finish if last else None}
+                if chat:
+                    choice["delta"] = {"content": piece}
+                else:
+                    choice["text"] = piece
+                yield "data: " + json.dumps({"choices": [choice]}) + "\n\n"
+            yield "data: " + json.dumps({"choices": [], "usage": usage}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        self._send_stream(h, events(), "text/event-stream")
