@@ -144,7 +144,8 @@ def test_cache_export_import_cli(tmp_path: Path) -> None:
     for i in range(3):
         req = engine.build_request(f"q{i}", SCHEMA)
         engine.cache.put(engine.cache.key(req), req, StructuredResult(
-            value={"kind": "a", "note": str(i)}, raw_text="", backend="local"))
+            value={"kind": "a", "note": str(i)}, raw_text=json.dumps({"kind": "a", "note": str(i)}),
+            backend="local"))
     engine.close()
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
