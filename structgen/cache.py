@@ -334,6 +334,7 @@ class ResultCache:
         self.misses = 0
         self.errors = 0
         self.dropped = 0  # corrupted, expired-but-present or no-longer-valid entries
+        self.last_write_error: str | None = None  # what the store said when a write failed
         self._pending = {"hits": 0, "misses": 0}
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
@@ -424,6 +425,7 @@ class ResultCache:
         try:
             self.put_raw(key, body)
         except CacheError as exc:  # a cache write must never fail the request
+            self.last_write_error = str(exc)
             log.warning("%s", exc)
             return False
         return True

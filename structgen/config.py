@@ -118,6 +118,12 @@ class MetricsConfig(_Section):
     state_file: str | None = None
 
 
+class WarmupConfig(_Section):
+    # Packages whose models a warmup file may name as ``module:Class`` (importing runs
+    # their code, so nothing is allowed unless the user says so); see structgen/warmup.py.
+    allow_modules: list[str] = Field(default_factory=list)
+
+
 class Config(_Section):
     llm_backend: LLMBackendConfig = Field(default_factory=LLMBackendConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -128,6 +134,7 @@ class Config(_Section):
     repair: RepairConfig = Field(default_factory=RepairConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, env: dict[str, str] | None = None,
@@ -173,7 +180,8 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
     sections = {name: model for name, model in (
         ("llm_backend", LLMBackendConfig), ("local", LocalConfig), ("vllm", VLLMConfig),
         ("sglang", SGLangConfig), ("ollama", OllamaConfig), ("cache", CacheConfig),
-        ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig))}
+        ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig),
+        ("warmup", WarmupConfig))}
     for var, raw in env.items():
         if not var.startswith("STRUCTGEN_") or var == "STRUCTGEN_CONFIG":
             continue
@@ -188,7 +196,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
             continue  # other STRUCTGEN_* variables (test knobs) are not config
         section, key = target
         value: Any = raw
-        if key == "fallback":
+        if key in ("fallback", "allow_modules"):
             value = [x.strip() for x in raw.split(",") if x.strip()]
         elif raw.startswith(("[", "{")) or raw in ("true", "false", "null"):
             with contextlib.suppress(json.JSONDecodeError):  # else keep it as a string

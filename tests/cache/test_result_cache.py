@@ -398,3 +398,30 @@ def test_hit_equals_miss(cache_config: CacheConfig, model: type[BaseModel], text
     if isinstance(hit.value, Serialized | Everything):
         assert hit.value.score == 4  # not the serializer's 40
     engine.close()
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_tampered_row_filename_outside_cache_dir_is_refused(tmp_path: Path, where: str) -> None:
+    """diskcache keeps large values in files named by the row's ``filename`` column; a
+    tampered cache.db pointing it elsewhere must neither read nor delete that file."""
+    import sqlite3
+
+    cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
+    cache = open_result_cache(cfg, Config(cache=cfg))
+    assert isinstance(cache, ResultCache)
+    big = {"id": 1, "tags": ["x" * 100] * 800}  # > diskcache's 32 KiB: stored in a file
+    key, req = put_value(cache, Config(cache=cfg), "q", SCHEMA, big, json.dumps(big))
+    assert cache.get(key, req.output) is not None  # type: ignore[arg-type]
+    outside = tmp_path / "precious.txt"
+    secret = '{"id":2,"tags":["read from outside the cache"]}'
+    outside.write_text(secret)
+    name = str(outside) if where == "absolute" else "../precious.txt"
+    with sqlite3.connect(tmp_path / "results" / "cache.db") as db:
+        assert db.execute("UPDATE Cache SET filename = ? WHERE key = ?",
+                          (name, ENTRY_PREFIX + key)).rowcount == 1
+    assert cache.store.get(ENTRY_PREFIX + key) is None  # refused, not read
+    assert cache.get(key, req.output) is None  # type: ignore[arg-type]
+    cache.store.delete(ENTRY_PREFIX + key)
+    cache.clear()
+    assert outside.read_text() == secret  # still there: nothing deleted it
+    cache.close()
