@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from structgen.config import redact_url
 from structgen.errors import ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
 from structgen.validate import validate_text
@@ -63,25 +64,6 @@ _FLUSH_INTERVAL_S = 5.0
 
 class CacheError(StructgenError):
     """The cache store cannot be used (unreachable Redis, unreadable directory, bad file)."""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (and a lone username, which Redis may use as one) masked."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.password is None and parts.username is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        user = parts.username if parts.password is not None else None
-        userinfo = f"{user}:***" if user else ":***"
-        return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}{port}"))
-    except ValueError:  # unparseable (e.g. a bad port): show nothing of it
-        return "<unparseable URL>"
 
 
 # Stores ----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,8 +31,51 @@ def _default_fallback() -> list[BackendName]:
     return ["vllm", "sglang", "ollama", "local"]
 
 
+REDACTED = "**********"
+
+
+_SECRET_PARAMS = frozenset({"password", "passwd", "pass", "api_key", "apikey", "token"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (userinfo, and query parameters like ``password``).
+
+    A lone user name is masked too: ``redis://secret@host`` is a password put in the wrong
+    place more often than a user name.
+
+    >>> redact_url("redis://app:s3cret@cache:6379/0")
+    'redis://app:***@cache:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None or parts.username is not None:
+            user = parts.username if parts.password is not None else None
+            netloc = f"{user or ''}:***@{netloc.rpartition('@')[2]}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+                query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v)
+                                   for k, v in pairs], safe="*/")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:  # unparseable: show nothing of it
+        return "<unparseable URL>"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def __repr_args__(self) -> Any:
+        # repr/str of a config (logs, tracebacks, error reports) never shows a secret;
+        # the values themselves are unchanged for the code that needs them.
+        for name, value in super().__repr_args__():
+            if name == "api_key" and value:
+                yield name, REDACTED
+            elif name == "url" and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value
 
 
 class LLMBackendConfig(_Section):
@@ -115,6 +159,8 @@ class RouterConfig(_Section):
 class MetricsConfig(_Section):
     enabled: bool = True
     port: int | None = Field(default=None, ge=1, le=65535)
+    # /metrics listens on loopback unless the operator chooses a wider address
+    host: str = "127.0.0.1"
     state_file: str | None = None
 
 
