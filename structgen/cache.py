@@ -33,7 +33,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -97,8 +99,8 @@ def _safe_disk_class() -> type:
             return super().put(key)
 
         def get(self, key: Any, raw: bool) -> Any:
-            if not raw:
-                raise _UnsafeRow("refusing to unpickle a cache key")
+            if not raw:  # a pickled key: listed as foreign (skipped), never unpickled
+                return _FOREIGN_KEY
             return super().get(key, raw)
 
         def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
@@ -142,6 +144,9 @@ class _UnsafeRow(Exception):
     """A diskcache row asks to be unpickled (only a tampered database does)."""
 
 
+_FOREIGN_KEY = object()  # stands for a key that is not ours (pickled by someone else)
+
+
 class DiskStore:
     """diskcache (SQLite + files): process-safe, used by default."""
 
@@ -176,7 +181,11 @@ class DiskStore:
         self._cache.delete(key)
 
     def iter_keys(self) -> Iterator[str]:
-        yield from self._cache.iterkeys()
+        # Only str keys are ours; a pickled, bytes or int key (another writer, or a
+        # tampered cache.db) is skipped rather than breaking stats/export/clear.
+        for key in self._cache.iterkeys():
+            if isinstance(key, str):
+                yield key
 
     def size_bytes(self) -> int:
         return int(self._cache.volume())
@@ -475,28 +484,49 @@ class ResultCache:
             log.warning("result cache counter update failed: %s", exc)
 
     # Maintenance (the `structgen cache` command) -------------------------------------
+    # These talk to the store directly, so a damaged one (a tampered or foreign cache.db,
+    # a Redis that refuses) is a CacheError naming it, never an exception from below.
+    @property
+    def location(self) -> str:
+        """Where the entries live (a directory, or the Redis URL without its password)."""
+        return (str(self.store.directory) if isinstance(self.store, DiskStore)
+                else str(getattr(self.store, "url", "")))
+
+    @contextlib.contextmanager
+    def _maintenance(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except CacheError:
+            raise
+        except Exception as exc:  # sqlite3.Error, redis.RedisError, OSError, ...
+            raise CacheError(f"cannot {what} the result cache at {self.location}: "
+                             f"{type(exc).__name__}: {_redacted(str(exc), self.store)}"
+                             ) from None
+
     def stats(self) -> dict[str, Any]:
         """entries, bytes, hits, misses (persisted, all processes), plus where it lives."""
         self.flush()
-        entries = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
-        where = (str(self.store.directory) if isinstance(self.store, DiskStore)
-                 else getattr(self.store, "url", ""))
-        return {"backend": self.config.backend, "location": where, "entries": entries,
-                "bytes": self.store.size_bytes(),
-                "hits": self.store.counter(STATS_PREFIX + "hits"),
-                "misses": self.store.counter(STATS_PREFIX + "misses")}
+        with self._maintenance("read"):
+            entries = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
+            return {"backend": self.config.backend, "location": self.location,
+                    "entries": entries, "bytes": self.store.size_bytes(),
+                    "hits": self.store.counter(STATS_PREFIX + "hits"),
+                    "misses": self.store.counter(STATS_PREFIX + "misses")}
 
     def clear(self) -> int:
         """Delete every entry and the counters; returns how many entries there were."""
-        n = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
-        with self._lock:
-            self._pending = {"hits": 0, "misses": 0}
-        self.store.clear()
-        return n
+        with self._maintenance("clear"):
+            n = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
+            with self._lock:
+                self._pending = {"hits": 0, "misses": 0}
+            self.store.clear()
+            return n
 
     def export(self) -> Iterator[dict[str, Any]]:
         """Every valid, unexpired entry as a JSON-able dict (one JSONL line each)."""
-        for k in list(self.store.iter_keys()):
+        with self._maintenance("read"):
+            keys = list(self.store.iter_keys())
+        for k in keys:
             if k.startswith(ENTRY_PREFIX):
                 entry = self._read(k[len(ENTRY_PREFIX):])
                 if entry is not None:
@@ -548,13 +578,30 @@ def _redacted(message: str, store: Store) -> str:
 
 
 def _well_formed(entry: Any) -> bool:
-    passed = entry.get("passed_over", []) if isinstance(entry, dict) else None
-    return (isinstance(entry, dict)
-            and all(isinstance(entry.get(k), t) and not isinstance(entry.get(k), bool)
-                    for k, t in _REQUIRED.items())
-            and (entry.get("ttl_s") is None or (isinstance(entry["ttl_s"], int | float)
-                                                and not isinstance(entry["ttl_s"], bool)))
+    """Every field an entry needs, with its type; times are finite numbers (an import file
+    is untrusted: ``1e400`` or a 400-digit int must not become an entry that never expires
+    or an OverflowError)."""
+    if not isinstance(entry, dict):
+        return False
+    passed = entry.get("passed_over", [])
+    return (all(isinstance(entry.get(k), t) and not isinstance(entry.get(k), bool)
+                for k, t in _REQUIRED.items())
+            and _KEY.fullmatch(entry["key"]) is not None
+            and _finite(entry["created_at"])
+            and (entry.get("ttl_s") is None or (_finite(entry["ttl_s"]) and entry["ttl_s"] > 0))
             and isinstance(passed, list) and all(isinstance(n, str) for n in passed))
+
+
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _finite(x: Any) -> bool:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
 
 
 def decode_entry(raw: str) -> dict[str, Any] | None:

@@ -282,7 +282,7 @@ def cache_import(
                     continue
                 try:
                     ok = cache.import_entry(json.loads(line))
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # not JSON, too deep, int too long
                     ok = False
                 imported += ok
                 skipped += not ok
