@@ -64,7 +64,8 @@ def redact_url(url: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are valid TOML floats but no valid timeout, TTL or interval
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     def __repr_args__(self) -> Any:
         # repr/str of a config (logs, tracebacks, error reports) never shows a secret;
@@ -199,6 +200,11 @@ class Config(_Section):
                 data = tomllib.loads(p.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # an int past 4300 digits, deep arrays
+                raise ConfigError(f"{p} is not a usable config: {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}") from None
+            except OSError as exc:  # unreadable (permissions, a FIFO that fails, ...)
+                raise ConfigError(f"cannot read config file {p}: {exc}") from None
         _apply_env(data, env)
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
@@ -245,7 +251,8 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
         if key in ("fallback", "allow_modules"):
             value = [x.strip() for x in raw.split(",") if x.strip()]
         elif raw.startswith(("[", "{")) or raw in ("true", "false", "null"):
-            with contextlib.suppress(json.JSONDecodeError):  # else keep it as a string
+            # else keep it as a string (ValueError: also an int past 4300 digits)
+            with contextlib.suppress(ValueError, RecursionError):
                 value = json.loads(raw)
         data.setdefault(section, {})
         if not isinstance(data[section], dict):

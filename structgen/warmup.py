@@ -218,8 +218,6 @@ def _read_json_schema(spec: str, base: Path) -> Any:
 
 def _import_model(spec: str, allowed: tuple[str, ...]) -> Any:
     """``module:Class`` from a module the user allowed; anything else is refused unrun."""
-    from structgen.cli import load_spec
-
     target, sep, attr = spec.rpartition(":")
     if not sep or not _MODULE_NAME.fullmatch(target) or not attr.isidentifier():
         raise WarmupLineError(
@@ -231,6 +229,8 @@ def _import_model(spec: str, allowed: tuple[str, ...]) -> Any:
         raise WarmupLineError(
             f"module {target!r} is not allowed: pass --allow-module {top} "
             "(or set [warmup] allow_modules) to let warmup files import it")
+    from structgen.cli import load_spec
+
     return load_spec(spec)
 
 

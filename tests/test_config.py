@@ -170,3 +170,21 @@ def test_metrics_endpoint_listens_on_loopback_unless_configured(tmp_path: Path) 
         assert b"structgen_" in r.read()
     env = Config.load(None, env={"STRUCTGEN_METRICS_HOST": "0.0.0.0"})
     assert env.metrics.host == "0.0.0.0"  # a wider address is the operator's choice
+
+
+@pytest.mark.parametrize("text", [
+    "x = " + "1" * 5000,  # tomllib: ValueError past Python's 4300-digit limit
+    "x = " + "[" * 3000 + "]" * 3000,  # tomllib: RecursionError
+    "[cache]\nttl_s = inf", "[router]\nhealth_interval_s = nan", "[llm_backend]\ntimeout_s = inf",
+], ids=["int-5000-digits", "deep-arrays", "ttl-inf", "interval-nan", "timeout-inf"])
+def test_config_files_the_fuzzer_broke_are_config_errors(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        Config.load(_write(tmp_path, text), env={})
+
+
+def test_env_values_that_look_like_json_but_break_the_parser(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    deep = Config.load(path, env={"STRUCTGEN_CACHE_DIR": "[" * 5000})
+    assert deep.cache.dir == "[" * 5000  # not JSON after all: kept as the string it is
+    with pytest.raises(ConfigError, match=r"cache\.ttl_s"):
+        Config.load(path, env={"STRUCTGEN_CACHE_TTL_S": "[" + "1" * 5000 + "]"})
