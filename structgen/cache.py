@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from structgen.config import redact_url
 from structgen.errors import ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
-from structgen.validate import validate_text
+from structgen.validate import is_valid, parse_json, validate_text
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
@@ -621,12 +621,28 @@ def decode_entry(raw: str) -> dict[str, Any] | None:
 
 
 def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
-    """The cached text validated as on the miss, or _INVALID when it no longer fits."""
+    """The cached text validated as on the miss, or _INVALID when it no longer fits.
+
+    JSON goes the way ``validate_text`` takes it (strict parse, schema, then the model on
+    the parsed data, so the value is the miss's), with the schema's validator looked up by
+    hash: the hit path must not re-encode the schema on every call."""
     try:
-        outcome = validate_text(entry["text"], output)
+        if output.kind != "json":
+            outcome = validate_text(entry["text"], output)
+            return outcome.value if outcome.ok else _INVALID
+        data, errors = parse_json(entry["text"])
+        if errors or not is_valid(data, output):
+            return _INVALID
+        if output.model is None:
+            return data
+        from pydantic import ValidationError
+
+        try:
+            return output.model.model_validate(data)
+        except ValidationError:
+            return _INVALID
     except (RecursionError, ValueError):  # a tampered entry's pathological text
         return _INVALID
-    return outcome.value if outcome.ok else _INVALID
 
 
 def _configured_model(cfg: Config, backend: str) -> str:
