@@ -302,8 +302,8 @@ class NullCache:
     def contains(self, key: str) -> bool:
         return False
 
-    def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> None:
-        return None
+    def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> bool:
+        return False
 
     def close(self) -> None:
         return None

@@ -464,7 +464,12 @@ def test_forged_disk_entry_is_rejected_and_recompiled(tmp_path: Path) -> None:
     assert GrammarCache(directory=tmp_path).get_or_compile(
         key, compile_fn, codec=text_codec()) == "GENUINE" and len(compiled) == 1
     loaded: list[str] = []
-    codec = Codec(dumps=lambda s: s, loads=lambda s: loaded.append(s) or s)
+
+    def load(text: str) -> str:
+        loaded.append(text)
+        return text
+
+    codec = Codec(dumps=lambda s: s, loads=load)
     wrong_secret = hmac.new(b"x" * 32, json.dumps([list(key), "FORGED"]).encode(),
                             hashlib.sha256).hexdigest()
     for extra in ({}, {"mac": wrong_secret}, {"mac": None}):
