@@ -11,8 +11,16 @@ code-execution vector)::
     <sha256 of body, 64 hex chars><body: one JSON object>
 
 The checksum catches truncated or corrupted entries; such an entry is dropped and the
-request recomputed. On a hit the cached data is validated again against the requested
-output, so a bad entry or a changed model class never yields an invalid object.
+request recomputed. An entry keeps the validated text the model produced, not a dump of
+the value: on a hit that text is validated again against the requested output, exactly as
+on the miss, so a hit equals (``==``) what the miss returned (aliases, serializers,
+``SecretStr``, enums, datetimes, discriminated unions) and a bad entry or a changed model
+class never yields an invalid object.
+
+Routed requests (no ``backend=``) share one key per configured chain; the entry records
+which backends the router passed over (failed, circuit open, health probe failed) before
+the one that answered. Such an entry is served only while every one of them is still known
+to be down, so a fallback's answer is not served once the preferred backend is back.
 
 Stores: ``diskcache`` in ``[cache] dir`` (default ``~/.cache/structgen/results``, safe with
 several processes) or Redis (``[cache] backend = "redis"``, ``url``) for a fleet of workers.
@@ -25,16 +33,20 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import os
+import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from structgen.config import redact_url
 from structgen.errors import ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
-from structgen.validate import dump_value, is_valid, validate_text
+from structgen.validate import is_valid, parse_json, validate_text
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
@@ -44,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: entries keep the validated text, not a dump of the value
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
 ENTRY_PREFIX = "r:"  # result entries; everything else in a store is bookkeeping
 STATS_PREFIX = "stats:"
@@ -87,8 +99,8 @@ def _safe_disk_class() -> type:
             return super().put(key)
 
         def get(self, key: Any, raw: bool) -> Any:
-            if not raw:
-                raise _UnsafeRow("refusing to unpickle a cache key")
+            if not raw:  # a pickled key: listed as foreign (skipped), never unpickled
+                return _FOREIGN_KEY
             return super().get(key, raw)
 
         def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
@@ -99,13 +111,40 @@ def _safe_disk_class() -> type:
         def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
             if mode == diskcache.core.MODE_PICKLE:
                 raise _UnsafeRow("refusing to unpickle a cache value")
+            if filename is not None:
+                self._inside(filename)
             return super().fetch(mode, filename, value, read)
+
+        def remove(self, file_path: str) -> Any:
+            # diskcache deletes the row's file on delete/evict/cull: a tampered row must not
+            # make it delete a file elsewhere. Refusing here leaves the file (and the row).
+            try:
+                self._inside(file_path)
+            except _UnsafeRow as exc:
+                log.warning("not removing %s: %s", file_path, exc)
+                return None
+            return super().remove(file_path)
+
+        def _inside(self, filename: str) -> None:
+            """A row's ``filename`` must name a file inside the cache directory.
+
+            diskcache joins it to the directory as given, so an absolute path or ``..``
+            in a tampered cache.db would read (or delete) any file the process can.
+            """
+            root = os.path.realpath(self._directory)
+            full = os.path.realpath(os.path.join(self._directory, filename))
+            if os.path.commonpath([root, full]) != root or full == root:
+                raise _UnsafeRow(f"cache row names a file outside the cache directory: "
+                                 f"{filename!r}")
 
     return SafeDisk
 
 
 class _UnsafeRow(Exception):
     """A diskcache row asks to be unpickled (only a tampered database does)."""
+
+
+_FOREIGN_KEY = object()  # stands for a key that is not ours (pickled by someone else)
 
 
 class DiskStore:
@@ -142,7 +181,11 @@ class DiskStore:
         self._cache.delete(key)
 
     def iter_keys(self) -> Iterator[str]:
-        yield from self._cache.iterkeys()
+        # Only str keys are ours; a pickled, bytes or int key (another writer, or a
+        # tampered cache.db) is skipped rather than breaking stats/export/clear.
+        for key in self._cache.iterkeys():
+            if isinstance(key, str):
+                yield key
 
     def size_bytes(self) -> int:
         return int(self._cache.volume())
@@ -175,9 +218,12 @@ class RedisStore:
         try:
             self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
             self._r.ping()
-        except (redis.RedisError, ValueError) as exc:
-            raise CacheError(f"cannot reach Redis at {url}: {exc}") from None
-        self.url = url
+        except (redis.RedisError, ValueError, OSError) as exc:
+            # The URL may carry a password: errors and stats show it redacted.
+            raise CacheError(f"cannot reach Redis at {redact_url(url)}: "
+                             f"{str(exc).replace(url, redact_url(url))}") from None
+        self.url = redact_url(url)
+        self._raw_url = url  # only to scrub it from error messages
 
     def get(self, key: str) -> str | None:
         raw = self._r.get(self.prefix + key)
@@ -249,14 +295,15 @@ class NullCache:
     def key(self, request: GenerationRequest, backend: str | None = None) -> str:
         return ""
 
-    def get(self, key: str, output: CompiledOutput) -> StructuredResult | None:
+    def get(self, key: str, output: CompiledOutput,
+            down: Callable[[str], bool] | None = None) -> StructuredResult | None:
         return None
 
     def contains(self, key: str) -> bool:
         return False
 
-    def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> None:
-        return None
+    def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> bool:
+        return False
 
     def close(self) -> None:
         return None
@@ -278,6 +325,7 @@ class ResultCache:
         self.misses = 0
         self.errors = 0
         self.dropped = 0  # corrupted, expired-but-present or no-longer-valid entries
+        self.last_write_error: str | None = None  # what the store said when a write failed
         self._pending = {"hits": 0, "misses": 0}
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
@@ -322,11 +370,20 @@ class ResultCache:
         return ident
 
     # Read / write ---------------------------------------------------------------------
-    def get(self, key: str, output: CompiledOutput) -> StructuredResult | None:
-        """The cached result for ``key``, validated against ``output``; None on a miss."""
+    def get(self, key: str, output: CompiledOutput,
+            down: Callable[[str], bool] | None = None) -> StructuredResult | None:
+        """The cached result for ``key``, validated against ``output``; None on a miss.
+
+        ``down(backend)`` says whether the router would still pass ``backend`` over now;
+        with it, an entry answered by a fallback is a miss once a backend it stood in for
+        is no longer known to be down (the request then goes to that backend again).
+        """
         from structgen.engine import StructuredResult
 
         entry = self._read(key)
+        if entry is not None and down is not None and not all(
+                down(name) for name in entry.get("passed_over", ())):
+            entry = None  # left in place: the fresh answer overwrites it
         if entry is not None:
             value = _revalidate(entry, output)
             if value is not _INVALID:
@@ -343,25 +400,37 @@ class ResultCache:
         """Whether a well-formed, unexpired entry exists (does not count as hit or miss)."""
         return self._read(key) is not None
 
-    def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> None:
-        """Store ``result`` (its validated value, as JSON) under ``key``."""
+    def put(self, key: str, request: GenerationRequest, result: StructuredResult) -> bool:
+        """Store ``result`` under ``key``; False (logged, counted) when the write failed.
+
+        What is stored is ``result.raw_text``, the validated text the value was made from
+        (re-validating it gives the same value; a dump of the value need not).
+        """
         body = json.dumps({
             "v": CACHE_FORMAT_VERSION, "key": key, "created_at": time.time(),
             "ttl_s": self.config.ttl_s, "backend": result.backend, "model": result.model,
             "kind": request.output.kind if request.output else None,
             "schema": request.output.hash if request.output else None,
-            "repaired": result.repaired, "data": dump_value(result.value),
-            "text": result.raw_text}, ensure_ascii=False, separators=(",", ":"))
-        self.put_raw(key, body)
+            "repaired": result.repaired, "text": result.raw_text,
+            "passed_over": _passed_over(result)}, ensure_ascii=False, separators=(",", ":"))
+        try:
+            self.put_raw(key, body)
+        except CacheError as exc:  # a cache write must never fail the request
+            self.last_write_error = str(exc)
+            log.warning("%s", exc)
+            return False
+        return True
 
     def put_raw(self, key: str, body: str) -> None:
-        """Store an already-encoded entry body (used by ``cache import``)."""
-        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        """Store an already-encoded entry body; raises :class:`CacheError` when the store
+        refuses the write (callers that must not fail, like :meth:`put`, catch it)."""
+        digest = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
         try:
             self.store.set(ENTRY_PREFIX + key, digest + body, self.config.ttl_s)
-        except Exception as exc:  # a cache write must never fail the request
+        except Exception as exc:  # redis.RedisError, sqlite3.Error, OSError, ...
             self.errors += 1
-            log.warning("result cache write failed: %s", exc)
+            raise CacheError(f"result cache write failed: {type(exc).__name__}: "
+                             f"{_redacted(str(exc), self.store)}") from None
 
     def _read(self, key: str) -> dict[str, Any] | None:
         try:
@@ -415,28 +484,49 @@ class ResultCache:
             log.warning("result cache counter update failed: %s", exc)
 
     # Maintenance (the `structgen cache` command) -------------------------------------
+    # These talk to the store directly, so a damaged one (a tampered or foreign cache.db,
+    # a Redis that refuses) is a CacheError naming it, never an exception from below.
+    @property
+    def location(self) -> str:
+        """Where the entries live (a directory, or the Redis URL without its password)."""
+        return (str(self.store.directory) if isinstance(self.store, DiskStore)
+                else str(getattr(self.store, "url", "")))
+
+    @contextlib.contextmanager
+    def _maintenance(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except CacheError:
+            raise
+        except Exception as exc:  # sqlite3.Error, redis.RedisError, OSError, ...
+            raise CacheError(f"cannot {what} the result cache at {self.location}: "
+                             f"{type(exc).__name__}: {_redacted(str(exc), self.store)}"
+                             ) from None
+
     def stats(self) -> dict[str, Any]:
         """entries, bytes, hits, misses (persisted, all processes), plus where it lives."""
         self.flush()
-        entries = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
-        where = (str(self.store.directory) if isinstance(self.store, DiskStore)
-                 else getattr(self.store, "url", ""))
-        return {"backend": self.config.backend, "location": where, "entries": entries,
-                "bytes": self.store.size_bytes(),
-                "hits": self.store.counter(STATS_PREFIX + "hits"),
-                "misses": self.store.counter(STATS_PREFIX + "misses")}
+        with self._maintenance("read"):
+            entries = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
+            return {"backend": self.config.backend, "location": self.location,
+                    "entries": entries, "bytes": self.store.size_bytes(),
+                    "hits": self.store.counter(STATS_PREFIX + "hits"),
+                    "misses": self.store.counter(STATS_PREFIX + "misses")}
 
     def clear(self) -> int:
         """Delete every entry and the counters; returns how many entries there were."""
-        n = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
-        with self._lock:
-            self._pending = {"hits": 0, "misses": 0}
-        self.store.clear()
-        return n
+        with self._maintenance("clear"):
+            n = sum(1 for k in self.store.iter_keys() if k.startswith(ENTRY_PREFIX))
+            with self._lock:
+                self._pending = {"hits": 0, "misses": 0}
+            self.store.clear()
+            return n
 
     def export(self) -> Iterator[dict[str, Any]]:
         """Every valid, unexpired entry as a JSON-able dict (one JSONL line each)."""
-        for k in list(self.store.iter_keys()):
+        with self._maintenance("read"):
+            keys = list(self.store.iter_keys())
+        for k in keys:
             if k.startswith(ENTRY_PREFIX):
                 entry = self._read(k[len(ENTRY_PREFIX):])
                 if entry is not None:
@@ -450,7 +540,7 @@ class ResultCache:
         if ttl is not None and entry["created_at"] + ttl < time.time():
             return False
         self.put_raw(entry["key"], json.dumps(entry, ensure_ascii=False,
-                                              separators=(",", ":")))
+                                              separators=(",", ":")))  # CacheError: fatal
         return True
 
     def close(self) -> None:
@@ -466,12 +556,52 @@ class ResultCache:
 _INVALID = object()
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "v": int, "key": str, "created_at": (int, float), "backend": str, "model": str, "text": str}
+# Router trail reasons that can change while an entry lives (see Router.agenerate); a
+# backend skipped for good (cannot constrain this kind, not installed) is not waited for.
+_TRANSIENT_SKIPS = ("circuit open", "health probe failed")
+
+
+def _passed_over(result: StructuredResult) -> list[str]:
+    """Backends tried or skipped for a reason that may pass, before the one that answered."""
+    names: list[str] = []
+    for attempt in result.attempts:
+        if attempt.get("ok"):
+            break
+        if "error" in attempt or attempt.get("skipped") in _TRANSIENT_SKIPS:
+            names.append(str(attempt.get("backend")))
+    return names
+
+
+def _redacted(message: str, store: Store) -> str:
+    raw = getattr(store, "_raw_url", None)
+    return message.replace(raw, redact_url(raw)) if raw else message
 
 
 def _well_formed(entry: Any) -> bool:
-    return (isinstance(entry, dict) and "data" in entry
-            and all(isinstance(entry.get(k), t) for k, t in _REQUIRED.items())
-            and (entry.get("ttl_s") is None or isinstance(entry["ttl_s"], int | float)))
+    """Every field an entry needs, with its type; times are finite numbers (an import file
+    is untrusted: ``1e400`` or a 400-digit int must not become an entry that never expires
+    or an OverflowError)."""
+    if not isinstance(entry, dict):
+        return False
+    passed = entry.get("passed_over", [])
+    return (all(isinstance(entry.get(k), t) and not isinstance(entry.get(k), bool)
+                for k, t in _REQUIRED.items())
+            and _KEY.fullmatch(entry["key"]) is not None
+            and _finite(entry["created_at"])
+            and (entry.get("ttl_s") is None or (_finite(entry["ttl_s"]) and entry["ttl_s"] > 0))
+            and isinstance(passed, list) and all(isinstance(n, str) for n in passed))
+
+
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def _finite(x: Any) -> bool:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
 
 
 def decode_entry(raw: str) -> dict[str, Any] | None:
@@ -483,7 +613,7 @@ def decode_entry(raw: str) -> dict[str, Any] | None:
         return None
     try:
         entry = json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # JSONDecodeError, or an int past Python's limit
         return None
     if not _well_formed(entry) or entry["v"] != CACHE_FORMAT_VERSION:
         return None
@@ -491,23 +621,28 @@ def decode_entry(raw: str) -> dict[str, Any] | None:
 
 
 def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
-    """The cached data as the caller's value type, or _INVALID when it no longer fits."""
-    data = entry["data"]
-    if output.kind != "json":
-        if not isinstance(data, str):
+    """The cached text validated as on the miss, or _INVALID when it no longer fits.
+
+    JSON goes the way ``validate_text`` takes it (strict parse, schema, then the model on
+    the parsed data, so the value is the miss's), with the schema's validator looked up by
+    hash: the hit path must not re-encode the schema on every call."""
+    try:
+        if output.kind != "json":
+            outcome = validate_text(entry["text"], output)
+            return outcome.value if outcome.ok else _INVALID
+        data, errors = parse_json(entry["text"])
+        if errors or not is_valid(data, output):
             return _INVALID
-        outcome = validate_text(data, output)
-        return outcome.value if outcome.ok else _INVALID
-    if not is_valid(data, output):
-        return _INVALID
-    if output.model is not None:
+        if output.model is None:
+            return data
         from pydantic import ValidationError
 
         try:
             return output.model.model_validate(data)
         except ValidationError:
             return _INVALID
-    return data
+    except (RecursionError, ValueError):  # a tampered entry's pathological text
+        return _INVALID
 
 
 def _configured_model(cfg: Config, backend: str) -> str:

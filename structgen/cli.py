@@ -282,7 +282,7 @@ def cache_import(
                     continue
                 try:
                     ok = cache.import_entry(json.loads(line))
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # not JSON, too deep, int too long
                     ok = False
                 imported += ok
                 skipped += not ok
@@ -309,6 +309,9 @@ def warmup(
     model: str | None = typer.Option(None, "--model", "-m", help="default model"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    allow_module: list[str] = typer.Option(
+        [], "--allow-module", help="a package whose models lines may name as module:Class "
+                                   "(repeatable; adds to [warmup] allow_modules)"),
 ) -> None:
     """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped)."""
     import asyncio
@@ -322,7 +325,8 @@ def warmup(
         if engine.config.cache.backend == "none":
             raise ConfigError('warmup needs a result cache ([cache] backend = "none")',
                               "cache.backend")
-        items = read_items(file, engine, backend=backend, model=model)
+        items = read_items(file, engine, backend=backend, model=model,
+                           allow_modules=[*engine.config.warmup.allow_modules, *allow_module])
         if dry_run:
             _print_plan(plan(engine, items))
             engine.close()

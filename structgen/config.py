@@ -16,6 +16,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,8 +31,52 @@ def _default_fallback() -> list[BackendName]:
     return ["vllm", "sglang", "ollama", "local"]
 
 
+REDACTED = "**********"
+
+
+_SECRET_PARAMS = frozenset({"password", "passwd", "pass", "api_key", "apikey", "token"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password masked (userinfo, and query parameters like ``password``).
+
+    A lone user name is masked too: ``redis://secret@host`` is a password put in the wrong
+    place more often than a user name.
+
+    >>> redact_url("redis://app:s3cret@cache:6379/0")
+    'redis://app:***@cache:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None or parts.username is not None:
+            user = parts.username if parts.password is not None else None
+            netloc = f"{user or ''}:***@{netloc.rpartition('@')[2]}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+                query = urlencode([(k, "***" if k.lower() in _SECRET_PARAMS else v)
+                                   for k, v in pairs], safe="*/")
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:  # unparseable: show nothing of it
+        return "<unparseable URL>"
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf/nan are valid TOML floats but no valid timeout, TTL or interval
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    def __repr_args__(self) -> Any:
+        # repr/str of a config (logs, tracebacks, error reports) never shows a secret;
+        # the values themselves are unchanged for the code that needs them.
+        for name, value in super().__repr_args__():
+            if name == "api_key" and value:
+                yield name, REDACTED
+            elif name == "url" and isinstance(value, str):
+                yield name, redact_url(value)
+            else:
+                yield name, value
 
 
 class LLMBackendConfig(_Section):
@@ -126,7 +171,15 @@ class RouterConfig(_Section):
 class MetricsConfig(_Section):
     enabled: bool = True
     port: int | None = Field(default=None, ge=1, le=65535)
+    # /metrics listens on loopback unless the operator chooses a wider address
+    host: str = "127.0.0.1"
     state_file: str | None = None
+
+
+class WarmupConfig(_Section):
+    # Packages whose models a warmup file may name as ``module:Class`` (importing runs
+    # their code, so nothing is allowed unless the user says so); see structgen/warmup.py.
+    allow_modules: list[str] = Field(default_factory=list)
 
 
 class Config(_Section):
@@ -139,6 +192,7 @@ class Config(_Section):
     repair: RepairConfig = Field(default_factory=RepairConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, env: dict[str, str] | None = None,
@@ -157,6 +211,11 @@ class Config(_Section):
                 data = tomllib.loads(p.read_text(encoding="utf-8"))
             except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
                 raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+            except (ValueError, RecursionError) as exc:  # an int past 4300 digits, deep arrays
+                raise ConfigError(f"{p} is not a usable config: {type(exc).__name__}: "
+                                  f"{str(exc)[:200]}") from None
+            except OSError as exc:  # unreadable (permissions, a FIFO that fails, ...)
+                raise ConfigError(f"cannot read config file {p}: {exc}") from None
         _apply_env(data, env)
         for dotted, value in (overrides or {}).items():
             section, _, key = dotted.partition(".")
@@ -184,7 +243,8 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
     sections = {name: model for name, model in (
         ("llm_backend", LLMBackendConfig), ("local", LocalConfig), ("vllm", VLLMConfig),
         ("sglang", SGLangConfig), ("ollama", OllamaConfig), ("cache", CacheConfig),
-        ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig))}
+        ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig),
+        ("warmup", WarmupConfig))}
     for var, raw in env.items():
         if not var.startswith("STRUCTGEN_") or var == "STRUCTGEN_CONFIG":
             continue
@@ -199,10 +259,11 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
             continue  # other STRUCTGEN_* variables (test knobs) are not config
         section, key = target
         value: Any = raw
-        if key == "fallback":
+        if key in ("fallback", "allow_modules"):
             value = [x.strip() for x in raw.split(",") if x.strip()]
         elif raw.startswith(("[", "{")) or raw in ("true", "false", "null"):
-            with contextlib.suppress(json.JSONDecodeError):  # else keep it as a string
+            # else keep it as a string (ValueError: also an int past 4300 digits)
+            with contextlib.suppress(ValueError, RecursionError):
                 value = json.loads(raw)
         data.setdefault(section, {})
         if not isinstance(data[section], dict):

@@ -122,7 +122,9 @@ class Engine:
         if not (use_cache and self.cache.cacheable(request)):
             return None, None
         key = self.cache.key(request, backend=backend)
-        hit = self.cache.get(key, request.output)
+        # Routed: a fallback's cached answer only while the backends it stood in for are down.
+        hit = self.cache.get(key, request.output,
+                             down=self.router.known_down if backend is None else None)
         if hit is not None:
             hit.latency_s = time.perf_counter() - start
             self.metrics.record_cache_hit(request, hit)

@@ -12,6 +12,11 @@ fail fast instead of retrying forever; the caller falls back to a looser grammar
 validation. (A thread cannot be killed: the timed-out compile keeps running in the
 background, and if it finishes its result is cached and the record cleared.)
 
+Disk entries (and timeout records) carry an HMAC-SHA256 of their key and payload under a
+per-directory secret (``.secret``, 32 random bytes, mode 0600, made on first use). A file
+whose MAC does not verify (forged, copied from another cache, or written by an older
+version) is deleted and the grammar recompiled; it never reaches the C++ deserializer.
+
 >>> cache = default_grammar_cache()
 >>> key = (compiled.hash, tokenizer_hash, "xgrammar", xgrammar_version)   # doctest: +SKIP
 >>> grammar = cache.get_or_compile(key, lambda: compiler.compile_json_schema(s),
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import queue
@@ -42,7 +48,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 GrammarKey = tuple[str, str, str, str]  # (schema hash, tokenizer hash, engine, engine version)
 
-DISK_FORMAT_VERSION = 1
+DISK_FORMAT_VERSION = 2  # 2: entries carry a keyed MAC instead of an unkeyed SHA-256
+SECRET_NAME = ".secret"
 
 
 class GrammarCompileTimeout(SchemaError):
@@ -128,6 +135,7 @@ class GrammarCache:
         self._mem: OrderedDict[GrammarKey, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._inflight: dict[GrammarKey, _Inflight] = {}
+        self._secret: bytes | None = None
         self.hits = 0
         self.disk_hits = 0
         self.misses = 0
@@ -168,9 +176,14 @@ class GrammarCache:
         if path is None or not path.is_file():
             return None
         try:
-            return float(json.loads(path.read_text())["timeout_s"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            record = json.loads(path.read_text())
+            timeout_s = float(record["timeout_s"])
+            if self._verify(record, key, repr(timeout_s)):
+                return timeout_s
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            pass
+        path.unlink(missing_ok=True)  # forged or unreadable: it must not block compiles
+        return None
 
     def clear(self, *, disk: bool = False) -> None:
         """Forget every grammar in memory (and on disk with ``disk=True``)."""
@@ -301,9 +314,9 @@ class GrammarCache:
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
             payload = entry["payload"]
-            ok = (entry.get("v") == DISK_FORMAT_VERSION and list(entry["key"]) == list(key)
-                  and hashlib.sha256(payload.encode()).hexdigest() == entry["sha256"])
-            if ok:
+            # checked before the payload reaches the (C++) deserializer
+            if (entry.get("v") == DISK_FORMAT_VERSION and isinstance(payload, str)
+                    and self._verify(entry, key, payload)):
                 return codec.loads(payload)
         except Exception:  # any unreadable file is a miss, never a crash
             pass
@@ -316,8 +329,11 @@ class GrammarCache:
             return
         try:
             payload = codec.dumps(value)
+            mac = self._mac(key, payload)
+            if mac is None:
+                return
             entry = {"v": DISK_FORMAT_VERSION, "key": list(key), "created_at": time.time(),
-                     "sha256": hashlib.sha256(payload.encode()).hexdigest(), "payload": payload}
+                     "mac": mac, "payload": payload}
             _atomic_write(path, json.dumps(entry))
         except Exception:  # a read-only or full disk only costs a recompile
             pass
@@ -326,9 +342,56 @@ class GrammarCache:
         path = self._path(key, ".timeout")
         if path is None:
             return
+        mac = self._mac(key, repr(float(timeout_s)))
+        if mac is None:
+            return
         with contextlib.suppress(OSError):
             _atomic_write(path, json.dumps({"key": list(key), "timeout_s": timeout_s,
-                                            "at": time.time()}))
+                                            "at": time.time(), "mac": mac}))
+
+    # Binding files to their key ------------------------------------------------------
+    def _mac(self, key: GrammarKey, payload: str) -> str | None:
+        """HMAC-SHA256 of (key, payload) under this directory's secret; None without one."""
+        secret = self._load_secret()
+        if secret is None:
+            return None
+        msg = json.dumps([list(key), payload], ensure_ascii=False).encode("utf-8",
+                                                                          "surrogatepass")
+        return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+    def _verify(self, entry: dict[str, Any], key: GrammarKey, payload: str) -> bool:
+        expected = self._mac(key, payload)
+        mac = entry.get("mac")
+        return (expected is not None and isinstance(mac, str) and list(entry["key"]) == list(key)
+                and hmac.compare_digest(mac, expected))
+
+    def _load_secret(self) -> bytes | None:
+        """The directory's secret, made on first use (O_EXCL: concurrent processes agree)."""
+        if self._secret is not None or self.directory is None:
+            return self._secret
+        path = self.directory / SECRET_NAME
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(os.urandom(32).hex())
+            text = ""
+            for _ in range(50):  # another process may be between create and write
+                text = path.read_text(encoding="ascii").strip()
+                if text:
+                    break
+                time.sleep(0.01)
+            secret = bytes.fromhex(text)
+        except (OSError, ValueError):  # unreadable: no disk layer rather than a weak one
+            return None
+        if len(secret) < 16:
+            return None
+        self._secret = secret
+        return secret
 
 
 class _Workers:
@@ -425,7 +488,9 @@ def default_grammar_dir(config: CacheConfig | None = None) -> Path:
     ``~/.cache/structgen/grammars``."""
     configured = config.grammar_dir if config is not None else None
     configured = configured or os.environ.get("STRUCTGEN_CACHE_GRAMMAR_DIR")
-    return Path(configured) if configured else Path.home() / ".cache" / "structgen" / "grammars"
+    # "~/..." in config.toml means the home directory, as it does for [cache] dir
+    return (Path(configured).expanduser() if configured
+            else Path.home() / ".cache" / "structgen" / "grammars")
 
 
 _caches: dict[Path, GrammarCache] = {}

@@ -230,7 +230,7 @@ class Metrics:
             ref = weakref.ref(self)
             atexit.register(_flush_if_alive, ref)
             if config.port is not None:
-                self.serve(config.port)
+                self.serve(config.port, config.host)
 
     # Recording -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -367,14 +367,18 @@ class Metrics:
         if time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S:
             self.flush()
 
-    def serve(self, port: int) -> None:
-        """Expose this registry on ``http://0.0.0.0:<port>/metrics`` (once per port)."""
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose this registry on ``http://<host>:<port>/metrics`` (once per port).
+
+        Loopback by default (``[metrics] host``): the numbers describe the traffic, and
+        exposing them beyond this machine is the operator's choice, not a default.
+        """
         from prometheus_client import start_http_server
 
         if port in _served_ports:
             return
         try:
-            start_http_server(port, registry=self.registry)
+            start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
             warnings.warn(f"structgen: cannot serve /metrics on port {port}: {exc}",
                           stacklevel=2)

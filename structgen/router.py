@@ -140,6 +140,17 @@ class Router:
                                                  self.clock)
         return self.breakers[name]
 
+    def known_down(self, name: str) -> bool:
+        """Would a routed request pass ``name`` over now, going by what is already known
+        (an open circuit, or a failed health probe within ``health_interval_s``)? Probes
+        nothing: the result cache asks this on its hit path."""
+        breaker = self.breakers.get(name)
+        if breaker is not None and breaker.state == "open":
+            return True
+        health = self._health.get(name)
+        return (health is not None and not health.healthy and self.clock() - health.checked_at
+                < self.engine.config.router.health_interval_s)
+
     async def healthy(self, name: str, backend: Backend, deadline: float | None) -> bool:
         """Cached health probe: re-probed once ``router.health_interval_s`` has passed."""
         now = self.clock()

@@ -6,28 +6,35 @@ Each input line is one request::
     {"messages": [{"role": "user", "content": "..."}], "schema": {"type": "object", ...},
      "model": "...", "backend": "local", "temperature": 0, "max_tokens": 128}
 
-``schema`` is a spec as the CLI takes it (``file.py:Class``, ``module:Class``, ``x.json``;
-relative paths are tried from the working directory, then from the JSONL file's directory)
-or an inline JSON Schema object.
+``schema`` is an inline JSON Schema object, a ``.json`` schema file in the JSONL file's
+directory (or below it), or ``module:Class`` from a module the user allowed
+(``--allow-module PKG`` or ``[warmup] allow_modules``; ``PKG`` allows its submodules too).
+A warmup file is data: it never names a ``.py`` file, a module nobody allowed or a file
+outside its directory; such a line is an ``invalid`` report line, and nothing is imported.
 
 Requests run with bounded concurrency on one engine (concurrent requests are batched by the
 embedded backend and sent as concurrent HTTP requests to servers). Every finished request is
 in the cache before the next report line is written, so the run is resumable: after a crash
 or Ctrl-C, running it again skips what is cached. Duplicate requests (same cache key) run
-once. Bad lines become ``invalid`` report lines, never a crash.
+once. Bad lines become ``invalid`` report lines, never a crash. A request whose answer
+could not be stored (the cache refused the write) is ``failed``, so the run exits non-zero.
+The report is appended to, never truncated: a resumed run keeps the first run's lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from structgen.cache import CacheError
 from structgen.errors import ConfigError, SchemaError, StructgenError
 from structgen.types import SAMPLING_KEYS
 
@@ -96,11 +103,17 @@ class WarmupSummary:
 
 # Parsing ---------------------------------------------------------------------------------
 def read_items(path: Path, engine: Engine, *, backend: str | None = None,
-               model: str | None = None) -> list[WarmupItem]:
+               model: str | None = None, allow_modules: Sequence[str] = ()
+               ) -> list[WarmupItem]:
     """Parse ``path`` into items, each with its built request and cache key (or an error).
 
-    ``backend``/``model`` are defaults for lines that do not name their own.
+    ``backend``/``model`` are defaults for lines that do not name their own;
+    ``allow_modules`` are the packages whose models a line may name (``pkg:Class``).
     """
+    allowed = tuple(allow_modules)
+    for name in allowed:
+        if not _MODULE_NAME.fullmatch(name):
+            raise ConfigError(f"not a module name: {name!r}", "warmup.allow_modules")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -112,7 +125,7 @@ def read_items(path: Path, engine: Engine, *, backend: str | None = None,
             continue
         item = WarmupItem(line=n, id=f"line-{n}")
         try:
-            _parse_line(item, text, path.parent, spec_cache, backend, model)
+            _parse_line(item, text, path.parent, spec_cache, backend, model, allowed)
             item.request = engine.build_request(
                 item.prompt, item.schema, model=item.model, reasoning=item.reasoning,
                 **item.sampling)
@@ -129,7 +142,7 @@ def read_items(path: Path, engine: Engine, *, backend: str | None = None,
 
 
 def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, Any],
-                backend: str | None, model: str | None) -> None:
+                backend: str | None, model: str | None, allowed: tuple[str, ...]) -> None:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -149,7 +162,7 @@ def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, A
     item.prompt = obj.get("prompt", obj.get("messages"))
     if "schema" not in obj:
         raise WarmupLineError('missing "schema"')
-    item.schema, item.schema_name = _load_schema(obj["schema"], base, spec_cache)
+    item.schema, item.schema_name = _load_schema(obj["schema"], base, spec_cache, allowed)
     for name in ("model", "backend"):
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
@@ -166,25 +179,59 @@ def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, A
     item.sampling = {k: obj[k] for k in SAMPLING_KEYS if k in obj}
 
 
-def _load_schema(spec: Any, base: Path, spec_cache: dict[str, Any]) -> tuple[Any, str]:
-    from structgen.cli import load_spec
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
 
+
+def _load_schema(spec: Any, base: Path, spec_cache: dict[str, Any],
+                 allowed: tuple[str, ...]) -> tuple[Any, str]:
     if isinstance(spec, dict):
         return spec, str(spec.get("title") or "inline")
     if not isinstance(spec, str) or not spec:
         raise WarmupLineError("schema must be a spec string or an inline JSON Schema object")
     if spec not in spec_cache:
-        try:
-            spec_cache[spec] = load_spec(spec)
-        except SchemaError:
-            # relative to the warmup file, so a file can travel with its schemas
-            target, sep, attr = spec.rpartition(":")
-            rebased = (str(base / target) + sep + attr) if sep else str(base / spec)
-            if rebased == spec or not (base / (target if sep else spec)).exists():
-                raise
-            spec_cache[spec] = load_spec(rebased)
+        if spec.endswith(".json") and ":" not in spec:
+            spec_cache[spec] = _read_json_schema(spec, base)
+        else:
+            spec_cache[spec] = _import_model(spec, allowed)
     loaded = spec_cache[spec]
     return loaded, getattr(loaded, "__name__", None) or spec
+
+
+def _read_json_schema(spec: str, base: Path) -> Any:
+    """A ``.json`` schema file in the warmup file's directory tree (data, never code)."""
+    root = os.path.realpath(base)
+    full = os.path.realpath(os.path.join(root, spec))
+    if os.path.isabs(spec) or os.path.commonpath([root, full]) != root:
+        raise WarmupLineError(f"schema file {spec!r} is outside the warmup file's directory "
+                              f"{base}: put it beside the warmup file or inline the schema")
+    try:
+        text = Path(full).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SchemaError(f"schema file not found: {spec} (in {base})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"cannot read schema file {spec}: {exc}") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int too long, too deep
+        raise SchemaError(f"{spec} is not valid JSON: {exc}") from None
+
+
+def _import_model(spec: str, allowed: tuple[str, ...]) -> Any:
+    """``module:Class`` from a module the user allowed; anything else is refused unrun."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not _MODULE_NAME.fullmatch(target) or not attr.isidentifier():
+        raise WarmupLineError(
+            f"schema {spec!r} is not allowed in a warmup file: use an inline JSON Schema, a "
+            ".json file beside the warmup file, or module:Class from an allowed module "
+            "(a warmup file never names a Python file)")
+    if not any(target == name or target.startswith(name + ".") for name in allowed):
+        top = target.split(".")[0]
+        raise WarmupLineError(
+            f"module {target!r} is not allowed: pass --allow-module {top} "
+            "(or set [warmup] allow_modules) to let warmup files import it")
+    from structgen.cli import load_spec
+
+    return load_spec(spec)
 
 
 # Running ---------------------------------------------------------------------------------
@@ -202,7 +249,12 @@ async def run_warmup(engine: Engine, items: list[WarmupItem], *, concurrency: in
     start = time.perf_counter()
     counts: Counter[str] = Counter()
     sem = asyncio.Semaphore(max(1, concurrency))
-    out = report.open("w", encoding="utf-8") if report is not None else None
+    # Appended: a resumed run must not erase the first run's lines (read the last line
+    # per id for the latest status).
+    out = report.open("a", encoding="utf-8") if report is not None else None
+    if report is not None and out is not None and out.tell() > 0 and not _ends_with_newline(
+            report):
+        out.write("\n")  # a killed run's cut last line stays a line of its own
 
     def emit(line: ReportLine) -> None:
         counts[line.status] += 1
@@ -240,6 +292,13 @@ async def run_warmup(engine: Engine, items: list[WarmupItem], *, concurrency: in
             except Exception as exc:  # a bug below must not stop the other requests
                 emit(_error_line(item, "failed", exc))
                 return
+            # The engine never fails a request over a cache write; warmup exists to fill
+            # the cache, so an answer that was not stored is a failure here.
+            if not result.cached and not engine.cache.contains(item.key):
+                why = getattr(engine.cache, "last_write_error", None) or "no entry after put"
+                emit(_error_line(item, "failed", CacheError(
+                    f"the answer was generated but the result cache did not store it: {why}")))
+                return
             status: Status = "cached" if result.cached else "done"
             emit(ReportLine(item.id, item.line, status, key=item.key, backend=result.backend,
                             model=result.model, latency_s=round(time.perf_counter() - t0, 4),
@@ -255,6 +314,12 @@ async def run_warmup(engine: Engine, items: list[WarmupItem], *, concurrency: in
             flush()
     return WarmupSummary(total=len(items), counts=dict(counts),
                          elapsed_s=time.perf_counter() - start, report=report)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _error_line(item: WarmupItem, status: Status, exc: BaseException | None) -> ReportLine:

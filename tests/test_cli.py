@@ -126,3 +126,83 @@ def test_generate_prints_a_valid_object_from_the_tiny_model(tiny_model_dir: Path
                                  "--max-tokens", "400"])
     assert result.exit_code == 0, result.output
     intent.Intent.model_validate_json(result.stdout)
+
+
+# `structgen cache` on bad files: typed errors (exit 2) or counted skips (exit 1) ---------
+def _cache_config(tmp_path: Path) -> Path:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\n')
+    return config
+
+
+BAD_IMPORT_LINES = {
+    "deep": "[" * 100_000,
+    "int past 4300 digits": "1" * 5000,
+    "created_at 1e400": json.dumps({"v": 3, "key": "a" * 64, "created_at": 0, "backend": "b",
+                                    "model": "m", "text": "x", "ttl_s": 1}
+                                   ).replace('"created_at": 0', '"created_at": 1e400'),
+    "created_at 400 digits + float ttl": json.dumps(
+        {"v": 3, "key": "a" * 64, "created_at": 0, "backend": "b", "model": "m", "text": "x",
+         "ttl_s": 1.5}).replace('"created_at": 0', '"created_at": 1' + "0" * 400),
+    "key not a digest": json.dumps({"v": 3, "key": "../k", "created_at": 0, "backend": "b",
+                                    "model": "m", "text": "x"}),
+}
+
+
+@pytest.mark.parametrize("line", BAD_IMPORT_LINES.values(), ids=BAD_IMPORT_LINES.keys())
+def test_cache_import_bad_lines_are_skipped_not_crashes(tmp_path: Path, line: str) -> None:
+    src = tmp_path / "dump.jsonl"
+    src.write_text(line + "\n")
+    result = runner.invoke(app, ["cache", "import", str(src), "-c", str(_cache_config(tmp_path))])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "imported 0 entries, skipped 1 malformed" in result.stdout
+
+
+@pytest.mark.parametrize("damage", ["not utf-8", "a directory", "missing"])
+def test_cache_import_unreadable_file_is_a_typed_error(tmp_path: Path, damage: str) -> None:
+    src = tmp_path / "dump.jsonl"
+    if damage == "not utf-8":
+        src.write_bytes(b"\xff\xfe{}\n")
+    elif damage == "a directory":
+        src.mkdir()
+    result = runner.invoke(app, ["cache", "import", str(src), "-c", str(_cache_config(tmp_path))])
+    assert result.exit_code == 2 and "cannot read" in result.output
+
+
+def test_cache_commands_on_a_cache_with_foreign_keys(tmp_path: Path) -> None:
+    """Keys structgen never writes (pickled, bytes, int: another program, or tampering)
+    are skipped by stats/export/clear, never a crash or an unpickle."""
+    import diskcache
+
+    config = _cache_config(tmp_path)
+    with diskcache.Cache(str(tmp_path / "cache")) as raw:
+        raw.set(("a", "tuple"), "v")
+        raw.set(b"bytes", "v")
+        raw.set(5, "v")
+    for args in (["stats", "--json"], ["export"], ["clear"]):
+        result = runner.invoke(app, ["cache", *args, "-c", str(config)])
+        assert result.exit_code == 0, (args, result.output, result.exception)
+    assert runner.invoke(app, ["cache", "stats", "--json", "-c", str(config)]).stdout
+
+
+@pytest.mark.parametrize("damage", ["garbage cache.db", "cache dir is a file",
+                                    "cache.db is a directory", "foreign sqlite schema"])
+def test_cache_stats_on_a_damaged_store_is_a_typed_error(tmp_path: Path, damage: str) -> None:
+    import sqlite3
+
+    config, where = _cache_config(tmp_path), tmp_path / "cache"
+    if damage == "cache dir is a file":
+        where.write_text("x")
+    else:
+        where.mkdir()
+        if damage == "garbage cache.db":
+            (where / "cache.db").write_bytes(b"\x00not sqlite\x01" * 500)
+        elif damage == "cache.db is a directory":
+            (where / "cache.db").mkdir()
+        else:
+            with sqlite3.connect(where / "cache.db") as db:
+                db.execute("CREATE TABLE Cache (x)")
+    result = runner.invoke(app, ["cache", "stats", "-c", str(config)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "CacheError" in result.output and str(where) in result.output

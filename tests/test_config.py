@@ -124,3 +124,67 @@ def test_bad_override_and_unknown_backend(tmp_path: Path,
     with pytest.raises(ConfigError, match="unknown backend 'tgi'"):
         create_backend("tgi", Config())
 
+
+
+def test_repr_never_shows_secrets() -> None:
+    cfg = Config.from_dict({
+        "vllm": {"base_url": "http://127.0.0.1:8000", "api_key": "sk-VLLMSECRET"},
+        "ollama": {"api_key": "sk-OLLAMASECRET"},
+        "cache": {"backend": "redis", "url": "redis://app:hunter2@127.0.0.1:6379/0"}})
+    for text in (repr(cfg), str(cfg), repr(cfg.vllm), str(cfg.cache), f"{cfg!r}"):
+        assert "SECRET" not in text and "hunter2" not in text, text
+    assert "api_key='**********'" in repr(cfg.vllm) and "app:***@127.0.0.1" in repr(cfg.cache)
+    assert cfg.vllm.api_key == "sk-VLLMSECRET"  # the value itself is intact for its users
+    assert cfg.cache.url == "redis://app:hunter2@127.0.0.1:6379/0"
+    assert "api_key=None" in repr(Config().sglang)  # nothing set: nothing to hide
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port`` (read from /proc)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                addr, _, hexport = local.rpartition(":")
+                if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                    found.add(addr)
+    return found
+
+
+def test_metrics_endpoint_listens_on_loopback_unless_configured(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    from structgen.metrics import Metrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cfg = Config.from_dict({"metrics": {"port": port,
+                                        "state_file": str(tmp_path / "m.json")}})
+    Metrics(cfg.metrics)
+    assert _listening(port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0 (00000000)
+    assert cfg.metrics.host == "127.0.0.1"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert b"structgen_" in r.read()
+    env = Config.load(None, env={"STRUCTGEN_METRICS_HOST": "0.0.0.0"})
+    assert env.metrics.host == "0.0.0.0"  # a wider address is the operator's choice
+
+
+@pytest.mark.parametrize("text", [
+    "x = " + "1" * 5000,  # tomllib: ValueError past Python's 4300-digit limit
+    "x = " + "[" * 3000 + "]" * 3000,  # tomllib: RecursionError
+    "[cache]\nttl_s = inf", "[router]\nhealth_interval_s = nan", "[llm_backend]\ntimeout_s = inf",
+], ids=["int-5000-digits", "deep-arrays", "ttl-inf", "interval-nan", "timeout-inf"])
+def test_config_files_the_fuzzer_broke_are_config_errors(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        Config.load(_write(tmp_path, text), env={})
+
+
+def test_env_values_that_look_like_json_but_break_the_parser(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    deep = Config.load(path, env={"STRUCTGEN_CACHE_DIR": "[" * 5000})
+    assert deep.cache.dir == "[" * 5000  # not JSON after all: kept as the string it is
+    with pytest.raises(ConfigError, match=r"cache\.ttl_s"):
+        Config.load(path, env={"STRUCTGEN_CACHE_TTL_S": "[" + "1" * 5000 + "]"})

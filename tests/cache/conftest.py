@@ -23,34 +23,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RedisServer:
+    """A throwaway redis-server (no persistence) on 127.0.0.1, started with extra args."""
+
+    def __init__(self, workdir: Path, *extra: str, tls: bool = False) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.skip("redis-server is not installed (run `make redis-server`)")
+        self.port = free_port()
+        # with TLS, the TLS port is the only one open
+        ports = ("--port", "0", "--tls-port", str(self.port)) if tls else (
+            "--port", str(self.port))
+        self.proc = subprocess.Popen(
+            [exe, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(workdir), *ports, *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def wait(self, **client_kwargs: Any) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, **client_kwargs)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.AuthenticationError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway redis-server (no persistence) on a free port; stopped after the session."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (run `make redis-server`)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"redis-server did not start on port {port}") from None
-            time.sleep(0.05)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.wait()
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
 
 
 @pytest.fixture(params=["disk", pytest.param("redis", marks=pytest.mark.redis)])

@@ -13,9 +13,12 @@ import pytest
 
 from structgen.config import CacheConfig
 from structgen.grammar_cache import (
+    DISK_FORMAT_VERSION,
+    Codec,
     GrammarCache,
     GrammarCompileTimeout,
     default_grammar_cache,
+    default_grammar_dir,
     text_codec,
     tokenizer_hash,
     xgrammar_codec,
@@ -115,7 +118,7 @@ def test_corrupt_or_stale_disk_entry_recompiles(tmp_path: Path, tokenizer: Any, 
 
     GrammarCache(directory=tmp_path).get_or_compile(key, compile_fn, codec=xgrammar_codec(info))
     (path,) = tmp_path.rglob("*.json")
-    for damage in (lambda t: t[: len(t) // 2], lambda t: t.replace('"sha256": "', '"sha256": "0')):
+    for damage in (lambda t: t[: len(t) // 2], lambda t: t.replace('"mac": "', '"mac": "0')):
         text = path.read_text()
         assert damage(text) != text
         path.write_text(damage(text))
@@ -426,3 +429,71 @@ def test_a_compile_failing_after_its_caller_gave_up_does_not_block_the_key(tmp_p
     # a longer deadline earns a new try, which compiles
     assert cache.get_or_compile(key, lambda: "grammar", timeout_s=5, codec=text_codec()) \
         == "grammar"
+
+
+def _forge(cache: GrammarCache, key: tuple[str, str, str, str], payload: str,
+           **fields: Any) -> Path:
+    """Write a disk entry as someone without the directory's secret could."""
+    import hashlib
+
+    path = cache._path(key, ".json")
+    assert path is not None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"v": DISK_FORMAT_VERSION, "key": list(key), "created_at": 0,
+                                "sha256": hashlib.sha256(payload.encode()).hexdigest(),
+                                "payload": payload, **fields}))
+    return path
+
+
+def test_forged_disk_entry_is_rejected_and_recompiled(tmp_path: Path) -> None:
+    """A file with the right name, key and unkeyed hash, but no valid MAC, never reaches
+    the codec: it is deleted and the grammar compiled again."""
+    import hashlib
+    import hmac
+
+    key = ("schema", "tok", "llguidance", "1")
+    compiled: list[int] = []
+
+    def compile_fn() -> str:
+        compiled.append(1)
+        return "GENUINE"
+
+    genuine = GrammarCache(directory=tmp_path)
+    assert genuine.get_or_compile(key, compile_fn, codec=text_codec()) == "GENUINE"
+    # a restart reads the genuine, MAC'd entry back without compiling
+    assert GrammarCache(directory=tmp_path).get_or_compile(
+        key, compile_fn, codec=text_codec()) == "GENUINE" and len(compiled) == 1
+    loaded: list[str] = []
+
+    def load(text: str) -> str:
+        loaded.append(text)
+        return text
+
+    codec = Codec(dumps=lambda s: s, loads=load)
+    wrong_secret = hmac.new(b"x" * 32, json.dumps([list(key), "FORGED"]).encode(),
+                            hashlib.sha256).hexdigest()
+    for extra in ({}, {"mac": wrong_secret}, {"mac": None}):
+        path = _forge(genuine, key, "FORGED", **extra)
+        restarted = GrammarCache(directory=tmp_path)
+        assert restarted.get_or_compile(key, compile_fn, codec=codec) == "GENUINE"
+        assert "FORGED" not in loaded and restarted.disk_hits == 0
+        assert "FORGED" not in path.read_text()  # replaced by a freshly compiled entry
+    assert len(compiled) == 4
+    secret = tmp_path / ".secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+
+
+def test_forged_timeout_record_does_not_block_compiles(tmp_path: Path) -> None:
+    key = ("schema", "tok", "xgrammar", "1")
+    cache = GrammarCache(directory=tmp_path)
+    record = cache._path(key, ".timeout")
+    assert record is not None
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"key": list(key), "timeout_s": 1e9, "at": 0}))
+    assert cache.timed_out(key) is None and not record.exists()
+    assert cache.get_or_compile(key, lambda: "ok", timeout_s=5) == "ok"
+
+
+def test_grammar_dir_expands_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_grammar_dir(CacheConfig(grammar_dir="~/grammars")) == tmp_path / "grammars"

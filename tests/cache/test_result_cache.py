@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
 
 from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
 from structgen.cache import ENTRY_PREFIX, ResultCache, decode_entry, open_result_cache
@@ -115,7 +117,8 @@ def test_entry_records_metadata(cache: ResultCache, app_config: Config) -> None:
 def test_miss_and_counters_persist(cache_config: CacheConfig, app_config: Config) -> None:
     c1 = open_result_cache(cache_config, app_config)
     assert isinstance(c1, ResultCache)
-    key, req = put_value(c1, app_config, "q", Person, Person(name="a", age=1), "{}")
+    key, req = put_value(c1, app_config, "q", Person, Person(name="a", age=1),
+                         '{"name":"a","age":1}')
     assert c1.get("0" * 64, req.output) is None  # type: ignore[arg-type]
     for _ in range(3):
         assert c1.get(key, req.output) is not None  # type: ignore[arg-type]
@@ -162,7 +165,7 @@ CORRUPTIONS = {
     "json without checksum": lambda raw: raw[64:],
     "not json, valid checksum": lambda raw: _with_checksum("{not json"),
     "wrong key inside": lambda raw: _with_checksum(raw[64:].replace('"key":"', '"key":"x')),
-    "missing fields": lambda raw: _with_checksum(json.dumps({"v": 2, "data": 1})),
+    "missing fields": lambda raw: _with_checksum(json.dumps({"v": 3, "text": "{}"})),
     "deep nesting": lambda raw: _with_checksum("[" * 100000 + "]" * 100000),
 }
 
@@ -254,10 +257,11 @@ def test_revalidation_rejects_entry_that_no_longer_fits(cache: ResultCache,
 
 def test_forged_data_with_valid_checksum_is_not_returned(cache: ResultCache,
                                                          app_config: Config) -> None:
-    key, req = put_value(cache, app_config, "q", SCHEMA, {"id": 1, "tags": []}, "{}")
+    key, req = put_value(cache, app_config, "q", SCHEMA, {"id": 1, "tags": []},
+                         '{"id":1,"tags":[]}')
     entry = decode_entry(cache.store.get(ENTRY_PREFIX + key))  # type: ignore[arg-type]
     assert entry is not None
-    entry["data"] = {"id": "not an int", "tags": []}
+    entry["text"] = '{"id":"not an int","tags":[]}'
     cache.put_raw(key, json.dumps(entry))
     assert cache.get(key, req.output) is None  # type: ignore[arg-type]
 
@@ -283,8 +287,8 @@ def test_export_import_clear(cache_config: CacheConfig, app_config: Config,
                              tmp_path: Path) -> None:
     src = open_result_cache(cache_config, app_config)
     assert isinstance(src, ResultCache)
-    keys = [put_value(src, app_config, f"q{i}", SCHEMA, {"id": i, "tags": []}, "{}")
-            for i in range(5)]
+    keys = [put_value(src, app_config, f"q{i}", SCHEMA, {"id": i, "tags": []},
+                      json.dumps({"id": i, "tags": []})) for i in range(5)]
     exported = list(src.export())
     assert sorted(e["key"] for e in exported) == sorted(k for k, _ in keys)
     assert src.clear() == 5 and src.stats()["entries"] == 0
@@ -307,3 +311,117 @@ def test_store_failure_is_a_miss_not_a_crash(tmp_path: Path) -> None:
     engine.cache.store._cache = None  # type: ignore[attr-defined]  # every call now raises
     assert not engine.run("q", Person, backend="local").cached
     assert engine.cache.errors >= 2 and backend.calls == 2
+
+
+# A hit equals the miss (the entry keeps the validated text, not a dump of the value) ------
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    good: bool
+
+
+class Aliased(BaseModel):
+    user_name: str = Field(alias="userName")
+
+
+class Serialized(BaseModel):
+    score: int
+
+    @field_serializer("score")
+    def _tenfold(self, v: int) -> int:  # what model_dump gives is not what was generated
+        return v * 10
+
+
+class Secret(BaseModel):
+    token: SecretStr
+
+
+class Enumerated(BaseModel):
+    color: Color
+
+
+class Dated(BaseModel):
+    at: datetime
+    day: date
+
+
+class Pets(BaseModel):
+    pet: Cat | Dog = Field(discriminator="kind")
+
+
+class Everything(BaseModel):
+    user_name: str = Field(alias="userName")
+    token: SecretStr
+    color: Color
+    at: datetime
+    pet: Cat | Dog = Field(discriminator="kind")
+    score: int
+
+    @field_serializer("score")
+    def _tenfold(self, v: int) -> int:
+        return v * 10
+
+
+HIT_EQUALS_MISS = [
+    (Aliased, '{"userName":"ada"}'),
+    (Serialized, '{"score":4}'),
+    (Secret, '{"token":"s3cret"}'),
+    (Enumerated, '{"color":"blue"}'),
+    (Dated, '{"at":"2024-05-01T12:00:00+02:00","day":"2024-05-01"}'),
+    (Pets, '{"pet":{"kind":"dog","good":true}}'),
+    (Everything, '{"userName":"ada","token":"s3cret","color":"red",'
+                 '"at":"2024-05-01T12:00:00Z","pet":{"kind":"cat","lives":9},"score":4}'),
+]
+
+
+@pytest.mark.parametrize(("model", "text"), HIT_EQUALS_MISS,
+                         ids=[m.__name__ for m, _ in HIT_EQUALS_MISS])
+def test_hit_equals_miss(cache_config: CacheConfig, model: type[BaseModel], text: str) -> None:
+    backend = CountingBackend(text)
+    engine = Engine(Config(cache=cache_config), backends={"local": backend})
+    miss = engine.run("q", model, backend="local")
+    hit = engine.run("q", model, backend="local")
+    assert not miss.cached and hit.cached and backend.calls == 1
+    assert hit.value == miss.value == model.model_validate_json(text)
+    assert hit.raw_text == miss.raw_text == text
+    if isinstance(hit.value, Secret | Everything):
+        assert hit.value.token.get_secret_value() == "s3cret"  # not "**********"
+    if isinstance(hit.value, Serialized | Everything):
+        assert hit.value.score == 4  # not the serializer's 40
+    engine.close()
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_tampered_row_filename_outside_cache_dir_is_refused(tmp_path: Path, where: str) -> None:
+    """diskcache keeps large values in files named by the row's ``filename`` column; a
+    tampered cache.db pointing it elsewhere must neither read nor delete that file."""
+    import sqlite3
+
+    cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
+    cache = open_result_cache(cfg, Config(cache=cfg))
+    assert isinstance(cache, ResultCache)
+    big = {"id": 1, "tags": ["x" * 100] * 800}  # > diskcache's 32 KiB: stored in a file
+    key, req = put_value(cache, Config(cache=cfg), "q", SCHEMA, big, json.dumps(big))
+    assert cache.get(key, req.output) is not None  # type: ignore[arg-type]
+    outside = tmp_path / "precious.txt"
+    secret = '{"id":2,"tags":["read from outside the cache"]}'
+    outside.write_text(secret)
+    name = str(outside) if where == "absolute" else "../precious.txt"
+    with sqlite3.connect(tmp_path / "results" / "cache.db") as db:
+        assert db.execute("UPDATE Cache SET filename = ? WHERE key = ?",
+                          (name, ENTRY_PREFIX + key)).rowcount == 1
+    assert cache.store.get(ENTRY_PREFIX + key) is None  # refused, not read
+    assert cache.get(key, req.output) is None  # type: ignore[arg-type]
+    cache.store.delete(ENTRY_PREFIX + key)
+    cache.clear()
+    assert outside.read_text() == secret  # still there: nothing deleted it
+    cache.close()
