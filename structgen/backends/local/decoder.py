@@ -46,7 +46,7 @@ CLOSE_REFRESH = 8
 # When no completion is known after a token (the schema's minimal completion was refused
 # and the grammar walk found none), the token is still taken while this many tokens more
 # than the closing path from the current state are left.
-CLOSE_MARGIN = 4
+CLOSE_MARGIN = 16
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -257,8 +257,7 @@ class Decoder:
         else:
             row[ids] = saved
 
-    def _closing(self, s: Seq, m: Matcher, cursor: JsonCursor | None,
-                 limit: int) -> list[int] | None:
+    def closing_path(self, m: Matcher, cursor: JsonCursor | None, limit: int) -> list[int] | None:
         """The shortest known path from ``m``'s state to a complete answer within ``limit``
         tokens: the schema's minimal completion (:mod:`structgen.constrain.closing`) when
         the grammar accepts it, else a walk of the grammar itself."""
@@ -292,12 +291,12 @@ class Decoder:
                     cursor = s.cursor.copy()
                     cursor.feed(self._piece([tok, *forced]))
                 # a looser limit than the budget: over-budget is a verdict, not-found is not
-                after = self._closing(s, ahead, cursor, remaining + CLOSE_WINDOW)
+                after = self.closing_path(ahead, cursor, remaining + CLOSE_WINDOW)
                 cost = None if after is None else 1 + len(forced) + len(after)
             if cost is not None and cost <= remaining:
                 s.close_cost = cost
                 return False
-        path = self._closing(s, m, s.cursor, remaining)
+        path = self.closing_path(m, s.cursor, remaining)
         if path is None:  # no completion fits at all: decode on (the answer will be cut)
             return False
         if cost is None and len(path) < remaining - CLOSE_MARGIN:

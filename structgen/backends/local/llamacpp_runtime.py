@@ -21,7 +21,9 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
@@ -57,6 +59,39 @@ def _llama() -> Any:
     return llama_cpp
 
 
+# Loaded models live as long as the process: grammars compiled for a model's tokenizer stay
+# in the process-wide grammar cache, and llguidance's tokenizer calls back into the model's
+# vocabulary, so freeing a model would leave those grammars pointing at freed memory. The
+# weights are memory-mapped, so a model no runtime uses costs address space, not RAM; a
+# second runtime on the same file (a reload after shutdown) starts in milliseconds.
+_MODELS: dict[str, Any] = {}
+_TOKENIZERS: dict[str, LlamaCppTokenizerData] = {}
+
+
+def _load_model(lc: Any, path: Path) -> Any:
+    key = str(path.resolve())
+    with _INIT:
+        model = _MODELS.get(key)
+        if model is None:
+            model = lc.llama_model_load_from_file(key.encode(), lc.llama_model_default_params())
+            if not model:
+                raise BackendUnavailable(f"llama.cpp could not load {path} (a GGUF of an "
+                                         "architecture this llama.cpp build does not know, or "
+                                         "a damaged file)", "local")
+            _MODELS[key] = model
+    return model
+
+
+def _tokenizer_data(lc: Any, model: Any, vocab: Any, vocab_size: int,
+                    eos: tuple[int, ...]) -> LlamaCppTokenizerData:
+    key = f"{ctypes.cast(model, ctypes.c_void_p).value}"
+    with _INIT:
+        tok = _TOKENIZERS.get(key)
+        if tok is None:
+            tok = _TOKENIZERS[key] = LlamaCppTokenizerData(lc, vocab, vocab_size, eos)
+    return tok
+
+
 class LlamaCppTokenizerData(TokenizerData):
     """The tokenizer as llama.cpp has it (from the GGUF), for every grammar engine."""
 
@@ -70,8 +105,10 @@ class LlamaCppTokenizerData(TokenizerData):
         if cached is None:
             from llguidance.llamacpp import lltokenizer_from_vocab
 
-            cached = lltokenizer_from_vocab(self._vocab, n_vocab=self.vocab_size,
-                                            eos_token=list(self.eos_token_ids))
+            with warnings.catch_warnings():  # the helper calls a since-renamed llama_cpp API
+                warnings.simplefilter("ignore", DeprecationWarning)
+                cached = lltokenizer_from_vocab(self._vocab, n_vocab=self.vocab_size,
+                                                eos_token=list(self.eos_token_ids))
             self._ll = cached
         return cached
 
@@ -123,12 +160,7 @@ class LlamaCppRuntime(Runtime):
         start = time.perf_counter()
         path = resolve_gguf(None if ref == "default" else ref)
         self.ref = str(path)
-        mparams = lc.llama_model_default_params()
-        self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
-        if not self.model:
-            raise BackendUnavailable(f"llama.cpp could not load {path} (a GGUF of an "
-                                     "architecture this llama.cpp build does not know, or a "
-                                     "damaged file)", "local")
+        self.model = _load_model(lc, path)
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.vocab_size = int(lc.llama_vocab_n_tokens(self.vocab))
         self.name = _meta(lc, self.model, "general.name") or path.stem
@@ -145,7 +177,6 @@ class LlamaCppRuntime(Runtime):
         cparams.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
-            lc.llama_model_free(self.model)
             raise BackendUnavailable(f"llama.cpp could not create a context for {path} "
                                      f"(context_size={cfg.context_size})", "local")
         self.mem = lc.llama_get_memory(self.ctx)
@@ -159,7 +190,7 @@ class LlamaCppRuntime(Runtime):
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab)) and self.bos >= 0
         template = lc.llama_model_chat_template(self.model, None)
         self.template = template.decode("utf-8", errors="replace") if template else None
-        self.tok = LlamaCppTokenizerData(lc, self.vocab, self.vocab_size, tuple(eos))
+        self.tok = _tokenizer_data(lc, self.model, self.vocab, self.vocab_size, tuple(eos))
         self.token_bytes = self.tok.token_bytes()
         self.free_ids = list(range(cfg.max_batch))
         # prompt tokens -> the sequence id that keeps their cells
@@ -289,9 +320,6 @@ class LlamaCppRuntime(Runtime):
             lc.llama_batch_free(self.batch)
             lc.llama_free(self.ctx)
             self.ctx = None
-        if getattr(self, "model", None):
-            lc.llama_model_free(self.model)
-            self.model = None
 
 
 class _LlamaBatch(Batch):
