@@ -282,6 +282,7 @@ class Decoder:
                 and len(s.out_ids) % CLOSE_REFRESH:
             return False
         ahead = m.fork()
+        cost: int | None = None
         if ahead.consume(tok):
             cost = 1
             if not ahead.is_finished():

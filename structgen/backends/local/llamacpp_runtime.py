@@ -15,6 +15,7 @@ holds every sequence in a unified KV cache, so
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -374,6 +375,17 @@ def render_chat_template(template: str, messages: list[dict[str, Any]], bos: str
     """The model's chat template (Jinja, from the GGUF) in a sandbox: a model file is
     untrusted input, and its template must not reach Python objects or the file system."""
     from jinja2 import TemplateError
+
+    try:
+        return _compiled_template(template).render(
+            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+    except TemplateError as exc:
+        raise BackendError(f"the model's chat template failed: {exc}", "local") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_template(template: str) -> Any:
+    from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
@@ -384,7 +396,7 @@ def render_chat_template(template: str, messages: list[dict[str, Any]], bos: str
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
     try:
-        return env.from_string(template).render(
-            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+        return env.from_string(template)
     except TemplateError as exc:
-        raise BackendError(f"the model's chat template failed: {exc}", "local") from None
+        raise BackendError(f"the model's chat template does not compile: {exc}",
+                           "local") from None
