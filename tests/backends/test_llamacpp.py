@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,7 @@ def _ollama_store(root: Path, name: str, tag: str, blob_target: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_ollama_store_model_runs_without_an_ollama_server(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from schemas.intent import Intent
@@ -334,3 +336,24 @@ def test_regex_output_closes_within_budget(favorite_gguf: Any) -> None:
     assert r.finish_reason == "stop", r.text
     assert validate_text(r.text, eng.build_request("x", Regex(r"[a-z]+-[0-9]{2}")).output).ok
 
+
+
+@pytest.mark.slow
+def test_readme_cli_example_returns_a_valid_intent(tmp_path: Path) -> None:
+    """README's first CLI example, as a newcomer types it, on the default runtime: it used
+    to run away in ``"confidence":0.99999…`` for 500 tokens, twice, and fail."""
+    import subprocess
+    import sys
+
+    from schemas.intent import Intent
+
+    env = {**os.environ, "STRUCTGEN_CACHE_BACKEND": "none",
+           "STRUCTGEN_METRICS_ENABLED": "false", "STRUCTGEN_LOCAL_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "structgen.cli", "generate", "--schema",
+         "schemas/intent.py:Intent", "--backend", "local", "--prompt",
+         "Please add a --verbose flag to src/cli.py and make the tests pass."],
+        capture_output=True, text=True, env=env, timeout=600,
+        cwd=Path(__file__).resolve().parents[2], check=False)
+    assert out.returncode == 0, out.stderr
+    Intent.model_validate_json(out.stdout)
