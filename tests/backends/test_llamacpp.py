@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 
 from structgen.backends.local import LocalBackend
 from structgen.backends.local.models import ollama_model_path, smollm2_gguf_path
-from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import BackendUnavailable
 from structgen.testing import build_tiny_gguf
@@ -24,6 +23,7 @@ from structgen.types import JsonSchema, Regex
 from structgen.validate import validate_text
 
 from .test_local import SYSTEM, LongNames
+from .test_local import make as make_local
 from .test_local_maskbench import agent_schemas, maskbench_sample
 
 
@@ -57,16 +57,8 @@ def favorite_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def make(model: Path | str, **local: object) -> tuple[Engine, LocalBackend]:
-    cfg = Config()
-    cfg.local.model = str(model)
-    cfg.local.runtime = "llamacpp"
-    cfg.local.threads = 1  # the test machine's other core runs pytest and the engines
-    cfg.cache.backend = "none"
-    cfg.metrics.enabled = False
-    for k, v in local.items():
-        setattr(cfg.local, k, v)
-    backend = LocalBackend(cfg)
-    return Engine(cfg, backends={"local": backend}), backend
+    local.setdefault("threads", 1)  # the test machine's other core runs pytest and engines
+    return make_local(Path(model), runtime="llamacpp", **local)
 
 
 def gen(engine: Engine, backend: LocalBackend, output: object, prompt: object = "Classify it",

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
-from structgen.backends.local.runtime import Batch, Runtime, Seq, common_prefix
+from structgen.backends.local.runtime import Batch, Runtime, Seq, reusable_prefix
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendError, BackendUnavailable
 
@@ -271,17 +271,9 @@ class LlamaCppRuntime(Runtime):
             sids.append(sid)
             self.lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
             ids = seq.prompt_ids
-            best_key, best = None, 0
-            for key in self.prefix_cache:
-                n = common_prefix(key, ids)
-                if n > best:
-                    best_key, best = key, n
-            use = min(best, len(ids) - 1)  # at least one token must run to get logits
-            if best_key is not None and use > 0:
-                self.prefix_cache.move_to_end(best_key)
-                self.lc.llama_memory_seq_cp(self.mem, self.prefix_cache[best_key], sid, 0, use)
-            else:
-                use = 0
+            slot, use = reusable_prefix(self.prefix_cache, ids)
+            if slot is not None:  # share the cached prompt's cells up to the common prefix
+                self.lc.llama_memory_seq_cp(self.mem, slot, sid, 0, use)
             seq.stats["prefill_tokens"] = len(ids) - use
             seq.stats["prefix_cache_hit_tokens"] = use
             seq.stats["forward_passes"] += 1

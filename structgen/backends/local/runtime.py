@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -160,6 +161,23 @@ class Runtime(ABC):
 
     def close(self) -> None:  # noqa: B027 - torch frees its model by itself
         """Free the model (called when the backend shuts down)."""
+
+
+def reusable_prefix(cache: OrderedDict[tuple[int, ...], Any],
+                    ids: list[int]) -> tuple[Any, int]:
+    """(the cached entry sharing the longest prefix with ``ids``, how many of its positions
+    to reuse), or ``(None, 0)``; the entry becomes the most recently used. At least one
+    prompt token is always left to run, since its logits start the answer."""
+    best_key, best = None, 0
+    for key in cache:
+        n = common_prefix(key, ids)
+        if n > best:
+            best_key, best = key, n
+    use = min(best, len(ids) - 1)
+    if best_key is None or use <= 0:
+        return None, 0
+    cache.move_to_end(best_key)
+    return cache[best_key], use
 
 
 def common_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:

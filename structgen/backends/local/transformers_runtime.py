@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
-from structgen.backends.local.runtime import Batch, Runtime, Seq, common_prefix
+from structgen.backends.local.runtime import Batch, Runtime, Seq, reusable_prefix
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendUnavailable
 
@@ -90,17 +90,8 @@ class TransformersRuntime(Runtime):
         import torch
 
         ids = seq.prompt_ids
-        best_key, best = None, 0
-        for key in self.prefix_cache:
-            n = common_prefix(key, ids)
-            if n > best:
-                best_key, best = key, n
-        use = min(best, len(ids) - 1)  # at least one token must run to get logits
-        if best_key is not None and use > 0:
-            self.prefix_cache.move_to_end(best_key)
-            cache = self.copy_cache(self.prefix_cache[best_key], use)
-        else:
-            use, cache = 0, self.new_cache()
+        cached, use = reusable_prefix(self.prefix_cache, ids)
+        cache = self.copy_cache(cached, use) if cached is not None else self.new_cache()
         logits = self.forward(torch.tensor([ids[use:]]), cache)
         seq.stats["prefill_tokens"] = len(ids) - use
         seq.stats["prefix_cache_hit_tokens"] = use
