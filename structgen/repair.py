@@ -29,6 +29,7 @@ from structgen.backends import GenerationRequest, GenerationResult
 from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
 from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
+from structgen.schema.limits import DEFAULT_LIMITS, nesting_depth
 from structgen.validate import Outcome, schema_errors, validate_data, validate_text
 
 if TYPE_CHECKING:
@@ -171,8 +172,8 @@ def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
         attempts.append(Attempt("syntax", repaired_text, current.errors, backend))
         if current.ok:
             return LocalFix(current, repaired_text, stages, attempts)
-    if budget <= 0:
-        return LocalFix(current, text, stages, attempts)
+    if budget <= 0 or any(e.keyword == "depth" for e in current.errors):
+        return LocalFix(current, text, stages, attempts)  # coerce recurses: not past limits
     new, changes = coerce(data, output.json_schema)
     if not changes:
         return LocalFix(current, text, stages, attempts)
@@ -187,6 +188,11 @@ def syntax_repair(text: str) -> tuple[Any, bool]:
     """Parse almost-JSON; ``(data, found)`` where ``found`` is false when no JSON was there."""
     import json_repair
 
+    # json-repair recurses per nesting level and is far slower than the C parser: text
+    # past the parse limits is not repaired (validation already reported why)
+    if (len(text) > DEFAULT_LIMITS.max_chars
+            or nesting_depth(text, DEFAULT_LIMITS.max_depth) > DEFAULT_LIMITS.max_depth):
+        return None, False
     try:
         data = json_repair.loads(text)
     except Exception:  # json-repair raises assorted errors on pathological input

@@ -54,8 +54,13 @@ def copy_schema(schema: Any) -> Any:
     anything that is not plain JSON falls back to deepcopy)."""
     try:
         return json.loads(json.dumps(schema))
-    except (TypeError, ValueError, RecursionError):
-        return copy.deepcopy(schema)
+    except RecursionError:
+        raise SchemaError("the schema nests too deeply to copy (or contains itself)") from None
+    except (TypeError, ValueError):
+        try:
+            return copy.deepcopy(schema)
+        except RecursionError:
+            raise SchemaError("the schema nests too deeply to copy") from None
 
 
 def _escape(token: str) -> str:

@@ -147,6 +147,16 @@ def test_deep_schemas_are_schema_errors() -> None:
         compile_output(schema)
 
 
+def test_deep_old_draft_schema_is_a_schema_error() -> None:
+    # found by tests/fuzz: the draft upgrade copied the schema before any depth check
+    schema: dict[str, Any] = {"type": "integer"}
+    for _ in range(3000):
+        schema = {"items": [schema]}
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    with pytest.raises(SchemaError, match="nests too deeply"):
+        compile_output(schema)
+
+
 def test_regex_output_deep_text_is_fine() -> None:
     # regex outputs are not JSON: depth limits do not apply to them
     assert validate_text("[" * 3000, compile_output(Regex(r"\[+"))).ok
