@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,13 @@ from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFaile
 from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
 from structgen.schema.limits import DEFAULT_LIMITS, nesting_depth
-from structgen.validate import Outcome, schema_errors, validate_data, validate_text
+from structgen.validate import (
+    Outcome,
+    parse_json,
+    schema_errors,
+    validate_data,
+    validate_text,
+)
 
 if TYPE_CHECKING:
     from structgen.engine import Engine
@@ -384,19 +391,23 @@ def _is_type(data: Any, t: str) -> bool:
 
 def _convert(data: Any, t: str) -> Any:
     """The one obvious conversion of ``data`` to JSON type ``t``, or ``_NO``."""
+    if isinstance(data, str) and len(data) > DEFAULT_LIMITS.max_number_digits \
+            and t in ("integer", "number"):
+        return _NO  # past the parse limits: not a number anyone wrote on purpose
     if t == "integer" and isinstance(data, str) and _INT.fullmatch(data):
         return int(data)
     if t == "number" and isinstance(data, str) and _NUM.fullmatch(data):
         number = float(data)
-        return int(number) if _INT.fullmatch(data) else number
+        if not math.isfinite(number):
+            return _NO
+        return int(data) if _INT.fullmatch(data) else number
     if t == "boolean" and isinstance(data, str) and data.strip().casefold() in ("true", "false"):
         return data.strip().casefold() == "true"
     if t == "string" and isinstance(data, int | float) and not isinstance(data, bool):
         return json.dumps(data)
     if t in ("array", "object") and isinstance(data, str):
-        try:
-            decoded = json.loads(data)
-        except json.JSONDecodeError:
+        decoded, errors = parse_json(data)  # bounded: the string is model text too
+        if errors:
             decoded = _NO
         if decoded is not _NO and _is_type(decoded, t):
             return decoded
