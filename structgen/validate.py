@@ -279,11 +279,31 @@ def _data_error(data: Any, limits: Limits) -> ErrorDetail | None:
         node = stack.pop()
         if isinstance(node, float) and not math.isfinite(node):
             return ErrorDetail("", f"{node} is not a JSON number", "type")
+        if isinstance(node, str) and not _is_unicode(node):
+            return ErrorDetail("", f"{_short(node)} holds a lone surrogate: not Unicode text",
+                               "type")
         if isinstance(node, dict):
+            bad = next((k for k in node if isinstance(k, str) and not _is_unicode(k)), None)
+            if bad is not None:
+                return ErrorDetail("", f"the key {_short(bad)} holds a lone surrogate: not "
+                                       "Unicode text", "type")
             stack.extend(node.values())
         elif isinstance(node, list | tuple):
             stack.extend(node)
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    """No lone surrogates (JSON's "\\ud800" parses to one; it has no UTF-8 form)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(text: str) -> str:
+    return ascii(text if len(text) <= 40 else text[:37] + "...")
 
 
 def validate_data(data: Any, output: CompiledOutput) -> Outcome:

@@ -26,3 +26,18 @@ def test_json_inside_a_string_is_parsed_within_limits() -> None:
     deep = "[" * 3000 + "]" * 3000
     # was: RecursionError out of json.loads; now it is no JSON, so one item of a list
     assert coerce({"n": deep}, schema)[0] == {"n": [deep]}
+
+
+def test_lone_surrogates_are_not_valid_text() -> None:
+    # was: UnicodeEncodeError out of RE2 on a patternProperties key "\ud800\udc00" that
+    # json-repair produced from '{```json\n"\\ud800\\udc00": null}'
+    from structgen.schema.ecma_regex import compile_ecma
+    from structgen.validate import validate_text
+
+    out = compile_output({"type": "object", "patternProperties": {r"^x\d$": {}},
+                          "additionalProperties": False})
+    fix = repair_locally('{```json\n"\\ud800\\udc00": null}', out)
+    assert not fix.outcome.ok
+    outcome = validate_text('{"a": "\\ud800"}', compile_output({"type": "object"}))
+    assert not outcome.ok and "lone surrogate" in outcome.errors[0].message
+    assert compile_ecma(r"^\d$").search("\ud800") is False  # the fallback matcher takes it

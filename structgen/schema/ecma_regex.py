@@ -334,7 +334,8 @@ class PatternTimeout(Exception):
 
 @dataclass(frozen=True)
 class EcmaRegex:
-    """A compiled ECMA-262 pattern: RE2 when it can run it, else ``regex`` with a timeout."""
+    """A compiled ECMA-262 pattern: RE2 when it can run it, else ``regex`` with a timeout
+    (also for text RE2 cannot take: strings holding lone surrogates are not UTF-8)."""
 
     source: str
     engine: str  # "re2" | "regex"
@@ -342,21 +343,37 @@ class EcmaRegex:
 
     def search(self, text: str) -> bool:
         """Does the pattern match anywhere in ``text`` (JSON Schema ``pattern``)?"""
-        if self.engine == "re2":
-            return self.compiled.search(text) is not None
-        try:
-            return self.compiled.search(text, timeout=FALLBACK_TIMEOUT_S) is not None
-        except TimeoutError:
-            raise PatternTimeout(self.source) from None
+        return self._match(text, full=False)
 
     def fullmatch(self, text: str) -> bool:
         """Does the pattern match all of ``text`` (a ``Regex(...)`` output)?"""
+        return self._match(text, full=True)
+
+    def _match(self, text: str, *, full: bool) -> bool:
         if self.engine == "re2":
-            return self.compiled.fullmatch(text) is not None
+            try:
+                found = self.compiled.fullmatch(text) if full else self.compiled.search(text)
+                return found is not None
+            except UnicodeEncodeError:
+                pass
+        compiled = self.compiled if self.engine == "regex" else _fallback(self.source)
         try:
-            return self.compiled.fullmatch(text, timeout=FALLBACK_TIMEOUT_S) is not None
+            found = compiled.fullmatch(text, timeout=FALLBACK_TIMEOUT_S) if full else \
+                compiled.search(text, timeout=FALLBACK_TIMEOUT_S)
         except TimeoutError:
             raise PatternTimeout(self.source) from None
+        return found is not None
+
+
+@lru_cache(maxsize=256)
+def _fallback(pattern: str) -> Any:
+    """The ``regex``-module form of ``pattern`` (SchemaError if even that fails)."""
+    import regex
+
+    try:
+        return regex.compile(translate(pattern, "python"), regex.ASCII | regex.V0)
+    except (regex.error, ValueError, OverflowError) as exc:
+        raise SchemaError(f"invalid regular expression {pattern!r} (ECMA-262): {exc}") from None
 
 
 @lru_cache(maxsize=1)
@@ -372,18 +389,13 @@ def _re2_options() -> Any:
 def compile_ecma(pattern: str) -> EcmaRegex:
     """Compile an ECMA-262 pattern for matching; :class:`SchemaError` if it is malformed."""
     import re2
-    import regex
 
     re2_source = translate(pattern, "re2")
     try:
         return EcmaRegex(pattern, "re2", re2.compile(re2_source, _re2_options()))
     except re2.error:
         pass  # backreferences and lookaround: RE2 does not implement them
-    try:
-        compiled = regex.compile(translate(pattern, "python"), regex.ASCII | regex.V0)
-    except (regex.error, ValueError, OverflowError) as exc:
-        raise SchemaError(f"invalid regular expression {pattern!r} (ECMA-262): {exc}") from None
-    return EcmaRegex(pattern, "regex", compiled)
+    return EcmaRegex(pattern, "regex", _fallback(pattern))
 
 
 def is_ecma_pattern(pattern: object) -> bool:
