@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import Any
@@ -69,10 +70,8 @@ schemas = st.recursive(
 def _compile(schema: Any) -> None:
     started = time.perf_counter()
     for step in (lambda: compile_output(schema), lambda: check_schema(schema)):
-        try:
+        with contextlib.suppress(SchemaError):
             step()
-        except SchemaError:
-            pass
     assert time.perf_counter() - started < 10, "a schema took over 10 s to check"
 
 
