@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker, validators
-from jsonschema._utils import extras_msg, find_evaluated_property_keys_by_schema
+from jsonschema._utils import extras_msg
 from jsonschema.exceptions import ValidationError as JsonSchemaValidationError
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
@@ -102,10 +102,7 @@ def _unevaluated_properties(validator: Any, uP: Any, instance: Any,
                             schema: Any) -> Iterator[Any]:
     if not validator.is_type(instance, "object"):
         return
-    # jsonschema's helper matches patternProperties with Python ``re``; give it a schema
-    # whose patternProperties are spelled as the literal keys they match under ECMA rules
-    evaluated = set(find_evaluated_property_keys_by_schema(
-        validator, instance, _ecma_pattern_keys(schema, instance)))
+    evaluated = set(_evaluated_keys(validator, instance, schema))
     unevaluated = [key for key in instance if key not in evaluated
                    and any(True for _ in validator.descend(instance[key], uP, path=key,
                                                            schema_path=key))]
@@ -121,25 +118,47 @@ def _unevaluated_properties(validator: Any, uP: Any, instance: Any,
                                             "invalid)")
 
 
-def _ecma_pattern_keys(schema: Any, instance: dict[str, Any]) -> Any:
-    """``schema`` (and its in-place subschemas) with each ``patternProperties`` map keyed
-    by escaped literal names of the instance keys its ECMA patterns match."""
-    import re
-
-    if not isinstance(schema, dict):
-        return schema
-    out = dict(schema)
-    if isinstance(schema.get("patternProperties"), dict):
-        out["patternProperties"] = {
-            "^" + re.escape(key) + r"\Z": {} for key in instance
-            if any(_search(p, key) for p in schema["patternProperties"])}
-    for keyword in ("allOf", "anyOf", "oneOf"):
-        if isinstance(schema.get(keyword), list):
-            out[keyword] = [_ecma_pattern_keys(s, instance) for s in schema[keyword]]
-    for keyword in ("if", "then", "else"):
-        if keyword in schema:
-            out[keyword] = _ecma_pattern_keys(schema[keyword], instance)
-    return out
+def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> list[str]:
+    """The instance keys some keyword of ``schema`` evaluates (jsonschema's
+    ``find_evaluated_property_keys_by_schema``, with ECMA ``patternProperties``)."""
+    if validator.is_type(schema, "boolean"):
+        return []
+    keys: list[str] = []
+    for ref_keyword in ("$ref", "$dynamicRef"):
+        ref = schema.get(ref_keyword)
+        if ref is not None:
+            resolved = validator._resolver.lookup(ref)
+            keys += _evaluated_keys(
+                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
+                instance, resolved.contents)
+    properties = schema.get("properties")
+    if validator.is_type(properties, "object"):
+        keys += properties.keys() & instance.keys()
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        sub = schema.get(keyword)
+        if sub is not None:
+            keys += (key for key, value in instance.items()
+                     if next(validator.descend(value, sub), None) is None)
+    patterns = schema.get("patternProperties")
+    if isinstance(patterns, dict):
+        keys += (key for key in instance if any(_search(p, key) for p in patterns))
+    dependent = schema.get("dependentSchemas")
+    if isinstance(dependent, dict):
+        for name, sub in dependent.items():
+            if name in instance:
+                keys += _evaluated_keys(validator, instance, sub)
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for sub in schema.get(keyword, []):
+            if next(validator.descend(instance, sub), None) is None:
+                keys += _evaluated_keys(validator, instance, sub)
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            keys += _evaluated_keys(validator, instance, schema["if"])
+            if "then" in schema:
+                keys += _evaluated_keys(validator, instance, schema["then"])
+        elif "else" in schema:
+            keys += _evaluated_keys(validator, instance, schema["else"])
+    return keys
 
 
 def _refuse_retrieval(uri: str) -> Any:
