@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check
 export STRUCTGEN_VLLM_PYTHON ?= $(CURDIR)/$(VLLM_VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench install vllm-env redis-server clean
+.PHONY: demo test test-fast fuzz lint bench install vllm-env redis-server clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,10 @@ test: install vllm-env redis-server
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow and not vllm"
+
+# the fuzzers with random seeds and 20x the examples of the derandomized `make test` run
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -s tests/fuzz
 
 lint: install
 	$(BIN)/ruff check structgen schemas tests benchmarks

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,14 @@ from structgen.backends import GenerationRequest, GenerationResult
 from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
 from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
-from structgen.validate import Outcome, schema_errors, validate_data, validate_text
+from structgen.schema.limits import DEFAULT_LIMITS, nesting_depth
+from structgen.validate import (
+    Outcome,
+    parse_json,
+    schema_errors,
+    validate_data,
+    validate_text,
+)
 
 if TYPE_CHECKING:
     from structgen.engine import Engine
@@ -212,8 +220,8 @@ def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
         attempts.append(Attempt("syntax", repaired_text, current.errors, backend))
         if current.ok:
             return LocalFix(current, repaired_text, stages, attempts)
-    if budget <= 0:
-        return LocalFix(current, text, stages, attempts)
+    if budget <= 0 or any(e.keyword == "depth" for e in current.errors):
+        return LocalFix(current, text, stages, attempts)  # coerce recurses: not past limits
     new, changes = coerce(data, output.json_schema)
     if not changes:
         return LocalFix(current, text, stages, attempts)
@@ -228,6 +236,11 @@ def syntax_repair(text: str) -> tuple[Any, bool]:
     """Parse almost-JSON; ``(data, found)`` where ``found`` is false when no JSON was there."""
     import json_repair
 
+    # json-repair recurses per nesting level and is far slower than the C parser: text
+    # past the parse limits is not repaired (validation already reported why)
+    if (len(text) > DEFAULT_LIMITS.max_chars
+            or nesting_depth(text, DEFAULT_LIMITS.max_depth) > DEFAULT_LIMITS.max_depth):
+        return None, False
     try:
         data = json_repair.loads(text)
     except Exception:  # json-repair raises assorted errors on pathological input
@@ -419,19 +432,23 @@ def _is_type(data: Any, t: str) -> bool:
 
 def _convert(data: Any, t: str) -> Any:
     """The one obvious conversion of ``data`` to JSON type ``t``, or ``_NO``."""
+    if isinstance(data, str) and len(data) > DEFAULT_LIMITS.max_number_digits \
+            and t in ("integer", "number"):
+        return _NO  # past the parse limits: not a number anyone wrote on purpose
     if t == "integer" and isinstance(data, str) and _INT.fullmatch(data):
         return int(data)
     if t == "number" and isinstance(data, str) and _NUM.fullmatch(data):
         number = float(data)
-        return int(number) if _INT.fullmatch(data) else number
+        if not math.isfinite(number):
+            return _NO
+        return int(data) if _INT.fullmatch(data) else number
     if t == "boolean" and isinstance(data, str) and data.strip().casefold() in ("true", "false"):
         return data.strip().casefold() == "true"
     if t == "string" and isinstance(data, int | float) and not isinstance(data, bool):
         return json.dumps(data)
     if t in ("array", "object") and isinstance(data, str):
-        try:
-            decoded = json.loads(data)
-        except json.JSONDecodeError:
+        decoded, errors = parse_json(data)  # bounded: the string is model text too
+        if errors:
             decoded = _NO
         if decoded is not _NO and _is_type(decoded, t):
             return decoded

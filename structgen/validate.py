@@ -1,25 +1,35 @@
 """Validation: is this text a valid answer for this compiled output?
 
-JSON outputs are checked with ``jsonschema`` (Draft 2020-12, formats asserted) and, when
-the caller passed a Pydantic model, with Pydantic too. Errors come back as a list of
+JSON outputs are checked with ``jsonschema`` (Draft 2020-12, formats asserted), the one
+authority on validity, with ECMA-262 regular expressions (schema/ecma_regex.py) and no
+retrieval of remote references; and, when the caller passed a Pydantic model, with Pydantic
+too. Model text is parsed under :class:`~structgen.schema.limits.Limits` (NaN and Infinity
+are never JSON). Errors come back as a list of
 :class:`ErrorDetail` (instance pointer + message) ready to be fed back to a model.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema._utils import extras_msg
+from jsonschema.exceptions import ValidationError as JsonSchemaValidationError
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from referencing import Registry
+from referencing.exceptions import NoSuchResource, Unresolvable
 
 from structgen.errors import ErrorDetail, SchemaError
 from structgen.schema import CompiledOutput
 from structgen.schema.canonical import canonical_json
+from structgen.schema.ecma_regex import PatternTimeout, compile_ecma, is_ecma_pattern
+from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth, value_depth
 
 
 @dataclass
@@ -36,29 +46,169 @@ def _pointer(path: Any) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
-@lru_cache(maxsize=256)
-def _validator(schema_json: str) -> Draft202012Validator:
-    return Draft202012Validator(json.loads(schema_json),
-                                format_checker=Draft202012Validator.FORMAT_CHECKER)
+# The validator ---------------------------------------------------------------------------
+# jsonschema is the one authority on validity. Its regex keywords run Python ``re``, which
+# is not the ECMA-262 dialect JSON Schema specifies (``\d`` matches any Unicode digit, ``$``
+# matches before a final newline) and has no time limit; these keywords use
+# schema/ecma_regex.py instead (RE2, linear time; a bounded fallback).
+def _search(pattern: str, text: str) -> bool:
+    return compile_ecma(pattern).search(text)
+
+
+def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[Any]:
+    if validator.is_type(instance, "string") and not _search(patrn, instance):
+        yield JsonSchemaValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any,
+                        schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _search(pattern, key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    properties = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    return [key for key in instance if key not in properties
+            and not any(_search(p, key) for p in patterns)]
+
+
+def _additional_properties(validator: Any, ap: Any, instance: Any,
+                           schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    extras = _additional(instance, schema)
+    if validator.is_type(ap, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], ap, path=extra)
+    elif not ap and extras:
+        if "patternProperties" in schema:
+            verb = "does" if len(extras) == 1 else "do"
+            joined = ", ".join(repr(each) for each in sorted(extras))
+            patterns = ", ".join(repr(each) for each in sorted(schema["patternProperties"]))
+            yield JsonSchemaValidationError(
+                f"{joined} {verb} not match any of the regexes: {patterns}")
+        else:
+            names, verb = extras_msg(sorted(extras, key=str))
+            yield JsonSchemaValidationError(
+                f"Additional properties are not allowed ({names} {verb} unexpected)")
+
+
+def _unevaluated_properties(validator: Any, uP: Any, instance: Any,
+                            schema: Any) -> Iterator[Any]:
+    if not validator.is_type(instance, "object"):
+        return
+    evaluated = set(_evaluated_keys(validator, instance, schema))
+    unevaluated = [key for key in instance if key not in evaluated
+                   and any(True for _ in validator.descend(instance[key], uP, path=key,
+                                                           schema_path=key))]
+    if unevaluated:
+        if uP is False:
+            names, verb = extras_msg(sorted(unevaluated, key=str))
+            yield JsonSchemaValidationError(
+                f"Unevaluated properties are not allowed ({names} {verb} unexpected)")
+        else:
+            names, verb = extras_msg(unevaluated)
+            yield JsonSchemaValidationError("Unevaluated properties are not valid under the "
+                                            f"given schema ({names} {verb} unevaluated and "
+                                            "invalid)")
+
+
+def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> list[str]:
+    """The instance keys some keyword of ``schema`` evaluates (jsonschema's
+    ``find_evaluated_property_keys_by_schema``, with ECMA ``patternProperties``)."""
+    if validator.is_type(schema, "boolean"):
+        return []
+    keys: list[str] = []
+    for ref_keyword in ("$ref", "$dynamicRef"):
+        ref = schema.get(ref_keyword)
+        if ref is not None:
+            resolved = validator._resolver.lookup(ref)
+            keys += _evaluated_keys(
+                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
+                instance, resolved.contents)
+    properties = schema.get("properties")
+    if validator.is_type(properties, "object"):
+        keys += properties.keys() & instance.keys()
+    for keyword in ("additionalProperties", "unevaluatedProperties"):
+        sub = schema.get(keyword)
+        if sub is not None:
+            keys += (key for key, value in instance.items()
+                     if next(validator.descend(value, sub), None) is None)
+    patterns = schema.get("patternProperties")
+    if isinstance(patterns, dict):
+        keys += (key for key in instance if any(_search(p, key) for p in patterns))
+    dependent = schema.get("dependentSchemas")
+    if isinstance(dependent, dict):
+        for name, sub in dependent.items():
+            if name in instance:
+                keys += _evaluated_keys(validator, instance, sub)
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for sub in schema.get(keyword, []):
+            if next(validator.descend(instance, sub), None) is None:
+                keys += _evaluated_keys(validator, instance, sub)
+    if "if" in schema:
+        if validator.evolve(schema=schema["if"]).is_valid(instance):
+            keys += _evaluated_keys(validator, instance, schema["if"])
+            if "then" in schema:
+                keys += _evaluated_keys(validator, instance, schema["then"])
+        elif "else" in schema:
+            keys += _evaluated_keys(validator, instance, schema["else"])
+    return keys
+
+
+def _refuse_retrieval(uri: str) -> Any:
+    # structgen never fetches: a schema's remote reference is an outbound request chosen
+    # by whoever wrote the schema (check_schema rejects them; this is the backstop)
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+def _format_checker() -> FormatChecker:
+    checker = FormatChecker(formats=())
+    checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
+    checker.checkers["regex"] = (is_ecma_pattern, ())
+    return checker
+
+
+FORMAT_CHECKER = _format_checker()
+NO_RETRIEVAL = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
+
+EcmaValidator = validators.extend(Draft202012Validator, {
+    "pattern": _pattern,
+    "patternProperties": _pattern_properties,
+    "additionalProperties": _additional_properties,
+    "unevaluatedProperties": _unevaluated_properties,
+})
 
 
 @lru_cache(maxsize=256)
-def _fast_validator(schema_json: str) -> Any:
-    """What answers "is it valid?": jsonschema-rs (tens of times faster; formats asserted)
-    when it takes the schema, else jsonschema. Errors are always worded by jsonschema."""
+def _validator(schema_json: str) -> Any:
+    return EcmaValidator(json.loads(schema_json), format_checker=FORMAT_CHECKER,
+                         registry=NO_RETRIEVAL)
+
+
+def _run(schema_json: str, data: Any) -> list[ErrorDetail]:
+    """Every error of ``data``, most useful first; [] when valid. A schema that cannot be
+    applied (a reference it cannot resolve) raises SchemaError."""
+    validator = _validator(schema_json)
     try:
-        import jsonschema_rs
-
-        return jsonschema_rs.Draft202012Validator(json.loads(schema_json), validate_formats=True)
-    except Exception:  # not installed, or a schema it refuses: jsonschema decides
-        return _validator(schema_json)
-
-
-def _fast_is_valid(schema_json: str, data: Any) -> bool:
-    try:
-        return bool(_fast_validator(schema_json).is_valid(data))
-    except Exception:  # data it cannot take (e.g. a huge int): let jsonschema judge
-        return False
+        if validator.is_valid(data):
+            return []
+        errors = sorted(validator.iter_errors(data),
+                        key=lambda e: (-len(e.absolute_path), e.validator != "type", e.message))
+    except PatternTimeout as exc:
+        return [ErrorDetail("", f"matching pattern {exc.args[0]!r} took too long: the value "
+                                "is not accepted", "pattern")]
+    except RecursionError:
+        return [ErrorDetail("", "the value or the schema nests too deeply to validate",
+                            "depth")]
+    except Unresolvable as exc:
+        raise SchemaError(f"unresolvable reference during validation: {exc}") from None
+    return [ErrorDetail(_pointer(e.absolute_path), e.message, str(e.validator)) for e in errors]
 
 
 _by_hash: dict[str, str] = {}
@@ -72,7 +222,7 @@ def is_valid(data: Any, output: CompiledOutput) -> bool:
         if len(_by_hash) > 512:
             _by_hash.clear()
         key = _by_hash[output.hash] = canonical_json(output.json_schema or {})
-    return _fast_is_valid(key, data) or bool(_validator(key).is_valid(data))
+    return _data_error(data, DEFAULT_LIMITS) is None and not _run(key, data)
 
 
 def schema_errors(data: Any, schema: dict[str, Any]) -> list[ErrorDetail]:
@@ -81,26 +231,98 @@ def schema_errors(data: Any, schema: dict[str, Any]) -> list[ErrorDetail]:
     Deepest instance location first (the most specific), and at one location a ``type``
     error before the others: "must be an integer" explains "not a multiple of 5".
     """
-    key = canonical_json(schema)
-    if _fast_is_valid(key, data):
-        return []
-    validator = _validator(key)
-    errors = sorted(validator.iter_errors(data),
-                    key=lambda e: (-len(e.absolute_path), e.validator != "type", e.message))
-    return [ErrorDetail(_pointer(e.absolute_path), e.message, str(e.validator)) for e in errors]
+    return _run(canonical_json(schema), data)
 
 
 def pydantic_errors(exc: PydanticValidationError) -> list[ErrorDetail]:
     return [ErrorDetail(_pointer(err["loc"]), err["msg"], err["type"]) for err in exc.errors()]
 
 
-def parse_json(text: str) -> tuple[Any, list[ErrorDetail]]:
-    """Strict JSON parse (raw control characters in strings are rejected)."""
+class _NotJson(ValueError):
+    """A value JSON cannot carry (NaN, Infinity, an overflowing float, a huge integer)."""
+
+
+def _constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotJson(f"the number {text[:20]} is out of range (JSON numbers are finite)")
+    return value
+
+
+@lru_cache(maxsize=8)
+def _decoder(max_digits: int) -> json.JSONDecoder:
+    def bounded_int(text: str) -> int:
+        if len(text.lstrip("-")) > max_digits:
+            raise _NotJson(f"an integer has {len(text)} digits (limit: "
+                           f"Limits.max_number_digits = {max_digits})")
+        return int(text)
+
+    return json.JSONDecoder(parse_int=bounded_int, parse_float=_finite_float,
+                            parse_constant=_constant)
+
+
+def parse_json(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, list[ErrorDetail]]:
+    """Strict JSON parse: raw control characters in strings, NaN and Infinity are rejected,
+    and so is text past ``limits`` (length, nesting depth, integer digits)."""
+    if len(text) > limits.max_chars:
+        return None, [ErrorDetail("", f"the text has {len(text)} characters (limit: "
+                                      f"Limits.max_chars = {limits.max_chars})", "json")]
+    depth = nesting_depth(text, limits.max_depth)
+    if depth > limits.max_depth:
+        return None, [ErrorDetail("", f"JSON nests {depth} levels deep (limit: "
+                                      f"Limits.max_depth = {limits.max_depth})", "json")]
     try:
-        return json.loads(text), []
+        return _decoder(limits.max_number_digits).decode(text), []
     except json.JSONDecodeError as exc:
         return None, [ErrorDetail("", f"invalid JSON: {exc.msg} at line {exc.lineno} "
                                       f"column {exc.colno}", "json")]
+    except (_NotJson, ValueError) as exc:  # ValueError: CPython's own int-digits limit
+        return None, [ErrorDetail("", f"invalid JSON: {exc}", "json")]
+    except RecursionError:
+        return None, [ErrorDetail("", "JSON nests too deeply to parse", "json")]
+
+
+def _data_error(data: Any, limits: Limits) -> ErrorDetail | None:
+    """What makes already-parsed ``data`` unacceptable before any schema is applied:
+    nesting past the limit, NaN or infinite numbers (repair output is checked here)."""
+    depth = value_depth(data, limits.max_depth)
+    if depth > limits.max_depth:
+        return ErrorDetail("", f"the value nests more than {limits.max_depth} levels deep "
+                               "(limit: Limits.max_depth)", "depth")
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return ErrorDetail("", f"{node} is not a JSON number", "type")
+        if isinstance(node, str) and not _is_unicode(node):
+            return ErrorDetail("", f"{_short(node)} holds a lone surrogate: not Unicode text",
+                               "type")
+        if isinstance(node, dict):
+            bad = next((k for k in node if isinstance(k, str) and not _is_unicode(k)), None)
+            if bad is not None:
+                return ErrorDetail("", f"the key {_short(bad)} holds a lone surrogate: not "
+                                       "Unicode text", "type")
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    """No lone surrogates (JSON's "\\ud800" parses to one; it has no UTF-8 form)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(text: str) -> str:
+    return ascii(text if len(text) <= 40 else text[:37] + "...")
 
 
 def validate_data(data: Any, output: CompiledOutput) -> Outcome:
@@ -108,7 +330,8 @@ def validate_data(data: Any, output: CompiledOutput) -> Outcome:
     if output.json_schema is None:
         raise SchemaError(f"a {output.kind} output validates text, not parsed JSON data: "
                           "use validate_text")
-    errors = schema_errors(data, output.json_schema)
+    problem = _data_error(data, DEFAULT_LIMITS)
+    errors = [problem] if problem is not None else schema_errors(data, output.json_schema)
     if errors:
         return Outcome(False, data=data, errors=errors)
     if output.model is not None:
@@ -128,7 +351,12 @@ def validate_text(text: str, output: CompiledOutput) -> Outcome:
             return Outcome(False, errors=errors)
         return validate_data(data, output)
     if output.kind == "regex":
-        if re.fullmatch(output.pattern or "", text, flags=re.DOTALL) is not None:
+        try:
+            matched = compile_ecma(output.pattern or "").fullmatch(text)
+        except PatternTimeout:
+            return Outcome(False, errors=[ErrorDetail(
+                "", f"matching /{output.pattern}/ took too long", "pattern")])
+        if matched:
             return Outcome(True, value=text, data=text)
         return Outcome(False, errors=[ErrorDetail("", f"does not match /{output.pattern}/",
                                                   "pattern")])

@@ -11,15 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError as JsonSchemaError
 
 from structgen.errors import SchemaError
+from structgen.schema.ecma_regex import is_ecma_pattern
 
 # Keywords whose value is a schema, a list of schemas, or a name → schema map (the draft-7
 # ``dependencies`` map holds schemas and name lists; the lists are not subschemas).
@@ -55,8 +54,13 @@ def copy_schema(schema: Any) -> Any:
     anything that is not plain JSON falls back to deepcopy)."""
     try:
         return json.loads(json.dumps(schema))
-    except (TypeError, ValueError, RecursionError):
-        return copy.deepcopy(schema)
+    except RecursionError:
+        raise SchemaError("the schema nests too deeply to copy (or contains itself)") from None
+    except (TypeError, ValueError):
+        try:
+            return copy.deepcopy(schema)
+        except RecursionError:
+            raise SchemaError("the schema nests too deeply to copy") from None
 
 
 def _escape(token: str) -> str:
@@ -175,7 +179,7 @@ _CONTRADICTION_KEYS = frozenset({
     "maxContains", "enum", "const", "allOf", "additionalProperties",
 })
 
-_CHECKED_KEYS = _CONTRADICTION_KEYS | {"$ref", "format"}
+_CHECKED_KEYS = _CONTRADICTION_KEYS | {"$ref", "$dynamicRef", "format"}
 
 
 def _check_contradictions(sub: dict[str, Any]) -> None:
@@ -284,6 +288,7 @@ def _metaschema_valid_fast(schema: Any, nodes: list[dict[str, Any]] | None = Non
     except Exception:  # unsupported Python values, unknown drafts: let jsonschema decide
         return False
     # jsonschema-rs does not assert the "regex" format of patterns; jsonschema does.
+    # ECMA-262 validity (schema/ecma_regex.py), not Python's: \p{Letter} is a valid pattern
     patterns: list[str] = []
     for sub in nodes if nodes is not None else subschema_nodes(schema):
         if "pattern" not in sub and "patternProperties" not in sub:
@@ -292,15 +297,81 @@ def _metaschema_valid_fast(schema: Any, nodes: list[dict[str, Any]] | None = Non
             patterns.append(sub["pattern"])
         if isinstance(sub.get("patternProperties"), dict):
             patterns.extend(sub["patternProperties"])
-    if patterns:
-        with warnings.catch_warnings():  # "possible nested set" and the like: not our call
-            warnings.simplefilter("ignore", FutureWarning)
-            for pattern in patterns:
-                try:
-                    re.compile(pattern)
-                except re.error:
-                    return False
-    return True
+    return all(is_ecma_pattern(p) for p in patterns)
+
+
+def _meta_formats() -> FormatChecker:
+    """The metaschema's format checker with ECMA-262 ``regex`` validity."""
+    checker = FormatChecker(formats=())
+    checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
+    checker.checkers["regex"] = (is_ecma_pattern, ())
+    return checker
+
+
+_META_FORMATS = _meta_formats()
+# Keywords whose subschemas apply to the same instance (no property or item is consumed):
+# a $ref cycle through only these recurses forever in validation ({"$ref": "#"}).
+_IN_PLACE_SINGLE = ("not", "if", "then", "else")
+_IN_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
+
+
+def _ref_target(schema: dict[str, Any], ref: str,
+                anchors: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    if ref in anchors:
+        return anchors[ref]
+    try:
+        target = resolve_pointer(schema, ref)
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    return target if isinstance(target, dict) else None
+
+
+def _check_ref_cycles(schema: dict[str, Any], nodes: list[dict[str, Any]]) -> None:
+    """Raise SchemaError for a reference cycle that consumes no input: validation would
+    recurse until the interpreter's stack runs out."""
+    if not any("$ref" in n or "$dynamicRef" in n for n in nodes):
+        return
+    anchors: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        for key in ("$anchor", "$dynamicAnchor"):
+            if isinstance(node.get(key), str):
+                anchors["#" + node[key]] = node
+
+    def in_place(node: dict[str, Any]) -> list[dict[str, Any]]:
+        out = [node[k] for k in _IN_PLACE_SINGLE if isinstance(node.get(k), dict)]
+        for key in _IN_PLACE_LISTS:
+            if isinstance(node.get(key), list):
+                out.extend(s for s in node[key] if isinstance(s, dict))
+        if isinstance(node.get("dependentSchemas"), dict):
+            out.extend(s for s in node["dependentSchemas"].values() if isinstance(s, dict))
+        for key in ("$ref", "$dynamicRef"):
+            if isinstance(node.get(key), str):
+                target = _ref_target(schema, node[key], anchors)
+                if target is not None:
+                    out.append(target)
+        return out
+
+    done: set[int] = set()
+    for start in nodes:
+        if id(start) in done:
+            continue
+        on_path: set[int] = {id(start)}
+        stack: list[tuple[dict[str, Any], Iterator[dict[str, Any]]]] = [
+            (start, iter(in_place(start)))]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                on_path.discard(id(node))
+                done.add(id(node))
+                continue
+            if id(child) in on_path:
+                raise SchemaError("reference cycle that consumes no input: validation "
+                                  "would never end", pointer_to(schema, node))
+            if id(child) not in done:
+                on_path.add(id(child))
+                stack.append((child, iter(in_place(child))))
 
 
 def check_schema(schema: Any, *, unknown_formats: str = "error",
@@ -320,27 +391,17 @@ def check_schema(schema: Any, *, unknown_formats: str = "error",
     nodes = subschema_nodes(schema)  # one walk serves every check below (cold-compile cost)
     if not _metaschema_valid_fast(schema, nodes):
         try:
-            Draft202012Validator.check_schema(schema)
+            Draft202012Validator.check_schema(schema, format_checker=_META_FORMATS)
+        except RecursionError:
+            raise SchemaError("the schema nests too deeply to check") from None
         except JsonSchemaError as exc:
             raise _metaschema_error(schema, exc) from None
-    anchors: set[str] | None = None
     for sub in nodes:
         if _CHECKED_KEYS.isdisjoint(sub):  # most subschemas: nothing below applies
             continue
         try:
-            ref = sub.get("$ref")
-            if isinstance(ref, str):
-                if ref.startswith("#/") or ref == "#":
-                    try:
-                        resolve_pointer(schema, ref)
-                    except (KeyError, IndexError, ValueError, TypeError):
-                        raise SchemaError(f"unresolvable $ref {ref!r}", "/$ref") from None
-                else:
-                    if anchors is None:  # only schemas with non-local refs pay for this
-                        anchors = _anchors(schema, nodes)
-                    if ref not in anchors:
-                        raise SchemaError(f"unresolvable $ref {ref!r}: only local references "
-                                          "are supported", "/$ref")
+            for keyword in ("$ref", "$dynamicRef"):
+                _check_reference(schema, nodes, sub, keyword)
             if contradictions:
                 _check_contradictions(sub)
             fmt = sub.get("format")
@@ -350,4 +411,23 @@ def check_schema(schema: Any, *, unknown_formats: str = "error",
                     f"{', '.join(sorted(ASSERTED_FORMATS)[:12])}, ...)", "/format")
         except SchemaError as exc:  # exc.pointer is relative to ``sub``
             raise SchemaError(exc.reason, pointer_to(schema, sub) + exc.pointer) from None
+    _check_ref_cycles(schema, nodes)
     return nodes
+
+
+def _check_reference(schema: dict[str, Any], nodes: list[dict[str, Any]],
+                     sub: dict[str, Any], keyword: str) -> None:
+    """A ``$ref``/``$dynamicRef`` must resolve inside the document: structgen never
+    fetches (a remote reference is an outbound request chosen by the schema's author)."""
+    ref = sub.get(keyword)
+    if not isinstance(ref, str):
+        return
+    if ref.startswith("#/") or ref == "#":
+        try:
+            resolve_pointer(schema, ref)
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise SchemaError(f"unresolvable {keyword} {ref!r}", f"/{keyword}") from None
+    elif ref not in _anchors(schema, nodes):
+        raise SchemaError(f"unresolvable {keyword} {ref!r}: only local references (inside "
+                          "the schema) are supported; structgen never fetches remote ones",
+                          f"/{keyword}")

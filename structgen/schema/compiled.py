@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -18,9 +17,12 @@ from pydantic import BaseModel
 
 from structgen.errors import SchemaError
 from structgen.schema.canonical import canonical_json, schema_identity, sha256_hex
+from structgen.schema.ecma_regex import compile_ecma, translate
+from structgen.schema.limits import DEFAULT_LIMITS, nesting_depth
 from structgen.types import Choice, Grammar, JsonSchema, OutputKind, Regex
 
-COMPILER_VERSION = "2"  # 2: schema identity = sorted JSON + properties orders
+# 2: schema identity = sorted JSON + properties orders; 3: patterns in portable ECMA form
+COMPILER_VERSION = "3"
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +104,8 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         schema = model_json_schema(output)
         # Pydantic asserts the formats it emits (ipvanyaddress, ...) when it validates the
         # output, so an unknown format is an annotation here, not a promise we cannot keep
-        check_schema(schema, unknown_formats="ignore")
+        nodes = check_schema(schema, unknown_formats="ignore")
+        portable_patterns(nodes)
         return CompiledOutput(kind="json", json_schema=schema, model=output,
                               name=name or output.__name__)
     if isinstance(output, JsonSchema):
@@ -122,16 +125,15 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
             from structgen.schema.pydantic_schema import close_objects
 
             schema, text = json_copy(close_objects(schema))
-        check_schema(schema)
+        if portable_patterns(check_schema(schema)):
+            text = _ENCODER.encode(schema)
         return json_output(schema, text, name=name or str(output.get("title") or "output"))
     if isinstance(output, Regex):
         if not isinstance(output.pattern, str) or not output.pattern:
             raise SchemaError("Regex pattern must be a non-empty string")
-        try:
-            re.compile(output.pattern)
-        except re.error as exc:
-            raise SchemaError(f"invalid regular expression: {exc}") from None
-        return CompiledOutput(kind="regex", pattern=output.pattern, name=name or "regex")
+        compile_ecma(output.pattern)  # SchemaError if it is no ECMA-262 pattern
+        return CompiledOutput(kind="regex", pattern=translate(output.pattern),
+                              name=name or "regex")
     if isinstance(output, Choice):
         if not output.choices or not all(isinstance(c, str) and c for c in output.choices):
             raise SchemaError("Choice needs at least one non-empty string")
@@ -167,6 +169,23 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
                             check_circular=False)
 
 
+def portable_patterns(nodes: list[dict[str, Any]]) -> bool:
+    """Rewrite, in place, every ``pattern`` and ``patternProperties`` key of the subschemas
+    ``nodes`` into portable ECMA-262 (schema/ecma_regex.py): same meaning, but no grammar
+    engine or server can read ``\\d`` as a Unicode digit. True when anything changed."""
+    changed = False
+    for node in nodes:
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and (new := translate(pattern)) != pattern:
+            node["pattern"] = new
+            changed = True
+        props = node.get("patternProperties")
+        if isinstance(props, dict) and any(translate(k) != k for k in props):
+            node["patternProperties"] = {translate(k): v for k, v in props.items()}
+            changed = True
+    return changed
+
+
 def json_copy(schema: Any) -> tuple[dict[str, Any], str]:
     """(a JSON-clean deep copy of ``schema`` in its own key order, its compact JSON text).
 
@@ -189,6 +208,10 @@ def json_copy(schema: Any) -> tuple[dict[str, Any], str]:
             raise SchemaError(f"{key} must be finite (NaN and infinity are not JSON)",
                               pointer) from None
         raise SchemaError(f"schema is not JSON-serializable: {exc}") from None
+    depth = nesting_depth(text, DEFAULT_LIMITS.max_schema_depth)
+    if depth > DEFAULT_LIMITS.max_schema_depth:
+        raise SchemaError(f"the schema nests {depth} levels deep (limit: "
+                          f"Limits.max_schema_depth = {DEFAULT_LIMITS.max_schema_depth})")
     copy: dict[str, Any] = json.loads(text)
     return copy, text
 

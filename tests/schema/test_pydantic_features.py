@@ -121,7 +121,8 @@ CASES = {
     "max-length": Case(WithStrings, ("/properties/name/maxLength", 5),
                        {"name": "abcde", "code": "ABC-12"}, {"name": "abcdef", "code": "ABC-12"},
                        "/name", "maxLength"),
-    "pattern": Case(WithStrings, ("/properties/code/pattern", r"^[A-Z]{3}-\d{2}$"),
+    # the pattern reaches the schema in portable ECMA-262 form: \d is [0-9] (issue 15)
+    "pattern": Case(WithStrings, ("/properties/code/pattern", r"^[A-Z]{3}-[0-9]{2}$"),
                     {"name": "ab", "code": "XYZ-99"}, {"name": "ab", "code": "xyz-99"},
                     "/code", "pattern"),
     "exclusive-minimum": Case(WithNumbers, ("/properties/ratio/exclusiveMinimum", 0),
