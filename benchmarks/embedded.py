@@ -296,10 +296,15 @@ class LlamaColumn:
         if mode == "e":
             import outlines
 
+            # Outlines' llama.cpp processor needs this kernel (numba); inside llama.cpp's
+            # sampling callback its ImportError is printed and swallowed, and the answers
+            # come out unconstrained: fail here instead
+            import outlines_core.kernels.numpy  # noqa: F401
+
             complete = self.llm.create_chat_completion
 
             def keep_last(*args: Any, **kwargs: Any) -> Any:
-                self.last = complete(*args, **kwargs)
+                self.last = dict(complete(*args, **kwargs))  # type: ignore[arg-type]
                 return self.last
 
             # Outlines returns only the text; the finish reason and token counts are here
@@ -332,9 +337,9 @@ class LlamaColumn:
                     grammar = LlamaGrammar.from_json_schema(json.dumps(case.schema),
                                                             verbose=False)
                     row.stats["compile_s"] = time.perf_counter() - t0
-                resp = self.llm.create_chat_completion(
-                    case.messages, grammar=grammar, temperature=0.0,
-                    max_tokens=case.max_tokens if self.mode == "c" else budget)
+                resp = dict(self.llm.create_chat_completion(  # type: ignore[arg-type]
+                    case.messages, grammar=grammar, temperature=0.0,  # type: ignore[arg-type]
+                    max_tokens=case.max_tokens if self.mode == "c" else budget))
                 text = resp["choices"][0]["message"]["content"] or ""
         except Exception as exc:  # MemoryError included (the Outlines worker's limit)
             row.wall_s = time.perf_counter() - t0
@@ -459,7 +464,13 @@ class ColumnWorker:
 def run_column(method: str, cases: list[Case], budgets: list[int], spec: dict[str, Any],
                timeout_s: float) -> tuple[list[Row], dict[str, Any]]:
     print(f"({method}) {LABELS[method]}", flush=True)
-    worker = ColumnWorker(method, spec, timeout_s)
+    try:
+        worker = ColumnWorker(method, spec, timeout_s)
+    except RuntimeError as exc:  # the column cannot run here: every request is an error
+        print(f"  {exc}", flush=True)
+        rows = [Row(c.id, c.group, method, valid=False, error=str(exc)[:200]) for c in cases]
+        return rows, {"load_s": None, "peak_rss_mb": None, "restarts": 0,
+                      "error": str(exc)[:200]}
     rows = []
     for i, (case, budget) in enumerate(zip(cases, budgets, strict=True)):
         row = worker.run(i, budget, case)

@@ -306,7 +306,7 @@ def create_constraint(engine: str, tok: TokenizerData, *,
 
 # Bytes a closing walk tries, best first: what ends a value or a container, then what
 # starts the shortest values, then what fills a string or a pattern.
-CLOSING_BYTES = (b'}]"0,:' + b"123456789-.tfn" + bytes(range(0x61, 0x7B))
+CLOSING_BYTES = (b'}]",:' + b"10" + b"23456789-.tfn" + bytes(range(0x61, 0x7B))
                  + bytes(range(0x41, 0x5B)) + b"_{[ @/+#")
 CLOSING_PAIRS = (b'"}', b'"]', b"}}", b"]}", b"}]", b"]]", b'":', b'",')
 

@@ -11,7 +11,7 @@ Termination guarantees, so a small model cannot run away until ``max_tokens``:
 - **whitespace runs** are bounded (``[local] max_whitespace``): past the bound no
   whitespace token is allowed unless nothing else is;
 - **numbers** are bounded to what their type can hold (``[local] max_number_digits``
-  significant digits, 3 exponent digits): past the bound no token continues the number
+  significant digits, 2 exponent digits): past the bound no token continues the number
   unless nothing else can follow;
 - **budget-aware closing**: before a token is taken, the decoder checks that a completion
   of the grammar still fits in the tokens left after it (the matcher's shortest closing
@@ -107,14 +107,21 @@ class NumberGuard:
             elif c not in (0x2B, 0x2D):
                 self.in_number = False
 
+    def room(self) -> int | None:
+        """How many more digits the number in progress may take (None: not in a number).
+
+        The exponent gets two digits (|e| <= 99): with at most 17 significant digits that
+        stays inside float64, so the value never overflows to infinity."""
+        if not self.in_number:
+            return None
+        if self.in_exp:
+            return max(0, 2 - self.exp_digits)
+        cap = self.max_digits if self.frac else max(self.max_digits, 19)
+        return max(0, cap - max(self.sig, self.zeros))
+
     def blocked(self) -> bool:
         """True when another digit would exceed what the number's type holds."""
-        if not self.in_number:
-            return False
-        if self.in_exp:
-            return self.exp_digits >= 3
-        cap = self.max_digits if self.frac else max(self.max_digits, 19)
-        return self.sig >= cap or self.zeros >= cap
+        return self.room() == 0
 
 
 def fail(seq: Seq, exc: BaseException) -> None:
@@ -230,9 +237,12 @@ class Decoder:
             if s.ws_run >= self.cfg.max_whitespace and len(rt.ws_ids):
                 # runaway-whitespace guard: no more whitespace unless nothing else fits
                 self._hold_back(s, logits[i], rt.ws_ids)
-            if s.number is not None and s.number.blocked() and len(rt.digit_ids):
-                # runaway-number guard: the number has all the digits its type holds
-                self._hold_back(s, logits[i], rt.digit_ids)
+            if s.number is not None and len(rt.digit_ids):
+                room = s.number.room()
+                if room is not None:
+                    # runaway-number guard: no token may carry the number past the digits
+                    # its type holds (a multi-digit token counts all its digits)
+                    self._hold_back(s, logits[i], rt.digit_ids[rt.digit_runs > room])
         greedy = logits.argmax(-1).tolist()
         now = time.perf_counter()
         for i, s in enumerate(live):

@@ -113,10 +113,13 @@ class Runtime(ABC):
         self.ws_ids = torch.tensor(
             [i for i, b in enumerate(self.token_bytes) if b and set(b) <= WHITESPACE_BYTES],
             dtype=torch.long)
-        # tokens that begin with a digit: what the number guard holds back
-        self.digit_ids = torch.tensor(
-            [i for i, b in enumerate(self.token_bytes) if b and 0x30 <= b[0] <= 0x39],
-            dtype=torch.long)
+        # tokens that begin with a digit, and how many digits they begin with: what the
+        # number guard holds back when a number has no room for that many more
+        leading = [len(b) - len(b.lstrip(b"0123456789")) for b in self.token_bytes]
+        self.digit_ids = torch.tensor([i for i, n in enumerate(leading) if n],
+                                      dtype=torch.long)
+        self.digit_runs = torch.tensor([leading[i] for i in self.digit_ids.tolist()],
+                                       dtype=torch.long)
         self.bitmask = torch.full((self.cfg.max_batch, (self.vocab_size + 31) // 32), -1,
                                   dtype=torch.int32)
         self.apply_mask = mask_applier()
