@@ -226,7 +226,7 @@ class StructgenColumn:
                         max_tokens=8)
 
     def run(self, case: Case, budget: int) -> Row:
-        from structgen.errors import StructgenError, ValidationFailed
+        from structgen.errors import BackendTimeout, StructgenError, ValidationFailed
 
         row = Row(case.id, case.group, "")
         passes = self.backend.forward_passes  # type: ignore[attr-defined]
@@ -264,6 +264,7 @@ class StructgenColumn:
             except StructgenError as exc:
                 row.wall_s = time.perf_counter() - t0
                 row.valid = False
+                row.timeout = isinstance(exc, BackendTimeout)
                 row.error = f"{type(exc).__name__}: {str(exc)[:160]}"
         # llama_decode calls / model forward calls, prefills included (as for llama-cpp-python)
         row.stats["decode_calls"] = self.backend.forward_passes - passes  # type: ignore[attr-defined]
