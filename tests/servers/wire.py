@@ -12,7 +12,8 @@ can assert there were none.
 Faults a test can switch on: ``fail_statuses`` (answer these statuses first, e.g. 500),
 ``delay_s`` (slow answers), ``malformed`` (HTTP 200 with a non-JSON body),
 ``truncate`` (cut the stream without its terminator / mid-chunk), ``reply`` (a fixed text,
-e.g. unconstrained prose).
+e.g. unconstrained prose). ``connections`` counts the TCP connections accepted, so a test can
+tell a reused connection pool from a new client per call.
 """
 
 from __future__ import annotations
@@ -184,11 +185,17 @@ class WireServer:
         self.truncate = False
         self.reply: str | None = None
         self.thinking: str | None = None
+        self.connections = 0
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:  # once per accepted connection (keep-alive serves many)
+                super().setup()
+                with server._lock:
+                    server.connections += 1
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -216,6 +223,7 @@ class WireServer:
         with self._lock:
             self.requests.clear()
             self.violations.clear()
+            self.connections = 0
         self.fail_statuses = []
         self.delay_s = 0.0
         self.malformed = self.truncate = False
