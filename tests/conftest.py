@@ -130,7 +130,8 @@ def service_missing() -> Callable[[str, str], NoReturn]:
 def maskbench_dir() -> Path:
     """The MaskBench dev splits (``*.jsonl.gz``) in the shared data directory."""
     if not any(MASKBENCH.glob("*.jsonl.gz")):
-        missing(f"MaskBench data ({MASKBENCH}/*.jsonl.gz)", "the shared data set next to the checkout")
+        missing(f"MaskBench data ({MASKBENCH}/*.jsonl.gz)",
+                "the shared data set next to the checkout")
     return MASKBENCH
 
 
@@ -138,7 +139,8 @@ def maskbench_dir() -> Path:
 def test_suite_dir() -> Path:
     """JSON-Schema-Test-Suite, draft 2020-12, in the shared data directory."""
     if not TEST_SUITE.is_dir():
-        missing(f"JSON-Schema-Test-Suite ({TEST_SUITE})", "the shared data set next to the checkout")
+        missing(f"JSON-Schema-Test-Suite ({TEST_SUITE})",
+                "the shared data set next to the checkout")
     return TEST_SUITE
 
 
