@@ -83,7 +83,12 @@ class Engine:
     def build_request(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
                       model: str | None = None, reasoning: bool | None = None,
                       **sampling: Any) -> GenerationRequest:
-        compiled: CompiledOutput = _compile_memo(output)
+        return self._request(prompt_or_messages, _compile_memo(output), model=model,
+                             reasoning=reasoning, **sampling)
+
+    def _request(self, prompt_or_messages: str | Sequence[Any], output: CompiledOutput | None,
+                 *, model: str | None, reasoning: bool | None,
+                 **sampling: Any) -> GenerationRequest:
         unknown = set(sampling) - SAMPLING_KEYS
         if unknown:
             raise StructgenError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}"
@@ -92,7 +97,7 @@ class Engine:
         if not (0 <= s.temperature < math.inf) or not 0 < s.top_p <= 1 or s.max_tokens < 1:
             raise StructgenError("temperature must be >= 0, top_p in (0, 1], max_tokens >= 1")
         return GenerationRequest(
-            messages=normalize_messages(prompt_or_messages), output=compiled, sampling=s,
+            messages=normalize_messages(prompt_or_messages), output=output, sampling=s,
             # reasoning=None: the router turns it on for reasoning models ([router issue]).
             model=model, reasoning=bool(reasoning), extra={"reasoning_auto": reasoning is None},
             whitespace=self.config.local.whitespace)
@@ -173,6 +178,40 @@ class Engine:
             return hit
         return run_sync(
             self._agenerate_request(request, backend, key, start, allow_truncated))
+
+    async def arun_text(self, prompt_or_messages: str | Sequence[Any], *,
+                        backend: str | None = None, model: str | None = None,
+                        reasoning: bool | None = None, **sampling: Any) -> StructuredResult:
+        """Plain text with no output constraint (``value`` is the text).
+
+        The same backends, fallback, deadline and metrics as :meth:`arun`, so the metrics'
+        structured share (a backend switch criterion) sees an application's unstructured
+        calls too; nothing is validated or cached.
+        """
+        start = time.perf_counter()
+        request = self._request(prompt_or_messages, None, model=model, reasoning=reasoning,
+                                **sampling)
+        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
+        try:
+            gen, trail = await self.router.agenerate(request, backend=backend)
+        except StructgenError as exc:
+            self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            raise
+        result = StructuredResult(
+            value=gen.text, raw_text=gen.text, backend=gen.backend, model=gen.model,
+            attempts=trail, reasoning_text=gen.reasoning_text,
+            latency_s=time.perf_counter() - start,
+            usage={"prompt_tokens": gen.prompt_tokens,
+                   "completion_tokens": gen.completion_tokens, **gen.stats})
+        self.metrics.record(request, gen, result)
+        return result
+
+    def run_text(self, prompt_or_messages: str | Sequence[Any], *, backend: str | None = None,
+                 model: str | None = None, reasoning: bool | None = None,
+                 **sampling: Any) -> StructuredResult:
+        """Sync twin of :meth:`arun_text`."""
+        return run_sync(self.arun_text(prompt_or_messages, backend=backend, model=model,
+                                       reasoning=reasoning, **sampling))
 
     async def agenerate(self, *args: Any, **kwargs: Any) -> Any:
         return (await self.arun(*args, **kwargs)).value

@@ -57,6 +57,8 @@ P99_LIMIT_S = 5.0
 STRUCTURED_SHARE = 0.30
 MULTI_TURN_SHARE = 0.50
 
+UNSTRUCTURED_KIND = "none"  # the ``kind`` label of a call with no output constraint
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 _served_ports: set[int] = set()
 
@@ -255,10 +257,11 @@ class Metrics:
 
     def record(self, request: GenerationRequest, gen: GenerationResult,
                result: StructuredResult) -> None:
-        """A request that produced a valid value."""
+        """A request that produced a valid value, or the text of an unconstrained call."""
         if not self.enabled:
             return
-        kind = request.output.kind if request.output is not None else "none"
+        structured = request.output is not None
+        kind = request.output.kind if request.output is not None else UNSTRUCTURED_KIND
         fixed_by = result.repairs[-1] if result.repaired and result.repairs else None
         fallback = any(not a.get("ok") for a in result.attempts)
         seconds = gen.latency_s or result.latency_s
@@ -269,7 +272,7 @@ class Metrics:
             self.ttft.labels(gen.backend).observe(gen.ttft_s)
         if tps is not None:
             self.throughput.labels(gen.backend).observe(tps)
-        if not result.repaired:
+        if structured and not result.repaired:
             self.first_try.inc()
         for stage in result.repairs:
             self.repairs.labels(stage, str(stage == fixed_by).lower()).inc()
@@ -283,11 +286,11 @@ class Metrics:
                 _bump(c, "requests")
                 _bump(state["by_backend"], gen.backend)
                 _bump(state["by_kind"], kind)
-                _bump(c, "first_try_valid", not result.repaired)
+                _bump(c, "first_try_valid", structured and not result.repaired)
                 _bump(c, "repaired", result.repaired)
                 _bump(c, "retries", result.repairs.count("reask"))
                 _bump(c, "fallbacks", fallback)
-                _bump(c, "structured", request.output is not None)
+                _bump(c, "structured", structured)
                 _bump(c, "multi_turn", request.multi_turn)
                 for stage in result.repairs:
                     _bump(state["repairs_tried"], stage)
@@ -409,7 +412,9 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
     """The derived numbers ``structgen stats`` prints, plus the recommendation."""
     c = state["counts"]
     calls = c.get("requests", 0) + c.get("failures", 0)
-    judged = c.get("requests", 0) + c.get("validation_failures", 0)
+    # validity rates are over structured calls only: plain text is never validated
+    judged = (c.get("requests", 0) - state["by_kind"].get(UNSTRUCTURED_KIND, 0)
+              + c.get("validation_failures", 0))
     requests = c.get("requests", 0)
     samples = state["samples"]
     tried, fixed = state["repairs_tried"], state["repairs_fixed"]

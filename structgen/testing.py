@@ -39,8 +39,9 @@ def _corpus() -> list[str]:
     return lines * 4
 
 
-def _json_samples(rng: random.Random, n: int) -> list[str]:
-    """Chat-formatted prompts with short JSON answers (what the tiny model is trained on)."""
+def _json_samples(rng: random.Random, n: int, thinking: str | None = None) -> list[str]:
+    """Chat-formatted prompts with short JSON answers (what the tiny model is trained on),
+    each answer after ``<think>{thinking}</think>`` when ``thinking`` is given."""
     words = ["kind", "target", "paths", "confidence", "rationale", "error", "type", "file", "line", "steps", "verdict", "issues", "severity", "name", "value", "items", "id", "title", "description"]
 
     def value(depth: int) -> object:
@@ -62,17 +63,20 @@ def _json_samples(rng: random.Random, n: int) -> list[str]:
         obj = {rng.choice(words): value(0) for _ in range(rng.randint(1, 4))}
         answer = json.dumps(obj, separators=(",", ":")) if rng.random() < 0.7 \
             else json.dumps(obj)
+        if thinking is not None:
+            answer = f"<think>{thinking}</think>\n{answer}"
         out.append(f"<|im_start|>user\n{rng.choice(words)} {rng.choice(words)}<|im_end|>\n"
                    f"<|im_start|>assistant\n{answer}<|im_end|>\n")
     return out
 
 
-def _train(model: object, tokenizer: object, steps: int, seed: int) -> None:
+def _train(model: object, tokenizer: object, steps: int, seed: int,
+           thinking: str | None = None) -> None:
     import torch
 
     rng = random.Random(seed)
     samples = [tokenizer.encode(s, add_special_tokens=False)  # type: ignore[attr-defined]
-               for s in _json_samples(rng, 512)]
+               for s in _json_samples(rng, 512, thinking)]
     pad = tokenizer.pad_token_id  # type: ignore[attr-defined]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)  # type: ignore[attr-defined]
     model.train()  # type: ignore[attr-defined]
@@ -91,12 +95,13 @@ def _train(model: object, tokenizer: object, steps: int, seed: int) -> None:
 
 
 def build_tiny_model(path: Path, *, vocab_size: int = 600, seed: int = 0,
-                     train_steps: int = 0) -> Path:
+                     train_steps: int = 0, thinking: str | None = None) -> Path:
     """Write a tiny Llama + trained tokenizer (with chat template) to ``path``.
 
     Builds in a few seconds. Byte-level BPE means every byte sequence is encodable, so any
-    grammar's strings are reachable. ``train_steps=0`` leaves the weights purely random.
-    Returns ``path``.
+    grammar's strings are reachable. ``train_steps=0`` leaves the weights purely random;
+    with ``thinking`` the training answers open with ``<think>{thinking}</think>``, so the
+    model writes (and closes) a thinking block of its own. Returns ``path``.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -126,7 +131,7 @@ def build_tiny_model(path: Path, *, vocab_size: int = 600, seed: int = 0,
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = fast.eos_token_id
     if train_steps:
-        _train(model, fast, train_steps, seed)
+        _train(model, fast, train_steps, seed, thinking)
     model.save_pretrained(path)
     return path
 

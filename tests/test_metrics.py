@@ -97,6 +97,45 @@ async def test_counters_move_with_requests(tmp_path: Path) -> None:
     await engine.aclose()
 
 
+def test_structured_share_counts_plain_text_calls(tmp_path: Path) -> None:
+    """Plain-text calls (Engine.run_text) count as unstructured calls: the share is a real
+    mix, and the validity rates stay over the structured calls only."""
+    backend = Canned('{"ok": true}', '{"ok": "yes"}', "The diff adds a --verbose flag.",
+                     '{"ok": false}', "Looks good to me.")
+    engine = engine_with(tmp_path, backend)
+    assert engine.run("is it ok?", SCHEMA).value == {"ok": True}
+    try:
+        engine.run("and now?", SCHEMA)  # "yes" is not a boolean coerce knows
+    except ValidationFailed:
+        pass
+    else:
+        raise AssertionError("expected ValidationFailed")
+    text = engine.run_text("Summarise the diff in one line.", max_tokens=32)
+    assert text.value == text.raw_text == "The diff adds a --verbose flag."
+    assert text.backend == "local" and not text.cached
+    assert engine.run("and this one?", SCHEMA).value == {"ok": False}
+    multi = [{"role": "user", "content": "Review it."}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": "In one sentence."}]
+    assert engine.run_text(multi).value == "Looks good to me."
+
+    reg = engine.metrics.registry
+    assert reg.get_sample_value("structgen_structured_calls_total") == 3
+    assert reg.get_sample_value("structgen_requests_total",
+                                {"backend": "local", "kind": "none"}) == 2
+    assert reg.get_sample_value("structgen_requests_total",
+                                {"backend": "local", "kind": "json"}) == 2
+    assert reg.get_sample_value("structgen_first_try_valid_total") == 2
+    s = engine.metrics.summary()
+    assert (s["calls"], s["requests"], s["failures"]) == (5, 4, 1)
+    assert s["structured_share"] == 3 / 5 and s["multi_turn_share"] == 1 / 5
+    assert s["first_try_valid_rate"] == 2 / 3  # the text calls are not judged
+    assert s["by_kind"] == {"json": 2, "none": 2}
+    engine.close()
+    engine.metrics.flush()
+    out = _stats(tmp_path / "metrics.json")
+    assert "structured 60% (>30%?)" in out and "multi-turn 20% (>50%?)" in out
+
+
 async def test_in_flight_peak_and_fallback_count(tmp_path: Path) -> None:
     engine = engine_with(tmp_path, Canned('{"ok": true}', delay_s=0.2))
     await asyncio.gather(*(engine.arun(f"q{i}", SCHEMA, use_cache=False) for i in range(5)))

@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from schemas.intent import Intent
+from structgen.backends.base import run_sync
 from structgen.backends.ollama import OllamaBackend
 from structgen.backends.sglang import SGLangBackend
 from structgen.backends.vllm import VLLMBackend
@@ -129,10 +130,13 @@ async def test_unconstrained_text_is_repaired_or_rejected(ollama: OllamaWireServ
 
 
 def test_sync_generate_reuses_the_pool(sglang: SGLangWireServer):
+    """Sync calls share one pooled client: three requests, one TCP connection."""
     b = SGLangBackend(server_config("sglang", sglang.base_url))
     for _ in range(3):
         Intent.model_validate_json(b.generate(request(Intent)).text)
     assert len(sglang.requests) == 3
+    assert sglang.connections == 1
+    run_sync(b.aclose())
 
 
 async def test_api_key_is_sent_as_bearer(sglang: SGLangWireServer):

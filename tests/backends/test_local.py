@@ -136,19 +136,43 @@ def test_lark_and_ebnf_grammars(tiny_model_dir: Path) -> None:
         gen(eng_x, xg, Grammar(lark, syntax="lark"))
 
 
-def test_reasoning_splits_thinking_from_answer(tiny_model_dir: Path) -> None:
-    eng, backend = make(tiny_model_dir)
-    req = eng.build_request("think first", LongNames, reasoning=True, max_tokens=200,
-                            temperature=1.0, seed=7)
-    r = backend.generate(req)
-    # a random model rarely writes "</think>" by chance; the grammar is checked directly
-    assert r.text.startswith("<think>") or r.reasoning_text is not None
-    assert backend.capabilities().reasoning
+THINKING = " plan: red "
+
+
+@pytest.fixture(scope="module")
+def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model trained briefly on answers that open with ``<think>{THINKING}</think>``:
+    a random model almost never closes a thinking block by itself."""
+    from structgen.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-thinking"), train_steps=30,
+                            thinking=THINKING)
+
+
+def test_reasoning_splits_thinking_from_answer(thinking_model_dir: Path) -> None:
     from structgen.constrain.base import ConstraintOptions
     from structgen.constrain.llguidance import build_lark
     from structgen.schema.grammar_check import grammar_accepts
 
+    eng, backend = make(thinking_model_dir)
+    req = eng.build_request("think first", LongNames, reasoning=True, max_tokens=200)
+    r = backend.generate(req)
+    # The same grammar handed over as plain Lark, without the reasoning flag: the same
+    # greedy tokens, left unsplit. The split must cut exactly there.
     lark = build_lark(req.output, ConstraintOptions(reasoning=True))
+    raw = backend.generate(eng.build_request("think first", Grammar(lark, syntax="lark"),
+                                             max_tokens=200))
+    assert r.finish_reason == raw.finish_reason == "stop", raw.text
+    assert r.reasoning_text == THINKING
+    assert raw.text == f"<think>{THINKING}</think>\n{r.text}"
+    assert r.text.startswith("{") and validate_text(r.text, req.output).ok, r.text
+    # through the engine (router, validation): the value is parsed from the answer alone
+    result = eng.run("think first", LongNames, reasoning=True, max_tokens=200,
+                     backend="local", use_cache=False)
+    assert result.reasoning_text == THINKING and result.raw_text == r.text
+    assert not result.repaired and isinstance(result.value, LongNames)
+    assert backend.capabilities().reasoning
+
     answer = ('{"the_primary_classification_of_the_request":"red",'
               '"whether_the_request_is_fully_understood_by_agent":true,'
               '"numeric_estimate_of_overall_confidence_level":3}')
@@ -206,30 +230,25 @@ def test_missing_gguf_package_says_what_to_install(monkeypatch: pytest.MonkeyPat
 
 def test_xgrammar_reports_what_it_was_not_given(tiny_model_dir: Path) -> None:
     """XGrammar compiles multipleOf but does not enforce it: structgen does not hand it
-    over, reports it, and the value returned still honours it (validation + repair)."""
+    over, reports it, and validation enforces it. The bounds leave the grammar one number,
+    so what the decoder lets through is known whatever the model: 7 (not a multiple of 5)
+    must be rejected, 45 returned with the report."""
     from structgen.errors import ValidationFailed
 
+    def schema(n: int) -> dict[str, object]:
+        return {"type": "object", "properties": {"n": {"type": "integer", "minimum": n,
+                                                       "maximum": n, "multipleOf": 5}},
+                "required": ["n"], "additionalProperties": False}
+
     eng, backend = make(tiny_model_dir, engine="xgrammar")
-    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
-                                                     "maximum": 99, "multipleOf": 5}},
-              "required": ["n"], "additionalProperties": False}
-    raw = gen(eng, backend, schema)
-    assert raw.stats["relaxed"] == ["multipleOf"]
     eng.config.repair.reask = False
-    for seed in range(3):  # the random model rarely hits a multiple of 5
-        try:
-            result = eng.run("Pick a number", schema, backend="local", use_cache=False,
-                             temperature=1.0, seed=seed, max_tokens=32)
-        except ValidationFailed as exc:
-            assert {e.keyword for e in exc.errors} <= {"multipleOf", "json"}
-            continue
-        assert "multipleOf" in result.post_enforced and result.value["n"] % 5 == 0
-    # the same generation, had it written a multiple of 5: returned, with the report
-    import asyncio
-    from dataclasses import replace
-
-    from structgen.repair import finalize
-
-    request = eng.build_request("Pick a number", schema)
-    done = asyncio.run(finalize(replace(raw, text='{"n":45}'), request, eng))
-    assert done.value == {"n": 45} and done.post_enforced == ["multipleOf"]
+    raw = gen(eng, backend, schema(7))
+    assert raw.stats["relaxed"] == ["multipleOf"]
+    assert raw.finish_reason == "stop" and raw.text == '{"n":7}'  # the grammar let it through
+    with pytest.raises(ValidationFailed) as caught:
+        eng.run("Pick a number", schema(7), backend="local", use_cache=False, max_tokens=32)
+    assert caught.value.raw_text == '{"n":7}'
+    assert {e.keyword for e in caught.value.errors} == {"multipleOf"}
+    result = eng.run("Pick a number", schema(45), backend="local", use_cache=False,
+                     max_tokens=32)
+    assert result.value == {"n": 45} and result.post_enforced == ["multipleOf"]

@@ -10,9 +10,12 @@ the honest adversary: it writes whatever the mask lets through. What is asserted
 * every request run through structgen's finalize step (repair + validation, as the Engine
   does) ends in a valid object or a typed ValidationFailed, and only outputs cut off at
   ``max_tokens`` may fail: an invalid object is never returned;
-* a floor on the share of outputs that finish. A random model given a schema with open
-  strings or extra properties can wander until ``max_tokens``; the floor is set from
-  measured rates (see the printed summary) with a margin.
+* floors on the share of generations that finish (the grammar completed before
+  ``max_tokens``) and on the share that end in a valid value (finished, or cut and then
+  repaired): an answer cut at ``max_tokens`` that repair cannot save counts against the
+  second. A random model given a schema with open strings or extra properties can wander
+  until ``max_tokens``; the floors are set from measured rates (see the printed summary)
+  with a margin, so a decoder that stops finishing fails them.
 
 Only schemas the engine itself cannot compile even after relaxation are skipped (counted).
 """
@@ -36,16 +39,19 @@ from structgen.repair import finalize
 from structgen.schema.compiled import CompiledOutput, json_copy
 from structgen.validate import validate_data, validate_text
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "maskbench"
 PER_SPLIT = 25  # 9 splits -> 225 schemas
 MAX_TOKENS = 96
 SEEDS = (1, 2, 3)
+# (finish rate, valid rate) floors, measured then lowered by a margin (see check()).
+AGENT_FLOORS = (0.5, 0.6)  # measured 0.75-0.83 finished, 0.83-0.92 valid
+MASKBENCH_FLOORS = (0.15, 0.3)  # measured (finish/valid) greedy 0.32/0.51 llguidance,
+# 0.19/0.37 xgrammar; sampled 0.55/0.68 llguidance, 0.57/0.48 xgrammar
 
 
-def maskbench_sample(per_split: int = PER_SPLIT) -> list[tuple[str, Any]]:
+def maskbench_sample(folder: Path, per_split: int = PER_SPLIT) -> list[tuple[str, Any]]:
     """A fixed, deterministic sample: every k-th schema (by id) of each split."""
     out = []
-    for path in sorted(DATA.glob("*.jsonl.gz")):
+    for path in sorted(folder.glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             rows = sorted((json.loads(line) for line in f), key=lambda r: r["id"])
         step = max(1, len(rows) // per_split)
@@ -63,7 +69,7 @@ def agent_schemas() -> list[tuple[str, Any]]:
 
 @dataclass
 class Report:
-    total: int = 0
+    total: int = 0  # generations (refused schemas never generate)
     refused: set[str] = field(default_factory=set)  # the engine cannot compile even {}
     unreadable: set[str] = field(default_factory=set)  # structgen cannot canonicalize it
     finished: int = 0
@@ -73,18 +79,23 @@ class Report:
     length: int = 0
     length_repaired: int = 0
     length_failed: int = 0
+    valid: int = 0  # ended in a valid value, straight from the decoder or repaired
     returned_invalid: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self, label: str) -> str:
         return (f"{label}: {self.total} generations, refused {len(self.refused)}, "
                 f"finished {self.finished} ({self.finish_rate:.0%}), cut at max_tokens "
                 f"{self.length} (repaired {self.length_repaired}, ValidationFailed "
-                f"{self.length_failed}), relaxed schemas {len(self.relaxed)} "
-                f"(raw invalid {self.relaxed_raw_invalid})")
+                f"{self.length_failed}), valid {self.valid} ({self.valid_rate:.0%}), "
+                f"relaxed schemas {len(self.relaxed)} (raw invalid {self.relaxed_raw_invalid})")
 
     @property
     def finish_rate(self) -> float:
-        return self.finished / max(1, self.total - len(self.refused))
+        return self.finished / max(1, self.total)
+
+    @property
+    def valid_rate(self) -> float:
+        return self.valid / max(1, self.total)
 
 
 def run_all(tiny: Path, engine_name: str, outputs: list[tuple[str, Any]],
@@ -144,6 +155,8 @@ def run_all(tiny: Path, engine_name: str, outputs: list[tuple[str, Any]],
             else fixed.value
         if not validate_data(data, req.output).ok:
             report.returned_invalid.append((name, json.dumps(data)[:200]))
+            return
+        report.valid += 1
         report.length_repaired += gen.finish_reason == "length"
 
     async def go() -> None:
@@ -155,10 +168,12 @@ def run_all(tiny: Path, engine_name: str, outputs: list[tuple[str, Any]],
     return report
 
 
-def check(report: Report, min_finish_rate: float) -> None:
+def check(report: Report, min_finish_rate: float, min_valid_rate: float) -> None:
+    assert report.total > 0, report.summary("nothing generated")
     assert report.returned_invalid == [], report.returned_invalid[:5]
     assert report.finished_raw_invalid == [], report.finished_raw_invalid[:5]
     assert report.finish_rate >= min_finish_rate, report.summary("finish rate too low")
+    assert report.valid_rate >= min_valid_rate, report.summary("too few valid values")
 
 
 @pytest.mark.parametrize("engine_name", ["llguidance", "xgrammar"])
@@ -167,16 +182,16 @@ def test_agent_schemas_always_valid(tiny_model_dir: Path, engine_name: str) -> N
     report = run_all(tiny_model_dir, engine_name, agent_schemas(), (None, *SEEDS),
                      max_tokens=256)
     assert not report.refused and not report.relaxed
-    check(report, min_finish_rate=0.0)
+    check(report, *AGENT_FLOORS)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"MaskBench data missing at {DATA}")
 @pytest.mark.parametrize("engine_name", ["llguidance", "xgrammar"])
-def test_maskbench_sample_always_valid(tiny_model_dir: Path, engine_name: str) -> None:
-    sample = maskbench_sample()
+def test_maskbench_sample_always_valid(tiny_model_dir: Path, maskbench_dir: Path,
+                                       engine_name: str) -> None:
+    sample = maskbench_sample(maskbench_dir)
     greedy = run_all(tiny_model_dir, engine_name, sample, (None,))
     usable = len(sample) - len(greedy.refused | greedy.unreadable)
     assert usable >= 200, (greedy.refused, greedy.unreadable)
-    check(greedy, min_finish_rate=0.0)
+    check(greedy, *MASKBENCH_FLOORS)
     sampled = run_all(tiny_model_dir, engine_name, sample[::6], SEEDS)
-    check(sampled, min_finish_rate=0.0)
+    check(sampled, *MASKBENCH_FLOORS)

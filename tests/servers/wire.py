@@ -15,6 +15,8 @@ Faults a test can switch on: ``fail_statuses`` (answer these statuses first, e.g
 e.g. unconstrained prose), ``finish`` (the finish reason reported, e.g. ``"length"``),
 ``canned`` (a :class:`Canned` answer sent as is: any status, body or SSE framing, written in
 chunks, slowly or cut off) and ``trickle_s`` (a streamed answer one byte at a time).
+``connections`` counts the TCP connections accepted, so a test can tell a reused connection
+pool from a new client per call.
 
 The vLLM stand-in exists for fault tests only; vLLM's real wire format is tested against a
 real vLLM server (tests/backends/test_vllm.py).
@@ -235,6 +237,7 @@ class WireServer:
         self.finish = "stop"
         self.canned: Canned | None = None
         self.trickle_s = 0.0
+        self.connections = 0
         self._lock = threading.Lock()
         server = self
 
@@ -243,6 +246,11 @@ class WireServer:
             # headers and body go out in separate writes: without this, Nagle plus the
             # client's delayed ACK add ~40 ms to every answer
             disable_nagle_algorithm = True
+
+            def setup(self) -> None:  # once per accepted connection (keep-alive serves many)
+                super().setup()
+                with server._lock:
+                    server.connections += 1
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -278,6 +286,7 @@ class WireServer:
         with self._lock:
             self.requests.clear()
             self.violations.clear()
+            self.connections = 0
         self.fail_statuses = []
         self.delay_s = 0.0
         self.malformed = self.truncate = False
