@@ -24,7 +24,7 @@ from typing import NoReturn
 
 import pytest
 
-from structgen.models import CACHE_ENV, DEFAULT_MODEL_NAME, model_cache_dir
+from structgen.backends.local.models import CACHE_ENV, DEFAULT_MODEL_NAME, model_cache_dir
 
 ALLOW_MISSING_ENV = "STRUCTGEN_ALLOW_MISSING_SERVICES"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
