@@ -291,14 +291,15 @@ def _shortest_tokens(backend: LocalBackend, engine: Engine, output: Any) -> int 
     return None if path is None else len(path)
 
 
-def test_budget_of_shortest_instance_plus_16_always_finishes(tiny_gguf: Path) -> None:
+def test_budget_of_shortest_instance_plus_16_always_finishes(tiny_gguf: Path,
+                                                             maskbench_dir: Path) -> None:
     """The random tiny model, every agent schema and 200+ MaskBench dev schemas, with
     max_tokens = tokens of the shortest valid instance + 16: a valid, uncut answer every
     time, 0 runaways."""
     from structgen.errors import SchemaError
 
     eng, backend = make(tiny_gguf, prefix_cache_entries=0)
-    cases: list[tuple[str, Any]] = [*agent_schemas(), *maskbench_sample(26)]
+    cases: list[tuple[str, Any]] = [*agent_schemas(), *maskbench_sample(maskbench_dir, 26)]
     assert len(cases) >= 203
     done, failures, skipped = 0, [], []
     for name, output in cases:

@@ -154,7 +154,7 @@ class LlamaCppRuntime(Runtime):
     kind = "llamacpp"
 
     def __init__(self, ref: str, cfg: LocalConfig, grammar_cache: GrammarCache) -> None:
-        from structgen.backends.local.models import resolve_gguf
+        from structgen.backends.local.models import DEFAULT_MODEL_NAME, resolve_gguf
 
         super().__init__(cfg, grammar_cache)
         lc = self.lc = _llama()
@@ -164,9 +164,12 @@ class LlamaCppRuntime(Runtime):
         self.model = _load_model(lc, path)
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.vocab_size = int(lc.llama_vocab_n_tokens(self.vocab))
-        self.name = _meta(lc, self.model, "general.name") or path.stem
-        if ref.startswith("ollama:"):
+        if ref == "default":
+            self.name = DEFAULT_MODEL_NAME
+        elif ref.startswith("ollama:"):
             self.name = ref
+        else:
+            self.name = _meta(lc, self.model, "general.name") or path.stem
         self.n_seq = cfg.max_batch + cfg.prefix_cache_entries
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cfg.context_size
