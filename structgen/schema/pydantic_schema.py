@@ -37,7 +37,11 @@ def close_objects(schema: dict[str, Any]) -> dict[str, Any]:
         if "properties" in node and "additionalProperties" not in node \
                 and "patternProperties" not in node \
                 and "unevaluatedProperties" not in node and node.get("type") == "object":
+            ordered = list(node) == sorted(node)
             node["additionalProperties"] = False
+            if ordered:  # keep a sorted node sorted (its text is part of cache keys)
+                for key in sorted(node):
+                    node[key] = node.pop(key)
     return schema
 
 

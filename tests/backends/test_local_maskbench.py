@@ -44,8 +44,15 @@ MAX_TOKENS = 96
 SEEDS = (1, 2, 3)
 # (finish rate, valid rate) floors, measured then lowered by a margin (see check()).
 AGENT_FLOORS = (0.5, 0.6)  # measured 0.75-0.83 finished, 0.83-0.92 valid
-MASKBENCH_FLOORS = (0.15, 0.3)  # measured (finish/valid) greedy 0.32/0.51 llguidance,
-# 0.19/0.37 xgrammar; sampled 0.55/0.68 llguidance, 0.57/0.48 xgrammar
+MASKBENCH_FLOORS = {
+    # measured (finish/valid) greedy 0.32/0.51 llguidance, 0.19/0.37 xgrammar; sampled
+    # 0.55/0.68 llguidance, 0.57/0.48 xgrammar, before answers cut at max_tokens were
+    # refused instead of repaired (issue 11, item 17). XGrammar gets no budget-aware
+    # closing (it needs a matcher whose state can be copied), so its cut answers now fail:
+    # greedy 0.44 finished / 0.24 valid measured after that change.
+    "llguidance": (0.15, 0.3),
+    "xgrammar": (0.15, 0.2),
+}
 
 
 def maskbench_sample(folder: Path, per_split: int = PER_SPLIT) -> list[tuple[str, Any]]:
@@ -192,6 +199,6 @@ def test_maskbench_sample_always_valid(tiny_model_dir: Path, maskbench_dir: Path
     greedy = run_all(tiny_model_dir, engine_name, sample, (None,))
     usable = len(sample) - len(greedy.refused | greedy.unreadable)
     assert usable >= 200, (greedy.refused, greedy.unreadable)
-    check(greedy, *MASKBENCH_FLOORS)
+    check(greedy, *MASKBENCH_FLOORS[engine_name])
     sampled = run_all(tiny_model_dir, engine_name, sample[::6], SEEDS)
-    check(sampled, *MASKBENCH_FLOORS)
+    check(sampled, *MASKBENCH_FLOORS[engine_name])
