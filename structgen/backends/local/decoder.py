@@ -119,9 +119,6 @@ class NumberGuard:
         cap = self.max_digits if self.frac else max(self.max_digits, 19)
         return max(0, cap - max(self.sig, self.zeros))
 
-    def blocked(self) -> bool:
-        """True when another digit would exceed what the number's type holds."""
-        return self.room() == 0
 
 
 def fail(seq: Seq, exc: BaseException) -> None:
@@ -300,7 +297,7 @@ class Decoder:
                 cursor = None
                 if s.cursor is not None:
                     cursor = s.cursor.copy()
-                    cursor.feed(self._piece([tok, *forced]))
+                    cursor.feed(self.rt.text([tok, *forced]))
                 # a looser limit than the budget: over-budget is a verdict, not-found is not
                 after = self.closing_path(ahead, cursor, remaining + CLOSE_WINDOW)
                 cost = None if after is None else 1 + len(forced) + len(after)
@@ -323,9 +320,6 @@ class Decoder:
         if s.on_text is not None:
             self._emit(s)
         return True
-
-    def _piece(self, ids: list[int]) -> str:
-        return b"".join(self.rt.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
     def _advance(self, s: Seq, tok: int) -> None:
         rt = self.rt
