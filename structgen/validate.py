@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema import Draft202012Validator, validators
 from jsonschema._utils import extras_msg
 from jsonschema.exceptions import ValidationError as JsonSchemaValidationError
 from pydantic import BaseModel
@@ -28,7 +28,8 @@ from referencing.exceptions import NoSuchResource, Unresolvable
 from structgen.errors import ErrorDetail, SchemaError
 from structgen.schema import CompiledOutput
 from structgen.schema.canonical import canonical_json
-from structgen.schema.ecma_regex import PatternTimeout, compile_ecma, is_ecma_pattern
+from structgen.schema.check import ECMA_FORMATS
+from structgen.schema.ecma_regex import PatternTimeout, compile_ecma
 from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth, value_depth
 
 
@@ -167,14 +168,6 @@ def _refuse_retrieval(uri: str) -> Any:
     raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
-def _format_checker() -> FormatChecker:
-    checker = FormatChecker(formats=())
-    checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
-    checker.checkers["regex"] = (is_ecma_pattern, ())
-    return checker
-
-
-FORMAT_CHECKER = _format_checker()
 NO_RETRIEVAL = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
 
 EcmaValidator = validators.extend(Draft202012Validator, {
@@ -187,7 +180,7 @@ EcmaValidator = validators.extend(Draft202012Validator, {
 
 @lru_cache(maxsize=256)
 def _validator(schema_json: str) -> Any:
-    return EcmaValidator(json.loads(schema_json), format_checker=FORMAT_CHECKER,
+    return EcmaValidator(json.loads(schema_json), format_checker=ECMA_FORMATS,
                          registry=NO_RETRIEVAL)
 
 

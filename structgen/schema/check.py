@@ -300,15 +300,16 @@ def _metaschema_valid_fast(schema: Any, nodes: list[dict[str, Any]] | None = Non
     return all(is_ecma_pattern(p) for p in patterns)
 
 
-def _meta_formats() -> FormatChecker:
-    """The metaschema's format checker with ECMA-262 ``regex`` validity."""
+def _ecma_formats() -> FormatChecker:
+    """Draft 2020-12's format checker with ECMA-262 ``regex`` validity (for schemas and
+    for values alike)."""
     checker = FormatChecker(formats=())
     checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
     checker.checkers["regex"] = (is_ecma_pattern, ())
     return checker
 
 
-_META_FORMATS = _meta_formats()
+ECMA_FORMATS = _ecma_formats()
 # Keywords whose subschemas apply to the same instance (no property or item is consumed):
 # a $ref cycle through only these recurses forever in validation ({"$ref": "#"}).
 _IN_PLACE_SINGLE = ("not", "if", "then", "else")
@@ -391,7 +392,7 @@ def check_schema(schema: Any, *, unknown_formats: str = "error",
     nodes = subschema_nodes(schema)  # one walk serves every check below (cold-compile cost)
     if not _metaschema_valid_fast(schema, nodes):
         try:
-            Draft202012Validator.check_schema(schema, format_checker=_META_FORMATS)
+            Draft202012Validator.check_schema(schema, format_checker=ECMA_FORMATS)
         except RecursionError:
             raise SchemaError("the schema nests too deeply to check") from None
         except JsonSchemaError as exc:
