@@ -5,6 +5,18 @@
 >>> intent = generate_structured("Add a --verbose flag to cli.py", Intent)  # doctest: +SKIP
 """
 
+import os
+
+# The embedded backend's kernels (llama.cpp, torch) run on OpenMP threads that meet at a
+# barrier after every operation, hundreds of times per token, and OpenMP's default is to spin
+# there. When anything else wants the cores (a test run, an IDE, another agent), a spinning
+# thread burns its time slice waiting for one that was preempted: measured on 2 busy cores,
+# llama.cpp decoding fell from ~46 tok/s to 0.9-1.7 tok/s spinning, against 14-17 tok/s
+# waiting passively. libgomp reads this once, when the first OpenMP library loads (torch
+# and llama.cpp share one), so it is set here, before either can load; a value the user set
+# wins. See docs/embedded.md.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from structgen.config import Config
 from structgen.engine import (
     Engine,

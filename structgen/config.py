@@ -92,7 +92,7 @@ class LocalConfig(_Section):
     # llamacpp: GGUF models on llama.cpp's quantised CPU kernels; transformers: torch
     runtime: Literal["llamacpp", "transformers"] = "llamacpp"
     engine: Literal["llguidance", "xgrammar", "outlines"] = "llguidance"
-    # llama.cpp: KV cells shared by every sequence in flight and every cached prompt
+    # llama.cpp: KV cells shared by the sequences in flight (a batch of max_batch requests)
     context_size: int = Field(default=8192, ge=256)
     # significant digits a JSON number may have (17 holds any float64; integers get 19,
     # int64); 0 = unbounded
@@ -105,7 +105,10 @@ class LocalConfig(_Section):
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_batch: int = Field(default=8, ge=1)
-    prefix_cache_entries: int = Field(default=4, ge=0)
+    # prompts whose KV state is kept for reuse (host memory on llama.cpp, bounded by
+    # prefix_cache_mb; ~23 kB a token for SmolLM2-135M, ~128 kB for an 8B model)
+    prefix_cache_entries: int = Field(default=16, ge=0)
+    prefix_cache_mb: int = Field(default=512, ge=0)
     fast_forward: bool = True
     threads: int | None = Field(default=None, ge=1)
     # a grammar that takes longer is recorded and replaced by a looser one (validation

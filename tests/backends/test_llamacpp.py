@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +108,25 @@ def test_prefix_reuse_gives_the_same_greedy_output(tiny_gguf: Path) -> None:
     assert second.stats["prefix_cache_hit_tokens"] > 40
     assert second.stats["prefill_tokens"] < second.prompt_tokens / 2
     assert second.text == gen(eng2, fresh, LongNames, chat("Explain what db.py does")).text
+
+
+def test_cached_prompts_live_in_host_memory_not_in_the_kv_cache(tiny_gguf: Path) -> None:
+    """Cached prompts kept as KV cells made every forward pass attend over them (a unified
+    cache computes attention over every used cell): they are kept in host memory instead,
+    bounded by entries and bytes, and the KV cache is empty between requests."""
+    eng, backend = make(tiny_gguf, prefix_cache_entries=2)
+    users = ["Add a flag to cli.py", "Explain what db.py does", "Rename db.py"]
+    for u in users:
+        gen(eng, backend, LongNames, chat(u))
+    rt = backend.runtime(None)
+    assert len(rt.prefix_cache) == 2  # LRU by entries
+    assert rt.prefix_cache_bytes == sum(len(s) for s in rt.prefix_cache.values()) > 0
+    lc = rt.lc
+    assert all(lc.llama_memory_seq_pos_max(rt.mem, sid) == -1 for sid in range(rt.n_seq))
+    eng3, off = make(tiny_gguf, prefix_cache_mb=0)
+    gen(eng3, off, LongNames, chat(users[0]))
+    assert gen(eng3, off, LongNames, chat(users[1])).stats["prefix_cache_hit_tokens"] == 0
+    assert not off.runtime(None).prefix_cache
 
 
 def test_batched_equals_sequential_under_greedy(tiny_gguf: Path) -> None:
@@ -350,3 +371,18 @@ def test_readme_cli_example_returns_a_valid_intent(tmp_path: Path) -> None:
         cwd=Path(__file__).resolve().parents[2], check=False)
     assert out.returncode == 0, out.stderr
     Intent.model_validate_json(out.stdout)
+
+
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise() -> None:
+    """Spinning OpenMP threads collapse llama.cpp's decoding when other processes want the
+    cores (benchmarks/results/contention.md); structgen sets the passive policy before any
+    OpenMP library loads, and keeps a value the user set."""
+    code = ("import os, structgen, torch, llama_cpp; "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[-1] == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == "ACTIVE"

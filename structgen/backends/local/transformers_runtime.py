@@ -96,10 +96,12 @@ class TransformersRuntime(Runtime):
         seq.stats["prefill_tokens"] = len(ids) - use
         seq.stats["prefix_cache_hit_tokens"] = use
         seq.stats["forward_passes"] += 1
-        if self.cfg.prefix_cache_entries > 0:
+        if self.cfg.prefix_cache_entries > 0 and self.cfg.prefix_cache_mb > 0:
             self.prefix_cache[tuple(ids)] = self.copy_cache(cache, len(ids))
             self.prefix_cache.move_to_end(tuple(ids))
-            while len(self.prefix_cache) > self.cfg.prefix_cache_entries:
+            limit = self.cfg.prefix_cache_mb << 20
+            while (len(self.prefix_cache) > self.cfg.prefix_cache_entries
+                   or sum(map(cache_bytes, self.prefix_cache.values())) > limit):
                 self.prefix_cache.popitem(last=False)
         return cache, logits
 
@@ -112,6 +114,10 @@ class TransformersRuntime(Runtime):
             caches.append(cache)
             rows.append(logits)
         return _TorchBatch(self, caches), torch.cat(rows, 0)
+
+
+def cache_bytes(cache: Any) -> int:
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 
 
 class _TorchBatch(Batch):
