@@ -51,6 +51,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# every column's OpenMP threads wait the same way: structgen sets PASSIVE when imported
+# (see benchmarks/contention.py), so llama-cpp-python's columns get it too
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -473,12 +476,15 @@ def run_column(method: str, cases: list[Case], budgets: list[int], spec: dict[st
         return rows, {"load_s": None, "peak_rss_mb": None, "restarts": 0,
                       "error": str(exc)[:200]}
     rows = []
+    load_before = os.getloadavg()[0]
     for i, (case, budget) in enumerate(zip(cases, budgets, strict=True)):
         row = worker.run(i, budget, case)
         rows.append(row)
         print(f"  {method} {case.id}: {row.tokens} tok in {row.wall_s:.2f}s valid={row.valid} "
               f"finish={row.finish} {row.error or ''}", flush=True)
     info = worker.close()
+    # the 1-minute load average before and after: a column measured on a busy machine says so
+    info["loadavg"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     print(f"  ({method}) load {info['load_s']:.1f}s, peak RSS {info['peak_rss_mb']:.0f} MB, "
           f"restarts {info['restarts']}", flush=True)
     return rows, info
@@ -599,13 +605,14 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
              f"little. Every column runs in a fresh process of its own; per-request limit "
              f"{args.timeout_s:.0f} s. Produced by `benchmarks/embedded.py "
              f"{args.command_line}`.", ""]
-    lines += ["## Columns", "", "| column | load (s) | peak RSS (MB) | restarts |",
-              "|---|---|---|---|"]
+    lines += ["## Columns", "", "| column | load (s) | peak RSS (MB) | restarts | "
+              "load average before / after (1 min, 2 cores) |", "|---|---|---|---|---|"]
     for m in methods:
         col = info.get(m) or {}
+        la = col.get("loadavg")
         lines.append(f"| ({m}) {LABELS[m]} | {fmt(col.get('load_s') or math.nan, 1)} | "
                      f"{fmt(col.get('peak_rss_mb') or math.nan, 0)} | "
-                     f"{col.get('restarts', '-')} |")
+                     f"{col.get('restarts', '-')} | {f'{la[0]} / {la[1]}' if la else '-'} |")
     lines.append("")
     for s in scopes:
         lines += [f"## {s}", "",

@@ -308,18 +308,25 @@ def create_constraint(engine: str, tok: TokenizerData, *,
 # starts the shortest values, then what fills a string or a pattern.
 CLOSING_BYTES = (b'}]",:' + b"10" + b"23456789-.tfn" + bytes(range(0x61, 0x7B))
                  + bytes(range(0x41, 0x5B)) + b"_{[ @/+#")
-CLOSING_PAIRS = (b'"}', b'"]', b"}}", b"]}", b"}]", b"]]", b'":', b'",')
+# a quote first: inside a string whose pattern admits any character, "}}" is text, and
+# only a pair that starts with the closing quote ends the string
+CLOSING_PAIRS = (b'":', b'"}', b'"]', b'",', b"}}", b"]}", b"}]", b"]]")
 
 
-def closing_candidates(token_bytes: list[bytes]) -> list[int]:
-    """Token ids for a closing walk, in the order it tries them: two-byte closers first
-    (fewer tokens), then the single bytes of :data:`CLOSING_BYTES`."""
+def closing_candidates(token_bytes: list[bytes]) -> tuple[list[int], list[int], frozenset[int]]:
+    """Token ids for a closing walk: the candidates in the order it tries them (two-byte
+    closers first: fewer tokens, then the single bytes of :data:`CLOSING_BYTES`); the text
+    characters among them (no JSON punctuation), tried to get out of a string; and the
+    candidates that start with a quote (the ones that can end a string)."""
     by_bytes: dict[bytes, int] = {}
     for i, b in enumerate(token_bytes):
         if b and len(b) <= 2:
             by_bytes.setdefault(b, i)
     wanted = [*CLOSING_PAIRS, *(bytes([c]) for c in CLOSING_BYTES)]
-    return [by_bytes[b] for b in wanted if b in by_bytes]
+    found = [(b, by_bytes[b]) for b in wanted if b in by_bytes]
+    text = [i for b, i in found if len(b) == 1 and b not in b'{}[],:"']
+    enders = frozenset(i for b, i in found if b.startswith(b'"'))
+    return [i for _, i in found], text, enders
 
 
 def json_whitespace_regex(options: ConstraintOptions) -> str:

@@ -272,6 +272,21 @@ def test_budget_aware_closing_finishes_a_string_runaway(favorite_gguf: Any) -> N
     assert gen(eng2, raw, schema, max_tokens=40).finish_reason == "length"
 
 
+@pytest.mark.parametrize("pattern", ["a$", "^k.+$"])
+def test_budget_closing_gets_out_of_a_key_whose_pattern_takes_punctuation(
+        favorite_gguf: Any, pattern: str) -> None:
+    """Found on SmolLM2 (MaskBench Github_medium---o21852, a key matching
+    ``^method\\.response\\.header\\..+$``): inside such a key ``}}`` is text, and the
+    closing walk wrote it until the budget ran out. It must leave the string instead."""
+    schema = {"type": "object", "patternProperties": {pattern: {"type": "integer"}},
+              "additionalProperties": False, "minProperties": 1}
+    eng, backend = make(favorite_gguf("}"))
+    r = gen(eng, backend, schema, max_tokens=40)
+    assert r.finish_reason == "stop", r.text
+    assert r.stats["closing_tokens"] > 0
+    assert validate_text(r.text, eng.build_request("x", schema).output).ok, r.text
+
+
 def test_pydantic_objects_are_closed_raw_schemas_on_request() -> None:
     from structgen.schema import compile_output
 
