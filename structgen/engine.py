@@ -220,12 +220,19 @@ class Engine:
         return self.run(*args, **kwargs).value
 
     async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
-                      backend: str | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        """Yield partial objects as text arrives, then the final validated value."""
+                      backend: str | None = None, allow_truncated: bool = False,
+                      final_result: bool = False, **kwargs: Any) -> AsyncIterator[Any]:
+        """Yield partial objects as text arrives, then the final validated value.
+
+        Like :meth:`arun`, an answer cut off at ``max_tokens`` raises ValidationFailed
+        unless ``allow_truncated``; ``final_result=True`` makes the last item the
+        :class:`StructuredResult` (``truncated`` set for a cut answer). Never cached.
+        """
         from structgen.streaming import stream_structured
 
         async for item in stream_structured(self, prompt_or_messages, output,
-                                            backend=backend, **kwargs):
+                                            backend=backend, allow_truncated=allow_truncated,
+                                            final_result=final_result, **kwargs):
             yield item
 
     async def aclose(self) -> None:
