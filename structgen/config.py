@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from structgen.errors import ConfigError
+from structgen.schema.limits import DEFAULT_LIMITS, Limits
 
 Provider = Literal["auto", "local", "vllm", "sglang", "ollama"]
 BackendName = Literal["local", "vllm", "sglang", "ollama"]
@@ -185,6 +186,38 @@ class WarmupConfig(_Section):
     allow_modules: list[str] = Field(default_factory=list)
 
 
+class LimitsConfig(_Section):
+    """Limits on untrusted input (docs/reliability.md): what structgen parses, validates and
+    reads from a server. Lower them to refuse big input earlier; the upper bounds keep
+    Python's recursion (json, jsonschema) and CPython's integer parsing out of reach."""
+
+    # nesting of arrays/objects in model output; validation recurses per level
+    max_depth: int = Field(default=DEFAULT_LIMITS.max_depth, ge=1, le=256)
+    # characters of one model output text
+    max_chars: int = Field(default=DEFAULT_LIMITS.max_chars, ge=1)
+    # digits of one JSON integer; CPython refuses to parse more than 4300
+    max_number_digits: int = Field(default=DEFAULT_LIMITS.max_number_digits, ge=1, le=4300)
+    # nesting of arrays/objects in a schema document
+    max_schema_depth: int = Field(default=DEFAULT_LIMITS.max_schema_depth, ge=1, le=256)
+    # bytes of one server answer, and of one streamed line (SSE event / NDJSON line)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @field_validator("max_line_bytes")
+    @classmethod
+    def _line_within_body(cls, v: int, info: Any) -> int:
+        body = info.data.get("max_body_bytes")
+        if body is not None and v > body:
+            raise ValueError(f"max_line_bytes ({v}) must not exceed max_body_bytes ({body})")
+        return v
+
+    def parse_limits(self) -> Limits:
+        """The :class:`~structgen.schema.limits.Limits` that parsing and validation read."""
+        return Limits(max_depth=self.max_depth, max_chars=self.max_chars,
+                      max_number_digits=self.max_number_digits,
+                      max_schema_depth=self.max_schema_depth)
+
+
 class Config(_Section):
     llm_backend: LLMBackendConfig = Field(default_factory=LLMBackendConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -196,6 +229,7 @@ class Config(_Section):
     router: RouterConfig = Field(default_factory=RouterConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, env: dict[str, str] | None = None,
@@ -247,7 +281,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
         ("llm_backend", LLMBackendConfig), ("local", LocalConfig), ("vllm", VLLMConfig),
         ("sglang", SGLangConfig), ("ollama", OllamaConfig), ("cache", CacheConfig),
         ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig),
-        ("warmup", WarmupConfig))}
+        ("warmup", WarmupConfig), ("limits", LimitsConfig))}
     for var, raw in env.items():
         if not var.startswith("STRUCTGEN_") or var == "STRUCTGEN_CONFIG":
             continue

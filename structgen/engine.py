@@ -30,6 +30,7 @@ from structgen.backends.base import run_sync
 from structgen.config import Config
 from structgen.errors import StructgenError
 from structgen.schema import CompiledOutput, compile_output
+from structgen.schema.limits import DEFAULT_LIMITS, Limits
 from structgen.types import SAMPLING_KEYS, Choice, Grammar, Regex, Sampling, normalize_messages
 
 
@@ -64,6 +65,8 @@ class Engine:
         from structgen.router import Router
 
         self.config = config or Config.load()
+        # [limits]: carried by every output this engine compiles (validation reads them there)
+        self.limits = self.config.limits.parse_limits()
         self._backends: dict[str, Backend] = dict(backends or {})
         self.cache = open_result_cache(self.config.cache, self.config)
         self.metrics = Metrics(self.config.metrics)
@@ -83,7 +86,7 @@ class Engine:
     def build_request(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
                       model: str | None = None, reasoning: bool | None = None,
                       **sampling: Any) -> GenerationRequest:
-        return self._request(prompt_or_messages, _compile_memo(output), model=model,
+        return self._request(prompt_or_messages, _compile_memo(output, self.limits), model=model,
                              reasoning=reasoning, **sampling)
 
     def _request(self, prompt_or_messages: str | Sequence[Any], output: CompiledOutput | None,
@@ -220,12 +223,19 @@ class Engine:
         return self.run(*args, **kwargs).value
 
     async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
-                      backend: str | None = None, **kwargs: Any) -> AsyncIterator[Any]:
-        """Yield partial objects as text arrives, then the final validated value."""
+                      backend: str | None = None, allow_truncated: bool = False,
+                      final_result: bool = False, **kwargs: Any) -> AsyncIterator[Any]:
+        """Yield partial objects as text arrives, then the final validated value.
+
+        Like :meth:`arun`, an answer cut off at ``max_tokens`` raises ValidationFailed
+        unless ``allow_truncated``; ``final_result=True`` makes the last item the
+        :class:`StructuredResult` (``truncated`` set for a cut answer). Never cached.
+        """
         from structgen.streaming import stream_structured
 
         async for item in stream_structured(self, prompt_or_messages, output,
-                                            backend=backend, **kwargs):
+                                            backend=backend, allow_truncated=allow_truncated,
+                                            final_result=final_result, **kwargs):
             yield item
 
     async def aclose(self) -> None:
@@ -263,24 +273,27 @@ def _checked_sampling(values: dict[str, Any]) -> dict[str, Any]:
 # costs milliseconds, which would dominate a ~100 µs cache hit. Model classes are keyed by
 # identity (weakly, so dynamically created classes can be collected); Regex/Choice/Grammar
 # are frozen dataclasses keyed by value. Dict schemas are not memoized (mutable).
-_compiled_classes: weakref.WeakKeyDictionary[type, CompiledOutput] = weakref.WeakKeyDictionary()
-_compiled_specs: dict[Any, CompiledOutput] = {}
+# The limits are part of the key: engines with different [limits] compile differently.
+_compiled_classes: weakref.WeakKeyDictionary[type, dict[Limits, CompiledOutput]] = \
+    weakref.WeakKeyDictionary()
+_compiled_specs: dict[tuple[Any, Limits], CompiledOutput] = {}
 
 
-def _compile_memo(output: Any) -> CompiledOutput:
+def _compile_memo(output: Any, limits: Limits = DEFAULT_LIMITS) -> CompiledOutput:
     if isinstance(output, type):
-        compiled = _compiled_classes.get(output)
+        per_limits = _compiled_classes.setdefault(output, {})
+        compiled = per_limits.get(limits)
         if compiled is None:
-            compiled = _compiled_classes[output] = compile_output(output)
+            compiled = per_limits[limits] = compile_output(output, limits=limits)
         return compiled
     if isinstance(output, Regex | Choice | Grammar):
-        compiled = _compiled_specs.get(output)
+        compiled = _compiled_specs.get((output, limits))
         if compiled is None:
             if len(_compiled_specs) > 1024:
                 _compiled_specs.clear()
-            compiled = _compiled_specs[output] = compile_output(output)
+            compiled = _compiled_specs[output, limits] = compile_output(output, limits=limits)
         return compiled
-    return compile_output(output)
+    return compile_output(output, limits=limits)
 
 
 _default: Engine | None = None

@@ -30,7 +30,7 @@ from structgen.backends import GenerationRequest, GenerationResult
 from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
 from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
-from structgen.schema.limits import DEFAULT_LIMITS, nesting_depth
+from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth
 from structgen.validate import (
     Outcome,
     parse_json,
@@ -210,7 +210,7 @@ def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
             return LocalFix(outcome, text, stages, attempts)
         budget -= 1
         stages.append("syntax")
-        data, found = syntax_repair(text)
+        data, found = syntax_repair(text, output.limits)
         if not found:
             note = "the text was cut off at max_tokens" if truncated else "no JSON value found"
             attempts.append(Attempt("syntax", text, [ErrorDetail("", note, "json")], backend))
@@ -232,14 +232,13 @@ def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
     return LocalFix(coerced, coerced_text, stages, attempts, changes)
 
 
-def syntax_repair(text: str) -> tuple[Any, bool]:
+def syntax_repair(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, bool]:
     """Parse almost-JSON; ``(data, found)`` where ``found`` is false when no JSON was there."""
     import json_repair
 
     # json-repair recurses per nesting level and is far slower than the C parser: text
     # past the parse limits is not repaired (validation already reported why)
-    if (len(text) > DEFAULT_LIMITS.max_chars
-            or nesting_depth(text, DEFAULT_LIMITS.max_depth) > DEFAULT_LIMITS.max_depth):
+    if len(text) > limits.max_chars or nesting_depth(text, limits.max_depth) > limits.max_depth:
         return None, False
     try:
         data = json_repair.loads(text)

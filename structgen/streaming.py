@@ -10,6 +10,11 @@ repair as a non-streamed call, and the final validated value (the Pydantic insta
 model) is the last item yielded; if no valid value can be made, ``ValidationFailed`` is
 raised instead of yielding an invalid one.
 
+An answer cut off at ``max_tokens`` is treated as in :meth:`Engine.arun`: the final step
+raises ``ValidationFailed`` unless ``allow_truncated=True``. A streamed value is never
+cached. With ``final_result=True`` the last item is the :class:`StructuredResult` (its
+``value``, ``truncated``, ``backend``, ...) instead of the bare value.
+
 Regex, choice and grammar outputs yield the text so far, then the validated string.
 
     >>> async for item in engine.astream("Fix app.py", Intent):  # doctest: +SKIP
@@ -25,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from partial_json_parser import Allow, MalformedJSON
 from partial_json_parser import loads as partial_loads
 
-from structgen.backends.base import GenerationResult
+from structgen.backends.base import Finished, GenerationResult
 from structgen.backends.capabilities import unenforced
 
 if TYPE_CHECKING:
@@ -49,8 +54,10 @@ def partial_value(text: str) -> Any:
 async def stream_structured(engine: Engine, prompt_or_messages: str | Sequence[Any],
                             output: Any, *, backend: str | None = None,
                             model: str | None = None, reasoning: bool = False,
+                            allow_truncated: bool = False, final_result: bool = False,
                             **sampling: Any) -> AsyncIterator[Any]:
     """Yield partial values as the text streams in, then the final validated value."""
+    from structgen.engine import StructuredResult
     from structgen.repair import finalize
 
     start = time.perf_counter()
@@ -62,11 +69,14 @@ async def stream_structured(engine: Engine, prompt_or_messages: str | Sequence[A
     ttft = time.perf_counter() - start
     is_json = request.output.kind == "json"
     text = ""
+    finish = "stop"
     last: Any = None
     chunks = [first]
     while True:
         for chunk in chunks:
             text += chunk
+            if isinstance(chunk, Finished):
+                finish = chunk.finish_reason
         chunks = []
         current = partial_value(text) if is_json else text
         if current is not None and current != last:
@@ -77,9 +87,18 @@ async def stream_structured(engine: Engine, prompt_or_messages: str | Sequence[A
         except StopAsyncIteration:
             break
     gen = GenerationResult(text=text, backend=name, model=request.model or "",
-                           latency_s=time.perf_counter() - start, ttft_s=ttft)
+                           finish_reason=finish, latency_s=time.perf_counter() - start,
+                           ttft_s=ttft)
     # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce.
     gen.stats["post_enforced"] = unenforced(request.output, engine.backend(name).capabilities())
-    repaired = await finalize(gen, request, engine)
-    yield repaired.value
+    repaired = await finalize(gen, request, engine, allow_truncated=allow_truncated)
+    if not final_result:
+        yield repaired.value
+        return
+    yield StructuredResult(
+        value=repaired.value, raw_text=repaired.text, backend=name, model=gen.model,
+        repaired=repaired.repaired, repairs=repaired.stages,
+        post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
+        latency_s=time.perf_counter() - start, usage=dict(gen.stats),
+        truncated=repaired.truncated)
 

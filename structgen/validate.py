@@ -215,7 +215,7 @@ def is_valid(data: Any, output: CompiledOutput) -> bool:
         if len(_by_hash) > 512:
             _by_hash.clear()
         key = _by_hash[output.hash] = canonical_json(output.json_schema or {})
-    return _data_error(data, DEFAULT_LIMITS) is None and not _run(key, data)
+    return _data_error(data, output.limits) is None and not _run(key, data)
 
 
 def schema_errors(data: Any, schema: dict[str, Any]) -> list[ErrorDetail]:
@@ -251,7 +251,7 @@ def _decoder(max_digits: int) -> json.JSONDecoder:
     def bounded_int(text: str) -> int:
         if len(text.lstrip("-")) > max_digits:
             raise _NotJson(f"an integer has {len(text)} digits (limit: "
-                           f"Limits.max_number_digits = {max_digits})")
+                           f"[limits] max_number_digits = {max_digits})")
         return int(text)
 
     return json.JSONDecoder(parse_int=bounded_int, parse_float=_finite_float,
@@ -263,11 +263,11 @@ def parse_json(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, list[Er
     and so is text past ``limits`` (length, nesting depth, integer digits)."""
     if len(text) > limits.max_chars:
         return None, [ErrorDetail("", f"the text has {len(text)} characters (limit: "
-                                      f"Limits.max_chars = {limits.max_chars})", "json")]
+                                      f"[limits] max_chars = {limits.max_chars})", "json")]
     depth = nesting_depth(text, limits.max_depth)
     if depth > limits.max_depth:
         return None, [ErrorDetail("", f"JSON nests {depth} levels deep (limit: "
-                                      f"Limits.max_depth = {limits.max_depth})", "json")]
+                                      f"[limits] max_depth = {limits.max_depth})", "json")]
     try:
         return _decoder(limits.max_number_digits).decode(text), []
     except json.JSONDecodeError as exc:
@@ -285,12 +285,17 @@ def _data_error(data: Any, limits: Limits) -> ErrorDetail | None:
     depth = value_depth(data, limits.max_depth)
     if depth > limits.max_depth:
         return ErrorDetail("", f"the value nests more than {limits.max_depth} levels deep "
-                               "(limit: Limits.max_depth)", "depth")
+                               f"(limit: [limits] max_depth = {limits.max_depth})", "depth")
     stack = [data]
     while stack:
         node = stack.pop()
         if isinstance(node, float) and not math.isfinite(node):
             return ErrorDetail("", f"{node} is not a JSON number", "type")
+        # repaired or coerced data did not go through parse_json's digit limit
+        if isinstance(node, int) and abs(node) >= _int_bound(limits.max_number_digits):
+            return ErrorDetail("", f"an integer has more than {limits.max_number_digits} "
+                                   f"digits (limit: [limits] max_number_digits = "
+                                   f"{limits.max_number_digits})", "type")
         if isinstance(node, str) and not _is_unicode(node):
             return ErrorDetail("", f"{_short(node)} holds a lone surrogate: not Unicode text",
                                "type")
@@ -303,6 +308,12 @@ def _data_error(data: Any, limits: Limits) -> ErrorDetail | None:
         elif isinstance(node, list | tuple):
             stack.extend(node)
     return None
+
+
+@lru_cache(maxsize=8)
+def _int_bound(digits: int) -> int:
+    """The smallest integer with more than ``digits`` digits."""
+    return 10 ** digits
 
 
 def _is_unicode(text: str) -> bool:
@@ -323,7 +334,7 @@ def validate_data(data: Any, output: CompiledOutput) -> Outcome:
     if output.json_schema is None:
         raise SchemaError(f"a {output.kind} output validates text, not parsed JSON data: "
                           "use validate_text")
-    problem = _data_error(data, DEFAULT_LIMITS)
+    problem = _data_error(data, output.limits)
     errors = [problem] if problem is not None else schema_errors(data, output.json_schema)
     if errors:
         return Outcome(False, data=data, errors=errors)
@@ -339,7 +350,7 @@ def validate_data(data: Any, output: CompiledOutput) -> Outcome:
 def validate_text(text: str, output: CompiledOutput) -> Outcome:
     """Validate a model's raw text against ``output``."""
     if output.kind == "json":
-        data, errors = parse_json(text)
+        data, errors = parse_json(text, output.limits)
         if errors:
             return Outcome(False, errors=errors)
         return validate_data(data, output)

@@ -68,6 +68,22 @@ class GenerationResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+class Finished(str):
+    """A stream chunk that also says why generation stopped (``GenerationResult.finish_reason``).
+
+    Backends yield it once the server or decoder reports the reason (often as an empty
+    chunk at the end); to a consumer that only wants text it is a plain ``str``. The last
+    one seen tells whether the streamed answer was cut off at ``max_tokens``.
+    """
+
+    finish_reason: str
+
+    def __new__(cls, text: str, finish_reason: str) -> Finished:
+        chunk = super().__new__(cls, text)
+        chunk.finish_reason = finish_reason
+        return chunk
+
+
 @runtime_checkable
 class Backend(Protocol):
     """One protocol for all backends (embedded and servers)."""
@@ -80,7 +96,9 @@ class Backend(Protocol):
 
     def generate(self, request: GenerationRequest) -> GenerationResult: ...
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[str]: ...
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Text chunks as they arrive; the finish reason comes as a :class:`Finished`."""
+        ...
 
     async def health(self) -> bool: ...
 

@@ -86,8 +86,13 @@ class HTTPClient:
     max_line_bytes = 8 * 1024 * 1024
 
     def __init__(self, backend: str, section: ServerConfig, *, total_timeout_s: float,
-                 default_url: str) -> None:
+                 default_url: str, max_body_bytes: int | None = None,
+                 max_line_bytes: int | None = None) -> None:
         self.backend = backend
+        if max_body_bytes is not None:  # [limits] in config.toml
+            self.max_body_bytes = max_body_bytes
+        if max_line_bytes is not None:
+            self.max_line_bytes = max_line_bytes
         self.base_url = (section.base_url or default_url).rstrip("/")
         self.section = section
         self.total_timeout_s = total_timeout_s
@@ -257,19 +262,19 @@ class HTTPClient:
                         break
                     total += len(chunk)
                     if total > self.max_body_bytes:
-                        raise self._too_big(path, "streamed answer", self.max_body_bytes)
+                        raise self._too_big(path, "streamed answer", "max_body_bytes")
                     searched = len(pending)  # only the new bytes can hold a newline
                     pending += chunk
                     while (newline := pending.find(b"\n", searched)) != -1:
                         if newline > self.max_line_bytes:
-                            raise self._too_big(path, "stream line", self.max_line_bytes)
+                            raise self._too_big(path, "stream line", "max_line_bytes")
                         line = self._decode(bytes(pending[:newline]), path).strip()
                         del pending[:newline + 1]
                         searched = 0
                         if line:
                             yield line
                     if len(pending) > self.max_line_bytes:
-                        raise self._too_big(path, "stream line", self.max_line_bytes)
+                        raise self._too_big(path, "stream line", "max_line_bytes")
                 last = self._decode(bytes(pending), path).strip()
                 if last:
                     yield last
@@ -285,7 +290,7 @@ class HTTPClient:
         async for chunk in response.aiter_bytes():
             total += len(chunk)
             if total > self.max_body_bytes:
-                raise self._too_big(path, "answer", self.max_body_bytes)
+                raise self._too_big(path, "answer", "max_body_bytes")
             parts.append(chunk)
         raw = b"".join(parts)
         if response.status_code >= 400:  # only quoted in the error: keep what can be read
@@ -299,9 +304,10 @@ class HTTPClient:
             raise BackendProtocolError(f"{self.base_url}{path} sent text that is not UTF-8: "
                                        f"{exc}", self.backend) from None
 
-    def _too_big(self, path: str, what: str, limit: int) -> BackendProtocolError:
-        return BackendProtocolError(f"{self.base_url}{path}: {what} exceeds {limit} bytes",
-                                    self.backend)
+    def _too_big(self, path: str, what: str, key: str) -> BackendProtocolError:
+        limit = getattr(self, key)
+        return BackendProtocolError(f"{self.base_url}{path}: {what} exceeds {limit} bytes "
+                                    f"([limits] {key})", self.backend)
 
     @asynccontextmanager
     async def _open_stream(self, path: str, body: dict[str, Any],
@@ -379,7 +385,9 @@ class HTTPBackend(BackendBase):
         self.section: Any = config.section(self.name)
         self.http = HTTPClient(self.name, self.section,
                                total_timeout_s=config.llm_backend.timeout_s,
-                               default_url=self.default_url)
+                               default_url=self.default_url,
+                               max_body_bytes=config.limits.max_body_bytes,
+                               max_line_bytes=config.limits.max_line_bytes)
 
     def model_for(self, request: GenerationRequest) -> str | None:
         return request.model or self.section.model

@@ -26,7 +26,12 @@ from typing import Any
 
 from pydantic import BaseModel, NonNegativeInt
 
-from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.base import (
+    Capabilities,
+    Finished,
+    GenerationRequest,
+    GenerationResult,
+)
 from structgen.backends.capabilities import capabilities_for, relax_for
 from structgen.backends.http import HTTPBackend, loads_event, parse_wire, render_prompt
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
@@ -176,11 +181,12 @@ class OllamaBackend(HTTPBackend):
         async for line in self.http.stream_lines(path, body, deadline=request.deadline):
             event, chunk, _thinking = self._read(loads_event(line, self.name), path,
                                                  "stream line", streaming=True)
-            if chunk:
-                yield chunk
             if event.done:
+                yield Finished(chunk, event.done_reason or "stop")
                 done = True
                 break
+            if chunk:
+                yield chunk
         if not done:
             raise BackendProtocolError("stream ended before a done:true line", self.name,
                                        retryable=True)

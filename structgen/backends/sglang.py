@@ -28,7 +28,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field, FiniteFloat, NonNegativeInt
 
-from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.base import (
+    Capabilities,
+    Finished,
+    GenerationRequest,
+    GenerationResult,
+)
 from structgen.backends.capabilities import capabilities_for, relax_for
 from structgen.backends.http import (
     HTTPBackend,
@@ -53,6 +58,12 @@ class _Meta(BaseModel):
     prompt_tokens: NonNegativeInt | None = None
     completion_tokens: NonNegativeInt | None = None
     e2e_latency: FiniteFloat | None = None
+
+
+def _finish_type(meta: _Meta | None) -> str | None:
+    """The finish reason of a native answer or event (``None`` while it goes on)."""
+    finish = meta.finish_reason if meta is not None else None
+    return finish.type if isinstance(finish, _Finish) else finish
 
 
 class _Native(BaseModel):
@@ -165,11 +176,9 @@ class SGLangBackend(HTTPBackend):
     def _parse_native(self, data: Any) -> GenerationResult:
         answer = parse_wire(_Native, data, self.name, f"{NATIVE_PATH} answer")
         meta = answer.meta_info or _Meta()
-        finish = meta.finish_reason
-        reason = finish.type if isinstance(finish, _Finish) else finish
         return GenerationResult(
             text=answer.text, backend=self.name, model=str(self.section.model or ""),
-            finish_reason=reason or "stop",
+            finish_reason=_finish_type(meta) or "stop",
             prompt_tokens=meta.prompt_tokens or 0,
             completion_tokens=meta.completion_tokens or 0,
             server_time_s=meta.e2e_latency)
@@ -218,17 +227,23 @@ class SGLangBackend(HTTPBackend):
                 raise BackendUnavailable(f"server error mid-stream: {event['error']}",
                                          self.name, retryable=True)
             if path == NATIVE_PATH:
-                text = parse_wire(_Native, event, self.name, "stream event").text
+                native = parse_wire(_Native, event, self.name, "stream event")
+                text = native.text
                 if not text.startswith(seen):
                     raise BackendProtocolError("stream event text does not extend the "
                                                "previous one", self.name)
                 chunk, seen = text[len(seen):], text
-                if chunk:
+                reason = _finish_type(native.meta_info)
+                if reason:
+                    yield Finished(chunk, reason)
+                elif chunk:
                     yield chunk
             else:
                 for choice in parse_wire(_ChatEvent, event, self.name, "stream event").choices:
                     piece = choice.delta.content if choice.delta is not None else None
-                    if piece:
+                    if choice.finish_reason:
+                        yield Finished(piece or "", choice.finish_reason)
+                    elif piece:
                         yield piece
         if not done:
             raise BackendProtocolError("stream ended before data: [DONE]", self.name,

@@ -25,7 +25,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field, FiniteFloat, NonNegativeInt
 
-from structgen.backends.base import Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.base import (
+    Capabilities,
+    Finished,
+    GenerationRequest,
+    GenerationResult,
+)
 from structgen.backends.capabilities import capabilities_for, relax_for
 from structgen.backends.http import (
     HTTPBackend,
@@ -220,7 +225,9 @@ class VLLMBackend(HTTPBackend):
                                          self.name, retryable=True)
             for choice in event.choices:
                 chunk = choice.delta.content if choice.delta is not None else choice.text
-                if chunk:
+                if choice.finish_reason:  # the last content event says why it stopped
+                    yield Finished(chunk or "", choice.finish_reason)
+                elif chunk:
                     yield chunk
         if not done:
             raise BackendProtocolError("stream ended before data: [DONE]", self.name,

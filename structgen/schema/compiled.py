@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from structgen.errors import SchemaError
 from structgen.schema.canonical import canonical_json, schema_identity, sha256_hex
 from structgen.schema.ecma_regex import compile_ecma, translate
-from structgen.schema.limits import DEFAULT_LIMITS, nesting_depth
+from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth
 from structgen.types import Choice, Grammar, JsonSchema, OutputKind, Regex
 
 # 2: schema identity = sorted JSON + properties orders; 3: patterns in portable ECMA form
@@ -37,6 +37,8 @@ class CompiledOutput:
     model: type[BaseModel] | None = None
     name: str = "output"
     relaxed: tuple[str, ...] = field(default=())  # keywords dropped from the grammar
+    # what parsing and validating this output's text may cost ([limits] in config.toml)
+    limits: Limits = DEFAULT_LIMITS
 
     @cached_property
     def hash(self) -> str:
@@ -93,8 +95,13 @@ class CompiledOutput:
         return to_ebnf(self)
 
 
-def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
-    """Compile a Pydantic model class, a JSON Schema dict, Regex, Choice or Grammar."""
+def compile_output(output: Any, *, name: str | None = None,
+                   limits: Limits = DEFAULT_LIMITS) -> CompiledOutput:
+    """Compile a Pydantic model class, a JSON Schema dict, Regex, Choice or Grammar.
+
+    ``limits`` bound the schema (its depth) and, carried on the result, the parsing and
+    validation of every text generated for it.
+    """
     from structgen.schema.check import check_schema
     from structgen.schema.pydantic_schema import model_json_schema
 
@@ -107,7 +114,7 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         nodes = check_schema(schema, unknown_formats="ignore")
         portable_patterns(nodes)
         return CompiledOutput(kind="json", json_schema=schema, model=output,
-                              name=name or output.__name__)
+                              name=name or output.__name__, limits=limits)
     if isinstance(output, JsonSchema):
         if not isinstance(output.schema, dict):
             raise SchemaError("a JSON Schema must be an object, got "
@@ -120,33 +127,34 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         from structgen.schema.drafts import upgrade_schema
 
         # Older drafts (04/06/07/2019-09) are rewritten to their 2020-12 meaning first.
-        schema, text = json_copy(upgrade_schema(output))
+        schema, text = json_copy(upgrade_schema(output), limits.max_schema_depth)
         if closed:
             from structgen.schema.pydantic_schema import close_objects
 
-            schema, text = json_copy(close_objects(schema))
+            schema, text = json_copy(close_objects(schema), limits.max_schema_depth)
         if portable_patterns(check_schema(schema)):
             text = _ENCODER.encode(schema)
-        return json_output(schema, text, name=name or str(output.get("title") or "output"))
+        return json_output(schema, text, name=name or str(output.get("title") or "output"),
+                           limits=limits)
     if isinstance(output, Regex):
         if not isinstance(output.pattern, str) or not output.pattern:
             raise SchemaError("Regex pattern must be a non-empty string")
         compile_ecma(output.pattern)  # SchemaError if it is no ECMA-262 pattern
         return CompiledOutput(kind="regex", pattern=translate(output.pattern),
-                              name=name or "regex")
+                              name=name or "regex", limits=limits)
     if isinstance(output, Choice):
         if not output.choices or not all(isinstance(c, str) and c for c in output.choices):
             raise SchemaError("Choice needs at least one non-empty string")
         if len(set(output.choices)) != len(output.choices):
             raise SchemaError("Choice has duplicate options")
         return CompiledOutput(kind="choice", choices=tuple(output.choices),
-                              name=name or "choice")
+                              name=name or "choice", limits=limits)
     if isinstance(output, Grammar):
         from structgen.schema.targets import grammar_to_lark
 
         lark, syntax = grammar_to_lark(output.text, output.syntax)
         return CompiledOutput(kind="grammar", grammar=lark, grammar_source=output.text,
-                              grammar_syntax=syntax, name=name or "grammar")
+                              grammar_syntax=syntax, name=name or "grammar", limits=limits)
     if isinstance(output, str):
         try:
             parsed = json.loads(output)
@@ -155,7 +163,7 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
                 "a str output spec must be a JSON Schema document; use Regex(...), "
                 "Choice([...]) or Grammar(...) for other constraints"
             ) from None
-        return compile_output(parsed, name=name)
+        return compile_output(parsed, name=name, limits=limits)
     raise SchemaError(
         f"unsupported output spec of type {type(output).__name__}: pass a Pydantic model "
         "class, a JSON Schema dict, Regex, Choice or Grammar"
@@ -186,7 +194,8 @@ def portable_patterns(nodes: list[dict[str, Any]]) -> bool:
     return changed
 
 
-def json_copy(schema: Any) -> tuple[dict[str, Any], str]:
+def json_copy(schema: Any, max_depth: int = DEFAULT_LIMITS.max_schema_depth
+              ) -> tuple[dict[str, Any], str]:
     """(a JSON-clean deep copy of ``schema`` in its own key order, its compact JSON text).
 
     The copy keeps the caller's order: ``properties`` order is the order a constrained
@@ -208,10 +217,10 @@ def json_copy(schema: Any) -> tuple[dict[str, Any], str]:
             raise SchemaError(f"{key} must be finite (NaN and infinity are not JSON)",
                               pointer) from None
         raise SchemaError(f"schema is not JSON-serializable: {exc}") from None
-    depth = nesting_depth(text, DEFAULT_LIMITS.max_schema_depth)
-    if depth > DEFAULT_LIMITS.max_schema_depth:
+    depth = nesting_depth(text, max_depth)
+    if depth > max_depth:
         raise SchemaError(f"the schema nests {depth} levels deep (limit: "
-                          f"Limits.max_schema_depth = {DEFAULT_LIMITS.max_schema_depth})")
+                          f"[limits] max_schema_depth = {max_depth})")
     copy: dict[str, Any] = json.loads(text)
     return copy, text
 

@@ -36,6 +36,8 @@ from tests.servers.wire import (
     WireServer,
 )
 
+from .conftest import TRIED
+
 EXAMPLES = int(os.environ.get("STRUCTGEN_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -165,6 +167,7 @@ def _fuzz(backends: dict[str, tuple[WireServer, Any]], flavor: str, canned: Cann
           streamed: bool) -> None:
     server, backend = backends[flavor]
     server.canned = canned
+    TRIED["server streams" if streamed else "server answers"] += 1
     start = time.monotonic()
     try:
         _call(backend, streamed)

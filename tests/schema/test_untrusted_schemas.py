@@ -116,7 +116,7 @@ def test_limits_are_configurable() -> None:
     text = "[[[[1]]]]"
     assert parse_json(text)[1] == []
     data, errors = parse_json(text, Limits(max_depth=3))
-    assert data is None and "limit: Limits.max_depth = 3" in errors[0].message
+    assert data is None and "limit: [limits] max_depth = 3" in errors[0].message
     assert parse_json("123456", Limits(max_number_digits=5))[1]
     assert parse_json("x" * 20, Limits(max_chars=10))[1]
     assert DEFAULT_LIMITS.max_depth == 128

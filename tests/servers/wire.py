@@ -494,9 +494,13 @@ class SGLangWireServer(WireServer):
 
             def events() -> Iterator[str]:
                 so_far = ""
-                for piece in _chunks(text):
+                pieces = _chunks(text)
+                for i, piece in enumerate(pieces):
                     so_far += piece  # native stream events carry the text so far
-                    yield "data: " + json.dumps({"text": so_far, "meta_info": meta}) + "\n\n"
+                    # as SGLang does: no finish reason until the last event
+                    going_on = {**meta, "finish_reason": None}
+                    info = meta if i == len(pieces) - 1 else going_on
+                    yield "data: " + json.dumps({"text": so_far, "meta_info": info}) + "\n\n"
                 yield "data: [DONE]\n\n"
 
             self._send_stream(h, events(), "text/event-stream")
@@ -515,9 +519,11 @@ class SGLangWireServer(WireServer):
             return
 
         def chat_events() -> Iterator[str]:
-            for piece in _chunks(text):
+            pieces = _chunks(text)
+            for i, piece in enumerate(pieces):
+                finish = self.finish if i == len(pieces) - 1 else None
                 yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {
-                    "content": piece}, "finish_reason": None}]}) + "\n\n"
+                    "content": piece}, "finish_reason": finish}]}) + "\n\n"
             yield "data: [DONE]\n\n"
 
         self._send_stream(h, chat_events(), "text/event-stream")

@@ -22,7 +22,13 @@ import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from structgen.backends.base import BackendBase, Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.base import (
+    BackendBase,
+    Capabilities,
+    Finished,
+    GenerationRequest,
+    GenerationResult,
+)
 from structgen.backends.local.decoder import Decoder, fail
 from structgen.backends.local.models import is_gguf_reference
 from structgen.backends.local.runtime import Runtime, Seq, engine_class
@@ -81,7 +87,7 @@ class LocalBackend(BackendBase):
         complete, so they arrive as one chunk at the end."""
         if request.reasoning or (request.output is None and request.sampling.stop):
             result = await self.agenerate(request)
-            yield result.text
+            yield Finished(result.text, result.finish_reason)
             return
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
@@ -96,7 +102,8 @@ class LocalBackend(BackendBase):
         self._queue.put(seq)
         while (chunk := await chunks.get()) is not None:
             yield chunk
-        await asyncio.wrap_future(future)  # raises the request's error, if any
+        result = await asyncio.wrap_future(future)  # raises the request's error, if any
+        yield Finished("", result.finish_reason)
 
     async def health(self) -> bool:
         try:
