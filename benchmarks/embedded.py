@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _common import machine_line  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+NAME = "embedded"  # results/NAME.md, .json, .png (--name)
 MASKBENCH = ROOT.parent / "shared" / "data" / "maskbench"
 METHODS = ("a", "b", "c", "d", "e", "f")
 LABELS = {"a": "structgen, llama.cpp runtime + llguidance",
@@ -706,7 +707,7 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
                 notes.append(f"({m}) {row.stats.get('note') or 'invalid'}")
         lines.append(f"| {case['id']} | " + " | ".join(cells) + f" | {'; '.join(notes)} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "embedded.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(table, methods, [s for s in scopes if s in GROUPS], machine)
 
     headline: dict[str, Any] = {}
@@ -725,11 +726,11 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
             if s in table)
     headline["peak RSS MB " + " / ".join(f"({m})" for m in methods)] = " / ".join(
         fmt((info.get(m) or {}).get("peak_rss_mb") or math.nan, 0) for m in methods)
-    data = {"name": "embedded", "result": "embedded.md", "headline": headline,
+    data = {"name": NAME, "result": f"{NAME}.md", "headline": headline,
             "machine": machine, "versions": versions, "command": args.command_line,
             "table": table, "targets": targets, "info": info, "cases": cases,
             "rows": {m: [asdict(r) for r in rows[m]] for m in methods}}
-    (RESULTS / "embedded.json").write_text(json.dumps(data, indent=1, default=str) + "\n",
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(data, indent=1, default=str) + "\n",
                                            encoding="utf-8")
     return data
 
@@ -755,7 +756,7 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], methods: list[str], groups
     axes[0].legend(fontsize=7)
     fig.suptitle("SmolLM2-135M Q4_1 GGUF on CPU, greedy, 2 threads: " + machine, fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "embedded.png", dpi=110)
+    fig.savefig(RESULTS / f"{NAME}.png", dpi=110)
     plt.close(fig)
 
 
@@ -773,10 +774,14 @@ def main() -> None:
                     help="per-request limit in every column")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild embedded.md/.png/.json from the rows in embedded.json")
+    ap.add_argument("--name", default=NAME,
+                    help="result files results/NAME.md/.json/.png (default embedded)")
     args = ap.parse_args()
+    global NAME
+    NAME = args.name
     args.command_line = " ".join(sys.argv[1:])
     if args.report_only:
-        saved = json.loads((RESULTS / "embedded.json").read_text())
+        saved = json.loads((RESULTS / f"{NAME}.json").read_text())
         rows = {m: [Row(**r) for r in rs] for m, rs in saved["rows"].items()}
         args.command_line = saved.get("command", "")
         write(rows, saved["info"], saved["cases"], saved["machine"], saved["versions"], args)
@@ -796,7 +801,7 @@ def main() -> None:
     print(f"{len(cases)} prompts, columns {','.join(methods)}", flush=True)
     # Each finished column is kept in a checkpoint (same prompts, same machine), so a run
     # cut short (Ctrl-C, a crash) resumes with the columns it has not done yet.
-    checkpoint = RESULTS / "embedded.columns.tmp"
+    checkpoint = RESULTS / f"{NAME}.columns.tmp"
     done = load_checkpoint(checkpoint, cases)
     for m in methods:
         if m in done["rows"]:
@@ -811,7 +816,8 @@ def main() -> None:
     rows = {m: done["rows"][m] for m in methods}
     case_info = [{"id": c.id, "group": c.group, "max_tokens": c.max_tokens} for c in cases]
     data = write(rows, done["info"], case_info, machine_line(), library_versions(), args)
-    checkpoint.unlink(missing_ok=True)
+    if set(done["rows"]) >= set(METHODS):  # a partial run's columns wait for the rest
+        checkpoint.unlink(missing_ok=True)
     print(json.dumps(data["headline"], indent=1, ensure_ascii=False))
 
 
