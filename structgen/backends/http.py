@@ -39,6 +39,7 @@ from tenacity import (
 )
 
 from structgen.backends.base import BackendBase, GenerationRequest, _portal
+from structgen.config import Config as _Config
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -371,8 +372,6 @@ class HTTPBackend(BackendBase):
     health_path = "/health"
 
     def __init__(self, config: Config) -> None:
-        from structgen.config import Config as _Config
-
         if not isinstance(config, _Config):
             raise ConfigError(f"{type(self).__name__} needs a structgen Config")
         self.config = config

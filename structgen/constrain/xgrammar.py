@@ -9,6 +9,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.base import ConstraintOptions, GrammarConstraint, Matcher, TokenizerData
+from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
 from structgen.schema.check import declared_types, json_type
 from structgen.schema.relax import disjoint_one_of_to_any_of, drop_keywords, subschemas
@@ -16,7 +17,7 @@ from structgen.schema.relax import disjoint_one_of_to_any_of, drop_keywords, sub
 if TYPE_CHECKING:
     import torch
 
-    from structgen.grammar_cache import Codec
+    from structgen.constrain.grammar_cache import Codec
     from structgen.schema import CompiledOutput
 
 
@@ -130,8 +131,6 @@ class XGrammarConstraint(GrammarConstraint):
     def codec(self) -> Codec[tuple[Any, tuple[str, ...]]]:
         """XGrammar's own JSON serialization of the compiled grammar (its tokenizer metadata
         is checked on load), with the keywords that were relaxed to get it."""
-        from structgen.grammar_cache import Codec, xgrammar_codec
-
         grammar = xgrammar_codec(self.info)
 
         def dumps(value: tuple[Any, tuple[str, ...]]) -> str:

@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from structgen.errors import SchemaError
+from structgen.schema.canonical import json_copy
 from structgen.schema.check import subschema_nodes
-from structgen.schema.compiled import json_copy
 
 
 def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
