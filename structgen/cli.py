@@ -9,8 +9,9 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -36,11 +37,13 @@ from structgen.tools import conformance as cf
 from structgen.validate import dump_value
 from structgen.warmup import plan, read_items, run_warmup
 
+_T = TypeVar("_T")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Structured output for LLMs with grammar-constrained decoding.")
 
 
-def _fail(exc: StructgenError) -> None:
+def _fail(exc: StructgenError) -> NoReturn:
     typer.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
     raise typer.Exit(2)
 
@@ -172,19 +175,25 @@ def _open_cache(config: Path | None) -> Any:
     return cache
 
 
+def _with_cache(config: Path | None, use: Callable[[ResultCache], _T]) -> _T:
+    """Open the result cache, ``use`` it, close it; a StructgenError ends the command."""
+    try:
+        cache = _open_cache(config)
+        try:
+            return use(cache)
+        finally:
+            cache.close()
+    except StructgenError as exc:
+        _fail(exc)
+
+
 @cache_app.command("stats")
 def cache_stats(
     config: Path | None = typer.Option(None, "--config", "-c"),
     as_json: bool = typer.Option(False, "--json", help="print entries, bytes, hits, misses"),
 ) -> None:
     """Entries, size, and hit/miss counts (all processes) of the result cache."""
-    try:
-        cache = _open_cache(config)
-        stats = cache.stats()
-        cache.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
+    stats = _with_cache(config, lambda cache: cache.stats())
     if as_json:
         typer.echo(json.dumps(stats))
         return
@@ -198,13 +207,7 @@ def cache_stats(
 @cache_app.command("clear")
 def cache_clear(config: Path | None = typer.Option(None, "--config", "-c")) -> None:
     """Delete every entry (and the hit/miss counters)."""
-    try:
-        cache = _open_cache(config)
-        n = cache.clear()
-        cache.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
+    n = _with_cache(config, lambda cache: cache.clear())
     typer.echo(f"cleared {n} entries")
 
 

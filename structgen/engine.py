@@ -102,9 +102,8 @@ class Engine:
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
-        if hit is not None:
-            return hit
-        return await self._agenerate_request(request, backend, key, start, allow_truncated)
+        return hit or await self._agenerate_request(request, backend, key, start,
+                                                    allow_truncated)
 
     def _cache_lookup(self, request: GenerationRequest, backend: str | None, use_cache: bool,
                       start: float) -> tuple[str | None, StructuredResult | None]:
@@ -158,10 +157,8 @@ class Engine:
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
-        if hit is not None:
-            return hit
-        return run_sync(
-            self._agenerate_request(request, backend, key, start, allow_truncated))
+        return hit or run_sync(self._agenerate_request(request, backend, key, start,
+                                                       allow_truncated))
 
     async def arun_text(self, prompt_or_messages: str | Sequence[Any], *,
                         backend: str | None = None, model: str | None = None,
