@@ -160,6 +160,15 @@ class Matcher(ABC):
     relaxed: tuple[str, ...] = ()
 
 
+# The JSON Schema keywords every regular/grammar engine here compiles: types, objects,
+# arrays, combinators, references, lengths, patterns and inclusive bounds. Each engine's
+# json_keywords adds what else it enforces.
+STRUCTURE_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "minItems", "maxItems",
+    "minLength", "maxLength", "pattern", "minimum", "maximum"})
+
+
 class GrammarConstraint(ABC):
     """A constraint engine bound to one tokenizer."""
 
