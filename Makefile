@@ -40,7 +40,7 @@ redis-server:
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 demo: install
-	$(BIN)/python -m structgen.demo
+	$(BIN)/python -m structgen.tools.demo
 
 test: install vllm-env redis-server
 	$(BIN)/python -m pytest -q -ra

@@ -39,7 +39,9 @@ SMALL = {"type": "object", "properties": {"kind": {"enum": ["a", "b", "c"]},
 
 
 def bench_hits(engine: Engine, n: int = 3000) -> dict[str, Any]:
-    from structgen.demo import SYSTEM_PROMPT  # the intent agent's prompt, as `make demo` runs it
+    from structgen.tools.demo import (
+        SYSTEM_PROMPT,  # the intent agent's prompt, as `make demo` runs it
+    )
 
     def chat(user: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
@@ -67,7 +69,7 @@ def bench_grammar(model_dir: Path) -> dict[str, Any]:
     import xgrammar
     from transformers import AutoTokenizer
 
-    from structgen.grammar_cache import GrammarCache, tokenizer_hash, xgrammar_codec
+    from structgen.constrain.grammar_cache import GrammarCache, tokenizer_hash, xgrammar_codec
     from structgen.schema import compile_output
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -130,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="structgen-bench-"))
     if args.model == "tiny":
-        from structgen.testing import build_tiny_model
+        from structgen.tools.testing import build_tiny_model
 
         model_dir = build_tiny_model(tmp / "tiny")
     else:

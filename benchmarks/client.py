@@ -202,7 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     server = None
     if args.base_url is None:
-        from structgen.testing import build_tiny_model
+        from structgen.tools.testing import build_tiny_model
         from tests.servers.vllm_process import start_vllm, vllm_compatible_copy
 
         work = Path(tempfile.mkdtemp(prefix="structgen-bench-"))

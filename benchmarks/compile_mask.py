@@ -10,7 +10,7 @@ instance of the schema token by token, timing the allowed-token mask before each
 
 structgen cold = structgen's compile path (draft upgrade, schema checks, relaxation of
 keywords the engine lacks, llguidance grammar) with an empty grammar cache; warm = the same
-request answered from :mod:`structgen.grammar_cache` (lookup + a fresh matcher copy).
+request answered from :mod:`structgen.constrain.grammar_cache` (lookup + a fresh matcher copy).
 
 Writes results/compile_mask.md, .png and .json (headline figures for run_all.py).
 """
@@ -37,7 +37,7 @@ MASK_REPEAT = 3  # best of 3 per token: the same state, so this only removes sch
 
 def pick_schemas(n: int) -> list[dict[str, Any]]:
     """``n`` schemas with a valid instance, spread evenly over every split (deterministic)."""
-    from structgen.conformance import iter_cases
+    from structgen.tools.conformance import iter_cases
 
     per_split: dict[str, list[dict[str, Any]]] = {}
     for file in sorted(MASKBENCH.glob("*.jsonl.gz")):
@@ -116,8 +116,8 @@ class Structgen(LLGuidance):
         super().__init__(tokenizer)
         from structgen.config import LocalConfig
         from structgen.constrain.base import ConstraintOptions
+        from structgen.constrain.grammar_cache import GrammarCache
         from structgen.constrain.llguidance import LLGuidanceConstraint
-        from structgen.grammar_cache import GrammarCache
 
         self.tok_data = tok_data
         tok_data.ll_tokenizer(), tok_data.hash  # built once per loaded model, not per compile
@@ -127,7 +127,7 @@ class Structgen(LLGuidance):
                                                compile_timeout_s=self.timeout_s)
 
     def compile(self, schema: dict[str, Any]) -> Any:
-        from structgen.conformance import compile_for_check
+        from structgen.tools.conformance import compile_for_check
 
         self.constraint.grammar_cache.clear()  # type: ignore[union-attr]  # cold: a miss
         output = compile_for_check(schema)
@@ -228,7 +228,7 @@ class OutlinesCore(Engine):
 
 
 def make_engine(name: str) -> Engine:
-    from structgen.conformance import _tokenizer_json, smollm_tokenizer
+    from structgen.tools.conformance import _tokenizer_json, smollm_tokenizer
 
     if name == "llguidance":  # the JSON layout structgen compiles by default (compact)
         from structgen.constrain.base import ConstraintOptions
@@ -254,7 +254,7 @@ def make_engine(name: str) -> Engine:
 
 
 def worker(name: str, conn: Any) -> None:
-    from structgen.conformance import compact, smollm_tokenizer
+    from structgen.tools.conformance import compact, smollm_tokenizer
 
     engine = make_engine(name)
     tok = smollm_tokenizer()
@@ -444,7 +444,7 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
-    from structgen.conformance import machine_line
+    from structgen.tools.conformance import machine_line
 
     n = 30 if args.quick else args.n
     schemas = pick_schemas(n)

@@ -43,15 +43,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import diskcache
+from pydantic import ValidationError
+
 from structgen.config import redact_url
 from structgen.errors import ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
+from structgen.types import StructuredResult
 from structgen.validate import is_valid, parse_json, validate_text
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
     from structgen.config import CacheConfig, Config
-    from structgen.engine import StructuredResult
     from structgen.schema import CompiledOutput
 
 log = logging.getLogger(__name__)
@@ -90,8 +93,6 @@ def _safe_disk_class() -> type:
     mode says "pickle". A tampered cache.db could set that mode, so reads of such rows
     fail here instead of running ``pickle.loads``.
     """
-    import diskcache
-
     class SafeDisk(diskcache.Disk):
         def put(self, key: Any) -> Any:
             if not isinstance(key, str):
@@ -151,8 +152,6 @@ class DiskStore:
     """diskcache (SQLite + files): process-safe, used by default."""
 
     def __init__(self, directory: Path) -> None:
-        import diskcache
-
         try:
             directory.mkdir(parents=True, exist_ok=True)
             # WAL + one SQLite connection per process/thread: several writers are safe.
@@ -378,8 +377,6 @@ class ResultCache:
         with it, an entry answered by a fallback is a miss once a backend it stood in for
         is no longer known to be down (the request then goes to that backend again).
         """
-        from structgen.engine import StructuredResult
-
         entry = self._read(key)
         if entry is not None and down is not None and not all(
                 down(name) for name in entry.get("passed_over", ())):
@@ -635,7 +632,6 @@ def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
             return _INVALID
         if output.model is None:
             return data
-        from pydantic import ValidationError
 
         try:
             return output.model.model_validate(data)

@@ -2,62 +2,48 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import asyncio
+import itertools
 import json
+import shlex
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
 
-from structgen.errors import StructgenError
+from structgen.advice import recommend
+from structgen.cache import ResultCache, open_result_cache
+from structgen.config import Config
+from structgen.engine import Engine
+from structgen.errors import ConfigError, StructgenError
+from structgen.metrics import default_state_file, describe, load_state
+from structgen.schema import compile_output
+from structgen.schema.specs import load_spec
+from structgen.tools import conformance as cf
+from structgen.validate import dump_value
+from structgen.warmup import plan, read_items, run_warmup
+
+_T = TypeVar("_T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Structured output for LLMs with grammar-constrained decoding.")
 
 
-def load_spec(spec: str) -> Any:
-    """``path/to/file.py:ClassName``, ``module:ClassName`` or a ``.json`` schema file."""
-    from structgen.errors import SchemaError
-
-    if spec.endswith(".json") and ":" not in spec:
-        path = Path(spec)
-        if not path.is_file():
-            raise SchemaError(f"schema file not found: {spec}")
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise SchemaError(f"{spec} is not valid JSON: {exc}") from None
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise SchemaError(f"bad schema spec {spec!r}: use file.py:Class, module:Class or x.json")
-    try:
-        if target.endswith(".py"):
-            path = Path(target)
-            if not path.is_file():
-                raise SchemaError(f"file not found: {target}")
-            # a private module name: a spec file called json.py must not shadow json
-            mod_name = f"_structgen_spec_{path.stem}"
-            mod_spec = importlib.util.spec_from_file_location(mod_name, path)
-            assert mod_spec and mod_spec.loader
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[mod_name] = module  # Pydantic resolves forward refs here
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except SchemaError:
-        raise
-    except Exception as exc:
-        raise SchemaError(f"cannot import {target}: {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise SchemaError(f"{target} has no attribute {attr!r}") from None
-
-
-def _fail(exc: StructgenError) -> None:
+def _fail(exc: StructgenError) -> NoReturn:
     typer.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
     raise typer.Exit(2)
 
@@ -68,8 +54,6 @@ def compile(
     to: str = typer.Option("json-schema", "--to", help="json-schema | lark | ebnf | regex"),
 ) -> None:
     """Print the compiled form of an output spec."""
-    from structgen.schema import compile_output
-
     try:
         compiled = compile_output(load_spec(schema))
         if to == "json-schema":
@@ -100,9 +84,6 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="also print provenance"),
 ) -> None:
     """Generate one validated object and print it as JSON."""
-    from structgen.engine import Engine
-    from structgen.validate import dump_value
-
     try:
         engine = Engine.from_config(config)
         messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -130,12 +111,6 @@ def check(
     limit: int | None = typer.Option(None, "--limit", help="only the first N schemas per file"),
 ) -> None:
     """Schema conformance: compile each schema, check its valid/invalid instances."""
-    import itertools
-    import shlex
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from structgen import conformance as cf
 
     try:
         files = cf.case_files(path)
@@ -180,8 +155,6 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="small sizes, for a smoke run"),
 ) -> None:
     """Run every benchmark in benchmarks/ and regenerate benchmarks/results/README.md."""
-    import subprocess
-
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
     if not script.is_file():
         _fail(StructgenError(f"{script} not found (bench runs from a source checkout)"))
@@ -195,15 +168,23 @@ app.add_typer(cache_app, name="cache")
 
 
 def _open_cache(config: Path | None) -> Any:
-    from structgen.cache import ResultCache, open_result_cache
-    from structgen.config import Config
-    from structgen.errors import ConfigError
-
     cfg = Config.load(config)
     cache = open_result_cache(cfg.cache, cfg)
     if not isinstance(cache, ResultCache):
         raise ConfigError('the result cache is off ([cache] backend = "none")', "cache.backend")
     return cache
+
+
+def _with_cache(config: Path | None, use: Callable[[ResultCache], _T]) -> _T:
+    """Open the result cache, ``use`` it, close it; a StructgenError ends the command."""
+    try:
+        cache = _open_cache(config)
+        try:
+            return use(cache)
+        finally:
+            cache.close()
+    except StructgenError as exc:
+        _fail(exc)
 
 
 @cache_app.command("stats")
@@ -212,13 +193,7 @@ def cache_stats(
     as_json: bool = typer.Option(False, "--json", help="print entries, bytes, hits, misses"),
 ) -> None:
     """Entries, size, and hit/miss counts (all processes) of the result cache."""
-    try:
-        cache = _open_cache(config)
-        stats = cache.stats()
-        cache.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
+    stats = _with_cache(config, lambda cache: cache.stats())
     if as_json:
         typer.echo(json.dumps(stats))
         return
@@ -232,13 +207,7 @@ def cache_stats(
 @cache_app.command("clear")
 def cache_clear(config: Path | None = typer.Option(None, "--config", "-c")) -> None:
     """Delete every entry (and the hit/miss counters)."""
-    try:
-        cache = _open_cache(config)
-        n = cache.clear()
-        cache.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
+    n = _with_cache(config, lambda cache: cache.clear())
     typer.echo(f"cleared {n} entries")
 
 
@@ -314,11 +283,6 @@ def warmup(
                                    "(repeatable; adds to [warmup] allow_modules)"),
 ) -> None:
     """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped)."""
-    import asyncio
-
-    from structgen.engine import Engine
-    from structgen.errors import ConfigError
-    from structgen.warmup import plan, read_items, run_warmup
 
     try:
         engine = Engine.from_config(config)
@@ -349,9 +313,6 @@ def warmup(
 
 
 def _print_plan(p: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     console.print(f"{p['total']} requests: {p['cached']} already cached, {p['to_run']} to run, "
                   f"{p['duplicate']} duplicate, {p['invalid']} invalid")
@@ -374,15 +335,6 @@ class _warmup_progress:
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
         self.progress = Progress(
             TextColumn("warmup"), BarColumn(), MofNCompleteColumn(),
@@ -418,9 +370,6 @@ def stats(
                                            help="default: metrics.state_file from config"),
 ) -> None:
     """Print the recorded metrics and whether to move to vLLM or SGLang."""
-    from structgen.config import Config
-    from structgen.metrics import default_state_file, describe, load_state
-
     try:
         if state_file is None:
             configured = Config.load(config).metrics.state_file
@@ -429,6 +378,7 @@ def stats(
         _fail(exc)
         return
     summary = describe(load_state(state_file))
+    summary["recommendation"] = recommend(summary)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

@@ -113,8 +113,8 @@ class LocalConfig(_Section):
     fast_forward: bool = True
     threads: int | None = Field(default=None, ge=1)
     # a grammar that takes longer is recorded and replaced by a looser one (validation
-    # enforces the rest); see structgen/grammar_cache.py. XGrammar takes ~7 s for an agent
-    # schema on a 49k-token vocabulary on 2 cores, llguidance ~1 ms.
+    # enforces the rest); see structgen/constrain/grammar_cache.py. XGrammar takes ~7 s for
+    # an agent schema on a 49k-token vocabulary on 2 cores, llguidance ~1 ms.
     compile_timeout_s: float = Field(default=60.0, gt=0)
 
 

@@ -9,7 +9,6 @@ Keep one :class:`Engine` per process (it owns backends, caches and metrics);
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import math
@@ -19,40 +18,33 @@ import typing
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
-from structgen.backends import Backend, GenerationRequest, create_backend
-from structgen.backends.base import run_sync
+from structgen.backends import Backend, GenerationRequest, GenerationResult
+from structgen.backends.base import Finished, run_sync
+from structgen.backends.capabilities import unenforced
+from structgen.backends.pool import BackendPool
+from structgen.cache import open_result_cache
 from structgen.config import Config
 from structgen.errors import StructgenError
+from structgen.metrics import Metrics
+from structgen.repair import Repaired, finalize
+from structgen.router import Router
 from structgen.schema import CompiledOutput, compile_output
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
-from structgen.types import SAMPLING_KEYS, Choice, Grammar, Regex, Sampling, normalize_messages
-
-
-@dataclass
-class StructuredResult:
-    """A validated value plus everything a caller may want to know about how it was made."""
-
-    value: Any
-    raw_text: str
-    backend: str
-    model: str = ""
-    cached: bool = False
-    repaired: bool = False
-    repairs: list[str] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # one per backend tried
-    post_enforced: list[str] = field(default_factory=list)
-    reasoning_text: str | None = None
-    latency_s: float = 0.0
-    cache_key: str | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    # made from an answer cut off at max_tokens (only with allow_truncated=True); never cached
-    truncated: bool = False
+from structgen.streaming import partial_value
+from structgen.types import (
+    SAMPLING_KEYS,
+    Choice,
+    Grammar,
+    Regex,
+    Sampling,
+    StructuredResult,
+    normalize_messages,
+)
 
 
 class Engine:
@@ -60,17 +52,13 @@ class Engine:
 
     def __init__(self, config: Config | None = None, *,
                  backends: dict[str, Backend] | None = None) -> None:
-        from structgen.cache import open_result_cache
-        from structgen.metrics import Metrics
-        from structgen.router import Router
-
         self.config = config or Config.load()
         # [limits]: carried by every output this engine compiles (validation reads them there)
         self.limits = self.config.limits.parse_limits()
-        self._backends: dict[str, Backend] = dict(backends or {})
+        self.pool = BackendPool(self.config, backends)
         self.cache = open_result_cache(self.config.cache, self.config)
         self.metrics = Metrics(self.config.metrics)
-        self.router = Router(self)
+        self.router = Router(self.config, self.pool, in_flight=self.metrics.in_flight)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Engine:
@@ -78,9 +66,7 @@ class Engine:
         return cls(Config.load(path, overrides=overrides or None))
 
     def backend(self, name: str) -> Backend:
-        if name not in self._backends:
-            self._backends[name] = create_backend(name, self.config)
-        return self._backends[name]
+        return self.pool.get(name)
 
     # Building a request ------------------------------------------------------------
     def build_request(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
@@ -119,9 +105,8 @@ class Engine:
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
-        if hit is not None:
-            return hit
-        return await self._agenerate_request(request, backend, key, start, allow_truncated)
+        return hit or await self._agenerate_request(request, backend, key, start,
+                                                    allow_truncated)
 
     def _cache_lookup(self, request: GenerationRequest, backend: str | None, use_cache: bool,
                       start: float) -> tuple[str | None, StructuredResult | None]:
@@ -142,13 +127,11 @@ class Engine:
                                  key: str | None, start: float,
                                  allow_truncated: bool = False) -> StructuredResult:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
-        from structgen.repair import finalize
-
         assert request.output is not None
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
         try:
             gen, trail = await self.router.agenerate(request, backend=backend)
-            repaired = await finalize(gen, request, self, allow_truncated=allow_truncated)
+            repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
             raise
@@ -177,10 +160,8 @@ class Engine:
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
-        if hit is not None:
-            return hit
-        return run_sync(
-            self._agenerate_request(request, backend, key, start, allow_truncated))
+        return hit or run_sync(self._agenerate_request(request, backend, key, start,
+                                                       allow_truncated))
 
     async def arun_text(self, prompt_or_messages: str | Sequence[Any], *,
                         backend: str | None = None, model: str | None = None,
@@ -222,25 +203,75 @@ class Engine:
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return self.run(*args, **kwargs).value
 
+    async def finalize(self, gen: GenerationResult, request: GenerationRequest, *,
+                       allow_truncated: bool = False) -> Repaired:
+        """Validate/repair ``gen`` for ``request`` (re-asks go through the router)."""
+        return await finalize(gen, request, self.config.repair, self._reask,
+                              allow_truncated=allow_truncated)
+
+    async def _reask(self, follow_up: GenerationRequest, answered_by: str) -> GenerationResult:
+        # The follow-up goes back to the backend that answered when the pool can serve it
+        # by name; otherwise (a name it does not know) it is routed afresh.
+        pinned = answered_by if self.pool.knows(answered_by) else None
+        again, _trail = await self.router.agenerate(follow_up, backend=pinned)
+        return again
+
     async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
-                      backend: str | None = None, allow_truncated: bool = False,
-                      final_result: bool = False, **kwargs: Any) -> AsyncIterator[Any]:
-        """Yield partial objects as text arrives, then the final validated value.
+                      backend: str | None = None, model: str | None = None,
+                      reasoning: bool = False, allow_truncated: bool = False,
+                      final_result: bool = False, **sampling: Any) -> AsyncIterator[Any]:
+        """Yield partial values as the text streams in, then the final validated value
+        (see :mod:`structgen.streaming`).
 
         Like :meth:`arun`, an answer cut off at ``max_tokens`` raises ValidationFailed
         unless ``allow_truncated``; ``final_result=True`` makes the last item the
         :class:`StructuredResult` (``truncated`` set for a cut answer). Never cached.
         """
-        from structgen.streaming import stream_structured
-
-        async for item in stream_structured(self, prompt_or_messages, output,
-                                            backend=backend, allow_truncated=allow_truncated,
-                                            final_result=final_result, **kwargs):
-            yield item
+        start = time.perf_counter()
+        request = self.build_request(prompt_or_messages, output, model=model,
+                                     reasoning=reasoning, **sampling)
+        assert request.output is not None
+        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
+        name, stream, first = await self.router.open_stream(request, backend)
+        ttft = time.perf_counter() - start
+        is_json = request.output.kind == "json"
+        text = ""
+        finish = "stop"
+        last: Any = None
+        chunks = [first]
+        while True:
+            for chunk in chunks:
+                text += chunk
+                if isinstance(chunk, Finished):  # every backend ends with its finish reason
+                    finish = chunk.finish_reason
+            chunks = []
+            current = partial_value(text) if is_json else text
+            if current is not None and current != last:
+                last = current
+                yield current
+            try:
+                chunks.append(await anext(stream))
+            except StopAsyncIteration:
+                break
+        gen = GenerationResult(text=text, backend=name, model=request.model or "",
+                               finish_reason=finish, latency_s=time.perf_counter() - start,
+                               ttft_s=ttft)
+        # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce.
+        gen.stats["post_enforced"] = unenforced(request.output,
+                                                self.backend(name).capabilities())
+        repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
+        if not final_result:
+            yield repaired.value
+            return
+        yield StructuredResult(
+            value=repaired.value, raw_text=repaired.text, backend=name, model=gen.model,
+            repaired=repaired.repaired, repairs=repaired.stages,
+            post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
+            latency_s=time.perf_counter() - start, usage=dict(gen.stats),
+            truncated=repaired.truncated)
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(b.aclose() for b in self._backends.values()),
-                             return_exceptions=True)
+        await self.pool.aclose()
         self.cache.close()
 
     def close(self) -> None:

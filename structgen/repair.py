@@ -23,10 +23,14 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import json_repair
 
 from structgen.backends import GenerationRequest, GenerationResult
+from structgen.config import RepairConfig
 from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
 from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
@@ -39,10 +43,11 @@ from structgen.validate import (
     validate_text,
 )
 
-if TYPE_CHECKING:
-    from structgen.engine import Engine
-
 STAGES = ("syntax", "coerce", "reask")
+
+# How repair asks the model again: (the follow-up request, the backend that gave the bad
+# answer) -> the new answer. The engine routes it; repair never sees the engine.
+Reask = Callable[[GenerationRequest, str], Awaitable[GenerationResult]]
 _MAX_ECHO_CHARS = 4000  # how much of a bad answer is sent back in a re-ask
 
 
@@ -75,15 +80,17 @@ class LocalFix:
     changes: list[str] = field(default_factory=list)
 
 
-async def finalize(gen: GenerationResult, request: GenerationRequest, engine: Engine, *,
-                   allow_truncated: bool = False) -> Repaired:
+async def finalize(gen: GenerationResult, request: GenerationRequest, config: RepairConfig,
+                   reask: Reask, *, allow_truncated: bool = False) -> Repaired:
     """Turn ``gen`` into a valid value for ``request.output`` or raise ValidationFailed.
+
+    ``config`` bounds the stages; ``reask`` sends a follow-up turn (the re-ask stage).
 
     A value made from an answer cut off at ``max_tokens`` (:func:`cut_short`) may be valid
     and still not what the model meant ("Adds a verbose fl"): it raises ValidationFailed
     unless ``allow_truncated``, and is then returned with ``truncated`` set.
     """
-    done = await _finalize(gen, request, engine)
+    done = await _finalize(gen, request, config, reask)
     if done.truncated and not allow_truncated:
         error = ErrorDetail("", "the answer was cut off at max_tokens (finish_reason "
                             "'length'); raise max_tokens, or pass allow_truncated=True to "
@@ -113,11 +120,10 @@ def cut_short(text: str, finish_reason: str, output: CompiledOutput) -> bool:
     return not isinstance(value, dict | list | str)
 
 
-async def _finalize(gen: GenerationResult, request: GenerationRequest,
-                    engine: Engine) -> Repaired:
+async def _finalize(gen: GenerationResult, request: GenerationRequest, cfg: RepairConfig,
+                    reask: Reask) -> Repaired:
     output = request.output
     assert output is not None
-    cfg = engine.config.repair
     # The router already did this for generated results; streamed text arrives here raw.
     separate_reasoning(gen, request)
     # What the grammar did not enforce, validation below does: keywords relaxed at compile
@@ -136,15 +142,14 @@ async def _finalize(gen: GenerationResult, request: GenerationRequest,
     first_errors = attempts[0].errors
     last_text, last_errors = gen.text, _worst_errors(fix)
     retries = cfg.max_retries if cfg.reask else 0
-    pinned = gen.backend if gen.backend in _known_backends(engine) else None
     for _ in range(retries):
         stages.append("reask")
         follow_up = reask_request(request, last_text, last_errors)
         try:
-            again, _trail = await engine.router.agenerate(follow_up, backend=pinned)
+            again = await reask(follow_up, gen.backend)
         except BackendError as exc:
             attempts.append(Attempt("reask", "", [ErrorDetail("", f"re-ask failed: {exc}",
-                                                              "backend")], pinned))
+                                                              "backend")], exc.backend or None))
             break
         fix = repair_locally(again.text, output, max_repairs=cfg.max_repairs,
                              backend=again.backend, truncated=again.finish_reason == "length",
@@ -169,12 +174,6 @@ def _worst_errors(fix: LocalFix) -> list[ErrorDetail]:
         if attempt.errors and not any(e.keyword == "json" for e in attempt.errors):
             return attempt.errors
     return fix.attempts[-1].errors if fix.attempts else []
-
-
-def _known_backends(engine: Engine) -> set[str]:
-    from structgen.backends import REGISTRY
-
-    return set(REGISTRY) | set(engine._backends)
 
 
 # Local stages ----------------------------------------------------------------------------
@@ -234,8 +233,6 @@ def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
 
 def syntax_repair(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, bool]:
     """Parse almost-JSON; ``(data, found)`` where ``found`` is false when no JSON was there."""
-    import json_repair
-
     # json-repair recurses per nesting level and is far slower than the C parser: text
     # past the parse limits is not repaired (validation already reported why)
     if len(text) > limits.max_chars or nesting_depth(text, limits.max_depth) > limits.max_depth:

@@ -27,13 +27,17 @@ Every call returns a trail, one dict per candidate considered, e.g.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from structgen.backends import Backend, GenerationRequest, GenerationResult
+from structgen.backends.pool import BackendPool
+from structgen.config import Config
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -43,9 +47,6 @@ from structgen.errors import (
     StructgenError,
 )
 from structgen.reasoning import is_reasoning_model, separate_reasoning
-
-if TYPE_CHECKING:
-    from structgen.engine import Engine
 
 Clock = Callable[[], float]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -107,10 +108,18 @@ class _Health:
 
 
 class Router:
-    """Picks backends for the engine and falls back along the configured chain."""
+    """Picks backends from ``pool`` and falls back along the chain ``config`` sets.
 
-    def __init__(self, engine: Engine, *, clock: Clock = time.monotonic) -> None:
-        self.engine = engine
+    ``in_flight`` is entered around each routed request (the engine passes its metrics'
+    concurrency gauge); ``clock`` is injectable so tests can move time by hand.
+    """
+
+    def __init__(self, config: Config, pool: BackendPool, *,
+                 in_flight: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+                 clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.pool = pool
+        self.in_flight = in_flight
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
         self._health: dict[str, _Health] = {}
@@ -118,7 +127,7 @@ class Router:
     # Candidates --------------------------------------------------------------------
     def order(self, backend: str | None = None) -> list[str]:
         """Backend names to try, in order (before health, capability and breaker checks)."""
-        cfg = self.engine.config.llm_backend
+        cfg = self.config.llm_backend
         if backend is not None:
             return [backend]
         if cfg.provider != "auto":
@@ -128,14 +137,14 @@ class Router:
 
     def _configured(self, name: str) -> bool:
         # Backends handed to Engine(backends=...) count as configured whatever their section.
-        if name == "local" or name in self.engine._backends:
+        if name == "local" or self.pool.given(name):
             return True
-        section = getattr(self.engine.config, name, None)
+        section = getattr(self.config, name, None)
         return bool(getattr(section, "base_url", None))
 
     def breaker(self, name: str) -> CircuitBreaker:
         if name not in self.breakers:
-            rc = self.engine.config.router
+            rc = self.config.router
             self.breakers[name] = CircuitBreaker(rc.breaker_failures, rc.breaker_cooldown_s,
                                                  self.clock)
         return self.breakers[name]
@@ -149,16 +158,16 @@ class Router:
             return True
         health = self._health.get(name)
         return (health is not None and not health.healthy and self.clock() - health.checked_at
-                < self.engine.config.router.health_interval_s)
+                < self.config.router.health_interval_s)
 
     async def healthy(self, name: str, backend: Backend, deadline: float | None) -> bool:
         """Cached health probe: re-probed once ``router.health_interval_s`` has passed."""
         now = self.clock()
         cached = self._health.get(name)
-        if cached is not None and now - cached.checked_at < self.engine.config.router.health_interval_s:
+        if cached is not None and now - cached.checked_at < self.config.router.health_interval_s:
             return cached.healthy
         timeout = _remaining(deadline)
-        section = getattr(self.engine.config, name, None)
+        section = getattr(self.config, name, None)
         # A server gets its connect timeout; the embedded backend's probe loads the model,
         # which may take longer, so only the deadline bounds it.
         probe_limit = getattr(section, "connect_timeout_s", None)
@@ -176,16 +185,16 @@ class Router:
                         ) -> tuple[GenerationResult, list[dict[str, Any]]]:
         """Generate with the first backend that works; return the result and the trail."""
         trail: list[dict[str, Any]] = []
-        auto = backend is None and self.engine.config.llm_backend.provider == "auto"
+        auto = backend is None and self.config.llm_backend.provider == "auto"
         last: BackendError | None = None
-        with self.engine.metrics.in_flight():
+        with self.in_flight():
             for name in self.order(backend):
                 if _remaining(request.deadline) == 0.0:
                     raise _with_trail(BackendTimeout(
                         f"deadline passed before trying {name}", name), trail)
                 entry: dict[str, Any] = {"backend": name, "ok": False}
                 try:
-                    instance = self.engine.backend(name)
+                    instance = self.pool.get(name)
                 except (StructgenError, ImportError) as exc:
                     if backend is not None and isinstance(exc, ConfigError):
                         raise  # a named backend that does not exist is the caller's mistake
@@ -247,7 +256,7 @@ class Router:
         last: BackendError | None = None
         kind = request.output.kind if request.output is not None else None
         for name in self.order(backend):
-            instance = self.engine.backend(name)
+            instance = self.pool.get(name)
             if kind is not None and kind not in instance.capabilities().output_kinds:
                 continue
             breaker = self.breaker(name)
@@ -315,7 +324,7 @@ class Router:
         """Turn on reasoning for a reasoning model when the caller left it to auto."""
         if request.reasoning or not request.extra.get("reasoning_auto"):
             return request
-        section = getattr(self.engine.config, name, None)
+        section = getattr(self.config, name, None)
         model = request.model or getattr(section, "model", None)
         if is_reasoning_model(model):
             return dataclasses.replace(request, reasoning=True)

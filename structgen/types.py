@@ -1,10 +1,12 @@
-"""Data that crosses boundaries: output specs, chat messages, sampling parameters."""
+"""Data that crosses boundaries: output specs, chat messages, sampling parameters, results."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
+
+from structgen.errors import StructgenError
 
 OutputKind = Literal["json", "regex", "choice", "grammar"]
 
@@ -79,8 +81,6 @@ SAMPLING_KEYS = frozenset({"temperature", "top_p", "seed", "max_tokens", "stop"}
 
 def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[Message]:
     """Turn a prompt string or a list of chat messages into a validated message list."""
-    from structgen.errors import StructgenError
-
     if isinstance(prompt_or_messages, str):
         return [{"role": "user", "content": prompt_or_messages}]
     if not isinstance(prompt_or_messages, Sequence) or not prompt_or_messages:
@@ -95,3 +95,24 @@ def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[Message]
             )
         out.append({"role": role, "content": content})
     return out
+
+
+@dataclass
+class StructuredResult:
+    """A validated value plus everything a caller may want to know about how it was made."""
+
+    value: Any
+    raw_text: str
+    backend: str
+    model: str = ""
+    cached: bool = False
+    repaired: bool = False
+    repairs: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # one per backend tried
+    post_enforced: list[str] = field(default_factory=list)
+    reasoning_text: str | None = None
+    latency_s: float = 0.0
+    cache_key: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    # made from an answer cut off at max_tokens (only with allow_truncated=True); never cached
+    truncated: bool = False

@@ -30,6 +30,7 @@ from structgen.schema import CompiledOutput
 from structgen.schema.canonical import canonical_json
 from structgen.schema.check import ECMA_FORMATS
 from structgen.schema.ecma_regex import PatternTimeout, compile_ecma
+from structgen.schema.grammar_check import grammar_accepts
 from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth, value_depth
 
 
@@ -369,7 +370,6 @@ def validate_text(text: str, output: CompiledOutput) -> Outcome:
             return Outcome(True, value=text, data=text)
         return Outcome(False, errors=[ErrorDetail(
             "", f"{text!r} is not one of {list(output.choices or ())}", "enum")])
-    from structgen.schema.grammar_check import grammar_accepts
 
     ok, message = grammar_accepts(output.grammar or "", text)
     if ok:

@@ -34,8 +34,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from structgen.backends import REGISTRY
 from structgen.cache import CacheError
 from structgen.errors import ConfigError, SchemaError, StructgenError
+from structgen.schema.specs import load_spec
 from structgen.types import SAMPLING_KEYS
 
 if TYPE_CHECKING:
@@ -169,12 +171,9 @@ def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, A
             raise WarmupLineError(f"{name} must be a string")
     item.model = obj.get("model") or model
     item.backend = obj.get("backend") or backend
-    if item.backend is not None:
-        from structgen.backends import REGISTRY
-
-        if item.backend not in REGISTRY:
-            raise WarmupLineError(f"unknown backend {item.backend!r} "
-                                  f"(known: {', '.join(REGISTRY)})")
+    if item.backend is not None and item.backend not in REGISTRY:
+        raise WarmupLineError(f"unknown backend {item.backend!r} "
+                              f"(known: {', '.join(REGISTRY)})")
     item.reasoning = bool(obj.get("reasoning", False))
     item.sampling = {k: obj[k] for k in SAMPLING_KEYS if k in obj}
 
@@ -229,8 +228,6 @@ def _import_model(spec: str, allowed: tuple[str, ...]) -> Any:
         raise WarmupLineError(
             f"module {target!r} is not allowed: pass --allow-module {top} "
             "(or set [warmup] allow_modules) to let warmup files import it")
-    from structgen.cli import load_spec
-
     return load_spec(spec)
 
 

@@ -148,7 +148,7 @@ def test_suite_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random 2-layer Llama + trained byte-level BPE tokenizer (built in ~1 s)."""
-    from structgen.testing import build_tiny_model
+    from structgen.tools.testing import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 

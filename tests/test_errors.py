@@ -127,17 +127,15 @@ def test_silent_server_is_backend_timeout(silent_server: str) -> None:
 
 
 def test_broken_text_is_validation_failed() -> None:
-    """repair.finalize with text no local repair can save, and no re-ask allowed (a re-ask
+    """Engine.finalize with text no local repair can save, and no re-ask allowed (a re-ask
     would go to a real model): the raw text and the validator's errors come back."""
-    from structgen.repair import finalize
-
     engine = Engine(Config.from_dict({"cache": {"backend": "none"},
                                       "repair": {"reask": False, "max_retries": 0}}))
     try:
         request = engine.build_request("hi", Intent)
         text = '{"kind": "teleport", "confidence": 7}'
         with pytest.raises(ValidationFailed) as info:
-            asyncio.run(finalize(GenerationResult(text=text, backend="test"), request, engine))
+            asyncio.run(engine.finalize(GenerationResult(text=text, backend="test"), request))
     finally:
         engine.close()
     err = info.value

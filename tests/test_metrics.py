@@ -14,10 +14,11 @@ from typer.testing import CliRunner
 from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
 from structgen.cli import app
 from structgen.config import Config, MetricsConfig
-from structgen.engine import Engine, StructuredResult
+from structgen.engine import Engine
 from structgen.errors import ValidationFailed
 from structgen.metrics import Metrics, load_state, percentile
 from structgen.schema import compile_output
+from structgen.types import StructuredResult
 
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 

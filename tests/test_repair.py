@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
-from structgen.cli import load_spec
 from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import ValidationFailed
-from structgen.repair import coerce, finalize, reask_request, repair_locally
+from structgen.repair import coerce, reask_request, repair_locally
 from structgen.schema import CompiledOutput, compile_output
+from structgen.schema.specs import load_spec
 from structgen.types import Choice, Regex
 from structgen.validate import validate_text
 
@@ -125,7 +125,7 @@ async def test_finalize_reports_coerce(path: Path, tmp_path: Path) -> None:
     case = load_case(path)
     engine = make_engine(tmp_path, max_retries=0)
     request = engine.build_request("x", output_for(case))
-    done = await finalize(GenerationResult(case["text"], "local"), request, engine)
+    done = await engine.finalize(GenerationResult(case["text"], "local"), request)
     assert done.repaired and done.stages[-1] == "coerce"
     assert validate_text(done.text, request.output).ok  # type: ignore[arg-type]
 
@@ -136,7 +136,7 @@ async def test_fail_cases_raise_validation_failed(path: Path, tmp_path: Path) ->
     engine = make_engine(tmp_path, max_retries=0)
     request = engine.build_request("x", output_for(case))
     with pytest.raises(ValidationFailed) as info:
-        await finalize(GenerationResult(case["text"], "local"), request, engine)
+        await engine.finalize(GenerationResult(case["text"], "local"), request)
     exc = info.value
     assert exc.raw_text == case["text"]
     assert exc.errors and all(e.message for e in exc.errors)
@@ -163,7 +163,7 @@ async def test_reask_fixes_fail_cases(path: Path, tmp_path: Path) -> None:
     model = ScriptedModel([_valid_answer(output, case)])
     engine = make_engine(tmp_path, model, max_retries=1)
     request = engine.build_request([{"role": "user", "content": "make one"}], output)
-    done = await finalize(GenerationResult(case["text"], "local"), request, engine)
+    done = await engine.finalize(GenerationResult(case["text"], "local"), request)
     assert done.repaired and done.stages[-1] == "reask"
     # The follow-up turn: the model's own answer, then the validator's errors.
     follow = model.requests[0]
@@ -179,7 +179,7 @@ async def test_reask_that_stays_invalid_raises_with_every_attempt(tmp_path: Path
     engine = make_engine(tmp_path, model, max_retries=2)
     request = engine.build_request("x", output_for(case))
     with pytest.raises(ValidationFailed) as info:
-        await finalize(GenerationResult(case["text"], "local"), request, engine)
+        await engine.finalize(GenerationResult(case["text"], "local"), request)
     stages = [a.stage for a in info.value.attempts]
     assert stages.count("reask") == 2 and len(model.requests) == 2
     assert "still not json" in [a.text for a in info.value.attempts]
@@ -192,8 +192,8 @@ async def test_reask_disabled_by_config(tmp_path: Path) -> None:
     model = ScriptedModel(["unused"])
     engine = make_engine(tmp_path, model, reask=False)
     with pytest.raises(ValidationFailed):
-        await finalize(GenerationResult(case["text"], "local"),
-                       engine.build_request("x", output_for(case)), engine)
+        await engine.finalize(GenerationResult(case["text"], "local"),
+                              engine.build_request("x", output_for(case)))
     assert model.requests == []
 
 
@@ -210,7 +210,7 @@ async def test_reask_with_tiny_model_under_grammar(tiny_model_dir: Path, tmp_pat
               "required": ["ok", "n"], "additionalProperties": False}
     request = engine.build_request("answer", schema, max_tokens=64)
     try:
-        done = await finalize(GenerationResult("I think it is fine.", "local"), request, engine,
+        done = await engine.finalize(GenerationResult("I think it is fine.", "local"), request,
                               allow_truncated=True)
     finally:
         await engine.aclose()

@@ -146,7 +146,8 @@ async def test_router_breaker_skips_then_probes_then_closes(tmp_path: Path) -> N
                                    "health_interval_s": 1e9}),
                     backends={"sglang": flaky, "local": good})
     clock = Clock()
-    engine.router = Router(engine, clock=clock)
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
     for _ in range(3):  # three consecutive failures, each served by the fallback
         result = await engine.arun("q", SCHEMA)
         assert result.backend == "local"
@@ -261,7 +262,8 @@ async def test_health_probes_are_cached(tmp_path: Path) -> None:
                            router={"health_interval_s": 10}),
                     backends={"sglang": sg, "local": CannedBackend("local")})
     clock = Clock()
-    engine.router = Router(engine, clock=clock)
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
     for _ in range(3):
         await engine.arun("q", SCHEMA)
     assert sg.probes == 1 and sg.calls == 3
@@ -353,7 +355,8 @@ async def test_non_backend_error_releases_the_trial_and_falls_back(tmp_path: Pat
                            router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
                     backends={"sglang": broken, "local": CannedBackend("local")})
     clock = Clock()
-    engine.router = Router(engine, clock=clock)
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
     _half_open(engine, "sglang", clock)
     result = await engine.arun("q", SCHEMA)  # the trial: the bug counts as a failure
     assert result.backend == "local" and broken.calls == 1
@@ -372,7 +375,8 @@ async def test_cancelled_trial_releases_the_slot(tmp_path: Path) -> None:
                            router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
                     backends={"sglang": slow})
     clock = Clock()
-    engine.router = Router(engine, clock=clock)
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
     _half_open(engine, "sglang", clock)
     task = asyncio.ensure_future(engine.arun("q", SCHEMA))
     while slow.calls == 0:
@@ -390,7 +394,8 @@ async def test_cancelled_health_probe_releases_the_slot(tmp_path: Path) -> None:
                            router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
                     backends={"sglang": slow})
     clock = Clock()
-    engine.router = Router(engine, clock=clock)
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
     _half_open(engine, "sglang", clock)
     task = asyncio.ensure_future(engine.arun("q", SCHEMA))
     while slow.probes == 0:

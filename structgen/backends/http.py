@@ -16,7 +16,10 @@ Every read of a streamed answer is bounded by the request's deadline, not only t
 arrival of a whole line.
 
 :class:`HTTPBackend` is the base class of the three server backends: it holds the
-client and implements ``generate`` (sync), ``health`` and ``aclose`` once.
+client and implements the request skeleton once (``agenerate``: build, POST, parse, time;
+``stream``: build, read lines, decode, check the end marker), plus ``health`` and
+``aclose``. A server backend's own file holds only its wire format: :meth:`~HTTPBackend.build`,
+:meth:`~HTTPBackend.parse` and :meth:`~HTTPBackend.stream_decoder`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +41,16 @@ from tenacity import (
     wait_random,
 )
 
-from structgen.backends.base import BackendBase, GenerationRequest, _portal
+from structgen.backends.base import (
+    BackendBase,
+    Capabilities,
+    Finished,
+    GenerationRequest,
+    GenerationResult,
+    _portal,
+)
+from structgen.backends.capabilities import capabilities_for, relax_for
+from structgen.config import Config as _Config
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -46,9 +58,11 @@ from structgen.errors import (
     BackendUnavailable,
     ConfigError,
 )
+from structgen.types import Sampling
 
 if TYPE_CHECKING:
     from structgen.config import Config, ServerConfig
+    from structgen.schema import CompiledOutput
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _M = TypeVar("_M", bound=pydantic.BaseModel)
@@ -377,8 +391,6 @@ class HTTPBackend(BackendBase):
     health_path = "/health"
 
     def __init__(self, config: Config) -> None:
-        from structgen.config import Config as _Config
-
         if not isinstance(config, _Config):
             raise ConfigError(f"{type(self).__name__} needs a structgen Config")
         self.config = config
@@ -392,12 +404,106 @@ class HTTPBackend(BackendBase):
     def model_for(self, request: GenerationRequest) -> str | None:
         return request.model or self.section.model
 
+    # The config field naming the server's grammar engine (its capabilities depend on it).
+    engine_field: str | None = None
+
+    def capabilities(self) -> Capabilities:
+        engine = getattr(self.section, self.engine_field) if self.engine_field else None
+        return capabilities_for(self.name, engine)
+
+    # The wire format: what each server backend's file writes --------------------------
+    # What closes a complete stream, for the error when a stream ends without it.
+    stream_end = "the end-of-stream marker"
+
+    async def build(self, request: GenerationRequest, *, stream: bool = False
+                    ) -> tuple[str, dict[str, Any], list[str]]:
+        """The path, JSON body and post-enforced constraint pointers for ``request``."""
+        raise NotImplementedError
+
+    def parse(self, data: Any, path: str, body: dict[str, Any],
+              request: GenerationRequest) -> GenerationResult:
+        """The result in the server's JSON answer ``data`` to ``body`` sent to ``path``."""
+        raise NotImplementedError
+
+    def stream_decoder(self, path: str, request: GenerationRequest) -> StreamDecoder:
+        """A fresh decoder for one streamed answer from ``path``."""
+        raise NotImplementedError
+
+    def constraint_for(self, out: CompiledOutput, refusal: str) -> tuple[Any, list[str]]:
+        """The schema this server's grammar engine is given for ``out`` and the pointers
+        validation post-enforces (backends/capabilities.py); ``refusal`` is the
+        BackendUnavailable message when the server cannot constrain ``out`` at all."""
+        schema, post = relax_for(out, self.capabilities())
+        if post == ["/"]:
+            raise BackendUnavailable(refusal, self.name)
+        return schema, post
+
+    # The skeleton ---------------------------------------------------------------------
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        start = time.perf_counter()
+        path, body, post = await self.build(request)
+        timing: dict[str, float] = {}
+        data = await self.http.request_json("POST", path, body, deadline=request.deadline,
+                                            timing=timing)
+        result = self.parse(data, path, body, request)
+        result.latency_s = time.perf_counter() - start
+        result.stats["post_enforced"] = post
+        result.stats["endpoint"] = path
+        result.stats.update(timing)
+        return result
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Text chunks as the server's stream lines arrive; a stream cut before its end
+        marker is a (retryable) protocol error, not a short answer."""
+        path, body, _post = await self.build(request, stream=True)
+        decode = self.stream_decoder(path, request)
+        async for line in self.http.stream_lines(path, body, deadline=request.deadline):
+            chunks, done = decode(line)
+            for chunk in chunks:
+                if chunk or isinstance(chunk, Finished):  # an empty one says why it ended
+                    yield chunk
+            if done:
+                return
+        raise BackendProtocolError(f"stream ended before {self.stream_end}", self.name,
+                                   retryable=True)
+
     async def health(self) -> bool:
         """True when the server answers its health endpoint."""
         return await self.http.ok(self.health_path)
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# One line of a streamed answer -> (the text chunks it carries, empty ones skipped; whether
+# it is the line that ends the stream).
+StreamDecoder = Callable[[str], tuple[list[str | None], bool]]
+
+
+def sse_decoder(on_event: Callable[[str], list[str | None]]) -> StreamDecoder:
+    """A decoder for server-sent events: ``on_event`` reads each ``data:`` payload,
+    ``data: [DONE]`` ends the stream, other lines carry nothing."""
+    def decode(line: str) -> tuple[list[str | None], bool]:
+        payload = sse_data(line)
+        if payload is None:
+            return [], False
+        if payload == "[DONE]":
+            return [], True
+        return on_event(payload), False
+    return decode
+
+
+def sampling_fields(s: Sampling, *, max_tokens: str = "max_tokens",
+                    seed: str = "seed") -> dict[str, Any]:
+    """The sampling parameters as a server's body names them: the token limit under
+    ``max_tokens``, ``temperature``, ``top_p``, and ``seed``/``stop`` only when set."""
+    body: dict[str, Any] = {max_tokens: s.max_tokens, "temperature": s.temperature,
+                            "top_p": s.top_p}
+    if s.seed is not None:
+        body[seed] = s.seed
+    if s.stop:
+        body["stop"] = list(s.stop)
+    return body
 
 
 def sse_data(line: str) -> str | None:

@@ -20,20 +20,12 @@ router can fall back to a backend that can. A ``choice`` is sent as a string enu
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, NonNegativeInt
 
-from structgen.backends.base import (
-    Capabilities,
-    Finished,
-    GenerationRequest,
-    GenerationResult,
-)
-from structgen.backends.capabilities import capabilities_for, relax_for
-from structgen.backends.http import HTTPBackend, loads_event, parse_wire, render_prompt
+from structgen.backends import http
+from structgen.backends.base import Finished, GenerationRequest, GenerationResult
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
 
 CHAT_PATH = "/api/chat"
@@ -72,51 +64,40 @@ class _Answer(BaseModel):
     eval_count: NonNegativeInt | None = None
 
 
-class OllamaBackend(HTTPBackend):
+class OllamaBackend(http.HTTPBackend):
     """Client for an Ollama server (``[ollama]`` config section)."""
 
     name = "ollama"
     default_url = "http://127.0.0.1:11434"
     health_path = "/api/version"
 
-    def capabilities(self) -> Capabilities:
-        return capabilities_for("ollama")
-
     # Request -------------------------------------------------------------------------
     def _format(self, request: GenerationRequest) -> tuple[dict[str, Any] | None, list[str]]:
         out = request.output
         if out is None:
             return None, []
-        schema, post = relax_for(out, self.capabilities())
-        if post == ["/"]:
-            raise BackendUnavailable(
-                f"Ollama cannot constrain {out.kind} outputs (its `format` takes a JSON "
-                "Schema only); use vllm, sglang or local", self.name)
+        schema, post = self.constraint_for(
+            out, f"Ollama cannot constrain {out.kind} outputs (its `format` takes a JSON "
+            "Schema only); use vllm, sglang or local")
         if out.kind == "choice":
             return {"type": "string", "enum": list(out.choices or ())}, post
         return schema, post
 
-    def build(self, request: GenerationRequest, *, stream: bool = False
-              ) -> tuple[str, dict[str, Any], list[str]]:
+    async def build(self, request: GenerationRequest, *, stream: bool = False
+                    ) -> tuple[str, dict[str, Any], list[str]]:
         """The path, JSON body and post-enforced pointers for ``request``."""
         model = self.model_for(request)
         if not model:
             raise ConfigError("Ollama needs a model name: set [ollama] model or pass model=",
                               "ollama.model")
-        s = request.sampling
-        options: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p,
-                                   "num_predict": s.max_tokens}
-        if s.seed is not None:
-            options["seed"] = s.seed
-        if s.stop:
-            options["stop"] = list(s.stop)
+        options = http.sampling_fields(request.sampling, max_tokens="num_predict")
         body: dict[str, Any] = {"model": model, "stream": stream, "options": options}
         if self.section.endpoint == "chat":
             path = CHAT_PATH
             body["messages"] = [dict(m) for m in request.messages]
         else:
             path = GENERATE_PATH
-            body["prompt"] = render_prompt(request)
+            body["prompt"] = http.render_prompt(request)
         fmt, post = self._format(request)
         if fmt is not None:
             body["format"] = fmt  # the schema object itself, not a JSON string
@@ -135,7 +116,7 @@ class OllamaBackend(HTTPBackend):
                 raise BackendUnavailable(f"Ollama error mid-stream: {data['error']}",
                                          self.name, retryable=True)
             raise BackendProtocolError(f"Ollama error: {data['error']}", self.name)
-        answer = parse_wire(_Answer, data, self.name, what)
+        answer = http.parse_wire(_Answer, data, self.name, what)
         if path == CHAT_PATH:
             if answer.message is None:
                 raise BackendProtocolError(f"{what} has no message: {str(data)[:200]}",
@@ -160,33 +141,19 @@ class OllamaBackend(HTTPBackend):
             completion_tokens=answer.eval_count or 0,
             server_time_s=total_ns / 1e9 if total_ns is not None else None)
 
-    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
-        start = time.perf_counter()
-        path, body, post = self.build(request)
-        timing: dict[str, float] = {}
-        data = await self.http.request_json("POST", path, body, deadline=request.deadline,
-                                            timing=timing)
-        answer, text, thinking = self._read(data, path, f"{path} answer")
-        result = self._result(answer, text, thinking, request)
-        result.latency_s = time.perf_counter() - start
-        result.stats["post_enforced"] = post
-        result.stats["endpoint"] = path
-        result.stats.update(timing)
-        return result
+    stream_end = "a done:true line"
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Text chunks from the NDJSON stream (one object a line, the last ``done``)."""
-        path, body, _post = self.build(request, stream=True)
-        done = False
-        async for line in self.http.stream_lines(path, body, deadline=request.deadline):
-            event, chunk, _thinking = self._read(loads_event(line, self.name), path,
+    def parse(self, data: Any, path: str, body: dict[str, Any],
+              request: GenerationRequest) -> GenerationResult:
+        answer, text, thinking = self._read(data, path, f"{path} answer")
+        return self._result(answer, text, thinking, request)
+
+    def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
+        """NDJSON: one object a line, the last one ``done``."""
+        def decode(line: str) -> tuple[list[str | None], bool]:
+            event, chunk, _thinking = self._read(http.loads_event(line, self.name), path,
                                                  "stream line", streaming=True)
-            if event.done:
-                yield Finished(chunk, event.done_reason or "stop")
-                done = True
-                break
-            if chunk:
-                yield chunk
-        if not done:
-            raise BackendProtocolError("stream ended before a done:true line", self.name,
-                                       retryable=True)
+            if event.done:  # the last line says why it stopped
+                return [Finished(chunk, event.done_reason or "stop")], True
+            return [chunk], False
+        return decode

@@ -22,26 +22,13 @@ the whole output so far (structgen yields the new suffix), ended by ``data: [DON
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, Field, FiniteFloat, NonNegativeInt
+from pydantic import BaseModel, FiniteFloat, NonNegativeInt
 
-from structgen.backends.base import (
-    Capabilities,
-    Finished,
-    GenerationRequest,
-    GenerationResult,
-)
-from structgen.backends.capabilities import capabilities_for, relax_for
-from structgen.backends.http import (
-    HTTPBackend,
-    loads_event,
-    parse_wire,
-    render_prompt,
-    sse_data,
-)
+from structgen.backends import http
+from structgen.backends.base import Finished, GenerationRequest, GenerationResult
+from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 
 NATIVE_PATH = "/generate"
@@ -73,41 +60,12 @@ class _Native(BaseModel):
     meta_info: _Meta | None = None
 
 
-class _Message(BaseModel):
-    content: str | None = None
-    reasoning_content: str | None = None
-
-
-class _Choice(BaseModel):
-    message: _Message | None = None
-    delta: _Message | None = None
-    finish_reason: str | None = None
-
-
-class _Usage(BaseModel):
-    prompt_tokens: NonNegativeInt | None = None
-    completion_tokens: NonNegativeInt | None = None
-
-
-class _Chat(BaseModel):
-    model: str | None = None
-    choices: list[_Choice] = Field(min_length=1)
-    usage: _Usage | None = None
-
-
-class _ChatEvent(BaseModel):
-    choices: list[_Choice] = Field(default_factory=list)
-
-
-class SGLangBackend(HTTPBackend):
+class SGLangBackend(http.HTTPBackend):
     """Client for an SGLang server (``[sglang]`` config section)."""
 
     name = "sglang"
     default_url = "http://127.0.0.1:30000"
-    health_path = "/health"
-
-    def capabilities(self) -> Capabilities:
-        return capabilities_for("sglang", self.section.grammar_backend)
+    engine_field = "grammar_backend"
 
     # Request -------------------------------------------------------------------------
     def _constraint(self, request: GenerationRequest) -> tuple[dict[str, Any], list[str]]:
@@ -115,11 +73,9 @@ class SGLangBackend(HTTPBackend):
         out = request.output
         if out is None:
             return {}, []
-        schema, post = relax_for(out, self.capabilities())
-        if post == ["/"]:
-            raise BackendUnavailable(
-                f"SGLang's {self.section.grammar_backend} backend cannot constrain "
-                f"{out.kind} outputs", self.name)
+        schema, post = self.constraint_for(
+            out, f"SGLang's {self.section.grammar_backend} backend cannot constrain "
+            f"{out.kind} outputs")
         if out.kind == "json":
             # SGLang wants the schema serialized: a JSON string, not an object.
             return {"json_schema": json.dumps(schema, ensure_ascii=False)}, post
@@ -127,21 +83,16 @@ class SGLangBackend(HTTPBackend):
             return {"regex": out.to_regex()}, post
         return {"ebnf": out.to_ebnf()}, post
 
-    def build(self, request: GenerationRequest, *, stream: bool = False
-              ) -> tuple[str, dict[str, Any], list[str]]:
+    async def build(self, request: GenerationRequest, *, stream: bool = False
+                    ) -> tuple[str, dict[str, Any], list[str]]:
         """The path, JSON body and post-enforced pointers for ``request``."""
-        s = request.sampling
         constraint, post = self._constraint(request)
         if self.section.api == "openai":
             return CHAT_PATH, self._chat_body(request, constraint, stream), post
-        params: dict[str, Any] = {"max_new_tokens": s.max_tokens,
-                                  "temperature": s.temperature, "top_p": s.top_p}
-        if s.seed is not None:
-            params["sampling_seed"] = s.seed
-        if s.stop:
-            params["stop"] = list(s.stop)
+        params = http.sampling_fields(request.sampling, max_tokens="max_new_tokens",
+                                 seed="sampling_seed")
         params.update(constraint)
-        body: dict[str, Any] = {"text": render_prompt(request), "sampling_params": params,
+        body: dict[str, Any] = {"text": http.render_prompt(request), "sampling_params": params,
                                 "stream": stream}
         if request.reasoning:
             # Native API only: make the grammar wait until the model finished thinking.
@@ -150,15 +101,9 @@ class SGLangBackend(HTTPBackend):
 
     def _chat_body(self, request: GenerationRequest, constraint: dict[str, Any],
                    stream: bool) -> dict[str, Any]:
-        s = request.sampling
         body: dict[str, Any] = {"model": self.model_for(request) or "default",
                                 "messages": [dict(m) for m in request.messages],
-                                "max_tokens": s.max_tokens, "temperature": s.temperature,
-                                "top_p": s.top_p, "stream": stream}
-        if s.seed is not None:
-            body["seed"] = s.seed
-        if s.stop:
-            body["stop"] = list(s.stop)
+                                **http.sampling_fields(request.sampling), "stream": stream}
         if "json_schema" in constraint:
             out = request.output
             assert out is not None
@@ -174,7 +119,7 @@ class SGLangBackend(HTTPBackend):
 
     # Response ------------------------------------------------------------------------
     def _parse_native(self, data: Any) -> GenerationResult:
-        answer = parse_wire(_Native, data, self.name, f"{NATIVE_PATH} answer")
+        answer = http.parse_wire(_Native, data, self.name, f"{NATIVE_PATH} answer")
         meta = answer.meta_info or _Meta()
         return GenerationResult(
             text=answer.text, backend=self.name, model=str(self.section.model or ""),
@@ -184,12 +129,12 @@ class SGLangBackend(HTTPBackend):
             server_time_s=meta.e2e_latency)
 
     def _parse_chat(self, data: Any) -> GenerationResult:
-        answer = parse_wire(_Chat, data, self.name, f"{CHAT_PATH} answer")
+        answer = http.parse_wire(Completion, data, self.name, f"{CHAT_PATH} answer")
         choice = answer.choices[0]
         if choice.message is None:
             raise BackendProtocolError(f"{CHAT_PATH} answer has no message: "
                                        f"{str(data)[:200]}", self.name)
-        usage = answer.usage or _Usage()
+        usage = answer.usage or Usage()
         return GenerationResult(
             text=choice.message.content or "", backend=self.name, model=answer.model or "",
             finish_reason=choice.finish_reason or "stop",
@@ -197,54 +142,34 @@ class SGLangBackend(HTTPBackend):
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0)
 
-    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
-        start = time.perf_counter()
-        path, body, post = self.build(request)
-        timing: dict[str, float] = {}
-        data = await self.http.request_json("POST", path, body, deadline=request.deadline,
-                                            timing=timing)
-        result = self._parse_native(data) if path == NATIVE_PATH else self._parse_chat(data)
-        result.latency_s = time.perf_counter() - start
-        result.stats["post_enforced"] = post
-        result.stats["endpoint"] = path
-        result.stats.update(timing)
-        return result
+    stream_end = "data: [DONE]"
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Text chunks from the SSE stream (native events carry the text so far)."""
-        path, body, _post = self.build(request, stream=True)
+    def parse(self, data: Any, path: str, body: dict[str, Any],
+              request: GenerationRequest) -> GenerationResult:
+        return self._parse_native(data) if path == NATIVE_PATH else self._parse_chat(data)
+
+    def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
+        """Native events carry the text so far; chat events carry deltas."""
         seen = ""
-        done = False
-        async for line in self.http.stream_lines(path, body, deadline=request.deadline):
-            payload = sse_data(line)
-            if payload is None:
-                continue
-            if payload == "[DONE]":
-                done = True
-                break
-            event = loads_event(payload, self.name)
+
+        def on_event(payload: str) -> list[str | None]:
+            nonlocal seen
+            event = http.loads_event(payload, self.name)
             if isinstance(event, dict) and "error" in event:
                 raise BackendUnavailable(f"server error mid-stream: {event['error']}",
                                          self.name, retryable=True)
             if path == NATIVE_PATH:
-                native = parse_wire(_Native, event, self.name, "stream event")
+                native = http.parse_wire(_Native, event, self.name, "stream event")
                 text = native.text
                 if not text.startswith(seen):
                     raise BackendProtocolError("stream event text does not extend the "
                                                "previous one", self.name)
                 chunk, seen = text[len(seen):], text
-                reason = _finish_type(native.meta_info)
-                if reason:
-                    yield Finished(chunk, reason)
-                elif chunk:
-                    yield chunk
-            else:
-                for choice in parse_wire(_ChatEvent, event, self.name, "stream event").choices:
-                    piece = choice.delta.content if choice.delta is not None else None
-                    if choice.finish_reason:
-                        yield Finished(piece or "", choice.finish_reason)
-                    elif piece:
-                        yield piece
-        if not done:
-            raise BackendProtocolError("stream ended before data: [DONE]", self.name,
-                                       retryable=True)
+                reason = _finish_type(native.meta_info)  # only on the last event
+                return [Finished(chunk, reason) if reason else chunk]
+            return [Finished(piece or "", choice.finish_reason) if choice.finish_reason
+                    else piece
+                    for choice in http.parse_wire(Event, event, self.name,
+                                                  "stream event").choices
+                    for piece in [choice.delta.content if choice.delta is not None else None]]
+        return http.sse_decoder(on_event)

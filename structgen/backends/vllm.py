@@ -19,26 +19,14 @@ Thinking models: with a ``--reasoning-parser`` the server returns the thinking i
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import BaseModel, Field, FiniteFloat, NonNegativeInt
+from pydantic import BaseModel, FiniteFloat
 
-from structgen.backends.base import (
-    Capabilities,
-    Finished,
-    GenerationRequest,
-    GenerationResult,
-)
-from structgen.backends.capabilities import capabilities_for, relax_for
-from structgen.backends.http import (
-    HTTPBackend,
-    loads_event,
-    parse_wire,
-    render_prompt,
-    sse_data,
-)
+from structgen.backends import http
+from structgen.backends.base import Finished, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import relax_for
+from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 
 CHAT_PATH = "/v1/chat/completions"
@@ -46,24 +34,6 @@ COMPLETIONS_PATH = "/v1/completions"
 
 
 # The answers read, as vLLM's OpenAI-compatible server documents them (extra fields ignored).
-class _Message(BaseModel):
-    content: str | None = None
-    reasoning: str | None = None
-    reasoning_content: str | None = None
-
-
-class _Choice(BaseModel):
-    message: _Message | None = None  # chat
-    delta: _Message | None = None  # chat, streamed
-    text: str | None = None  # completions
-    finish_reason: str | None = None
-
-
-class _Usage(BaseModel):
-    prompt_tokens: NonNegativeInt | None = None
-    completion_tokens: NonNegativeInt | None = None
-
-
 class _Metrics(BaseModel):
     """``--enable-per-request-metrics`` (vLLM >= 0.32), in milliseconds."""
 
@@ -72,32 +42,20 @@ class _Metrics(BaseModel):
     generation_time_ms: FiniteFloat | None = None
 
 
-class _Completion(BaseModel):
-    model: str | None = None
-    choices: list[_Choice] = Field(min_length=1)
-    usage: _Usage | None = None
+class _Completion(Completion):
     metrics: _Metrics | None = None
 
 
-class _Event(BaseModel):
-    choices: list[_Choice] = Field(default_factory=list)
-    usage: _Usage | None = None
-    error: Any = None
-
-
-class VLLMBackend(HTTPBackend):
+class VLLMBackend(http.HTTPBackend):
     """Client for a vLLM OpenAI-compatible server (``[vllm]`` config section)."""
 
     name = "vllm"
     default_url = "http://127.0.0.1:8000"
-    health_path = "/health"
+    engine_field = "structured_backend"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self._served_model: str | None = None
-
-    def capabilities(self) -> Capabilities:
-        return capabilities_for("vllm", self.section.structured_backend)
 
     # Request -------------------------------------------------------------------------
     async def _model(self, request: GenerationRequest) -> str:
@@ -146,7 +104,6 @@ class VLLMBackend(HTTPBackend):
     async def build(self, request: GenerationRequest, *, stream: bool = False
                     ) -> tuple[str, dict[str, Any], list[str]]:
         """The path, JSON body and post-enforced pointers for ``request``."""
-        s = request.sampling
         body: dict[str, Any] = {"model": await self._model(request)}
         if self.section.endpoint == "chat":
             path = CHAT_PATH
@@ -155,12 +112,8 @@ class VLLMBackend(HTTPBackend):
                 body["chat_template_kwargs"] = {"enable_thinking": True}
         else:
             path = COMPLETIONS_PATH
-            body["prompt"] = render_prompt(request)
-        body.update(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
-        if s.seed is not None:
-            body["seed"] = s.seed
-        if s.stop:
-            body["stop"] = list(s.stop)
+            body["prompt"] = http.render_prompt(request)
+        body.update(http.sampling_fields(request.sampling))
         so, post = self.structured_outputs(request)
         if so is not None:
             body["structured_outputs"] = so
@@ -170,8 +123,11 @@ class VLLMBackend(HTTPBackend):
         return path, body, post
 
     # Response ------------------------------------------------------------------------
-    def _parse(self, data: Any, model: str, path: str) -> GenerationResult:
-        answer = parse_wire(_Completion, data, self.name, f"{path} answer")
+    stream_end = "data: [DONE]"
+
+    def parse(self, data: Any, path: str, body: dict[str, Any],
+              request: GenerationRequest) -> GenerationResult:
+        answer = http.parse_wire(_Completion, data, self.name, f"{path} answer")
         choice = answer.choices[0]
         if path == CHAT_PATH:
             if choice.message is None:
@@ -184,54 +140,30 @@ class VLLMBackend(HTTPBackend):
                 raise BackendProtocolError(f"{path} answer has no text: {str(data)[:200]}",
                                            self.name)
             text, reasoning = choice.text, None
-        usage = answer.usage or _Usage()
+        usage = answer.usage or Usage()
         server_s, ttft_s = _server_times(answer.metrics)
         return GenerationResult(
-            text=text, backend=self.name, model=answer.model or model,
+            text=text, backend=self.name, model=answer.model or body["model"],
             finish_reason=choice.finish_reason or "stop",
             reasoning_text=reasoning,
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
             server_time_s=server_s, ttft_s=ttft_s)
 
-    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
-        start = time.perf_counter()
-        path, body, post = await self.build(request)
-        timing: dict[str, float] = {}
-        data = await self.http.request_json("POST", path, body, deadline=request.deadline,
-                                            timing=timing)
-        result = self._parse(data, body["model"], path)
-        result.latency_s = time.perf_counter() - start
-        result.stats["post_enforced"] = post
-        result.stats["endpoint"] = path
-        result.stats.update(timing)
-        return result
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        """Text chunks as the server's SSE events arrive (``data: [DONE]`` ends it)."""
-        path, body, _post = await self.build(request, stream=True)
-        done = False
-        async for line in self.http.stream_lines(path, body, deadline=request.deadline):
-            payload = sse_data(line)
-            if payload is None:
-                continue
-            if payload == "[DONE]":
-                done = True
-                break
-            event = parse_wire(_Event, loads_event(payload, self.name), self.name,
+    def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
+        def on_event(payload: str) -> list[str | None]:
+            event = http.parse_wire(Event, http.loads_event(payload, self.name), self.name,
                                "stream event")
             if event.error is not None:
                 raise BackendUnavailable(f"server error mid-stream: {event.error}",
                                          self.name, retryable=True)
-            for choice in event.choices:
-                chunk = choice.delta.content if choice.delta is not None else choice.text
-                if choice.finish_reason:  # the last content event says why it stopped
-                    yield Finished(chunk or "", choice.finish_reason)
-                elif chunk:
-                    yield chunk
-        if not done:
-            raise BackendProtocolError("stream ended before data: [DONE]", self.name,
-                                       retryable=True)
+            # the last content event says why it stopped
+            return [Finished(chunk or "", choice.finish_reason) if choice.finish_reason
+                    else chunk
+                    for choice in event.choices
+                    for chunk in [choice.delta.content if choice.delta is not None
+                                  else choice.text]]
+        return http.sse_decoder(on_event)
 
 
 def _server_times(metrics: _Metrics | None) -> tuple[float | None, float | None]:

@@ -11,20 +11,22 @@ bit set = allowed.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from structgen.errors import SchemaError
-from structgen.grammar_cache import GrammarCompileTimeout, default_grammar_cache
+from structgen.constrain.grammar_cache import GrammarCompileTimeout, default_grammar_cache
+from structgen.errors import ConfigError, SchemaError
 from structgen.schema.relax import last_resorts, relax_for_engine
 
 if TYPE_CHECKING:
     import torch
 
-    from structgen.grammar_cache import Codec, GrammarCache
+    from structgen.constrain.grammar_cache import Codec, GrammarCache
     from structgen.schema import CompiledOutput
 
 # Part of every grammar-cache key (memory and disk): bump it when prepare_schema or the
@@ -61,8 +63,6 @@ class TokenizerData:
         """llguidance's view of the tokenizer (built once, ~1 s for a 50k vocabulary)."""
         cached = getattr(self, "_ll", None)
         if cached is None:
-            import copy
-
             import llguidance
 
             backend = copy.copy(self.hf_tokenizer.backend_tokenizer)
@@ -158,6 +158,15 @@ class Matcher(ABC):
     # keywords dropped from the schema so the engine could compile it (validation enforces
     # them after decoding); set by GrammarConstraint.matcher
     relaxed: tuple[str, ...] = ()
+
+
+# The JSON Schema keywords every regular/grammar engine here compiles: types, objects,
+# arrays, combinators, references, lengths, patterns and inclusive bounds. Each engine's
+# json_keywords adds what else it enforces.
+STRUCTURE_KEYWORDS = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "minItems", "maxItems",
+    "minLength", "maxLength", "pattern", "minimum", "maximum"})
 
 
 class GrammarConstraint(ABC):
@@ -290,9 +299,6 @@ def create_constraint(engine: str, tok: TokenizerData, *,
                       grammar_cache: GrammarCache | None = None,
                       compile_timeout_s: float | None = None) -> GrammarConstraint:
     """Instantiate constraint engine ``engine`` for a tokenizer."""
-    import importlib
-
-    from structgen.errors import ConfigError
 
     try:
         module_name, _, cls_name = ENGINES[engine].partition(":")

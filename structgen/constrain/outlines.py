@@ -9,6 +9,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.base import (
+    STRUCTURE_KEYWORDS,
     ConstraintOptions,
     GrammarConstraint,
     Matcher,
@@ -55,10 +56,7 @@ class OutlinesConstraint(GrammarConstraint):
     version = importlib.metadata.version("outlines_core")
     supports_fast_forward = False
     supports_reasoning = False
-    json_keywords = frozenset({
-        "type", "properties", "required", "additionalProperties", "items", "prefixItems",
-        "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "minItems", "maxItems",
-        "minLength", "maxLength", "pattern", "format", "minimum", "maximum"})
+    json_keywords = STRUCTURE_KEYWORDS | {"format"}
     notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
              "construction can take seconds for large schemas",)
 

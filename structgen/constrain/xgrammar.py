@@ -8,7 +8,14 @@ import importlib.metadata
 import json
 from typing import TYPE_CHECKING, Any
 
-from structgen.constrain.base import ConstraintOptions, GrammarConstraint, Matcher, TokenizerData
+from structgen.constrain.base import (
+    STRUCTURE_KEYWORDS,
+    ConstraintOptions,
+    GrammarConstraint,
+    Matcher,
+    TokenizerData,
+)
+from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
 from structgen.schema.check import declared_types, json_type
 from structgen.schema.relax import disjoint_one_of_to_any_of, drop_keywords, subschemas
@@ -16,7 +23,6 @@ from structgen.schema.relax import disjoint_one_of_to_any_of, drop_keywords, sub
 if TYPE_CHECKING:
     import torch
 
-    from structgen.grammar_cache import Codec
     from structgen.schema import CompiledOutput
 
 
@@ -85,12 +91,9 @@ class XGrammarConstraint(GrammarConstraint):
     # keywords XGrammar's JSON converter turns into grammar; the rest (e.g. format on some
     # strings, uniqueItems, multipleOf, not, if/then/else, dependent*) is checked by
     # validation after decoding
-    json_keywords = frozenset({
-        "type", "properties", "required", "additionalProperties", "items", "prefixItems",
-        "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "minItems", "maxItems",
-        "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
-        "exclusiveMaximum", "patternProperties", "propertyNames", "minProperties",
-        "maxProperties", "format"})
+    json_keywords = STRUCTURE_KEYWORDS | {
+        "exclusiveMinimum", "exclusiveMaximum", "patternProperties", "propertyNames",
+        "minProperties", "maxProperties", "format"}
     notes = ("xgrammar: Lark grammars are not accepted (pass Grammar(..., syntax='ebnf') or "
              "use engine='llguidance'); reasoning needs llguidance",)
 
@@ -130,8 +133,6 @@ class XGrammarConstraint(GrammarConstraint):
     def codec(self) -> Codec[tuple[Any, tuple[str, ...]]]:
         """XGrammar's own JSON serialization of the compiled grammar (its tokenizer metadata
         is checked on load), with the keywords that were relaxed to get it."""
-        from structgen.grammar_cache import Codec, xgrammar_codec
-
         grammar = xgrammar_codec(self.info)
 
         def dumps(value: tuple[Any, tuple[str, ...]]) -> str:

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError as JsonSchemaError
@@ -128,8 +129,6 @@ def pointer_to(schema: Any, target: dict[str, Any]) -> str:
 
 def resolve_pointer(root: Any, ref: str) -> Any:
     """Resolve a local ``#/a/b`` reference; raise KeyError when it does not exist."""
-    from urllib.parse import unquote
-
     if ref in ("#", ""):
         return root
     if not ref.startswith("#/"):

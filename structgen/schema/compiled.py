@@ -8,7 +8,6 @@ validation reads the schema or the pattern, caches read ``hash``.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -16,9 +15,19 @@ from typing import Any
 from pydantic import BaseModel
 
 from structgen.errors import SchemaError
-from structgen.schema.canonical import canonical_json, schema_identity, sha256_hex
+from structgen.schema.canonical import (
+    ENCODER,
+    canonical_json,
+    json_copy,
+    schema_identity,
+    sha256_hex,
+)
+from structgen.schema.check import check_schema
+from structgen.schema.drafts import upgrade_schema
 from structgen.schema.ecma_regex import compile_ecma, translate
-from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth
+from structgen.schema.limits import DEFAULT_LIMITS, Limits
+from structgen.schema.pydantic_schema import close_objects, model_json_schema
+from structgen.schema.targets import grammar_to_lark, to_ebnf, to_lark, to_regex
 from structgen.types import Choice, Grammar, JsonSchema, OutputKind, Regex
 
 # 2: schema identity = sorted JSON + properties orders; 3: patterns in portable ECMA form
@@ -80,18 +89,12 @@ class CompiledOutput:
         return self.json_schema
 
     def to_regex(self) -> str:
-        from structgen.schema.targets import to_regex
-
         return to_regex(self)
 
     def to_lark(self) -> str:
-        from structgen.schema.targets import to_lark
-
         return to_lark(self)
 
     def to_ebnf(self) -> str:
-        from structgen.schema.targets import to_ebnf
-
         return to_ebnf(self)
 
 
@@ -102,9 +105,6 @@ def compile_output(output: Any, *, name: str | None = None,
     ``limits`` bound the schema (its depth) and, carried on the result, the parsing and
     validation of every text generated for it.
     """
-    from structgen.schema.check import check_schema
-    from structgen.schema.pydantic_schema import model_json_schema
-
     if isinstance(output, CompiledOutput):
         return output
     if isinstance(output, type) and issubclass(output, BaseModel):
@@ -124,16 +124,12 @@ def compile_output(output: Any, *, name: str | None = None,
     else:
         closed = False
     if isinstance(output, dict):
-        from structgen.schema.drafts import upgrade_schema
-
         # Older drafts (04/06/07/2019-09) are rewritten to their 2020-12 meaning first.
         schema, text = json_copy(upgrade_schema(output), limits.max_schema_depth)
         if closed:
-            from structgen.schema.pydantic_schema import close_objects
-
             schema, text = json_copy(close_objects(schema), limits.max_schema_depth)
         if portable_patterns(check_schema(schema)):
-            text = _ENCODER.encode(schema)
+            text = ENCODER.encode(schema)
         return json_output(schema, text, name=name or str(output.get("title") or "output"),
                            limits=limits)
     if isinstance(output, Regex):
@@ -150,8 +146,6 @@ def compile_output(output: Any, *, name: str | None = None,
         return CompiledOutput(kind="choice", choices=tuple(output.choices),
                               name=name or "choice", limits=limits)
     if isinstance(output, Grammar):
-        from structgen.schema.targets import grammar_to_lark
-
         lark, syntax = grammar_to_lark(output.text, output.syntax)
         return CompiledOutput(kind="grammar", grammar=lark, grammar_source=output.text,
                               grammar_syntax=syntax, name=name or "grammar", limits=limits)
@@ -170,13 +164,6 @@ def compile_output(output: Any, *, name: str | None = None,
     )
 
 
-# One encoder for every compile (json.dumps with options builds one per call). No circular
-# check: a schema that contains itself fails with RecursionError instead. Non-string keys
-# are written as strings, as json.dumps does.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                            check_circular=False)
-
-
 def portable_patterns(nodes: list[dict[str, Any]]) -> bool:
     """Rewrite, in place, every ``pattern`` and ``patternProperties`` key of the subschemas
     ``nodes`` into portable ECMA-262 (schema/ecma_regex.py): same meaning, but no grammar
@@ -192,50 +179,6 @@ def portable_patterns(nodes: list[dict[str, Any]]) -> bool:
             node["patternProperties"] = {translate(k): v for k, v in props.items()}
             changed = True
     return changed
-
-
-def json_copy(schema: Any, max_depth: int = DEFAULT_LIMITS.max_schema_depth
-              ) -> tuple[dict[str, Any], str]:
-    """(a JSON-clean deep copy of ``schema`` in its own key order, its compact JSON text).
-
-    The copy keeps the caller's order: ``properties`` order is the order a constrained
-    decoder writes the fields in. The text is what grammar engines are given, so callers
-    building a CompiledOutput pass it on (:func:`json_output`) instead of encoding again.
-    """
-    if not isinstance(schema, dict):
-        raise SchemaError(f"a JSON Schema must be an object, got {type(schema).__name__}")
-    try:
-        text = _ENCODER.encode(schema)
-    except RecursionError:
-        raise SchemaError("schema is not JSON-serializable: it contains itself or nests "
-                          "too deeply") from None
-    except (TypeError, ValueError) as exc:
-        # NaN/inf, sets, non-str keys...: nothing a JSON-speaking backend could receive
-        pointer = _non_finite(schema)
-        if pointer is not None:
-            key = pointer.rsplit("/", 1)[-1]
-            raise SchemaError(f"{key} must be finite (NaN and infinity are not JSON)",
-                              pointer) from None
-        raise SchemaError(f"schema is not JSON-serializable: {exc}") from None
-    depth = nesting_depth(text, max_depth)
-    if depth > max_depth:
-        raise SchemaError(f"the schema nests {depth} levels deep (limit: "
-                          f"[limits] max_schema_depth = {max_depth})")
-    copy: dict[str, Any] = json.loads(text)
-    return copy, text
-
-
-def _non_finite(value: Any, pointer: str = "") -> str | None:
-    """The JSON pointer of the first NaN or infinite float in ``value``, or None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return pointer
-    items = value.items() if isinstance(value, dict) else \
-        enumerate(value) if isinstance(value, list | tuple) else ()
-    for key, item in items:
-        found = _non_finite(item, f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}")
-        if found is not None:
-            return found
-    return None
 
 
 def json_output(schema: dict[str, Any], text: str, **fields: Any) -> CompiledOutput:

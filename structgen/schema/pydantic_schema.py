@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from structgen.errors import SchemaError
+from structgen.schema.canonical import json_copy
 from structgen.schema.check import subschema_nodes
-from structgen.schema.compiled import json_copy
 
 
 def model_json_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def close_objects(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _require_discriminators(node: Any, defs: dict[str, Any]) -> None:
+def _require_discriminators(schema: dict[str, Any], defs: dict[str, Any]) -> None:
     """Make the tag of every discriminated union a required property of each variant.
 
     Pydantic emits the tag field with a default, so the JSON Schema lets it be left out,
@@ -53,15 +53,11 @@ def _require_discriminators(node: Any, defs: dict[str, Any]) -> None:
     variant. Requiring it keeps the grammar and Pydantic in agreement (and the tag is a
     ``const``, which fast-forward then writes for free).
     """
-    if isinstance(node, list):
-        for item in node:
-            _require_discriminators(item, defs)
-        return
-    if not isinstance(node, dict):
-        return
-    tag = node.get("discriminator", {}).get("propertyName") \
-        if isinstance(node.get("discriminator"), dict) else None
-    if isinstance(tag, str):
+    for node in subschema_nodes(schema):
+        tag = node.get("discriminator", {}).get("propertyName") \
+            if isinstance(node.get("discriminator"), dict) else None
+        if not isinstance(tag, str):
+            continue
         for variant in node.get("oneOf", []) + node.get("anyOf", []):
             target = variant
             ref = variant.get("$ref", "") if isinstance(variant, dict) else ""
@@ -71,5 +67,3 @@ def _require_discriminators(node: Any, defs: dict[str, Any]) -> None:
                 required = target.setdefault("required", [])
                 if tag not in required:
                     required.append(tag)
-    for value in node.values():
-        _require_discriminators(value, defs)

@@ -5,19 +5,37 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from structgen.errors import SchemaError
+from structgen.schema.check import walk
 
-if TYPE_CHECKING:
-    from structgen.schema.compiled import CompiledOutput
+
+class Target(Protocol):
+    """What a target writer reads of a compiled output (``CompiledOutput`` has it all);
+    a protocol, so this lower module does not import the record it serves."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def json_schema(self) -> dict[str, Any] | None: ...
+    @property
+    def pattern(self) -> str | None: ...
+    @property
+    def choices(self) -> tuple[str, ...] | None: ...
+    @property
+    def grammar(self) -> str | None: ...
+    @property
+    def grammar_source(self) -> str | None: ...
+    @property
+    def grammar_syntax(self) -> str | None: ...
 
 
 def _lark_string(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
-def to_lark(c: CompiledOutput) -> str:
+def to_lark(c: Target) -> str:
     """Lark grammar in llguidance's dialect (``%json`` embeds a JSON Schema)."""
     if c.kind == "json":
         body = f"start: %json {json.dumps(c.json_schema, ensure_ascii=False)}\n"
@@ -48,8 +66,6 @@ def _validate_lark(text: str, schema: Any = None) -> None:
 
 def _blame(schema: Any, message: str) -> str:
     """Best-effort JSON pointer for an llguidance JSON Schema error (it reports none)."""
-    from structgen.schema.check import walk
-
     m = re.search(r"Unknown format: (\S+)", message)
     if m:
         for pointer, sub in walk(schema):
@@ -58,7 +74,7 @@ def _blame(schema: Any, message: str) -> str:
     return ""
 
 
-def to_ebnf(c: CompiledOutput) -> str:
+def to_ebnf(c: Target) -> str:
     """GBNF-style EBNF as produced by XGrammar (``root ::= ...``).
 
     JSON is compact (``,`` and ``:`` with no spaces), the form ``model_dump_json`` writes.
@@ -106,7 +122,7 @@ def _discriminated_one_of_as_any_of(schema: Any) -> Any:
 REGEX_RECURSION_DEPTH = 3
 
 
-def to_regex(c: CompiledOutput) -> str:
+def to_regex(c: Target) -> str:
     """A Python-``re``-compatible regex for the output.
 
     JSON goes through outlines-core (compact JSON, optional single spaces). A recursive

@@ -20,7 +20,7 @@ from structgen.backends.local import LocalBackend
 from structgen.backends.local.models import ollama_model_path, smollm2_gguf_path
 from structgen.engine import Engine
 from structgen.errors import BackendUnavailable
-from structgen.testing import build_tiny_gguf
+from structgen.tools.testing import build_tiny_gguf
 from structgen.types import JsonSchema, Regex
 from structgen.validate import validate_text
 

@@ -143,7 +143,7 @@ THINKING = " plan: red "
 def thinking_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model trained briefly on answers that open with ``<think>{THINKING}</think>``:
     a random model almost never closes a thinking block by itself."""
-    from structgen.testing import build_tiny_model
+    from structgen.tools.testing import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-thinking"), train_steps=30,
                             thinking=THINKING)

@@ -35,8 +35,8 @@ from structgen.backends.local import LocalBackend
 from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import SchemaError, ValidationFailed
-from structgen.repair import finalize
-from structgen.schema.compiled import CompiledOutput, json_copy
+from structgen.schema.canonical import json_copy
+from structgen.schema.compiled import CompiledOutput
 from structgen.validate import validate_data, validate_text
 
 PER_SPLIT = 25  # 9 splits -> 225 schemas
@@ -152,7 +152,7 @@ def run_all(tiny: Path, engine_name: str, outputs: list[tuple[str, Any]],
             assert gen.finish_reason == "length", gen.finish_reason
             report.length += 1
         try:
-            fixed = await finalize(gen, req, engine)
+            fixed = await engine.finalize(gen, req)
         except ValidationFailed:
             if gen.finish_reason == "stop" and not gen.stats.get("relaxed"):
                 report.returned_invalid.append((name, "ValidationFailed on a finished output"))

@@ -2,7 +2,7 @@
 schemas (intent, debugger, reflection).
 
 The prompts are the agents' own kind: a system prompt that states the task and shows worked
-answers (as ``structgen.demo`` does), then a realistic request. Decoding is greedy, so the
+answers (as ``structgen.tools.demo`` does), then a realistic request. Decoding is greedy, so the
 answers are reproducible. What is asserted: a validated object of the agent's model, and a
 field that shows the model read the request (paths taken from it, the exception it names),
 not only that the grammar produced something.
@@ -21,9 +21,10 @@ from schemas.debugger import Diagnosis
 from schemas.intent import Intent, IntentKind
 from schemas.reflection import Reflection
 from structgen.config import Config
-from structgen.demo import SAMPLE_PROMPT
-from structgen.demo import SYSTEM_PROMPT as INTENT_SYSTEM
-from structgen.engine import Engine, StructuredResult
+from structgen.engine import Engine
+from structgen.tools.demo import SAMPLE_PROMPT
+from structgen.tools.demo import SYSTEM_PROMPT as INTENT_SYSTEM
+from structgen.types import StructuredResult
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,8 @@ WORKER = r"""
 import json, sys
 from structgen.cache import ResultCache, open_result_cache
 from structgen.config import CacheConfig, Config
-from structgen.engine import Engine, StructuredResult
+from structgen.engine import Engine
+from structgen.types import StructuredResult
 cfg = CacheConfig.model_validate(json.loads(sys.argv[1]))
 w, n, shared = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 schema = json.loads(sys.argv[5])

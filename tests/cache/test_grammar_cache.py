@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from structgen.config import CacheConfig
-from structgen.grammar_cache import (
+from structgen.constrain.grammar_cache import (
     DISK_FORMAT_VERSION,
     Codec,
     GrammarCache,
@@ -228,7 +228,7 @@ def test_lru_bound(tmp_path: Path) -> None:
 def test_tokenizer_hash(tokenizer: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from structgen.testing import build_tiny_model
+    from structgen.tools.testing import build_tiny_model
 
     again = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert tokenizer_hash(again) == tokenizer_hash(tokenizer)
@@ -344,7 +344,7 @@ def test_llguidance_compiles_inline_without_the_deadline_thread(tmp_path: Path,
 
 
 def test_compile_workers_are_reused_and_a_hung_compile_blocks_nothing() -> None:
-    from structgen.grammar_cache import _Workers
+    from structgen.constrain.grammar_cache import _Workers
 
     workers = _Workers(idle_s=5)
     names: list[str] = []
@@ -371,7 +371,7 @@ def test_compile_workers_after_fork_start_fresh() -> None:
     them (a job handed to a thread that does not exist would wait forever)."""
     import os
 
-    import structgen.grammar_cache as gc
+    import structgen.constrain.grammar_cache as gc
 
     done = threading.Event()
     gc._COMPILE_WORKERS.submit(done.set)

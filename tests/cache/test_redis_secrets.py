@@ -16,8 +16,8 @@ import pytest
 
 from structgen.cache import CacheError, ResultCache, open_result_cache
 from structgen.config import CacheConfig, Config
-from structgen.engine import Engine, StructuredResult
-from structgen.types import Choice
+from structgen.engine import Engine
+from structgen.types import Choice, StructuredResult
 
 from .conftest import RedisServer
 

@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field, SecretStr, field_serializer, field_valida
 from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
 from structgen.cache import ENTRY_PREFIX, ResultCache, decode_entry, open_result_cache
 from structgen.config import CacheConfig, Config
-from structgen.engine import Engine, StructuredResult
-from structgen.types import Choice, Regex
+from structgen.engine import Engine
+from structgen.types import Choice, Regex, StructuredResult
 
 
 class Person(BaseModel):

@@ -59,7 +59,8 @@ def _engine(tmp_path: Path, vllm: Switchable, local: Switchable, clock: Clock,
         "router": {"health_interval_s": 10, **router},
         "metrics": {"state_file": str(tmp_path / "metrics.json")}})
     engine = Engine(cfg, backends={"vllm": vllm, "local": local})
-    engine.router = Router(engine, clock=clock)
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
     return engine
 
 

@@ -145,7 +145,8 @@ def test_bad_lines_become_typed_report_lines(setup: dict[str, Path]) -> None:
 def test_cache_export_import_cli(tmp_path: Path) -> None:
     """export → clear → import through the CLI round-trips entries (disk store)."""
     from structgen.config import Config
-    from structgen.engine import Engine, StructuredResult
+    from structgen.engine import Engine
+    from structgen.types import StructuredResult
 
     config = tmp_path / "config.toml"
     config.write_text(f'[cache]\ndir = "{tmp_path / "cache"}"\n')

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from structgen.conformance import SchemaCase, iter_cases, run_checks, summarize
+from structgen.tools.conformance import SchemaCase, iter_cases, run_checks, summarize
 
 STRIDE = 20
 PASS_RATE_FLOOR = 0.95  # the full dev set reaches more; the floor catches regressions

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from structgen.conformance import Instance, SchemaCase, iter_cases, run_checks, summarize
 from structgen.errors import StructgenError
+from structgen.tools.conformance import Instance, SchemaCase, iter_cases, run_checks, summarize
 
 
 @pytest.mark.slow

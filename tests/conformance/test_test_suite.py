@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from structgen.conformance import iter_cases, keyword_agreement, run_checks
+from structgen.tools.conformance import iter_cases, keyword_agreement, run_checks
 
 # Keywords on which every Test-Suite schema passes today (a regression fails the test).
 # Known gaps, all on the too-strict side (the grammar rejects a valid instance; nothing

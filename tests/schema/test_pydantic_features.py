@@ -225,3 +225,25 @@ def test_properties_keep_declaration_order_and_other_keys_are_sorted() -> None:
     assert list(schema["properties"]) == ["id", "at"]  # field order = generation order
     assert list(schema) == sorted(schema)
     assert list(schema["properties"]["at"]) == sorted(schema["properties"]["at"])
+
+
+class Bird(BaseModel):
+    kind: Literal["bird"] = "bird"  # a tag with a default: Pydantic leaves it optional
+    wings: int = 2
+
+
+class Fish(BaseModel):
+    kind: Literal["fish"] = "fish"
+
+
+class Aquarium(BaseModel):
+    # nested in a list: the union sits under items, not at the top
+    tanks: list[Annotated[Bird | Fish, Field(discriminator="kind")]]
+
+
+def test_discriminator_tag_is_required_in_every_variant() -> None:
+    """Pydantic's tagged-union validator needs the tag; the schema must not let it out."""
+    schema = compile_output(Aquarium).to_json_schema()
+    for name in ("Bird", "Fish"):
+        assert "kind" in schema["$defs"][name]["required"], name
+    assert not validate_data({"tanks": [{"wings": 2}]}, compile_output(Aquarium)).ok

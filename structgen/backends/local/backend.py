@@ -30,10 +30,12 @@ from structgen.backends.base import (
     GenerationResult,
 )
 from structgen.backends.local.decoder import Decoder, fail
+from structgen.backends.local.llamacpp_runtime import LlamaCppRuntime
 from structgen.backends.local.models import is_gguf_reference
 from structgen.backends.local.runtime import Runtime, Seq, engine_class
+from structgen.backends.local.transformers_runtime import TransformersRuntime
+from structgen.constrain.grammar_cache import default_grammar_cache
 from structgen.errors import BackendUnavailable, StructgenError
-from structgen.grammar_cache import default_grammar_cache
 
 if TYPE_CHECKING:
     from structgen.config import Config
@@ -159,13 +161,10 @@ class LocalBackend(BackendBase):
         cache = default_grammar_cache(self.config.cache)
         if self.cfg.runtime == "llamacpp" and is_gguf_reference(None if ref == "default"
                                                                 else ref):
-            from structgen.backends.local.llamacpp_runtime import LlamaCppRuntime
-
             return LlamaCppRuntime(ref, self.cfg, cache)
         if importlib.util.find_spec("transformers") is None:
             raise BackendUnavailable("the transformers runtime needs transformers: "
                                      "pip install 'structgen[local]'", self.name)
-        from structgen.backends.local.transformers_runtime import TransformersRuntime
 
         return TransformersRuntime(ref, self.cfg, cache)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
+from structgen.backends.local.models import DEFAULT_MODEL_NAME, resolve_gguf
 from structgen.backends.local.runtime import Batch, Runtime, Seq, reusable_prefix
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendError, BackendUnavailable
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from structgen.config import LocalConfig
-    from structgen.grammar_cache import GrammarCache
+    from structgen.constrain.grammar_cache import GrammarCache
 
 _INIT = threading.Lock()
 _initialised = False
@@ -162,8 +163,6 @@ class LlamaCppRuntime(Runtime):
     kind = "llamacpp"
 
     def __init__(self, ref: str, cfg: LocalConfig, grammar_cache: GrammarCache) -> None:
-        from structgen.backends.local.models import DEFAULT_MODEL_NAME, resolve_gguf
-
         super().__init__(cfg, grammar_cache)
         lc = self.lc = _llama()
         start = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import importlib
+import importlib.util
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
     from structgen.config import LocalConfig
     from structgen.constrain.base import TokenizerData
-    from structgen.grammar_cache import GrammarCache
+    from structgen.constrain.grammar_cache import GrammarCache
 
 WHITESPACE_BYTES = frozenset(b" \t\n\r")
 # Bytes JSON never allows raw (RFC 8259: control characters must be escaped in strings);
@@ -193,8 +194,6 @@ def common_prefix(a: tuple[int, ...] | list[int], b: list[int]) -> int:
 
 def mask_applier() -> Any:
     """The bitmask → logits kernel: XGrammar's CPU kernel, or a torch fallback."""
-    import importlib.util
-
     if importlib.util.find_spec("xgrammar") is not None:
         import xgrammar as xgr
 

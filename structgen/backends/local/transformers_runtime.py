@@ -13,6 +13,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
+from structgen.backends.local.models import load_model
 from structgen.backends.local.runtime import Batch, Runtime, Seq, reusable_prefix
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendUnavailable
@@ -21,15 +22,13 @@ if TYPE_CHECKING:
     import torch
 
     from structgen.config import LocalConfig
-    from structgen.grammar_cache import GrammarCache
+    from structgen.constrain.grammar_cache import GrammarCache
 
 
 class TransformersRuntime(Runtime):
     kind = "transformers"
 
     def __init__(self, ref: str, cfg: LocalConfig, grammar_cache: GrammarCache) -> None:
-        from structgen.backends.local.models import load_model
-
         super().__init__(cfg, grammar_cache)
         start = time.perf_counter()
         self.model, self.tokenizer, self.ref = load_model(

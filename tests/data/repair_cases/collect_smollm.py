@@ -53,8 +53,8 @@ EXAMPLES: dict[str, dict] = {
 def schema_for(ref: str) -> dict:
     if ref.endswith(".json"):
         return json.loads((HERE / "schemas" / ref).read_text())
-    from structgen.cli import load_spec
     from structgen.schema import compile_output
+    from structgen.schema.specs import load_spec
 
     return compile_output(load_spec(ref)).to_json_schema()
 

