@@ -167,7 +167,17 @@ def _stream(ray: Any, engine: Engine, todo: list[WarmupItem], concurrency: int,
         fn_constructor_kwargs={"config": _worker_config(engine),
                                "allow_modules": list(opts.allow_modules),
                                "concurrency": max(1, concurrency)})
-    for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+    batches = results.iter_batches(batch_size=None, batch_format="pyarrow")
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # RayError, Ray Data's wrapped errors: the job is over
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ExecutorError(
+                f"the Ray job failed ({type(exc).__name__}: {first[:300]}); what finished is "
+                "in the cache and the report, run again to resume") from exc
         for raw in batch.column("result").to_pylist():
             yield ReportLine(**json.loads(raw))
 
