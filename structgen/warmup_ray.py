@@ -151,7 +151,8 @@ def _stream(ray: Any, engine: Engine, todo: list[WarmupItem], concurrency: int,
 
     data_log = logging.getLogger("ray.data")
     data_log.setLevel(logging.WARNING)  # not its per-run INFO lines; its warnings, yes
-    data_log.addFilter(_no_progress_bar_notice)
+    # we turn Ray Data's bars off on purpose: not a warning for our users
+    logging.getLogger("ray.data._internal.progress").addFilter(_no_progress_bar_notice)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own (done / failed / cached / rate)
     ctx.print_on_execution_start = False
@@ -167,7 +168,7 @@ def _stream(ray: Any, engine: Engine, todo: list[WarmupItem], concurrency: int,
         fn_constructor_kwargs={"config": _worker_config(engine),
                                "allow_modules": list(opts.allow_modules),
                                "concurrency": max(1, concurrency)})
-    batches = results.iter_batches(batch_size=None, batch_format="pyarrow")
+    batches = iter(results.iter_batches(batch_size=None, batch_format="pyarrow"))
     while True:
         try:
             batch = next(batches)
