@@ -19,6 +19,10 @@ or Ctrl-C, running it again skips what is cached. Duplicate requests (same cache
 once. Bad lines become ``invalid`` report lines, never a crash. A request whose answer
 could not be stored (the cache refused the write) is ``failed``, so the run exits non-zero.
 The report is appended to, never truncated: a resumed run keeps the first run's lines.
+
+``run_warmup(..., executor="ray")`` (``structgen warmup FILE --ray``) runs the same items on
+a Ray cluster into the shared Redis cache, with the same report: see
+:mod:`structgen.warmup_ray` and docs/scale-out.md.
 """
 
 from __future__ import annotations

@@ -366,3 +366,30 @@ def test_not_an_address(setup: dict[str, Any]) -> None:
         asyncio.run(run_warmup(engine, items, executor="ray",
                                ray=RayOptions(address="no port here")))
     engine.close()
+
+
+LOCAL_SCHEMA = {"type": "object", "properties": {"kind": {"enum": ["a", "b", "c"]},
+                                                 "note": {"type": "string", "maxLength": 24}},
+                "required": ["kind", "note"], "additionalProperties": False}
+
+
+def test_local_backend_actors_load_the_model(ray_cluster: Cluster, setup: dict[str, Any],
+                                             tiny_model_dir: Path) -> None:
+    """The embedded backend on Ray: each actor holds the (tiny) model and answers."""
+    s = setup
+    s["config"].write_text(
+        f'[llm_backend]\nprovider = "local"\n\n[local]\nmodel = "{tiny_model_dir}"\n'
+        f'max_batch = 4\n\n[cache]\nbackend = "redis"\nurl = "{s["url"]}"\n'
+        f'grammar_dir = "{s["tmp"] / "g"}"\n\n[metrics]\nenabled = false\n')
+    src = s["tmp"] / "local.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"request number {i}",
+                                       "schema": LOCAL_SCHEMA, "max_tokens": 48}) + "\n"
+                           for i in range(8)))
+    run = subprocess.run(warmup(s, src, ray_cluster.address, "--batch-size", "4", "-j", "4"),
+                         cwd=ROOT, env={**ENV, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                         text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = read_report(s["report"])
+    assert sorted(r["id"] for r in report) == sorted(f"q{i}" for i in range(8))
+    assert {(r["status"], r["backend"]) for r in report} == {("done", "local")}
+    assert cached_keys(s["redis"]) == {r["key"] for r in report}
