@@ -34,7 +34,7 @@ from structgen.warmup_ray import RayOptions
 from tests.cache.conftest import free_port
 from tests.servers.wire import VLLMWireServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.redis]
+pytestmark = pytest.mark.redis  # the cluster tests are also slow; the refusals are not
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = {"type": "object", "properties": {"kind": {"enum": ["a", "b", "c"]},
@@ -188,6 +188,7 @@ def requests_for(server: VLLMWireServer) -> list[str]:
 
 
 # The tests -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_200_items_each_once_in_redis_and_report(ray_cluster: Cluster, setup: dict[str, Any],
                                                  server: VLLMWireServer) -> None:
     s = setup
@@ -207,6 +208,7 @@ def test_200_items_each_once_in_redis_and_report(ray_cluster: Cluster, setup: di
     assert "200 done" in run.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_one_nodes_workers_midrun(ray_cluster: Cluster, setup: dict[str, Any],
                                           server: VLLMWireServer) -> None:
     s = setup
@@ -240,6 +242,7 @@ def test_sigkill_one_nodes_workers_midrun(ray_cluster: Cluster, setup: dict[str,
     assert len(prompts) - 200 <= 2 * 5
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_computes_only_the_missing(ray_cluster: Cluster,
                                                       setup: dict[str, Any],
                                                       server: VLLMWireServer) -> None:
@@ -287,6 +290,7 @@ def test_ctrl_c_then_resume_computes_only_the_missing(ray_cluster: Cluster,
     assert len(cached_keys(s["redis"])) == 200
 
 
+@pytest.mark.slow
 def test_failing_backend_and_bad_lines_are_report_lines(ray_cluster: Cluster,
                                                         setup: dict[str, Any],
                                                         server: VLLMWireServer) -> None:
@@ -373,6 +377,7 @@ LOCAL_SCHEMA = {"type": "object", "properties": {"kind": {"enum": ["a", "b", "c"
                 "required": ["kind", "note"], "additionalProperties": False}
 
 
+@pytest.mark.slow
 def test_local_backend_actors_load_the_model(ray_cluster: Cluster, setup: dict[str, Any],
                                              tiny_model_dir: Path) -> None:
     """The embedded backend on Ray: each actor holds the (tiny) model and answers."""
