@@ -145,6 +145,8 @@ def main() -> int:
     redis_proc, redis_url = start_redis(tmp)
     import ray
 
+    # Ray keeps an auth token under ~/.ray: this run's stays in its temporary directory
+    os.environ["HOME"] = str(tmp)
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              _temp_dir=str(tmp / "ray"))
