@@ -35,7 +35,7 @@ from structgen.schema import compile_output
 from structgen.schema.specs import load_spec
 from structgen.tools import conformance as cf
 from structgen.validate import dump_value
-from structgen.warmup import plan, read_items, run_warmup
+from structgen.warmup import RayOptions, plan, read_items, run_warmup
 
 _T = TypeVar("_T")
 
@@ -281,28 +281,51 @@ def warmup(
     allow_module: list[str] = typer.Option(
         [], "--allow-module", help="a package whose models lines may name as module:Class "
                                    "(repeatable; adds to [warmup] allow_modules)"),
+    ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (Ray Data actors; "
+                                                  "needs the Redis result cache)"),
+    address: str | None = typer.Argument(
+        None, help="with --ray: the cluster (head host:port, ray://host:port or auto); "
+                   "default: a local Ray instance"),
+    ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
+                                          help="Ray actors, each one Engine (default: one "
+                                               "per cluster CPU / --ray-cpus)"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="items per Ray batch"),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor"),
 ) -> None:
-    """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped)."""
+    """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped).
+
+    With --ray, the requests run on Ray actors (-j requests in flight per actor) that write
+    to the shared Redis cache; the report and resumability are the same.
+    """
 
     try:
+        if address is not None and not ray:
+            raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
         engine = Engine.from_config(config)
         if engine.config.cache.backend == "none":
             raise ConfigError('warmup needs a result cache ([cache] backend = "none")',
                               "cache.backend")
-        items = read_items(file, engine, backend=backend, model=model,
-                           allow_modules=[*engine.config.warmup.allow_modules, *allow_module])
+        allowed = [*engine.config.warmup.allow_modules, *allow_module]
+        items = read_items(file, engine, backend=backend, model=model, allow_modules=allowed)
         if dry_run:
             _print_plan(plan(engine, items))
             engine.close()
             return
         report = report or file.with_name(file.stem + ".report.jsonl")
+        options = RayOptions(address=address, actors=ray_actors, batch_size=batch_size,
+                             num_cpus=ray_cpus, allow_modules=tuple(allowed))
         with _warmup_progress(len(items), progress) as on_progress:
-            summary = asyncio.run(run_warmup(engine, items, concurrency=concurrency,
-                                             report=report, progress=on_progress))
+            summary = asyncio.run(run_warmup(
+                engine, items, concurrency=concurrency, report=report, progress=on_progress,
+                executor="ray" if ray else "local", ray=options))
         engine.close()
     except StructgenError as exc:
         _fail(exc)
         return
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: what finished is in the cache and in {report}; run the "
+                    "same command again to resume", fg="yellow", err=True)
+        raise typer.Exit(130) from None
     counts = summary.counts
     typer.echo(f"{summary.total} requests in {summary.elapsed_s:.1f}s: "
                + ", ".join(f"{counts.get(k, 0)} {k}" for k in

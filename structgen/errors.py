@@ -3,6 +3,7 @@
     StructgenError
     ├── SchemaError        bad or unsupported output spec (carries a JSON pointer)
     ├── ConfigError        bad config.toml / environment
+    ├── ExecutorError      a distributed executor (Ray) is missing or unreachable
     ├── BackendError       a backend failed: unreachable, timeout, protocol
     │   ├── BackendUnavailable
     │   ├── BackendTimeout
@@ -41,6 +42,11 @@ class ConfigError(StructgenError):
     def __init__(self, message: str, key: str | None = None) -> None:
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
+
+
+class ExecutorError(StructgenError):
+    """The executor a job asked for cannot run it: Ray is not installed, or the cluster
+    address does not answer (``structgen warmup --ray ADDRESS``)."""
 
 
 class BackendError(StructgenError):

@@ -1,24 +1,6 @@
-"""Offline cache warmup: run a JSONL file of requests into the result cache.
+"""The warmup file and one machine's run of it: items, report lines, the local executor.
 
-Each input line is one request::
-
-    {"id": "q1", "prompt": "...", "schema": "schemas/intent.py:Intent"}
-    {"messages": [{"role": "user", "content": "..."}], "schema": {"type": "object", ...},
-     "model": "...", "backend": "local", "temperature": 0, "max_tokens": 128}
-
-``schema`` is an inline JSON Schema object, a ``.json`` schema file in the JSONL file's
-directory (or below it), or ``module:Class`` from a module the user allowed
-(``--allow-module PKG`` or ``[warmup] allow_modules``; ``PKG`` allows its submodules too).
-A warmup file is data: it never names a ``.py`` file, a module nobody allowed or a file
-outside its directory; such a line is an ``invalid`` report line, and nothing is imported.
-
-Requests run with bounded concurrency on one engine (concurrent requests are batched by the
-embedded backend and sent as concurrent HTTP requests to servers). Every finished request is
-in the cache before the next report line is written, so the run is resumable: after a crash
-or Ctrl-C, running it again skips what is cached. Duplicate requests (same cache key) run
-once. Bad lines become ``invalid`` report lines, never a crash. A request whose answer
-could not be stored (the cache refused the write) is ``failed``, so the run exits non-zero.
-The report is appended to, never truncated: a resumed run keeps the first run's lines.
+See :mod:`structgen.warmup` for the file format and guarantees.
 """
 
 from __future__ import annotations
@@ -62,6 +44,8 @@ class WarmupItem:
     prompt: Any = None
     schema: Any = None
     schema_name: str = ""
+    schema_spec: Any = None  # as written on the line (a ``module:Class`` name is re-imported
+    # by a Ray worker; inline and ``.json`` schemas travel as the loaded JSON)
     model: str | None = None
     backend: str | None = None
     reasoning: bool = False
@@ -164,6 +148,7 @@ def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, A
     item.prompt = obj.get("prompt", obj.get("messages"))
     if "schema" not in obj:
         raise WarmupLineError('missing "schema"')
+    item.schema_spec = obj["schema"]
     item.schema, item.schema_name = _load_schema(obj["schema"], base, spec_cache, allowed)
     for name in ("model", "backend"):
         value = obj.get(name)
@@ -233,34 +218,39 @@ def _import_model(spec: str, allowed: tuple[str, ...]) -> Any:
 
 # Running ---------------------------------------------------------------------------------
 ProgressFn = Callable[[Counter[str]], None]
+Executor = Literal["local", "ray"]
 
 
-async def run_warmup(engine: Engine, items: list[WarmupItem], *, concurrency: int = 4,
-                     report: Path | None = None, progress: ProgressFn | None = None
-                     ) -> WarmupSummary:
-    """Run every valid, uncached item through ``engine`` (at most ``concurrency`` at once).
+class ReportWriter:
+    """Counts report lines and appends them to the JSONL report, one flushed line each.
 
-    Writes one report line per item as it finishes (flushed, so a killed run leaves a
-    readable partial report) and calls ``progress`` with the running counts.
+    Appended: a resumed run must not erase the first run's lines (read the last line per
+    id for the latest status). Shared by both executors, so the report is the same.
     """
-    start = time.perf_counter()
-    counts: Counter[str] = Counter()
-    sem = asyncio.Semaphore(max(1, concurrency))
-    # Appended: a resumed run must not erase the first run's lines (read the last line
-    # per id for the latest status).
-    out = report.open("a", encoding="utf-8") if report is not None else None
-    if report is not None and out is not None and out.tell() > 0 and not _ends_with_newline(
-            report):
-        out.write("\n")  # a killed run's cut last line stays a line of its own
 
-    def emit(line: ReportLine) -> None:
-        counts[line.status] += 1
-        if out is not None:
-            out.write(json.dumps(asdict(line), ensure_ascii=False) + "\n")
-            out.flush()
-        if progress is not None:
-            progress(counts)
+    def __init__(self, report: Path | None, progress: ProgressFn | None) -> None:
+        self.counts: Counter[str] = Counter()
+        self.progress = progress
+        self.out = report.open("a", encoding="utf-8") if report is not None else None
+        if report is not None and self.out is not None and self.out.tell() > 0 and (
+                not _ends_with_newline(report)):
+            self.out.write("\n")  # a killed run's cut last line stays a line of its own
 
+    def emit(self, line: ReportLine) -> None:
+        self.counts[line.status] += 1
+        if self.out is not None:
+            self.out.write(json.dumps(asdict(line), ensure_ascii=False) + "\n")
+            self.out.flush()
+        if self.progress is not None:
+            self.progress(self.counts)
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+
+
+def triage(items: list[WarmupItem], emit: Callable[[ReportLine], None]) -> list[WarmupItem]:
+    """Report bad lines and duplicates; return the first item of each cache key, in order."""
     seen: set[str] = set()
     todo: list[WarmupItem] = []
     for item in items:
@@ -271,45 +261,63 @@ async def run_warmup(engine: Engine, items: list[WarmupItem], *, concurrency: in
         else:
             seen.add(item.key)
             todo.append(item)
+    return todo
+
+
+async def warm_one(engine: Engine, item: WarmupItem) -> ReportLine:
+    """Run one item through ``engine`` into its cache; the report line says how it went.
+
+    Never raises for a failed request: a backend that fails is a ``failed`` line and the
+    other requests go on.
+    """
+    assert item.key is not None
+    t0 = time.perf_counter()
+    output = item.request.output if item.request is not None else item.schema
+    try:
+        result = await engine.arun(item.prompt, output, backend=item.backend,
+                                   model=item.model, reasoning=item.reasoning,
+                                   **item.sampling)
+    except Exception as exc:  # StructgenError, or a bug below: the other requests go on
+        return _error_line(item, "failed", exc)
+    # The engine never fails a request over a cache write; warmup exists to fill the
+    # cache, so an answer that was not stored is a failure here.
+    if not result.cached and not engine.cache.contains(item.key):
+        why = getattr(engine.cache, "last_write_error", None) or "no entry after put"
+        return _error_line(item, "failed", CacheError(
+            f"the answer was generated but the result cache did not store it: {why}"))
+    return ReportLine(item.id, item.line, "cached" if result.cached else "done", key=item.key,
+                      backend=result.backend, model=result.model,
+                      latency_s=round(time.perf_counter() - t0, 4), repaired=result.repaired)
+
+
+async def run_local(engine: Engine, items: list[WarmupItem], *, concurrency: int = 4,
+                    report: Path | None = None, progress: ProgressFn | None = None
+                    ) -> WarmupSummary:
+    """Run every valid, uncached item through ``engine`` (at most ``concurrency`` at once).
+
+    Writes one report line per item as it finishes (flushed, so a killed run leaves a
+    readable partial report) and calls ``progress`` with the running counts.
+    """
+    start = time.perf_counter()
+    writer = ReportWriter(report, progress)
+    sem = asyncio.Semaphore(max(1, concurrency))
 
     async def one(item: WarmupItem) -> None:
-        assert item.key is not None and item.request is not None
+        assert item.key is not None
         if engine.cache.contains(item.key):
-            emit(ReportLine(item.id, item.line, "cached", key=item.key))
+            writer.emit(ReportLine(item.id, item.line, "cached", key=item.key))
             return
         async with sem:
-            t0 = time.perf_counter()
-            try:
-                result = await engine.arun(item.prompt, item.request.output,
-                                           backend=item.backend, model=item.model,
-                                           reasoning=item.reasoning, **item.sampling)
-            except StructgenError as exc:
-                emit(_error_line(item, "failed", exc))
-                return
-            except Exception as exc:  # a bug below must not stop the other requests
-                emit(_error_line(item, "failed", exc))
-                return
-            # The engine never fails a request over a cache write; warmup exists to fill
-            # the cache, so an answer that was not stored is a failure here.
-            if not result.cached and not engine.cache.contains(item.key):
-                why = getattr(engine.cache, "last_write_error", None) or "no entry after put"
-                emit(_error_line(item, "failed", CacheError(
-                    f"the answer was generated but the result cache did not store it: {why}")))
-                return
-            status: Status = "cached" if result.cached else "done"
-            emit(ReportLine(item.id, item.line, status, key=item.key, backend=result.backend,
-                            model=result.model, latency_s=round(time.perf_counter() - t0, 4),
-                            repaired=result.repaired))
+            writer.emit(await warm_one(engine, item))
 
     try:
-        await asyncio.gather(*(one(item) for item in todo))
+        await asyncio.gather(*(one(item) for item in triage(items, writer.emit)))
     finally:
-        if out is not None:
-            out.close()
+        writer.close()
         flush = getattr(engine.cache, "flush", None)
         if flush is not None:
             flush()
-    return WarmupSummary(total=len(items), counts=dict(counts),
+    return WarmupSummary(total=len(items), counts=dict(writer.counts),
                          elapsed_s=time.perf_counter() - start, report=report)
 
 
