@@ -761,6 +761,7 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], methods: list[str], groups
 
 
 def main() -> None:
+    global NAME
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--maskbench", type=int, default=50, help="MaskBench schemas (default 50)")
     ap.add_argument("--quick", action="store_true", help="agents + 8 MaskBench schemas")
@@ -777,7 +778,6 @@ def main() -> None:
     ap.add_argument("--name", default=NAME,
                     help="result files results/NAME.md/.json/.png (default embedded)")
     args = ap.parse_args()
-    global NAME
     NAME = args.name
     args.command_line = " ".join(sys.argv[1:])
     if args.report_only:
