@@ -291,16 +291,18 @@ def compile_for_check(schema: Any) -> Any:
     the caller's key order: llguidance emits and accepts properties in schema order).
     Raises :class:`SchemaError` for schemas structgen rejects."""
     from structgen.schema.check import check_schema
-    from structgen.schema.compiled import json_copy, json_output
+    from structgen.schema.compiled import as_written, json_copy, json_output
     from structgen.schema.drafts import upgrade_schema
+    from structgen.schema.refs import localize_refs
 
     if isinstance(schema, bool):  # true / false schemas: any JSON / nothing
         schema = {} if schema else {"not": {}}
-    upgraded, text = json_copy(upgrade_schema(schema))
+    rewritten = localize_refs(upgrade_schema(schema))
+    upgraded, text = json_copy(rewritten)
     # 2020-12 makes unknown formats annotations and allows unsatisfiable parts (an enum
     # with no value of the declared type), which structgen's own API rejects as mistakes
     check_schema(upgraded, unknown_formats="ignore", contradictions=False)
-    return json_output(upgraded, text)
+    return json_output(upgraded, text, written_schema=as_written(schema, rewritten))
 
 
 def check_case(case: SchemaCase) -> SchemaResult:

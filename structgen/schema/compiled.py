@@ -37,12 +37,23 @@ class CompiledOutput:
     model: type[BaseModel] | None = None
     name: str = "output"
     relaxed: tuple[str, ...] = field(default=())  # keywords dropped from the grammar
+    # the schema as written when structgen rewrote it for grammars (an older draft upgraded
+    # to 2020-12, references through nested $ids made root pointers): ``json_schema`` is
+    # the rewrite, values are judged by this one, under the draft it declares
+    written_schema: dict[str, Any] | None = None
+
+    @property
+    def validation_schema(self) -> dict[str, Any] | None:
+        """The schema values are validated against (the declared draft's, else 2020-12)."""
+        return self.written_schema if self.written_schema is not None else self.json_schema
 
     @cached_property
     def hash(self) -> str:
         """Canonical hash of the constraint (model class identity is not part of it)."""
         # canonical text, not the dict: canonical_json would lose the ``properties`` order
         text = None if self.json_schema is None else schema_identity(self.json_schema)
+        if self.written_schema is not None:  # two drafts may upgrade to one 2020-12 form
+            text = f"{text}\x00{schema_identity(self.written_schema)}"
         return self._hash_with(text)
 
     @cached_property
@@ -118,16 +129,20 @@ def compile_output(output: Any, *, name: str | None = None) -> CompiledOutput:
         closed = False
     if isinstance(output, dict):
         from structgen.schema.drafts import upgrade_schema
+        from structgen.schema.refs import localize_refs
 
         # Older drafts (04/06/07/2019-09) are rewritten to their 2020-12 meaning first.
-        schema, text = json_copy(upgrade_schema(output))
+        # ... and references into the document through nested $ids become root pointers
+        rewritten = localize_refs(upgrade_schema(output))
+        schema, text = json_copy(rewritten)
         if closed:
             from structgen.schema.pydantic_schema import close_objects
 
             schema, text = json_copy(close_objects(schema))
         if portable_patterns(check_schema(schema)):
             text = _ENCODER.encode(schema)
-        return json_output(schema, text, name=name or str(output.get("title") or "output"))
+        return json_output(schema, text, name=name or str(output.get("title") or "output"),
+                           written_schema=as_written(output, rewritten, closed=closed))
     if isinstance(output, Regex):
         if not isinstance(output.pattern, str) or not output.pattern:
             raise SchemaError("Regex pattern must be a non-empty string")
@@ -227,6 +242,14 @@ def _non_finite(value: Any, pointer: str = "") -> str | None:
         if found is not None:
             return found
     return None
+
+
+def as_written(schema: dict[str, Any], rewritten: Any, *,
+               closed: bool = False) -> dict[str, Any] | None:
+    """A copy of ``schema`` when ``rewritten`` (its upgrade / localized references) is not
+    the same object: values are then judged by the schema as written. ``closed``: objects
+    were closed on purpose, the rewrite is the one to validate against."""
+    return None if closed or rewritten is schema else json_copy(schema)[0]
 
 
 def json_output(schema: dict[str, Any], text: str, **fields: Any) -> CompiledOutput:
