@@ -21,6 +21,7 @@ DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # A sibling ``$id`` goes with the rest: draft 7 ignores it, so it must not change the base
 # URI the ``$ref`` is resolved against (Test Suite draft7 ref.json #6).
 _REF_KEEP = ("$ref", "definitions", "$defs")
+_ANCHOR = re.compile(r"[A-Za-z_][-A-Za-z0-9._]*")  # 2020-12's $anchor syntax
 _ITEMS_INDEX = re.compile(r"/items/(\d+)(?=/|$)")
 
 
@@ -67,8 +68,13 @@ def _upgrade(node: Any, draft: str) -> None:
     if draft in ("draft-03", "draft-04") and isinstance(node.get("id"), str):
         _replace_key(node, "id", "$id")  # draft-04 spells $id without the dollar
     if isinstance(node.get("$id"), str) and node["$id"].startswith("#"):
-        # draft 6/7 name a location-independent anchor with a fragment-only $id
-        _replace_key(node, "$id", "$anchor", node["$id"][1:])
+        # draft 6/7 name a location-independent anchor with a fragment-only $id; one that is
+        # no plain name ("#/definitions/x", "#a!b") identifies nothing a $ref could use
+        name = node["$id"][1:]
+        if _ANCHOR.fullmatch(name):
+            _replace_key(node, "$id", "$anchor", name)
+        else:
+            del node["$id"]
     if isinstance(node.get("$ref"), str):
         # pointers through keywords this upgrade renames (items: [...] -> prefixItems)
         node["$ref"] = _ITEMS_INDEX.sub(r"/prefixItems/\1", node["$ref"]).replace(

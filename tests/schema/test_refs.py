@@ -79,3 +79,16 @@ def test_references_out_of_the_document_are_still_refused() -> None:
     dynamic = {"$id": "http://x/a", "$dynamicAnchor": "n",
                "properties": {"b": {"$id": "b", "$ref": "a"}}}
     assert localize_refs(dynamic) is dynamic  # dynamic scope follows the resources
+
+
+def test_fragment_ids_that_name_no_anchor_are_dropped() -> None:
+    # seen in the wild (draft 6/7): "$id": "#/definitions/link", "$id": "#account!core"
+    schema = {"$schema": DRAFT7, "properties": {
+        "link": {"$id": "#/definitions/link", "type": "string"},
+        "account": {"$id": "#account!core", "type": "integer"},
+        "named": {"$id": "#named", "type": "boolean"}}}
+    out = compile_output(schema).json_schema
+    assert out is not None
+    assert "$id" not in out["properties"]["link"] and "$id" not in out["properties"]["account"]
+    assert out["properties"]["named"]["$anchor"] == "named"
+    assert ok(schema, {"link": "x", "account": 1}) and not ok(schema, {"account": "1"})
