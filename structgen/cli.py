@@ -109,6 +109,9 @@ def check(
     report: Path | None = typer.Option(None, "--report", help="write a markdown report"),
     json_out: Path | None = typer.Option(None, "--json", help="write the figures as JSON"),
     limit: int | None = typer.Option(None, "--limit", help="only the first N schemas per file"),
+    draft: str | None = typer.Option(None, "--draft", help="set every schema's $schema to "
+                                     "this draft (draft4, draft6, draft7, draft2019-09, "
+                                     "draft2020-12), as the Test Suite's folders mean them"),
 ) -> None:
     """Schema conformance: compile each schema, check its valid/invalid instances."""
 
@@ -118,6 +121,8 @@ def check(
         for file in files:
             found = cf.iter_cases(file)
             cases.extend(itertools.islice(found, limit) if limit else found)
+        if draft is not None:
+            cases = [cf.with_draft(c, draft) for c in cases]
         todo = sum(1 for c in cases if c.tests)
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
@@ -145,7 +150,9 @@ def check(
     t = summary["total"]
     typer.echo(f"{t['passing']}/{t['schemas']} schemas passing ({t['pass_rate']:.1%}), "
                f"{t['compile_errors']} compile errors, {t['timeouts']} timeouts, "
-               f"{t['too_strict']} too strict, {t['false_accepts']} false accepts")
+               f"{t['too_strict']} too strict, {t['false_accepts']} false accepts; as JSON "
+               f"{t['passing_as_json']}/{t['schemas']} ({t['pass_rate_as_json']:.1%}), "
+               f"{t['too_strict_as_json']} too strict")
     if t["false_accepts"]:
         raise typer.Exit(1)
 

@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jsonschema import Draft202012Validator, validators
+from jsonschema import (
+    Draft3Validator,
+    Draft4Validator,
+    Draft6Validator,
+    Draft7Validator,
+    Draft201909Validator,
+    Draft202012Validator,
+    validators,
+)
 from jsonschema._utils import extras_msg
 from jsonschema.exceptions import ValidationError as JsonSchemaValidationError
 from pydantic import BaseModel
@@ -29,6 +37,7 @@ from structgen.errors import ErrorDetail, SchemaError
 from structgen.schema import CompiledOutput
 from structgen.schema.canonical import canonical_json
 from structgen.schema.check import ECMA_FORMATS
+from structgen.schema.drafts import declared_draft
 from structgen.schema.ecma_regex import PatternTimeout, compile_ecma
 from structgen.schema.grammar_check import grammar_accepts
 from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth, value_depth
@@ -171,18 +180,30 @@ def _refuse_retrieval(uri: str) -> Any:
 
 NO_RETRIEVAL = Registry(retrieve=_refuse_retrieval)  # type: ignore[call-arg]
 
-EcmaValidator = validators.extend(Draft202012Validator, {
+_ECMA_KEYWORDS = {
     "pattern": _pattern,
     "patternProperties": _pattern_properties,
     "additionalProperties": _additional_properties,
-    "unevaluatedProperties": _unevaluated_properties,
-})
+}
+EcmaValidator = validators.extend(Draft202012Validator, {
+    **_ECMA_KEYWORDS, "unevaluatedProperties": _unevaluated_properties})
+# A schema that declares an older draft is judged by that draft (draft-07 ignores a $ref's
+# siblings, draft-04 has boolean exclusiveMaximum, ...): the grammar is built from its
+# 2020-12 upgrade, the verdict on a value comes from the draft the author wrote for.
+_DRAFT_VALIDATORS = {
+    "draft-03": validators.extend(Draft3Validator, _ECMA_KEYWORDS),
+    "draft-04": validators.extend(Draft4Validator, _ECMA_KEYWORDS),
+    "draft-06": validators.extend(Draft6Validator, _ECMA_KEYWORDS),
+    "draft-07": validators.extend(Draft7Validator, _ECMA_KEYWORDS),
+    "draft/2019-09": validators.extend(Draft201909Validator, _ECMA_KEYWORDS),
+}
 
 
 @lru_cache(maxsize=256)
 def _validator(schema_json: str) -> Any:
-    return EcmaValidator(json.loads(schema_json), format_checker=ECMA_FORMATS,
-                         registry=NO_RETRIEVAL)
+    schema = json.loads(schema_json)
+    cls = _DRAFT_VALIDATORS.get(declared_draft(schema) or "", EcmaValidator)
+    return cls(schema, format_checker=ECMA_FORMATS, registry=NO_RETRIEVAL)
 
 
 def _run(schema_json: str, data: Any) -> list[ErrorDetail]:
@@ -215,7 +236,7 @@ def is_valid(data: Any, output: CompiledOutput) -> bool:
     if key is None:
         if len(_by_hash) > 512:
             _by_hash.clear()
-        key = _by_hash[output.hash] = canonical_json(output.json_schema or {})
+        key = _by_hash[output.hash] = canonical_json(output.validation_schema or {})
     return _data_error(data, output.limits) is None and not _run(key, data)
 
 
@@ -332,11 +353,12 @@ def _short(text: str) -> str:
 
 def validate_data(data: Any, output: CompiledOutput) -> Outcome:
     """Validate already-parsed JSON data against a json output."""
-    if output.json_schema is None:
+    schema = output.validation_schema
+    if schema is None:
         raise SchemaError(f"a {output.kind} output validates text, not parsed JSON data: "
                           "use validate_text")
     problem = _data_error(data, output.limits)
-    errors = [problem] if problem is not None else schema_errors(data, output.json_schema)
+    errors = [problem] if problem is not None else schema_errors(data, schema)
     if errors:
         return Outcome(False, data=data, errors=errors)
     if output.model is not None:

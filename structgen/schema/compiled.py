@@ -27,6 +27,7 @@ from structgen.schema.drafts import upgrade_schema
 from structgen.schema.ecma_regex import compile_ecma, translate
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
 from structgen.schema.pydantic_schema import close_objects, model_json_schema
+from structgen.schema.refs import localize_refs
 from structgen.schema.targets import grammar_to_lark, to_ebnf, to_lark, to_regex
 from structgen.types import Choice, Grammar, JsonSchema, OutputKind, Regex
 
@@ -48,12 +49,23 @@ class CompiledOutput:
     relaxed: tuple[str, ...] = field(default=())  # keywords dropped from the grammar
     # what parsing and validating this output's text may cost ([limits] in config.toml)
     limits: Limits = DEFAULT_LIMITS
+    # the schema as written when structgen rewrote it for grammars (an older draft upgraded
+    # to 2020-12, references through nested $ids made root pointers): ``json_schema`` is
+    # the rewrite, values are judged by this one, under the draft it declares
+    written_schema: dict[str, Any] | None = None
+
+    @property
+    def validation_schema(self) -> dict[str, Any] | None:
+        """The schema values are validated against (the declared draft's, else 2020-12)."""
+        return self.written_schema if self.written_schema is not None else self.json_schema
 
     @cached_property
     def hash(self) -> str:
         """Canonical hash of the constraint (model class identity is not part of it)."""
         # canonical text, not the dict: canonical_json would lose the ``properties`` order
         text = None if self.json_schema is None else schema_identity(self.json_schema)
+        if self.written_schema is not None:  # two drafts may upgrade to one 2020-12 form
+            text = f"{text}\x00{schema_identity(self.written_schema)}"
         return self._hash_with(text)
 
     @cached_property
@@ -125,13 +137,17 @@ def compile_output(output: Any, *, name: str | None = None,
         closed = False
     if isinstance(output, dict):
         # Older drafts (04/06/07/2019-09) are rewritten to their 2020-12 meaning first.
-        schema, text = json_copy(upgrade_schema(output), limits.max_schema_depth)
+        # ... and references into the document through nested $ids become root pointers
+        rewritten = localize_refs(upgrade_schema(output))
+        schema, text = json_copy(rewritten, limits.max_schema_depth)
         if closed:
             schema, text = json_copy(close_objects(schema), limits.max_schema_depth)
         if portable_patterns(check_schema(schema)):
             text = ENCODER.encode(schema)
         return json_output(schema, text, name=name or str(output.get("title") or "output"),
-                           limits=limits)
+                           limits=limits,
+                           written_schema=as_written(output, rewritten, closed=closed,
+                                                     max_depth=limits.max_schema_depth))
     if isinstance(output, Regex):
         if not isinstance(output.pattern, str) or not output.pattern:
             raise SchemaError("Regex pattern must be a non-empty string")
@@ -179,6 +195,14 @@ def portable_patterns(nodes: list[dict[str, Any]]) -> bool:
             node["patternProperties"] = {translate(k): v for k, v in props.items()}
             changed = True
     return changed
+
+
+def as_written(schema: dict[str, Any], rewritten: Any, *, closed: bool = False,
+               max_depth: int = DEFAULT_LIMITS.max_schema_depth) -> dict[str, Any] | None:
+    """A copy of ``schema`` when ``rewritten`` (its upgrade / localized references) is not
+    the same object: values are then judged by the schema as written. ``closed``: objects
+    were closed on purpose, the rewrite is the one to validate against."""
+    return None if closed or rewritten is schema else json_copy(schema, max_depth)[0]
 
 
 def json_output(schema: dict[str, Any], text: str, **fields: Any) -> CompiledOutput:

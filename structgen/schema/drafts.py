@@ -18,7 +18,19 @@ _OLD_DRAFT = re.compile(r"json-schema\.org/(draft-0[3-7]|draft/2019-09)/schema")
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 # Keywords kept next to a draft <= 7 ``$ref``: they hold the targets other refs point at.
-_REF_KEEP = ("$ref", "definitions", "$defs", "$id", "id")
+# A sibling ``$id`` goes with the rest: draft 7 ignores it, so it must not change the base
+# URI the ``$ref`` is resolved against (Test Suite draft7 ref.json #6).
+_REF_KEEP = ("$ref", "definitions", "$defs")
+_ANCHOR = re.compile(r"[A-Za-z_][-A-Za-z0-9._]*")  # 2020-12's $anchor syntax
+_ITEMS_INDEX = re.compile(r"/items/(\d+)(?=/|$)")
+
+
+def _replace_key(node: dict[str, Any], old: str, new: str, value: Any = None) -> None:
+    """``old`` renamed ``new`` in place (member order is what grammars emit properties in)."""
+    items = [(new, node[old] if value is None else value) if k == old else (k, v)
+             for k, v in node.items()]
+    node.clear()
+    node.update(items)
 
 
 def declared_draft(schema: Any) -> str | None:
@@ -53,6 +65,20 @@ def _upgrade(node: Any, draft: str) -> None:
         return
     if not isinstance(node, dict):
         return
+    if draft in ("draft-03", "draft-04") and isinstance(node.get("id"), str):
+        _replace_key(node, "id", "$id")  # draft-04 spells $id without the dollar
+    if isinstance(node.get("$id"), str) and node["$id"].startswith("#"):
+        # draft 6/7 name a location-independent anchor with a fragment-only $id; one that is
+        # no plain name ("#/definitions/x", "#a!b") identifies nothing a $ref could use
+        name = node["$id"][1:]
+        if _ANCHOR.fullmatch(name):
+            _replace_key(node, "$id", "$anchor", name)
+        else:
+            del node["$id"]
+    if isinstance(node.get("$ref"), str):
+        # pointers through keywords this upgrade renames (items: [...] -> prefixItems)
+        node["$ref"] = _ITEMS_INDEX.sub(r"/prefixItems/\1", node["$ref"]).replace(
+            "/additionalItems", "/items")
     if "$ref" in node and draft != "draft/2019-09":
         # draft <= 7: every sibling of $ref is ignored
         for key in [k for k in node if k not in _REF_KEEP]:

@@ -163,7 +163,7 @@ def disjoint_one_of_to_any_of(schema: Any) -> Any:
     schema = copy_schema(schema)  # tag_values reads $defs from this copy from now on
     for node in subschemas(schema):
         if exact(node):
-            node["anyOf"] = node.pop("oneOf")
+            _replace_key(node, "oneOf", "anyOf", node["oneOf"])  # same member order
     return schema
 
 
@@ -266,14 +266,26 @@ def _relax(node: Any, drop: frozenset[str], to_any_of: bool) -> bool:
             branch_changed |= _relax(sub, drop, to_any_of)
         if to_any_of or branch_changed or "oneOf" in drop:
             # a looser branch could overlap another one: exclusivity goes to validation
-            del node["oneOf"]
-            if "anyOf" in node:
-                node.setdefault("allOf", []).append({"anyOf": branches})
+            # in oneOf's place: llguidance merges a node's property lists in the node's own
+            # member order, so moving the branches to the end would change the member
+            # order the grammar emits (docs/conformance.md, "Member order")
+            if "anyOf" not in node:
+                _replace_key(node, "oneOf", "anyOf", branches)
+            elif "allOf" not in node:
+                _replace_key(node, "oneOf", "allOf", [{"anyOf": branches}])
             else:
-                node["anyOf"] = branches
+                del node["oneOf"]
+                node["allOf"].append({"anyOf": branches})
             changed = True
         changed |= branch_changed
     return changed
+
+
+def _replace_key(node: dict[str, Any], old: str, new: str, value: Any) -> None:
+    """``node`` with member ``old`` replaced by ``new: value`` at the same position."""
+    items = [(new, value) if k == old else (k, v) for k, v in node.items()]
+    node.clear()
+    node.update(items)
 
 
 _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")

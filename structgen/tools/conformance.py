@@ -44,14 +44,16 @@ from structgen.constrain.llguidance import prepare_for_llguidance
 from structgen.errors import SchemaError, StructgenError
 from structgen.schema.canonical import json_copy
 from structgen.schema.check import check_schema
-from structgen.schema.compiled import json_output
+from structgen.schema.compiled import as_written, json_output
 from structgen.schema.drafts import upgrade_schema
+from structgen.schema.refs import localize_refs
 from structgen.schema.relax import LADDER, apply_relaxation, keywords_present, relax_for_engine
 from structgen.validate import validate_data
 
 TOKENIZER_CACHE = Path.home() / ".cache" / "structgen" / "tokenizers"
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-FIGURES = ("schemas", "passing", "compile_errors", "timeouts", "too_strict", "false_accepts")
+FIGURES = ("schemas", "passing", "compile_errors", "timeouts", "too_strict", "false_accepts",
+           "passing_as_json", "too_strict_as_json")
 
 
 # Input -------------------------------------------------------------------------------
@@ -113,6 +115,30 @@ def iter_cases(path: str | Path) -> Iterator[SchemaCase]:
                 row = json.loads(line)
                 yield SchemaCase(split, str(row.get("id", f"{split}:{n}")), row["schema"],
                                  _instances(row.get("tests") or []))
+
+
+# The Test Suite's folder names and the $schema each one means.
+DRAFTS = {
+    "draft4": "http://json-schema.org/draft-04/schema#",
+    "draft6": "http://json-schema.org/draft-06/schema#",
+    "draft7": "http://json-schema.org/draft-07/schema#",
+    "draft2019-09": "https://json-schema.org/draft/2019-09/schema",
+    "draft2020-12": "https://json-schema.org/draft/2020-12/schema",
+}
+
+
+def with_draft(case: SchemaCase, draft: str) -> SchemaCase:
+    """``case`` with its schema's ``$schema`` set to ``draft`` (a :data:`DRAFTS` name): the
+    Test Suite's schemas rarely declare the draft their folder means."""
+    if draft not in DRAFTS:
+        raise StructgenError(f"unknown draft {draft!r}: one of {', '.join(DRAFTS)}")
+    schema = case.schema
+    if isinstance(schema, bool):
+        schema = {} if schema else {"not": {}}
+    if isinstance(schema, dict):
+        schema = {"$schema": DRAFTS[draft], **{k: v for k, v in schema.items()
+                                               if k != "$schema"}}
+    return SchemaCase(case.split, case.id, schema, case.tests)
 
 
 def _instances(tests: list[dict[str, Any]]) -> list[Instance]:
@@ -182,6 +208,76 @@ def grammar_accepts(matcher: Any, tokenizer: Any, text: str) -> bool:
     return bool(m.consume_tokens(tokens) and m.is_accepting())
 
 
+def in_grammar_order(matcher: Any, tokenizer: Any, data: Any, *,
+                     budget: int = 20_000) -> str | None:
+    """``data`` serialized (compact) with every object's members in an order the grammar
+    behind ``matcher`` accepts, or ``None`` when no order is found.
+
+    JSON object members are unordered, but a grammar emits them in one order (llguidance:
+    the declared ``properties`` order, merged left to right through ``allOf``/``$ref``, then
+    additional and pattern properties). The order is read from the grammar itself, not
+    guessed from the schema: the walk feeds ``data`` to a copy of ``matcher`` and, at each
+    object, tries the remaining members whose ``"name":`` the matcher takes next, in the
+    instance's order, backtracking when a choice leaves the rest unproducible. ``budget``
+    caps the matcher calls, so a pathological schema cannot make the check hang.
+    """
+    spent = 0
+
+    def feed(m: Any, text: str) -> Any:
+        nonlocal spent
+        spent += 1
+        if spent > budget:
+            raise _OutOfBudget
+        f = m.deep_copy()
+        return f if f.consume_tokens(tokenizer.tokenize_str(text)) else None
+
+    def value(m: Any, v: Any) -> tuple[Any, str] | None:
+        if isinstance(v, dict):
+            return members(feed(m, "{"), "{", list(v.items()))
+        if isinstance(v, list):
+            out = "["
+            for i, item in enumerate(v):
+                if m is not None and (m := feed(m, "," if i else "[")) is not None:
+                    got = value(m, item)
+                    m, text = got if got is not None else (None, "")
+                    out += ("," if i else "") + text
+            m = feed(m, "]" if v else "[]") if m is not None else None
+            return (m, out + "]") if m is not None else None
+        text = compact(v)
+        m = feed(m, text) if m is not None else None
+        return (m, text) if m is not None else None
+
+    def members(m: Any, out: str, rest: list[tuple[str, Any]]) -> tuple[Any, str] | None:
+        if m is None:
+            return None
+        if not rest:
+            end = feed(m, "}")
+            return (end, out + "}") if end is not None else None
+        sep = "," if out != "{" else ""
+        for i, (key, v) in enumerate(rest):
+            head = sep + compact(key) + ":"
+            named = feed(m, head)
+            if named is None:
+                continue
+            got = value(named, v)
+            if got is None:
+                continue
+            done = members(got[0], out + head + got[1], rest[:i] + rest[i + 1:])
+            if done is not None:
+                return done
+        return None
+
+    try:
+        end = value(matcher.deep_copy(), data)
+    except (_OutOfBudget, ValueError):  # ValueError: NaN/Infinity, not JSON
+        return None
+    return end[1] if end is not None and end[0].is_accepting() else None
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
 # One schema ---------------------------------------------------------------------------
 @dataclass
 class SchemaResult:
@@ -191,7 +287,8 @@ class SchemaResult:
     id: str
     status: str
     tests: int = 0
-    too_strict: int = 0  # valid instances the grammar rejected
+    too_strict: int = 0  # valid instances the grammar rejected, as written
+    too_strict_as_json: int = 0  # ... in every member order (in_grammar_order found none)
     false_accepts: int = 0  # invalid instances the final verdict accepted
     final_rejects_valid: int = 0  # valid instances validation rejected (validator disagrees)
     relaxed: list[str] = field(default_factory=list)
@@ -206,11 +303,12 @@ def compile_for_check(schema: Any) -> Any:
     Raises :class:`SchemaError` for schemas structgen rejects."""
     if isinstance(schema, bool):  # true / false schemas: any JSON / nothing
         schema = {} if schema else {"not": {}}
-    upgraded, text = json_copy(upgrade_schema(schema))
+    rewritten = localize_refs(upgrade_schema(schema))
+    upgraded, text = json_copy(rewritten)
     # 2020-12 makes unknown formats annotations and allows unsatisfiable parts (an enum
     # with no value of the declared type), which structgen's own API rejects as mistakes
     check_schema(upgraded, unknown_formats="ignore", contradictions=False)
-    return json_output(upgraded, text)
+    return json_output(upgraded, text, written_schema=as_written(schema, rewritten))
 
 
 def check_case(case: SchemaCase) -> SchemaResult:
@@ -246,7 +344,11 @@ def check_case(case: SchemaCase) -> SchemaResult:
         ok_valid = ok_grammar and validate_data(inst.data, compiled).ok
         if inst.valid and not ok_grammar:
             result.too_strict += 1
-            result.keywords.extend(_blame(engine_schema, tokenizer, text))
+            if in_grammar_order(matcher, tokenizer, inst.data) is None:
+                result.too_strict_as_json += 1
+                result.keywords.extend(_blame(engine_schema, tokenizer, text))
+            else:
+                result.keywords.append("key-order")
         if inst.valid and ok_grammar and not ok_valid:
             result.final_rejects_valid += 1
         if not inst.valid and ok_valid:
@@ -386,11 +488,20 @@ def _figures(results: list[SchemaResult]) -> dict[str, Any]:
         "compile_errors": sum(r.status == "compile_error" for r in results),
         "timeouts": sum(r.status == "timeout" for r in results),
         "too_strict": sum(r.too_strict > 0 for r in results),
+        # as JSON: each valid instance in the member order the grammar emits (unordered
+        # members, as JSON means them); says whether every valid value can be produced
+        "passing_as_json": sum(_passes_as_json(r) for r in results),
+        "too_strict_as_json": sum(r.too_strict_as_json > 0 for r in results),
         "false_accepts": sum(r.false_accepts for r in results),
         "final_rejects_valid": sum(r.final_rejects_valid > 0 for r in results),
         "relaxed": sum(bool(r.relaxed) for r in results),
         "instances": sum(r.tests for r in results),
     }
+
+
+def _passes_as_json(r: SchemaResult) -> bool:
+    return r.status == "pass" or (r.status == "fail" and not r.false_accepts
+                                  and not r.too_strict_as_json)
 
 
 def summarize(results: list[SchemaResult]) -> dict[str, Any]:
@@ -402,6 +513,8 @@ def summarize(results: list[SchemaResult]) -> dict[str, Any]:
     relaxed = Counter(k for r in results for k in r.relaxed)
     total = _figures(results)
     total["pass_rate"] = round(total["passing"] / total["schemas"], 4) if results else 0.0
+    total["pass_rate_as_json"] = (round(total["passing_as_json"] / total["schemas"], 4)
+                                  if results else 0.0)
     return {
         "splits": {name: _figures(rs) for name, rs in sorted(splits.items())},
         "total": total,
@@ -427,16 +540,19 @@ def render_markdown(summary: dict[str, Any], results: list[SchemaResult], *,
         "counts invalid instances the final verdict accepted (must be 0). "
         "`final_rejects_valid`: schemas where validation rejected an instance labelled "
         "valid (a validator disagreement; not part of the pass criterion). "
-        "`relaxed`: schemas compiled with some keywords relaxed out of the grammar.",
+        "`relaxed`: schemas compiled with some keywords relaxed out of the grammar. "
+        "*As JSON* (`passing_as_json`, `too_strict_as_json`): each valid instance first "
+        "put into the member order the compiled grammar emits (read from the grammar, see "
+        "`in_grammar_order`), then checked: whether every valid value can be produced.",
         "",
-        "| split | " + " | ".join(cols) + " | pass rate |",
-        "|---" * (len(cols) + 2) + "|",
+        "| split | " + " | ".join(cols) + " | pass rate | as JSON |",
+        "|---" * (len(cols) + 3) + "|",
     ]
     rows = [*summary["splits"].items(), ("**total**", summary["total"])]
     for name, fig in rows:
-        rate = fig["passing"] / fig["schemas"] if fig["schemas"] else 0.0
+        n = fig["schemas"] or 1
         lines.append(f"| {name} | " + " | ".join(str(fig[c]) for c in cols)
-                     + f" | {rate:.1%} |")
+                     + f" | {fig['passing'] / n:.1%} | {fig['passing_as_json'] / n:.1%} |")
     lines += ["", "## Keywords behind failures", "",
               "Found by relaxing one keyword group at a time until the grammar accepts the "
               "rejected valid instance. `unknown`: no single group does; typically an "

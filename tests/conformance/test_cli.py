@@ -36,12 +36,12 @@ def test_check_writes_json_and_report(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["check", str(tmp_path), "--jobs", "2", "--timeout-s", "60",
                                    "--json", str(out_json), "--report", str(out_md)])
     assert res.exit_code == 0, res.output
-    assert "4/4 schemas passing" in res.output
+    assert "4/4 schemas passing" in res.output and "as JSON 4/4" in res.output
     figures = json.loads(out_json.read_text())
     assert set(figures["splits"]) == {"mini", "minimum"}
     for fig in (*figures["splits"].values(), figures["total"]):
         assert {"schemas", "passing", "compile_errors", "timeouts", "too_strict",
-                "false_accepts"} <= set(fig)
+                "false_accepts", "passing_as_json", "too_strict_as_json"} <= set(fig)
     assert figures["splits"]["mini"]["schemas"] == 3
     assert figures["total"]["false_accepts"] == 0
     assert "| mini |" in out_md.read_text()
