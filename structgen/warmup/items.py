@@ -231,6 +231,7 @@ class ReportWriter:
     def __init__(self, report: Path | None, progress: ProgressFn | None) -> None:
         self.counts: Counter[str] = Counter()
         self.progress = progress
+        self.report = report
         self.out = report.open("a", encoding="utf-8") if report is not None else None
         if report is not None and self.out is not None and self.out.tell() > 0 and (
                 not _ends_with_newline(report)):
@@ -247,6 +248,10 @@ class ReportWriter:
     def close(self) -> None:
         if self.out is not None:
             self.out.close()
+
+    def summary(self, total: int, start: float) -> WarmupSummary:
+        return WarmupSummary(total=total, counts=dict(self.counts),
+                             elapsed_s=time.perf_counter() - start, report=self.report)
 
 
 def triage(items: list[WarmupItem], emit: Callable[[ReportLine], None]) -> list[WarmupItem]:
@@ -313,12 +318,16 @@ async def run_local(engine: Engine, items: list[WarmupItem], *, concurrency: int
     try:
         await asyncio.gather(*(one(item) for item in triage(items, writer.emit)))
     finally:
-        writer.close()
-        flush = getattr(engine.cache, "flush", None)
-        if flush is not None:
-            flush()
-    return WarmupSummary(total=len(items), counts=dict(writer.counts),
-                         elapsed_s=time.perf_counter() - start, report=report)
+        close_run(engine, writer)
+    return writer.summary(len(items), start)
+
+
+def close_run(engine: Engine, writer: ReportWriter) -> None:
+    """End a run: the report closed, the result cache's pending writes flushed."""
+    writer.close()
+    flush = getattr(engine.cache, "flush", None)
+    if flush is not None:
+        flush()
 
 
 def _ends_with_newline(path: Path) -> bool:

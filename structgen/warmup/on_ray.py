@@ -53,6 +53,7 @@ from structgen.warmup.items import (
     WarmupSummary,
     _error_line,
     _load_schema,
+    close_run,
     triage,
     warm_one,
 )
@@ -119,12 +120,8 @@ def run_on_ray(engine: Engine, items: list[WarmupItem], *, concurrency: int = 4,
                 writer.emit(_error_line(item, "failed", ExecutorError(
                     "the Ray job ended without a result for this item")))
     finally:
-        writer.close()
-        flush = getattr(engine.cache, "flush", None)
-        if flush is not None:
-            flush()
-    return WarmupSummary(total=len(items), counts=dict(writer.counts),
-                         elapsed_s=time.perf_counter() - start, report=report)
+        close_run(engine, writer)
+    return writer.summary(len(items), start)
 
 
 def _check_options(engine: Engine, opts: RayOptions) -> None:

@@ -26,21 +26,10 @@ from structgen.engine import Engine, StructuredResult
 from structgen.types import Regex
 from tests.backends.conftest import vllm_config
 from tests.servers.vllm_process import VLLMProcess
+from tests.test_regex_dialect_generation import DATE, ECMA_SPACE, WORDS_SCHEMA
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
-DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
-WORDS_SCHEMA: dict[str, Any] = {
-    "type": "object", "additionalProperties": False,
-    "required": ["word", "pair", "tail"],
-    "properties": {
-        "word": {"type": "string", "pattern": r"^\w{2,6}$"},
-        "pair": {"type": "string", "pattern": r"^[a-z]\s[a-z]$"},
-        "tail": {"type": "string", "pattern": r"^\d\.$"},
-    },
-}
-ECMA_SPACE = "\t\n\x0b\x0c\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007" \
-             "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
 # Sent together, so vLLM batches them: on 2 shared CPU cores, 200 dates took 4-9 s and 200
 # schema samples 5-14 s per engine (server already up).
 DATE_SAMPLES = 200

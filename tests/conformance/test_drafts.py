@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from structgen.tools.conformance import iter_cases, keyword_agreement, run_checks, with_draft
 
 SUITE = Path(__file__).parents[1] / "data" / "json-schema-test-suite"

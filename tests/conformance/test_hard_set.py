@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from structgen.tools.conformance import iter_cases, run_checks, summarize
 
 HARD = Path(__file__).parent / "hard"

@@ -16,6 +16,8 @@ from typing import Any
 
 import llguidance
 import pytest
+
+from structgen.schema.relax import apply_relaxation, disjoint_one_of_to_any_of
 from structgen.tools.conformance import (
     Instance,
     SchemaCase,
@@ -25,8 +27,6 @@ from structgen.tools.conformance import (
     in_grammar_order,
     smollm_tokenizer,
 )
-
-from structgen.schema.relax import apply_relaxation, disjoint_one_of_to_any_of
 
 
 def matcher(schema: Any) -> Any:
