@@ -287,6 +287,10 @@ class Router:
         except BaseException:  # cancelled, abandoned, or a bug: no verdict on the backend
             breaker.release()
             raise
+        finally:
+            # closed early (the consumer left the loop): close the backend's stream too,
+            # which closes its HTTP response or drops the embedded decoder's sequence
+            await stream.aclose()  # type: ignore[attr-defined]
         breaker.record_success()
 
     async def _attempt(self, name: str, backend: Backend, request: GenerationRequest,

@@ -95,15 +95,21 @@ class LocalBackend(BackendBase):
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
 
         def push(chunk: str | None) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            if not future.cancelled():  # a closed stream's loop may be gone already
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
 
         future: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
         seq = Seq(request, future, time.perf_counter(), on_text=push,
                    utf8=codecs.getincrementaldecoder("utf-8")(errors="replace"))
         self._ensure_worker()
         self._queue.put(seq)
-        while (chunk := await chunks.get()) is not None:
-            yield chunk
+        try:
+            while (chunk := await chunks.get()) is not None:
+                yield chunk
+        finally:
+            # the consumer left early: the worker drops the sequence at its next token
+            # (or before it starts), which frees its slot in the batch
+            future.cancel()
         result = await asyncio.wrap_future(future)  # raises the request's error, if any
         yield Finished("", result.finish_reason)
 
