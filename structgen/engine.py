@@ -241,7 +241,7 @@ class Engine:
             return
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
         try:
-            name, stream, first = await self.router.open_stream(request, backend)
+            name, stream, first, trail = await self.router.open_stream(request, backend)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
             raise
@@ -286,7 +286,7 @@ class Engine:
             raise
         result = StructuredResult(
             value=repaired.value, raw_text=repaired.text, backend=name, model=gen.model,
-            repaired=repaired.repaired, repairs=repaired.stages,
+            repaired=repaired.repaired, repairs=repaired.stages, attempts=trail,
             post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
             latency_s=time.perf_counter() - start,
             cache_key=None if repaired.truncated else key, usage=dict(gen.stats),

@@ -274,3 +274,31 @@ async def test_aclose_frees_the_embedded_decoder(tiny_model_dir: Path, tmp_path:
                               use_cache=False)
     assert again.value
     await engine.aclose()
+
+
+# The same bookkeeping as run --------------------------------------------------------------
+LOOSE = {"type": "object", "required": ["tags", "n"],
+         "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                 "uniqueItems": True, "maxItems": 4},
+                        "n": {"type": "integer", "multipleOf": 3}}}
+
+
+@pytest.mark.parametrize(("name", "section"), PATHS, ids=[f"{b}-{next(iter(s.values()))}"
+                                                          for b, s in PATHS])
+async def test_stream_reports_what_run_reports(servers: dict[str, WireServer], name: str,
+                                               section: dict[str, Any], tmp_path: Path):
+    """``post_enforced`` (what the backend's engine left to validation) and the attempt
+    trail are the same for the same request, streamed or not."""
+    server = servers[name]
+    engine = _engine(name, section, server, tmp_path)
+    server.reply = '{"tags": ["a", "b"], "n": 3}'
+    ran = await engine.arun("Tag it", LOOSE, use_cache=False)
+    streamed = (await _stream(engine, LOOSE, use_cache=False, final_result=True))[-1]
+    assert streamed.value == ran.value
+    assert streamed.post_enforced == ran.post_enforced
+    assert "/properties/tags/uniqueItems" in ran.post_enforced  # no server enforces it
+    assert streamed.backend == ran.backend == name
+    # the same attempt trail: one entry, the backend that answered
+    assert [(e["backend"], e["ok"]) for e in streamed.attempts] == \
+        [(e["backend"], e["ok"]) for e in ran.attempts] == [(name, True)]
+    await engine.aclose()
