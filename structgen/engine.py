@@ -143,7 +143,7 @@ class Engine:
             cache_key=None if repaired.truncated else key,
             usage={"prompt_tokens": gen.prompt_tokens,
                    "completion_tokens": gen.completion_tokens, **gen.stats},
-            truncated=repaired.truncated)
+            truncated=repaired.truncated, finish_reason=gen.finish_reason)
         if key is not None and not result.truncated:  # a cut value is never served again
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)
@@ -186,7 +186,8 @@ class Engine:
             attempts=trail, reasoning_text=gen.reasoning_text,
             latency_s=time.perf_counter() - start,
             usage={"prompt_tokens": gen.prompt_tokens,
-                   "completion_tokens": gen.completion_tokens, **gen.stats})
+                   "completion_tokens": gen.completion_tokens, **gen.stats},
+            finish_reason=gen.finish_reason)
         self.metrics.record(request, gen, result)
         return result
 
@@ -290,7 +291,7 @@ class Engine:
             post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
             latency_s=time.perf_counter() - start,
             cache_key=None if repaired.truncated else key, usage=dict(gen.stats),
-            truncated=repaired.truncated)
+            truncated=repaired.truncated, finish_reason=finish)
         if key is not None and not result.truncated:  # a cut value is never served again
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)

@@ -78,6 +78,9 @@ async def test_cut_stream_raises_or_is_marked(servers: dict[str, WireServer], na
     assert isinstance(final, StructuredResult)
     assert final.truncated and final.value == {"summary": "Adds a verbose fl"}
     assert final.backend == name and final.cache_key is None
+    assert final.finish_reason == "length"
+    ran = await engine.arun("Summarize the change", SCHEMA, allow_truncated=True)
+    assert ran.truncated and ran.finish_reason == "length"
     # the bare value too, for a caller that did not ask for the result
     assert (await _stream(engine, SCHEMA, allow_truncated=True))[-1] == final.value
 
@@ -86,9 +89,10 @@ async def test_cut_stream_raises_or_is_marked(servers: dict[str, WireServer], na
     server.finish, server.reply = "stop", WHOLE
     whole = (await _stream(engine, SCHEMA, final_result=True))[-1]
     assert not whole.truncated and whole.value == {"summary": "Adds a verbose flag"}
+    assert whole.finish_reason == "stop"
     assert whole.cache_key is not None and engine.cache.stats()["entries"] == 1
     summary = engine.metrics.summary()
-    assert summary["requests"] == 3 and summary["by_backend"] == {name: 3}
+    assert summary["requests"] == 4 and summary["by_backend"] == {name: 4}
     assert summary["ttft_p50_s"] is not None and summary["ttft_p50_s"] > 0
     # the same key as run's: run is answered from the stream's entry, and a stream from it
     # is one final item; the server sees neither
@@ -106,6 +110,7 @@ async def test_complete_object_at_the_limit_streams_whole(servers: dict[str, Wir
     servers["vllm"].finish, servers["vllm"].reply = "length", WHOLE
     final = (await _stream(engine, SCHEMA, final_result=True))[-1]
     assert not final.truncated and final.value == {"summary": "Adds a verbose flag"}
+    assert final.finish_reason == "length"  # what the server said, though the value is whole
     await engine.aclose()
 
 
