@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -30,7 +30,6 @@ class Capabilities:
 
     output_kinds: frozenset[OutputKind]
     json_keywords: frozenset[str] | None = None
-    streaming: bool = True
     reasoning: bool = False
     batching: bool = False
     notes: tuple[str, ...] = ()
@@ -118,15 +117,6 @@ class BackendBase:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return run_sync(self.agenerate(request))
-
-    def iter_stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Synchronous twin of :meth:`stream`."""
-        agen = self.stream(request)
-
-        async def collect() -> list[str]:
-            return [chunk async for chunk in agen]
-
-        yield from run_sync(collect())
 
     async def aclose(self) -> None:
         return None

@@ -74,7 +74,7 @@ class LocalBackend(BackendBase):
             kinds.discard("grammar")
         return Capabilities(
             output_kinds=frozenset(kinds),  # type: ignore[arg-type]
-            json_keywords=engine.json_keywords, streaming=True,
+            json_keywords=engine.json_keywords,
             reasoning=engine.supports_reasoning, batching=True, notes=tuple(notes))
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
