@@ -130,6 +130,16 @@ async def test_embedded_cut_stream_raises_or_is_marked(tiny_model_dir: Path, tmp
     assert final.value == final.raw_text and 1 <= len(final.value) <= 200
     assert engine.cache.stats()["entries"] == 0
     assert engine.metrics.summary()["ttft_p50_s"] > 0  # the embedded backend's TTFT too
+
+    # a whole answer is cached; the next stream is the one final item, with no decoding
+    short = Regex(r"[a-z]{1,3}")
+    whole = (await _stream(engine, short, backend="local", max_tokens=8, temperature=0.0,
+                           final_result=True))[-1]
+    assert not whole.truncated and engine.cache.stats()["entries"] == 1
+    passes = engine.backend("local").forward_passes  # type: ignore[attr-defined]
+    assert await _stream(engine, short, backend="local", max_tokens=8,
+                         temperature=0.0) == [whole.value]
+    assert engine.backend("local").forward_passes == passes  # type: ignore[attr-defined]
     await engine.aclose()
 
 
