@@ -250,6 +250,7 @@ class Engine:
         as_partial = _partial_builder(request.output)
         text = ""
         finish = "stop"
+        reported: tuple[str, ...] | None = None
         last: Any = None
         chunks = [first]
         try:
@@ -258,6 +259,7 @@ class Engine:
                     text += chunk
                     if isinstance(chunk, Finished):  # every backend ends with its reason
                         finish = chunk.finish_reason
+                        reported = chunk.post_enforced
                 chunks = []
                 current = as_partial(text)
                 if current is not None and current != last:
@@ -277,9 +279,11 @@ class Engine:
         gen = GenerationResult(text=text, backend=name, model=request.model or "",
                                finish_reason=finish, latency_s=time.perf_counter() - start,
                                ttft_s=ttft)
-        # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce.
-        gen.stats["post_enforced"] = unenforced(request.output,
-                                                self.backend(name).capabilities())
+        # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce,
+        # as the backend reported it (or as its capabilities say, when it did not).
+        gen.stats["post_enforced"] = (list(reported) if reported is not None else
+                                      unenforced(request.output,
+                                                 self.backend(name).capabilities()))
         try:
             repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         except StructgenError as exc:

@@ -317,3 +317,21 @@ async def test_stream_reports_what_run_reports(servers: dict[str, WireServer], n
     assert [(e["backend"], e["ok"]) for e in streamed.attempts] == \
         [(e["backend"], e["ok"]) for e in ran.attempts] == [(name, True)]
     await engine.aclose()
+
+
+async def test_embedded_stream_reports_what_run_reports(tiny_model_dir: Path):
+    """llguidance relaxes ``uniqueItems`` for this schema: run and stream both say so."""
+    cfg = Config()
+    cfg.local.model = str(tiny_model_dir)
+    cfg.cache.backend = "none"
+    engine = Engine(cfg, backends={"local": LocalBackend(cfg)})
+    schema = {"type": "object", "required": ["tags"],
+              "properties": {"tags": {"type": "array", "items": {"enum": ["a", "b"]},
+                                      "uniqueItems": True, "maxItems": 1}}}
+    kw: dict[str, Any] = {"backend": "local", "temperature": 0.0, "max_tokens": 40,
+                          "allow_truncated": True}
+    ran = await engine.arun("Tag it", schema, **kw)
+    streamed = (await _stream(engine, schema, final_result=True, **kw))[-1]
+    assert "uniqueItems" in ran.post_enforced
+    assert streamed.post_enforced == ran.post_enforced
+    await engine.aclose()

@@ -76,10 +76,16 @@ class Finished(str):
     """
 
     finish_reason: str
+    # what the backend's engine left to validation, as its agenerate reports it in
+    # ``stats["post_enforced"]``/``stats["relaxed"]`` (None: not reported), so a stream
+    # reports the same ``post_enforced`` as a call
+    post_enforced: tuple[str, ...] | None
 
-    def __new__(cls, text: str, finish_reason: str) -> Finished:
+    def __new__(cls, text: str, finish_reason: str,
+                post_enforced: tuple[str, ...] | None = None) -> Finished:
         chunk = super().__new__(cls, text)
         chunk.finish_reason = finish_reason
+        chunk.post_enforced = post_enforced
         return chunk
 
 

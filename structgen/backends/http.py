@@ -458,14 +458,16 @@ class HTTPBackend(BackendBase):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Text chunks as the server's stream lines arrive; a stream cut before its end
         marker is a (retryable) protocol error, not a short answer."""
-        path, body, _post = await self.build(request, stream=True)
+        path, body, post = await self.build(request, stream=True)
         decode = self.stream_decoder(path, request)
         lines = self.http.stream_lines(path, body, deadline=request.deadline)
         try:
             async for line in lines:
                 chunks, done = decode(line)
                 for chunk in chunks:
-                    if chunk or isinstance(chunk, Finished):  # an empty one says why it ended
+                    if isinstance(chunk, Finished):  # an empty one says why it ended
+                        yield Finished(chunk, chunk.finish_reason, tuple(post))
+                    elif chunk:
                         yield chunk
                 if done:
                     return
