@@ -22,7 +22,9 @@ from structgen.engine import (
     Engine,
     StructuredResult,
     agenerate_structured,
+    astream_structured,
     generate_structured,
+    stream_structured,
 )
 from structgen.errors import (
     BackendError,
@@ -32,6 +34,7 @@ from structgen.errors import (
     ValidationFailed,
 )
 from structgen.schema import CompiledOutput, compile_output
+from structgen.streaming import partial_model
 from structgen.types import Choice, Grammar, JsonSchema, Regex
 
 __version__ = "0.1.0"
@@ -51,6 +54,9 @@ __all__ = [
     "StructuredResult",
     "ValidationFailed",
     "agenerate_structured",
+    "astream_structured",
     "compile_output",
     "generate_structured",
+    "partial_model",
+    "stream_structured",
 ]

@@ -17,7 +17,7 @@ import time
 import typing
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from structgen.repair import Repaired, finalize
 from structgen.router import Router
 from structgen.schema import CompiledOutput, compile_output
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
-from structgen.streaming import partial_value
+from structgen.streaming import partial_instance, partial_value
 from structgen.types import (
     SAMPLING_KEYS,
     Choice,
@@ -143,7 +143,7 @@ class Engine:
             cache_key=None if repaired.truncated else key,
             usage={"prompt_tokens": gen.prompt_tokens,
                    "completion_tokens": gen.completion_tokens, **gen.stats},
-            truncated=repaired.truncated)
+            truncated=repaired.truncated, finish_reason=gen.finish_reason)
         if key is not None and not result.truncated:  # a cut value is never served again
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)
@@ -186,7 +186,8 @@ class Engine:
             attempts=trail, reasoning_text=gen.reasoning_text,
             latency_s=time.perf_counter() - start,
             usage={"prompt_tokens": gen.prompt_tokens,
-                   "completion_tokens": gen.completion_tokens, **gen.stats})
+                   "completion_tokens": gen.completion_tokens, **gen.stats},
+            finish_reason=gen.finish_reason)
         self.metrics.record(request, gen, result)
         return result
 
@@ -218,57 +219,98 @@ class Engine:
 
     async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
                       backend: str | None = None, model: str | None = None,
-                      reasoning: bool = False, allow_truncated: bool = False,
-                      final_result: bool = False, **sampling: Any) -> AsyncIterator[Any]:
+                      reasoning: bool = False, use_cache: bool = True,
+                      allow_truncated: bool = False, final_result: bool = False,
+                      **sampling: Any) -> AsyncIterator[Any]:
         """Yield partial values as the text streams in, then the final validated value
-        (see :mod:`structgen.streaming`).
+        (see :mod:`structgen.streaming`; a Pydantic output's partials are instances of its
+        partial model).
 
-        Like :meth:`arun`, an answer cut off at ``max_tokens`` raises ValidationFailed
-        unless ``allow_truncated``; ``final_result=True`` makes the last item the
-        :class:`StructuredResult` (``truncated`` set for a cut answer). Never cached.
+        Like :meth:`arun`: an answer cut off at ``max_tokens`` raises ValidationFailed
+        unless ``allow_truncated``; the final value is cached under the same key (a cut
+        one never) and a cache hit is the one item yielded; metrics record the call with
+        its time to first token. ``final_result=True`` makes the last item the
+        :class:`StructuredResult`. Closing the iterator early closes the backend request.
         """
         start = time.perf_counter()
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, **sampling)
         assert request.output is not None
+        key, hit = self._cache_lookup(request, backend, use_cache, start)
+        if hit is not None:
+            yield hit if final_result else hit.value
+            return
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
-        name, stream, first = await self.router.open_stream(request, backend)
+        try:
+            name, stream, first, trail = await self.router.open_stream(request, backend)
+        except StructgenError as exc:
+            self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            raise
         ttft = time.perf_counter() - start
-        is_json = request.output.kind == "json"
+        as_partial = _partial_builder(request.output)
         text = ""
         finish = "stop"
+        reported: tuple[str, ...] | None = None
         last: Any = None
         chunks = [first]
-        while True:
-            for chunk in chunks:
-                text += chunk
-                if isinstance(chunk, Finished):  # every backend ends with its finish reason
-                    finish = chunk.finish_reason
-            chunks = []
-            current = partial_value(text) if is_json else text
-            if current is not None and current != last:
-                last = current
-                yield current
-            try:
-                chunks.append(await anext(stream))
-            except StopAsyncIteration:
-                break
+        try:
+            while True:
+                for chunk in chunks:
+                    text += chunk
+                    if isinstance(chunk, Finished):  # every backend ends with its reason
+                        finish = chunk.finish_reason
+                        reported = chunk.post_enforced
+                chunks = []
+                current = as_partial(text)
+                if current is not None and current != last:
+                    last = current
+                    yield current
+                try:
+                    chunks.append(await anext(stream))
+                except StopAsyncIteration:
+                    break
+        except StructgenError as exc:
+            self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            raise
+        finally:
+            # the consumer stopped early (break, aclose) or the stream failed: end the
+            # backend's request now, not whenever the generator is collected
+            await stream.aclose()  # type: ignore[attr-defined]
         gen = GenerationResult(text=text, backend=name, model=request.model or "",
                                finish_reason=finish, latency_s=time.perf_counter() - start,
                                ttft_s=ttft)
-        # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce.
-        gen.stats["post_enforced"] = unenforced(request.output,
-                                                self.backend(name).capabilities())
-        repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
-        if not final_result:
-            yield repaired.value
-            return
-        yield StructuredResult(
+        # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce,
+        # as the backend reported it (or as its capabilities say, when it did not).
+        gen.stats["post_enforced"] = (list(reported) if reported is not None else
+                                      unenforced(request.output,
+                                                 self.backend(name).capabilities()))
+        try:
+            repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
+        except StructgenError as exc:
+            self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            raise
+        result = StructuredResult(
             value=repaired.value, raw_text=repaired.text, backend=name, model=gen.model,
-            repaired=repaired.repaired, repairs=repaired.stages,
+            repaired=repaired.repaired, repairs=repaired.stages, attempts=trail,
             post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
-            latency_s=time.perf_counter() - start, usage=dict(gen.stats),
-            truncated=repaired.truncated)
+            latency_s=time.perf_counter() - start,
+            cache_key=None if repaired.truncated else key, usage=dict(gen.stats),
+            truncated=repaired.truncated, finish_reason=finish)
+        if key is not None and not result.truncated:  # a cut value is never served again
+            self.cache.put(key, request, result)
+        self.metrics.record(request, gen, result)
+        yield result if final_result else result.value
+
+    def stream(self, prompt_or_messages: str | Sequence[Any], output: Any,
+               **kwargs: Any) -> Generator[Any, None, None]:
+        """Sync twin of :meth:`astream` (the same keywords). Leaving the loop early closes
+        the backend request."""
+        items = self.astream(prompt_or_messages, output, **kwargs)
+        try:
+            while (item := run_sync(_next_or_end(items))) is not _END:
+                yield item
+        finally:
+            run_sync(items.aclose())  # type: ignore[attr-defined]
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -276,6 +318,26 @@ class Engine:
 
     def close(self) -> None:
         run_sync(self.aclose())
+
+
+_END = object()
+
+
+async def _next_or_end(items: AsyncIterator[Any]) -> Any:
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        return _END
+
+
+def _partial_builder(output: CompiledOutput) -> Callable[[str], Any]:
+    """The text so far → the partial item to yield (``None``: nothing new to show)."""
+    if output.kind != "json":
+        return lambda text: text
+    model = output.model
+    if model is None:
+        return partial_value
+    return lambda text: partial_instance(model, partial_value(text))
 
 
 # Each sampling parameter checked against Sampling's own annotation, strictly: "10" is not
@@ -399,3 +461,33 @@ async def agenerate_structured(prompt_or_messages: str | Sequence[Any], output: 
     return await _engine_for(config).agenerate(prompt_or_messages, output, backend=backend,
                                                model=model, allow_truncated=allow_truncated,
                                                **sampling)
+
+
+def stream_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+                      backend: str | None = None, model: str | None = None,
+                      config: Config | str | Path | None = None,
+                      allow_truncated: bool = False,
+                      **sampling: Any) -> Generator[Any, None, None]:
+    """Stream :func:`generate_structured`'s answer: partial values, then the final one.
+
+    >>> for intent in stream_structured("Fix app.py", Intent):  # doctest: +SKIP
+    ...     print(intent)  # PartialIntent(kind='edit_code', files=None, ...) ... Intent(...)
+
+    For a Pydantic model the partial values are instances of its partial model (every
+    field optional, nested models too, no validators run); the last item is the validated
+    model instance. JSON Schema outputs stream partial dicts, the other kinds the text so
+    far. Leaving the loop early closes the backend request.
+    """
+    return _engine_for(config).stream(prompt_or_messages, output, backend=backend,
+                                      model=model, allow_truncated=allow_truncated,
+                                      **sampling)
+
+
+def astream_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+                       backend: str | None = None, model: str | None = None,
+                       config: Config | str | Path | None = None,
+                       allow_truncated: bool = False, **sampling: Any) -> AsyncIterator[Any]:
+    """Async twin of :func:`stream_structured` (``aclose()`` closes the backend request)."""
+    return _engine_for(config).astream(prompt_or_messages, output, backend=backend,
+                                       model=model, allow_truncated=allow_truncated,
+                                       **sampling)

@@ -471,5 +471,4 @@ def reask_request(request: GenerationRequest, bad_text: str,
                 f"(JSON pointer: message):\n{listed}\n\nReply with {what}.")
     messages = [*request.messages, {"role": "assistant", "content": shown or "(empty)"},
                 {"role": "user", "content": feedback}]
-    return dataclasses.replace(request, messages=messages,  # type: ignore[arg-type]
-                               extra={**request.extra, "reask": True})
+    return dataclasses.replace(request, messages=messages)  # type: ignore[arg-type]

@@ -246,33 +246,45 @@ class Router:
         raise _with_trail(last, trail)
 
     async def open_stream(self, request: GenerationRequest, backend: str | None = None
-                          ) -> tuple[str, AsyncIterator[str], str]:
-        """The first backend whose stream starts: its name, the rest of it, the first chunk.
+                          ) -> tuple[str, AsyncIterator[str], str, list[dict[str, Any]]]:
+        """The first backend whose stream starts: its name, the rest of it, the first chunk
+        and the attempt trail (the same entries as :meth:`agenerate`'s).
 
         Streams go through the same circuit breakers as :meth:`agenerate`: an open breaker
         skips its backend, and how the stream ends (complete, failed, abandoned) is
         recorded on it.
         """
+        trail: list[dict[str, Any]] = []
         last: BackendError | None = None
         kind = request.output.kind if request.output is not None else None
         for name in self.order(backend):
+            entry: dict[str, Any] = {"backend": name, "ok": False}
+            trail.append(entry)
             instance = self.pool.get(name)
             if kind is not None and kind not in instance.capabilities().output_kinds:
+                entry["skipped"] = f"cannot constrain {kind} output"
                 continue
             breaker = self.breaker(name)
             if not breaker.allow():
+                entry["skipped"] = "circuit open"
                 last = BackendUnavailable("circuit open", name)
                 continue
+            start = time.perf_counter()
             stream = self._watched(breaker, instance.stream(request))
             try:
                 first = await anext(stream)
             except StopAsyncIteration:
-                return name, stream, ""
+                first = ""
             except BackendError as exc:
+                entry.update(error=f"{type(exc).__name__}: {exc}",
+                             latency_s=round(time.perf_counter() - start, 4))
                 last = exc
                 continue
-            return name, stream, first
-        raise last or BackendUnavailable("no backend available for streaming")
+            # latency here is the time to the first chunk: the stream goes on after it
+            entry.update(ok=True, latency_s=round(time.perf_counter() - start, 4))
+            return name, stream, first, trail
+        raise _with_trail(last or BackendUnavailable("no backend available for streaming"),
+                          trail)
 
     @staticmethod
     async def _watched(breaker: CircuitBreaker, stream: AsyncIterator[str]
@@ -287,6 +299,10 @@ class Router:
         except BaseException:  # cancelled, abandoned, or a bug: no verdict on the backend
             breaker.release()
             raise
+        finally:
+            # closed early (the consumer left the loop): close the backend's stream too,
+            # which closes its HTTP response or drops the embedded decoder's sequence
+            await stream.aclose()  # type: ignore[attr-defined]
         breaker.record_success()
 
     async def _attempt(self, name: str, backend: Backend, request: GenerationRequest,

@@ -116,3 +116,6 @@ class StructuredResult:
     usage: dict[str, Any] = field(default_factory=dict)
     # made from an answer cut off at max_tokens (only with allow_truncated=True); never cached
     truncated: bool = False
+    # why the backend's answer ended ("stop", "length", ...), streamed or not; "stop" for a
+    # cache hit (only whole answers are stored)
+    finish_reason: str = "stop"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -30,7 +30,6 @@ class Capabilities:
 
     output_kinds: frozenset[OutputKind]
     json_keywords: frozenset[str] | None = None
-    streaming: bool = True
     reasoning: bool = False
     batching: bool = False
     notes: tuple[str, ...] = ()
@@ -77,10 +76,16 @@ class Finished(str):
     """
 
     finish_reason: str
+    # what the backend's engine left to validation, as its agenerate reports it in
+    # ``stats["post_enforced"]``/``stats["relaxed"]`` (None: not reported), so a stream
+    # reports the same ``post_enforced`` as a call
+    post_enforced: tuple[str, ...] | None
 
-    def __new__(cls, text: str, finish_reason: str) -> Finished:
+    def __new__(cls, text: str, finish_reason: str,
+                post_enforced: tuple[str, ...] | None = None) -> Finished:
         chunk = super().__new__(cls, text)
         chunk.finish_reason = finish_reason
+        chunk.post_enforced = post_enforced
         return chunk
 
 
@@ -118,15 +123,6 @@ class BackendBase:
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         return run_sync(self.agenerate(request))
-
-    def iter_stream(self, request: GenerationRequest) -> Iterator[str]:
-        """Synchronous twin of :meth:`stream`."""
-        agen = self.stream(request)
-
-        async def collect() -> list[str]:
-            return [chunk async for chunk in agen]
-
-        yield from run_sync(collect())
 
     async def aclose(self) -> None:
         return None

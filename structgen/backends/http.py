@@ -248,8 +248,11 @@ class HTTPClient:
         """
         lines = self._stream_lines(path, body, deadline=deadline)
         if asyncio.get_running_loop() is _portal():
-            async for line in lines:
-                yield line
+            try:
+                async for line in lines:
+                    yield line
+            finally:
+                await lines.aclose()
             return
         try:
             while (item := await on_portal(_next_or_none(lines))) is not None:
@@ -455,15 +458,22 @@ class HTTPBackend(BackendBase):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Text chunks as the server's stream lines arrive; a stream cut before its end
         marker is a (retryable) protocol error, not a short answer."""
-        path, body, _post = await self.build(request, stream=True)
+        path, body, post = await self.build(request, stream=True)
         decode = self.stream_decoder(path, request)
-        async for line in self.http.stream_lines(path, body, deadline=request.deadline):
-            chunks, done = decode(line)
-            for chunk in chunks:
-                if chunk or isinstance(chunk, Finished):  # an empty one says why it ended
-                    yield chunk
-            if done:
-                return
+        lines = self.http.stream_lines(path, body, deadline=request.deadline)
+        try:
+            async for line in lines:
+                chunks, done = decode(line)
+                for chunk in chunks:
+                    if isinstance(chunk, Finished):  # an empty one says why it ended
+                        yield Finished(chunk, chunk.finish_reason, tuple(post))
+                    elif chunk:
+                        yield chunk
+                if done:
+                    return
+        finally:
+            # left early (end marker, or the consumer closed us): close the HTTP response now
+            await lines.aclose()  # type: ignore[attr-defined]
         raise BackendProtocolError(f"stream ended before {self.stream_end}", self.name,
                                    retryable=True)
 

@@ -1,6 +1,6 @@
 """Streaming: the partial values stream_structured yields from a JSON prefix, the
-engine's astream over a wire-format server (partial dicts, then the validated object), and
-the limits a stream runs under (deadline on every read, line/body sizes, circuit breaker)."""
+engine's astream over a wire-format server (partial model instances, then the validated
+object), and the limits a stream runs under (deadline on every read, line/body sizes, circuit breaker)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from structgen.backends.sglang import SGLangBackend
 from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import BackendProtocolError, BackendTimeout, ValidationFailed
-from structgen.streaming import partial_value
+from structgen.streaming import partial_model, partial_value
 from tests.backends.helpers import request, server_config
 from tests.servers.wire import Canned, OllamaWireServer, SGLangWireServer
 
@@ -38,8 +38,9 @@ async def test_astream_yields_partials_then_validated(ollama: OllamaWireServer):
                                              backend="ollama")]
     partials, final = items[:-1], items[-1]
     assert isinstance(final, Intent) and final.kind.value == "debug"
-    assert partials and all(isinstance(p, dict) for p in partials)
-    assert partials[-1]["rationale"] == "The test fails."
+    # a Pydantic output streams instances of its partial model (every field optional)
+    assert partials and all(isinstance(p, partial_model(Intent)) for p in partials)
+    assert partials[-1].rationale == "The test fails."
     ollama.reply = '{"kind": "nonsense"}'
     with pytest.raises(ValidationFailed):
         [i async for i in engine.astream("?", Intent, backend="ollama")]

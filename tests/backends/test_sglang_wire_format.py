@@ -15,6 +15,7 @@ import pytest
 from schemas.intent import Intent
 from structgen.backends.sglang import SGLangBackend
 from structgen.engine import Engine
+from structgen.streaming import partial_model
 from structgen.types import Choice, Grammar, Regex
 from tests.backends.helpers import request, server_config
 from tests.servers.wire import SGLangWireServer
@@ -108,7 +109,7 @@ async def test_sglang_wire_format_engine_end_to_end(sglang: SGLangWireServer):
     assert isinstance(result.value, Intent) and result.backend == "sglang"
     items = [item async for item in engine.astream("Fix app.py", Intent, backend="sglang")]
     assert isinstance(items[-1], Intent)
-    assert all(isinstance(i, dict) for i in items[:-1]) and len(items) >= 2
+    assert all(isinstance(i, partial_model(Intent)) for i in items[:-1]) and len(items) >= 2
     assert await engine.backend("sglang").health() is True
     await engine.aclose()
 

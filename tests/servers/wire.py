@@ -16,7 +16,8 @@ e.g. unconstrained prose), ``finish`` (the finish reason reported, e.g. ``"lengt
 ``canned`` (a :class:`Canned` answer sent as is: any status, body or SSE framing, written in
 chunks, slowly or cut off) and ``trickle_s`` (a streamed answer one byte at a time).
 ``connections`` counts the TCP connections accepted, so a test can tell a reused connection
-pool from a new client per call.
+pool from a new client per call; ``hung_up`` counts the trickled streams the client closed
+before their end.
 
 The vLLM stand-in exists for fault tests only; vLLM's real wire format is tested against a
 real vLLM server (tests/backends/test_vllm.py).
@@ -238,6 +239,7 @@ class WireServer:
         self.canned: Canned | None = None
         self.trickle_s = 0.0
         self.connections = 0
+        self.hung_up = 0
         self._lock = threading.Lock()
         server = self
 
@@ -287,6 +289,7 @@ class WireServer:
             self.requests.clear()
             self.violations.clear()
             self.connections = 0
+            self.hung_up = 0
         self.fail_statuses = []
         self.delay_s = 0.0
         self.malformed = self.truncate = False
@@ -323,8 +326,10 @@ class WireServer:
                         h.wfile.write(b"1\r\n" + bytes([byte]) + b"\r\n")
                         h.wfile.flush()
                         time.sleep(self.trickle_s)
-                except OSError:  # the client gave up (its deadline): stop here
+                except OSError:  # the client gave up (its deadline, or closed): stop here
                     h.close_connection = True
+                    with self._lock:
+                        self.hung_up += 1
                     return
                 continue
             if self.truncate and i >= 2:

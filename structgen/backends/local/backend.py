@@ -74,7 +74,7 @@ class LocalBackend(BackendBase):
             kinds.discard("grammar")
         return Capabilities(
             output_kinds=frozenset(kinds),  # type: ignore[arg-type]
-            json_keywords=engine.json_keywords, streaming=True,
+            json_keywords=engine.json_keywords,
             reasoning=engine.supports_reasoning, batching=True, notes=tuple(notes))
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
@@ -89,23 +89,29 @@ class LocalBackend(BackendBase):
         complete, so they arrive as one chunk at the end."""
         if request.reasoning or (request.output is None and request.sampling.stop):
             result = await self.agenerate(request)
-            yield Finished(result.text, result.finish_reason)
+            yield Finished(result.text, result.finish_reason, _relaxed(result))
             return
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
 
         def push(chunk: str | None) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+            if not future.cancelled():  # a closed stream's loop may be gone already
+                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
 
         future: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
         seq = Seq(request, future, time.perf_counter(), on_text=push,
                    utf8=codecs.getincrementaldecoder("utf-8")(errors="replace"))
         self._ensure_worker()
         self._queue.put(seq)
-        while (chunk := await chunks.get()) is not None:
-            yield chunk
+        try:
+            while (chunk := await chunks.get()) is not None:
+                yield chunk
+        finally:
+            # the consumer left early: the worker drops the sequence at its next token
+            # (or before it starts), which frees its slot in the batch
+            future.cancel()
         result = await asyncio.wrap_future(future)  # raises the request's error, if any
-        yield Finished("", result.finish_reason)
+        yield Finished("", result.finish_reason, _relaxed(result))
 
     async def health(self) -> bool:
         try:
@@ -218,6 +224,11 @@ class LocalBackend(BackendBase):
         except BaseException as exc:  # never leave a caller waiting
             for seq in seqs:
                 fail(seq, exc)
+
+
+def _relaxed(result: GenerationResult) -> tuple[str, ...]:
+    """The keywords the grammar engine relaxed for this request (what a call reports)."""
+    return tuple(result.stats.get("relaxed", ()))
 
 
 def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:

@@ -22,8 +22,10 @@ Termination guarantees, so a small model cannot run away until ``max_tokens``:
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationResult
@@ -126,9 +128,19 @@ def fail(seq: Seq, exc: BaseException) -> None:
         return
     if not isinstance(exc, StructgenError):
         exc = BackendError(f"{type(exc).__name__}: {exc}", "local")
-    seq.future.set_exception(exc)
+    _settle(seq.future.set_exception, exc)
     if seq.on_text is not None:
         seq.on_text(None)
+
+
+def _settle(setter: Callable[[Any], None], outcome: Any) -> bool:
+    """Set a sequence's outcome; False when its stream was closed (future cancelled) between
+    the check and now, the consumer's thread being free to do that at any moment."""
+    try:
+        setter(outcome)
+    except concurrent.futures.InvalidStateError:
+        return False
+    return True
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float,
@@ -187,6 +199,8 @@ class Decoder:
     def _run(self, seqs: list[Seq]) -> None:
         live: list[Seq] = []
         for seq in seqs:
+            if seq.future.cancelled():  # its stream was closed while it waited
+                continue
             try:
                 self.setup(seq)
             except BaseException as exc:
@@ -337,6 +351,9 @@ class Decoder:
         if self.closing.is_set():
             s.finish = "closed"
             return
+        if s.future.cancelled():  # its stream was closed: stop decoding it, free its slot
+            s.finish = "cancelled"
+            return
         if s.request.deadline is not None and time.monotonic() > s.request.deadline:
             s.finish = "timeout"
             return
@@ -413,11 +430,13 @@ class Decoder:
         stats["engine"] = self.cfg.engine if s.matcher is not None else "none"
         stats["runtime"] = self.rt.kind
         stats["finish_reason"] = s.finish or "stop"
-        s.future.set_result(GenerationResult(
+        result = GenerationResult(
             text=text, backend="local", model=self.rt.name, finish_reason=s.finish or "stop",
             reasoning_text=reasoning, prompt_tokens=len(s.prompt_ids),
             completion_tokens=len(s.out_ids), latency_s=time.perf_counter() - s.start,
-            ttft_s=s.ttft, constrained=s.matcher is not None, stats=stats))
+            ttft_s=s.ttft, constrained=s.matcher is not None, stats=stats)
+        if not _settle(s.future.set_result, result):
+            return  # its stream was closed meanwhile
         if s.on_text is not None:
             self._emit(s)
             tail = s.utf8.decode(b"", final=True)
