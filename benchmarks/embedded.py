@@ -42,6 +42,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -200,6 +201,24 @@ def build_cases(spec: dict[str, Any]) -> list[Case]:
     return agents + maskbench_cases(spec["maskbench"])
 
 
+def _reclassified(row: Row) -> Row:
+    """Rows saved before the first attempt's text was checked counted every refused answer
+    that used its whole budget as cut; one that needed no syntax repair (a single
+    ``generate`` attempt) was a whole answer that validation refused."""
+    note = str(row.stats.get("note", ""))
+    if row.finish == "length" and "(1 attempt(s): generate)" in note:
+        row.finish = "invalid"
+    return row
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
 def check(text: str, case: Case) -> bool:
     from structgen.schema import compile_output
     from structgen.validate import validate_text
@@ -263,7 +282,10 @@ class StructgenColumn:
                 row.wall_s = time.perf_counter() - t0
                 row.valid = False
                 row.tokens = len(self.rt.tok.encode(exc.raw_text))
-                row.finish = "length" if row.tokens >= case.max_tokens - 1 else "invalid"
+                # cut at max_tokens, or a whole answer validation refused (a relaxed keyword):
+                # the first attempt's text tells, since syntax repair closes a cut one
+                first = exc.attempts[0].text if exc.attempts else exc.raw_text
+                row.finish = "invalid" if _is_json(first) else "length"
                 row.stats = {"note": f"ValidationFailed: {str(exc)[:120]}"}
             except StructgenError as exc:
                 row.wall_s = time.perf_counter() - t0
@@ -782,8 +804,11 @@ def main() -> None:
     args.command_line = " ".join(sys.argv[1:])
     if args.report_only:
         saved = json.loads((RESULTS / f"{NAME}.json").read_text())
-        rows = {m: [Row(**r) for r in rs] for m, rs in saved["rows"].items()}
+        rows = {m: [_reclassified(Row(**r)) for r in rs] for m, rs in saved["rows"].items()}
         args.command_line = saved.get("command", "")
+        limit = re.search(r"--timeout-s[ =](\S+)", args.command_line)
+        if limit:  # the report states the limit the rows were measured under
+            args.timeout_s = float(limit.group(1))
         write(rows, saved["info"], saved["cases"], saved["machine"], saved["versions"], args)
         return
     if args.quick:
