@@ -38,7 +38,6 @@ import json, time
 import llama_cpp as lc
 from structgen.backends.local.models import resolve_gguf
 lc.llama_backend_init()
-lc.llama_log_set(lc.llama_log_callback(lambda *a: None), None)
 model = lc.llama_model_load_from_file(str(resolve_gguf(None)).encode(),
                                       lc.llama_model_default_params())
 cp = lc.llama_context_default_params()
@@ -92,6 +91,7 @@ def main() -> None:
         table[name] = {}
         for busy in BUSY:
             table[name][busy] = cell(policy, busy)
+            table[name][busy]["loadavg_1min"] = round(os.getloadavg()[0], 1)
             print(name, busy, table[name][busy], flush=True)
             time.sleep(1)
     spin, passive = (table[n] for n in POLICIES)
@@ -104,14 +104,14 @@ def main() -> None:
         f"{DECODE} single-token decode steps; each cell a fresh process, with N busy "
         "processes (a pure Python loop each) running beside it at the same priority.",
         "",
-        "| busy processes | policy | prefill tok/s | decode tok/s |",
-        "|---|---|---|---|",
+        "| busy processes | policy | prefill tok/s | decode tok/s | load average after |",
+        "|---|---|---|---|---|",
     ]
     for busy in BUSY:
         for name in POLICIES:
             r = table[name][busy]
             lines.append(f"| {busy} | {name} | {r['prefill_tok_s']:.0f} | "
-                         f"{r['decode_tok_s']:.1f} |")
+                         f"{r['decode_tok_s']:.1f} | {r['loadavg_1min']} |")
     lines += ["", "Decode speed, passive over spin: " + ", ".join(
         f"{b} busy {passive[b]['decode_tok_s'] / spin[b]['decode_tok_s']:.2f}x" for b in BUSY)
         + ".", ""]

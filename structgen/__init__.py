@@ -10,10 +10,11 @@ import os
 # The embedded backend's kernels (llama.cpp, torch) run on OpenMP threads that meet at a
 # barrier after every operation, hundreds of times per token, and OpenMP's default is to spin
 # there. When anything else wants the cores (a test run, an IDE, another agent), a spinning
-# thread burns its time slice waiting for one that was preempted: measured on 2 busy cores,
-# llama.cpp decoding fell from ~46 tok/s to 0.9-1.7 tok/s spinning, against 14-17 tok/s
-# waiting passively. libgomp reads this once, when the first OpenMP library loads (torch
-# and llama.cpp share one), so it is set here, before either can load; a value the user set
+# thread burns its time slice waiting for one that was preempted. Measured on 2 cores
+# (benchmarks/results/contention.md): with 1-2 busy processes passive waiting decodes 1.9x
+# faster, at a load of ~9 spinning fell to 0.9-1.7 tok/s against 14-17; on idle cores
+# passive costs 24%. libgomp reads this once, when the first OpenMP library loads (torch and
+# llama.cpp share one), so it is set here, before either can load; a value the user set
 # wins. See docs/embedded.md.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
