@@ -35,16 +35,12 @@ from structgen.warmup.items import (
     LINE_KEYS,
     Executor,
     ProgressFn,
-    ReportLine,
-    ReportWriter,
     WarmupItem,
     WarmupLineError,
     WarmupSummary,
     plan,
     read_items,
     run_local,
-    triage,
-    warm_one,
 )
 from structgen.warmup.on_ray import RayOptions, run_on_ray
 
@@ -56,16 +52,12 @@ __all__ = [
     "Executor",
     "ProgressFn",
     "RayOptions",
-    "ReportLine",
-    "ReportWriter",
     "WarmupItem",
     "WarmupLineError",
     "WarmupSummary",
     "plan",
     "read_items",
     "run_warmup",
-    "triage",
-    "warm_one",
 ]
 
 
