@@ -369,15 +369,21 @@ async def test_non_backend_error_releases_the_trial_and_falls_back(tmp_path: Pat
     await engine.aclose()
 
 
-async def test_cancelled_trial_releases_the_slot(tmp_path: Path) -> None:
-    slow = CannedBackend("sglang", delay_s=60)
-    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang", "fallback": ["sglang"]},
+def _half_open_engine(tmp_path: Path, provider: str, backend: Any) -> Engine:
+    """An engine whose only backend, ``backend`` as sglang, has a half-open breaker."""
+    engine = Engine(config(tmp_path, llm_backend={"provider": provider, "fallback": ["sglang"]},
                            router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
-                    backends={"sglang": slow})
+                    backends={"sglang": backend})
     clock = Clock()
     engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
                            clock=clock)
     _half_open(engine, "sglang", clock)
+    return engine
+
+
+async def test_cancelled_trial_releases_the_slot(tmp_path: Path) -> None:
+    slow = CannedBackend("sglang", delay_s=60)
+    engine = _half_open_engine(tmp_path, "sglang", slow)
     task = asyncio.ensure_future(engine.arun("q", SCHEMA))
     while slow.calls == 0:
         await asyncio.sleep(0.01)
@@ -390,13 +396,7 @@ async def test_cancelled_trial_releases_the_slot(tmp_path: Path) -> None:
 
 async def test_cancelled_health_probe_releases_the_slot(tmp_path: Path) -> None:
     slow = SlowProbeBackend("sglang")
-    engine = Engine(config(tmp_path, llm_backend={"provider": "auto", "fallback": ["sglang"]},
-                           router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
-                    backends={"sglang": slow})
-    clock = Clock()
-    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
-                           clock=clock)
-    _half_open(engine, "sglang", clock)
+    engine = _half_open_engine(tmp_path, "auto", slow)
     task = asyncio.ensure_future(engine.arun("q", SCHEMA))
     while slow.probes == 0:
         await asyncio.sleep(0.01)
