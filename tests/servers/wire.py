@@ -447,10 +447,8 @@ def _chunks(text: str, n: int = 3) -> list[str]:
     return [text[i:i + step] for i in range(0, len(text), step)] or [""]
 
 
-class SGLangWireServer(WireServer):
-    """SGLang's native ``/generate``, ``/v1/chat/completions`` and ``/health``."""
-
-    flavor = "sglang"
+class _ServesModels(WireServer):
+    """``/health`` and the OpenAI ``/v1/models`` list, as vLLM and SGLang answer them."""
 
     def get(self, path: str) -> Any:
         if path == "/health":
@@ -458,6 +456,12 @@ class SGLangWireServer(WireServer):
         if path == "/v1/models":
             return {"object": "list", "data": [{"id": "served-model", "object": "model"}]}
         return None
+
+
+class SGLangWireServer(_ServesModels):
+    """SGLang's native ``/generate``, ``/v1/chat/completions`` and ``/health``."""
+
+    flavor = "sglang"
 
     def check(self, path: str, body: dict[str, Any]) -> str | None:
         if path == "/generate":
@@ -592,17 +596,10 @@ class OllamaWireServer(WireServer):
         self._send_stream(h, lines(), "application/x-ndjson")
 
 
-class VLLMWireServer(WireServer):
+class VLLMWireServer(_ServesModels):
     """vLLM's OpenAI-compatible ``/v1/chat/completions``, ``/v1/completions``, ``/health``."""
 
     flavor = "vllm"
-
-    def get(self, path: str) -> Any:
-        if path == "/health":
-            return {}
-        if path == "/v1/models":
-            return {"object": "list", "data": [{"id": "served-model", "object": "model"}]}
-        return None
 
     def check(self, path: str, body: dict[str, Any]) -> str | None:
         if path not in ("/v1/chat/completions", "/v1/completions"):
