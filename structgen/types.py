@@ -9,6 +9,7 @@ from typing import Any, Literal, TypedDict
 from structgen.errors import StructgenError
 
 OutputKind = Literal["json", "regex", "choice", "grammar"]
+ToolChoice = str  # "auto" | "required" | the name of one tool
 
 
 class Message(TypedDict):
@@ -119,3 +120,65 @@ class StructuredResult:
     # why the backend's answer ended ("stop", "length", ...), streamed or not; "stop" for a
     # cache hit (only whole answers are stored)
     finish_reason: str = "stop"
+
+
+# Tool calling ------------------------------------------------------------------------
+# The records a tool turn crosses the pipeline in. A tool turn is compiled like any output:
+# ``GenerationRequest.output`` holds the JSON Schema of the *call envelope*
+# (``{"name": <tool>, "arguments": {...}}``, one branch per tool; an array of them with
+# ``parallel``), so a backend without native tool calling constrains it as plain JSON, and
+# validation, repair, caching and metrics see one JSON value as for any output. A backend
+# with native tool calling reads ``GenerationRequest.tools`` and answers in
+# ``GenerationResult.tool_calls``; the engine turns those back into the envelope.
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool offered to the model: its name, description and arguments schema.
+
+    ``parameters`` is the JSON Schema of the arguments as sent to servers (closed objects,
+    local ``$defs``); ``model`` is the Pydantic model the arguments validate into.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    model: Any  # type[pydantic.BaseModel]
+
+
+@dataclass(frozen=True)
+class ToolTurn:
+    """The tools of one request and how the model may use them."""
+
+    tools: tuple[ToolSpec, ...]
+    choice: ToolChoice = "auto"
+    parallel: bool = False
+
+    def openai_tools(self) -> list[dict[str, Any]]:
+        """``tools`` in the OpenAI chat-completions shape (vLLM, SGLang, Ollama accept it)."""
+        return [{"type": "function",
+                 "function": {"name": t.name, "description": t.description,
+                              "parameters": t.parameters}} for t in self.tools]
+
+    def openai_tool_choice(self) -> str | dict[str, Any]:
+        if self.choice in ("auto", "required", "none"):
+            return self.choice
+        return {"type": "function", "function": {"name": self.choice}}
+
+
+@dataclass(frozen=True)
+class RawToolCall:
+    """A tool call as a backend returned it: arguments still unvalidated JSON text."""
+
+    name: str
+    arguments: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A validated tool call: the tool's name and an instance of its arguments model."""
+
+    name: str
+    arguments: Any  # an instance of the tool's ToolSpec.model
+    id: str | None = None

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from structgen.types import Message, OutputKind, Sampling
+from structgen.types import Message, OutputKind, RawToolCall, Sampling, ToolTurn
 
 if TYPE_CHECKING:
     from structgen.schema import CompiledOutput
@@ -45,6 +45,8 @@ class GenerationRequest:
     whitespace: str = "compact"  # "compact" | "any"
     deadline: float | None = None  # absolute time.monotonic() deadline
     extra: dict[str, Any] = field(default_factory=dict)
+    # a tool turn: ``output`` then holds the call envelope's schema (see types.ToolTurn)
+    tools: ToolTurn | None = None
 
     @property
     def multi_turn(self) -> bool:
@@ -65,6 +67,9 @@ class GenerationResult:
     server_time_s: float | None = None
     constrained: bool = True
     stats: dict[str, Any] = field(default_factory=dict)
+    # a backend with native tool calling: the calls it returned (``text`` keeps any free
+    # text the model wrote beside them); None: not a tool answer
+    tool_calls: list[RawToolCall] | None = None
 
 
 class Finished(str):
