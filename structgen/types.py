@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
@@ -182,3 +183,19 @@ class ToolCall:
     name: str
     arguments: Any  # an instance of the tool's ToolSpec.model
     id: str | None = None
+
+
+def call_envelope(calls: Sequence[RawToolCall], text: str = "", *, parallel: bool = False) -> str:
+    """The canonical answer text of a tool turn, built from a backend's native answer.
+
+    A call is ``{"name": N, "arguments": <the backend's argument text>}``; with ``parallel``
+    the calls form an array; a turn without calls (only possible with ``"auto"``) is
+    ``{"text": "..."}``. The argument text is embedded as the backend wrote it, unparsed, so
+    validation sees it and syntax repair can mend it. This text is what validation, repair,
+    the cache and streaming consumers see for every tool turn, whatever the backend.
+    """
+    if not calls:
+        return json.dumps({"text": text}, ensure_ascii=False)
+    parts = [f'{{"name":{json.dumps(c.name, ensure_ascii=False)},"arguments":'
+             f'{c.arguments.strip() or "{}"}}}' for c in calls]
+    return f"[{','.join(parts)}]" if parallel else parts[0]
