@@ -20,6 +20,7 @@ from typing import Any
 
 from structgen.backends.base import Capabilities
 from structgen.schema import CompiledOutput
+from structgen.schema.bounds import bound_integers
 from structgen.types import OutputKind
 
 # Keywords that only describe (never constrain) an instance: nobody needs to enforce them.
@@ -227,4 +228,5 @@ def relax_for(compiled: CompiledOutput, caps: Capabilities
     dropped = unenforced(compiled, caps)
     if compiled.kind != "json" or compiled.json_schema is None:
         return None, dropped
-    return relax_schema(compiled.json_schema, caps), dropped
+    # int64 bounds first: an engine that cannot enforce minimum/maximum has them relaxed away
+    return relax_schema(bound_integers(compiled.json_schema), caps), dropped

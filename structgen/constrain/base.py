@@ -133,18 +133,30 @@ class Matcher(ABC):
     def error(self) -> str | None:
         return None
 
-    # Budget-aware closing (engines that can copy their state and walk their grammar).
+    # Budget-aware closing: every engine here can copy its state (``fork``), test a token
+    # without taking it (``accepts``) and name an allowed token (``first_allowed``); the
+    # walk to a complete answer (closing.walk_to_accept) needs nothing else.
     supports_closing: bool = False
+    # (candidates, text characters, string enders): see closing_candidates
+    closers: tuple[list[int], list[int], frozenset[int]] = ([], [], frozenset())
 
     def fork(self) -> Matcher:
         """An independent copy of this matcher's state (engines with ``supports_closing``)."""
+        raise NotImplementedError
+
+    def accepts(self, token: int) -> bool:
+        """True when the grammar takes ``token`` now (the matcher does not move)."""
+        return self.fork().consume(token)
+
+    def first_allowed(self) -> int | None:
+        """The lowest token id the grammar allows now (None: none is)."""
         raise NotImplementedError
 
     def closing_path(self, limit: int) -> list[int] | None:
         """A short token path from the current state to a complete sentence, found by
         walking the grammar (at most ``limit`` tokens; None when none is found). The
         matcher itself does not move."""
-        return None
+        return walk_to_accept(self.fork(), limit) if self.supports_closing else None
 
     def completes_with(self, tokens: list[int]) -> bool:
         """True when ``tokens`` take the current state to a complete sentence (checked on a
@@ -340,3 +352,68 @@ def json_whitespace_regex(options: ConstraintOptions) -> str:
     if options.whitespace == "compact":
         return ""
     return f"[\\x20\\x0A\\x0D\\x09]{{0,{options.max_whitespace}}}"
+
+
+# Walking the grammar -----------------------------------------------------------------------
+# A closer taken this many times in a row is set aside (see walk_to_accept): deep enough
+# for the close of real nesting (``}}`` 8 times is 16 levels), short enough to leave a
+# string the walk has been filling with closers
+WALK_REPEATS = 8
+
+
+def walk_to_accept(m: Matcher, limit: int) -> list[int] | None:
+    """Greedy walk from ``m``'s state (consumed as it goes: pass a fork) to an accepting
+    state: forced tokens, else the first of ``m.closers`` the grammar takes, else the
+    lowest allowed token. The path is short, not always the shortest; what matters is that
+    it is valid and that its length is known before the decoder commits to a token. Works
+    through the :class:`Matcher` interface, so every engine that can fork closes the same way.
+
+    Inside a string whose pattern admits punctuation (a key matching ``a$`` or ``.+``),
+    ``}}`` is text, not a close, and a greedy walk would write it forever. So when the walk
+    takes the same closer twice in a row, it first looks for one text character after which
+    a quote may end the string (the ``a`` that ``a$`` needs), and a closer taken
+    :data:`WALK_REPEATS` times in a row is set aside (still used when nothing else fits)."""
+    candidates, text, enders = m.closers
+    path: list[int] = []
+    banned: set[int] = set()
+    last, run = -1, 0
+    while not m.is_accepting():
+        if len(path) >= limit or m.error() is not None or m.is_finished():
+            return None
+        forced = m.forced_tokens()
+        if forced:
+            path.extend(forced)
+            last, run = -1, 0
+            continue
+        tok = next((t for t in candidates if t not in banned and m.accepts(t)), None)
+        if tok is None:
+            tok = next((t for t in candidates if m.accepts(t)), None)
+        if tok is None:
+            tok = m.first_allowed()
+            if tok is None:
+                return None
+        run = run + 1 if tok == last else 1
+        last = tok
+        if run >= 2 and tok not in enders:
+            way_out = _string_exit(m, text, enders)
+            if way_out is not None:
+                tok, last, run = way_out, -1, 0
+            elif run >= WALK_REPEATS:
+                banned.add(tok)
+        if not m.consume(tok):
+            return None
+        path.append(tok)
+    return path if len(path) <= limit else None
+
+
+def _string_exit(m: Matcher, text: list[int], enders: frozenset[int]) -> int | None:
+    """A text character after which a quote may end the current string, if any. In JSON
+    structure (outside strings) no text character is followed by a quote, so this finds
+    nothing there."""
+    for t in text:
+        if not m.accepts(t):
+            continue
+        ahead = m.fork()
+        if ahead.consume(t) and any(ahead.accepts(e) for e in enders):
+            return t
+    return None

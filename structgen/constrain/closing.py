@@ -9,7 +9,8 @@ required members an open object still lacks, the items an array still needs for
 
 The text is a proposal: the decoder tokenizes it and keeps it only if the grammar engine
 accepts it (so a schema feature this module does not model, a ``pattern`` say, costs a
-fallback, never an invalid answer).
+fallback, never an invalid answer). When the schema gives no proposal,
+:func:`structgen.constrain.base.walk_to_accept` walks the grammar itself.
 """
 
 from __future__ import annotations

@@ -155,8 +155,13 @@ class LLGuidanceMatcher(Matcher):
         out.relaxed = self.relaxed
         return out
 
-    def closing_path(self, limit: int) -> list[int] | None:
-        return _walk_to_accept(self.m.deep_copy(), self.closers, limit)
+    def accepts(self, token: int) -> bool:
+        return bool(self.m.validate_tokens([token]) == 1)
+
+    def first_allowed(self) -> int | None:
+        mask = self.m.compute_bitmask()
+        byte = next((i for i, bits in enumerate(mask) if bits), None)
+        return None if byte is None else byte * 8 + (mask[byte] & -mask[byte]).bit_length() - 1
 
     def completes_with(self, tokens: list[int]) -> bool:
         m = self.m.deep_copy()
@@ -188,75 +193,6 @@ class LLGuidanceMatcher(Matcher):
 
     def error(self) -> str | None:
         return self.m.get_error() if self.m.is_error() else None
-
-
-def _walk_to_accept(m: Any, closers: tuple[list[int], list[int], frozenset[int]],
-                    limit: int) -> list[int] | None:
-    """Greedy walk from ``m``'s state (consumed as it goes) to an accepting state: forced
-    tokens, else the first closer token the grammar takes, else the lowest allowed token.
-    The path is short, not always the shortest; what matters is that it is valid and that
-    its length is known before the decoder commits to a token.
-
-    Inside a string whose pattern admits punctuation (a key matching ``a$`` or ``.+``),
-    ``}}`` is text, not a close, and a greedy walk would write it forever. So when the walk
-    takes the same closer twice in a row, it first looks for one text character after which
-    a quote may end the string (the ``a`` that ``a$`` needs), and a closer taken
-    :data:`WALK_REPEATS` times in a row is set aside (still used when nothing else fits)."""
-    candidates, text, enders = closers
-    path: list[int] = []
-    banned: set[int] = set()
-    last, run = -1, 0
-    while not m.is_accepting():
-        if len(path) >= limit or m.is_error() or m.is_stopped():
-            return None
-        ff = m.compute_ff_tokens()
-        if ff:
-            if not m.consume_tokens(ff):
-                return None
-            path.extend(ff)
-            last, run = -1, 0
-            continue
-        tok = next((t for t in candidates
-                    if t not in banned and m.validate_tokens([t]) == 1), None)
-        if tok is None:
-            tok = next((t for t in candidates if m.validate_tokens([t]) == 1), None)
-        if tok is None:
-            mask = m.compute_bitmask()
-            allowed = next((i for i, byte in enumerate(mask) if byte), None)
-            if allowed is None:
-                return None
-            tok = allowed * 8 + (mask[allowed] & -mask[allowed]).bit_length() - 1
-        run = run + 1 if tok == last else 1
-        last = tok
-        if run >= 2 and tok not in enders:
-            way_out = _string_exit(m, text, enders)
-            if way_out is not None:
-                tok, last, run = way_out, -1, 0
-            elif run >= WALK_REPEATS:
-                banned.add(tok)
-        if not m.consume_token(tok):
-            return None
-        path.append(tok)
-    return path if len(path) <= limit else None
-
-
-def _string_exit(m: Any, text: list[int], enders: frozenset[int]) -> int | None:
-    """A text character after which a quote may end the current string, if any. In JSON
-    structure (outside strings) no text character is followed by a quote, so this finds
-    nothing there."""
-    for t in text:
-        if m.validate_tokens([t]) != 1:
-            continue
-        ahead = m.deep_copy()
-        if ahead.consume_token(t) and any(ahead.validate_tokens([e]) == 1 for e in enders):
-            return t
-    return None
-
-
-# A closer taken this many times in a row is set aside (see _walk_to_accept): deep enough
-# for the close of real nesting (``}}`` 8 times is 16 levels), short enough to leave a
-# string the walk has been filling with closers
-WALK_REPEATS = 8
 
 
 class LLGuidanceConstraint(GrammarConstraint):

@@ -14,6 +14,7 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
+    closing_candidates,
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
@@ -25,12 +26,34 @@ if TYPE_CHECKING:
 
 
 class OutlinesMatcher(Matcher):
-    __slots__ = ("eos", "guide", "words")
+    __slots__ = ("closers", "eos", "guide", "history", "index", "words")
+    # a fork replays the tokens taken so far on a new guide: the regex automaton moves in
+    # constant time per token, and closing forks only near the end of the budget
+    supports_closing = True
 
-    def __init__(self, guide: Any, eos: int, words: int) -> None:
-        self.guide = guide
+    def __init__(self, index: Any, eos: int, words: int,
+                 closers: tuple[list[int], list[int], frozenset[int]]) -> None:
+        from outlines_core import Guide
+
+        self.index = index
+        self.guide = Guide(index)
         self.eos = eos
         self.words = words
+        self.closers = closers
+        self.history: list[int] = []
+
+    def fork(self) -> OutlinesMatcher:
+        out = OutlinesMatcher(self.index, self.eos, self.words, self.closers)
+        out.relaxed = self.relaxed
+        out.consume_all(self.history)
+        return out
+
+    def accepts(self, token: int) -> bool:
+        return bool(self.guide.accepts_tokens([token]))
+
+    def first_allowed(self) -> int | None:
+        allowed = [t for t in self.guide.get_tokens() if t != self.eos]
+        return min(allowed) if allowed else None
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         v = bitmask[row]
@@ -40,6 +63,7 @@ class OutlinesMatcher(Matcher):
         if not self.guide.accepts_tokens([token]):
             return False
         self.guide.advance(token, return_tokens=False)
+        self.history.append(token)
         return True
 
     def is_finished(self) -> bool:
@@ -71,6 +95,7 @@ class OutlinesConstraint(GrammarConstraint):
                 groups.setdefault(b, []).append(i)
         self.eos = eos
         self.vocabulary = Vocabulary(eos, groups)
+        self.closers = closing_candidates(tok.token_bytes())
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
         from outlines_core import Index
@@ -95,6 +120,4 @@ class OutlinesConstraint(GrammarConstraint):
                               f"{exc}") from None
 
     def new_matcher(self, compiled: Any) -> Matcher:
-        from outlines_core import Guide
-
-        return OutlinesMatcher(Guide(compiled), self.eos, self.tok.vocab_size)
+        return OutlinesMatcher(compiled, self.eos, self.tok.vocab_size, self.closers)

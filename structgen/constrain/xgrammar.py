@@ -14,6 +14,7 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
+    closing_candidates,
 )
 from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
@@ -47,12 +48,39 @@ def _multi_all_of(node: dict[str, Any]) -> bool:
 
 
 class XGrammarMatcher(Matcher):
-    __slots__ = ("encode", "m", "token_bytes")
+    __slots__ = ("closers", "encode", "m", "token_bytes")
+    supports_closing = True  # xgrammar's matcher forks and rolls back
 
-    def __init__(self, m: Any, encode: Any, token_bytes: list[bytes]) -> None:
+    def __init__(self, m: Any, encode: Any, token_bytes: list[bytes],
+                 closers: tuple[list[int], list[int], frozenset[int]]) -> None:
         self.m = m
         self.encode = encode
         self.token_bytes = token_bytes
+        self.closers = closers
+
+    def fork(self) -> XGrammarMatcher:
+        out = XGrammarMatcher(self.m.fork(), self.encode, self.token_bytes, self.closers)
+        out.relaxed = self.relaxed
+        return out
+
+    def accepts(self, token: int) -> bool:
+        if not self.m.accept_token(token):
+            return False
+        self.m.rollback(1)
+        return True
+
+    def first_allowed(self) -> int | None:
+        import torch
+        import xgrammar as xgr
+
+        mask = xgr.allocate_token_bitmask(1, len(self.token_bytes))
+        self.m.fill_next_token_bitmask(mask, 0)
+        words = torch.nonzero(mask[0]).flatten()
+        if not len(words):
+            return None
+        word = int(words[0])
+        bits = int(mask[0, word]) & 0xFFFFFFFF
+        return word * 32 + (bits & -bits).bit_length() - 1
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self.m.fill_next_token_bitmask(bitmask, row)
@@ -105,6 +133,7 @@ class XGrammarConstraint(GrammarConstraint):
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self._token_bytes = tok.token_bytes()
         self._encode = tok.encode
+        self.closers = closing_candidates(self._token_bytes)
 
     def prepare_schema(self, output: CompiledOutput) -> tuple[dict[str, Any], tuple[str, ...]]:
         """Take out what XGrammar compiles but does not enforce (measured on MaskBench: it
@@ -171,4 +200,5 @@ class XGrammarConstraint(GrammarConstraint):
     def new_matcher(self, compiled: Any) -> Matcher:
         import xgrammar as xgr
 
-        return XGrammarMatcher(xgr.GrammarMatcher(compiled), self._encode, self._token_bytes)
+        return XGrammarMatcher(xgr.GrammarMatcher(compiled), self._encode, self._token_bytes,
+                               self.closers)

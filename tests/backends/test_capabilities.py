@@ -84,3 +84,17 @@ def test_docs_table_matches_matrix():
     doc = (Path(__file__).resolve().parents[2] / "docs/capabilities.md").read_text()
     for key in CAPABILITIES:
         assert f"`{key}`" in doc, key
+
+
+@pytest.mark.parametrize("row", sorted(CAPABILITIES))
+def test_servers_get_int64_bounds_on_unbounded_integers(row):
+    """A server's grammar stops a runaway integer at int64 ([issue 17]); the schema's own
+    bounds win, and the compiled schema itself is untouched."""
+    sent, _ = relax_for(compile_output(TAGS), CAPABILITIES[row])
+    assert sent is not None
+    count = sent["properties"]["count"]
+    if "minimum" in CAPABILITIES[row].json_keywords:
+        assert (count["minimum"], count["maximum"]) == (-(2**63) + 1024, 2**63 - 1024)
+    else:
+        assert "minimum" not in count and "maximum" not in count
+    assert "minimum" not in TAGS["properties"]["count"]

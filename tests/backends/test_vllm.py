@@ -70,6 +70,23 @@ async def test_vllm_json_schema_returns_valid_objects(vllm_tiny):
     await engine.aclose()
 
 
+async def test_vllm_integers_stop_at_int64(vllm_tiny):
+    """The schema has no bound, so what is sent holds integers to int64 ([issue 17]): the
+    random model's digit runs end there, on both engines, instead of at max_tokens."""
+    unbounded = {"type": "object", "properties": {"n": {"type": "array", "items": {
+        "type": "integer"}, "minItems": 3, "maxItems": 3}},
+        "required": ["n"], "additionalProperties": False}
+    engine = Engine(vllm_config(vllm_tiny))
+    longest = 0
+    for seed in range(6):
+        result = await engine.arun("Numbers:", unbounded, backend="vllm", max_tokens=120,
+                                   temperature=1.0, seed=seed, use_cache=False)
+        assert all(-(2**63) < n < 2**63 for n in result.value["n"]), result.value
+        longest = max(longest, *(len(str(abs(n))) for n in result.value["n"]))
+    assert longest > 3  # the model did write long numbers: the bound was exercised
+    await engine.aclose()
+
+
 async def test_vllm_never_sends_guided_fields(vllm_tiny):
     """vLLM >= 0.12 ignores guided_* and returns unconstrained text: never send them."""
     b = VLLMBackend(vllm_config(vllm_tiny))
