@@ -9,7 +9,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.base import (
-    STRUCTURE_KEYWORDS,
     ConstraintOptions,
     GrammarConstraint,
     Matcher,
@@ -17,6 +16,7 @@ from structgen.constrain.base import (
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
+from structgen.schema.support import OUTLINES
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ class OutlinesConstraint(GrammarConstraint):
     version = importlib.metadata.version("outlines_core")
     supports_fast_forward = False
     supports_reasoning = False
-    json_keywords = STRUCTURE_KEYWORDS | {"format"}
+    support = OUTLINES
     notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
              "construction can take seconds for large schemas",)
 
