@@ -256,8 +256,14 @@ def test_breaking_the_sync_loop_closes_the_http_stream(servers: dict[str, WireSe
     items = engine.stream("Plan it", Plan)
     for _item in items:
         break
+    # Hold the async stream the sync one drives, so the garbage collector cannot close it
+    # (its finalizer would hang up too, and hide a missing close): only the sync
+    # generator's own close of it can reach the server.
+    inner = items.gi_frame.f_locals["items"]
+    assert inner.ag_frame is not None  # started, not closed
     items.close()  # what dropping the loop's iterator does; explicit, so no GC timing
     _wait_for(lambda: server.hung_up == 1, "the client hung up")
+    assert inner.ag_frame is None  # closed, though this test still holds it
     engine.close()
 
 
