@@ -130,9 +130,26 @@ class Engine:
                                  allow_truncated: bool = False) -> StructuredResult:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
         assert request.output is not None
+        gen, trail = await self._route(request, backend, start)
+        return await self._settle(gen, request, trail, start, key, allow_truncated)
+
+    async def _route(self, request: GenerationRequest, backend: str | None, start: float
+                     ) -> tuple[GenerationResult, list[dict[str, Any]]]:
+        """Generate through the router, the request's deadline starting now; a failure is
+        recorded in the metrics before it is raised."""
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
         try:
-            gen, trail = await self.router.agenerate(request, backend=backend)
+            return await self.router.agenerate(request, backend=backend)
+        except StructgenError as exc:
+            self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            raise
+
+    async def _settle(self, gen: GenerationResult, request: GenerationRequest,
+                      trail: list[dict[str, Any]], start: float, key: str | None,
+                      allow_truncated: bool) -> StructuredResult:
+        """The last steps of a call and of a stream alike: finalize ``gen`` (validate,
+        repair, re-ask), store a whole value under ``key``, record the request."""
+        try:
             repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
@@ -169,12 +186,7 @@ class Engine:
         start = time.perf_counter()
         request = self._request(prompt_or_messages, None, model=model, reasoning=reasoning,
                                 **sampling)
-        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
-        try:
-            gen, trail = await self.router.agenerate(request, backend=backend)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
+        gen, trail = await self._route(request, backend, start)
         result = StructuredResult(
             value=gen.text, raw_text=gen.text, backend=gen.backend, model=gen.model,
             attempts=trail, reasoning_text=gen.reasoning_text,
@@ -275,15 +287,7 @@ class Engine:
                                ttft_s=ttft, post_enforced=reported if reported is not None
                                else unenforced(request.output,
                                                self.backend(name).capabilities()))
-        try:
-            repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
-        result = _structured(gen, repaired, trail, start, key)
-        if key is not None and not result.truncated:  # a cut value is never served again
-            self.cache.put(key, request, result)
-        self.metrics.record(request, gen, result)
+        result = await self._settle(gen, request, trail, start, key, allow_truncated)
         yield result if final_result else result.value
 
     def stream(self, prompt_or_messages: str | Sequence[Any], output: Any,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import importlib.metadata
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -171,10 +172,18 @@ Compiled = tuple[Any, tuple[PostEnforced, ...]]  # an engine's grammar, what it 
 
 
 class GrammarConstraint(ABC):
-    """A constraint engine bound to one tokenizer."""
+    """A constraint engine bound to one tokenizer.
+
+    An engine declares itself in its class line: its row in :mod:`structgen.schema.support`
+    (which names it), the distribution its version is read from, and whether it forces
+    tokens (fast-forward) and can constrain reasoning output::
+
+        class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar",
+                                 fast_forward=True): ...
+    """
 
     name: str = "base"
-    version: str = "0"
+    version: str = "0"  # the engine library's version: part of the grammar-cache key
     supports_fast_forward: bool = False
     supports_reasoning: bool = False
     notes: tuple[str, ...] = ()
@@ -187,6 +196,14 @@ class GrammarConstraint(ABC):
     # True when the engine bounds its own compile work (and fails instead of running on):
     # its compiles then run inline, without the worker thread that enforces the deadline
     bounded_compile: bool = False
+
+    def __init_subclass__(cls, *, support: EngineSupport, package: str,
+                          fast_forward: bool = False, reasoning: bool = False,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.support, cls.name = support, support.engine
+        cls.version = importlib.metadata.version(package)
+        cls.supports_fast_forward, cls.supports_reasoning = fast_forward, reasoning
 
     def __init__(self, tok: TokenizerData, *, grammar_cache: GrammarCache | None = None,
                  compile_timeout_s: float | None = None) -> None:

@@ -4,7 +4,6 @@ fast-forward, and Lark grammars (so reasoning + JSON is one grammar)."""
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -146,9 +145,7 @@ class LLGuidanceMatcher(Matcher):
 
     def forced_tokens(self) -> list[int]:
         ff: list[int] = self.m.compute_ff_tokens()
-        if ff and not self.m.consume_tokens(ff):
-            return []
-        return ff
+        return ff if ff and self.consume_all(ff) else []
 
     def is_finished(self) -> bool:
         return bool(self.m.is_stopped())
@@ -229,12 +226,9 @@ def _string_exit(m: Any, text: list[int], enders: frozenset[int]) -> int | None:
 WALK_REPEATS = 8
 
 
-class LLGuidanceConstraint(GrammarConstraint):
-    name = "llguidance"
-    version = importlib.metadata.version("llguidance")
-    supports_fast_forward = True
-    supports_reasoning = True
-    support = LLGUIDANCE  # it enforces every keyword it compiles; others fail upfront
+# llguidance enforces every keyword it compiles; the others fail upfront
+class LLGuidanceConstraint(GrammarConstraint, support=LLGUIDANCE, package="llguidance",
+                           fast_forward=True, reasoning=True):
     forbids_json_control_chars = True  # its JSON strings follow RFC 8259 (checked in tests)
     # llguidance caps its compile work (lexer fuel, grammar size: ParserLimits) and returns
     # an error past the caps, so no deadline thread is needed: its MaskBench compiles take

@@ -3,7 +3,6 @@ index of allowed tokens per automaton state. No context-free grammars, no fast-f
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -51,12 +50,7 @@ class OutlinesMatcher(Matcher):
         return bool(self.guide.is_finished())
 
 
-class OutlinesConstraint(GrammarConstraint):
-    name = "outlines"
-    version = importlib.metadata.version("outlines_core")
-    supports_fast_forward = False
-    supports_reasoning = False
-    support = OUTLINES
+class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_core"):
     notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
              "construction can take seconds for large schemas",)
 

@@ -4,7 +4,6 @@ its jump-forward string (re-tokenized, accepted only when the tokens reproduce i
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -62,12 +61,16 @@ class XGrammarMatcher(Matcher):
         # it; only take it when its tokens spell exactly that string.
         if b"".join(self.token_bytes[i] for i in ids) != s.encode("utf-8"):
             return []
-        for n, t in enumerate(ids):
+        return ids if self.consume_all(ids) else []
+
+    def consume_all(self, tokens: list[int]) -> bool:
+        """All of ``tokens`` or none: a rejected token rolls back the ones before it."""
+        for n, t in enumerate(tokens):
             if not self.m.accept_token(t):
                 if n:
                     self.m.rollback(n)
-                return []
-        return ids
+                return False
+        return True
 
     def is_finished(self) -> bool:
         return bool(self.m.is_terminated())
@@ -76,12 +79,8 @@ class XGrammarMatcher(Matcher):
         return bool(self.m.is_completed())
 
 
-class XGrammarConstraint(GrammarConstraint):
-    name = "xgrammar"
-    version = importlib.metadata.version("xgrammar")
-    supports_fast_forward = True
-    supports_reasoning = False
-    support = XGRAMMAR  # what it compiles without enforcing: schema/support.py
+class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar",
+                         fast_forward=True):
     notes = ("xgrammar: Lark grammars are not accepted (pass Grammar(..., syntax='ebnf') or "
              "use engine='llguidance'); reasoning needs llguidance",)
 
