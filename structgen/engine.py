@@ -39,6 +39,7 @@ from structgen.schema.support import PostEnforced
 from structgen.streaming import partial_instance, partial_value
 from structgen.types import (
     SAMPLING_KEYS,
+    BackendAttempt,
     Choice,
     Grammar,
     Regex,
@@ -134,7 +135,7 @@ class Engine:
         return await self._settle(gen, request, trail, start, key, allow_truncated)
 
     async def _route(self, request: GenerationRequest, backend: str | None, start: float
-                     ) -> tuple[GenerationResult, list[dict[str, Any]]]:
+                     ) -> tuple[GenerationResult, list[BackendAttempt]]:
         """Generate through the router, the request's deadline starting now; a failure is
         recorded in the metrics before it is raised."""
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
@@ -145,7 +146,7 @@ class Engine:
             raise
 
     async def _settle(self, gen: GenerationResult, request: GenerationRequest,
-                      trail: list[dict[str, Any]], start: float, key: str | None,
+                      trail: list[BackendAttempt], start: float, key: str | None,
                       allow_truncated: bool) -> StructuredResult:
         """The last steps of a call and of a stream alike: finalize ``gen`` (validate,
         repair, re-ask), store a whole value under ``key``, record the request."""
@@ -314,7 +315,7 @@ def _usage(gen: GenerationResult) -> Usage:
                  ttft_s=gen.ttft_s, server_time_s=gen.server_time_s, http_s=gen.http_s)
 
 
-def _structured(gen: GenerationResult, repaired: Repaired, trail: list[dict[str, Any]],
+def _structured(gen: GenerationResult, repaired: Repaired, trail: list[BackendAttempt],
                 start: float, key: str | None) -> StructuredResult:
     """The result of a generated (streamed or not) and finalized answer; a cut one gets no
     cache key (it is never stored)."""

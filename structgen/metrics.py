@@ -245,7 +245,7 @@ class Metrics:
         kind = request.output.kind if request.output is not None else UNSTRUCTURED_KIND
         stages = [r.stage for r in result.repairs]
         fixed_by = stages[-1] if result.repaired and stages else None
-        fallback = any(not a.get("ok") for a in result.attempts)
+        fallback = any(not a.ok for a in result.attempts)
         seconds = gen.latency_s or result.latency_s
         tps = gen.completion_tokens / seconds if gen.completion_tokens and seconds > 0 else None
         self.requests.labels(gen.backend, kind).inc()

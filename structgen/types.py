@@ -140,6 +140,28 @@ class Repair:
 
 
 @dataclass
+class BackendAttempt:
+    """One backend the router considered for a request, in the order it went.
+
+    ``skipped``: why it was passed over without a request (circuit open, cannot constrain
+    the output kind, ...); ``error``: ``"<error type>: <message>"`` of a request that
+    failed; ``latency_s``: how long the request took (a stream: to its first chunk).
+    """
+
+    backend: str
+    ok: bool = False
+    latency_s: float | None = None
+    error: str | None = None
+    skipped: str | None = None
+    reasoning: bool = False  # reasoning was turned on for a reasoning model
+
+    @property
+    def why(self) -> str:
+        """Why it did not answer, for an error message."""
+        return self.skipped or self.error or ""
+
+
+@dataclass
 class StructuredResult:
     """A validated value plus everything a caller may want to know about how it was made."""
 
@@ -150,7 +172,7 @@ class StructuredResult:
     cached: bool = False
     repaired: bool = False
     repairs: list[Repair] = field(default_factory=list)  # in the order they ran
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # one per backend tried
+    attempts: list[BackendAttempt] = field(default_factory=list)  # one per backend tried
     # what the grammar did not enforce and validation did: ``"<pointer>/<keyword>"`` each
     # (``str`` of structgen.schema.support.PostEnforced; ``"/"`` = the whole output)
     post_enforced: list[str] = field(default_factory=list)

@@ -320,8 +320,8 @@ async def test_stream_reports_what_run_reports(servers: dict[str, WireServer], n
     assert "/properties/tags/uniqueItems" in ran.post_enforced  # no server enforces it
     assert streamed.backend == ran.backend == name
     # the same attempt trail: one entry, the backend that answered
-    assert [(e["backend"], e["ok"]) for e in streamed.attempts] == \
-        [(e["backend"], e["ok"]) for e in ran.attempts] == [(name, True)]
+    assert [(e.backend, e.ok) for e in streamed.attempts] == \
+        [(e.backend, e.ok) for e in ran.attempts] == [(name, True)]
     await engine.aclose()
 
 
