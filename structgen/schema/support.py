@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from structgen.schema.check import copy_schema, declared_types, walk
-from structgen.schema.relax import drop_keywords, keywords_present
+from structgen.schema.relax import COUPLED, drop_keywords, keywords_present
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,10 @@ def located(schema: Any, keywords: Iterable[str],
         for keyword in sorted(wanted & node.keys()):
             why = reasons if isinstance(reasons, str) else reasons.get(keyword, "")
             yield PostEnforced(pointer, keyword, why or "dropped with its group")
+            for coupled in COUPLED.get(keyword, ()):
+                if coupled in node and coupled not in wanted:
+                    yield PostEnforced(pointer, coupled, f"taken out with {keyword} (kept "
+                                       "alone, it would make the node stricter)")
 
 
 def _other_string_format(node: dict[str, Any], formats: frozenset[str]) -> bool:

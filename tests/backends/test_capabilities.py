@@ -81,6 +81,16 @@ def test_loosening_a_one_of_branch_makes_it_any_of():
             "/properties/n/oneOf/1/multipleOf"} <= {str(e) for e in post}
 
 
+def test_what_goes_with_a_keyword_is_reported_too():
+    """Without its patternProperties, ``additionalProperties: false`` would refuse the
+    members they allowed: both go, and both are reported."""
+    schema = {"type": "object", "patternProperties": {"^x-": {"type": "string"}},
+              "additionalProperties": False}
+    sent, post = relax_for(compile_output(schema), capabilities_for("ollama"))
+    assert sent == {"type": "object"}
+    assert {str(e) for e in post} == {"/patternProperties", "/additionalProperties"}
+
+
 def test_agent_schema_through_defs():
     post = unenforced(compile_output(Intent), capabilities_for("vllm", "xgrammar"))
     assert "/properties/rationale/maxLength" in {str(e) for e in post}  # control characters
