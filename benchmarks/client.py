@@ -116,12 +116,12 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         req = GenerationRequest(messages=normalize_messages(f"Review answer {i}:"),
                                 output=compiled, sampling=Sampling(max_tokens=MAX_TOKENS))
-        return float((await backend.agenerate(req)).stats["http_s"])
+        return float((await backend.agenerate(req)).http_s or 0.0)
 
     async def full(i: int) -> float:
         result = await engine.arun(f"Review answer {i}:", SCHEMA, backend="vllm",
                                    max_tokens=MAX_TOKENS, use_cache=False)
-        return float(result.usage["http_s"])
+        return float(result.usage.http_s or 0.0)
 
     for i in range(4):  # warm the grammar cache and the connection pool
         await raw(i)

@@ -562,10 +562,10 @@ def _passed_over(result: StructuredResult) -> list[str]:
     """Backends tried or skipped for a reason that may pass, before the one that answered."""
     names: list[str] = []
     for attempt in result.attempts:
-        if attempt.get("ok"):
+        if attempt.ok:
             break
-        if "error" in attempt or attempt.get("skipped") in _TRANSIENT_SKIPS:
-            names.append(str(attempt.get("backend")))
+        if attempt.error is not None or attempt.skipped in _TRANSIENT_SKIPS:
+            names.append(attempt.backend)
     return names
 
 

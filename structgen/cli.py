@@ -97,7 +97,7 @@ def generate(
     if verbose:
         typer.secho(f"backend={result.backend} model={result.model} cached={result.cached} "
                     f"repaired={result.repaired} latency={result.latency_s:.2f}s "
-                    f"usage={result.usage}", fg="cyan", err=True)
+                    f"usage={dict(result.usage)}", fg="cyan", err=True)
 
 
 @app.command()

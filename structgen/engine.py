@@ -35,14 +35,17 @@ from structgen.repair import Repaired, finalize
 from structgen.router import Router
 from structgen.schema import CompiledOutput, compile_output
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
+from structgen.schema.support import PostEnforced
 from structgen.streaming import partial_instance, partial_value
 from structgen.types import (
     SAMPLING_KEYS,
+    BackendAttempt,
     Choice,
     Grammar,
     Regex,
     Sampling,
     StructuredResult,
+    Usage,
     normalize_messages,
 )
 
@@ -128,22 +131,31 @@ class Engine:
                                  allow_truncated: bool = False) -> StructuredResult:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
         assert request.output is not None
+        gen, trail = await self._route(request, backend, start)
+        return await self._settle(gen, request, trail, start, key, allow_truncated)
+
+    async def _route(self, request: GenerationRequest, backend: str | None, start: float
+                     ) -> tuple[GenerationResult, list[BackendAttempt]]:
+        """Generate through the router, the request's deadline starting now; a failure is
+        recorded in the metrics before it is raised."""
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
         try:
-            gen, trail = await self.router.agenerate(request, backend=backend)
+            return await self.router.agenerate(request, backend=backend)
+        except StructgenError as exc:
+            self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            raise
+
+    async def _settle(self, gen: GenerationResult, request: GenerationRequest,
+                      trail: list[BackendAttempt], start: float, key: str | None,
+                      allow_truncated: bool) -> StructuredResult:
+        """The last steps of a call and of a stream alike: finalize ``gen`` (validate,
+        repair, re-ask), store a whole value under ``key``, record the request."""
+        try:
             repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
             raise
-        result = StructuredResult(
-            value=repaired.value, raw_text=repaired.text, backend=gen.backend, model=gen.model,
-            repaired=repaired.repaired, repairs=repaired.stages, attempts=trail,
-            post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
-            latency_s=time.perf_counter() - start,
-            cache_key=None if repaired.truncated else key,
-            usage={"prompt_tokens": gen.prompt_tokens,
-                   "completion_tokens": gen.completion_tokens, **gen.stats},
-            truncated=repaired.truncated, finish_reason=gen.finish_reason)
+        result = _structured(gen, repaired, trail, start, key)
         if key is not None and not result.truncated:  # a cut value is never served again
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)
@@ -175,18 +187,11 @@ class Engine:
         start = time.perf_counter()
         request = self._request(prompt_or_messages, None, model=model, reasoning=reasoning,
                                 **sampling)
-        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
-        try:
-            gen, trail = await self.router.agenerate(request, backend=backend)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
+        gen, trail = await self._route(request, backend, start)
         result = StructuredResult(
             value=gen.text, raw_text=gen.text, backend=gen.backend, model=gen.model,
             attempts=trail, reasoning_text=gen.reasoning_text,
-            latency_s=time.perf_counter() - start,
-            usage={"prompt_tokens": gen.prompt_tokens,
-                   "completion_tokens": gen.completion_tokens, **gen.stats},
+            latency_s=time.perf_counter() - start, usage=_usage(gen),
             finish_reason=gen.finish_reason)
         self.metrics.record(request, gen, result)
         return result
@@ -250,7 +255,7 @@ class Engine:
         as_partial = _partial_builder(request.output)
         text = ""
         finish = "stop"
-        reported: tuple[str, ...] | None = None
+        reported: tuple[PostEnforced, ...] | None = None
         last: Any = None
         chunks = [first]
         try:
@@ -276,29 +281,14 @@ class Engine:
             # the consumer stopped early (break, aclose) or the stream failed: end the
             # backend's request now, not whenever the generator is collected
             await stream.aclose()  # type: ignore[attr-defined]
-        gen = GenerationResult(text=text, backend=name, model=request.model or "",
-                               finish_reason=finish, latency_s=time.perf_counter() - start,
-                               ttft_s=ttft)
         # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce,
         # as the backend reported it (or as its capabilities say, when it did not).
-        gen.stats["post_enforced"] = (list(reported) if reported is not None else
-                                      unenforced(request.output,
-                                                 self.backend(name).capabilities()))
-        try:
-            repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
-        result = StructuredResult(
-            value=repaired.value, raw_text=repaired.text, backend=name, model=gen.model,
-            repaired=repaired.repaired, repairs=repaired.stages, attempts=trail,
-            post_enforced=repaired.post_enforced, reasoning_text=gen.reasoning_text,
-            latency_s=time.perf_counter() - start,
-            cache_key=None if repaired.truncated else key, usage=dict(gen.stats),
-            truncated=repaired.truncated, finish_reason=finish)
-        if key is not None and not result.truncated:  # a cut value is never served again
-            self.cache.put(key, request, result)
-        self.metrics.record(request, gen, result)
+        gen = GenerationResult(text=text, backend=name, model=request.model or "",
+                               finish_reason=finish, latency_s=time.perf_counter() - start,
+                               ttft_s=ttft, post_enforced=reported if reported is not None
+                               else unenforced(request.output,
+                                               self.backend(name).capabilities()))
+        result = await self._settle(gen, request, trail, start, key, allow_truncated)
         yield result if final_result else result.value
 
     def stream(self, prompt_or_messages: str | Sequence[Any], output: Any,
@@ -318,6 +308,24 @@ class Engine:
 
     def close(self) -> None:
         run_sync(self.aclose())
+
+
+def _usage(gen: GenerationResult) -> Usage:
+    return Usage(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                 ttft_s=gen.ttft_s, server_time_s=gen.server_time_s, http_s=gen.http_s)
+
+
+def _structured(gen: GenerationResult, repaired: Repaired, trail: list[BackendAttempt],
+                start: float, key: str | None) -> StructuredResult:
+    """The result of a generated (streamed or not) and finalized answer; a cut one gets no
+    cache key (it is never stored)."""
+    return StructuredResult(
+        value=repaired.value, raw_text=repaired.text, backend=gen.backend, model=gen.model,
+        repaired=repaired.repaired, repairs=repaired.repairs, attempts=trail,
+        post_enforced=[str(e) for e in repaired.post_enforced],
+        reasoning_text=gen.reasoning_text, latency_s=time.perf_counter() - start,
+        cache_key=None if repaired.truncated else key, usage=_usage(gen),
+        truncated=repaired.truncated, finish_reason=gen.finish_reason)
 
 
 _END = object()

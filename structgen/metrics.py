@@ -243,8 +243,9 @@ class Metrics:
             return
         structured = request.output is not None
         kind = request.output.kind if request.output is not None else UNSTRUCTURED_KIND
-        fixed_by = result.repairs[-1] if result.repaired and result.repairs else None
-        fallback = any(not a.get("ok") for a in result.attempts)
+        stages = [r.stage for r in result.repairs]
+        fixed_by = stages[-1] if result.repaired and stages else None
+        fallback = any(not a.ok for a in result.attempts)
         seconds = gen.latency_s or result.latency_s
         tps = gen.completion_tokens / seconds if gen.completion_tokens and seconds > 0 else None
         self.requests.labels(gen.backend, kind).inc()
@@ -255,9 +256,9 @@ class Metrics:
             self.throughput.labels(gen.backend).observe(tps)
         if structured and not result.repaired:
             self.first_try.inc()
-        for stage in result.repairs:
+        for stage in stages:
             self.repairs.labels(stage, str(stage == fixed_by).lower()).inc()
-        self.retries.inc(result.repairs.count("reask"))
+        self.retries.inc(stages.count("reask"))
         if fallback:
             self.fallbacks.inc()
         self._count_call(request)
@@ -269,11 +270,11 @@ class Metrics:
                 _bump(state["by_kind"], kind)
                 _bump(c, "first_try_valid", structured and not result.repaired)
                 _bump(c, "repaired", result.repaired)
-                _bump(c, "retries", result.repairs.count("reask"))
+                _bump(c, "retries", stages.count("reask"))
                 _bump(c, "fallbacks", fallback)
                 _bump(c, "structured", structured)
                 _bump(c, "multi_turn", request.multi_turn)
-                for stage in result.repairs:
+                for stage in stages:
                     _bump(state["repairs_tried"], stage)
                 if fixed_by:
                     _bump(state["repairs_fixed"], fixed_by)

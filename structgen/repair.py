@@ -35,6 +35,8 @@ from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFaile
 from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
 from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth
+from structgen.schema.support import PostEnforced
+from structgen.types import Repair
 from structgen.validate import (
     Outcome,
     parse_json,
@@ -63,10 +65,18 @@ class Repaired:
     text: str
     repaired: bool = False
     stages: list[str] = field(default_factory=list)
-    post_enforced: list[str] = field(default_factory=list)
+    post_enforced: list[PostEnforced] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
     truncated: bool = False  # made from an answer cut off at max_tokens (see cut_short)
+
+    @property
+    def repairs(self) -> list[Repair]:
+        """``stages`` as records; the last coercion carries the changes it made (earlier
+        ones were on texts that a later stage replaced)."""
+        last = max((i for i, s in enumerate(self.stages) if s == "coerce"), default=-1)
+        return [Repair(s, tuple(self.changes) if i == last else ())
+                for i, s in enumerate(self.stages)]
 
 
 @dataclass
@@ -126,11 +136,8 @@ async def _finalize(gen: GenerationResult, request: GenerationRequest, cfg: Repa
     assert output is not None
     # The router already did this for generated results; streamed text arrives here raw.
     separate_reasoning(gen, request)
-    # What the grammar did not enforce, validation below does: keywords relaxed at compile
-    # time, the "<pointer>/<keyword>" list a server backend reports (backends/capabilities.py)
-    # and the keywords the embedded backend's engine was not given (constrain/*.py).
-    post_enforced = list(dict.fromkeys([*output.relaxed, *gen.stats.get("post_enforced", ()),
-                                        *gen.stats.get("relaxed", ())]))
+    # What the grammar did not enforce (schema/support.py), validation below does.
+    post_enforced = list(dict.fromkeys(gen.post_enforced))
     fix = repair_locally(gen.text, output, max_repairs=cfg.max_repairs, backend=gen.backend,
                          truncated=gen.finish_reason == "length")
     attempts = list(fix.attempts)

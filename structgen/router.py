@@ -17,9 +17,9 @@ is let through (half-open); success closes it, failure opens it again. The reque
 ``deadline`` (absolute ``time.monotonic()``) bounds the whole chain: when it passes,
 :class:`BackendTimeout` is raised and no further backend is tried.
 
-Every call returns a trail, one dict per candidate considered, e.g.
-``[{"backend": "vllm", "ok": False, "error": "BackendUnavailable: ...", "latency_s": 0.01},
-{"backend": "local", "ok": True, "latency_s": 0.4}]``; it becomes
+Every call returns a trail, one :class:`~structgen.types.BackendAttempt` per candidate
+considered, e.g. ``[BackendAttempt("vllm", error="BackendUnavailable: ...", latency_s=0.01),
+BackendAttempt("local", ok=True, latency_s=0.4)]``; it becomes
 ``StructuredResult.attempts``. When every candidate fails the raised error carries it as
 ``error.trail``.
 """
@@ -47,6 +47,7 @@ from structgen.errors import (
     StructgenError,
 )
 from structgen.reasoning import is_reasoning_model, separate_reasoning
+from structgen.types import BackendAttempt
 
 Clock = Callable[[], float]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -182,9 +183,9 @@ class Router:
 
     # Dispatch ----------------------------------------------------------------------
     async def agenerate(self, request: GenerationRequest, backend: str | None = None
-                        ) -> tuple[GenerationResult, list[dict[str, Any]]]:
+                        ) -> tuple[GenerationResult, list[BackendAttempt]]:
         """Generate with the first backend that works; return the result and the trail."""
-        trail: list[dict[str, Any]] = []
+        trail: list[BackendAttempt] = []
         auto = backend is None and self.config.llm_backend.provider == "auto"
         last: BackendError | None = None
         with self.in_flight():
@@ -192,24 +193,24 @@ class Router:
                 if _remaining(request.deadline) == 0.0:
                     raise _with_trail(BackendTimeout(
                         f"deadline passed before trying {name}", name), trail)
-                entry: dict[str, Any] = {"backend": name, "ok": False}
+                entry = BackendAttempt(name)
                 try:
                     instance = self.pool.get(name)
                 except (StructgenError, ImportError) as exc:
                     if backend is not None and isinstance(exc, ConfigError):
                         raise  # a named backend that does not exist is the caller's mistake
                     # e.g. the embedded backend without the [local] extra installed
-                    entry["skipped"] = f"not available: {exc}"
+                    entry.skipped = f"not available: {exc}"
                     trail.append(entry)
                     continue
                 kind = request.output.kind if request.output is not None else None
                 if kind is not None and kind not in instance.capabilities().output_kinds:
-                    entry["skipped"] = f"cannot constrain {kind} output"
+                    entry.skipped = f"cannot constrain {kind} output"
                     trail.append(entry)
                     continue
                 breaker = self.breaker(name)
                 if not breaker.allow():
-                    entry["skipped"] = "circuit open"
+                    entry.skipped = "circuit open"
                     trail.append(entry)
                     continue
                 # From here on a half-open breaker has handed this request its one trial
@@ -218,7 +219,7 @@ class Router:
                 try:
                     if auto and not await self.healthy(name, instance, request.deadline):
                         breaker.release()
-                        entry["skipped"] = "health probe failed"
+                        entry.skipped = "health probe failed"
                         trail.append(entry)
                         continue
                     result, error = await self._attempt(name, instance, request, entry)
@@ -235,18 +236,16 @@ class Router:
                 if isinstance(error, BackendTimeout) and _remaining(request.deadline) == 0.0:
                     raise _with_trail(error, trail)
         if last is None:
-            reasons = "; ".join(f"{e['backend']}: {e.get('skipped') or e.get('error')}"
-                                for e in trail)
+            reasons = "; ".join(f"{e.backend}: {e.why}" for e in trail)
             raise _with_trail(BackendUnavailable(f"no backend available ({reasons})"), trail)
-        if sum(1 for e in trail if "skipped" not in e) > 1:
-            reasons = "; ".join(f"{e['backend']}: {e.get('skipped') or e.get('error')}"
-                                for e in trail)
+        if sum(1 for e in trail if e.skipped is None) > 1:
+            reasons = "; ".join(f"{e.backend}: {e.why}" for e in trail)
             raise _with_trail(BackendUnavailable(f"every backend failed ({reasons})",
                                                  last.backend), trail) from last
         raise _with_trail(last, trail)
 
     async def open_stream(self, request: GenerationRequest, backend: str | None = None
-                          ) -> tuple[str, AsyncIterator[str], str, list[dict[str, Any]]]:
+                          ) -> tuple[str, AsyncIterator[str], str, list[BackendAttempt]]:
         """The first backend whose stream starts: its name, the rest of it, the first chunk
         and the attempt trail (the same entries as :meth:`agenerate`'s).
 
@@ -254,19 +253,19 @@ class Router:
         skips its backend, and how the stream ends (complete, failed, abandoned) is
         recorded on it.
         """
-        trail: list[dict[str, Any]] = []
+        trail: list[BackendAttempt] = []
         last: BackendError | None = None
         kind = request.output.kind if request.output is not None else None
         for name in self.order(backend):
-            entry: dict[str, Any] = {"backend": name, "ok": False}
+            entry = BackendAttempt(name)
             trail.append(entry)
             instance = self.pool.get(name)
             if kind is not None and kind not in instance.capabilities().output_kinds:
-                entry["skipped"] = f"cannot constrain {kind} output"
+                entry.skipped = f"cannot constrain {kind} output"
                 continue
             breaker = self.breaker(name)
             if not breaker.allow():
-                entry["skipped"] = "circuit open"
+                entry.skipped = "circuit open"
                 last = BackendUnavailable("circuit open", name)
                 continue
             start = time.perf_counter()
@@ -276,12 +275,12 @@ class Router:
             except StopAsyncIteration:
                 first = ""
             except BackendError as exc:
-                entry.update(error=f"{type(exc).__name__}: {exc}",
-                             latency_s=round(time.perf_counter() - start, 4))
+                entry.error = f"{type(exc).__name__}: {exc}"
+                entry.latency_s = round(time.perf_counter() - start, 4)
                 last = exc
                 continue
             # latency here is the time to the first chunk: the stream goes on after it
-            entry.update(ok=True, latency_s=round(time.perf_counter() - start, 4))
+            entry.ok, entry.latency_s = True, round(time.perf_counter() - start, 4)
             return name, stream, first, trail
         raise _with_trail(last or BackendUnavailable("no backend available for streaming"),
                           trail)
@@ -306,7 +305,7 @@ class Router:
         breaker.record_success()
 
     async def _attempt(self, name: str, backend: Backend, request: GenerationRequest,
-                       entry: dict[str, Any]) -> tuple[GenerationResult | None,
+                       entry: BackendAttempt) -> tuple[GenerationResult | None,
                                                        BackendError | None]:
         req = self._for_backend(name, request)
         start = time.perf_counter()
@@ -328,12 +327,11 @@ class Router:
             error = BackendProtocolError(f"unexpected {type(exc).__name__}: {exc}", name)
             error.__cause__ = exc
         else:
-            entry.update(ok=True, latency_s=round(time.perf_counter() - start, 4))
-            if req.reasoning:
-                entry["reasoning"] = True
+            entry.ok, entry.latency_s = True, round(time.perf_counter() - start, 4)
+            entry.reasoning = req.reasoning
             return separate_reasoning(result, req), None
-        entry.update(error=f"{type(error).__name__}: {error}",
-                     latency_s=round(time.perf_counter() - start, 4))
+        entry.error = f"{type(error).__name__}: {error}"
+        entry.latency_s = round(time.perf_counter() - start, 4)
         return None, error
 
     def _for_backend(self, name: str, request: GenerationRequest) -> GenerationRequest:
@@ -353,6 +351,6 @@ def _remaining(deadline: float | None) -> float | None:
     return max(0.0, deadline - time.monotonic())
 
 
-def _with_trail(exc: BackendError, trail: list[dict[str, Any]]) -> BackendError:
+def _with_trail(exc: BackendError, trail: list[BackendAttempt]) -> BackendError:
     exc.trail = list(trail)  # type: ignore[attr-defined]
     return exc

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
 from structgen.errors import StructgenError
@@ -99,6 +99,68 @@ def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[Message]
     return out
 
 
+@dataclass(frozen=True)
+class Usage(Mapping[str, Any]):
+    """Token counts and timings of the call that made a result (all None/0 for a cache hit).
+
+    Read as attributes, or by name as the dict it used to be (``usage["http_s"]``).
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None  # time to the first token, as the caller saw it
+    server_time_s: float | None = None  # the server's own time for the request
+    http_s: float | None = None  # a server backend's round trip, as httpx measured it
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in _USAGE_FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_USAGE_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_USAGE_FIELDS)
+
+
+_USAGE_FIELDS = tuple(f.name for f in fields(Usage))
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One repair stage that ran on the answer (``"syntax"``, ``"coerce"``, ``"reask"``) and
+    what it changed, ``"<pointer>: <what>"`` each (the coercions it made, for instance)."""
+
+    stage: str
+    changes: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.stage
+
+
+@dataclass
+class BackendAttempt:
+    """One backend the router considered for a request, in the order it went.
+
+    ``skipped``: why it was passed over without a request (circuit open, cannot constrain
+    the output kind, ...); ``error``: ``"<error type>: <message>"`` of a request that
+    failed; ``latency_s``: how long the request took (a stream: to its first chunk).
+    """
+
+    backend: str
+    ok: bool = False
+    latency_s: float | None = None
+    error: str | None = None
+    skipped: str | None = None
+    reasoning: bool = False  # reasoning was turned on for a reasoning model
+
+    @property
+    def why(self) -> str:
+        """Why it did not answer, for an error message."""
+        return self.skipped or self.error or ""
+
+
 @dataclass
 class StructuredResult:
     """A validated value plus everything a caller may want to know about how it was made."""
@@ -109,13 +171,15 @@ class StructuredResult:
     model: str = ""
     cached: bool = False
     repaired: bool = False
-    repairs: list[str] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # one per backend tried
+    repairs: list[Repair] = field(default_factory=list)  # in the order they ran
+    attempts: list[BackendAttempt] = field(default_factory=list)  # one per backend tried
+    # what the grammar did not enforce and validation did: ``"<pointer>/<keyword>"`` each
+    # (``str`` of structgen.schema.support.PostEnforced; ``"/"`` = the whole output)
     post_enforced: list[str] = field(default_factory=list)
     reasoning_text: str | None = None
     latency_s: float = 0.0
     cache_key: str | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
     # made from an answer cut off at max_tokens (only with allow_truncated=True); never cached
     truncated: bool = False
     # why the backend's answer ended ("stop", "length", ...), streamed or not; "stop" for a

@@ -62,7 +62,9 @@ async def test_counters_move_with_requests(tmp_path: Path) -> None:
     engine = engine_with(tmp_path, backend)
     await engine.arun("first", SCHEMA)  # valid first try
     coerced = await engine.arun("second", SCHEMA)  # "true" → true
-    assert coerced.repairs == ["coerce"]
+    # what coercion changed reaches the result (it used to be computed, then dropped)
+    assert [(r.stage, r.changes) for r in coerced.repairs] == [
+        ("coerce", ("/ok: 'true' → True (boolean)",))]
     try:
         await engine.arun("third", SCHEMA)  # 3 is not a boolean: fails
     except ValidationFailed:

@@ -24,7 +24,7 @@ from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import BackendTimeout, BackendUnavailable
 from structgen.router import CircuitBreaker, Router
-from structgen.types import Regex
+from structgen.types import BackendAttempt, Regex
 
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 
@@ -151,19 +151,19 @@ async def test_router_breaker_skips_then_probes_then_closes(tmp_path: Path) -> N
     for _ in range(3):  # three consecutive failures, each served by the fallback
         result = await engine.arun("q", SCHEMA)
         assert result.backend == "local"
-        assert result.attempts[0]["backend"] == "sglang" and not result.attempts[0]["ok"]
-        assert "BackendUnavailable" in result.attempts[0]["error"]
+        assert result.attempts[0].backend == "sglang" and not result.attempts[0].ok
+        assert "BackendUnavailable" in result.attempts[0].error
     assert flaky.calls == 3 and engine.router.breaker("sglang").state == "open"
     result = await engine.arun("q", SCHEMA)
     assert flaky.calls == 3  # open: not called at all
-    assert result.attempts[0] == {"backend": "sglang", "ok": False, "skipped": "circuit open"}
+    assert result.attempts[0] == BackendAttempt("sglang", skipped="circuit open")
     clock.now += 30  # half-open: one trial, which fails (fail_times was 4)
     await engine.arun("q", SCHEMA)
     assert flaky.calls == 4 and engine.router.breaker("sglang").state == "open"
     clock.now += 30  # half-open again: the trial succeeds and the breaker closes
     result = await engine.arun("q", SCHEMA)
     assert result.backend == "sglang" and result.attempts == [
-        {"backend": "sglang", "ok": True, "latency_s": result.attempts[0]["latency_s"]}]
+        BackendAttempt("sglang", ok=True, latency_s=result.attempts[0].latency_s)]
     assert engine.router.breaker("sglang").state == "closed"
     await engine.aclose()
 
@@ -182,9 +182,9 @@ async def test_closed_port_falls_back_to_next_backend(tmp_path: Path) -> None:
     assert time.monotonic() - start < 20  # inside the request's deadline
     assert result.backend == "local" and result.value == {"ok": True}
     first = result.attempts[0]
-    assert first["backend"] == "vllm" and not first["ok"]
-    assert "BackendUnavailable" in first["error"] and str(port) in first["error"]
-    assert result.attempts[1]["ok"]
+    assert first.backend == "vllm" and not first.ok
+    assert "BackendUnavailable" in first.error and str(port) in first.error
+    assert result.attempts[1].ok
     await engine.aclose()
 
 
@@ -196,7 +196,7 @@ async def test_server_answering_500_falls_back(tmp_path: Path, server_500: str) 
                     backends={"local": CannedBackend("local")})
     result = await engine.arun("q", SCHEMA)
     assert result.backend == "local"
-    assert result.attempts[0]["backend"] == "vllm" and "500" in result.attempts[0]["error"]
+    assert result.attempts[0].backend == "vllm" and "500" in result.attempts[0].error
     await engine.aclose()
 
 
@@ -210,7 +210,7 @@ async def test_auto_skips_server_whose_health_probe_fails(tmp_path: Path,
                     backends={"local": local})
     result = await engine.arun("q", SCHEMA)
     assert result.backend == "local"
-    assert [(a["backend"], a.get("skipped")) for a in result.attempts] == [
+    assert [(a.backend, a.skipped) for a in result.attempts] == [
         ("vllm", "health probe failed"), ("sglang", "health probe failed"), ("local", None)]
     assert engine.router.order() == ["vllm", "sglang", "local"]  # ollama: no base_url
     await engine.aclose()
@@ -230,7 +230,7 @@ async def test_dead_vllm_falls_back_to_embedded_tiny_model(tmp_path: Path,
     finally:
         await engine.aclose()
     assert result.backend == "local" and isinstance(result.value["ok"], bool)
-    assert result.attempts[0]["backend"] == "vllm" and not result.attempts[0]["ok"]
+    assert result.attempts[0].backend == "vllm" and not result.attempts[0].ok
 
 
 # Deadline, health cache, capabilities ---------------------------------------------------------
@@ -245,7 +245,7 @@ async def test_deadline_bounds_the_whole_chain(tmp_path: Path) -> None:
         await engine.arun("q", SCHEMA)
     assert nxt.calls == 0  # no time left for the next backend
     trail = info.value.trail  # type: ignore[attr-defined]
-    assert trail[0]["backend"] == "sglang" and "BackendTimeout" in trail[0]["error"]
+    assert trail[0].backend == "sglang" and "BackendTimeout" in trail[0].error
     # An already-expired deadline tries nothing.
     request = engine.build_request("q", SCHEMA)
     request.deadline = time.monotonic() - 1
@@ -271,7 +271,7 @@ async def test_health_probes_are_cached(tmp_path: Path) -> None:
     sg.healthy = False
     result = await engine.arun("q", SCHEMA)
     assert sg.probes == 2 and result.backend == "local"
-    assert result.attempts[0]["skipped"] == "health probe failed"
+    assert result.attempts[0].skipped == "health probe failed"
     await engine.aclose()
 
 
@@ -283,7 +283,7 @@ async def test_backend_that_cannot_take_the_kind_is_skipped(tmp_path: Path) -> N
                     backends={"sglang": json_only, "local": local})
     result = await engine.arun("q", Regex(r"\d+"))
     assert result.value == "123" and json_only.calls == 0
-    assert result.attempts[0]["skipped"] == "cannot constrain regex output"
+    assert result.attempts[0].skipped == "cannot constrain regex output"
     await engine.aclose()
 
 
@@ -296,7 +296,7 @@ async def test_every_backend_failing_raises_with_trail(tmp_path: Path) -> None:
         await engine.arun("q", SCHEMA)
     assert "every backend failed" in str(info.value)
     trail = info.value.trail  # type: ignore[attr-defined]
-    assert [a["backend"] for a in trail] == ["sglang", "local"]
+    assert [a.backend for a in trail] == ["sglang", "local"]
     assert engine.metrics.summary()["failures_by_error"] == {"BackendUnavailable": 1}
     await engine.aclose()
 
@@ -360,7 +360,7 @@ async def test_non_backend_error_releases_the_trial_and_falls_back(tmp_path: Pat
     _half_open(engine, "sglang", clock)
     result = await engine.arun("q", SCHEMA)  # the trial: the bug counts as a failure
     assert result.backend == "local" and broken.calls == 1
-    assert "BackendProtocolError: [sglang] unexpected KeyError" in result.attempts[0]["error"]
+    assert "BackendProtocolError: [sglang] unexpected KeyError" in result.attempts[0].error
     breaker = engine.router.breaker("sglang")
     assert breaker.state == "open" and not breaker.trial_in_flight
     clock.now += 30  # the next cool-down ends: a new trial is let through

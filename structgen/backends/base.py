@@ -17,19 +17,20 @@ from structgen.types import Message, OutputKind, RawToolCall, Sampling, ToolTurn
 
 if TYPE_CHECKING:
     from structgen.schema import CompiledOutput
+    from structgen.schema.support import EngineSupport, PostEnforced
 
 
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can enforce while decoding.
 
-    ``output_kinds``: kinds it can constrain at all. ``json_keywords``: the JSON Schema
-    keywords its grammar engine enforces (anything else is post-enforced by validation).
-    ``None`` means "all keywords structgen knows".
+    ``output_kinds``: kinds it can constrain at all. ``support``: its grammar engine's row
+    in :mod:`structgen.schema.support` (what is left to validation); ``None``: every
+    keyword structgen knows is enforced.
     """
 
     output_kinds: frozenset[OutputKind]
-    json_keywords: frozenset[str] | None = None
+    support: EngineSupport | None = None
     reasoning: bool = False
     batching: bool = False
     notes: tuple[str, ...] = ()
@@ -66,6 +67,13 @@ class GenerationResult:
     ttft_s: float | None = None
     server_time_s: float | None = None
     constrained: bool = True
+    # what the grammar did not enforce (validation does): the engine's loosening
+    # (schema/support.py), a compile-time fallback, a server's quirks
+    post_enforced: tuple[PostEnforced, ...] = ()
+    # a server backend: the path the request went to, and its round trip as httpx timed it
+    endpoint: str | None = None
+    http_s: float | None = None
+    # engine counters for benchmarks and tests (forward passes, fast-forwarded tokens, ...)
     stats: dict[str, Any] = field(default_factory=dict)
     # a backend with native tool calling: the calls it returned (``text`` keeps any free
     # text the model wrote beside them); None: not a tool answer
@@ -82,12 +90,12 @@ class Finished(str):
 
     finish_reason: str
     # what the backend's engine left to validation, as its agenerate reports it in
-    # ``stats["post_enforced"]``/``stats["relaxed"]`` (None: not reported), so a stream
-    # reports the same ``post_enforced`` as a call
-    post_enforced: tuple[str, ...] | None
+    # ``GenerationResult.post_enforced`` (None: not reported), so a stream reports the same
+    # ``post_enforced`` as a call
+    post_enforced: tuple[PostEnforced, ...] | None
 
     def __new__(cls, text: str, finish_reason: str,
-                post_enforced: tuple[str, ...] | None = None) -> Finished:
+                post_enforced: tuple[PostEnforced, ...] | None = None) -> Finished:
         chunk = super().__new__(cls, text)
         chunk.finish_reason = finish_reason
         chunk.post_enforced = post_enforced

@@ -1,78 +1,48 @@
-"""The capability matrix: what each server backend (and grammar engine) enforces.
+"""The capability matrix: what each server backend can constrain, and with which engine.
 
-Before a request is sent, :func:`relax_for` computes which parts of the compiled schema
-the chosen backend will NOT enforce while decoding. Those keywords are removed from the
-schema that goes over the wire (so a server neither rejects the request nor silently
-loosens it behind our back) and are reported by :func:`unenforced` as
-``"<json pointer>/<keyword>"`` strings. Validation then checks the full schema, repair
-fixes what it can, and the result's ``post_enforced`` lists every one of them: a
-constraint is never dropped silently.
+Each row names the grammar engine behind the backend; what that engine enforces is its row
+in :mod:`structgen.schema.support` (one table per engine, shared with the embedded
+decoder). Before a request is sent, :func:`relax_for` loosens the compiled schema for the
+row (so a server neither rejects the request nor silently loosens it behind our back) and
+returns the :class:`~structgen.schema.support.PostEnforced` entries taken out, plus the
+quirks that stay in the grammar but are known not to hold. Validation then checks the full
+schema, repair fixes what it can, and the result's ``post_enforced`` lists every one of
+them: a constraint is never dropped silently.
 
 The table is documented in ``docs/capabilities.md``; keep the two in step.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from structgen.backends.base import Capabilities
 from structgen.schema import CompiledOutput
 from structgen.schema.bounds import bound_integers
+from structgen.schema.check import walk
+from structgen.schema.support import (
+    LLAMACPP,
+    LLGUIDANCE,
+    OUTLINES,
+    WHOLE_OUTPUT,
+    XGRAMMAR,
+    PostEnforced,
+    loosen,
+)
 from structgen.types import OutputKind
 
-# Keywords that only describe (never constrain) an instance: nobody needs to enforce them.
-ANNOTATIONS = frozenset({
-    "$schema", "$id", "$comment", "$anchor", "$dynamicAnchor", "title", "description",
-    "default", "examples", "deprecated", "readOnly", "writeOnly", "discriminator",
-    "contentEncoding", "contentMediaType", "$defs", "definitions",
-})
+PostEntries = tuple[PostEnforced, ...]  # what a backend leaves to validation for a request
 
-# Every assertion/applicator keyword structgen's validator checks.
-ALL_KEYWORDS = frozenset({
-    "type", "enum", "const", "properties", "required", "additionalProperties", "items",
-    "prefixItems", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength", "pattern",
-    "format", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "minItems", "maxItems", "uniqueItems", "contains", "minContains", "maxContains",
-    "minProperties", "maxProperties", "patternProperties", "propertyNames", "not", "if",
-    "then", "else", "dependentRequired", "dependentSchemas", "unevaluatedProperties",
-    "unevaluatedItems",
-})
-
-# llguidance (vLLM `guidance`, SGLang `llguidance`): see llguidance docs/json_schema.md.
-# It refuses (rather than loosens) what it cannot do, so we strip those keywords first.
-LLGUIDANCE_KEYWORDS = ALL_KEYWORDS - {
-    "uniqueItems", "contains", "minContains", "maxContains", "not", "if", "then", "else",
-    "dependentRequired", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems",
-    "propertyNames", "multipleOf",
-}
-
-# XGrammar (vLLM `xgrammar`, SGLang default): vLLM's own has_xgrammar_unsupported_json_
-# features() lists multipleOf, uniqueItems/contains and unsupported formats; the rest
-# below are not compiled into its grammar at all.
-XGRAMMAR_KEYWORDS = ALL_KEYWORDS - {
-    "multipleOf", "uniqueItems", "contains", "minContains", "maxContains", "not", "if",
-    "then", "else", "dependentRequired", "dependentSchemas", "unevaluatedProperties",
-    "unevaluatedItems", "propertyNames", "patternProperties", "minProperties",
-    "maxProperties", "format",
-}
-
-# Outlines (outlines-core regex from schema): structure, enums, lengths, numeric types.
-OUTLINES_KEYWORDS = frozenset({
-    "type", "enum", "const", "properties", "required", "items", "prefixItems", "anyOf",
-    "oneOf", "allOf", "$ref", "minLength", "maxLength", "pattern", "format", "minItems",
-    "maxItems",
-})
-
-# Ollama (llama.cpp json-schema-to-grammar): conservative on purpose. Bounds, patterns and
-# formats are only partly supported there, so structgen post-enforces them.
-OLLAMA_KEYWORDS = frozenset({
-    "type", "enum", "const", "properties", "required", "additionalProperties", "items",
-    "prefixItems", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength", "minItems",
-    "maxItems",
-})
+# The servers' XGrammar integration refuses (vLLM's has_xgrammar_unsupported_json_features)
+# or skips what the embedded XGrammar takes: a gate in front of the engine, not the engine.
+SERVER_XGRAMMAR = XGRAMMAR.plus("xgrammar (server)", dict.fromkeys(
+    ("format", "patternProperties", "minProperties", "maxProperties", "propertyNames"),
+    "the server's xgrammar integration refuses it"))
+# vLLM "auto" picks xgrammar and falls back to guidance per request: the weaker of the two
+# for every keyword, so nothing goes unrecorded.
+VLLM_AUTO = SERVER_XGRAMMAR.plus("auto", LLGUIDANCE.unenforced)
 
 ALL_KINDS: frozenset[OutputKind] = frozenset({"json", "regex", "choice", "grammar"})
 
@@ -105,31 +75,29 @@ XGRAMMAR_QUIRKS = (
 
 CAPABILITIES: dict[str, Capabilities] = {
     "vllm/guidance": Capabilities(
-        output_kinds=ALL_KINDS, json_keywords=LLGUIDANCE_KEYWORDS, reasoning=True,
+        output_kinds=ALL_KINDS, support=LLGUIDANCE, reasoning=True,
         batching=True, notes=("grammar outputs are sent as Lark (llguidance dialect)",)),
     "vllm/xgrammar": Capabilities(
-        output_kinds=ALL_KINDS, json_keywords=XGRAMMAR_KEYWORDS, reasoning=True,
+        output_kinds=ALL_KINDS, support=SERVER_XGRAMMAR, reasoning=True,
         batching=True, notes=("grammar outputs are sent as GBNF/EBNF",
                               "raw control characters possible in bounded strings")),
     "vllm/outlines": Capabilities(
-        output_kinds=ALL_KINDS, json_keywords=OUTLINES_KEYWORDS, reasoning=True,
+        output_kinds=ALL_KINDS, support=OUTLINES, reasoning=True,
         batching=True, notes=("grammar outputs are sent as Lark",)),
-    # "auto": vLLM picks xgrammar and falls back to guidance per request; we assume the
-    # weaker of the two for every keyword (the intersection), so nothing goes unrecorded.
     "vllm/auto": Capabilities(
-        output_kinds=ALL_KINDS, json_keywords=XGRAMMAR_KEYWORDS & LLGUIDANCE_KEYWORDS,
+        output_kinds=ALL_KINDS, support=VLLM_AUTO,
         reasoning=True, batching=True, notes=("grammar outputs are sent as GBNF/EBNF",)),
     "sglang/xgrammar": Capabilities(
-        output_kinds=ALL_KINDS, json_keywords=XGRAMMAR_KEYWORDS, reasoning=True,
+        output_kinds=ALL_KINDS, support=SERVER_XGRAMMAR, reasoning=True,
         batching=True, notes=("choice is sent as a regex", "grammar is sent as EBNF")),
     "sglang/llguidance": Capabilities(
-        output_kinds=ALL_KINDS, json_keywords=LLGUIDANCE_KEYWORDS, reasoning=True,
+        output_kinds=ALL_KINDS, support=LLGUIDANCE, reasoning=True,
         batching=True, notes=("choice is sent as a regex", "grammar is sent as EBNF")),
     "sglang/outlines": Capabilities(
-        output_kinds=frozenset({"json", "regex", "choice"}), json_keywords=OUTLINES_KEYWORDS,
+        output_kinds=frozenset({"json", "regex", "choice"}), support=OUTLINES,
         reasoning=True, batching=True, notes=("no grammar (EBNF) support",)),
     "ollama": Capabilities(
-        output_kinds=frozenset({"json", "choice"}), json_keywords=OLLAMA_KEYWORDS,
+        output_kinds=frozenset({"json", "choice"}), support=LLAMACPP,
         reasoning=True, batching=False,
         notes=("`format` takes a JSON Schema only: no regex or grammar outputs",
                "choice is sent as a JSON string enum and unwrapped")),
@@ -155,78 +123,31 @@ def _quirks(caps: Capabilities) -> tuple[Quirk, ...]:
     return ()
 
 
-def _escape(token: str) -> str:
-    return token.replace("~", "~0").replace("/", "~1")
-
-
-# Keywords whose value is a schema / a map of schemas / a list of schemas.
-_SUB_ONE = ("items", "additionalProperties", "not", "if", "then", "else", "contains",
-            "propertyNames", "unevaluatedItems", "unevaluatedProperties")
-_SUB_MAP = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
-_SUB_LIST = ("anyOf", "oneOf", "allOf", "prefixItems")
-
-
-def _subschemas(pointer: str, sub: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    yield pointer, sub
-    for key in _SUB_ONE:
-        if isinstance(sub.get(key), dict):
-            yield from _subschemas(f"{pointer}/{key}", sub[key])
-    for key in _SUB_MAP:
-        if isinstance(sub.get(key), dict):
-            for name, child in sub[key].items():
-                if isinstance(child, dict):
-                    yield from _subschemas(f"{pointer}/{key}/{_escape(name)}", child)
-    for key in _SUB_LIST:
-        if isinstance(sub.get(key), list):
-            for i, child in enumerate(sub[key]):
-                if isinstance(child, dict):
-                    yield from _subschemas(f"{pointer}/{key}/{i}", child)
-
-
-def _dropped_keywords(sub: dict[str, Any], caps: Capabilities) -> list[str]:
-    if caps.json_keywords is None:
-        return []
-    return sorted(k for k in sub if k not in ANNOTATIONS and k not in caps.json_keywords
-                  and k in ALL_KEYWORDS)
-
-
-def unenforced(compiled: CompiledOutput, caps: Capabilities) -> list[str]:
-    """``"<pointer>/<keyword>"`` for every constraint the backend will not enforce.
-
-    ``"/"`` alone means the whole output (its kind is not supported at all).
-    """
-    if compiled.kind not in caps.output_kinds:
-        return ["/"]
-    if compiled.kind != "json" or compiled.json_schema is None:
-        return []
-    out: list[str] = []
-    quirks = _quirks(caps)
-    for pointer, sub in _subschemas("", compiled.json_schema):
-        out.extend(f"{pointer}/{k}" for k in _dropped_keywords(sub, caps))
-        out.extend(f"{pointer}/{q.keyword}" for q in quirks if q.applies(sub))
-    return sorted(set(out))
-
-
-def relax_schema(schema: dict[str, Any], caps: Capabilities) -> dict[str, Any]:
-    """A copy of ``schema`` without the keywords ``caps`` cannot enforce (sent on the wire).
-
-    Quirky keywords stay (the engine still narrows the output with them); only keywords
-    outside the engine's set are removed, so the server never refuses the request.
-    """
-    relaxed = copy.deepcopy(schema)
-    if caps.json_keywords is None:
-        return relaxed
-    for _pointer, sub in list(_subschemas("", relaxed)):
-        for keyword in _dropped_keywords(sub, caps):
-            del sub[keyword]
-    return relaxed
+def unenforced(compiled: CompiledOutput, caps: Capabilities) -> tuple[PostEnforced, ...]:
+    """Every constraint the backend will not enforce (see :func:`relax_for`)."""
+    return relax_for(compiled, caps)[1]
 
 
 def relax_for(compiled: CompiledOutput, caps: Capabilities
-              ) -> tuple[dict[str, Any] | None, list[str]]:
-    """The schema to send (None for non-JSON outputs) and the post-enforced pointers."""
-    dropped = unenforced(compiled, caps)
+              ) -> tuple[dict[str, Any] | None, tuple[PostEnforced, ...]]:
+    """The schema to send (None for non-JSON outputs) and the post-enforced entries.
+
+    An output whose kind the backend cannot constrain is one entry for the whole output
+    (``"/"``). Quirky keywords stay in the sent schema (the engine still narrows the output
+    with them) and are reported too.
+    """
+    if compiled.kind not in caps.output_kinds:
+        return None, (PostEnforced("", WHOLE_OUTPUT, "the backend cannot constrain "
+                                   f"{compiled.kind} outputs"),)
     if compiled.kind != "json" or compiled.json_schema is None:
-        return None, dropped
-    # int64 bounds first: an engine that cannot enforce minimum/maximum has them relaxed away
-    return relax_schema(bound_integers(compiled.json_schema), caps), dropped
+        return None, ()
+    schema, entries = (compiled.json_schema, ()) if caps.support is None else \
+        loosen(compiled.json_schema, caps.support)
+    if caps.support is None or (caps.support.enforces("minimum")
+                                and caps.support.enforces("maximum")):
+        # int64 bounds where the schema has none: the server's grammar then stops a
+        # runaway integer (floats cannot be bounded in JSON Schema)
+        schema = bound_integers(schema)
+    quirks = [PostEnforced(pointer, q.keyword, q.why) for pointer, sub in walk(schema)
+              for q in _quirks(caps) if q.applies(sub)]
+    return schema, tuple(dict.fromkeys((*entries, *quirks)))

@@ -49,7 +49,7 @@ from structgen.backends.base import (
     GenerationResult,
     _portal,
 )
-from structgen.backends.capabilities import capabilities_for, relax_for
+from structgen.backends.capabilities import PostEntries, capabilities_for, relax_for
 from structgen.config import Config as _Config
 from structgen.errors import (
     BackendError,
@@ -58,6 +58,7 @@ from structgen.errors import (
     BackendUnavailable,
     ConfigError,
 )
+from structgen.schema.support import WHOLE_OUTPUT
 from structgen.types import Sampling
 
 if TYPE_CHECKING:
@@ -419,8 +420,8 @@ class HTTPBackend(BackendBase):
     stream_end = "the end-of-stream marker"
 
     async def build(self, request: GenerationRequest, *, stream: bool = False
-                    ) -> tuple[str, dict[str, Any], list[str]]:
-        """The path, JSON body and post-enforced constraint pointers for ``request``."""
+                    ) -> tuple[str, dict[str, Any], PostEntries]:
+        """The path, JSON body and post-enforced constraint entries for ``request``."""
         raise NotImplementedError
 
     def parse(self, data: Any, path: str, body: dict[str, Any],
@@ -432,12 +433,13 @@ class HTTPBackend(BackendBase):
         """A fresh decoder for one streamed answer from ``path``."""
         raise NotImplementedError
 
-    def constraint_for(self, out: CompiledOutput, refusal: str) -> tuple[Any, list[str]]:
-        """The schema this server's grammar engine is given for ``out`` and the pointers
+    def constraint_for(self, out: CompiledOutput, refusal: str
+                       ) -> tuple[Any, PostEntries]:
+        """The schema this server's grammar engine is given for ``out`` and the entries
         validation post-enforces (backends/capabilities.py); ``refusal`` is the
         BackendUnavailable message when the server cannot constrain ``out`` at all."""
         schema, post = relax_for(out, self.capabilities())
-        if post == ["/"]:
+        if any(e.keyword == WHOLE_OUTPUT for e in post):
             raise BackendUnavailable(refusal, self.name)
         return schema, post
 
@@ -450,9 +452,9 @@ class HTTPBackend(BackendBase):
                                             timing=timing)
         result = self.parse(data, path, body, request)
         result.latency_s = time.perf_counter() - start
-        result.stats["post_enforced"] = post
-        result.stats["endpoint"] = path
-        result.stats.update(timing)
+        result.post_enforced = post
+        result.endpoint = path
+        result.http_s = timing.get("http_s")
         return result
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
@@ -466,7 +468,7 @@ class HTTPBackend(BackendBase):
                 chunks, done = decode(line)
                 for chunk in chunks:
                     if isinstance(chunk, Finished):  # an empty one says why it ended
-                        yield Finished(chunk, chunk.finish_reason, tuple(post))
+                        yield Finished(chunk, chunk.finish_reason, post)
                     elif chunk:
                         yield chunk
                 if done:

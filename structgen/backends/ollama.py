@@ -72,10 +72,10 @@ class OllamaBackend(http.HTTPBackend):
     health_path = "/api/version"
 
     # Request -------------------------------------------------------------------------
-    def _format(self, request: GenerationRequest) -> tuple[dict[str, Any] | None, list[str]]:
+    def _format(self, request: GenerationRequest) -> tuple[dict[str, Any] | None, http.PostEntries]:
         out = request.output
         if out is None:
-            return None, []
+            return None, ()
         schema, post = self.constraint_for(
             out, f"Ollama cannot constrain {out.kind} outputs (its `format` takes a JSON "
             "Schema only); use vllm, sglang or local")
@@ -84,8 +84,8 @@ class OllamaBackend(http.HTTPBackend):
         return schema, post
 
     async def build(self, request: GenerationRequest, *, stream: bool = False
-                    ) -> tuple[str, dict[str, Any], list[str]]:
-        """The path, JSON body and post-enforced pointers for ``request``."""
+                    ) -> tuple[str, dict[str, Any], http.PostEntries]:
+        """The path, JSON body and post-enforced entries for ``request``."""
         model = self.model_for(request)
         if not model:
             raise ConfigError("Ollama needs a model name: set [ollama] model or pass model=",

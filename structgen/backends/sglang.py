@@ -68,11 +68,11 @@ class SGLangBackend(http.HTTPBackend):
     engine_field = "grammar_backend"
 
     # Request -------------------------------------------------------------------------
-    def _constraint(self, request: GenerationRequest) -> tuple[dict[str, Any], list[str]]:
-        """``{"json_schema"|"regex"|"ebnf": str}`` and the post-enforced pointers."""
+    def _constraint(self, request: GenerationRequest) -> tuple[dict[str, Any], http.PostEntries]:
+        """``{"json_schema"|"regex"|"ebnf": str}`` and the post-enforced entries."""
         out = request.output
         if out is None:
-            return {}, []
+            return {}, ()
         schema, post = self.constraint_for(
             out, f"SGLang's {self.section.grammar_backend} backend cannot constrain "
             f"{out.kind} outputs")
@@ -84,8 +84,8 @@ class SGLangBackend(http.HTTPBackend):
         return {"ebnf": out.to_ebnf()}, post
 
     async def build(self, request: GenerationRequest, *, stream: bool = False
-                    ) -> tuple[str, dict[str, Any], list[str]]:
-        """The path, JSON body and post-enforced pointers for ``request``."""
+                    ) -> tuple[str, dict[str, Any], http.PostEntries]:
+        """The path, JSON body and post-enforced entries for ``request``."""
         constraint, post = self._constraint(request)
         if self.section.api == "openai":
             return CHAT_PATH, self._chat_body(request, constraint, stream), post

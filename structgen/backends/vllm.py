@@ -25,7 +25,7 @@ from pydantic import BaseModel, FiniteFloat
 
 from structgen.backends import http
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import relax_for
+from structgen.backends.capabilities import PostEntries, relax_for
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 
@@ -72,11 +72,11 @@ class VLLMBackend(http.HTTPBackend):
         return self._served_model
 
     def structured_outputs(self, request: GenerationRequest) -> tuple[dict[str, Any] | None,
-                                                                      list[str]]:
-        """The ``structured_outputs`` object and the post-enforced constraint pointers."""
+                                                                      PostEntries]:
+        """The ``structured_outputs`` object and the post-enforced constraint entries."""
         out = request.output
         if out is None:
-            return None, []
+            return None, ()
         schema, post = relax_for(out, self.capabilities())
         so: dict[str, Any]
         if out.kind == "json":
@@ -102,8 +102,8 @@ class VLLMBackend(http.HTTPBackend):
         return str(out.grammar)
 
     async def build(self, request: GenerationRequest, *, stream: bool = False
-                    ) -> tuple[str, dict[str, Any], list[str]]:
-        """The path, JSON body and post-enforced pointers for ``request``."""
+                    ) -> tuple[str, dict[str, Any], PostEntries]:
+        """The path, JSON body and post-enforced entries for ``request``."""
         body: dict[str, Any] = {"model": await self._model(request)}
         if self.section.endpoint == "chat":
             path = CHAT_PATH

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import importlib.metadata
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -22,6 +23,13 @@ from typing import TYPE_CHECKING, Any
 from structgen.constrain.grammar_cache import GrammarCompileTimeout, default_grammar_cache
 from structgen.errors import ConfigError, SchemaError
 from structgen.schema.relax import last_resorts, relax_for_engine
+from structgen.schema.support import (
+    WHOLE_OUTPUT,
+    EngineSupport,
+    PostEnforced,
+    located,
+    loosen,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +39,7 @@ if TYPE_CHECKING:
 
 # Part of every grammar-cache key (memory and disk): bump it when prepare_schema or the
 # relaxation rules change which grammar a schema gets, so no stale grammar is reused.
-PREPARE_VERSION = 3
+PREPARE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -167,30 +175,32 @@ class Matcher(ABC):
     def consume_all(self, tokens: list[int]) -> bool:
         return all(self.consume(t) for t in tokens)
 
-    # keywords dropped from the schema so the engine could compile it (validation enforces
-    # them after decoding); set by GrammarConstraint.matcher
-    relaxed: tuple[str, ...] = ()
+    # what was taken out of the schema so the engine enforces all it is given (validation
+    # enforces the rest after decoding); set by GrammarConstraint.matcher
+    post_enforced: tuple[PostEnforced, ...] = ()
 
 
-# The JSON Schema keywords every regular/grammar engine here compiles: types, objects,
-# arrays, combinators, references, lengths, patterns and inclusive bounds. Each engine's
-# json_keywords adds what else it enforces.
-STRUCTURE_KEYWORDS = frozenset({
-    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
-    "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs", "minItems", "maxItems",
-    "minLength", "maxLength", "pattern", "minimum", "maximum"})
+Compiled = tuple[Any, tuple[PostEnforced, ...]]  # an engine's grammar, what it leaves out
 
 
 class GrammarConstraint(ABC):
-    """A constraint engine bound to one tokenizer."""
+    """A constraint engine bound to one tokenizer.
+
+    An engine declares itself in its class line: its row in :mod:`structgen.schema.support`
+    (which names it), the distribution its version is read from, and whether it forces
+    tokens (fast-forward) and can constrain reasoning output::
+
+        class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar",
+                                 fast_forward=True): ...
+    """
 
     name: str = "base"
-    version: str = "0"
+    version: str = "0"  # the engine library's version: part of the grammar-cache key
     supports_fast_forward: bool = False
     supports_reasoning: bool = False
     notes: tuple[str, ...] = ()
-    # JSON Schema keywords it enforces while decoding; None = all that structgen knows
-    json_keywords: frozenset[str] | None = None
+    # its row in schema/support.py: what it leaves to validation
+    support: EngineSupport
     # True when the engine itself keeps raw control characters out of JSON strings; the
     # decode loop masks them for engines that do not (XGrammar lets them into strings with
     # maxLength, Outlines' string regex is similar)
@@ -198,6 +208,14 @@ class GrammarConstraint(ABC):
     # True when the engine bounds its own compile work (and fails instead of running on):
     # its compiles then run inline, without the worker thread that enforces the deadline
     bounded_compile: bool = False
+
+    def __init_subclass__(cls, *, support: EngineSupport, package: str,
+                          fast_forward: bool = False, reasoning: bool = False,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.support, cls.name = support, support.engine
+        cls.version = importlib.metadata.version(package)
+        cls.supports_fast_forward, cls.supports_reasoning = fast_forward, reasoning
 
     def __init__(self, tok: TokenizerData, *, grammar_cache: GrammarCache | None = None,
                  compile_timeout_s: float | None = None) -> None:
@@ -210,7 +228,7 @@ class GrammarConstraint(ABC):
         (in memory, and on disk for engines with a serialized form, so a restarted process
         does not compile again). A JSON grammar that does not compile within
         ``compile_timeout_s`` is recorded and replaced by plain JSON of the schema's type
-        (reported as relaxed ``compile-timeout``; validation enforces the schema). Engines
+        (reported as a ``compile-timeout`` entry; validation enforces the schema). Engines
         with ``bounded_compile`` compile inline: they stop themselves and raise instead."""
         if options.reasoning and not self.supports_reasoning:
             raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
@@ -219,42 +237,40 @@ class GrammarConstraint(ABC):
         key = (f"{output.engine_hash}:{options.key()}", self.tok.hash, self.name,
                f"{self.version}+prepare{PREPARE_VERSION}")
         try:
-            compiled, relaxed = cache.get_or_compile(
+            compiled, post = cache.get_or_compile(
                 key, lambda: self._compile_or_relax(output, options),
                 timeout_s=None if self.bounded_compile else self.compile_timeout_s,
                 codec=self.codec())
         except GrammarCompileTimeout:
             if output.kind != "json" or output.json_schema is None:
                 raise
-            compiled, relaxed = cache.get_or_compile(
+            compiled, post = cache.get_or_compile(
                 (f"{key[0]}:compile-timeout", *key[1:]),
                 lambda: self._looser(output, options), codec=self.codec())
         matcher = self.new_matcher(compiled)
-        matcher.relaxed = relaxed
+        matcher.post_enforced = post
         return matcher
 
-    def _looser(self, output: CompiledOutput,
-                options: ConstraintOptions) -> tuple[Any, tuple[str, ...]]:
-        for schema, _ in last_resorts(output.json_schema):
+    def _looser(self, output: CompiledOutput, options: ConstraintOptions) -> Compiled:
+        for schema, label in last_resorts(output.json_schema):
             try:
                 return (self.compile(replace(output, json_schema=schema), options),
-                        ("compile-timeout",))
+                        (PostEnforced("", WHOLE_OUTPUT, f"compile-timeout: {label}"),))
             except SchemaError:
                 continue
         raise SchemaError(f"the {self.name} engine cannot compile even an any-JSON grammar")
 
-    def codec(self) -> Codec[tuple[Any, tuple[str, ...]]] | None:
-        """How a compiled grammar (with its relaxed keywords) goes to disk; None = memory
+    def codec(self) -> Codec[Compiled] | None:
+        """How a compiled grammar (with its post-enforced entries) goes to disk; None = memory
         only (an engine whose compiled form cannot be serialized)."""
         return None
 
-    def _compile_or_relax(self, output: CompiledOutput,
-                          options: ConstraintOptions) -> tuple[Any, tuple[str, ...]]:
+    def _compile_or_relax(self, output: CompiledOutput, options: ConstraintOptions) -> Compiled:
         """Compile ``output``; a JSON schema the engine refuses is loosened keyword by keyword
         (:func:`structgen.schema.relax.relax_for_engine`) until it compiles. The grammar then
         lets through a superset of valid outputs and validation enforces the dropped keywords.
         """
-        prepared: tuple[str, ...] = ()
+        prepared: tuple[PostEnforced, ...] = ()
         if output.kind == "json" and output.json_schema is not None:
             schema, prepared = self.prepare_schema(output)
             if schema is not output.json_schema:
@@ -280,16 +296,19 @@ class GrammarConstraint(ABC):
             raise SchemaError(first_error)
         if schema is output.json_schema:
             return compiled["value"], prepared
-        return compiled["value"], (*prepared, *(k for k in relaxed if k not in prepared))
+        why = f"{self.name} refused to compile it: {first_error[:200]}"
+        refused = [*located(output.json_schema, relaxed, why),
+                   *(PostEnforced("", WHOLE_OUTPUT, f"{label}: {why}")
+                     for label in relaxed if label in ("type-only", "any-json"))]
+        return compiled["value"], tuple(dict.fromkeys((*prepared, *refused)))
 
-    def prepare_schema(self, output: CompiledOutput) -> tuple[dict[str, Any], tuple[str, ...]]:
+    def prepare_schema(self, output: CompiledOutput
+                       ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
         """The schema to give this engine for a json ``output`` (its ``json_schema`` itself
-        when nothing changes) and the keywords taken out of it beforehand.
-
-        Engines that compile some keywords without enforcing them override this, so that
-        the grammar is honest and the dropped keywords are reported (then validated).
-        """
-        return output.to_json_schema(), ()
+        when nothing changes) and what was taken out of it beforehand: the engine's row in
+        :mod:`structgen.schema.support`, so the grammar is honest and what was dropped is
+        reported (then validated)."""
+        return loosen(output.to_json_schema(), self.support)
 
     @abstractmethod
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:

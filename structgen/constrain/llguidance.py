@@ -4,7 +4,6 @@ fast-forward, and Lark grammars (so reasoning + JSON is one grammar)."""
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -18,8 +17,7 @@ from structgen.constrain.base import (
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
-from structgen.schema.check import copy_schema, declared_types
-from structgen.schema.relax import drop_keywords, subschemas
+from structgen.schema.support import LLGUIDANCE, PostEnforced, loosen
 
 if TYPE_CHECKING:
     import torch
@@ -27,52 +25,23 @@ if TYPE_CHECKING:
     from structgen.schema import CompiledOutput
 
 
-# What llguidance 1.x refuses to compile ("Unimplemented keys: [...]", "Unknown format"),
-# measured keyword by keyword on the installed version. prepare_for_llguidance takes them
-# out before the first compile instead of learning it from a failed one (0.1-0.2 ms each).
-LLGUIDANCE_UNIMPLEMENTED = frozenset({
-    "not", "if", "then", "else", "dependencies", "dependentSchemas", "dependentRequired",
-    "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains",
-    "uniqueItems", "propertyNames", "$dynamicRef",
-})
-LLGUIDANCE_FORMATS = frozenset({
-    "date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid", "uri",
-})
 # JSON text that must appear for prepare_for_llguidance to have anything to do: a schema
 # without any of it (most of them) costs one regex scan of its JSON text.
 _SCAN = re.compile('"(?:' + "|".join(re.escape(k) for k in sorted(
-    LLGUIDANCE_UNIMPLEMENTED | {"format"})) + ')":')
+    {*LLGUIDANCE.unenforced, "format"})) + ')":')
 
 
-def prepare_for_llguidance(schema: Any, text: str | None = None) -> tuple[Any, tuple[str, ...]]:
-    """(``schema`` without the keywords and formats llguidance cannot compile, the keywords
-    taken out). Only loosens (validation enforces what was taken out); returns ``schema``
-    itself when there is nothing to take out. ``text``: its JSON, when the caller has it."""
+def prepare_for_llguidance(schema: Any, text: str | None = None
+                           ) -> tuple[Any, tuple[PostEnforced, ...]]:
+    """(``schema`` without what llguidance cannot compile (its row in
+    :mod:`structgen.schema.support`), the entries taken out). Only loosens (validation
+    enforces what was taken out); returns ``schema`` itself when there is nothing to take
+    out. ``text``: its JSON, when the caller has it."""
     if text is None:
         text = json.dumps(schema, ensure_ascii=False)
     if _SCAN.search(text) is None:
         return schema, ()
-    out, relaxed = drop_keywords(schema, LLGUIDANCE_UNIMPLEMENTED)
-    unknown = [n for n in subschemas(out) if _unknown_string_format(n)]
-    if unknown:
-        if out is schema:
-            out = copy_schema(schema)
-            unknown = [n for n in subschemas(out) if _unknown_string_format(n)]
-        for node in unknown:
-            del node["format"]  # an annotation to llguidance; validation asserts it
-        relaxed = (*relaxed, "format")
-    return out, relaxed
-
-
-def _unknown_string_format(node: dict[str, Any]) -> bool:
-    """A ``format`` llguidance does not know, on a node that may be a string (it ignores
-    formats on numbers, as JSON Schema does: ``{"type": "integer", "format": "int32"}``
-    compiles as it is)."""
-    fmt = node.get("format")
-    if not isinstance(fmt, str) or fmt in LLGUIDANCE_FORMATS:
-        return False
-    types = declared_types(node)
-    return types is None or "string" in types
+    return loosen(schema, LLGUIDANCE)
 
 
 def json_options(options: ConstraintOptions) -> dict[str, Any]:
@@ -152,7 +121,7 @@ class LLGuidanceMatcher(Matcher):
 
     def fork(self) -> LLGuidanceMatcher:
         out = LLGuidanceMatcher(self.m.deep_copy(), self.closers)
-        out.relaxed = self.relaxed
+        out.post_enforced = self.post_enforced
         return out
 
     def accepts(self, token: int) -> bool:
@@ -181,9 +150,7 @@ class LLGuidanceMatcher(Matcher):
 
     def forced_tokens(self) -> list[int]:
         ff: list[int] = self.m.compute_ff_tokens()
-        if ff and not self.m.consume_tokens(ff):
-            return []
-        return ff
+        return ff if ff and self.consume_all(ff) else []
 
     def is_finished(self) -> bool:
         return bool(self.m.is_stopped())
@@ -195,12 +162,9 @@ class LLGuidanceMatcher(Matcher):
         return self.m.get_error() if self.m.is_error() else None
 
 
-class LLGuidanceConstraint(GrammarConstraint):
-    name = "llguidance"
-    version = importlib.metadata.version("llguidance")
-    supports_fast_forward = True
-    supports_reasoning = True
-    json_keywords = None  # llguidance enforces every keyword it compiles; others fail upfront
+# llguidance enforces every keyword it compiles; the others fail upfront
+class LLGuidanceConstraint(GrammarConstraint, support=LLGUIDANCE, package="llguidance",
+                           fast_forward=True, reasoning=True):
     forbids_json_control_chars = True  # its JSON strings follow RFC 8259 (checked in tests)
     # llguidance caps its compile work (lexer fuel, grammar size: ParserLimits) and returns
     # an error past the caps, so no deadline thread is needed: its MaskBench compiles take
@@ -209,7 +173,7 @@ class LLGuidanceConstraint(GrammarConstraint):
     notes = ("llguidance: a keyword it does not implement fails its compile instead of "
              "being loosened silently; structgen takes the known ones out beforehand "
              "(prepare_for_llguidance) and any other one after a failed compile "
-             "(relax_for_engine), reports them as relaxed and enforces them by validation",)
+             "(relax_for_engine), reports them as post-enforced and validation enforces them",)
 
     def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         super().__init__(tok, **cache)
@@ -230,7 +194,8 @@ class LLGuidanceConstraint(GrammarConstraint):
                               f"{matcher.get_error()}")
         return matcher
 
-    def prepare_schema(self, output: CompiledOutput) -> tuple[dict[str, Any], tuple[str, ...]]:
+    def prepare_schema(self, output: CompiledOutput
+                       ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
         return prepare_for_llguidance(output.to_json_schema(), output.json_text)
 
     def new_matcher(self, compiled: Any) -> Matcher:

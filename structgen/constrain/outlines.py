@@ -3,13 +3,11 @@ index of allowed tokens per automaton state. No context-free grammars, no fast-f
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import re
 from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.base import (
-    STRUCTURE_KEYWORDS,
     ConstraintOptions,
     GrammarConstraint,
     Matcher,
@@ -18,6 +16,7 @@ from structgen.constrain.base import (
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
+from structgen.schema.support import OUTLINES
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +43,7 @@ class OutlinesMatcher(Matcher):
 
     def fork(self) -> OutlinesMatcher:
         out = OutlinesMatcher(self.index, self.eos, self.words, self.closers)
-        out.relaxed = self.relaxed
+        out.post_enforced = self.post_enforced
         out.consume_all(self.history)
         return out
 
@@ -75,12 +74,7 @@ class OutlinesMatcher(Matcher):
         return bool(self.guide.is_finished())
 
 
-class OutlinesConstraint(GrammarConstraint):
-    name = "outlines"
-    version = importlib.metadata.version("outlines_core")
-    supports_fast_forward = False
-    supports_reasoning = False
-    json_keywords = STRUCTURE_KEYWORDS | {"format"}
+class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_core"):
     notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
              "construction can take seconds for large schemas",)
 

@@ -4,12 +4,11 @@ its jump-forward string (re-tokenized, accepted only when the tokens reproduce i
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import json
 from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.base import (
-    STRUCTURE_KEYWORDS,
+    Compiled,
     ConstraintOptions,
     GrammarConstraint,
     Matcher,
@@ -18,21 +17,14 @@ from structgen.constrain.base import (
 )
 from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
-from structgen.schema.check import declared_types, json_type
-from structgen.schema.relax import disjoint_one_of_to_any_of, drop_keywords, subschemas
+from structgen.schema.check import declared_types, json_type, walk
+from structgen.schema.relax import disjoint_one_of_to_any_of
+from structgen.schema.support import XGRAMMAR, PostEnforced, loosen
 
 if TYPE_CHECKING:
     import torch
 
     from structgen.schema import CompiledOutput
-
-
-# Keywords XGrammar's JSON converter accepts but does not (or not exactly) enforce; they are
-# dropped from the grammar and enforced by validation (see XGrammarConstraint.prepare_schema).
-XGRAMMAR_UNENFORCED = frozenset({
-    "oneOf", "not", "if", "then", "else", "dependencies", "dependentSchemas",
-    "dependentRequired", "multipleOf", "uniqueItems", "contains", "minContains", "maxContains",
-    "unevaluatedProperties", "unevaluatedItems"})
 
 
 def _enum_outside_type(node: dict[str, Any]) -> set[str] | None:
@@ -60,7 +52,7 @@ class XGrammarMatcher(Matcher):
 
     def fork(self) -> XGrammarMatcher:
         out = XGrammarMatcher(self.m.fork(), self.encode, self.token_bytes, self.closers)
-        out.relaxed = self.relaxed
+        out.post_enforced = self.post_enforced
         return out
 
     def accepts(self, token: int) -> bool:
@@ -97,12 +89,16 @@ class XGrammarMatcher(Matcher):
         # it; only take it when its tokens spell exactly that string.
         if b"".join(self.token_bytes[i] for i in ids) != s.encode("utf-8"):
             return []
-        for n, t in enumerate(ids):
+        return ids if self.consume_all(ids) else []
+
+    def consume_all(self, tokens: list[int]) -> bool:
+        """All of ``tokens`` or none: a rejected token rolls back the ones before it."""
+        for n, t in enumerate(tokens):
             if not self.m.accept_token(t):
                 if n:
                     self.m.rollback(n)
-                return []
-        return ids
+                return False
+        return True
 
     def is_finished(self) -> bool:
         return bool(self.m.is_terminated())
@@ -111,17 +107,8 @@ class XGrammarMatcher(Matcher):
         return bool(self.m.is_completed())
 
 
-class XGrammarConstraint(GrammarConstraint):
-    name = "xgrammar"
-    version = importlib.metadata.version("xgrammar")
-    supports_fast_forward = True
-    supports_reasoning = False
-    # keywords XGrammar's JSON converter turns into grammar; the rest (e.g. format on some
-    # strings, uniqueItems, multipleOf, not, if/then/else, dependent*) is checked by
-    # validation after decoding
-    json_keywords = STRUCTURE_KEYWORDS | {
-        "exclusiveMinimum", "exclusiveMaximum", "patternProperties", "propertyNames",
-        "minProperties", "maxProperties", "format"}
+class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar",
+                         fast_forward=True):
     notes = ("xgrammar: Lark grammars are not accepted (pass Grammar(..., syntax='ebnf') or "
              "use engine='llguidance'); reasoning needs llguidance",)
 
@@ -135,41 +122,45 @@ class XGrammarConstraint(GrammarConstraint):
         self._encode = tok.encode
         self.closers = closing_candidates(self._token_bytes)
 
-    def prepare_schema(self, output: CompiledOutput) -> tuple[dict[str, Any], tuple[str, ...]]:
-        """Take out what XGrammar compiles but does not enforce (measured on MaskBench: it
-        emits ``":"`` for an object whose ``allOf`` has several branches, ``null`` for a
-        string ``enum`` listing null, ignores ``not``/``if``/``multipleOf``, and reads
-        ``oneOf`` as ``anyOf``), so the result records them as post-enforced."""
+    def prepare_schema(self, output: CompiledOutput
+                       ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
+        """Take out what XGrammar compiles but does not enforce (its row in
+        :mod:`structgen.schema.support`; measured on MaskBench), and what it gets wrong in
+        combination: it emits ``":"`` for an object whose ``allOf`` has several branches and
+        ``null`` for a string ``enum`` listing null. The result records them as
+        post-enforced."""
         schema = output.to_json_schema()
-        exact = disjoint_one_of_to_any_of(schema)
-        out, relaxed = drop_keywords(exact, XGRAMMAR_UNENFORCED)
-        dropped = list(relaxed)
-        if not any(_enum_outside_type(n) or _multi_all_of(n) for n in subschemas(out)):
-            return out, relaxed
+        out, taken = loosen(disjoint_one_of_to_any_of(schema), XGRAMMAR)
+        dropped = list(taken)
+        if not any(_enum_outside_type(n) or _multi_all_of(n) for _, n in walk(out)):
+            return out, taken
         if out is schema:
             out = copy.deepcopy(schema)
-        for node in subschemas(out):
+        for pointer, node in walk(out):
             if _multi_all_of(node):
                 del node["allOf"]  # loosens; validation enforces every branch
-                if "allOf" not in dropped:
-                    dropped.append("allOf")
+                dropped.append(PostEnforced(pointer, "allOf", "xgrammar loses the object "
+                                            "type with several allOf branches"))
             types = _enum_outside_type(node)
             if types:
                 # exact, not loosened: an enum value of another type is never valid here
                 node["enum"] = [v for v in node["enum"] if json_type(v) in types]
         return out, tuple(dropped)
 
-    def codec(self) -> Codec[tuple[Any, tuple[str, ...]]]:
+    def codec(self) -> Codec[Compiled]:
         """XGrammar's own JSON serialization of the compiled grammar (its tokenizer metadata
-        is checked on load), with the keywords that were relaxed to get it."""
+        is checked on load), with the entries it leaves to validation."""
         grammar = xgrammar_codec(self.info)
 
-        def dumps(value: tuple[Any, tuple[str, ...]]) -> str:
-            return json.dumps({"grammar": grammar.dumps(value[0]), "relaxed": list(value[1])})
+        def dumps(value: Compiled) -> str:
+            return json.dumps({"grammar": grammar.dumps(value[0]),
+                               "post_enforced": [[e.pointer, e.keyword, e.reason]
+                                                 for e in value[1]]})
 
-        def loads(text: str) -> tuple[Any, tuple[str, ...]]:
+        def loads(text: str) -> Compiled:
             entry = json.loads(text)
-            return grammar.loads(entry["grammar"]), tuple(entry["relaxed"])
+            return grammar.loads(entry["grammar"]), tuple(
+                PostEnforced(str(p), str(k), str(r)) for p, k, r in entry["post_enforced"])
 
         return Codec(dumps=dumps, loads=loads)
 

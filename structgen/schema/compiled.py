@@ -8,7 +8,7 @@ validation reads the schema or the pattern, caches read ``hash``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -46,7 +46,6 @@ class CompiledOutput:
     grammar_syntax: str | None = None  # "lark" | "ebnf" as the caller gave it
     model: type[BaseModel] | None = None
     name: str = "output"
-    relaxed: tuple[str, ...] = field(default=())  # keywords dropped from the grammar
     # what parsing and validating this output's text may cost ([limits] in config.toml)
     limits: Limits = DEFAULT_LIMITS
     # the schema as written when structgen rewrote it for grammars (an older draft upgraded

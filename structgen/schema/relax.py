@@ -67,7 +67,7 @@ LADDER: tuple[tuple[str, ...], ...] = (
 )
 KEYWORDS = frozenset(k for group in LADDER for k in group)
 # Dropping the key also drops these at the same node (else the node gets stricter).
-_COUPLED = {
+COUPLED = {
     "patternProperties": ("additionalProperties", "unevaluatedProperties"),
     "properties": ("additionalProperties", "unevaluatedProperties"),
     "prefixItems": ("items", "unevaluatedItems"),
@@ -233,7 +233,7 @@ def _relax(node: Any, drop: frozenset[str], to_any_of: bool) -> bool:
         return False
     changed = False
     for key in [k for k in node if k in drop and k != "oneOf"]:
-        for coupled in (key, *_COUPLED.get(key, ())):
+        for coupled in (key, *COUPLED.get(key, ())):
             if coupled in node:
                 del node[coupled]
                 changed = True
@@ -241,7 +241,7 @@ def _relax(node: Any, drop: frozenset[str], to_any_of: bool) -> bool:
     for key in ("not", "if"):
         if key in node and (_relax(copy_schema(node[key]), drop, to_any_of)
                             or _has_ref(node[key])):
-            for coupled in (key, *_COUPLED.get(key, ())):
+            for coupled in (key, *COUPLED.get(key, ())):
                 node.pop(coupled, None)
             changed = True
     if "contains" in node and _relax(copy_schema(node["contains"]), drop, to_any_of):

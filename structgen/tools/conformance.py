@@ -324,7 +324,7 @@ def check_case(case: SchemaCase) -> SchemaResult:
         # the embedded backend's steps: known gaps out first, then whatever still fails
         prepared, taken_out = prepare_for_llguidance(compiled.json_schema, compiled.json_text)
         engine_schema, relaxed = relax_for_engine(prepared, check)
-        relaxed = (*taken_out, *(k for k in relaxed if k not in taken_out))
+        relaxed = tuple(dict.fromkeys((*(e.keyword for e in taken_out), *relaxed)))
     except SchemaError as exc:
         result.status, result.error = "compile_error", str(exc)[:300]
         result.keywords = [_pointer_keyword(exc.pointer)]

@@ -48,7 +48,7 @@ def main() -> None:
     console.print(Pretty(result.value))
     console.print(f"backend={result.backend} runtime={runtime.kind} model={result.model}")
     console.print(f"model load {load_s:.2f}s (once per process), request {elapsed:.2f}s, "
-                  f"usage={result.usage}")
+                  f"usage={dict(result.usage)}")
 
 if __name__ == "__main__":
     main()

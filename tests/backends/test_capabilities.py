@@ -1,5 +1,5 @@
 """The capability matrix: what each backend's engine will not enforce, and what goes on
-the wire instead (the relaxed schema), for real schemas."""
+the wire instead (the loosened schema), for real schemas."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from structgen.backends.capabilities import (
     unenforced,
 )
 from structgen.schema import compile_output
+from structgen.schema.support import ENGINES, PostEnforced
 from structgen.types import Choice, Grammar, Regex
 
 TAGS = {"type": "object", "properties": {
@@ -25,15 +26,20 @@ TAGS = {"type": "object", "properties": {
     "required": ["tags"], "additionalProperties": False}
 
 
-def test_every_row_names_its_kinds_and_keywords():
+def test_every_row_reads_its_engine_table():
     for key, caps in CAPABILITIES.items():
         assert "json" in caps.output_kinds, key
-        assert caps.json_keywords and {"type", "properties", "required"} <= caps.json_keywords
+        assert caps.support is not None, key
+        assert not {"type", "properties", "required"} & caps.support.unenforced.keys(), key
+        # a server row is its engine's row, plus at most a gate in front of it
+        engine = ENGINES[{"guidance": "llguidance", "auto": "xgrammar"}.get(
+            key.partition("/")[2], key.partition("/")[2]) if "/" in key else "llama.cpp"]
+        assert engine.unenforced.items() <= caps.support.unenforced.items(), key
 
 
 @pytest.mark.parametrize(("row", "expected"), [
-    ("vllm/guidance", {"/properties/tags/uniqueItems", "/properties/count/multipleOf",
-                       "/properties/meta/propertyNames"}),
+    # llguidance enforces multipleOf (checked on vLLM's 1.7.6 and the embedded 1.9.1)
+    ("vllm/guidance", {"/properties/tags/uniqueItems", "/properties/meta/propertyNames"}),
     ("vllm/xgrammar", {"/properties/tags/uniqueItems", "/properties/count/multipleOf",
                        "/properties/when/format", "/properties/meta/propertyNames",
                        "/properties/meta/minProperties",
@@ -43,7 +49,9 @@ def test_every_row_names_its_kinds_and_keywords():
                 "/properties/meta/minProperties"}),
 ])
 def test_unenforced_lists_pointers(row, expected):
-    got = set(unenforced(compile_output(TAGS), CAPABILITIES[row]))
+    entries = unenforced(compile_output(TAGS), CAPABILITIES[row])
+    assert all(isinstance(e, PostEnforced) and e.reason for e in entries)
+    got = {str(e) for e in entries}
     assert expected <= got, expected - got
     assert "/properties/tags/minItems" not in got  # every engine enforces minItems
 
@@ -57,24 +65,50 @@ def test_relaxed_schema_drops_only_unenforced_keywords():
     assert tags["items"]["maxLength"] == 8  # quirky but kept: it still narrows the output
     assert "format" not in sent["properties"]["when"]
     assert compiled.json_schema["properties"]["tags"]["uniqueItems"] is True  # untouched
-    assert "/properties/tags/uniqueItems" in post
+    assert "/properties/tags/uniqueItems" in {str(e) for e in post}
+
+
+def test_loosening_a_one_of_branch_makes_it_any_of():
+    """With ``multipleOf`` deleted from both branches, ``oneOf`` would match no integer at
+    all (both branches match every one): the server gets ``anyOf`` instead, and the
+    exclusivity is post-enforced."""
+    schema = {"type": "object", "properties": {"n": {"oneOf": [
+        {"type": "integer", "multipleOf": 2}, {"type": "integer", "multipleOf": 3}]}}}
+    sent, post = relax_for(compile_output(schema), capabilities_for("ollama"))
+    assert sent is not None
+    assert sent["properties"]["n"] == {"anyOf": [{"type": "integer"}, {"type": "integer"}]}
+    assert {"/properties/n/oneOf", "/properties/n/oneOf/0/multipleOf",
+            "/properties/n/oneOf/1/multipleOf"} <= {str(e) for e in post}
+
+
+def test_what_goes_with_a_keyword_is_reported_too():
+    """Without its patternProperties, ``additionalProperties: false`` would refuse the
+    members they allowed: both go, and both are reported."""
+    schema = {"type": "object", "patternProperties": {"^x-": {"type": "string"}},
+              "additionalProperties": False}
+    sent, post = relax_for(compile_output(schema), capabilities_for("ollama"))
+    assert sent == {"type": "object"}
+    assert {str(e) for e in post} == {"/patternProperties", "/additionalProperties"}
 
 
 def test_agent_schema_through_defs():
     post = unenforced(compile_output(Intent), capabilities_for("vllm", "xgrammar"))
-    assert "/properties/rationale/maxLength" in post  # control characters quirk
-    assert unenforced(compile_output(Intent), capabilities_for("vllm", "guidance")) == []
+    assert "/properties/rationale/maxLength" in {str(e) for e in post}  # control characters
+    assert unenforced(compile_output(Intent), capabilities_for("vllm", "guidance")) == ()
 
 
 def test_output_kinds():
     ollama = capabilities_for("ollama")
-    assert unenforced(compile_output(Regex("[a-z]+")), ollama) == ["/"]
-    assert unenforced(compile_output(Grammar('start: "a"', "lark")), ollama) == ["/"]
-    assert unenforced(compile_output(Choice(["a", "b"])), ollama) == []
+    def strings(output, caps):
+        return [str(e) for e in unenforced(compile_output(output), caps)]
+
+    assert strings(Regex("[a-z]+"), ollama) == ["/"]
+    assert strings(Grammar('start: "a"', "lark"), ollama) == ["/"]
+    assert strings(Choice(["a", "b"]), ollama) == []
     outlines = capabilities_for("sglang", "outlines")
-    assert unenforced(compile_output(Grammar('start: "a"', "lark")), outlines) == ["/"]
+    assert strings(Grammar('start: "a"', "lark"), outlines) == ["/"]
     for row in ("vllm/guidance", "vllm/xgrammar", "sglang/xgrammar"):
-        assert unenforced(compile_output(Regex("[a-z]+")), CAPABILITIES[row]) == []
+        assert strings(Regex("[a-z]+"), CAPABILITIES[row]) == []
 
 
 def test_docs_table_matches_matrix():
@@ -93,7 +127,8 @@ def test_servers_get_int64_bounds_on_unbounded_integers(row):
     sent, _ = relax_for(compile_output(TAGS), CAPABILITIES[row])
     assert sent is not None
     count = sent["properties"]["count"]
-    if "minimum" in CAPABILITIES[row].json_keywords:
+    support = CAPABILITIES[row].support
+    if support is None or (support.enforces("minimum") and support.enforces("maximum")):
         assert (count["minimum"], count["maximum"]) == (-(2**63) + 1024, 2**63 - 1024)
     else:
         assert "minimum" not in count and "maximum" not in count

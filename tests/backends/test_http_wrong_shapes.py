@@ -142,8 +142,8 @@ async def test_router_falls_back_on_a_wrong_shape(servers: dict[str, WireServer]
     try:
         result = await engine.arun("q", SCHEMA)
         assert result.backend == "local" and result.value == {"ok": True}
-        assert result.attempts[0]["backend"] == name
-        assert result.attempts[0]["error"].startswith("BackendProtocolError")
+        assert result.attempts[0].backend == name
+        assert result.attempts[0].error.startswith("BackendProtocolError")
     finally:
         await engine.aclose()
         server.reset()

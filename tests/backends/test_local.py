@@ -14,6 +14,7 @@ from structgen.backends.local import LocalBackend
 from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import BackendUnavailable, SchemaError
+from structgen.schema.support import LLGUIDANCE
 from structgen.types import Choice, Grammar, Regex
 from structgen.validate import validate_text
 
@@ -204,7 +205,7 @@ def test_capabilities_and_health(tiny_model_dir: Path, tmp_path: Path) -> None:
     _, backend = make(tiny_model_dir)
     caps = backend.capabilities()
     assert caps.output_kinds == {"json", "regex", "choice", "grammar"}
-    assert caps.json_keywords is None and caps.batching
+    assert caps.support is LLGUIDANCE and caps.batching
     assert asyncio.run(backend.health())
     _, missing = make(tmp_path)  # an empty directory is not a model
     assert not asyncio.run(missing.health())
@@ -243,7 +244,7 @@ def test_xgrammar_reports_what_it_was_not_given(tiny_model_dir: Path) -> None:
     eng, backend = make(tiny_model_dir, engine="xgrammar")
     eng.config.repair.reask = False
     raw = gen(eng, backend, schema(7))
-    assert raw.stats["relaxed"] == ["multipleOf"]
+    assert [str(e) for e in raw.post_enforced] == ["/properties/n/multipleOf"]
     assert raw.finish_reason == "stop" and raw.text == '{"n":7}'  # the grammar let it through
     with pytest.raises(ValidationFailed) as caught:
         eng.run("Pick a number", schema(7), backend="local", use_cache=False, max_tokens=32)
@@ -251,4 +252,4 @@ def test_xgrammar_reports_what_it_was_not_given(tiny_model_dir: Path) -> None:
     assert {e.keyword for e in caught.value.errors} == {"multipleOf"}
     result = eng.run("Pick a number", schema(45), backend="local", use_cache=False,
                      max_tokens=32)
-    assert result.value == {"n": 45} and result.post_enforced == ["multipleOf"]
+    assert result.value == {"n": 45} and result.post_enforced == ["/properties/n/multipleOf"]

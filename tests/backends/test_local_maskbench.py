@@ -142,7 +142,7 @@ def run_all(tiny: Path, engine_name: str, outputs: list[tuple[str, Any]],
         raw_ok = validate_text(gen.text, req.output).ok
         if gen.finish_reason == "stop":
             report.finished += 1
-            if gen.stats.get("relaxed"):
+            if gen.post_enforced:
                 report.relaxed.add(name)
                 report.relaxed_raw_invalid += not raw_ok
             elif not raw_ok:
@@ -154,7 +154,7 @@ def run_all(tiny: Path, engine_name: str, outputs: list[tuple[str, Any]],
         try:
             fixed = await engine.finalize(gen, req)
         except ValidationFailed:
-            if gen.finish_reason == "stop" and not gen.stats.get("relaxed"):
+            if gen.finish_reason == "stop" and not gen.post_enforced:
                 report.returned_invalid.append((name, "ValidationFailed on a finished output"))
             report.length_failed += gen.finish_reason == "length"
             return

@@ -264,14 +264,15 @@ def test_embedded_xgrammar_grammar_survives_a_restart(tmp_path: Path,
         "type": "integer", "multipleOf": 3}}})
     first = _constraint(tiny_model_dir, GrammarCache(directory=tmp_path))
     m1 = first.matcher(output, ConstraintOptions())
-    assert m1.relaxed == ("multipleOf",)
+    assert [str(e) for e in m1.post_enforced] == ["/properties/n/multipleOf"]
     assert list((tmp_path / "xgrammar").glob("*.json"))  # written to disk
     # a new process: new cache object, new engine, same directory
     restarted = GrammarCache(directory=tmp_path)
     again = _constraint(tiny_model_dir, restarted)
     m2 = again.matcher(output, ConstraintOptions())
     assert restarted.disk_hits == 1 and restarted.misses == 0
-    assert m2.relaxed == ("multipleOf",)  # the relaxation report survives too
+    assert m2.post_enforced == m1.post_enforced  # the report survives too, reasons and all
+    assert [e.reason for e in m2.post_enforced] == [e.reason for e in m1.post_enforced]
     for m in (m1, m2):
         assert m.m.accept_string('{"kind":"a","n":12}') and m.is_accepting()
 
@@ -287,7 +288,7 @@ def test_embedded_compile_timeout_falls_back_to_plain_json(tmp_path: Path,
     cache = GrammarCache(directory=tmp_path)
     engine = _constraint(tiny_model_dir, cache, timeout_s=1e-6)  # nothing compiles that fast
     m = engine.matcher(output, ConstraintOptions())
-    assert m.relaxed == ("compile-timeout",)
+    assert [(str(e), e.reason) for e in m.post_enforced] == [("/", "compile-timeout: type-only")]
     assert cache.timeouts == 1
     # plain JSON of the schema's type: any object, so validation has the last word
     assert m.m.accept_string('{"other":true}') and m.is_accepting()
@@ -296,7 +297,8 @@ def test_embedded_compile_timeout_falls_back_to_plain_json(tmp_path: Path,
     # stored the full grammar, which is then read instead
     restarted = GrammarCache(directory=tmp_path)
     engine2 = _constraint(tiny_model_dir, restarted, timeout_s=1e-6)
-    assert engine2.matcher(output, ConstraintOptions()).relaxed in (("compile-timeout",), ())
+    assert [str(e) for e in engine2.matcher(output, ConstraintOptions()).post_enforced] in (
+        ["/"], [])
     assert restarted.misses == 0 and restarted.disk_hits == 1
 
 
@@ -337,7 +339,7 @@ def test_llguidance_compiles_inline_without_the_deadline_thread(tmp_path: Path,
     engine = create_constraint("llguidance", tok, grammar_cache=cache, compile_timeout_s=1e-9)
     before = threading.active_count()
     m = engine.matcher(compile_output(SCHEMA), ConstraintOptions())
-    assert m.relaxed == () and cache.timeouts == 0 and cache.misses == 1
+    assert m.post_enforced == () and cache.timeouts == 0 and cache.misses == 1
     assert threading.active_count() == before
     assert not list(tmp_path.rglob("*.timeout"))
     for token in hf.encode(VALID, add_special_tokens=False):

@@ -425,3 +425,32 @@ def test_tampered_row_filename_outside_cache_dir_is_refused(tmp_path: Path, wher
     cache.clear()
     assert outside.read_text() == secret  # still there: nothing deleted it
     cache.close()
+
+
+def test_entries_of_the_previous_version_still_read(cache: ResultCache,
+                                                    app_config: Config) -> None:
+    """Typed usage/repairs/post_enforced did not change what an entry holds: a body as the
+    previous version wrote it (cache format 3, written out here by hand) is a hit, and a
+    result with the typed records writes the same members."""
+    from structgen.types import Repair, Usage
+
+    engine = Engine(app_config, backends={"local": CountingBackend("{}")})
+    req = engine.build_request("old entry", SCHEMA)
+    key = cache.key(req)
+    old = {"v": 3, "key": key, "created_at": time.time(), "ttl_s": None, "backend": "local",
+           "model": "m-0", "kind": "json", "schema": req.output.hash,  # type: ignore[union-attr]
+           "repaired": True, "text": '{"id":5,"tags":["a"]}', "passed_over": []}
+    cache.put_raw(key, json.dumps(old, separators=(",", ":")))
+    hit = cache.get(key, req.output)  # type: ignore[arg-type]
+    assert hit is not None and hit.value == {"id": 5, "tags": ["a"]} and hit.repaired
+    assert hit.usage == Usage() and dict(hit.usage)["prompt_tokens"] == 0
+
+    typed = StructuredResult(value={"id": 6, "tags": []}, raw_text='{"id":6,"tags":[]}',
+                             backend="local", model="m-1", repaired=True,
+                             repairs=[Repair("coerce", ("/id: '6' → 6 (integer)",))],
+                             post_enforced=["/properties/id/multipleOf"],
+                             usage=Usage(prompt_tokens=3, completion_tokens=9, http_s=0.1))
+    assert cache.put(key, req, typed)
+    entry = decode_entry(cache.store.get(ENTRY_PREFIX + key))  # type: ignore[arg-type]
+    assert entry is not None and set(entry) == set(old)
+    engine.close()

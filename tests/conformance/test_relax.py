@@ -194,7 +194,8 @@ def test_xgrammar_prepare_schema_reports_what_it_cannot_enforce() -> None:
     bound = XGrammarConstraint.prepare_schema.__get__(object.__new__(XGrammarConstraint))
 
     def prepare(schema: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
-        return bound(CompiledOutput(kind="json", json_schema=schema))
+        out, entries = bound(CompiledOutput(kind="json", json_schema=schema))
+        return out, tuple(str(e) for e in entries)
     # MaskBench Github_trivial---o25183: XGrammar emitted null for this string enum
     schema, dropped = prepare({"type": "string", "enum": ["1", "2-two", None]})
     assert schema == {"type": "string", "enum": ["1", "2-two"]} and dropped == ()
@@ -202,14 +203,14 @@ def test_xgrammar_prepare_schema_reports_what_it_cannot_enforce() -> None:
     schema, dropped = prepare({"type": "object", "maxProperties": 1, "allOf": [
         {"required": ["a"]}, {"not": {"required": ["b"]}}]})
     assert schema == {"type": "object", "maxProperties": 1}
-    assert set(dropped) == {"not", "allOf"}
+    assert set(dropped) == {"/allOf/1/not", "/allOf"}
     untouched = {"type": "object", "properties": {"a": {"type": "integer"}}}
     assert prepare(untouched) == (untouched, ())
 
 
 # prepare_for_llguidance: what llguidance is known to refuse goes out before its compile ---
 @pytest.mark.parametrize("keyword", sorted(
-    __import__("structgen.constrain.llguidance", fromlist=["x"]).LLGUIDANCE_UNIMPLEMENTED))
+    __import__("structgen.schema.support", fromlist=["x"]).LLGUIDANCE.unenforced))
 def test_llguidance_refuses_each_keyword_prepare_takes_out(keyword: str) -> None:
     """The list matches the installed llguidance: each keyword alone fails its compile, and
     the prepared schema compiles. (A new llguidance that implements one fails this test,
@@ -236,7 +237,8 @@ def test_llguidance_refuses_each_keyword_prepare_takes_out(keyword: str) -> None
     }
     schema = examples[keyword]
     assert llguidance_check(schema) is not None
-    prepared, taken_out = prepare_for_llguidance(schema)
+    prepared, entries = prepare_for_llguidance(schema)
+    taken_out = {e.keyword for e in entries}
     assert keyword in taken_out or (keyword in ("then", "else") and "if" in taken_out)
     assert llguidance_check(prepared) is None
     assert schema == examples[keyword]  # the input is never changed
@@ -255,7 +257,8 @@ def test_prepare_for_llguidance_keeps_what_it_can() -> None:
         "tags": {"type": "array", "uniqueItems": True, "items": {"type": "string"}}}}
     assert llguidance_check(mixed) is not None
     prepared, taken_out = prepare_for_llguidance(mixed)
-    assert set(taken_out) == {"uniqueItems", "format"}
+    assert {str(e) for e in taken_out} == {"/properties/tags/uniqueItems",
+                                           "/properties/id/format"}
     assert prepared["properties"]["at"]["format"] == "date-time"  # only unknown formats go
     assert "format" not in prepared["properties"]["id"]
     assert llguidance_check(prepared) is None
@@ -306,7 +309,7 @@ def test_prepare_for_llguidance_leaves_formats_on_numbers() -> None:
         "blob": {"format": "byte"}}}
     assert llguidance_check({"type": "integer", "format": "int32"}) is None
     prepared, taken_out = prepare_for_llguidance(schema)
-    assert taken_out == ("format",)
+    assert [str(e) for e in taken_out] == ["/properties/blob/format"]
     assert prepared["properties"]["replicas"] == {"type": "integer", "format": "int32"}
     assert prepared["properties"]["ratio"] == {"type": "number", "format": "double"}
     assert prepared["properties"]["blob"] == {}

@@ -74,7 +74,7 @@ class LocalBackend(BackendBase):
             kinds.discard("grammar")
         return Capabilities(
             output_kinds=frozenset(kinds),  # type: ignore[arg-type]
-            json_keywords=engine.json_keywords,
+            support=engine.support,
             reasoning=engine.supports_reasoning, batching=True, notes=tuple(notes))
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
@@ -89,7 +89,7 @@ class LocalBackend(BackendBase):
         complete, so they arrive as one chunk at the end."""
         if request.reasoning or (request.output is None and request.sampling.stop):
             result = await self.agenerate(request)
-            yield Finished(result.text, result.finish_reason, _relaxed(result))
+            yield Finished(result.text, result.finish_reason, result.post_enforced)
             return
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
@@ -111,7 +111,7 @@ class LocalBackend(BackendBase):
             # (or before it starts), which frees its slot in the batch
             future.cancel()
         result = await asyncio.wrap_future(future)  # raises the request's error, if any
-        yield Finished("", result.finish_reason, _relaxed(result))
+        yield Finished("", result.finish_reason, result.post_enforced)
 
     async def health(self) -> bool:
         try:
@@ -224,11 +224,6 @@ class LocalBackend(BackendBase):
         except BaseException as exc:  # never leave a caller waiting
             for seq in seqs:
                 fail(seq, exc)
-
-
-def _relaxed(result: GenerationResult) -> tuple[str, ...]:
-    """The keywords the grammar engine relaxed for this request (what a call reports)."""
-    return tuple(result.stats.get("relaxed", ()))
 
 
 def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:

@@ -176,8 +176,6 @@ class Decoder:
                                         reasoning=req.reasoning)
             engine = self.rt.engine(self.cfg.engine)
             seq.matcher = engine.matcher(req.output, options)
-            if seq.matcher.relaxed:
-                seq.stats["relaxed"] = list(seq.matcher.relaxed)  # type: ignore[assignment]
             if req.output.kind == "json":
                 if not engine.forbids_json_control_chars:
                     seq.ctrl_mask = self.rt.json_ctrl_mask(options.whitespace)
@@ -404,7 +402,7 @@ class Decoder:
         for stop in s.request.sampling.stop:
             pos = text.find(stop)
             if pos >= 0:
-                s.stats["stop_at_char"] = pos
+                s.stop_at_char = pos
                 return True
         return False
 
@@ -417,8 +415,8 @@ class Decoder:
                  BackendUnavailable("the local backend was shut down mid-request", "local"))
             return
         text = self.rt.text(s.out_ids)
-        if "stop_at_char" in s.stats:
-            text = text[:s.stats.pop("stop_at_char")]
+        if s.stop_at_char is not None:
+            text = text[:s.stop_at_char]
         reasoning = None
         if s.request.reasoning and s.matcher is not None:
             head, sep, tail = text.partition(THINK_CLOSE)
@@ -434,7 +432,8 @@ class Decoder:
             text=text, backend="local", model=self.rt.name, finish_reason=s.finish or "stop",
             reasoning_text=reasoning, prompt_tokens=len(s.prompt_ids),
             completion_tokens=len(s.out_ids), latency_s=time.perf_counter() - s.start,
-            ttft_s=s.ttft, constrained=s.matcher is not None, stats=stats)
+            ttft_s=s.ttft, constrained=s.matcher is not None, stats=stats,
+            post_enforced=s.matcher.post_enforced if s.matcher is not None else ())
         if not _settle(s.future.set_result, result):
             return  # its stream was closed meanwhile
         if s.on_text is not None:

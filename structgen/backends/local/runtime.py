@@ -64,6 +64,7 @@ class Seq:
     utf8: Any = None  # incremental decoder for streamed chunks
     finish: str | None = None
     ttft: float | None = None
+    stop_at_char: int | None = None  # where a stop string begins in the text (cut there)
     stats: dict[str, int] = field(default_factory=lambda: {
         "forward_passes": 0, "ff_tokens": 0, "prefill_tokens": 0,
         "prefix_cache_hit_tokens": 0, "batch_size": 1, "closing_tokens": 0,
