@@ -245,6 +245,17 @@ class StructgenColumn:
                             "timeout_s": timeout_s}}))
         self.backend = self.engine.backend("local")
         self.rt = self.backend.runtime(None)  # type: ignore[attr-defined]
+        # the decoder's counters (fast-forward, prefix hits, closing) stay on the backend's
+        # GenerationResult; a StructuredResult's usage holds token counts and timings only
+        self.last_stats: dict[str, Any] = {}
+        agenerate = self.backend.agenerate
+
+        async def recording(request: Any) -> Any:
+            gen = await agenerate(request)
+            self.last_stats = dict(gen.stats)
+            return gen
+
+        self.backend.agenerate = recording  # type: ignore[method-assign]
         self.engine.run("warm up", WARM_UP_SCHEMA, backend="local", use_cache=False,
                         max_tokens=8)
 
@@ -252,6 +263,7 @@ class StructgenColumn:
         from structgen.errors import BackendTimeout, StructgenError, ValidationFailed
 
         row = Row(case.id, case.group, "")
+        self.last_stats = {}
         passes = self.backend.forward_passes  # type: ignore[attr-defined]
         t0 = time.perf_counter()
         if not self.constrained:
@@ -268,14 +280,11 @@ class StructgenColumn:
                 result = self.engine.run(case.messages, case.output, backend="local",
                                          use_cache=False, max_tokens=case.max_tokens)
                 row.wall_s = time.perf_counter() - t0
-                usage = result.usage
-                row.tokens = int(usage.get("completion_tokens") or 0)
-                row.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                row.finish = usage.get("finish_reason")
+                row.tokens = result.usage.completion_tokens
+                row.prompt_tokens = result.usage.prompt_tokens
+                row.finish = result.finish_reason
                 row.valid = check(result.raw_text, case)
-                row.stats = {k: v for k, v in usage.items()
-                             if k not in ("completion_tokens", "prompt_tokens")}
-                row.stats["repaired"] = result.repaired
+                row.stats = {**self.last_stats, "repaired": result.repaired}
             except ValidationFailed as exc:
                 # cut at max_tokens (or invalid) and nothing could repair it: the tokens
                 # were generated all the same, so they count, as an invalid answer
