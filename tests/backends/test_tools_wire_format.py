@@ -21,9 +21,9 @@ from structgen.backends.base import Finished
 from structgen.backends.ollama import OllamaBackend
 from structgen.backends.sglang import SGLangBackend
 from structgen.errors import BackendProtocolError
-from structgen.types import call_envelope
+from structgen.types import RawToolCall, call_envelope
 from tests.backends.helpers import check_call, check_envelope, server_config, tool_request
-from tests.servers.wire import OllamaWireServer, SGLangWireServer
+from tests.servers.wire import Canned, OllamaWireServer, SGLangWireServer
 
 
 def sglang_chat(server: SGLangWireServer) -> SGLangBackend:
@@ -163,3 +163,25 @@ async def test_ollama_tools_arguments_must_be_an_object(ollama):
     ollama.tool_calls = [("ReadFile", "not json")]
     with pytest.raises(BackendProtocolError, match="wrong shape"):
         await ollama_backend(ollama).agenerate(tool_request("auto"))
+
+
+async def test_sglang_tools_stream_call_without_arguments(sglang):
+    """A call whose arguments never came is ``"arguments":{}``, as ``call_envelope``
+    writes it, so the stream and the whole answer agree."""
+    sglang.tool_calls = [("RunTests", "")]
+    req = tool_request("required")
+    text = "".join([c async for c in sglang_chat(sglang).stream(req)])
+    assert json.loads(text) == {"name": "RunTests", "arguments": {}}
+    assert text == call_envelope([RawToolCall("RunTests", "")])
+
+
+async def test_sglang_tools_stream_fragments_out_of_order_are_a_protocol_error(sglang):
+    events = [{"choices": [{"index": 0, "delta": {"tool_calls": [
+                  {"index": i, "function": {"name": "ReadFile", "arguments": "{}"}}]}}]}
+              for i in (1, 0)]
+    lines = [f"data: {json.dumps(e)}\n\n".encode() for e in events]
+    sglang.canned = Canned(chunks=(*lines, b"data: [DONE]\n\n"),
+                           content_type="text/event-stream")
+    with pytest.raises(BackendProtocolError, match="continued after"):
+        _ = [c async for c in sglang_chat(sglang).stream(tool_request("required",
+                                                                      parallel=True))]
