@@ -185,3 +185,17 @@ async def test_sglang_tools_stream_fragments_out_of_order_are_a_protocol_error(s
     with pytest.raises(BackendProtocolError, match="continued after"):
         _ = [c async for c in sglang_chat(sglang).stream(tool_request("required",
                                                                       parallel=True))]
+
+
+def test_tool_calling_table_is_documented():
+    """Every TOOL_CALLING row is in docs/capabilities.md's tool table, and a server only
+    constrains choices it answers natively."""
+    from pathlib import Path
+
+    from structgen.backends.capabilities import TOOL_CALLING
+
+    doc = (Path(__file__).resolve().parents[2] / "docs/capabilities.md").read_text()
+    table = doc[doc.index("## Tool calling"):]
+    for row, calling in TOOL_CALLING.items():
+        assert f"| `{row}`" in table, row
+        assert calling.constrained <= calling.native <= {"auto", "required", "named"}, row
