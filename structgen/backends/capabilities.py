@@ -141,8 +141,16 @@ def relax_for(compiled: CompiledOutput, caps: Capabilities
                                    f"{compiled.kind} outputs"),)
     if compiled.kind != "json" or compiled.json_schema is None:
         return None, ()
-    schema, entries = (compiled.json_schema, ()) if caps.support is None else \
-        loosen(compiled.json_schema, caps.support)
+    return server_schema(compiled.json_schema, caps)
+
+
+def server_schema(schema: dict[str, Any], caps: Capabilities
+                  ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
+    """``schema`` as a server with ``caps`` is sent it (loosened to its engine, integers
+    held to int64) and the entries left to validation."""
+    entries: tuple[PostEnforced, ...] = ()
+    if caps.support is not None:
+        schema, entries = loosen(schema, caps.support)
     if caps.support is None or (caps.support.enforces("minimum")
                                 and caps.support.enforces("maximum")):
         # int64 bounds where the schema has none: the server's grammar then stops a
@@ -151,3 +159,53 @@ def relax_for(compiled: CompiledOutput, caps: Capabilities
     quirks = [PostEnforced(pointer, q.keyword, q.why) for pointer, sub in walk(schema)
               for q in _quirks(caps) if q.applies(sub)]
     return schema, tuple(dict.fromkeys((*entries, *quirks)))
+
+
+# Tool calling --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ToolCalling:
+    """How a server backend handles a tool turn (``GenerationRequest.tools``).
+
+    ``native``: the ``tool_choice`` values sent as the server's own tool calling
+    (``"auto"``, ``"required"``, ``"named"`` for one tool by name); the answer comes back in
+    ``GenerationResult.tool_calls``. ``constrained``: those of them whose arguments the
+    server decodes under the tools' schemas (guided decoding); under the others the server
+    lets the model write any arguments and structgen validates and repairs them after
+    (reported as ``tools/<name>/arguments`` in ``post_enforced``). A choice outside
+    ``native`` is sent as plain JSON output constrained to the call envelope's schema
+    (``GenerationRequest.output``): the answer text is then the envelope itself.
+    """
+
+    native: frozenset[str]
+    constrained: frozenset[str]
+    notes: tuple[str, ...] = ()
+
+
+_FORCED = frozenset({"required", "named"})
+
+# vLLM forces a named choice with its structured-output engine on the tool's own schema.
+# Its "required" schema leaves each call object open ({"name", "parameters"} without
+# additionalProperties: false): a weak model adds keys until max_tokens, and a cut answer
+# comes back with empty content, nothing left to repair (tests/backends/test_vllm_tools.py).
+# "auto" needs --enable-auto-tool-choice and leaves the arguments free. Both go as the
+# envelope's JSON schema (closed, every call checked), the tools still shown to the template.
+# SGLang's chat endpoint does all three choices natively (its --tool-call-parser); only
+# required/named are constrained. Its native /generate takes no tools at all. Ollama has
+# no tool_choice: its `tools` are only "auto" and never constrained, so required/named go
+# as `format` = the envelope schema, which llama.cpp's grammar does enforce.
+TOOL_CALLING: dict[str, ToolCalling] = {
+    "vllm": ToolCalling(native=frozenset({"named"}), constrained=frozenset({"named"}), notes=(
+        "required/auto: the envelope JSON schema in structured_outputs, tool_choice=none",)),
+    "sglang/openai": ToolCalling(native=_FORCED | {"auto"}, constrained=_FORCED, notes=(
+        "auto needs --tool-call-parser; its arguments are validated after",)),
+    "sglang/native": ToolCalling(native=frozenset(), constrained=frozenset(), notes=(
+        "/generate has no tools: every choice is the envelope JSON schema",)),
+    "ollama": ToolCalling(native=frozenset({"auto"}), constrained=frozenset(), notes=(
+        "no tool_choice: required/named are `format` = the envelope JSON schema",
+        "auto: native tools, arguments validated after",)),
+}
+
+
+def tool_choice_kind(choice: str) -> str:
+    """``"auto"``, ``"required"``, or ``"named"`` for a tool's name (a TOOL_CALLING key)."""
+    return choice if choice in ("auto", "required") else "named"

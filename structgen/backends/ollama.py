@@ -22,11 +22,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, NonNegativeInt
+from pydantic import BaseModel, NonNegativeInt, StrictStr
 
-from structgen.backends import http
+from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import TOOL_CALLING
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
+from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/api/chat"
 GENERATE_PATH = "/api/generate"
@@ -45,9 +47,19 @@ def unwrap_choice(text: str, choices: tuple[str, ...]) -> str:
 
 
 # The answers read, as Ollama's api/types.go defines them (extra fields ignored).
+class _Function(BaseModel):
+    name: StrictStr
+    arguments: dict[str, Any]  # a JSON OBJECT here, not the OpenAI format's string
+
+
+class _ToolCall(BaseModel):
+    function: _Function
+
+
 class _Message(BaseModel):
     content: str = ""
     thinking: str | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class _Answer(BaseModel):
@@ -99,13 +111,26 @@ class OllamaBackend(http.HTTPBackend):
             path = GENERATE_PATH
             body["prompt"] = http.render_prompt(request)
         fmt, post = self._format(request)
-        if fmt is not None:
+        turn = self._native_turn(request)
+        if turn is not None:
+            # the tools go as written: Ollama never constrains their arguments, so they are
+            # validated after (post-enforced) and the model may as well see every keyword
+            body["tools"] = turn.openai_tools()
+            post = toolcalls.unconstrained(turn, TOOL_CALLING["ollama"])  # all of them
+        elif fmt is not None:
             body["format"] = fmt  # the schema object itself, not a JSON string
         if self.section.keep_alive is not None:
             body["keep_alive"] = self.section.keep_alive
         if request.reasoning:
             body["think"] = True
         return path, body, post
+
+    def _native_turn(self, request: GenerationRequest) -> ToolTurn | None:
+        """The tool turn when it goes as Ollama's ``tools`` ("auto" on /api/chat only;
+        Ollama has no tool_choice, so a forced choice is ``format`` = the envelope)."""
+        if self.section.endpoint != "chat":
+            return None
+        return toolcalls.native_turn(request, "ollama")
 
     # Response ------------------------------------------------------------------------
     def _read(self, data: Any, path: str, what: str, *, streaming: bool = False
@@ -146,14 +171,38 @@ class OllamaBackend(http.HTTPBackend):
     def parse(self, data: Any, path: str, body: dict[str, Any],
               request: GenerationRequest) -> GenerationResult:
         answer, text, thinking = self._read(data, path, f"{path} answer")
-        return self._result(answer, text, thinking, request)
+        result = self._result(answer, text, thinking, request)
+        if self._native_turn(request) is not None and answer.message is not None:
+            result.tool_calls = [RawToolCall(c.function.name, _arguments(c.function))
+                                 for c in answer.message.tool_calls or ()]
+        return result
 
     def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
-        """NDJSON: one object a line, the last one ``done``."""
+        """NDJSON: one object a line, the last one ``done`` (a native tool turn's lines are
+        written as the call envelope; Ollama sends each call whole)."""
+        turn = self._native_turn(request)
+        envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
+
         def decode(line: str) -> tuple[list[str | None], bool]:
             event, chunk, _thinking = self._read(http.loads_event(line, self.name), path,
                                                  "stream line", streaming=True)
+            if envelope is not None:
+                calls = event.message.tool_calls if event.message is not None else None
+                chunk = envelope.content(chunk) + "".join(
+                    envelope.call(None, c.function.name, _arguments(c.function))
+                    for c in calls or ())
+                if event.done:
+                    chunk += envelope.close()
             if event.done:  # the last line says why it stopped
                 return [Finished(chunk, event.done_reason or "stop")], True
             return [chunk], False
         return decode
+
+
+def _arguments(function: _Function) -> str:
+    """A call's arguments object as JSON text (what validation and the envelope take)."""
+    try:
+        return json.dumps(function.arguments, ensure_ascii=False)
+    except (ValueError, RecursionError):  # nested past what json writes back
+        raise BackendProtocolError(f"the arguments of tool call {function.name!r} cannot "
+                                   "be written back as JSON", OllamaBackend.name) from None

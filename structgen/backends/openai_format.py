@@ -5,13 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, NonNegativeInt
+from pydantic import BaseModel, Field, NonNegativeInt, StrictStr
+
+
+class Function(BaseModel):
+    name: StrictStr | None = None  # only in a call's first delta when streamed
+    arguments: StrictStr | None = None  # a JSON *string*, or a fragment of it when streamed
+
+
+class ToolCall(BaseModel):
+    index: NonNegativeInt | None = None  # streamed deltas: which call a fragment continues
+    id: StrictStr | None = None
+    function: Function
 
 
 class Message(BaseModel):
     content: str | None = None
     reasoning: str | None = None  # vLLM >= 0.13 with a --reasoning-parser
     reasoning_content: str | None = None  # SGLang, and vLLM before 0.13
+    tool_calls: list[ToolCall] | None = None  # a tool turn answered natively
 
 
 class Choice(BaseModel):

@@ -26,10 +26,12 @@ from typing import Any
 
 from pydantic import BaseModel, FiniteFloat, NonNegativeInt
 
-from structgen.backends import http
+from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import TOOL_CALLING
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
+from structgen.types import ToolTurn
 
 NATIVE_PATH = "/generate"
 CHAT_PATH = "/v1/chat/completions"
@@ -88,7 +90,16 @@ class SGLangBackend(http.HTTPBackend):
         """The path, JSON body and post-enforced entries for ``request``."""
         constraint, post = self._constraint(request)
         if self.section.api == "openai":
-            return CHAT_PATH, self._chat_body(request, constraint, stream), post
+            turn = self._native_turn(request)
+            if turn is None:
+                return CHAT_PATH, self._chat_body(request, constraint, stream), post
+            # the tool choice replaces the envelope constraint
+            chat = self._chat_body(request, {}, stream)
+            chat["tools"] = toolcalls.wire_tools(turn, self.capabilities())
+            chat["tool_choice"] = turn.openai_tool_choice()
+            chat["parallel_tool_calls"] = turn.parallel
+            return CHAT_PATH, chat, post + toolcalls.unconstrained(
+                turn, TOOL_CALLING["sglang/openai"])
         params = http.sampling_fields(request.sampling, max_tokens="max_new_tokens",
                                  seed="sampling_seed")
         params.update(constraint)
@@ -117,6 +128,12 @@ class SGLangBackend(http.HTTPBackend):
             body["chat_template_kwargs"] = {"enable_thinking": True}
         return body
 
+    def _native_turn(self, request: GenerationRequest) -> ToolTurn | None:
+        """The tool turn when SGLang answers it with its own tool calling: the chat
+        endpoint only (``/generate`` takes no tools: the envelope schema is sent)."""
+        row = "sglang/openai" if self.section.api == "openai" else "sglang/native"
+        return toolcalls.native_turn(request, row)
+
     # Response ------------------------------------------------------------------------
     def _parse_native(self, data: Any) -> GenerationResult:
         answer = http.parse_wire(_Native, data, self.name, f"{NATIVE_PATH} answer")
@@ -128,16 +145,18 @@ class SGLangBackend(http.HTTPBackend):
             completion_tokens=meta.completion_tokens or 0,
             server_time_s=meta.e2e_latency)
 
-    def _parse_chat(self, data: Any) -> GenerationResult:
+    def _parse_chat(self, data: Any, request: GenerationRequest) -> GenerationResult:
         answer = http.parse_wire(Completion, data, self.name, f"{CHAT_PATH} answer")
         choice = answer.choices[0]
         if choice.message is None:
             raise BackendProtocolError(f"{CHAT_PATH} answer has no message: "
                                        f"{str(data)[:200]}", self.name)
         usage = answer.usage or Usage()
+        calls = (toolcalls.openai_calls(choice.message.tool_calls, self.name)
+                 if self._native_turn(request) is not None else None)
         return GenerationResult(
             text=choice.message.content or "", backend=self.name, model=answer.model or "",
-            finish_reason=choice.finish_reason or "stop",
+            finish_reason=toolcalls.finish_reason(choice.finish_reason), tool_calls=calls,
             reasoning_text=choice.message.reasoning_content,
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0)
@@ -146,11 +165,16 @@ class SGLangBackend(http.HTTPBackend):
 
     def parse(self, data: Any, path: str, body: dict[str, Any],
               request: GenerationRequest) -> GenerationResult:
-        return self._parse_native(data) if path == NATIVE_PATH else self._parse_chat(data)
+        if path == NATIVE_PATH:
+            return self._parse_native(data)
+        return self._parse_chat(data, request)
 
     def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
-        """Native events carry the text so far; chat events carry deltas."""
+        """Native events carry the text so far; chat events carry deltas (a native tool
+        turn's deltas are written as the call envelope)."""
         seen = ""
+        turn = self._native_turn(request) if path == CHAT_PATH else None
+        envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
 
         def on_event(payload: str) -> list[str | None]:
             nonlocal seen
@@ -167,9 +191,11 @@ class SGLangBackend(http.HTTPBackend):
                 chunk, seen = text[len(seen):], text
                 reason = _finish_type(native.meta_info)  # only on the last event
                 return [Finished(chunk, reason) if reason else chunk]
+            chat = http.parse_wire(Event, event, self.name, "stream event")
+            if envelope is not None:
+                return toolcalls.envelope_chunks(envelope, chat)
             return [Finished(piece or "", choice.finish_reason) if choice.finish_reason
                     else piece
-                    for choice in http.parse_wire(Event, event, self.name,
-                                                  "stream event").choices
+                    for choice in chat.choices
                     for piece in [choice.delta.content if choice.delta is not None else None]]
         return http.sse_decoder(on_event)

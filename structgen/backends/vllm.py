@@ -23,11 +23,12 @@ from typing import Any
 
 from pydantic import BaseModel, FiniteFloat
 
-from structgen.backends import http
+from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import PostEntries, relax_for
+from structgen.backends.capabilities import TOOL_CALLING, PostEntries, relax_for
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
+from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -115,12 +116,29 @@ class VLLMBackend(http.HTTPBackend):
             body["prompt"] = http.render_prompt(request)
         body.update(http.sampling_fields(request.sampling))
         so, post = self.structured_outputs(request)
-        if so is not None:
+        native = self._native_turn(request)
+        if request.tools is not None and path == CHAT_PATH:
+            # the tools always reach the chat template; "none" leaves the envelope schema
+            # in structured_outputs as the constraint (vLLM refuses both with a forced choice)
+            body["tools"] = toolcalls.wire_tools(request.tools, self.capabilities())
+            body["tool_choice"] = "none"
+        if native is not None:
+            body["tool_choice"] = native.openai_tool_choice()
+            body["parallel_tool_calls"] = native.parallel
+            post += toolcalls.unconstrained(native, TOOL_CALLING["vllm"])
+        elif so is not None:
             body["structured_outputs"] = so
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return path, body, post
+
+    def _native_turn(self, request: GenerationRequest) -> ToolTurn | None:
+        """The tool turn when vLLM answers it with its own tool calling (chat endpoint,
+        a forced choice: see ``TOOL_CALLING["vllm"]``)."""
+        if self.section.endpoint != "chat":
+            return None
+        return toolcalls.native_turn(request, "vllm")
 
     # Response ------------------------------------------------------------------------
     stream_end = "data: [DONE]"
@@ -129,12 +147,15 @@ class VLLMBackend(http.HTTPBackend):
               request: GenerationRequest) -> GenerationResult:
         answer = http.parse_wire(_Completion, data, self.name, f"{path} answer")
         choice = answer.choices[0]
+        calls: list[RawToolCall] | None = None
         if path == CHAT_PATH:
             if choice.message is None:
                 raise BackendProtocolError(f"{path} answer has no message: "
                                            f"{str(data)[:200]}", self.name)
             text = choice.message.content or ""
             reasoning = choice.message.reasoning or choice.message.reasoning_content
+            if self._native_turn(request) is not None:
+                calls = toolcalls.openai_calls(choice.message.tool_calls, self.name)
         else:
             if choice.text is None:
                 raise BackendProtocolError(f"{path} answer has no text: {str(data)[:200]}",
@@ -144,19 +165,24 @@ class VLLMBackend(http.HTTPBackend):
         server_s, ttft_s = _server_times(answer.metrics)
         return GenerationResult(
             text=text, backend=self.name, model=answer.model or body["model"],
-            finish_reason=choice.finish_reason or "stop",
+            finish_reason=toolcalls.finish_reason(choice.finish_reason),
             reasoning_text=reasoning,
             prompt_tokens=usage.prompt_tokens or 0,
             completion_tokens=usage.completion_tokens or 0,
-            server_time_s=server_s, ttft_s=ttft_s)
+            server_time_s=server_s, ttft_s=ttft_s, tool_calls=calls)
 
     def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
+        turn = self._native_turn(request)
+        envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
+
         def on_event(payload: str) -> list[str | None]:
             event = http.parse_wire(Event, http.loads_event(payload, self.name), self.name,
                                "stream event")
             if event.error is not None:
                 raise BackendUnavailable(f"server error mid-stream: {event.error}",
                                          self.name, retryable=True)
+            if envelope is not None:
+                return toolcalls.envelope_chunks(envelope, event)
             # the last content event says why it stopped
             return [Finished(chunk or "", choice.finish_reason) if choice.finish_reason
                     else chunk

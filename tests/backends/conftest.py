@@ -64,6 +64,33 @@ def vllm_smollm(smollm_dir: Path, tmp_path_factory: pytest.TempPathFactory
         server.stop()
 
 
+# vLLM 0.32 answers no tool_choice but "none" without a tool-call parser, and loads the
+# parser only with --enable-auto-tool-choice (parser/parser_manager.py). Hermes' parser
+# (SmolLM2's and Qwen's tool format) then makes vLLM force a named choice through an
+# xgrammar structural tag, which the guidance engine rejects ("Invalid grammar
+# specification: 'triggers'", cf. vllm#55152); VLLM_ENFORCE_STRICT_TOOL_CALLING=0 makes it
+# the tool's JSON schema instead. The xgrammar engine takes the tag but, on this model,
+# writes the call with free whitespace and raw control characters that hermes' parser
+# cannot read (docs/capabilities.md "Tool calling"): the supported setup is this one.
+TOOL_SERVER_ENV = {"VLLM_ENFORCE_STRICT_TOOL_CALLING": "0"}
+
+
+@pytest.fixture(scope="session")
+def vllm_tools(vllm_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[VLLMProcess]:
+    """A real vLLM server on the tiny model with hermes' tool-call parser (guidance)."""
+    _need_vllm()
+    server = start_vllm(vllm_tiny_dir, engine="guidance",
+                        workdir=tmp_path_factory.mktemp("vllm-tools"),
+                        extra_args=("--enable-auto-tool-choice",
+                                    "--tool-call-parser", "hermes"),
+                        env=TOOL_SERVER_ENV)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def vllm_config(server: VLLMProcess, **vllm: object) -> Config:
     return Config.from_dict({
         "vllm": {"base_url": server.base_url, "model": server.model,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field
 
 from structgen.backends.base import GenerationRequest
 from structgen.config import Config
 from structgen.schema import compile_output
-from structgen.types import Sampling, normalize_messages
+from structgen.types import Sampling, ToolSpec, ToolTurn, normalize_messages
 
 GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
                  "guided_decoding_backend", "guided_whitespace_pattern", "guided_json_object")
@@ -41,3 +45,69 @@ def walk_keys(obj: Any) -> set[str]:
             out |= walk_keys(v)
         return out
     return set()
+
+
+# Tool turns at the backend level ------------------------------------------------------
+# The engine compiles a tool turn itself (structgen/schema/toolset.py); these build the
+# same records by hand so the backends' wire paths are tested on their own.
+class RunTests(BaseModel):
+    """Run the test suite, or one test file."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(max_length=40)
+    verbose: bool
+
+
+class ReadFile(BaseModel):
+    """Read lines of a file of the repository."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(max_length=40)
+    max_lines: int = Field(ge=1, le=500)
+
+
+def tool_spec(model: type[BaseModel]) -> ToolSpec:
+    return ToolSpec(name=model.__name__, description=(model.__doc__ or "").strip(),
+                    parameters=model.model_json_schema(), model=model)
+
+
+def envelope_schema(turn: ToolTurn) -> dict[str, Any]:
+    """``{"name": N, "arguments": <N's schema>}`` per tool; an array with ``parallel``;
+    ``{"text": str}`` as one more branch under ``"auto"`` (flat tool schemas only)."""
+    tools = [t for t in turn.tools if turn.choice in ("auto", "required", t.name)]
+    calls: list[dict[str, Any]] = [
+        {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+         "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    call: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    if turn.parallel:
+        call = {"type": "array", "items": call, "minItems": 1}
+    if turn.choice != "auto":
+        return call
+    text = {"type": "object", "properties": {"text": {"type": "string"}},
+            "required": ["text"], "additionalProperties": False}
+    return {"anyOf": [call, text]}
+
+
+def tool_request(choice: str = "required", *, tools: tuple[type[BaseModel], ...] = (
+                     RunTests, ReadFile), parallel: bool = False,
+                 prompt: str = "Run the tests in tests/test_app.py",
+                 max_tokens: int = 64, **kw: Any) -> GenerationRequest:
+    """A tool turn as the engine hands it to a backend."""
+    turn = ToolTurn(tuple(tool_spec(t) for t in tools), choice, parallel)
+    return GenerationRequest(messages=normalize_messages(prompt),
+                             output=compile_output(envelope_schema(turn)),
+                             sampling=Sampling(max_tokens=max_tokens), tools=turn, **kw)
+
+
+def check_call(turn: ToolTurn, name: str, arguments: str) -> None:
+    """The call names one of the turn's tools and its arguments validate (jsonschema)."""
+    specs = {t.name: t for t in turn.tools}
+    assert name in specs, name
+    jsonschema.validate(json.loads(arguments), specs[name].parameters)
+
+
+def check_envelope(turn: ToolTurn, text: str) -> Any:
+    """The envelope text validates against the turn's envelope schema; its value."""
+    value = json.loads(text)
+    jsonschema.validate(value, envelope_schema(turn))
+    return value

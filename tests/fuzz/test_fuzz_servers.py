@@ -6,7 +6,8 @@ either returns a GenerationResult with text or raises a BackendError subclass: n
 another exception, never a hang (every call runs under a deadline).
 
 Derandomized with a bounded example count so CI is reproducible; EXAMPLES per test (x2
-tests) inputs per run. ``STRUCTGEN_FUZZ_EXAMPLES`` raises it for a longer local run.
+tests, and half as many answers to a tool turn) inputs per run. ``STRUCTGEN_FUZZ_EXAMPLES``
+raises it for a longer local run.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from structgen.backends.base import GenerationResult, run_sync
+from structgen.backends.base import GenerationRequest, GenerationResult, run_sync
 from structgen.backends.ollama import OllamaBackend
 from structgen.backends.sglang import SGLangBackend
 from structgen.backends.vllm import VLLMBackend
 from structgen.errors import BackendError
-from tests.backends.helpers import request, server_config
+from structgen.types import RawToolCall
+from tests.backends.helpers import request, server_config, tool_request
 from tests.servers.wire import (
     Canned,
     OllamaWireServer,
@@ -95,11 +97,54 @@ ollama_answer = maybe({"model": field(text), "response": field(text),
 ANSWERS = {"vllm": openai_answer, "sglang": sglang_answer, "sglang-openai": openai_answer,
            "ollama": ollama_answer}
 
+# Answers to a tool turn: calls of (mostly) the documented shapes, streamed as fragments
+# with any index order; Ollama's arguments are an object, the OpenAI format's a string.
+openai_tool_call = maybe({"index": field(st.integers(-2, 4)), "id": field(text),
+                          "type": st.just("function"),
+                          "function": field(maybe({"name": field(st.sampled_from(
+                              ["RunTests", "ReadFile", "", "x\u0000"]) | text),
+                              "arguments": field(st.sampled_from(
+                                  ['{"path":"a"', '}', '{"', "null", ""]) | text)}))})
+openai_tool_message = maybe({"content": field(text),
+                             "tool_calls": field(st.lists(openai_tool_call, max_size=3))})
+# answers of the right outline (one choice carrying calls) more often than chance gives them
+good_tool_call = st.fixed_dictionaries(
+    {"function": st.fixed_dictionaries({"name": st.sampled_from(["ReadFile", "RunTests"])},
+                                       optional={"arguments": text})},
+    optional={"index": st.integers(0, 3), "id": text})
+openai_tool_calls = st.one_of(st.lists(good_tool_call, min_size=1, max_size=3),
+                              st.lists(openai_tool_call, min_size=1, max_size=3))
+openai_tool_answer = st.one_of(
+    st.fixed_dictionaries({"choices": st.lists(st.fixed_dictionaries(
+        {"message": st.fixed_dictionaries({"tool_calls": openai_tool_calls}),
+         "delta": st.fixed_dictionaries({"tool_calls": openai_tool_calls})},
+        optional={"finish_reason": st.sampled_from(["stop", "length", "tool_calls"])}),
+        min_size=1, max_size=1)}),
+    maybe({"model": field(text), "choices": field(st.lists(maybe({
+        "message": field(openai_tool_message), "delta": field(openai_tool_message),
+        "finish_reason": field(st.sampled_from(["stop", "length", "tool_calls"]))}),
+        max_size=2)), "error": json_values}))
+ollama_tool_answer = maybe({"model": field(text), "done": field(st.booleans()),
+                            "done_reason": field(text), "message": field(maybe({
+                                "content": field(text), "tool_calls": field(st.lists(
+                                    maybe({"function": field(maybe({
+                                        "name": field(text),
+                                        "arguments": field(st.dictionaries(
+                                            st.text(max_size=5), json_values, max_size=3))}))}),
+                                    max_size=3))})),
+                            "error": json_values})
+TOOL_ANSWERS = {"vllm": openai_tool_answer, "sglang-openai": openai_tool_answer,
+                "ollama": ollama_tool_answer}
+# the choice each backend answers natively (TOOL_CALLING): what the fuzzed answer reaches
+TOOL_REQUESTS = {"vllm": tool_request("ReadFile"), "sglang-openai": tool_request("required"),
+                 "ollama": tool_request("auto")}
+
 
 @st.composite
-def bodies(draw: st.DrawFn, flavor: str, streamed: bool) -> bytes:
+def bodies(draw: st.DrawFn, flavor: str, streamed: bool,
+           table: dict[str, st.SearchStrategy[Any]] = ANSWERS) -> bytes:
     """A whole answer body: framed events of (mostly) the right shape, or anything."""
-    answer = ANSWERS[flavor]
+    answer = table[flavor]
     if not streamed:
         value = draw(st.one_of(answer, answer, json_values))
         raw = json.dumps(value).encode()
@@ -120,8 +165,9 @@ def bodies(draw: st.DrawFn, flavor: str, streamed: bool) -> bytes:
 
 
 @st.composite
-def answers(draw: st.DrawFn, flavor: str, streamed: bool) -> Canned:
-    body = draw(bodies(flavor, streamed))
+def answers(draw: st.DrawFn, flavor: str, streamed: bool,
+            table: dict[str, st.SearchStrategy[Any]] = ANSWERS) -> Canned:
+    body = draw(bodies(flavor, streamed, table))
     cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=4)))
     chunks = tuple(part for part in (body[a:b] for a, b in
                                      zip([0, *cuts], [*cuts, len(body)], strict=True)) if part)
@@ -150,27 +196,32 @@ def backends() -> Iterator[dict[str, tuple[WireServer, Any]]]:
             run_sync(backend.aclose())
 
 
-def _call(backend: Any, streamed: bool) -> str:
-    req = dataclasses.replace(REQUEST, deadline=time.monotonic() + CALL_DEADLINE_S)
+def _call(backend: Any, streamed: bool, request: GenerationRequest = REQUEST) -> str:
+    req = dataclasses.replace(request, deadline=time.monotonic() + CALL_DEADLINE_S)
 
     async def go() -> str:
         if streamed:
             return "".join([c async for c in backend.stream(req)])
         result = await backend.agenerate(req)
         assert isinstance(result, GenerationResult) and isinstance(result.text, str)
+        if req.tools is not None:  # a native tool answer: calls of the declared type
+            assert isinstance(result.tool_calls, list)
+            assert all(isinstance(c, RawToolCall) and isinstance(c.arguments, str)
+                       for c in result.tool_calls)
         return result.text
 
     return str(run_sync(go()))
 
 
 def _fuzz(backends: dict[str, tuple[WireServer, Any]], flavor: str, canned: Canned,
-          streamed: bool) -> None:
+          streamed: bool, request: GenerationRequest = REQUEST) -> None:
     server, backend = backends[flavor]
     server.canned = canned
-    TRIED["server streams" if streamed else "server answers"] += 1
+    what = "tool " if request.tools is not None else ""
+    TRIED[f"server {what}streams" if streamed else f"server {what}answers"] += 1
     start = time.monotonic()
     try:
-        _call(backend, streamed)
+        _call(backend, streamed, request)
     except BackendError:
         pass  # the only kind of failure allowed
     finally:
@@ -192,3 +243,32 @@ def test_fuzz_server_streams(backends: dict[str, tuple[WireServer, Any]],
                              data: st.DataObject) -> None:
     flavor = data.draw(st.sampled_from(FLAVORS))
     _fuzz(backends, flavor, data.draw(answers(flavor, streamed=True)), streamed=True)
+
+
+@settings(FUZZ, max_examples=max(1, EXAMPLES // 2))
+@given(data=st.data())
+def test_fuzz_server_tool_answers(backends: dict[str, tuple[WireServer, Any]],
+                                  data: st.DataObject) -> None:
+    """Answers to a tool turn, whole or streamed: calls without names, arguments of the
+    wrong type, fragments out of order. A result or a BackendError, nothing else."""
+    flavor = data.draw(st.sampled_from(sorted(TOOL_ANSWERS)))
+    streamed = data.draw(st.booleans())
+    canned = data.draw(st.one_of(answers(flavor, streamed, TOOL_ANSWERS),
+                                 framed_tool_answers(flavor, streamed)))
+    _fuzz(backends, flavor, canned, streamed, TOOL_REQUESTS[flavor])
+
+
+@st.composite
+def framed_tool_answers(draw: st.DrawFn, flavor: str, streamed: bool) -> Canned:
+    """HTTP 200 and intact framing, so the fuzzed content reaches the tool-call parsing
+    (random framing ends most answers before it)."""
+    answer = TOOL_ANSWERS[flavor]
+    if not streamed:
+        return Canned(chunks=(json.dumps(draw(answer)).encode(),), length=True)
+    events = draw(st.lists(answer, min_size=1, max_size=5))
+    if flavor == "ollama":
+        lines = [json.dumps(e) + "\n" for e in events]
+    else:
+        lines = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
+    return Canned(chunks=("".join(lines).encode(),), content_type="text/event-stream",
+                  length=True)

@@ -98,11 +98,13 @@ class VLLMProcess:
 
 def start_vllm(model_dir: Path, *, engine: str, workdir: Path, port: int | None = None,
                compact: bool = True, ready_timeout_s: float = 600.0,
-               extra_args: tuple[str, ...] = ()) -> VLLMProcess:
+               extra_args: tuple[str, ...] = (),
+               env: dict[str, str] | None = None) -> VLLMProcess:
     """Launch ``vllm.entrypoints.openai.api_server`` on 127.0.0.1 and wait until it serves.
 
     ``engine`` is the structured-output backend (``guidance``, ``xgrammar``, ``outlines``).
     ``compact`` sets ``disable_any_whitespace`` server-wide (vLLM 0.32 reads it there only).
+    ``env`` adds environment variables for the server (e.g. ``VLLM_*`` switches).
     """
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,7 @@ def start_vllm(model_dir: Path, *, engine: str, workdir: Path, port: int | None 
            "--enable-per-request-metrics", *extra_args]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CACHE_ROOT=str(workdir / "cache"),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
-               DO_NOT_TRACK="1")
+               DO_NOT_TRACK="1", **(env or {}))
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=workdir)

@@ -13,7 +13,9 @@ Faults a test can switch on: ``fail_statuses`` (answer these statuses first, e.g
 ``delay_s`` (slow answers), ``malformed`` (HTTP 200 with a non-JSON body),
 ``truncate`` (cut the stream without its terminator / mid-chunk), ``reply`` (a fixed text,
 e.g. unconstrained prose), ``finish`` (the finish reason reported, e.g. ``"length"``),
-``canned`` (a :class:`Canned` answer sent as is: any status, body or SSE framing, written in
+``tool_calls`` (the tool calls answered to a request with ``tools``, e.g. broken ones;
+by default valid calls are generated from the tools' schemas), ``canned`` (a
+:class:`Canned` answer sent as is: any status, body or SSE framing, written in
 chunks, slowly or cut off) and ``trickle_s`` (a streamed answer one byte at a time).
 ``connections`` counts the TCP connections accepted, so a test can tell a reused connection
 pool from a new client per call; ``hung_up`` counts the trickled streams the client closed
@@ -81,6 +83,32 @@ class ResponseFormat(_Strict):
     json_schema: JsonSchemaFormat | None = None
 
 
+class ToolFunction(_Strict):
+    name: StrictStr
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(_Strict):
+    """One entry of ``tools`` in the OpenAI shape (vLLM, SGLang and Ollama all take it)."""
+
+    type: Literal["function"]
+    function: ToolFunction
+
+
+class NamedFunction(_Strict):
+    name: StrictStr
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+OpenAIToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class SGLangChat(_Strict):
     model: StrictStr
     messages: list[ChatMessage]
@@ -95,6 +123,9 @@ class SGLangChat(_Strict):
     ebnf: StrictStr | None = None
     separate_reasoning: StrictBool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: OpenAIToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
 
 
 # --- Ollama (/api/chat, /api/generate) -----------------------------------------------
@@ -110,6 +141,7 @@ class OllamaOptions(_Strict):
 class OllamaChat(_Strict):
     model: StrictStr
     messages: list[ChatMessage]
+    tools: list[Tool] | None = None  # no tool_choice: Ollama has none
     stream: StrictBool | None = None
     format: dict[str, Any] | Literal["json"] | None = None  # schema OBJECT or "json"
     options: OllamaOptions | None = None
@@ -150,6 +182,9 @@ class VLLMRequest(_Strict):
     stream_options: dict[str, StrictBool] | None = None
     structured_outputs: VLLMStructuredOutputs | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: OpenAIToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
 
 
 @dataclass
@@ -235,6 +270,9 @@ class WireServer:
         self.truncate = False
         self.reply: str | None = None
         self.thinking: str | None = None
+        # the tool calls answered (name, argument text as sent), instead of valid ones
+        # generated from the tools' schemas; a text answer under "auto" when ``reply`` is set
+        self.tool_calls: list[tuple[str, str]] | None = None
         self.finish = "stop"
         self.canned: Canned | None = None
         self.trickle_s = 0.0
@@ -294,6 +332,7 @@ class WireServer:
         self.delay_s = 0.0
         self.malformed = self.truncate = False
         self.reply = self.thinking = None
+        self.tool_calls = None
         self.finish = "stop"
         self.canned = None
         self.trickle_s = 0.0
@@ -441,6 +480,62 @@ class WireServer:
         return "plain text"
 
 
+    def calls_for(self, body: dict[str, Any]) -> list[tuple[str, str]] | None:
+        """The tool calls that answer ``body`` (None: a text answer).
+
+        A named choice calls that tool, "required" the first tool (the first two with
+        ``parallel_tool_calls``), "auto" the first one too unless ``reply`` is set.
+        """
+        tools = body.get("tools")
+        choice = body.get("tool_choice", "auto")
+        if not tools or choice == "none" or (choice == "auto" and self.reply is not None):
+            return None
+        if self.tool_calls is not None:
+            return list(self.tool_calls)
+        params = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
+        if isinstance(choice, dict):
+            names = [choice["function"]["name"]]
+        else:
+            names = list(params)[:2 if body.get("parallel_tool_calls") else 1]
+        return [(n, json.dumps(instance_for(params[n]), separators=(",", ":")))
+                for n in names]
+
+
+def named_tool_missing(body: dict[str, Any]) -> str | None:
+    """The error of an OpenAI-style server for a named tool_choice not among ``tools``."""
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        names = {t["function"]["name"] for t in body.get("tools") or ()}
+        if choice["function"]["name"] not in names:
+            return f"tool_choice names {choice['function']['name']!r}, not in tools"
+    return None
+
+
+def openai_tool_calls(calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """``message.tool_calls`` of a whole OpenAI chat answer (arguments as a JSON string)."""
+    return [{"id": f"call_{i}", "type": "function",
+             "function": {"name": name, "arguments": args}}
+            for i, (name, args) in enumerate(calls)]
+
+
+def openai_tool_deltas(calls: list[tuple[str, str]]) -> Iterator[list[dict[str, Any]]]:
+    """``delta.tool_calls`` of a streamed OpenAI chat answer: each call's first delta has
+    its id and name, the arguments follow in fragments."""
+    for i, (name, args) in enumerate(calls):
+        yield [{"index": i, "id": f"call_{i}", "type": "function",
+                "function": {"name": name, "arguments": ""}}]
+        for piece in _chunks(args):
+            yield [{"index": i, "function": {"arguments": piece}}]
+
+
+def _loads_or(text: str) -> Any:
+    """``text`` decoded, or as is when it is not JSON (an injected broken answer)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _chunks(text: str, n: int = 3) -> list[str]:
     """Split ``text`` into a few pieces, as a token stream would."""
     step = max(1, len(text) // n)
@@ -485,7 +580,7 @@ class SGLangWireServer(_ServesModels):
                     return f"regex does not compile: {exc}"
             return None
         if path == "/v1/chat/completions":
-            return self.validate(SGLangChat, body)
+            return self.validate(SGLangChat, body) or named_tool_missing(body)
         return f"no route {path}"
 
     def answer(self, h: BaseHTTPRequestHandler, path: str, body: dict[str, Any]) -> None:
@@ -516,23 +611,30 @@ class SGLangWireServer(_ServesModels):
             return
         rf = body.get("response_format") or {}
         schema = (rf.get("json_schema") or {}).get("schema")
-        text = self.text_for(json_schema=schema, regex=body.get("regex"))
-        message = {"role": "assistant", "content": text,
-                   "reasoning_content": self.thinking}
+        calls = self.calls_for(body)
+        text = "" if calls else self.text_for(json_schema=schema, regex=body.get("regex"))
+        # as OpenAI and SGLang do: a turn that called tools finishes with "tool_calls"
+        finish = "tool_calls" if calls and self.finish == "stop" else self.finish
+        message: dict[str, Any] = {"role": "assistant", "content": text,
+                                   "reasoning_content": self.thinking}
+        if calls:
+            message["tool_calls"] = openai_tool_calls(calls)
         if not body.get("stream"):
             self._send_json(h, 200, {
                 "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-                "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": len(text),
                           "total_tokens": 5 + len(text)}})
             return
 
         def chat_events() -> Iterator[str]:
-            pieces = _chunks(text)
-            for i, piece in enumerate(pieces):
-                finish = self.finish if i == len(pieces) - 1 else None
-                yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {
-                    "content": piece}, "finish_reason": finish}]}) + "\n\n"
+            deltas: list[dict[str, Any]] = [{"tool_calls": part}
+                                            for part in openai_tool_deltas(calls or [])]
+            deltas += [{"content": piece} for piece in _chunks(text) if piece or not calls]
+            for i, delta in enumerate(deltas):
+                last = i == len(deltas) - 1
+                yield "data: " + json.dumps({"choices": [{"index": 0, "delta": delta,
+                    "finish_reason": finish if last else None}]}) + "\n\n"
             yield "data: [DONE]\n\n"
 
         self._send_stream(h, chat_events(), "text/event-stream")
@@ -560,7 +662,11 @@ class OllamaWireServer(WireServer):
     def answer(self, h: BaseHTTPRequestHandler, path: str, body: dict[str, Any]) -> None:
         fmt = body.get("format")
         schema = fmt if isinstance(fmt, dict) else None
-        text = self.text_for(json_schema=schema)
+        calls = self.calls_for(body) if path == "/api/chat" else None
+        text = "" if calls else self.text_for(json_schema=schema)
+        # Ollama's tool calls: arguments as a JSON OBJECT, all of them in one message
+        ollama_calls = [{"function": {"index": i, "name": name, "arguments": _loads_or(args)}}
+                        for i, (name, args) in enumerate(calls or [])]
         thinking = self.thinking if body.get("think") else None
         stats = {"total_duration": 4_000_000, "load_duration": 1_000,
                  "prompt_eval_count": 5, "eval_count": len(text), "eval_duration": 3_000_000}
@@ -580,11 +686,17 @@ class OllamaWireServer(WireServer):
             return out
 
         if body.get("stream") is False:
-            self._send_json(h, 200, final(text))
+            answer = final(text)
+            if ollama_calls:
+                answer["message"]["tool_calls"] = ollama_calls
+            self._send_json(h, 200, answer)
             return
 
         def lines() -> Iterator[str]:
-            for piece in _chunks(text):
+            if ollama_calls:  # streamed, the calls come whole in one line before the last
+                yield json.dumps({"model": body["model"], "done": False, "message": {
+                    "role": "assistant", "content": "", "tool_calls": ollama_calls}}) + "\n"
+            for piece in _chunks(text) if text or not ollama_calls else ():
                 part: dict[str, Any] = {"model": body["model"], "done": False}
                 if path == "/api/chat":
                     part["message"] = {"role": "assistant", "content": piece}
