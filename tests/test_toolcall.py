@@ -211,6 +211,23 @@ def test_trigger_grammar_holds_text_or_one_valid_call(tiny_model_dir: Path) -> N
                        " and more")
     assert not accepts("text <tool_call> more text")
 
+    # reasoning=True: the think block is free, then the same turn grammar (as the embedded
+    # backend compiles it: llguidance's reasoning prefix in front of the renamed start rule)
+    from structgen.constrain.base import ConstraintOptions
+    from structgen.constrain.llguidance import build_lark
+    from structgen.schema.compiled import CompiledOutput
+
+    turn_output = CompiledOutput(kind="grammar", grammar=trigger_grammar(
+        turn, single_call_schema(envelope_output(turn))))
+    grammar = llguidance.LLMatcher.grammar_from_lark(
+        build_lark(turn_output, ConstraintOptions(reasoning=True)))
+    assert accepts('<think>Read it first.</think>\n<tool_call>{"name":"read_file",'
+                   '"arguments":{"path":"a"}}</tool_call>')
+    assert accepts("<think>Nothing to call.</think>\nDone.")
+    assert not accepts("Done, without thinking.")  # the think block comes first
+    assert not accepts('<think>x</think>\n<tool_call>{"name":"read_file","arguments":{}}'
+                       "</tool_call>")
+
 
 # The engine ------------------------------------------------------------------------------
 class Canned(BackendBase):

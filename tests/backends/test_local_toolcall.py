@@ -13,6 +13,7 @@ through. What is asserted, greedy and with seeded sampling:
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import re
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from schemas.toolkits import ReadFile, RunTests, SearchCode
 from structgen.backends.local import LocalBackend
 from structgen.config import Config
 from structgen.engine import Engine
@@ -118,3 +120,31 @@ def test_auto_is_text_or_a_valid_call(engine: Engine, tool_sets: list[list[ToolS
         assert result.repairs == [], result.raw_text
         if not isinstance(result.value, str):
             assert_valid_call(result.value, tools)
+
+
+# The engine's other paths on the embedded backend -----------------------------------------
+AGENT_TOOLS = [RunTests, ReadFile, SearchCode]
+
+
+def test_stream_and_async_on_the_embedded_backend(engine: Engine) -> None:
+    eng = engine
+    items = list(eng.stream("go", tools=AGENT_TOOLS, tool_choice="required", max_tokens=120,
+                            use_cache=False))
+    final = items[-1]
+    assert isinstance(final, ToolCall) and type(final.arguments) in AGENT_TOOLS
+    partials = items[:-1]
+    assert partials and all(isinstance(p, ToolCall) and p.name == final.name for p in partials)
+    assert type(partials[0].arguments).__name__ == f"Partial{final.name}"
+    # "auto" streams the envelope once the trigger format is read: one item
+    auto = list(eng.stream("go", tools=AGENT_TOOLS, max_tokens=120, use_cache=False))
+    assert len(auto) == 1 and isinstance(auto[0], ToolCall | str)
+
+    async def together() -> list[Any]:
+        return list(await asyncio.gather(*(
+            eng.agenerate(f"go {i}", tools=AGENT_TOOLS, tool_choice=choice, max_tokens=120,
+                          use_cache=False)
+            for i, choice in enumerate(["required", RunTests, "auto", SearchCode]))))
+
+    got = asyncio.run(together())
+    assert isinstance(got[1].arguments, RunTests) and isinstance(got[3].arguments, SearchCode)
+    assert all(isinstance(v, str) or type(v.arguments) in AGENT_TOOLS for v in got)
