@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import math
 import threading
 import time
@@ -29,7 +30,7 @@ from structgen.backends.capabilities import unenforced
 from structgen.backends.pool import BackendPool
 from structgen.cache import open_result_cache
 from structgen.config import Config
-from structgen.errors import StructgenError
+from structgen.errors import StructgenError, ValidationFailed
 from structgen.metrics import Metrics
 from structgen.repair import Repaired, finalize
 from structgen.router import Router
@@ -41,6 +42,7 @@ from structgen.types import (
     SAMPLING_KEYS,
     Choice,
     Grammar,
+    RawToolCall,
     Regex,
     Sampling,
     StructuredResult,
@@ -159,7 +161,8 @@ class Engine:
             repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            self.metrics.record_tool_calls(request, getattr(exc, "raw_text", ""), valid=False)
+            if isinstance(exc, ValidationFailed):  # a backend that failed made no call
+                self.metrics.record_tool_calls(request, exc.raw_text, valid=False)
             raise
         result = StructuredResult(
             value=repaired.value, raw_text=repaired.text, backend=gen.backend, model=gen.model,
@@ -174,7 +177,7 @@ class Engine:
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)
         self.metrics.record_tool_calls(request, result.raw_text, valid=True)
-        return result
+        return _tool_result(request, result, gen.tool_calls)
 
     def run(self, prompt_or_messages: str | Sequence[Any], output: Any = None, *,
             backend: str | None = None, model: str | None = None, reasoning: bool | None = None,
@@ -325,7 +328,8 @@ class Engine:
             repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            self.metrics.record_tool_calls(request, text, valid=False)
+            if isinstance(exc, ValidationFailed):
+                self.metrics.record_tool_calls(request, text, valid=False)
             raise
         result = StructuredResult(
             value=repaired.value, raw_text=repaired.text, backend=name, model=gen.model,
@@ -370,10 +374,20 @@ def as_envelope(gen: GenerationResult, request: GenerationRequest) -> None:
         gen.text = call_envelope(gen.tool_calls, gen.text, parallel=request.tools.parallel)
 
 
-def _tool_result(request: GenerationRequest, result: StructuredResult) -> StructuredResult:
-    """For a tool turn: the validated envelope as the caller's ToolCall / list / text."""
-    if request.tools is not None and not isinstance(result.value, ToolCall | list | str):
-        result.value = tool_value(result.value)
+def _tool_result(request: GenerationRequest, result: StructuredResult,
+                 native: list[RawToolCall] | None = None) -> StructuredResult:
+    """For a tool turn: the validated envelope as the caller's ToolCall / list / text, with
+    the ids a server gave its calls (``native``; needed to send the tools' results back)
+    when the calls are still the ones it returned (not re-asked)."""
+    if request.tools is None or isinstance(result.value, ToolCall | list | str):
+        return result
+    value = tool_value(result.value)
+    calls = value if isinstance(value, list) else [value] if isinstance(value, ToolCall) else []
+    if native and [c.name for c in native] == [c.name for c in calls] \
+            and "reask" not in result.repairs:
+        calls = [dataclasses.replace(c, id=n.id) for c, n in zip(calls, native, strict=True)]
+        value = calls if isinstance(value, list) else calls[0]
+    result.value = value
     return result
 
 

@@ -287,6 +287,7 @@ def test_native_tool_calls_become_the_envelope(tmp_path: Path) -> None:
     engine = engine_with(tmp_path, backend)
     calls = engine.run("look", tools=TOOLS, tool_choice="required", parallel=True)
     assert [c.name for c in calls.value] == ["search_code", "read_file"]
+    assert [c.id for c in calls.value] == ["call_1", "call_2"]  # to send the results back
     assert calls.value[1].arguments == ReadFile(path="shop/orders.py")
     assert json.loads(calls.raw_text)[0] == {"name": "search_code",
                                              "arguments": {"query": "KeyError"}}
