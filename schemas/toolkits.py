@@ -49,7 +49,7 @@ class AskUser(BaseModel):
     question: Short
 
 
-class TestScope(StrEnum):
+class RunScope(StrEnum):
     file = "file"
     directory = "directory"
     all = "all"
@@ -60,7 +60,7 @@ class RunTests(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     target: RepoPath = Field(description="A test file, directory or node id (file::test).")
-    scope: TestScope = TestScope.file
+    scope: RunScope = RunScope.file
     max_failures: int = Field(default=5, ge=1, le=50)
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from schemas.toolkits import RunScope, RunTests
 from structgen import generate_structured
 from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
 from structgen.backends.base import Finished
@@ -35,20 +35,6 @@ from structgen.schema.toolset import (
 )
 from structgen.types import RawToolCall, ToolCall, call_envelope
 from structgen.validate import validate_text
-
-
-class Scope(StrEnum):
-    unit = "unit"
-    all = "all"
-
-
-class RunTests(BaseModel):
-    """Run the project's tests and report failures."""
-
-    model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="test file or directory")
-    scope: Scope = Scope.unit
-    max_failures: int = Field(default=5, ge=1, le=50)
 
 
 class ReadFile(BaseModel):
@@ -77,7 +63,7 @@ TOOLS = [RunTests, ReadFile, search_code]
 # Tools ---------------------------------------------------------------------------------
 def test_tools_from_models_and_functions() -> None:
     run, read, search = (tool_spec(t) for t in TOOLS)
-    assert (run.name, run.description) == ("RunTests", "Run the project's tests and report "
+    assert (run.name, run.description) == ("RunTests", "Run tests with pytest and report the "
                                                        "failures.")
     assert read.name == "read_file" and read.model is ReadFile
     assert run.parameters["properties"]["max_failures"]["maximum"] == 50
@@ -134,10 +120,10 @@ def test_bad_choice_and_long_name_raise_typed_errors() -> None:
 # The envelope ------------------------------------------------------------------------------
 def test_envelope_validates_into_the_chosen_tools_model() -> None:
     output = envelope_output(tool_turn(TOOLS, "required"))
-    ok = validate_text('{"name":"RunTests","arguments":{"path":"tests/"}}', output)
+    ok = validate_text('{"name":"RunTests","arguments":{"target":"tests/"}}', output)
     assert ok.ok
     # a wrong argument: the errors are those of the tool the model chose, and only those
-    bad = validate_text('{"name":"RunTests","arguments":{"path":"t","max_failures":99}}',
+    bad = validate_text('{"name":"RunTests","arguments":{"target":"t","max_failures":99}}',
                         output)
     assert [(e.pointer, e.keyword) for e in bad.errors] == [("/arguments/max_failures",
                                                              "maximum")]
@@ -146,7 +132,7 @@ def test_envelope_validates_into_the_chosen_tools_model() -> None:
     assert not absolute.ok and "relative" in absolute.errors[0].message
     assert not validate_text('{"text":"no"}', output).ok  # required: no text answer
     named = envelope_output(tool_turn(TOOLS, "read_file"))
-    assert not validate_text('{"name":"RunTests","arguments":{"path":"t"}}', named).ok
+    assert not validate_text('{"name":"RunTests","arguments":{"target":"t"}}', named).ok
     auto = envelope_output(tool_turn(TOOLS, "auto", parallel=True))
     assert validate_text('{"text":"All done."}', auto).ok
     assert validate_text('[{"name":"search_code","arguments":{"query":"q"}}]', auto).ok
@@ -269,10 +255,10 @@ def engine_with(tmp_path: Path, backend: Canned, retries: int = 1) -> Engine:
 
 
 def test_run_returns_a_validated_tool_call(tmp_path: Path) -> None:
-    backend = Canned('{"name":"RunTests","arguments":{"path":"tests/","scope":"all"}}')
+    backend = Canned('{"name":"RunTests","arguments":{"target":"tests/","scope":"all"}}')
     engine = engine_with(tmp_path, backend)
     result = engine.run("run all tests", tools=TOOLS, tool_choice="required")
-    assert result.value == ToolCall("RunTests", RunTests(path="tests/", scope=Scope.all))
+    assert result.value == ToolCall("RunTests", RunTests(target="tests/", scope=RunScope.all))
     assert backend.requests[0].tools is not None
     assert backend.requests[0].tools.choice == "required"
     with pytest.raises(StructgenError, match="either output or tools"):
@@ -296,8 +282,8 @@ def test_native_tool_calls_become_the_envelope(tmp_path: Path) -> None:
 
 
 def test_reask_shows_the_chosen_tools_errors(tmp_path: Path) -> None:
-    backend = Canned('{"name":"RunTests","arguments":{"path":"t","max_failures":500}}',
-                     '{"name":"RunTests","arguments":{"path":"t","max_failures":50}}')
+    backend = Canned('{"name":"RunTests","arguments":{"target":"t","max_failures":500}}',
+                     '{"name":"RunTests","arguments":{"target":"t","max_failures":50}}')
     engine = engine_with(tmp_path, backend)
     result = engine.run("run", tools=TOOLS, tool_choice="required")
     assert result.value.arguments.max_failures == 50 and result.repairs == ["reask"]
@@ -356,20 +342,20 @@ def test_tool_call_metrics_per_tool_and_validity(tmp_path: Path) -> None:
 
 
 def test_stream_yields_partial_calls_then_the_call(tmp_path: Path) -> None:
-    backend = Canned('{"name":"RunTests","arguments":{"path":"tests/unit","max_failures":3}}')
+    backend = Canned('{"name":"RunTests","arguments":{"target":"tests/unit","max_failures":3}}')
     engine = engine_with(tmp_path, backend)
     items = list(engine.stream("run", tools=TOOLS, tool_choice="required"))
-    assert items[-1] == ToolCall("RunTests", RunTests(path="tests/unit", max_failures=3))
+    assert items[-1] == ToolCall("RunTests", RunTests(target="tests/unit", max_failures=3))
     partials = items[:-1]
     assert partials and all(isinstance(p, ToolCall) and p.name == "RunTests"
                             for p in partials)
-    paths = [p.arguments.path for p in partials if p.arguments is not None]
+    paths = [p.arguments.target for p in partials if p.arguments is not None]
     assert "tests/unit" in paths and any(p and p != "tests/unit" for p in paths)
     assert type(partials[-1].arguments).__name__ == "PartialRunTests"
 
 
 def test_async_twins(tmp_path: Path) -> None:
-    backend = Canned('{"text":"Nothing to do."}')
+    backend = Canned('{"text":"Nothing to do."}', '{"text":"Nothing to do."}')
     engine = engine_with(tmp_path, backend)
 
     async def both() -> tuple[Any, list[Any]]:
