@@ -148,3 +148,24 @@ def test_stream_and_async_on_the_embedded_backend(engine: Engine) -> None:
     got = asyncio.run(together())
     assert isinstance(got[1].arguments, RunTests) and isinstance(got[3].arguments, SearchCode)
     assert all(isinstance(v, str) or type(v.arguments) in AGENT_TOOLS for v in got)
+
+
+def test_a_template_that_takes_tools_gets_them(engine: Engine) -> None:
+    from structgen.backends.local.llamacpp_runtime import render_chat_template
+    from structgen.backends.local.runtime import chat_messages
+
+    request = engine.build_request("run them", tools=AGENT_TOOLS, tool_choice="required")
+    # a Hermes/Qwen-style template reads ``tools``: they go to it, the messages stay as given
+    template = ("{% if tools %}<tools>{% for t in tools %}{{ t.function.name }};{% endfor %}"
+                "</tools>{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n"
+                "{% endfor %}")
+    messages, tools = chat_messages(request, template)
+    assert messages == request.messages and tools is not None
+    assert render_chat_template(template, messages, "", "", tools=tools).startswith(
+        "<tools>RunTests;ReadFile;SearchCode;</tools>user: run them")
+    # a template without them (SmolLM2's, the tiny model's): the system prompt carries them
+    messages, tools = chat_messages(request, "{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert tools is None and messages[0]["role"] == "system"
+    assert '"name": "ApplyPatch"' not in messages[0]["content"]
+    assert '"name": "RunTests"' in messages[0]["content"] and "Call one of" in \
+        messages[0]["content"]
