@@ -135,9 +135,10 @@ def test_stream_and_async_on_the_embedded_backend(engine: Engine) -> None:
     partials = items[:-1]
     assert partials and all(isinstance(p, ToolCall) and p.name == final.name for p in partials)
     assert type(partials[0].arguments).__name__ == f"Partial{final.name}"
-    # "auto" streams the envelope once the trigger format is read: one item
+    # "auto" streams the envelope once the trigger format is read, as one chunk: at most
+    # one partial item, then the final one
     auto = list(eng.stream("go", tools=AGENT_TOOLS, max_tokens=120, use_cache=False))
-    assert len(auto) == 1 and isinstance(auto[0], ToolCall | str)
+    assert 1 <= len(auto) <= 2 and isinstance(auto[-1], ToolCall | str)
 
     async def together() -> list[Any]:
         return list(await asyncio.gather(*(
