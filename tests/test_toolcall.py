@@ -166,6 +166,10 @@ def test_trigger_format_round_trip() -> None:
                                   '{"path":"a.py"}}\n</tool_call>', parallel=False)
     assert calls == [RawToolCall("read_file", '{"path": "a.py"}')] and text == "Let me look."
     assert parse_triggered("Nothing to call.", parallel=False) == ([], "Nothing to call.")
+    two, _ = parse_triggered('<tool_call>{"name":"a","arguments":{}}</tool_call>\n<tool_call>'
+                             '{"name":"b","arguments":{"x":1}}</tool_call>', parallel=True)
+    assert two is not None and [(c.name, json.loads(c.arguments)) for c in two] == [
+        ("a", {}), ("b", {"x": 1})]
     cut, so_far = parse_triggered('<tool_call>{"name":"read_file","argum', parallel=False)
     assert cut is None and so_far == '{"name":"read_file","argum'
     assert json.loads(call_envelope(calls, text)) == {"name": "read_file",
