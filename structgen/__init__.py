@@ -32,11 +32,12 @@ from structgen.errors import (
     ConfigError,
     SchemaError,
     StructgenError,
+    ToolError,
     ValidationFailed,
 )
 from structgen.schema import CompiledOutput, compile_output
 from structgen.streaming import partial_model
-from structgen.types import Choice, Grammar, JsonSchema, Regex
+from structgen.types import Choice, Grammar, JsonSchema, Regex, ToolCall
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,8 @@ __all__ = [
     "SchemaError",
     "StructgenError",
     "StructuredResult",
+    "ToolCall",
+    "ToolError",
     "ValidationFailed",
     "agenerate_structured",
     "astream_structured",

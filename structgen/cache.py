@@ -349,6 +349,11 @@ class ResultCache:
                 request.output.kind, request.model or self.model_id(backend),
                 float(s.temperature), float(s.top_p), s.seed, s.max_tokens, list(s.stop),
                 bool(request.reasoning), request.whitespace)
+        if request.tools is not None:
+            # the tools reach the prompt too (chat template), and the choice and parallel
+            # change what may be answered: all of them, not only the envelope's schema
+            t = request.tools
+            body += (t.openai_tools(), t.choice, t.parallel)  # type: ignore[assignment]
         return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
     def model_id(self, backend: str | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import math
 import threading
 import time
@@ -29,23 +30,27 @@ from structgen.backends.capabilities import unenforced
 from structgen.backends.pool import BackendPool
 from structgen.cache import open_result_cache
 from structgen.config import Config
-from structgen.errors import StructgenError
+from structgen.errors import StructgenError, ValidationFailed
 from structgen.metrics import Metrics
 from structgen.repair import Repaired, finalize
 from structgen.router import Router
 from structgen.schema import CompiledOutput, compile_output
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
 from structgen.schema.support import PostEnforced
-from structgen.streaming import partial_instance, partial_value
+from structgen.schema.toolset import envelope_output, tool_turn, tool_value
+from structgen.streaming import partial_instance, partial_tool_value, partial_value
 from structgen.types import (
     SAMPLING_KEYS,
     BackendAttempt,
     Choice,
     Grammar,
+    RawToolCall,
     Regex,
     Sampling,
     StructuredResult,
+    ToolCall,
     Usage,
+    call_envelope,
     normalize_messages,
 )
 
@@ -72,11 +77,26 @@ class Engine:
         return self.pool.get(name)
 
     # Building a request ------------------------------------------------------------
-    def build_request(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+    def build_request(self, prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                       model: str | None = None, reasoning: bool | None = None,
-                      **sampling: Any) -> GenerationRequest:
-        return self._request(prompt_or_messages, _compile_memo(output, self.limits), model=model,
-                             reasoning=reasoning, **sampling)
+                      tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
+                      parallel: bool = False, **sampling: Any) -> GenerationRequest:
+        """The request for ``output``, or for a tool turn (``tools``; ``output`` then
+        stays None: the turn's output is the call envelope, see :mod:`structgen.schema.toolset`)."""
+        if tools is None:
+            if output is None:
+                raise StructgenError("give an output (a Pydantic model, JSON Schema, Regex, "
+                                     "Choice or Grammar) or tools=[...]")
+            return self._request(prompt_or_messages, _compile_memo(output, self.limits),
+                                 model=model, reasoning=reasoning, **sampling)
+        if output is not None:
+            raise StructgenError("a tool turn's answer is a tool call (or text): give either "
+                                 "output or tools, not both")
+        turn = tool_turn(tools, tool_choice, parallel)
+        request = self._request(prompt_or_messages, envelope_output(turn, self.limits),
+                                model=model, reasoning=reasoning, **sampling)
+        request.tools = turn
+        return request
 
     def _request(self, prompt_or_messages: str | Sequence[Any], output: CompiledOutput | None,
                  *, model: str | None, reasoning: bool | None,
@@ -95,21 +115,26 @@ class Engine:
             whitespace=self.config.local.whitespace)
 
     # The pipeline --------------------------------------------------------------------
-    async def arun(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+    async def arun(self, prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                    backend: str | None = None, model: str | None = None,
                    reasoning: bool | None = None, use_cache: bool = True,
-                   allow_truncated: bool = False, **sampling: Any) -> StructuredResult:
+                   allow_truncated: bool = False, tools: Sequence[Any] | None = None,
+                   tool_choice: Any = "auto", parallel: bool = False,
+                   **sampling: Any) -> StructuredResult:
         """Run one request and return the value with its provenance.
 
         An answer cut off at ``max_tokens`` raises ValidationFailed, unless
         ``allow_truncated``: then its value comes back with ``truncated=True``, uncached.
+        With ``tools`` the value is a :class:`~structgen.types.ToolCall`, a list of them
+        (``parallel=True``) or, only with ``tool_choice="auto"``, the text the model wrote.
         """
         start = time.perf_counter()
         request = self.build_request(prompt_or_messages, output, model=model,
-                                     reasoning=reasoning, **sampling)
+                                     reasoning=reasoning, tools=tools,
+                                     tool_choice=tool_choice, parallel=parallel, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
-        return hit or await self._agenerate_request(request, backend, key, start,
-                                                    allow_truncated)
+        return _tool_result(request, hit or await self._agenerate_request(
+            request, backend, key, start, allow_truncated))
 
     def _cache_lookup(self, request: GenerationRequest, backend: str | None, use_cache: bool,
                       start: float) -> tuple[str | None, StructuredResult | None]:
@@ -124,6 +149,7 @@ class Engine:
         if hit is not None:
             hit.latency_s = time.perf_counter() - start
             self.metrics.record_cache_hit(request, hit)
+            self.metrics.record_tool_calls(request, hit.raw_text, valid=True)
         return key, hit
 
     async def _agenerate_request(self, request: GenerationRequest, backend: str | None,
@@ -132,6 +158,7 @@ class Engine:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
         assert request.output is not None
         gen, trail = await self._route(request, backend, start)
+        as_envelope(gen, request)
         return await self._settle(gen, request, trail, start, key, allow_truncated)
 
     async def _route(self, request: GenerationRequest, backend: str | None, start: float
@@ -154,26 +181,31 @@ class Engine:
             repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            if isinstance(exc, ValidationFailed):  # a backend that failed made no call
+                self.metrics.record_tool_calls(request, exc.raw_text, valid=False)
             raise
         result = _structured(gen, repaired, trail, start, key)
         if key is not None and not result.truncated:  # a cut value is never served again
             self.cache.put(key, request, result)
         self.metrics.record(request, gen, result)
-        return result
+        self.metrics.record_tool_calls(request, result.raw_text, valid=True)
+        return _tool_result(request, result, gen.tool_calls)
 
-    def run(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+    def run(self, prompt_or_messages: str | Sequence[Any], output: Any = None, *,
             backend: str | None = None, model: str | None = None, reasoning: bool | None = None,
             use_cache: bool = True, allow_truncated: bool = False,
-            **sampling: Any) -> StructuredResult:
+            tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
+            parallel: bool = False, **sampling: Any) -> StructuredResult:
         """Sync twin of :meth:`arun`."""
         # A cache hit is answered in this thread: a round trip through the event loop
         # would cost more than the hit itself (see benchmarks/results/cache.md).
         start = time.perf_counter()
         request = self.build_request(prompt_or_messages, output, model=model,
-                                     reasoning=reasoning, **sampling)
+                                     reasoning=reasoning, tools=tools,
+                                     tool_choice=tool_choice, parallel=parallel, **sampling)
         key, hit = self._cache_lookup(request, backend, use_cache, start)
-        return hit or run_sync(self._agenerate_request(request, backend, key, start,
-                                                       allow_truncated))
+        return _tool_result(request, hit or run_sync(self._agenerate_request(
+            request, backend, key, start, allow_truncated)))
 
     async def arun_text(self, prompt_or_messages: str | Sequence[Any], *,
                         backend: str | None = None, model: str | None = None,
@@ -220,13 +252,15 @@ class Engine:
         # by name; otherwise (a name it does not know) it is routed afresh.
         pinned = answered_by if self.pool.knows(answered_by) else None
         again, _trail = await self.router.agenerate(follow_up, backend=pinned)
+        as_envelope(again, follow_up)
         return again
 
-    async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any, *,
+    async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                       backend: str | None = None, model: str | None = None,
                       reasoning: bool = False, use_cache: bool = True,
                       allow_truncated: bool = False, final_result: bool = False,
-                      **sampling: Any) -> AsyncIterator[Any]:
+                      tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
+                      parallel: bool = False, **sampling: Any) -> AsyncIterator[Any]:
         """Yield partial values as the text streams in, then the final validated value
         (see :mod:`structgen.streaming`; a Pydantic output's partials are instances of its
         partial model).
@@ -236,13 +270,18 @@ class Engine:
         one never) and a cache hit is the one item yielded; metrics record the call with
         its time to first token. ``final_result=True`` makes the last item the
         :class:`StructuredResult`. Closing the iterator early closes the backend request.
+        A tool turn (``tools``) streams the envelope: partial :class:`ToolCall` items whose
+        arguments are partial instances of the tool's model (a list of them with
+        ``parallel``, the text so far for a text answer), then the final value.
         """
         start = time.perf_counter()
         request = self.build_request(prompt_or_messages, output, model=model,
-                                     reasoning=reasoning, **sampling)
+                                     reasoning=reasoning, tools=tools,
+                                     tool_choice=tool_choice, parallel=parallel, **sampling)
         assert request.output is not None
         key, hit = self._cache_lookup(request, backend, use_cache, start)
         if hit is not None:
+            hit = _tool_result(request, hit)
             yield hit if final_result else hit.value
             return
         request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
@@ -252,7 +291,8 @@ class Engine:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
             raise
         ttft = time.perf_counter() - start
-        as_partial = _partial_builder(request.output)
+        as_partial = (partial_tool_value(request.tools) if request.tools is not None
+                      else _partial_builder(request.output))
         text = ""
         finish = "stop"
         reported: tuple[PostEnforced, ...] | None = None
@@ -291,7 +331,7 @@ class Engine:
         result = await self._settle(gen, request, trail, start, key, allow_truncated)
         yield result if final_result else result.value
 
-    def stream(self, prompt_or_messages: str | Sequence[Any], output: Any,
+    def stream(self, prompt_or_messages: str | Sequence[Any], output: Any = None,
                **kwargs: Any) -> Generator[Any, None, None]:
         """Sync twin of :meth:`astream` (the same keywords). Leaving the loop early closes
         the backend request."""
@@ -329,6 +369,30 @@ def _structured(gen: GenerationResult, repaired: Repaired, trail: list[BackendAt
 
 
 _END = object()
+
+
+def as_envelope(gen: GenerationResult, request: GenerationRequest) -> None:
+    """A native tool answer (``gen.tool_calls``) becomes the canonical envelope text, which
+    is what validation, repair and the cache read (see :func:`structgen.types.call_envelope`)."""
+    if request.tools is not None and gen.tool_calls is not None:
+        gen.text = call_envelope(gen.tool_calls, gen.text, parallel=request.tools.parallel)
+
+
+def _tool_result(request: GenerationRequest, result: StructuredResult,
+                 native: list[RawToolCall] | None = None) -> StructuredResult:
+    """For a tool turn: the validated envelope as the caller's ToolCall / list / text, with
+    the ids a server gave its calls (``native``; needed to send the tools' results back)
+    when the calls are still the ones it returned (not re-asked)."""
+    if request.tools is None or isinstance(result.value, ToolCall | list | str):
+        return result
+    value = tool_value(result.value)
+    calls = value if isinstance(value, list) else [value] if isinstance(value, ToolCall) else []
+    if native and [c.name for c in native] == [c.name for c in calls] \
+            and all(r.stage != "reask" for r in result.repairs):
+        calls = [dataclasses.replace(c, id=n.id) for c, n in zip(calls, native, strict=True)]
+        value = calls if isinstance(value, list) else calls[0]
+    result.value = value
+    return result
 
 
 async def _next_or_end(items: AsyncIterator[Any]) -> Any:
@@ -442,10 +506,12 @@ def _close_config_engines() -> None:
             engine.close()
 
 
-def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                         backend: str | None = None, model: str | None = None,
                         config: Config | str | Path | None = None,
-                        allow_truncated: bool = False, **sampling: Any) -> Any:
+                        allow_truncated: bool = False,
+                        tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
+                        parallel: bool = False, **sampling: Any) -> Any:
     """Generate a validated object.
 
     >>> intent = generate_structured("Fix the failing test in app.py", Intent)  # doctest: +SKIP
@@ -455,26 +521,41 @@ def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
     :class:`~structgen.errors.ValidationFailed` rather than return an invalid value, and
     for an answer cut off at ``max_tokens`` unless ``allow_truncated``. One engine serves
     each distinct ``config`` for the life of the process.
+
+    A tool turn: leave ``output`` out and pass ``tools`` (Pydantic model classes, typed
+    functions, ``ToolSpec``) and ``tool_choice`` (``"auto"``, ``"required"`` or one of the
+    tools). The value is a :class:`~structgen.types.ToolCall` whose ``arguments`` is a
+    validated instance of the tool's model, a list of them with ``parallel=True``, or,
+    only with ``"auto"``, the text the model answered with.
+
+    >>> call = generate_structured("Run the tests", tools=[RunTests, ReadFile],
+    ...                            tool_choice="required")  # doctest: +SKIP
     """
     return _engine_for(config).generate(prompt_or_messages, output, backend=backend,
                                         model=model, allow_truncated=allow_truncated,
-                                        **sampling)
+                                        tools=tools, tool_choice=tool_choice,
+                                        parallel=parallel, **sampling)
 
 
-async def agenerate_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+async def agenerate_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                                backend: str | None = None, model: str | None = None,
                                config: Config | str | Path | None = None,
-                               allow_truncated: bool = False, **sampling: Any) -> Any:
+                               allow_truncated: bool = False,
+                               tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
+                               parallel: bool = False, **sampling: Any) -> Any:
     """Async twin of :func:`generate_structured`."""
     return await _engine_for(config).agenerate(prompt_or_messages, output, backend=backend,
                                                model=model, allow_truncated=allow_truncated,
-                                               **sampling)
+                                               tools=tools, tool_choice=tool_choice,
+                                               parallel=parallel, **sampling)
 
 
-def stream_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+def stream_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                       backend: str | None = None, model: str | None = None,
                       config: Config | str | Path | None = None,
                       allow_truncated: bool = False,
+                      tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
+                      parallel: bool = False,
                       **sampling: Any) -> Generator[Any, None, None]:
     """Stream :func:`generate_structured`'s answer: partial values, then the final one.
 
@@ -488,14 +569,18 @@ def stream_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
     """
     return _engine_for(config).stream(prompt_or_messages, output, backend=backend,
                                       model=model, allow_truncated=allow_truncated,
-                                      **sampling)
+                                      tools=tools, tool_choice=tool_choice,
+                                      parallel=parallel, **sampling)
 
 
-def astream_structured(prompt_or_messages: str | Sequence[Any], output: Any, *,
+def astream_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                        backend: str | None = None, model: str | None = None,
                        config: Config | str | Path | None = None,
-                       allow_truncated: bool = False, **sampling: Any) -> AsyncIterator[Any]:
+                       allow_truncated: bool = False,
+                       tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
+                       parallel: bool = False, **sampling: Any) -> AsyncIterator[Any]:
     """Async twin of :func:`stream_structured` (``aclose()`` closes the backend request)."""
     return _engine_for(config).astream(prompt_or_messages, output, backend=backend,
                                        model=model, allow_truncated=allow_truncated,
-                                       **sampling)
+                                       tools=tools, tool_choice=tool_choice,
+                                       parallel=parallel, **sampling)

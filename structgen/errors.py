@@ -36,6 +36,17 @@ class SchemaError(StructgenError):
         super().__init__(f"{message} (at {pointer})" if pointer else message)
 
 
+class ToolError(StructgenError):
+    """A tool cannot be offered to a model: a function parameter without a type annotation,
+    ``*args``/``**kwargs``, two tools with one name, a name outside ``^[a-zA-Z0-9_-]{1,64}$``
+    (what the OpenAI tools format and the grammar's name literal hold), or a
+    ``tool_choice`` that names no offered tool. ``tool`` is the tool's name, when known."""
+
+    def __init__(self, message: str, tool: str | None = None) -> None:
+        self.tool = tool
+        super().__init__(f"tool {tool!r}: {message}" if tool else message)
+
+
 class ConfigError(StructgenError):
     """config.toml or a STRUCTGEN_* environment variable is invalid."""
 

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import pydantic
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from structgen.schema.toolset import called_tools
+
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest, GenerationResult
     from structgen.config import MetricsConfig
@@ -205,6 +207,9 @@ class Metrics:
                                   registry=r)
         self.multi_turn = Counter("structgen_multi_turn_calls", "Calls with several turns",
                                   registry=r)
+        self.tool_calls = Counter("structgen_tool_calls",
+                                  "Tool calls answered, per tool, and whether they validated",
+                                  ["tool", "valid"], registry=r)
         self.inflight = Gauge("structgen_in_flight", "Backend calls in flight", registry=r)
         self.inflight_peak = Gauge("structgen_in_flight_peak", "Peak backend calls in flight",
                                    registry=r)
@@ -282,6 +287,19 @@ class Metrics:
                 _sample(state, "ttft_s", gen.ttft_s)
                 _sample(state, "tokens_per_s", tps)
         self._maybe_flush()
+
+    def record_tool_calls(self, request: GenerationRequest, envelope: str, *,
+                          valid: bool) -> None:
+        """The calls of a tool turn's answer (its envelope text), per tool. An invalid
+        answer whose tool cannot be read counts under ``"(unknown)"``; a text answer of an
+        ``"auto"`` turn is no call."""
+        if not self.enabled or request.tools is None:
+            return
+        names = called_tools(envelope)
+        if not valid and not names:
+            names = ["(unknown)"]
+        for name in names:
+            self.tool_calls.labels(tool=name, valid=str(valid).lower()).inc()
 
     def record_cache_hit(self, request: GenerationRequest, result: StructuredResult) -> None:
         """A request answered from the result cache (no backend call)."""

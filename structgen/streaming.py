@@ -21,6 +21,10 @@ the last item is the :class:`StructuredResult` (its ``value``, ``truncated``,
 
 Regex, choice and grammar outputs yield the text so far, then the validated string.
 
+A tool turn streams its call envelope (:func:`partial_tool_value`): a :class:`ToolCall`
+once the tool's name is complete, its ``arguments`` a partial instance of the tool's
+model; a list of them with ``parallel``; the text so far when the model answers in words.
+
     >>> async for item in engine.astream("Fix app.py", Intent):  # doctest: +SKIP
     ...     print(item)   # PartialIntent(kind='ed', ...) ... Intent(...)
 
@@ -33,11 +37,14 @@ from __future__ import annotations
 import threading
 import types
 import weakref
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from partial_json_parser import Allow, MalformedJSON
 from partial_json_parser import loads as partial_loads
 from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from structgen.types import ToolCall, ToolTurn
 
 # Everything may be partial except numbers: "12" may still become "125" or "12.5".
 _PARTIAL = Allow.ALL & ~Allow.NUM
@@ -156,3 +163,30 @@ def _union_member(args: tuple[Any, ...], value: dict[str, Any]) -> type[BaseMode
             return arg
         fits.append(arg)
     return fits[0] if fits else None
+
+
+def partial_tool_value(turn: ToolTurn) -> Callable[[str], Any]:
+    """The envelope text so far → a partial :class:`ToolCall` (a list with ``parallel``, the
+    text for a text answer), or ``None`` while no tool name is complete."""
+    models = {t.name: t.model for t in turn.tools}
+
+    def one(item: Any) -> Any:
+        if not isinstance(item, dict):
+            return None
+        if "name" not in item:
+            text = item.get("text")
+            return text if isinstance(text, str) else None
+        name, args = item["name"], item.get("arguments")
+        if name not in models:  # still being written
+            return None
+        model = models[name]
+        return ToolCall(name, partial_instance(model, args)
+                        if model is not None and isinstance(args, dict) else args)
+
+    def build(text: str) -> Any:
+        value = partial_value(text)
+        if isinstance(value, list):
+            return [c for c in map(one, value) if isinstance(c, ToolCall)] or None
+        return one(value)
+
+    return build

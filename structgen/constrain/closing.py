@@ -33,6 +33,9 @@ class _Frame:
     keys: set[str] = field(default_factory=set)
     key: str = ""  # the member being written
     count: int = 0  # array items so far
+    # an object of an anyOf/oneOf with several object branches: all of them, so a member
+    # whose value is a branch's ``const`` (a tool call's "name") picks the branch to close
+    options: tuple[Any, ...] = ()
 
 
 class JsonCursor:
@@ -51,7 +54,7 @@ class JsonCursor:
     def copy(self) -> JsonCursor:
         out = JsonCursor.__new__(JsonCursor)
         out.__dict__.update(self.__dict__)
-        out.stack = [_Frame(f.kind, f.schema, f.state, set(f.keys), f.key, f.count)
+        out.stack = [_Frame(f.kind, f.schema, f.state, set(f.keys), f.key, f.count, f.options)
                      for f in self.stack]
         return out
 
@@ -122,7 +125,8 @@ class JsonCursor:
         self.started = True
         schema = self._value_schema()
         if ch == "{":
-            self.stack.append(_Frame("object", _object_schema(self.root, schema), "key_or_end"))
+            self.stack.append(_Frame("object", _object_schema(self.root, schema), "key_or_end",
+                                     options=_object_branches(self.root, schema)))
         elif ch == "[":
             self.stack.append(_Frame("array", schema, "value_or_end"))
         elif ch == '"':
@@ -151,6 +155,13 @@ class JsonCursor:
             frame.state = "colon"
             self.lexeme, self.buf = "", ""
             return
+        owner = self.stack[-1] if self.stack else None
+        if owner is not None and owner.kind == "object" and owner.options:
+            for branch in owner.options:
+                member = _resolve(self.root, _properties(self.root, branch).get(owner.key, {}))
+                if member.get("const") == self.buf:
+                    owner.schema = branch
+                    break
         self._value_done()
 
     def _value_done(self) -> None:
@@ -323,6 +334,17 @@ def _object_schema(root: dict[str, Any], schema: Any) -> Any:
             if b.get("type") == "object" or "properties" in b:
                 return b
     return schema
+
+
+def _object_branches(root: dict[str, Any], schema: Any) -> tuple[Any, ...]:
+    """The object branches of ``schema``'s anyOf/oneOf, when there are several."""
+    schema = _resolve(root, schema)
+    for key in ("anyOf", "oneOf"):
+        branches = tuple(b for b in map(lambda x: _resolve(root, x), schema.get(key, []))
+                         if b.get("type") == "object" or "properties" in b)
+        if len(branches) > 1:
+            return branches
+    return ()
 
 
 def _properties(root: dict[str, Any], schema: Any) -> dict[str, Any]:

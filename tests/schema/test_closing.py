@@ -103,3 +103,17 @@ def test_every_prefix_of_maskbench_instances_completes_to_json() -> None:
                     valid += validate_data(data, output).ok
     assert proposals > 2000
     assert valid / proposals > 0.85, (valid, proposals)
+
+
+def test_an_anyof_branch_is_picked_by_its_const_member() -> None:
+    # a tool call envelope: the completion must close the arguments of the tool named,
+    # not of the first branch (which the grammar would refuse)
+    def call(name: str, required: str) -> dict[str, object]:
+        return {"type": "object", "required": ["name", "arguments"],
+                "properties": {"name": {"const": name}, "arguments": {
+                    "type": "object", "required": [required],
+                    "properties": {required: {"type": "string"}}}}}
+
+    cursor = JsonCursor({"anyOf": [call("first", "a"), call("second", "b")]})
+    cursor.feed('{"name":"second","arguments":{')
+    assert cursor.completion() == '"b":""}}'

@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import codecs
 import concurrent.futures
+import dataclasses
 import importlib.util
 import queue
 import threading
@@ -35,7 +36,10 @@ from structgen.backends.local.models import is_gguf_reference
 from structgen.backends.local.runtime import Runtime, Seq, engine_class
 from structgen.backends.local.transformers_runtime import TransformersRuntime
 from structgen.constrain.grammar_cache import default_grammar_cache
-from structgen.errors import BackendUnavailable, StructgenError
+from structgen.errors import BackendUnavailable, SchemaError, StructgenError
+from structgen.schema.compiled import CompiledOutput
+from structgen.schema.toolset import parse_triggered, single_call_schema, trigger_grammar
+from structgen.types import call_envelope
 
 if TYPE_CHECKING:
     from structgen.config import Config
@@ -79,17 +83,44 @@ class LocalBackend(BackendBase):
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         future: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()
+        decoded = self._triggered(request)
         self._ensure_worker()
-        self._queue.put(Seq(request, future, time.perf_counter()))
-        return await asyncio.wrap_future(future)
+        self._queue.put(Seq(decoded, future, time.perf_counter()))
+        result = await asyncio.wrap_future(future)
+        if decoded is not request:  # an "auto" tool turn: read the trigger format back
+            assert request.tools is not None
+            calls, result.text = parse_triggered(result.text, request.tools.parallel)
+            result.tool_calls = calls
+        return result
+
+    def _triggered(self, request: GenerationRequest) -> GenerationRequest:
+        """An ``"auto"`` tool turn decodes under one Lark grammar (free text, or text, the
+        ``<tool_call>`` trigger, one call, ``</tool_call>``); a ``"required"`` or named one
+        under its envelope schema as it is, so the call starts at once."""
+        turn = request.tools
+        if turn is None or turn.choice != "auto" or request.output is None:
+            return request
+        if self.cfg.engine != "llguidance":
+            raise SchemaError("tool_choice='auto' on the embedded backend needs the "
+                              "llguidance engine ([local] engine = 'llguidance'): its "
+                              f"grammar is llguidance Lark, not {self.cfg.engine}'s")
+        grammar = trigger_grammar(turn, single_call_schema(request.output))
+        output = CompiledOutput(kind="grammar", grammar=grammar, grammar_source=grammar,
+                                grammar_syntax="lark", name="tool_call",
+                                limits=request.output.limits)
+        return dataclasses.replace(request, output=output)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield text chunks as the worker produces tokens (fast-forwarded runs arrive as one
         chunk). Reasoning and stop-string requests are post-processed once the text is
         complete, so they arrive as one chunk at the end."""
-        if request.reasoning or (request.output is None and request.sampling.stop):
+        if request.reasoning or (request.output is None and request.sampling.stop) \
+                or (request.tools is not None and request.tools.choice == "auto"):
+            # an "auto" tool turn streams the envelope, known once the trigger format is read
             result = await self.agenerate(request)
-            yield Finished(result.text, result.finish_reason, result.post_enforced)
+            text = result.text if result.tool_calls is None or request.tools is None else \
+                call_envelope(result.tool_calls, result.text, parallel=request.tools.parallel)
+            yield Finished(text, result.finish_reason, result.post_enforced)
             return
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[str | None] = asyncio.Queue()

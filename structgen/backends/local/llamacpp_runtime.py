@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
 from structgen.backends.local.models import DEFAULT_MODEL_NAME, resolve_gguf
-from structgen.backends.local.runtime import Batch, Runtime, Seq, reusable_prefix
+from structgen.backends.local.runtime import (
+    Batch,
+    Runtime,
+    Seq,
+    chat_messages,
+    reusable_prefix,
+)
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendError, BackendUnavailable
 
@@ -213,10 +219,11 @@ class LlamaCppRuntime(Runtime):
 
     # Prompt ---------------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        messages = [dict(m) for m in request.messages]
+        messages, tools = chat_messages(request, self.template)
         if self.template:
             text = render_chat_template(self.template, messages, self._piece(self.bos),
-                                        self._piece(next(iter(sorted(self.eos_ids)))))
+                                        self._piece(next(iter(sorted(self.eos_ids)))),
+                                        tools=tools)
         else:  # a base model: plain concatenation
             text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
         data = text.encode()
@@ -386,14 +393,15 @@ def _meta(lc: Any, model: Any, key: str) -> str | None:
 
 
 def render_chat_template(template: str, messages: list[dict[str, Any]], bos: str,
-                         eos: str) -> str:
+                         eos: str, tools: list[dict[str, Any]] | None = None) -> str:
     """The model's chat template (Jinja, from the GGUF) in a sandbox: a model file is
     untrusted input, and its template must not reach Python objects or the file system."""
     from jinja2 import TemplateError
 
     try:
         return _compiled_template(template).render(
-            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos)
+            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos,
+            tools=tools)
     except TemplateError as exc:
         raise BackendError(f"the model's chat template failed: {exc}", "local") from None
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest, GenerationResult
 from structgen.constrain.base import ENGINES, GrammarConstraint, Matcher, create_constraint
+from structgen.schema.toolset import with_tools_prompt
 
 if TYPE_CHECKING:
     import torch
@@ -166,6 +167,23 @@ class Runtime(ABC):
 
     def close(self) -> None:  # noqa: B027 - torch frees its model by itself
         """Free the model (called when the backend shuts down)."""
+
+
+def chat_messages(request: GenerationRequest, template: str | None
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """(the messages, the ``tools`` to render them with) for a chat template.
+
+    A tool turn's tools go to the template when it reads a ``tools`` variable (Qwen,
+    Hermes, Llama 3.x templates); otherwise (SmolLM2's, the tiny test model's) they are
+    written into the system prompt in the Hermes layout (:func:`with_tools_prompt`), whose
+    ``<tool_call>`` tag is the trigger the ``"auto"`` grammar waits for."""
+    messages = [dict(m) for m in request.messages]
+    turn = request.tools
+    if turn is None:
+        return messages, None
+    if template and "tools" in template:
+        return messages, turn.openai_tools()
+    return with_tools_prompt(messages, turn), None
 
 
 def reusable_prefix(cache: OrderedDict[tuple[int, ...], Any],

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
 from structgen.backends.local.models import load_model
-from structgen.backends.local.runtime import Batch, Runtime, Seq, reusable_prefix
+from structgen.backends.local.runtime import (
+    Batch,
+    Runtime,
+    Seq,
+    chat_messages,
+    reusable_prefix,
+)
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendUnavailable
 
@@ -55,9 +61,11 @@ class TransformersRuntime(Runtime):
         self.load_s = time.perf_counter() - start
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        messages = [dict(m) for m in request.messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+        template = getattr(self.tokenizer, "chat_template", None)
+        messages, tools = chat_messages(request, template if isinstance(template, str)
+                                        else None)
+        if template:
+            text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                       add_generation_prompt=True)
         else:  # a base model: plain concatenation
             text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
