@@ -29,6 +29,7 @@ from structgen.schema.support import (
     WHOLE_OUTPUT,
     XGRAMMAR,
     PostEnforced,
+    length_beside_pattern,
     loosen,
 )
 from structgen.types import OutputKind
@@ -60,17 +61,13 @@ def _string_with_max_length(sub: dict[str, Any]) -> bool:
     return "maxLength" in sub and sub.get("type") in ("string", None)
 
 
-def _pattern_with_length(sub: dict[str, Any]) -> bool:
-    return ("pattern" in sub or "format" in sub) and ("minLength" in sub or "maxLength" in sub)
-
-
 XGRAMMAR_QUIRKS = (
     # XGrammar counts characters, but lets raw control characters (e.g. \x00-\x1f) into
     # strings; strict JSON parsing (json.loads) rejects them, so the text must be checked.
     Quirk("maxLength", _string_with_max_length,
           "xgrammar can emit raw control characters inside bounded strings"),
     # vLLM tracking issue mlc-ai/xgrammar#966: pattern/format + length bounds unsupported.
-    Quirk("minLength", _pattern_with_length, "xgrammar: length bounds with pattern/format"),
+    Quirk("minLength", length_beside_pattern, "xgrammar: length bounds with pattern/format"),
 )
 
 CAPABILITIES: dict[str, Capabilities] = {

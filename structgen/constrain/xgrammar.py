@@ -19,7 +19,7 @@ from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
 from structgen.schema.check import declared_types, json_type, walk
 from structgen.schema.relax import disjoint_one_of_to_any_of
-from structgen.schema.support import XGRAMMAR, PostEnforced, loosen
+from structgen.schema.support import XGRAMMAR, PostEnforced, length_beside_pattern, loosen
 
 if TYPE_CHECKING:
     import torch
@@ -131,9 +131,13 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         post-enforced."""
         schema = output.to_json_schema()
         out, taken = loosen(disjoint_one_of_to_any_of(schema), XGRAMMAR)
-        dropped = list(taken)
+        # kept in the grammar, reported: validation holds them
+        dropped = [*taken, *(PostEnforced(pointer, keyword, "xgrammar does not hold a length "
+                                          "bound beside a pattern or format")
+                             for pointer, node in walk(out) if length_beside_pattern(node)
+                             for keyword in ("minLength", "maxLength") if keyword in node)]
         if not any(_enum_outside_type(n) or _multi_all_of(n) for _, n in walk(out)):
-            return out, taken
+            return out, tuple(dropped)
         if out is schema:
             out = copy.deepcopy(schema)
         for pointer, node in walk(out):

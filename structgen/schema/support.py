@@ -126,6 +126,14 @@ ENGINES: dict[str, EngineSupport] = {
     e.engine: e for e in (LLGUIDANCE, XGRAMMAR, OUTLINES, LLAMACPP)}
 
 
+def length_beside_pattern(node: dict[str, Any]) -> bool:
+    """XGrammar compiles ``minLength``/``maxLength`` next to a ``pattern`` or ``format``
+    without holding them (mlc-ai/xgrammar#966; measured embedded on MaskBench
+    Github_trivial---o10018: an 85-character key under ``maxLength: 12``)."""
+    return ("pattern" in node or "format" in node) and ("minLength" in node
+                                                        or "maxLength" in node)
+
+
 def loosen(schema: Any, support: EngineSupport) -> tuple[Any, tuple[PostEnforced, ...]]:
     """(``schema`` without what ``support``'s engine does not enforce, the entries taken
     out). Only loosens, so validation of the full schema enforces the entries; returns
