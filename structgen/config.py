@@ -112,6 +112,9 @@ class LocalConfig(_Section):
     prefix_cache_mb: int = Field(default=512, ge=0)
     fast_forward: bool = True
     threads: int | None = Field(default=None, ge=1)
+    # llama.cpp's flash attention: off by default, as in llama-cpp-python and Ollama. On
+    # 2 CPU cores it cost SmolLM2 a fifth of its decode speed (docs/embedded.md)
+    flash_attn: bool = False
     # a grammar that takes longer is recorded and replaced by a looser one (validation
     # enforces the rest); see structgen/constrain/grammar_cache.py. XGrammar takes ~7 s for
     # an agent schema on a 49k-token vocabulary on 2 cores, llguidance ~1 ms.

@@ -191,6 +191,11 @@ class LlamaCppRuntime(Runtime):
         threads = cfg.threads or max(1, min(os.cpu_count() or 1, 8))
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.kv_unified = True  # sequences share cells: prefix reuse without copies
+        # llama.cpp's default is "auto", which turns flash attention on for the CPU: slower
+        # decoding here (docs/embedded.md), and off in llama-cpp-python and Ollama alike
+        cparams.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn
+                                   else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self.flash_attn_type = int(cparams.flash_attn_type)
         cparams.no_perf = True
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
