@@ -222,6 +222,8 @@ class GrammarConstraint(ABC):
         self.tok = tok
         self.grammar_cache = grammar_cache
         self.compile_timeout_s = compile_timeout_s
+        # the tokens budget-aware closing tries (every engine's matchers share them)
+        self.closers = closing_candidates(tok.token_bytes())
 
     def matcher(self, output: CompiledOutput, options: ConstraintOptions) -> Matcher:
         """A fresh matcher for ``output``; the compiled grammar is cached across requests

@@ -13,7 +13,6 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
-    closing_candidates,
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
@@ -178,7 +177,6 @@ class LLGuidanceConstraint(GrammarConstraint, support=LLGUIDANCE, package="llgui
     def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         super().__init__(tok, **cache)
         self.ll = tok.ll_tokenizer()
-        self.closers = closing_candidates(tok.token_bytes())
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
         import llguidance

@@ -11,8 +11,6 @@ from structgen.constrain.base import (
     ConstraintOptions,
     GrammarConstraint,
     Matcher,
-    TokenizerData,
-    closing_candidates,
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
@@ -21,6 +19,7 @@ from structgen.schema.support import OUTLINES
 if TYPE_CHECKING:
     import torch
 
+    from structgen.constrain.base import TokenizerData
     from structgen.schema import CompiledOutput
 
 
@@ -89,7 +88,6 @@ class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_
                 groups.setdefault(b, []).append(i)
         self.eos = eos
         self.vocabulary = Vocabulary(eos, groups)
-        self.closers = closing_candidates(tok.token_bytes())
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
         from outlines_core import Index

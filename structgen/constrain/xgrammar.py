@@ -13,7 +13,6 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
-    closing_candidates,
 )
 from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
@@ -120,7 +119,6 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self._token_bytes = tok.token_bytes()
         self._encode = tok.encode
-        self.closers = closing_candidates(self._token_bytes)
 
     def prepare_schema(self, output: CompiledOutput
                        ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:

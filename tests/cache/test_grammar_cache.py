@@ -145,11 +145,14 @@ def test_real_compile_past_deadline_then_cached_when_it_finishes(tmp_path: Path,
 
     def compile_fn() -> Any:
         calls.append(1)
+        # the real compile, made slower than any scheduling hiccup: on a loaded machine a
+        # bare one could finish before the waiting thread even looked at its deadline
+        time.sleep(0.5)
         return compiler.compile_json_schema(json.dumps(SCHEMA))
 
     cache = GrammarCache(directory=tmp_path)
     with pytest.raises(GrammarCompileTimeout) as err:
-        cache.get_or_compile(key, compile_fn, timeout_s=1e-6, codec=xgrammar_codec(info))
+        cache.get_or_compile(key, compile_fn, timeout_s=0.01, codec=xgrammar_codec(info))
     assert err.value.key == key and not err.value.recorded
     deadline = time.monotonic() + 30
     while cache.timed_out(key) is not None or key not in cache._mem:
@@ -286,7 +289,17 @@ def test_embedded_compile_timeout_falls_back_to_plain_json(tmp_path: Path,
     # compiled earlier in this process comes back within any deadline
     output = compile_output({**SCHEMA, "description": f"timeout test {tmp_path.name}"})
     cache = GrammarCache(directory=tmp_path)
-    engine = _constraint(tiny_model_dir, cache, timeout_s=1e-6)  # nothing compiles that fast
+    engine = _constraint(tiny_model_dir, cache, timeout_s=0.01)
+    real = engine.compile
+
+    def slow_compile(out: Any, options: Any) -> Any:
+        # the real compile of the full schema, made slower than any scheduling hiccup (a
+        # bare one could beat a waiting thread descheduled on a loaded machine)
+        if out.json_schema.get("description") == output.json_schema["description"]:
+            time.sleep(0.5)
+        return real(out, options)
+
+    engine.compile = slow_compile
     m = engine.matcher(output, ConstraintOptions())
     assert [(str(e), e.reason) for e in m.post_enforced] == [("/", "compile-timeout: type-only")]
     assert cache.timeouts == 1

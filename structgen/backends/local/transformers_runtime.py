@@ -14,13 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
 from structgen.backends.local.models import load_model
-from structgen.backends.local.runtime import (
-    Batch,
-    Runtime,
-    Seq,
-    chat_messages,
-    reusable_prefix,
-)
+from structgen.backends.local.runtime import Batch, Runtime, Seq, chat_messages, reusable_prefix
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendUnavailable
 
