@@ -261,7 +261,9 @@ class EmbeddedStructgen:
             return row
         row.wall_s = time.perf_counter() - start
         row.tokens, row.finish = result.usage.completion_tokens, result.finish_reason or ""
-        row.detail["repaired"] = result.repaired
+        # prompt size and time to first token: the engine's tool prompt is its own
+        row.detail.update(repaired=result.repaired, prompt_tokens=result.usage.prompt_tokens,
+                          ttft_s=result.usage.ttft_s)
         if isinstance(result.value, ToolCall):
             row.called = True
             row.error = _checked_call(result.value.name, result.value.arguments, case)
@@ -306,6 +308,7 @@ class EmbeddedLlama:
         row.wall_s = time.perf_counter() - start
         choice = answer["choices"][0]
         row.tokens = int(answer["usage"]["completion_tokens"])
+        row.detail["prompt_tokens"] = int(answer["usage"]["prompt_tokens"])
         # the named handler reports "tool_calls" even for a call cut at max_tokens
         row.finish = "length" if row.tokens >= MAX_TOKENS else choice["finish_reason"] or ""
         try:
