@@ -257,7 +257,7 @@ class Engine:
 
     async def astream(self, prompt_or_messages: str | Sequence[Any], output: Any = None, *,
                       backend: str | None = None, model: str | None = None,
-                      reasoning: bool = False, use_cache: bool = True,
+                      reasoning: bool | None = None, use_cache: bool = True,
                       allow_truncated: bool = False, final_result: bool = False,
                       tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
                       parallel: bool = False, **sampling: Any) -> AsyncIterator[Any]:
@@ -506,12 +506,28 @@ def _close_config_engines() -> None:
             engine.close()
 
 
+class CallOptions(typing.TypedDict, total=False):
+    """The keywords of the public entry points besides ``config``: routing, tools and
+    sampling (what :meth:`Engine.run` takes; a misspelt one is a type error)."""
+
+    backend: str | None
+    model: str | None
+    reasoning: bool | None
+    use_cache: bool
+    allow_truncated: bool
+    tools: Sequence[Any] | None
+    tool_choice: Any
+    parallel: bool
+    temperature: float
+    top_p: float
+    seed: int | None
+    max_tokens: int
+    stop: list[str]
+
+
 def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
-                        backend: str | None = None, model: str | None = None,
                         config: Config | str | Path | None = None,
-                        allow_truncated: bool = False,
-                        tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
-                        parallel: bool = False, **sampling: Any) -> Any:
+                        **options: typing.Unpack[CallOptions]) -> Any:
     """Generate a validated object.
 
     >>> intent = generate_structured("Fix the failing test in app.py", Intent)  # doctest: +SKIP
@@ -520,7 +536,8 @@ def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any = N
     the parsed data), ``Regex``/``Choice``/``Grammar`` (returns the string). Raises
     :class:`~structgen.errors.ValidationFailed` rather than return an invalid value, and
     for an answer cut off at ``max_tokens`` unless ``allow_truncated``. One engine serves
-    each distinct ``config`` for the life of the process.
+    each distinct ``config`` for the life of the process. The other keywords are
+    :class:`CallOptions` (``backend``, ``model``, ``max_tokens``, ``temperature``, ...).
 
     A tool turn: leave ``output`` out and pass ``tools`` (Pydantic model classes, typed
     functions, ``ToolSpec``) and ``tool_choice`` (``"auto"``, ``"required"`` or one of the
@@ -531,32 +548,19 @@ def generate_structured(prompt_or_messages: str | Sequence[Any], output: Any = N
     >>> call = generate_structured("Run the tests", tools=[RunTests, ReadFile],
     ...                            tool_choice="required")  # doctest: +SKIP
     """
-    return _engine_for(config).generate(prompt_or_messages, output, backend=backend,
-                                        model=model, allow_truncated=allow_truncated,
-                                        tools=tools, tool_choice=tool_choice,
-                                        parallel=parallel, **sampling)
+    return _engine_for(config).generate(prompt_or_messages, output, **options)
 
 
 async def agenerate_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
-                               backend: str | None = None, model: str | None = None,
                                config: Config | str | Path | None = None,
-                               allow_truncated: bool = False,
-                               tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
-                               parallel: bool = False, **sampling: Any) -> Any:
+                               **options: typing.Unpack[CallOptions]) -> Any:
     """Async twin of :func:`generate_structured`."""
-    return await _engine_for(config).agenerate(prompt_or_messages, output, backend=backend,
-                                               model=model, allow_truncated=allow_truncated,
-                                               tools=tools, tool_choice=tool_choice,
-                                               parallel=parallel, **sampling)
+    return await _engine_for(config).agenerate(prompt_or_messages, output, **options)
 
 
 def stream_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
-                      backend: str | None = None, model: str | None = None,
                       config: Config | str | Path | None = None,
-                      allow_truncated: bool = False,
-                      tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
-                      parallel: bool = False,
-                      **sampling: Any) -> Generator[Any, None, None]:
+                      **options: typing.Unpack[CallOptions]) -> Generator[Any, None, None]:
     """Stream :func:`generate_structured`'s answer: partial values, then the final one.
 
     >>> for intent in stream_structured("Fix app.py", Intent):  # doctest: +SKIP
@@ -567,20 +571,11 @@ def stream_structured(prompt_or_messages: str | Sequence[Any], output: Any = Non
     model instance. JSON Schema outputs stream partial dicts, the other kinds the text so
     far. Leaving the loop early closes the backend request.
     """
-    return _engine_for(config).stream(prompt_or_messages, output, backend=backend,
-                                      model=model, allow_truncated=allow_truncated,
-                                      tools=tools, tool_choice=tool_choice,
-                                      parallel=parallel, **sampling)
+    return _engine_for(config).stream(prompt_or_messages, output, **options)
 
 
 def astream_structured(prompt_or_messages: str | Sequence[Any], output: Any = None, *,
-                       backend: str | None = None, model: str | None = None,
                        config: Config | str | Path | None = None,
-                       allow_truncated: bool = False,
-                       tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
-                       parallel: bool = False, **sampling: Any) -> AsyncIterator[Any]:
+                       **options: typing.Unpack[CallOptions]) -> AsyncIterator[Any]:
     """Async twin of :func:`stream_structured` (``aclose()`` closes the backend request)."""
-    return _engine_for(config).astream(prompt_or_messages, output, backend=backend,
-                                       model=model, allow_truncated=allow_truncated,
-                                       tools=tools, tool_choice=tool_choice,
-                                       parallel=parallel, **sampling)
+    return _engine_for(config).astream(prompt_or_messages, output, **options)
