@@ -304,6 +304,27 @@ def test_budget_aware_closing_finishes_a_string_runaway(favorite_gguf: Any, engi
     assert gen(eng2, raw, schema, max_tokens=40).finish_reason == "length"
 
 
+def test_budget_closing_ends_a_think_block_that_runs_away(favorite_gguf: Any) -> None:
+    """A reasoning model that thinks until the budget runs out (a tiny model that always
+    writes "a") still answers: closing ends the think block, then completes the answer,
+    here a required tool call, which validates."""
+    from schemas.toolkits import ReadFile, RunTests
+    from structgen.types import ToolCall
+
+    eng, backend = make(favorite_gguf("a"))
+    result = eng.run("Run the tests", tools=[RunTests, ReadFile], tool_choice="required",
+                     reasoning=True, use_cache=False, max_tokens=60)
+    assert isinstance(result.value, ToolCall), result.raw_text
+    assert result.reasoning_text and set(result.reasoning_text) == {"a"}
+    assert result.finish_reason == "stop" and not result.repairs
+    r = gen(eng, backend, LongNames, reasoning=True, max_tokens=200)
+    assert r.finish_reason == "stop" and r.stats["closing_tokens"] > 0, r.text
+    assert validate_text(r.text, eng.build_request("x", LongNames).output).ok, r.text
+    # without closing the same model thinks until max_tokens
+    eng2, raw = make(favorite_gguf("a"), budget_closing=False)
+    assert gen(eng2, raw, LongNames, reasoning=True, max_tokens=200).finish_reason == "length"
+
+
 @pytest.mark.parametrize("engine", ["llguidance", "xgrammar"])  # outlines: no patternProperties
 @pytest.mark.parametrize("pattern", ["a$", "^k.+$"])
 def test_budget_closing_gets_out_of_a_key_whose_pattern_takes_punctuation(

@@ -179,10 +179,10 @@ class Decoder:
             if req.output.kind == "json":
                 if not engine.forbids_json_control_chars:
                     seq.ctrl_mask = self.rt.json_ctrl_mask(options.whitespace)
-                if self.cfg.max_number_digits and not req.reasoning:
-                    seq.number = NumberGuard(self.cfg.max_number_digits)
-                if self.cfg.budget_closing and not req.reasoning:
-                    seq.cursor = JsonCursor(req.output.json_schema)
+                if not req.reasoning:
+                    self._answer_guards(seq)
+            # the guards of a reasoning answer start when its think block ends (_track)
+            seq.thinking = req.reasoning
         if req.sampling.temperature > 0:
             seq.generator = torch.Generator()
             seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None
@@ -276,12 +276,39 @@ class Decoder:
         else:
             row[ids] = saved
 
-    def closing_path(self, m: Matcher, cursor: JsonCursor | None, limit: int) -> list[int] | None:
+    def _answer_guards(self, seq: Seq) -> None:
+        """The number guard and the closing cursor of a JSON answer (from its first byte)."""
+        output = seq.request.output
+        if output is None or output.kind != "json":
+            return
+        if self.cfg.max_number_digits:
+            seq.number = NumberGuard(self.cfg.max_number_digits)
+        if self.cfg.budget_closing:
+            seq.cursor = JsonCursor(output.json_schema)
+
+    def closing_path(self, m: Matcher, cursor: JsonCursor | None, limit: int,
+                     answer: JsonCursor | None = None, *, thinking: bool = False
+                     ) -> list[int] | None:
         """The shortest known path from ``m``'s state to a complete answer within ``limit``
         tokens: the schema's minimal completion (:mod:`structgen.constrain.closing`) when
-        the grammar accepts it, else a walk of the grammar itself."""
+        the grammar accepts it, else a walk of the grammar itself. While a reasoning
+        answer's think block is open (``thinking``) the path first ends it (``</think>``),
+        then completes the answer from its start (``answer``: a fresh cursor, JSON only):
+        a model that thinks until the budget runs out still answers."""
         if limit < 0:
             return None
+        if thinking:
+            close = self.rt.tok.encode(THINK_CLOSE)
+            ahead = m.fork()
+            if len(close) > limit or not ahead.consume_all(close):
+                return None
+            forced = ahead.forced_tokens()
+            cursor = None
+            if answer is not None:  # the answer's start, as far as the grammar forced it
+                cursor = answer.copy()
+                cursor.feed(self.rt.text(forced))
+            rest = self.closing_path(ahead, cursor, limit - len(close) - len(forced))
+            return None if rest is None else [*close, *forced, *rest]
         if cursor is not None:
             text = cursor.completion()
             if text is not None:
@@ -302,6 +329,9 @@ class Decoder:
             return False
         ahead = m.fork()
         cost: int | None = None
+        output = s.request.output
+        answer = JsonCursor(output.json_schema) if s.thinking and output is not None \
+            and output.kind == "json" else None
         if ahead.consume(tok):
             cost = 1
             if not ahead.is_finished():
@@ -311,12 +341,13 @@ class Decoder:
                     cursor = s.cursor.copy()
                     cursor.feed(self.rt.text([tok, *forced]))
                 # a looser limit than the budget: over-budget is a verdict, not-found is not
-                after = self.closing_path(ahead, cursor, remaining + CLOSE_WINDOW)
+                after = self.closing_path(ahead, cursor, remaining + CLOSE_WINDOW, answer,
+                                          thinking=s.thinking)
                 cost = None if after is None else 1 + len(forced) + len(after)
             if cost is not None and cost <= remaining:
                 s.close_cost = cost
                 return False
-        path = self.closing_path(m, s.cursor, remaining)
+        path = self.closing_path(m, s.cursor, remaining, answer, thinking=s.thinking)
         if path is None:  # no completion fits at all: decode on (the answer will be cut)
             return False
         if cost is None and len(path) < remaining - CLOSE_MARGIN:
@@ -390,6 +421,14 @@ class Decoder:
         b = self.rt.token_bytes[tok]
         if not b:
             return
+        if s.thinking:
+            s.think_tail = (s.think_tail + b.decode("utf-8", errors="replace"))[-64:]
+            end = s.think_tail.find(THINK_CLOSE)
+            if end < 0:
+                return
+            s.thinking = False  # the answer starts: its guards from here on
+            self._answer_guards(s)
+            b = s.think_tail[end + len(THINK_CLOSE):].lstrip("\n").encode()
         stripped = b.rstrip(b" \t\n\r")
         s.ws_run = s.ws_run + len(b) if not stripped else len(b) - len(stripped)
         if s.number is not None:

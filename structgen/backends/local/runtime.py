@@ -59,6 +59,8 @@ class Seq:
     number: Any = None  # the JSON lexer state of the number guard (decoder.NumberGuard)
     close_cost: int | None = None  # tokens of the last computed closing path
     cursor: Any = None  # where a JSON answer stands in its schema (constrain.closing)
+    thinking: bool = False  # a reasoning answer's think block is still open
+    think_tail: str = ""  # the last characters of it (to see "</think>" arrive)
     ctrl_mask: torch.Tensor | None = None  # allowed-token row ANDed into the grammar mask
     on_text: Callable[[str | None], None] | None = None  # streaming: chunk, then None
     emitted: int = 0  # tokens already streamed
