@@ -310,14 +310,15 @@ class LlamaColumn:
     """(c), (d), (e): llama-cpp-python's ``Llama``, with a GBNF grammar, without, or under
     Outlines' logits processor."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, decode_threads: int) -> None:
         from llama_cpp import Llama
 
         from structgen.backends.local.models import smollm2_gguf_path
 
         self.mode = mode
-        self.llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=N_CTX, n_threads=THREADS,
-                         n_threads_batch=THREADS, verbose=False)
+        # llama.cpp runs a one-token batch on n_threads, a longer one on n_threads_batch
+        self.llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=N_CTX,
+                         n_threads=decode_threads, n_threads_batch=THREADS, verbose=False)
         # count llama_decode calls and prompt tokens evaluated: ``Llama.generate`` calls
         # ``self.eval`` once for the (un-cached part of the) prompt, then once per token
         self.evals: list[int] = []
@@ -398,14 +399,14 @@ class LlamaColumn:
         return row
 
 
-def make_column(method: str, timeout_s: float) -> Any:
+def make_column(method: str, timeout_s: float, spec: dict[str, Any]) -> Any:
     if method == "a":
         return StructgenColumn("llamacpp", True, timeout_s)
     if method == "b":
         return StructgenColumn("llamacpp", False, timeout_s)
     if method == "f":
         return StructgenColumn("transformers", True, timeout_s)
-    return LlamaColumn(method)
+    return LlamaColumn(method, spec.get("peer_decode_threads") or THREADS)
 
 
 def _peak_rss_mb() -> float:
@@ -422,11 +423,15 @@ def _column_main(method: str, spec: dict[str, Any], timeout_s: float, conn: Any)
     cases = build_cases(spec)
     t0 = time.perf_counter()
     try:
-        column = make_column(method, timeout_s)
+        column = make_column(method, timeout_s, spec)
     except BaseException as exc:
         conn.send({"fatal": f"{type(exc).__name__}: {exc}"})
         raise
-    conn.send({"ready": True, "load_s": time.perf_counter() - t0, "rss_mb": _peak_rss_mb()})
+    rt = getattr(column, "rt", None)  # (a), (b), (f): the structgen runtime
+    decode_threads = getattr(rt, "decode_threads", None) if rt is not None else \
+        spec.get("peer_decode_threads") or THREADS
+    conn.send({"ready": True, "load_s": time.perf_counter() - t0, "rss_mb": _peak_rss_mb(),
+               "decode_threads": decode_threads})
     while (job := conn.recv()) is not None:
         index, budget = job
         try:
@@ -465,6 +470,7 @@ class ColumnWorker:
             self.proc.kill()
             raise RuntimeError(f"column ({self.method}) did not start: {msg.get('fatal')}")
         self.load_s.append(msg["load_s"])
+        self.decode_threads = msg.get("decode_threads")
         self.peak_rss_mb = max(self.peak_rss_mb, msg["rss_mb"])
 
     def run(self, index: int, budget: int, case: Case) -> Row:
@@ -494,7 +500,8 @@ class ColumnWorker:
         if self.proc.is_alive():
             self.proc.kill()
         return {"load_s": self.load_s[0] if self.load_s else None,
-                "peak_rss_mb": round(self.peak_rss_mb, 1), "restarts": self.restarts}
+                "peak_rss_mb": round(self.peak_rss_mb, 1), "restarts": self.restarts,
+                "decode_threads": self.decode_threads}
 
 
 def run_column(method: str, cases: list[Case], budgets: list[int], spec: dict[str, Any],
@@ -637,14 +644,19 @@ def write(rows: dict[str, list[Row]], info: dict[str, dict[str, Any]],
              f"little. Every column runs in a fresh process of its own; per-request limit "
              f"{args.timeout_s:.0f} s. Produced by `benchmarks/embedded.py "
              f"{args.command_line}`.", ""]
-    lines += ["## Columns", "", "| column | load (s) | peak RSS (MB) | restarts | "
-              "load average before / after (1 min, 2 cores) |", "|---|---|---|---|---|"]
+    lines += ["## Columns", "", "Threads: every column prefills on "
+              f"{THREADS}; a decode step runs on the column's decode threads: (a)/(b) measure "
+              "theirs when the model loads (structgen's `[local] decode_threads`, unset), "
+              "(c)-(e) get llama-cpp-python's `n_threads`.", "",
+              "| column | load (s) | peak RSS (MB) | restarts | decode threads | "
+              "load average before / after (1 min, 2 cores) |", "|---|---|---|---|---|---|"]
     for m in methods:
         col = info.get(m) or {}
         la = col.get("loadavg")
         lines.append(f"| ({m}) {LABELS[m]} | {fmt(col.get('load_s') or math.nan, 1)} | "
                      f"{fmt(col.get('peak_rss_mb') or math.nan, 0)} | "
-                     f"{col.get('restarts', '-')} | {f'{la[0]} / {la[1]}' if la else '-'} |")
+                     f"{col.get('restarts', '-')} | {col.get('decode_threads') or '-'} | "
+                     f"{f'{la[0]} / {la[1]}' if la else '-'} |")
     lines.append("")
     for s in scopes:
         lines += [f"## {s}", "",
@@ -806,6 +818,10 @@ def main() -> None:
                     help="per-request limit in every column")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild embedded.md/.png/.json from the rows in embedded.json")
+    ap.add_argument("--peer-decode-threads", type=int, default=None,
+                    help="n_threads of (c), (d), (e) for one-token steps (default: "
+                    f"{THREADS}, as llama-cpp-python and Ollama set it; prefills keep "
+                    f"{THREADS})")
     ap.add_argument("--name", default=NAME,
                     help="result files results/NAME.md/.json/.png (default embedded)")
     args = ap.parse_args()
@@ -830,7 +846,7 @@ def main() -> None:
         ap.error(f"unknown column(s) {sorted(unknown)}; known: {','.join(METHODS)}")
     methods = [m for m in METHODS if m in methods]
     spec = {"agents": not args.no_agents, "agent_prompts": args.agent_prompts,
-            "maskbench": args.maskbench}
+            "maskbench": args.maskbench, "peer_decode_threads": args.peer_decode_threads}
     cases = build_cases(spec)
     print(f"{len(cases)} prompts, columns {','.join(methods)}", flush=True)
     # Each finished column is kept in a checkpoint (same prompts, same machine), so a run

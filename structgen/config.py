@@ -112,6 +112,10 @@ class LocalConfig(_Section):
     prefix_cache_mb: int = Field(default=512, ge=0)
     fast_forward: bool = True
     threads: int | None = Field(default=None, ge=1)
+    # llama.cpp threads for a decode step (a few tokens); None = measured when the context
+    # is created: the faster of 1 and `threads` for a one-token step. With passive OpenMP
+    # waiting, 2 threads took 35 ms a step where 1 took 18 (docs/embedded.md)
+    decode_threads: int | None = Field(default=None, ge=1)
     # llama.cpp's flash attention: off by default, as in llama-cpp-python and Ollama. On
     # 2 CPU cores it cost SmolLM2 a fifth of its decode speed (docs/embedded.md)
     flash_attn: bool = False

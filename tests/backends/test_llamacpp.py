@@ -6,6 +6,7 @@ the decoder's termination guarantees. Everything runs the real decode loop on ll
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import subprocess
@@ -103,6 +104,107 @@ def test_flash_attention_is_off_unless_configured(tiny_gguf: Path, flash_attn: b
         else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     assert validate_text(r.text, eng.build_request("x", LongNames).output).ok, r.text
     backend.shutdown()
+
+
+def _record_threads(monkeypatch: pytest.MonkeyPatch, threads: int) -> list[tuple[int, int]]:
+    """(tokens, threads) of every llama_decode call from now on."""
+    import llama_cpp
+
+    now: dict[int | None, int] = {}  # per context: a new one starts on `threads`
+    seen: list[tuple[int, int]] = []
+    real_set, real_decode = llama_cpp.llama_set_n_threads, llama_cpp.llama_decode
+
+    def key(ctx: Any) -> int | None:
+        return ctypes.cast(ctx, ctypes.c_void_p).value
+
+    def set_threads(ctx: Any, n: int, n_batch: int) -> None:
+        now[key(ctx)] = n
+        real_set(ctx, n, n_batch)
+
+    def decode(ctx: Any, batch: Any) -> int:
+        seen.append((int(batch.n_tokens), now.get(key(ctx), threads)))
+        return int(real_decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_set_n_threads", set_threads)
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+    return seen
+
+
+def test_decode_steps_and_prefills_run_on_their_own_thread_counts(
+        tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode step (a few tokens) runs on decode_threads, a prefill on threads: with
+    passive OpenMP waiting a one-token step took 35 ms on 2 threads and 18 ms on 1 here,
+    while a 1,000-token prefill ran 1.8x faster on 2 (docs/embedded.md). The thread count
+    does not change the greedy output."""
+    from structgen.backends.local.llamacpp_runtime import STEP_TOKENS
+
+    class Note(BaseModel):
+        text: str = Field(max_length=40)
+
+    seen = _record_threads(monkeypatch, 2)
+    eng, split = make(tiny_gguf, threads=2, decode_threads=1, prefix_cache_entries=0)
+    a = gen(eng, split, Note, chat("Add a flag to cli.py"))
+    steps = {n for tokens, n in seen if tokens <= STEP_TOKENS}
+    prefills = {n for tokens, n in seen if tokens > STEP_TOKENS}
+    assert steps == {1} and prefills == {2}, seen
+    seen.clear()
+    eng2, same = make(tiny_gguf, threads=2, decode_threads=2, prefix_cache_entries=0)
+    b = gen(eng2, same, Note, chat("Add a flag to cli.py"))
+    assert {n for _, n in seen} == {2}
+    assert a.text == b.text
+
+
+def test_decode_threads_are_measured_when_unset(tiny_gguf: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, decode_threads is whichever of 1 and threads ran a one-token step faster when
+    the context was made; the measuring leaves nothing in the KV cache."""
+    import llama_cpp
+
+    seen = _record_threads(monkeypatch, 2)
+    _, backend = make(tiny_gguf, threads=2)
+    rt = backend.runtime(None)
+    assert rt.decode_threads in (1, 2)
+    assert {n for _, n in seen} == {1, 2}  # both were timed, one-token steps only
+    assert {tokens for tokens, _ in seen} == {1}
+    for sid in range(rt.n_seq):
+        assert llama_cpp.llama_memory_seq_pos_max(rt.mem, sid) == -1
+    seen.clear()
+    _, single = make(tiny_gguf, threads=1)
+    assert single.runtime(None).decode_threads == 1 and not seen  # nothing to measure
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_a_llama_cpp_build_with_amx_loads_weights_without_amx_buffers(
+        tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch, amx: bool) -> None:
+    """llama.cpp's AMX matrix products crash on Sapphire Rapids-class CPUs (llama.cpp#20824;
+    a SIGSEGV in a 1,000-token SmolLM2 prefill on this project's test machine). `make
+    install` builds without AMX; a build that has it gets no AMX weight buffers."""
+    import llama_cpp
+
+    from structgen.backends.local import llamacpp_runtime
+
+    info = b"CPU : SSE3 = 1 | AVX512 = 1 | " + (b"AMX_INT8 = 1 | " if amx else b"") + b"REPACK = 1 |"
+    loaded: list[bool] = []
+    real_load = llama_cpp.llama_model_load_from_file
+
+    def load(path: bytes, params: Any) -> Any:
+        loaded.append(bool(params.use_extra_bufts))
+        return real_load(path, params)
+
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: info)
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", load)
+    monkeypatch.setattr(llamacpp_runtime, "_MODELS", {})
+    assert llamacpp_runtime._load_model(llama_cpp, tiny_gguf)
+    assert loaded == [not amx]
+
+
+def test_make_install_builds_llama_cpp_without_amx() -> None:
+    """The build that `make install` makes (the installed library) has no AMX kernels."""
+    import llama_cpp
+
+    from structgen.backends.local.llamacpp_runtime import _amx_build
+
+    assert not _amx_build(llama_cpp), llama_cpp.llama_print_system_info()
 
 
 def test_fast_forward_gives_the_same_greedy_output_in_fewer_passes(tiny_gguf: Path) -> None:

@@ -52,8 +52,12 @@ if TYPE_CHECKING:
     from structgen.config import LocalConfig
     from structgen.constrain.grammar_cache import GrammarCache
 
+log = logging.getLogger(__name__)
 _INIT = threading.Lock()
 _initialised = False
+# a llama_decode call of at most this many tokens is a decode step (the sampled token and
+# the grammar's forced ones): it runs on decode_threads, a longer one (a prefill) on threads
+STEP_TOKENS = 16
 
 
 def _llama() -> Any:
@@ -84,12 +88,27 @@ _MODELS: dict[str, Any] = {}
 _TOKENIZERS: dict[str, LlamaCppTokenizerData] = {}
 
 
+def _amx_build(lc: Any) -> bool:
+    """Whether this llama.cpp build runs matrix products on Intel AMX tiles."""
+    info = lc.llama_print_system_info()
+    return b"AMX_INT8 = 1" in (info if isinstance(info, bytes) else str(info).encode())
+
+
 def _load_model(lc: Any, path: Path) -> Any:
     key = str(path.resolve())
     with _INIT:
         model = _MODELS.get(key)
         if model is None:
-            model = lc.llama_model_load_from_file(key.encode(), lc.llama_model_default_params())
+            params = lc.llama_model_default_params()
+            if _amx_build(lc):
+                # llama.cpp's AMX weight buffers crash in ggml_backend_amx_mul_mat on
+                # Sapphire Rapids-class CPUs (llama.cpp#20824; here: SIGSEGV in a
+                # 1,000-token prefill of SmolLM2). `make install` builds without AMX; a
+                # build that has it loads weights without the extra (AMX) buffer types
+                log.warning("this llama.cpp build uses AMX, which crashes on some CPUs "
+                            "(llama.cpp#20824): loading %s without AMX weight buffers", path)
+                params.use_extra_bufts = False
+            model = lc.llama_model_load_from_file(key.encode(), params)
             if not model:
                 raise BackendUnavailable(f"llama.cpp could not load {path} (a GGUF of an "
                                          "architecture this llama.cpp build does not know, or "
@@ -204,6 +223,7 @@ class LlamaCppRuntime(Runtime):
         self.mem = lc.llama_get_memory(self.ctx)
         self.n_batch = int(cparams.n_batch)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self.threads = self._threads_now = threads
         eos = [t for t in range(self.vocab_size) if lc.llama_vocab_is_eog(self.vocab, t)]
         if not eos:
             raise BackendUnavailable(f"model {path} has no end-of-generation token", "local")
@@ -220,6 +240,7 @@ class LlamaCppRuntime(Runtime):
             OrderedDict()
         self.prefix_cache_bytes = 0
         self._derive()
+        self.decode_threads = cfg.decode_threads or self._fastest_step_threads()
         self.load_s = time.perf_counter() - start
 
     # Prompt ---------------------------------------------------------------------------
@@ -272,8 +293,48 @@ class LlamaCppRuntime(Runtime):
                         np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))))
         return out
 
+    def _fastest_step_threads(self) -> int:
+        """The thread count that runs a one-token decode step fastest, measured: 1 or
+        ``threads``. With OpenMP's passive waiting every one of a step's few hundred
+        barriers puts threads to sleep and wakes them, and on 2 cores that overhead can
+        outweigh the second core (measured on a 2-core Xeon, SmolLM2-135M: 18 ms a step on
+        1 thread, 35 ms on 2; spinning threads: 10.5 ms on 2). A large model's step is long
+        enough for more threads to win, and then they are kept."""
+        if self.threads == 1:
+            return 1
+        lc, b = self.lc, self.batch
+        sid = self.n_seq - 1
+        token = self.bos if self.bos >= 0 else 0
+        best: tuple[float, int] | None = None
+        try:
+            for n in (1, self.threads):
+                self._set_threads(n)
+                times = []
+                for pos in range(4):  # the first step of a thread count warms it up
+                    b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0] = token, pos, 1, True
+                    b.seq_id[0][0] = sid
+                    b.n_tokens = 1
+                    start = time.perf_counter()
+                    if lc.llama_decode(self.ctx, b) != 0:
+                        return self.threads
+                    times.append(time.perf_counter() - start)
+                step = min(times[1:])
+                if best is None or step < best[0]:
+                    best = (step, n)
+                lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+        finally:
+            lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+        return best[1] if best else self.threads
+
+    def _set_threads(self, n: int) -> None:
+        if n != self._threads_now:
+            self.lc.llama_set_n_threads(self.ctx, n, n)
+            self._threads_now = n
+
     def _decode(self) -> None:
         self.forward_passes += 1
+        self._set_threads(self.decode_threads if self.batch.n_tokens <= STEP_TOKENS
+                          else self.threads)
         rc = self.lc.llama_decode(self.ctx, self.batch)
         if rc != 0:
             raise BackendError(
