@@ -156,21 +156,38 @@ def test_decode_steps_and_prefills_run_on_their_own_thread_counts(
 
 def test_decode_threads_are_measured_when_unset(tiny_gguf: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset, decode_threads is whichever of 1 and threads ran a one-token step faster when
-    the context was made; the measuring leaves nothing in the KV cache."""
+    """Unset, decode_threads is whichever of 1 and threads ran a one-token step faster,
+    measured on the decoding thread before its first forward pass (an OpenMP team started
+    on the loading thread would spin there under OMP_WAIT_POLICY=ACTIVE); the measuring
+    leaves nothing in the KV cache."""
+    import threading
+
     import llama_cpp
 
     seen = _record_threads(monkeypatch, 2)
-    _, backend = make(tiny_gguf, threads=2)
+    threads: set[str] = set()
+    real_decode = llama_cpp.llama_decode
+
+    def decode(ctx: Any, batch: Any) -> int:
+        threads.add(threading.current_thread().name)
+        return int(real_decode(ctx, batch))
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+    eng, backend = make(tiny_gguf, threads=2)
     rt = backend.runtime(None)
+    assert rt.decode_threads is None and not seen  # loading decodes nothing
+    gen(eng, backend, LongNames)
     assert rt.decode_threads in (1, 2)
-    assert {n for _, n in seen} == {1, 2}  # both were timed, one-token steps only
-    assert {tokens for tokens, _ in seen} == {1}
-    for sid in range(rt.n_seq):
+    assert threads == {"structgen-local"}  # the backend's worker, not the loading thread
+    timed = seen[:8]
+    assert [tokens for tokens, _ in timed] == [1] * 8 and {n for _, n in timed} == {1, 2}
+    for sid in range(rt.n_seq + 1):  # the requests' sequences and the timing one
         assert llama_cpp.llama_memory_seq_pos_max(rt.mem, sid) == -1
     seen.clear()
-    _, single = make(tiny_gguf, threads=1)
-    assert single.runtime(None).decode_threads == 1 and not seen  # nothing to measure
+    eng1, single = make(tiny_gguf, threads=1)
+    gen(eng1, single, LongNames)
+    assert single.runtime(None).decode_threads == 1
+    assert all(tokens > 1 for tokens, _ in seen[:1])  # nothing timed: the prefill is first
 
 
 @pytest.mark.parametrize("amx", [True, False])

@@ -206,7 +206,7 @@ class LlamaCppRuntime(Runtime):
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cfg.context_size
         cparams.n_batch = cparams.n_ubatch = 512
-        cparams.n_seq_max = self.n_seq
+        cparams.n_seq_max = self.n_seq + 1  # and one to time decode steps on (below)
         threads = cfg.threads or max(1, min(os.cpu_count() or 1, 8))
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.kv_unified = True  # sequences share cells: prefix reuse without copies
@@ -240,7 +240,10 @@ class LlamaCppRuntime(Runtime):
             OrderedDict()
         self.prefix_cache_bytes = 0
         self._derive()
-        self.decode_threads = cfg.decode_threads or self._fastest_step_threads()
+        # unset: measured before the first forward pass, on the thread that decodes (not
+        # here: an OpenMP team started on the loading thread would keep spinning there
+        # under OMP_WAIT_POLICY=ACTIVE, and measured 2-3x slower requests)
+        self.decode_threads: int | None = cfg.decode_threads or (1 if threads == 1 else None)
         self.load_s = time.perf_counter() - start
 
     # Prompt ---------------------------------------------------------------------------
@@ -273,6 +276,8 @@ class LlamaCppRuntime(Runtime):
         import torch
 
         lc, b = self.lc, self.batch
+        if self.decode_threads is None:
+            self.decode_threads = self._fastest_step_threads()
         out = torch.empty((len(items), self.vocab_size), dtype=torch.float32)
         flat = [(i, sid, tok, pos + j, j == len(toks) - 1)
                 for i, (sid, toks, pos) in enumerate(items) for j, tok in enumerate(toks)]
@@ -300,10 +305,9 @@ class LlamaCppRuntime(Runtime):
         outweigh the second core (measured on a 2-core Xeon, SmolLM2-135M: 18 ms a step on
         1 thread, 35 ms on 2; spinning threads: 10.5 ms on 2). A large model's step is long
         enough for more threads to win, and then they are kept."""
-        if self.threads == 1:
-            return 1
-        lc, b = self.lc, self.batch
-        sid = self.n_seq - 1
+        lc = self.lc
+        b = lc.llama_batch_init(1, 0, 1)
+        sid = self.n_seq  # the context's spare sequence: requests use 0 .. n_seq - 1
         token = self.bos if self.bos >= 0 else 0
         best: tuple[float, int] | None = None
         try:
@@ -324,6 +328,7 @@ class LlamaCppRuntime(Runtime):
                 lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
         finally:
             lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+            lc.llama_batch_free(b)
         return best[1] if best else self.threads
 
     def _set_threads(self, n: int) -> None:
@@ -333,8 +338,8 @@ class LlamaCppRuntime(Runtime):
 
     def _decode(self) -> None:
         self.forward_passes += 1
-        self._set_threads(self.decode_threads if self.batch.n_tokens <= STEP_TOKENS
-                          else self.threads)
+        step = self.batch.n_tokens <= STEP_TOKENS
+        self._set_threads(self.decode_threads or self.threads if step else self.threads)
         rc = self.lc.llama_decode(self.ctx, self.batch)
         if rc != 0:
             raise BackendError(
