@@ -221,7 +221,10 @@ def test_make_install_builds_llama_cpp_without_amx() -> None:
 
     from structgen.backends.local.llamacpp_runtime import _amx_build
 
-    assert not _amx_build(llama_cpp), llama_cpp.llama_print_system_info()
+    assert not _amx_build(llama_cpp), (
+        "llama-cpp-python was built with AMX (a wheel pip cached before the Makefile's "
+        "-mno-amx-* flags?): `pip cache remove llama_cpp_python`, then `make clean install`; "
+        f"{llama_cpp.llama_print_system_info()!r}")
 
 
 def test_fast_forward_gives_the_same_greedy_output_in_fewer_passes(tiny_gguf: Path) -> None:
