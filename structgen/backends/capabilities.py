@@ -31,6 +31,7 @@ from structgen.schema.support import (
     PostEnforced,
     length_beside_pattern,
     loosen,
+    siblings_into_branches,
 )
 from structgen.types import OutputKind
 
@@ -113,11 +114,17 @@ def capabilities_for(backend: str, engine: str | None = None) -> Capabilities:
     return CAPABILITIES[key]
 
 
+# rows whose engine is XGrammar: the keywords beside an anyOf/oneOf/allOf/$ref go into its
+# branches before the schema is sent (XGrammar ignores them there; schema/support.py)
+XGRAMMAR_ROWS = frozenset({"vllm/xgrammar", "vllm/auto", "sglang/xgrammar"})
+
+
+def _row_key(caps: Capabilities) -> str | None:
+    return next((key for key, row in CAPABILITIES.items() if row is caps), None)
+
+
 def _quirks(caps: Capabilities) -> tuple[Quirk, ...]:
-    for key, row in CAPABILITIES.items():
-        if row is caps:
-            return QUIRKS.get(key, ())
-    return ()
+    return QUIRKS.get(_row_key(caps) or "", ())
 
 
 def unenforced(compiled: CompiledOutput, caps: Capabilities) -> tuple[PostEnforced, ...]:
@@ -153,6 +160,9 @@ def server_schema(schema: dict[str, Any], caps: Capabilities
         # int64 bounds where the schema has none: the server's grammar then stops a
         # runaway integer (floats cannot be bounded in JSON Schema)
         schema = bound_integers(schema)
+    if _row_key(caps) in XGRAMMAR_ROWS:
+        schema, beside = siblings_into_branches(schema)
+        entries = (*entries, *beside)
     quirks = [PostEnforced(pointer, q.keyword, q.why) for pointer, sub in walk(schema)
               for q in _quirks(caps) if q.applies(sub)]
     return schema, tuple(dict.fromkeys((*entries, *quirks)))

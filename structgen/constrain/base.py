@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # Part of every grammar-cache key (memory and disk): bump it when prepare_schema or the
 # relaxation rules change which grammar a schema gets, so no stale grammar is reused.
-PREPARE_VERSION = 5
+PREPARE_VERSION = 6
 
 
 @dataclass(frozen=True)

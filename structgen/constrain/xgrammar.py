@@ -18,7 +18,13 @@ from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
 from structgen.schema.check import declared_types, json_type, walk
 from structgen.schema.relax import disjoint_one_of_to_any_of
-from structgen.schema.support import XGRAMMAR, PostEnforced, length_beside_pattern, loosen
+from structgen.schema.support import (
+    XGRAMMAR,
+    PostEnforced,
+    length_beside_pattern,
+    loosen,
+    siblings_into_branches,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -134,15 +140,24 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
                                           "bound beside a pattern or format")
                              for pointer, node in walk(out) if length_beside_pattern(node)
                              for keyword in ("minLength", "maxLength") if keyword in node)]
-        if not any(_enum_outside_type(n) or _multi_all_of(n) for _, n in walk(out)):
+        if any(_multi_all_of(n) for _, n in walk(out)):
+            if out is schema:
+                out = copy.deepcopy(schema)
+            for pointer, node in walk(out):
+                if _multi_all_of(node):
+                    del node["allOf"]  # loosens; validation enforces every branch
+                    dropped.append(PostEnforced(pointer, "allOf", "xgrammar loses the object "
+                                                "type with several allOf branches"))
+        # keywords beside anyOf/oneOf/allOf/$ref: into the branches, or reported
+        merged, beside = siblings_into_branches(out)
+        dropped.extend(beside)
+        if merged is not out:
+            out = merged
+        if not any(_enum_outside_type(n) for _, n in walk(out)):
             return out, tuple(dropped)
         if out is schema:
             out = copy.deepcopy(schema)
-        for pointer, node in walk(out):
-            if _multi_all_of(node):
-                del node["allOf"]  # loosens; validation enforces every branch
-                dropped.append(PostEnforced(pointer, "allOf", "xgrammar loses the object "
-                                            "type with several allOf branches"))
+        for _, node in walk(out):
             types = _enum_outside_type(node)
             if types:
                 # exact, not loosened: an enum value of another type is never valid here

@@ -195,3 +195,101 @@ def _other_string_format(node: dict[str, Any], formats: frozenset[str]) -> bool:
 def merged(*groups: Iterable[PostEnforced]) -> list[PostEnforced]:
     """The entries of ``groups`` in order, each once."""
     return list(dict.fromkeys(e for group in groups for e in group))
+
+
+# XGrammar compiles a node with anyOf / oneOf / allOf / $ref from that keyword alone: every
+# keyword beside it is ignored. Measured (xgrammar 0.2.9): {"type": "string", "anyOf":
+# [{"maxLength": 3}, {"minLength": 10}]} admits 1; {"required": ["r"], "anyOf": [...]} admits
+# {} (MaskBench o6376); {"type": "object", "anyOf": [{"required": [...]}, ...]} admits ":"
+# (o19057). Where it is exact, the keywords beside go into every branch (A and (B or C) =
+# (A and B) or (A and C)); elsewhere they are reported as post-enforced.
+_COMBINATORS = ("anyOf", "oneOf", "allOf", "$ref")
+# keywords whose meaning depends on others of the same node: merged only when one side has
+# none of its group (or both have the same ones, equal)
+_GROUPS = (frozenset({"properties", "patternProperties", "additionalProperties",
+                      "unevaluatedProperties"}),
+           frozenset({"items", "prefixItems", "unevaluatedItems"}),
+           frozenset({"contains", "minContains", "maxContains"}),
+           frozenset({"if", "then", "else"}))
+
+
+def _beside(node: dict[str, Any], combinator: str) -> dict[str, Any]:
+    """The keywords beside ``combinator`` that constrain (annotations and no-ops left out)."""
+    return {k: v for k, v in node.items()
+            if k != combinator and k not in ANNOTATIONS
+            and not (k == "additionalProperties" and v in (True, {}))}
+
+
+def _merged(beside: dict[str, Any], branch: Any) -> Any:
+    """``beside`` and ``branch`` as one schema (their conjunction), or None when one dict
+    cannot say it exactly."""
+    if branch is True or branch == {}:
+        return dict(beside)
+    if branch is False:
+        return False
+    if not isinstance(branch, dict) or any(c in branch or c in beside for c in _COMBINATORS):
+        return None
+    own = {k: v for k, v in branch.items()
+           if not (k == "additionalProperties" and v in (True, {}))}
+    for group in _GROUPS:
+        mine, theirs = group & own.keys(), group & beside.keys()
+        if mine and theirs and (mine != theirs or any(own[k] != beside[k] for k in mine)):
+            return None
+    out = dict(own)
+    for key, value in beside.items():
+        if key not in out or out[key] == value:
+            out[key] = value
+        elif key == "required" and isinstance(value, list) and isinstance(out[key], list):
+            out[key] = list(dict.fromkeys([*out[key], *value]))
+        elif key == "type":
+            mine_t, theirs_t = declared_types({"type": out[key]}), declared_types(beside)
+            if mine_t is None or theirs_t is None or not mine_t & theirs_t:
+                return None
+            both = sorted(mine_t & theirs_t)
+            out[key] = both[0] if len(both) == 1 else both
+        else:
+            return None
+    return out
+
+
+def _distribute(pointer: str, node: dict[str, Any], dropped: list[PostEnforced]) -> None:
+    """Put the keywords beside a node's anyOf/oneOf/allOf into its branches where exact;
+    report the rest (``node`` is changed in place)."""
+    combinator = next((c for c in _COMBINATORS if c in node), None)
+    if combinator is None:
+        return
+    beside = _beside(node, combinator)
+    if not beside:
+        return
+    branches = node[combinator]
+    merged = None
+    if combinator in ("anyOf", "oneOf") and isinstance(branches, list) and branches:
+        merged = [_merged(beside, b) for b in branches]
+    elif combinator == "allOf" and isinstance(branches, list) and len(branches) == 1:
+        merged = [_merged(beside, branches[0])]
+    if merged is not None and all(m is not None for m in merged):
+        for key in beside:
+            node.pop(key, None)
+        node.pop("additionalProperties", None)  # a no-op here (_beside)
+        node[combinator] = merged
+        return
+    dropped.extend(PostEnforced(pointer, key, f"xgrammar ignores keywords beside {combinator}")
+                   for key in beside)
+
+
+def _combined(node: dict[str, Any]) -> bool:
+    """Whether the node has keywords beside an anyOf/oneOf/allOf/$ref."""
+    return any(c in node and bool(_beside(node, c)) for c in _COMBINATORS)
+
+def siblings_into_branches(schema: dict[str, Any]
+                           ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
+    """``schema`` for XGrammar (embedded, or behind vLLM/SGLang): the keywords beside each
+    anyOf/oneOf/allOf/$ref moved into its branches where exact (a copy; ``schema`` itself
+    when nothing moves), and the entries for those left beside, which XGrammar ignores."""
+    if not any(_combined(n) for _, n in walk(schema)):
+        return schema, ()
+    out = copy_schema(schema)
+    dropped: list[PostEnforced] = []
+    for pointer, node in walk(out):
+        _distribute(pointer, node, dropped)
+    return out, tuple(dict.fromkeys(dropped))

@@ -133,3 +133,29 @@ def test_servers_get_int64_bounds_on_unbounded_integers(row):
     else:
         assert "minimum" not in count and "maximum" not in count
     assert "minimum" not in TAGS["properties"]["count"]
+
+
+def test_xgrammar_servers_get_the_keywords_beside_an_any_of_in_its_branches() -> None:
+    """vLLM's and SGLang's xgrammar ignore keywords beside an anyOf, as the embedded one
+    does (tests/backends/test_local.py): what they are sent has them in every branch; beside
+    a $ref they are reported. A guidance server is sent the schema as it is."""
+    from structgen.backends.capabilities import capabilities_for, server_schema
+
+    schema = {"type": "object", "properties": {"t": {"type": "string"}},
+              "anyOf": [{"required": ["t"]}, {"required": ["v"]}],
+              "$defs": {"T": {"type": "string"}},
+              "required": ["w"]}
+    for key in ("vllm/xgrammar", "vllm/auto", "sglang/xgrammar"):
+        backend, engine = key.split("/")
+        sent, entries = server_schema(schema, capabilities_for(backend, engine))
+        assert set(sent) == {"anyOf", "$defs"}, key
+        assert [b["required"] for b in sent["anyOf"]] == [["t", "w"], ["v", "w"]]
+        assert all(b["type"] == "object" and b["properties"] == {"t": {"type": "string"}}
+                   for b in sent["anyOf"])
+        assert not [e for e in entries if e.reason.startswith("xgrammar ignores")]
+        _, entries = server_schema({"$ref": "#/$defs/T", "minLength": 2,
+                                    "$defs": {"T": {"type": "string"}}},
+                                   capabilities_for(backend, engine))
+        assert ("", "minLength") in {(e.pointer, e.keyword) for e in entries}
+    sent, _ = server_schema(schema, capabilities_for("vllm", "guidance"))
+    assert sent["anyOf"] == schema["anyOf"] and sent["required"] == ["w"]

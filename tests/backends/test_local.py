@@ -229,6 +229,75 @@ def test_missing_gguf_package_says_what_to_install(monkeypatch: pytest.MonkeyPat
         models.default_model_dir(tmp_path)
 
 
+_COMBINED = [
+    # MaskBench Github_medium o19057: the object type and properties beside an anyOf of
+    # required-only branches; xgrammar wrote ":"
+    ({"type": "object", "additionalProperties": True,
+      "properties": {"t": {"type": "string"}, "v": {"type": "array"}},
+      "anyOf": [{"required": ["v"]}, {"required": ["t"]}]},
+     ['":"', "{}", '{"q":1}'], ['{"t":"x"}', '{"v":[]}']),
+    # MaskBench Github_trivial o6376: a required key beside an anyOf of closed objects
+    ({"anyOf": [{"additionalProperties": False, "properties": {"r": {"type": "string"}}},
+                {"additionalProperties": False, "properties": {"r": {"type": "string"},
+                                                               "f": {"type": "string"}}}],
+      "required": ["r"]},
+     ['{"f":"x"}', "{}"], ['{"r":"x"}', '{"r":"x","f":"y"}']),
+    ({"type": "string", "anyOf": [{"maxLength": 3}, {"minLength": 10}]},
+     ["1", '"abcde"'], ['"ab"', '"abcdefghijkl"']),
+    ({"type": "integer", "allOf": [{"minimum": 5}]}, ['"a"', "4"], ["5", "90"]),
+]
+
+
+@pytest.mark.parametrize(("schema", "rejected", "accepted"), _COMBINED)
+def test_xgrammar_gets_the_keywords_beside_a_combinator_in_every_branch(
+        tiny_model_dir: Path, schema: dict[str, object], rejected: list[str],
+        accepted: list[str]) -> None:
+    """XGrammar compiles a node with anyOf/oneOf/allOf/$ref from that keyword alone and
+    ignores every keyword beside it (measured: each ``rejected`` text is admitted by the
+    schema as written). structgen puts those keywords into each branch, which is exact;
+    the grammar (real xgrammar) then admits only valid texts, and nothing is reported."""
+    import json
+
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string as admits
+
+    from structgen.validate import validate_text
+
+    def grammar(s: dict[str, object]) -> object:
+        return xgr.Grammar.from_json_schema(json.dumps(s), any_whitespace=False,
+                                            separators=(",", ":"), strict_mode=True)
+
+    eng, backend = make(tiny_model_dir, engine="xgrammar")
+    output = eng.build_request("x", schema).output
+    prepared, reported = backend.runtime(None).engine("xgrammar").prepare_schema(output)
+    assert not reported
+    as_written = grammar(output.to_json_schema())
+    assert any(admits(as_written, t) for t in rejected)  # the loosening, as measured
+    for text in rejected:
+        assert not validate_text(text, output).ok
+        assert not admits(grammar(prepared), text), (text, prepared)
+    for text in accepted:
+        assert validate_text(text, output).ok and admits(grammar(prepared), text), text
+
+
+def test_xgrammar_reports_keywords_beside_a_ref(tiny_model_dir: Path) -> None:
+    """Beside a $ref (or where merging into a branch would change the meaning) the keywords
+    stay out of xgrammar's reach: they are reported, and validation holds them."""
+    schema = {"$defs": {"T": {"type": "object", "properties": {"a": {"type": "string"},
+                                                                "b": {"type": "string"}}}},
+              "type": "object", "properties": {"x": {"$ref": "#/$defs/T", "required": ["b"]},
+                                               "y": {"additionalProperties": False,
+                                                     "properties": {"k": {"type": "integer"}},
+                                                     "anyOf": [{"properties": {
+                                                         "z": {"type": "integer"}}}]}}}
+    eng, backend = make(tiny_model_dir, engine="xgrammar")
+    output = eng.build_request("x", schema).output
+    _, reported = backend.runtime(None).engine("xgrammar").prepare_schema(output)
+    assert {(p.pointer, p.keyword) for p in reported} >= {
+        ("/properties/x", "required"), ("/properties/y", "additionalProperties"),
+        ("/properties/y", "properties")}
+
+
 def test_xgrammar_reports_what_it_was_not_given(tiny_model_dir: Path) -> None:
     """XGrammar compiles multipleOf but does not enforce it: structgen does not hand it
     over, reports it, and validation enforces it. The bounds leave the grammar one number,
