@@ -110,6 +110,10 @@ class LocalConfig(_Section):
     # prefix_cache_mb; ~23 kB a token for SmolLM2-135M, ~128 kB for an 8B model)
     prefix_cache_entries: int = Field(default=16, ge=0)
     prefix_cache_mb: int = Field(default=512, ge=0)
+    # llama.cpp: prompt KV states also kept on disk, for later processes (0 = off); in
+    # prefix_cache_dir, default ~/.cache/structgen/prefix-kv
+    prefix_cache_disk_mb: int = Field(default=0, ge=0)
+    prefix_cache_dir: str | None = None
     fast_forward: bool = True
     threads: int | None = Field(default=None, ge=1)
     # llama.cpp threads for a decode step (a few tokens); None = measured when the context

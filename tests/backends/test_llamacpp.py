@@ -249,6 +249,60 @@ def test_prefix_reuse_gives_the_same_greedy_output(tiny_gguf: Path) -> None:
     assert second.text == gen(eng2, fresh, LongNames, chat("Explain what db.py does")).text
 
 
+def test_prompt_states_persist_on_disk_for_a_later_process(tiny_gguf: Path,
+                                                            tmp_path: Path) -> None:
+    """With prefix_cache_disk_mb, a prompt's KV state is also written to disk, and a new
+    runtime (a later process) restores the longest prefix from there instead of computing
+    it: the same greedy output, a fraction of the prefill. A damaged file is deleted and
+    never reaches llama.cpp."""
+    system = SYSTEM * 3  # long enough to be worth storing (prefix_store.MIN_TOKENS)
+    ask = [{"role": "system", "content": system}, {"role": "user", "content": "Fix db.py"}]
+    other = [{"role": "system", "content": system}, {"role": "user", "content": "Why?"}]
+    disk = {"prefix_cache_disk_mb": 64, "prefix_cache_dir": str(tmp_path)}
+    eng, first = make(tiny_gguf, **disk)
+    a = gen(eng, first, LongNames, ask)
+    assert "prefix_disk_hit_tokens" not in a.stats
+    first.runtime(None).store.flush()
+    files = list(tmp_path.rglob("*.kv"))
+    assert len(files) == 1
+
+    eng2, later = make(tiny_gguf, **disk)  # a new context: nothing in memory
+    b = gen(eng2, later, LongNames, other)
+    assert b.stats["prefix_disk_hit_tokens"] > 64
+    assert b.stats["prefill_tokens"] < b.prompt_tokens / 4
+    eng3, plain = make(tiny_gguf, prefix_cache_entries=0)
+    assert b.text == gen(eng3, plain, LongNames, other).text
+    later.runtime(None).store.flush()
+
+    for f in tmp_path.rglob("*.kv"):  # damage every entry: flip a byte of the state
+        data = bytearray(f.read_bytes())
+        data[-10] ^= 0xFF
+        f.write_bytes(bytes(data))
+    eng4, damaged = make(tiny_gguf, **disk)
+    c = gen(eng4, damaged, LongNames, other)
+    assert "prefix_disk_hit_tokens" not in c.stats and c.text == b.text
+    assert not [f for f in files if f.exists()]  # deleted
+
+
+def test_prefix_store_keeps_within_its_limit(tmp_path: Path) -> None:
+    """Past its byte limit the store deletes the entries used longest ago."""
+    import os
+
+    from structgen.backends.local.prefix_store import PrefixStore
+
+    store = PrefixStore(tmp_path, limit_bytes=3 * 1500)
+    keys = [tuple(range(k, k + 100)) for k in range(4)]
+    for i, key in enumerate(keys):
+        store.write(key, bytes([i]) * 1000)  # ~1,400 bytes a file with the tokens
+        for f in tmp_path.glob("*.kv"):  # distinct, increasing use times
+            os.utime(f, ns=(f.stat().st_mtime_ns, f.stat().st_mtime_ns))
+        time.sleep(0.01)
+    assert store.read(keys[0]) is None  # the oldest went first
+    assert store.read(keys[3]) == bytes([3]) * 1000
+    assert sum(f.stat().st_size for f in tmp_path.glob("*.kv")) <= 3 * 1500
+    assert PrefixStore(tmp_path, limit_bytes=3 * 1500).index.keys() == store.index.keys()
+
+
 def test_cached_prompts_live_in_host_memory_not_in_the_kv_cache(tiny_gguf: Path) -> None:
     """Cached prompts kept as KV cells made every forward pass attend over them (a unified
     cache computes attention over every used cell): they are kept in host memory instead,

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest
 from structgen.backends.local.models import DEFAULT_MODEL_NAME, resolve_gguf
+from structgen.backends.local.prefix_store import PrefixStore
 from structgen.backends.local.runtime import (
     Batch,
     Runtime,
@@ -239,12 +240,30 @@ class LlamaCppRuntime(Runtime):
         self.prefix_cache: OrderedDict[tuple[int, ...], ctypes.Array[ctypes.c_uint8]] = \
             OrderedDict()
         self.prefix_cache_bytes = 0
+        self.store = self._prefix_store(path)
         self._derive()
         # unset: measured before the first forward pass, on the thread that decodes (not
         # here: an OpenMP team started on the loading thread would keep spinning there
         # under OMP_WAIT_POLICY=ACTIVE, and measured 2-3x slower requests)
         self.decode_threads: int | None = cfg.decode_threads or (1 if threads == 1 else None)
         self.load_s = time.perf_counter() - start
+
+    def _prefix_store(self, path: Path) -> PrefixStore | None:
+        """The disk layer of the prefix cache (``[local] prefix_cache_disk_mb``), in a
+        directory of its own for this model file, llama.cpp build and state layout."""
+        cfg = self.cfg
+        if cfg.prefix_cache_disk_mb <= 0 or cfg.prefix_cache_entries <= 0 \
+                or cfg.prefix_cache_mb <= 0:
+            return None
+        import llama_cpp
+
+        st = path.stat()
+        ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns,
+                            llama_cpp.__version__, self.flash_attn_type])
+        root = Path(cfg.prefix_cache_dir).expanduser() if cfg.prefix_cache_dir else \
+            Path.home() / ".cache" / "structgen" / "prefix-kv"
+        return PrefixStore(root / hashlib.sha256(ident.encode()).hexdigest()[:20],
+                           cfg.prefix_cache_disk_mb << 20)
 
     # Prompt ---------------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -356,6 +375,10 @@ class LlamaCppRuntime(Runtime):
             self.lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
             ids = seq.prompt_ids
             state, use = reusable_prefix(self.prefix_cache, ids)
+            from_disk = self._from_store(ids, use)
+            if from_disk is not None:
+                state, use = from_disk
+                seq.stats["prefix_disk_hit_tokens"] = use
             if state is not None and not self._restore(state, sid, use):
                 use = 0
             seq.stats["prefill_tokens"] = len(ids) - use
@@ -371,6 +394,24 @@ class LlamaCppRuntime(Runtime):
         for seq, sid in zip(seqs, sids, strict=True):
             self._remember(tuple(seq.prompt_ids), sid)
         return batch, logits
+
+    def _from_store(self, ids: list[int], use: int
+                    ) -> tuple[ctypes.Array[ctypes.c_uint8], int] | None:
+        """A state from disk sharing more of ``ids`` than ``use`` tokens (what memory has),
+        put into the memory cache too; None when the disk has nothing better."""
+        if self.store is None:
+            return None
+        while True:  # a damaged entry is deleted on reading: then the next best
+            key, n = self.store.best(ids)
+            n = min(n, len(ids) - 1)
+            if key is None or n <= use:
+                return None
+            data = self.store.read(key)
+            if data is not None:
+                break
+        state = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        self._keep(key, state)
+        return state, n
 
     def _restore(self, state: ctypes.Array[ctypes.c_uint8], sid: int, use: int) -> bool:
         """Put a cached prompt's KV state into ``sid`` and keep its first ``use`` positions."""
@@ -397,10 +438,19 @@ class LlamaCppRuntime(Runtime):
         state = (ctypes.c_uint8 * size)()
         if int(lc.llama_state_seq_get_data(self.ctx, state, size, sid)) != size:
             return
+        self._keep(ids, state)
+        if self.store is not None:
+            self.store.write_later(ids, bytes(state))
+
+    def _keep(self, ids: tuple[int, ...], state: ctypes.Array[ctypes.c_uint8]) -> None:
+        """Add a state to the memory cache, LRU within its entry and byte limits."""
+        if ids in self.prefix_cache:
+            self.prefix_cache.move_to_end(ids)
+            return
         self.prefix_cache[ids] = state
-        self.prefix_cache_bytes += size
-        while (len(self.prefix_cache) > cfg.prefix_cache_entries
-               or self.prefix_cache_bytes > limit):
+        self.prefix_cache_bytes += len(state)
+        while (len(self.prefix_cache) > self.cfg.prefix_cache_entries
+               or self.prefix_cache_bytes > self.cfg.prefix_cache_mb << 20):
             _, old = self.prefix_cache.popitem(last=False)
             self.prefix_cache_bytes -= len(old)
 

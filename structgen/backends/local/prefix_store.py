@@ -1,0 +1,178 @@
+"""Prompt KV states on disk, so a new process does not prefill a prompt an earlier one did
+(``[local] prefix_cache_disk_mb``; off at 0, the default).
+
+An agent CLI started once per task, or a service restarted, sends the same ~1,000-token
+system prompt again; on 2 CPU cores its prefill is ~3 s of a ~4 s request. The llama.cpp
+runtime copies a prompt's KV state to host memory after its prefill (the in-memory prefix
+cache); with this store it also writes it here, and a later process that finds no prefix in
+memory reads the entry sharing the longest prefix from disk.
+
+One file per prompt: ``SGKV1`` magic, the SHA-256 of the rest, the token count, the tokens
+(int32), then llama.cpp's state bytes (``llama_state_seq_get_data``). Files are written to a
+temporary name and renamed (a reader never sees half a file); a file whose digest does not
+match is deleted, never handed to llama.cpp. The directory is keyed by everything the state
+layout depends on (model file, llama.cpp version, flash attention), so a state is restored
+only into the context that made it. The store is bounded: past the limit, the files read or
+written longest ago go first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+import tempfile
+import threading
+from array import array
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SGKV1"
+_HEAD = struct.Struct("<5s32sI")  # magic, sha256(rest), token count
+# a prompt shorter than this is cheaper to prefill again than to read back
+MIN_TOKENS = 64
+
+
+class PrefixStore:
+    """Prompt KV states in ``directory``, at most ``limit_bytes`` in all. Thread-safe."""
+
+    def __init__(self, directory: Path, limit_bytes: int) -> None:
+        self.directory = directory
+        self.limit_bytes = limit_bytes
+        self._lock = threading.Lock()
+        # prompt tokens -> file, for every readable entry
+        self.index: dict[tuple[int, ...], Path] = {}
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for path in directory.glob("*.kv"):
+                ids = self._read_ids(path)
+                if ids is not None:
+                    self.index[ids] = path
+        except OSError as exc:  # an unusable directory: no disk layer, not a failed request
+            log.warning("prefix store %s is not usable (%s): prompts are not persisted",
+                        directory, exc)
+            self.limit_bytes = 0
+
+    @staticmethod
+    def _read_ids(path: Path) -> tuple[int, ...] | None:
+        try:
+            with path.open("rb") as f:
+                magic, _, n = _HEAD.unpack(f.read(_HEAD.size))
+                raw = f.read(4 * n)
+        except (OSError, struct.error):
+            return None
+        if magic != MAGIC or len(raw) != 4 * n:
+            return None
+        return tuple(array("i", raw))
+
+    def best(self, ids: list[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The stored prompt sharing the longest prefix with ``ids``, and that length."""
+        from structgen.backends.local.runtime import common_prefix
+
+        best_key, best = None, 0
+        with self._lock:
+            for key in self.index:
+                n = common_prefix(key, ids)
+                if n > best:
+                    best_key, best = key, n
+        return best_key, best
+
+    def read(self, key: tuple[int, ...]) -> bytes | None:
+        """The state stored for prompt ``key``, or None (gone, or damaged: then deleted)."""
+        with self._lock:
+            path = self.index.get(key)
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        head = data[:_HEAD.size]
+        if len(head) == _HEAD.size:
+            magic, digest, n = _HEAD.unpack(head)
+            rest = data[_HEAD.size:]
+            if magic == MAGIC and hashlib.sha256(rest).digest() == digest:
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # recently used: evicted last
+                return rest[4 * n:]
+        log.warning("prefix store: %s is damaged, deleted", path)
+        self._forget(key, path)
+        return None
+
+    def write(self, key: tuple[int, ...], state: bytes) -> None:
+        """Store the state of prompt ``key`` (skipped when short, known or over the limit)."""
+        if len(key) < MIN_TOKENS or self.limit_bytes <= 0:
+            return
+        rest = array("i", key).tobytes() + state
+        blob = _HEAD.pack(MAGIC, hashlib.sha256(rest).digest(), len(key)) + rest
+        if len(blob) > self.limit_bytes:
+            return
+        name = hashlib.sha256(array("i", key).tobytes()).hexdigest()[:40] + ".kv"
+        path = self.directory / name
+        with self._lock:
+            if key in self.index:
+                return
+        tmp: str | None = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full or read-only disk costs a prefill later, no more
+            log.warning("prefix store: could not write %s (%s)", path, exc)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            return
+        with self._lock:
+            self.index[key] = path
+        self._trim()
+
+    def write_later(self, key: tuple[int, ...], state: bytes) -> None:
+        """:meth:`write` on a thread of its own: the decode loop does not wait for the disk
+        (hashing and writing a 1,000-token SmolLM2 state, ~23 MB, takes tens of ms)."""
+        if len(key) < MIN_TOKENS or self.limit_bytes <= 0:
+            return
+        writer = threading.Thread(target=self.write, args=(key, state), daemon=True,
+                                  name="structgen-prefix-write")
+        with self._lock:
+            self._writers = [w for w in getattr(self, "_writers", []) if w.is_alive()]
+            self._writers.append(writer)
+        writer.start()
+
+    def flush(self) -> None:
+        """Wait for the writes in flight."""
+        with self._lock:
+            writers = list(getattr(self, "_writers", []))
+        for w in writers:
+            w.join()
+
+    def _forget(self, key: tuple[int, ...], path: Path) -> None:
+        with self._lock:
+            self.index.pop(key, None)
+        path.unlink(missing_ok=True)
+
+    def _trim(self) -> None:
+        """Delete the files used longest ago until the store is within its limit."""
+        entries = []
+        for path in self.directory.glob("*.kv"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        if total <= self.limit_bytes:
+            return
+        by_path = {p: k for k, p in self.index.items()}
+        for _, size, path in sorted(entries, key=lambda e: e[0]):
+            if total <= self.limit_bytes:
+                break
+            key = by_path.get(path)
+            if key is not None:
+                self._forget(key, path)
+            else:
+                path.unlink(missing_ok=True)
+            total -= size
