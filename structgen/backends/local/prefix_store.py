@@ -28,6 +28,8 @@ import threading
 from array import array
 from pathlib import Path
 
+from structgen.backends.local.runtime import common_prefix
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"SGKV1"
@@ -70,8 +72,6 @@ class PrefixStore:
 
     def best(self, ids: list[int]) -> tuple[tuple[int, ...] | None, int]:
         """The stored prompt sharing the longest prefix with ``ids``, and that length."""
-        from structgen.backends.local.runtime import common_prefix
-
         best_key, best = None, 0
         with self._lock:
             for key in self.index:
