@@ -155,14 +155,14 @@ def server_schema(schema: dict[str, Any], caps: Capabilities
     entries: tuple[PostEnforced, ...] = ()
     if caps.support is not None:
         schema, entries = loosen(schema, caps.support)
+    if _row_key(caps) in XGRAMMAR_ROWS:  # before the int64 bounds, which it would meet
+        schema, beside = siblings_into_branches(schema)
+        entries = (*entries, *beside)
     if caps.support is None or (caps.support.enforces("minimum")
                                 and caps.support.enforces("maximum")):
         # int64 bounds where the schema has none: the server's grammar then stops a
         # runaway integer (floats cannot be bounded in JSON Schema)
         schema = bound_integers(schema)
-    if _row_key(caps) in XGRAMMAR_ROWS:
-        schema, beside = siblings_into_branches(schema)
-        entries = (*entries, *beside)
     quirks = [PostEnforced(pointer, q.keyword, q.why) for pointer, sub in walk(schema)
               for q in _quirks(caps) if q.applies(sub)]
     return schema, tuple(dict.fromkeys((*entries, *quirks)))

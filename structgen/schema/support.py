@@ -213,6 +213,18 @@ _GROUPS = (frozenset({"properties", "patternProperties", "additionalProperties",
            frozenset({"if", "then", "else"}))
 
 
+# a bound on both sides holds as the tighter of the two
+_TIGHTER: dict[str, Any] = {
+    **dict.fromkeys(("minimum", "exclusiveMinimum", "minLength", "minItems", "minProperties",
+                     "minContains"), max),
+    **dict.fromkeys(("maximum", "exclusiveMaximum", "maxLength", "maxItems", "maxProperties",
+                     "maxContains"), min)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _beside(node: dict[str, Any], combinator: str) -> dict[str, Any]:
     """The keywords beside ``combinator`` that constrain (annotations and no-ops left out)."""
     return {k: v for k, v in node.items()
@@ -241,6 +253,8 @@ def _merged(beside: dict[str, Any], branch: Any) -> Any:
             out[key] = value
         elif key == "required" and isinstance(value, list) and isinstance(out[key], list):
             out[key] = list(dict.fromkeys([*out[key], *value]))
+        elif key in _TIGHTER and _is_number(value) and _is_number(out[key]):
+            out[key] = _TIGHTER[key](out[key], value)  # both bounds hold: the tighter one
         elif key == "type":
             mine_t, theirs_t = declared_types({"type": out[key]}), declared_types(beside)
             if mine_t is None or theirs_t is None or not mine_t & theirs_t:

@@ -245,6 +245,10 @@ _COMBINED = [
     ({"type": "string", "anyOf": [{"maxLength": 3}, {"minLength": 10}]},
      ["1", '"abcde"'], ['"ab"', '"abcdefghijkl"']),
     ({"type": "integer", "allOf": [{"minimum": 5}]}, ['"a"', "4"], ["5", "90"]),
+    # a bound on both sides: the tighter one (the real vLLM xgrammar server wrote 2747 here)
+    ({"minimum": 7, "maximum": 7,
+      "anyOf": [{"type": "integer"}, {"type": "integer", "maximum": 100}]},
+     ["8", "100", "2747"], ["7"]),
 ]
 
 

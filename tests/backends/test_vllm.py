@@ -174,3 +174,21 @@ async def test_vllm_smollm_agent_schemas(vllm_smollm):
     reflection = await engine_mod.agenerate_structured(
         messages, Reflection, backend="vllm", config=cfg, max_tokens=300)
     assert isinstance(reflection, Reflection)
+
+
+async def test_vllm_keywords_beside_an_any_of_hold(vllm_tiny):
+    """XGrammar ignores keywords beside an anyOf (tests/backends/test_local.py); structgen
+    sends them inside every branch. Here they bound n to 7 while the branches alone admit
+    any integer, so a sampling tiny model on the old schema writes other numbers; now every
+    seed gets 7 from the server itself, with nothing left to validation."""
+    engine = Engine(vllm_config(vllm_tiny))
+    schema = {"type": "object", "properties": {"n": {
+        "minimum": 7, "maximum": 7,
+        "anyOf": [{"type": "integer"}, {"type": "integer", "maximum": 100}]}},
+        "required": ["n"], "additionalProperties": False}
+    for seed in range(4):
+        result = await engine.arun("Answer:", schema, backend="vllm", max_tokens=24,
+                                   temperature=1.0, seed=seed, use_cache=False)
+        assert result.value == {"n": 7} and not result.repaired
+        assert not [p for p in result.post_enforced if p.startswith("/properties/n")]
+    await engine.aclose()
