@@ -149,10 +149,8 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
                     dropped.append(PostEnforced(pointer, "allOf", "xgrammar loses the object "
                                                 "type with several allOf branches"))
         # keywords beside anyOf/oneOf/allOf/$ref: into the branches, or reported
-        merged, beside = siblings_into_branches(out)
+        out, beside = siblings_into_branches(out)
         dropped.extend(beside)
-        if merged is not out:
-            out = merged
         if not any(_enum_outside_type(n) for _, n in walk(out)):
             return out, tuple(dropped)
         if out is schema:

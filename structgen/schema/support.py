@@ -225,11 +225,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _no_op(key: str, value: Any) -> bool:
+    return key == "additionalProperties" and value in (True, {})
+
+
 def _beside(node: dict[str, Any], combinator: str) -> dict[str, Any]:
     """The keywords beside ``combinator`` that constrain (annotations and no-ops left out)."""
     return {k: v for k, v in node.items()
-            if k != combinator and k not in ANNOTATIONS
-            and not (k == "additionalProperties" and v in (True, {}))}
+            if k != combinator and k not in ANNOTATIONS and not _no_op(k, v)}
 
 
 def _merged(beside: dict[str, Any], branch: Any) -> Any:
@@ -241,8 +244,7 @@ def _merged(beside: dict[str, Any], branch: Any) -> Any:
         return False
     if not isinstance(branch, dict) or any(c in branch or c in beside for c in _COMBINATORS):
         return None
-    own = {k: v for k, v in branch.items()
-           if not (k == "additionalProperties" and v in (True, {}))}
+    own = {k: v for k, v in branch.items() if not _no_op(k, v)}
     for group in _GROUPS:
         mine, theirs = group & own.keys(), group & beside.keys()
         if mine and theirs and (mine != theirs or any(own[k] != beside[k] for k in mine)):
@@ -294,6 +296,7 @@ def _distribute(pointer: str, node: dict[str, Any], dropped: list[PostEnforced])
 def _combined(node: dict[str, Any]) -> bool:
     """Whether the node has keywords beside an anyOf/oneOf/allOf/$ref."""
     return any(c in node and bool(_beside(node, c)) for c in _COMBINATORS)
+
 
 def siblings_into_branches(schema: dict[str, Any]
                            ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:

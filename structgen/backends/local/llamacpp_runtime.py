@@ -255,11 +255,9 @@ class LlamaCppRuntime(Runtime):
         if cfg.prefix_cache_disk_mb <= 0 or cfg.prefix_cache_entries <= 0 \
                 or cfg.prefix_cache_mb <= 0:
             return None
-        import llama_cpp
-
         st = path.stat()
         ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns,
-                            llama_cpp.__version__, self.flash_attn_type])
+                            self.lc.__version__, self.flash_attn_type])
         root = Path(cfg.prefix_cache_dir).expanduser() if cfg.prefix_cache_dir else \
             Path.home() / ".cache" / "structgen" / "prefix-kv"
         return PrefixStore(root / hashlib.sha256(ident.encode()).hexdigest()[:20],

@@ -45,6 +45,7 @@ class PrefixStore:
         self.directory = directory
         self.limit_bytes = limit_bytes
         self._lock = threading.Lock()
+        self._writers: list[threading.Thread] = []
         # prompt tokens -> file, for every readable entry
         self.index: dict[tuple[int, ...], Path] = {}
         try:
@@ -138,14 +139,14 @@ class PrefixStore:
         writer = threading.Thread(target=self.write, args=(key, state), daemon=True,
                                   name="structgen-prefix-write")
         with self._lock:
-            self._writers = [w for w in getattr(self, "_writers", []) if w.is_alive()]
+            self._writers = [w for w in self._writers if w.is_alive()]
             self._writers.append(writer)
         writer.start()
 
     def flush(self) -> None:
         """Wait for the writes in flight."""
         with self._lock:
-            writers = list(getattr(self, "_writers", []))
+            writers = list(self._writers)
         for w in writers:
             w.join()
 
