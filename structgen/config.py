@@ -106,6 +106,13 @@ class LocalConfig(_Section):
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_batch: int = Field(default=8, ge=1)
+    # continuous: requests join the running batch between decode steps and leave it the
+    # moment they finish (llama.cpp runtime); static: a batch decodes to its last answer
+    # before the next starts (the transformers runtime always batches statically)
+    batching: Literal["continuous", "static"] = "continuous"
+    # prompt tokens prefilled per decode step for requests joining a running batch, so a
+    # long prompt does not hold up the others' next token for seconds
+    prefill_chunk: int = Field(default=256, ge=16)
     # prompts whose KV state is kept for reuse (host memory on llama.cpp, bounded by
     # prefix_cache_mb; ~23 kB a token for SmolLM2-135M, ~128 kB for an 8B model)
     prefix_cache_entries: int = Field(default=16, ge=0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import codecs
+import collections
 import concurrent.futures
 import dataclasses
 import importlib.util
@@ -20,7 +21,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from structgen.backends.base import (
@@ -220,30 +221,25 @@ class LocalBackend(BackendBase):
                 self._worker.start()
 
     def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
+        waiting = _Waiting(self._queue, self._model_of)
+        while (first := waiting.pop()) is not None:
             batch = [first]
-            stop = False
             while len(batch) < self.cfg.max_batch:
-                try:
-                    nxt = self._queue.get(timeout=GATHER_WINDOW_S)
-                except queue.Empty:
-                    break
+                nxt = waiting.pop(GATHER_WINDOW_S)
                 if nxt is None:
-                    stop = True
                     break
                 batch.append(nxt)
-            groups: dict[str | None, list[Seq]] = {}
-            for seq in batch:
-                groups.setdefault(seq.request.model or self.cfg.model, []).append(seq)
-            for model, seqs in groups.items():
-                self._run_group(model, seqs)
-            if stop:
-                return
+            # one model per batch; the others keep their place at the head of the queue
+            waiting.model = self._model_of(first)
+            waiting.put_back([s for s in batch if self._model_of(s) != waiting.model])
+            self._run_group(waiting.model, [s for s in batch
+                                            if self._model_of(s) == waiting.model], waiting)
+        waiting.fail_all(BackendUnavailable("the local backend was shut down", self.name))
 
-    def _run_group(self, model: str | None, seqs: list[Seq]) -> None:
+    def _model_of(self, seq: Seq) -> str | None:
+        return seq.request.model or self.cfg.model
+
+    def _run_group(self, model: str | None, seqs: list[Seq], waiting: _Waiting) -> None:
         try:
             rt = self.runtime(model)
         except BaseException as exc:
@@ -251,10 +247,73 @@ class LocalBackend(BackendBase):
                 fail(seq, exc)
             return
         try:
-            Decoder(rt, self.cfg, self._closing).run(seqs)
+            Decoder(rt, self.cfg, self._closing).run(seqs, waiting)
         except BaseException as exc:  # never leave a caller waiting
-            for seq in seqs:
+            for seq in [*seqs, *waiting.taken]:
                 fail(seq, exc)
+        waiting.taken.clear()
+
+
+class _Waiting:
+    """The worker's queue as the decoder sees it between steps: requests in arrival order,
+    those put back (no room yet, or another model's) at the head."""
+
+    def __init__(self, q: queue.Queue[Seq | None], model_of: Callable[[Seq], str | None]
+                 ) -> None:
+        self.q = q
+        self.model_of = model_of
+        self.head: collections.deque[Seq] = collections.deque()
+        self.model: str | None = None  # the running batch's model
+        self.taken: list[Seq] = []  # handed to the running batch (failed with it)
+        self.stopped = False  # shut down: nothing more is handed out
+
+    def pop(self, timeout: float | None = None) -> Seq | None:
+        """The oldest request; waits ``timeout`` seconds (None: until one comes)."""
+        if self.stopped:
+            return None
+        if self.head:
+            return self.head.popleft()
+        try:
+            seq = self.q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if seq is None:
+            self.stopped = True
+        return seq
+
+    def next(self) -> Seq | None:
+        while not self.stopped:
+            try:
+                seq = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if seq is None:
+                self.stopped = True
+            else:
+                self.head.append(seq)
+        if self.stopped or not self.head or self.model_of(self.head[0]) != self.model:
+            return None
+        seq = self.head.popleft()
+        self.taken.append(seq)
+        return seq
+
+    def put_back(self, seqs: list[Seq]) -> None:
+        self.head.extendleft(reversed(seqs))
+        for seq in seqs:
+            if seq in self.taken:
+                self.taken.remove(seq)
+
+    def fail_all(self, exc: BaseException) -> None:
+        self.stopped = True
+        while True:
+            try:
+                seq = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if seq is not None:
+                self.head.append(seq)
+        while self.head:
+            fail(self.head.popleft(), exc)
 
 
 def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:

@@ -26,10 +26,10 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from structgen.backends.base import GenerationResult
-from structgen.backends.local.runtime import Runtime, Seq
+from structgen.backends.local.runtime import Batch, Runtime, Seq
 from structgen.constrain.base import ConstraintOptions, Matcher
 from structgen.constrain.closing import JsonCursor
 from structgen.errors import BackendError, BackendTimeout, BackendUnavailable, StructgenError
@@ -157,8 +157,18 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float,
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
+class Waiting(Protocol):
+    """The requests queued behind a running batch (the worker's queue, oldest first)."""
+
+    def next(self) -> Seq | None:
+        """The oldest waiting sequence if the running batch may take it, else None."""
+
+    def put_back(self, seqs: list[Seq]) -> None:
+        """Return ``seqs`` to the head of the queue, in their order."""
+
+
 class Decoder:
-    """Decodes one batch of sequences to completion."""
+    """Decodes a batch of sequences to completion, admitting more between steps."""
 
     def __init__(self, rt: Runtime, cfg: LocalConfig, closing: threading.Event) -> None:
         self.rt = rt
@@ -187,44 +197,88 @@ class Decoder:
             seq.generator = torch.Generator()
             seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None
                                       else int(time.time_ns() % (2**63)))
+        seq.set_up = True
 
-    def run(self, seqs: list[Seq]) -> None:
-        import torch
-
-        with torch.inference_mode():
-            self._run(seqs)
-
-    def _run(self, seqs: list[Seq]) -> None:
-        live: list[Seq] = []
-        for seq in seqs:
-            if seq.future.cancelled():  # its stream was closed while it waited
-                continue
+    def _ready(self, seq: Seq) -> bool:
+        """Set ``seq`` up once; False when it was dropped (its stream closed while it
+        waited, or its set-up failed: then its caller has the error)."""
+        if seq.future.cancelled():
+            return False
+        if not seq.set_up:
             try:
                 self.setup(seq)
             except BaseException as exc:
                 fail(seq, exc)
+                return False
+        return True
+
+    def run(self, seqs: list[Seq], waiting: Waiting | None = None) -> None:
+        """Decode ``seqs`` and, under continuous batching, whatever ``waiting`` hands over
+        between steps, until every sequence has finished. Sequences that do not fit the
+        runtime's memory beside the others go back to ``waiting`` (first in, first out)."""
+        import torch
+
+        with torch.inference_mode():
+            self._run(seqs, waiting)
+
+    def _run(self, seqs: list[Seq], waiting: Waiting | None) -> None:
+        live: list[Seq] = []
+        for i, seq in enumerate(seqs):
+            if not self._ready(seq):
                 continue
+            if waiting is not None and not self.rt.fits(live, seq):
+                waiting.put_back([s for s in seqs[i:] if not s.future.done()])
+                break
             live.append(seq)
         if not live:
             return
         batch, logits = self.rt.begin(live)
+        admit = waiting is not None and batch.admits and self.cfg.batching == "continuous"
         try:
             for seq in live:
                 seq.stats["batch_size"] = len(live)
             while True:
-                self._choose(live, logits)
-                keep = [i for i, s in enumerate(live) if s.finish is None]
+                rows = [i for i, s in enumerate(live) if not s.prefill]
+                ready = [live[i] for i in rows]
+                self._choose(ready, logits if len(rows) == len(live) else logits[rows])
                 for s in live:
+                    if s.prefill and s.future.cancelled():  # closed while it prefilled
+                        s.finish = "cancelled"
                     if s.finish is not None:
                         self._finish(s)
-                if not keep:
-                    return
+                keep = [i for i, s in enumerate(live) if s.finish is None]
                 if len(keep) < len(live):
                     batch.keep(keep)
                     live = [live[i] for i in keep]
+                if admit:
+                    self._admit(live, batch, waiting)  # type: ignore[arg-type]
+                if not live:
+                    return
                 logits = batch.step(live, self.cfg.fast_forward)
         finally:
             batch.close()
+
+    def _admit(self, live: list[Seq], batch: Batch, waiting: Waiting) -> None:
+        """Continuous batching: take waiting sequences into the running batch, first in
+        first out, while there is a slot and memory for them; their prompts are prefilled
+        in chunks over the next steps (``Batch.step``)."""
+        while len(live) < self.cfg.max_batch and not self.closing.is_set():
+            seq = waiting.next()
+            if seq is None:
+                return
+            if not self._ready(seq):
+                continue
+            if not self.rt.fits(live, seq):
+                waiting.put_back([seq])
+                return
+            try:
+                batch.add(seq)
+            except BaseException as exc:
+                fail(seq, exc)
+                continue
+            live.append(seq)
+            seq.stats["batch_size"] = len(live)
+            seq.stats["joined_running_batch"] = 1
 
     def _choose(self, live: list[Seq], logits: torch.Tensor) -> None:
         """Pick each live sequence's next token and queue what the next pass feeds."""

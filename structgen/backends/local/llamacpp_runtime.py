@@ -274,8 +274,13 @@ class LlamaCppRuntime(Runtime):
             text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
         data = text.encode()
         bos_in_text = self.bos >= 0 and text.startswith(self._piece(self.bos) or "\0")
-        return tokenize(self.lc, self.vocab, data, add_special=self.add_bos and not bos_in_text,
-                        parse_special=True)
+        ids = tokenize(self.lc, self.vocab, data, add_special=self.add_bos and not bos_in_text,
+                       parse_special=True)
+        if len(ids) >= self.cfg.context_size:  # could never decode: say so now
+            raise BackendError(f"the prompt has {len(ids)} tokens: more than llama.cpp's "
+                               f"context holds with an answer (context_size="
+                               f"{self.cfg.context_size} in [local])", "local")
+        return ids
 
     def _piece(self, token: int) -> str:
         if token < 0:
@@ -365,13 +370,30 @@ class LlamaCppRuntime(Runtime):
                 "in flight)" if rc == 1 else f"llama_decode failed ({rc})", "local")
 
     def begin(self, seqs: list[Seq]) -> tuple[Batch, torch.Tensor]:
-        items: list[tuple[int, list[int], int]] = []
-        sids = []
-        for seq in seqs:
-            sid = self.free_ids.pop()
-            sids.append(sid)
-            self.lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
-            ids = seq.prompt_ids
+        batch = _LlamaBatch(self, [], [])
+        items = []
+        try:
+            for seq in seqs:
+                sid, use = self._claim(seq)
+                batch.sids.append(sid)
+                batch.n_past.append(len(seq.prompt_ids))
+                seq.stats["forward_passes"] += 1
+                items.append((sid, seq.prompt_ids[use:], use))
+            logits = self.feed(items)
+        except BaseException:
+            batch.close()
+            raise
+        for seq, sid in zip(seqs, batch.sids, strict=True):
+            self._remember(tuple(seq.prompt_ids), sid)
+        return batch, logits
+
+    def _claim(self, seq: Seq) -> tuple[int, int]:
+        """A free sequence id for ``seq``, holding the longest cached prefix of its prompt
+        (memory, then disk); returns the id and how many prompt tokens it already holds."""
+        sid = self.free_ids.pop()
+        self.lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+        ids = seq.prompt_ids
+        try:
             state, use = reusable_prefix(self.prefix_cache, ids)
             from_disk = self._from_store(ids, use)
             if from_disk is not None:
@@ -379,19 +401,25 @@ class LlamaCppRuntime(Runtime):
                 seq.stats["prefix_disk_hit_tokens"] = use
             if state is not None and not self._restore(state, sid, use):
                 use = 0
-            seq.stats["prefill_tokens"] = len(ids) - use
-            seq.stats["prefix_cache_hit_tokens"] = use
-            seq.stats["forward_passes"] += 1
-            items.append((sid, ids[use:], use))
-        batch = _LlamaBatch(self, sids, [len(s.prompt_ids) for s in seqs])
-        try:
-            logits = self.feed(items)
         except BaseException:
-            batch.close()
+            self.release(sid)
             raise
-        for seq, sid in zip(seqs, sids, strict=True):
-            self._remember(tuple(seq.prompt_ids), sid)
-        return batch, logits
+        seq.stats["prefill_tokens"] = len(ids) - use
+        seq.stats["prefix_cache_hit_tokens"] = use
+        return sid, use
+
+    def fits(self, live: list[Seq], seq: Seq) -> bool:
+        """Room for ``seq`` beside ``live`` when each may use its whole token budget, so
+        a running sequence never meets a full cache: the others wait for room."""
+        if not live:
+            return True
+        return len(live) < self.n_seq and sum(map(self.kv_cells, live)) \
+            + self.kv_cells(seq) <= self.cfg.context_size
+
+    def kv_cells(self, seq: Seq) -> int:
+        """KV cells ``seq`` may come to hold: its prompt, its token budget and the few
+        forced tokens a last step can add past it."""
+        return len(seq.prompt_ids) + seq.request.sampling.max_tokens + STEP_TOKENS
 
     def _from_store(self, ids: list[int], use: int
                     ) -> tuple[ctypes.Array[ctypes.c_uint8], int] | None:
@@ -465,10 +493,21 @@ class LlamaCppRuntime(Runtime):
 
 
 class _LlamaBatch(Batch):
+    """Sequences in one llama.cpp context, each under its own sequence id (one KV cache
+    shared cell by cell: ``kv_unified``)."""
+
+    admits = True
+
     def __init__(self, rt: LlamaCppRuntime, sids: list[int], n_past: list[int]) -> None:
         self.rt = rt
         self.sids = sids
         self.n_past = n_past
+
+    def add(self, seq: Seq) -> None:
+        sid, use = self.rt._claim(seq)
+        self.sids.append(sid)
+        self.n_past.append(use)
+        seq.prefill = seq.prompt_ids[use:]
 
     def keep(self, indices: list[int]) -> None:
         kept = set(indices)
@@ -478,25 +517,53 @@ class _LlamaBatch(Batch):
         self.sids = [self.sids[i] for i in indices]
         self.n_past = [self.n_past[i] for i in indices]
 
+    def _prefill_items(self, live: list[Seq]) -> list[tuple[int, list[int], int]]:
+        """This step's prompt chunks: ``[local] prefill_chunk`` tokens in all, first come
+        first served, so a long prompt joins without stalling the others' next token."""
+        budget = self.rt.cfg.prefill_chunk
+        items = []
+        for i, s in enumerate(live):
+            if s.prefill and budget > 0:
+                chunk = s.prefill[:budget]
+                budget -= len(chunk)
+                items.append((i, chunk, self.n_past[i]))
+        return items
+
     def step(self, live: list[Seq], fast_forward: bool) -> torch.Tensor:
         import torch
 
+        rt = self.rt
+        logits = torch.zeros((len(live), rt.vocab_size), dtype=torch.float32)
+        prefill = self._prefill_items(live)
+        decoding = [i for i, s in enumerate(live) if not s.prefill]
+        fed = [len(live[i].pending) if not live[i].prefill else 0 for i in range(len(live))]
         if fast_forward:
-            items = [(sid, s.pending, n) for s, sid, n in zip(live, self.sids, self.n_past,
-                                                              strict=True)]
-            for s in live:
-                s.stats["forward_passes"] += 1
-            logits = self.rt.feed(items)
+            items = [(i, live[i].pending, self.n_past[i]) for i in decoding] + prefill
+            for i in decoding:
+                live[i].stats["forward_passes"] += 1
+            rows = rt.feed([(self.sids[i], toks, pos) for i, toks, pos in items])
+            for r, (i, _, _) in enumerate(items):
+                logits[i] = rows[r]
         else:  # one token per pass: the reference path fast-forward must reproduce
-            logits = torch.empty((len(live), self.rt.vocab_size), dtype=torch.float32)
-            for j in range(max(len(s.pending) for s in live)):
-                rows = [i for i, s in enumerate(live) if j < len(s.pending)]
-                part = self.rt.feed([(self.sids[i], [live[i].pending[j]], self.n_past[i] + j)
-                                     for i in rows])
-                for r, i in enumerate(rows):
+            if prefill:
+                rows = rt.feed([(self.sids[i], toks, pos) for i, toks, pos in prefill])
+                for r, (i, _, _) in enumerate(prefill):
+                    logits[i] = rows[r]
+            for j in range(max((fed[i] for i in decoding), default=0)):
+                part_of = [i for i in decoding if j < fed[i]]
+                part = rt.feed([(self.sids[i], [live[i].pending[j]], self.n_past[i] + j)
+                                for i in part_of])
+                for r, i in enumerate(part_of):
                     logits[i] = part[r]
                     live[i].stats["forward_passes"] += 1
-        self.n_past = [n + len(s.pending) for n, s in zip(self.n_past, live, strict=True)]
+        for i, toks, _ in prefill:
+            s = live[i]
+            fed[i] = len(toks)
+            s.prefill = s.prefill[len(toks):]
+            s.stats["forward_passes"] += 1
+            if not s.prefill:  # the whole prompt is in: keep its state for reuse
+                rt._remember(tuple(s.prompt_ids), self.sids[i])
+        self.n_past = [n + k for n, k in zip(self.n_past, fed, strict=True)]
         return logits
 
     def close(self) -> None:

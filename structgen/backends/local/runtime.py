@@ -68,6 +68,10 @@ class Seq:
     finish: str | None = None
     ttft: float | None = None
     stop_at_char: int | None = None  # where a stop string begins in the text (cut there)
+    # continuous batching: prompt tokens still to feed (chunked prefill); while any are
+    # left the sequence has no logits to decode from
+    prefill: list[int] = field(default_factory=list)
+    set_up: bool = False  # prompt tokenized, matcher and guards made (decoder.setup)
     stats: dict[str, int] = field(default_factory=lambda: {
         "forward_passes": 0, "ff_tokens": 0, "prefill_tokens": 0,
         "prefix_cache_hit_tokens": 0, "batch_size": 1, "closing_tokens": 0,
@@ -75,7 +79,13 @@ class Seq:
 
 
 class Batch(ABC):
-    """Sequences decoding together: the runtime's memory for them lives here."""
+    """Sequences decoding together: the runtime's memory for them lives here.
+
+    A batch that ``admits`` takes new sequences between steps (continuous batching):
+    ``add`` gives a sequence its memory and queues its prompt, which later ``step`` calls
+    feed in chunks beside the other sequences' decode tokens."""
+
+    admits: bool = False
 
     @abstractmethod
     def step(self, live: list[Seq], fast_forward: bool) -> torch.Tensor:
@@ -87,6 +97,10 @@ class Batch(ABC):
     @abstractmethod
     def keep(self, indices: list[int]) -> None:
         """Only the sequences at ``indices`` (of the last call's ``live``) go on."""
+
+    def add(self, seq: Seq) -> None:
+        """Give ``seq`` (set up, prompt tokenized) its memory; ``step`` prefills it."""
+        raise NotImplementedError(f"{type(self).__name__} does not admit sequences")
 
     def close(self) -> None:  # noqa: B027 - most batches hold nothing to free
         """Free what the batch holds (called once, when every sequence is done)."""
@@ -161,6 +175,11 @@ class Runtime(ABC):
     @abstractmethod
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The request's messages through the model's chat template, as token ids."""
+
+    def fits(self, live: list[Seq], seq: Seq) -> bool:
+        """Whether ``seq`` can decode beside ``live`` without running out of memory (a
+        sequence alone always may: its own prompt is checked when it is tokenized)."""
+        return True
 
     @abstractmethod
     def begin(self, seqs: list[Seq]) -> tuple[Batch, torch.Tensor]:

@@ -1,0 +1,154 @@
+"""Continuous batching on the embedded backend (llama.cpp runtime): requests join a running
+batch between decode steps and leave it the moment they finish, long prompts join in
+chunks, and a request waits for KV room instead of failing its neighbours. Greedy output
+never depends on who decodes beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from structgen.errors import BackendError
+from structgen.types import Choice
+
+from .test_llamacpp import chat, favorite_gguf, gen, make, tiny_gguf  # noqa: F401
+from .test_local import LongNames
+
+RUNAWAY = {"type": "object", "properties": {"title": {"type": "string"}},
+           "required": ["title"], "additionalProperties": False}
+
+
+async def _long_then_short(backend: Any, engine: Any) -> tuple[list[str], Any, Any]:
+    """Start a long answer; once its first tokens stream, send a one-token choice. The
+    order in which they finish, and both results."""
+    order: list[str] = []
+    long_req = engine.build_request("Write a title", RUNAWAY, max_tokens=200)
+    short_req = engine.build_request("Is 7 prime?", Choice(["yes", "no"]), max_tokens=8)
+    started = asyncio.Event()
+
+    async def long() -> Any:
+        async for _ in backend.stream(long_req):
+            started.set()
+        order.append("long")
+
+    async def short() -> Any:
+        await started.wait()
+        result = await backend.agenerate(short_req)
+        order.append("short")
+        return result
+
+    _, result = await asyncio.gather(long(), short())
+    return order, long_req, result
+
+
+def test_a_short_request_does_not_wait_for_a_running_long_one(favorite_gguf: Any) -> None:
+    """Head-of-line blocking: under static batching the choice waits for the whole running
+    batch; under continuous batching it joins it and finishes first."""
+    eng, backend = make(favorite_gguf("a"), max_batch=4)
+    order, _, result = asyncio.run(_long_then_short(backend, eng))
+    assert order == ["short", "long"]
+    assert result.stats["joined_running_batch"] == 1
+    assert result.text in ("yes", "no")
+
+    eng2, static = make(favorite_gguf("a"), max_batch=4, batching="static")
+    order, _, _ = asyncio.run(_long_then_short(static, eng2))
+    assert order == ["long", "short"]
+
+
+def test_greedy_output_is_the_same_whoever_joins_or_leaves(tiny_gguf: Path) -> None:
+    """Interleaved arrivals (each request starts when the previous one has streamed its
+    first tokens), long prompts prefilled in chunks of 16 tokens beside running decode
+    steps: every answer is the one it gets decoding alone."""
+    users = ["Add a flag to cli.py", "Why does test_api fail? " * 6, "Rename db.py",
+             "Explain what the scheduler in app/jobs/queue.py does " * 3]
+    eng, alone = make(tiny_gguf, prefix_cache_entries=0, max_batch=1)
+    expected = [gen(eng, alone, LongNames, chat(u)).text for u in users]
+    eng2, backend = make(tiny_gguf, prefix_cache_entries=0, max_batch=4, prefill_chunk=16)
+
+    async def staggered() -> list[Any]:
+        results: list[Any] = [None] * len(users)
+        gates = [asyncio.Event() for _ in users]
+        gates[0].set()
+
+        async def one(i: int) -> None:
+            await gates[i].wait()
+            text = ""
+            req = eng2.build_request(chat(users[i]), LongNames, max_tokens=160)
+            async for chunk in backend.stream(req):
+                if isinstance(chunk, str):
+                    text += chunk
+                if i + 1 < len(users) and len(text) > 8:
+                    gates[i + 1].set()
+            if i + 1 < len(users):
+                gates[i + 1].set()
+            results[i] = text
+
+        await asyncio.gather(*(one(i) for i in range(len(users))))
+        return results
+
+    assert asyncio.run(staggered()) == expected
+
+
+def test_a_long_prompt_joins_in_chunks(tiny_gguf: Path) -> None:
+    """A prompt joining a running batch is prefilled ``prefill_chunk`` tokens per step."""
+    eng, backend = make(tiny_gguf, prefix_cache_entries=0, max_batch=2, prefill_chunk=16)
+    long_user = "Explain what the scheduler in app/jobs/queue.py does " * 8
+
+    async def run() -> Any:
+        first = eng.build_request(chat("Add a flag to cli.py"), LongNames, max_tokens=160)
+        started = asyncio.Event()
+
+        async def lead() -> None:
+            async for _ in backend.stream(first):
+                started.set()
+
+        async def join() -> Any:
+            await started.wait()
+            return await backend.agenerate(eng.build_request(chat(long_user), LongNames,
+                                                             max_tokens=160))
+
+        _, joined = await asyncio.gather(lead(), join())
+        return joined
+
+    joined = asyncio.run(run())
+    assert joined.stats["joined_running_batch"] == 1
+    chunks = -(-joined.stats["prefill_tokens"] // 16)
+    assert chunks > 4
+    # one pass per chunk plus one per decode step
+    assert joined.stats["forward_passes"] >= chunks + 1
+
+
+def _prompt_of(backend: Any, eng: Any, tokens: int) -> list[dict[str, str]]:
+    """A chat whose prompt is ``tokens`` tokens long (within a few) on ``backend``'s model."""
+    rt = backend.runtime(None)
+    for words in range(1, tokens):
+        msgs = [{"role": "user", "content": "word " * words}]
+        if len(rt.prompt_ids(eng.build_request(msgs, LongNames))) >= tokens:
+            return msgs
+    raise AssertionError("unreachable: every word is at least one token")
+
+
+def test_a_request_waits_for_kv_room_instead_of_failing_its_batch(tiny_gguf: Path) -> None:
+    """context_size=512, max_batch=4: a short prompt and a 475-token one sent together each
+    fit alone but not side by side; the second waits its turn, and both are answered."""
+    eng, backend = make(tiny_gguf, prefix_cache_entries=0, max_batch=4, context_size=512)
+    long_msgs = _prompt_of(backend, eng, 475)
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            backend.agenerate(eng.build_request(chat("Fix db.py"), LongNames, max_tokens=20)),
+            backend.agenerate(eng.build_request(long_msgs, LongNames, max_tokens=20)))
+
+    short, long = asyncio.run(both())
+    assert short.text and long.text
+    assert short.stats["batch_size"] == long.stats["batch_size"] == 1
+
+
+def test_a_prompt_that_can_never_fit_fails_at_once(tiny_gguf: Path) -> None:
+    eng, backend = make(tiny_gguf, context_size=256)
+    msgs = [{"role": "user", "content": "word " * 400}]
+    with pytest.raises(BackendError, match=r"context_size=256"):
+        gen(eng, backend, LongNames, msgs)
