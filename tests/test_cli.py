@@ -126,6 +126,9 @@ def test_generate_prints_a_valid_object_from_the_tiny_model(tiny_model_dir: Path
                                  "--max-tokens", "400"])
     assert result.exit_code == 0, result.output
     intent.Intent.model_validate_json(result.stdout)
+    # the model load is no silent pause (issue 29 item 11)
+    assert f"structgen: loading model {tiny_model_dir}" in result.stderr
+    assert re.search(r"structgen: model .+ loaded in \d+\.\d s", result.stderr)
 
 
 # `structgen cache` on bad files: typed errors (exit 2) or counted skips (exit 1) ---------
