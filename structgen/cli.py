@@ -48,6 +48,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Structured output for LLMs with grammar-constrained decoding.")
 
 
+_option_type: Any = getattr(typer.core.TyperOption, "display_type_rich", None)
+
+
 def _flag_type(self: Any, ctx: Any) -> str | None:
     # typer 0.29's rich help labels every flag, --help included, "<bool>" as if it took a
     # value: a flag has no value type to show
@@ -56,9 +59,8 @@ def _flag_type(self: Any, ctx: Any) -> str | None:
     return _option_type(self, ctx)
 
 
-_option_type = getattr(typer.core.TyperOption, "display_type_rich", None)
 if _option_type is not None:
-    typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[attr-defined]
+    setattr(typer.core.TyperOption, "display_type_rich", _flag_type)  # noqa: B010
 
 
 def _fail(exc: StructgenError) -> NoReturn:

@@ -299,10 +299,9 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     """The keys the config allows at ``loc`` (a path of section names)."""
     model: Any = Config
     for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
-        model = getattr(field, "annotation", None)
-    return list(model.model_fields) if isinstance(model, type) and \
-        issubclass(model, BaseModel) else []
+        fields = getattr(model, "model_fields", {})
+        model = getattr(fields.get(str(part)), "annotation", None)
+    return list(getattr(model, "model_fields", {}))
 
 
 # STRUCTGEN_* names read outside the config: where the config is, and knobs of the test

@@ -122,8 +122,8 @@ def cut_note(gen: GenerationResult, request: GenerationRequest) -> str:
         return note + (f"; the shortest valid answer needs {need} tokens: raise max_tokens "
                        f"to at least {need}")
     output = request.output
-    shortest = (minimal_value(output.json_schema, output.json_schema)
-                if output is not None and output.kind == "json" else None)
+    schema = output.json_schema if output is not None else None
+    shortest = minimal_value(schema, schema) if schema is not None else None
     if shortest is not None:
         shown = shortest if len(shortest) <= 60 else shortest[:57] + "..."
         return note + (f"; the shortest valid answer is {len(shortest)} characters "
