@@ -487,7 +487,10 @@ class Decoder:
         stats["runtime"] = self.rt.kind
         stats["finish_reason"] = s.finish or "stop"
         if s.finish == "length" and s.matcher is not None:
-            need = self.shortest_answer(s.request)
+            try:
+                need = self.shortest_answer(s.request)
+            except Exception:  # a hint for an error message: never a reason to fail
+                need = None
             if need is not None:
                 stats["shortest_answer_tokens"] = need
         result = GenerationResult(
