@@ -188,6 +188,10 @@ class LocalBackend(BackendBase):
                     raise BackendUnavailable(
                         "the embedded backend needs torch: pip install 'structgen[local]'",
                         self.name)
+                shown = ref if ref != "default" else "SmolLM2-135M-Instruct (default)"
+                log.info("structgen: loading model %s for the embedded backend (first "
+                         "request in this process)", shown)
+                started = time.perf_counter()  # torch's import is part of the load
                 import torch
 
                 if self.cfg.threads:
@@ -196,15 +200,11 @@ class LocalBackend(BackendBase):
                     # more than 4 intra-op threads only add synchronisation cost for
                     # a small model decoding one token per step
                     torch.set_num_threads(min(4, torch.get_num_threads()))
-                log.info("structgen: loading model %s for the embedded backend (first "
-                         "request in this process)", ref if ref != "default" else
-                         "SmolLM2-135M-Instruct (default)")
-                started = time.perf_counter()
                 self._runtimes[ref] = self._load(ref)
                 took = time.perf_counter() - started
                 self._load_s += took
                 self._loaded_at = time.perf_counter()
-                log.info("structgen: model %s loaded in %.1f s", ref, took)
+                log.info("structgen: model %s loaded in %.1f s", shown, took)
             return self._runtimes[ref]
 
     def _load(self, ref: str) -> Runtime:
