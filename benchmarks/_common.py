@@ -9,6 +9,15 @@ import platform
 import re
 from pathlib import Path
 
+RESULTS_ENV = "STRUCTGEN_BENCH_RESULTS"
+
+
+def results_dir() -> Path:
+    """Where a benchmark writes its result files: ``$STRUCTGEN_BENCH_RESULTS`` (set by
+    ``run_all.py --out`` / ``structgen bench``), else the committed benchmarks/results/."""
+    raw = os.environ.get(RESULTS_ENV)
+    return Path(raw) if raw else Path(__file__).resolve().parent / "results"
+
 
 def machine_line() -> str:
     """CPU, cores, RAM, Python, torch and the date: the line every result file carries."""

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_line, pct  # noqa: E402
+from _common import machine_line, pct, results_dir  # noqa: E402
 
 from schemas.intent import Intent  # noqa: E402
 from structgen.config import Config  # noqa: E402
@@ -185,7 +185,7 @@ Pydantic re-validation; no event-loop round trip (answered in the calling thread
 
 Warmup runs at {warm['warmup_rps'] / warm['backend_rps']:.0%} of the backend's own throughput.
 """
-    out = ROOT / "benchmarks" / "results" / "cache.md"
+    out = results_dir() / "cache.md"
     out.write_text(md)
     out.with_suffix(".json").write_text(json.dumps({
         "name": "cache", "result": out.name, "machine": machine_line(), "headline": {

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_line, pct  # noqa: E402
+from _common import machine_line, pct, results_dir  # noqa: E402
 
 from structgen.backends.vllm import VLLMBackend  # noqa: E402
 from structgen.config import Config  # noqa: E402
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--engine", default="guidance")
     parser.add_argument("-n", type=int, default=256)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/client.md")
+    parser.add_argument("--out", type=Path, default=results_dir() / "client.md")
     args = parser.parse_args()
     server = None
     if args.base_url is None:

@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import results_dir  # noqa: E402
+
+RESULTS = results_dir()
 MASKBENCH = ROOT.parent / "shared" / "data" / "maskbench"
 ENGINES = ("structgen", "llguidance", "llguidance-defaults", "xgrammar", "outlines-core")
 WARM_REPEAT = 50

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_line  # noqa: E402
+from _common import machine_line, results_dir  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = results_dir()
 POLICIES = {"spin (OpenMP default)": None, "passive (structgen)": "PASSIVE"}
 BUSY = (0, 1, 2)
 PROMPT, DECODE = 300, 64

@@ -59,9 +59,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_line  # noqa: E402
+from _common import machine_line, results_dir  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = results_dir()
 NAME = "embedded"  # results/NAME.md, .json, .png (--name)
 MASKBENCH = ROOT.parent / "shared" / "data" / "maskbench"
 METHODS = ("a", "b", "c", "d", "e", "f")

@@ -1,7 +1,7 @@
 """Run every benchmark in benchmarks/ and regenerate benchmarks/results/README.md.
 
     .venv/bin/python benchmarks/run_all.py            # full runs (what `make bench` does)
-    .venv/bin/python benchmarks/run_all.py --quick    # each script's --quick, if it has one
+    .venv/bin/python benchmarks/run_all.py --quick --out /tmp/b   # a smoke run (< 1 min)
     .venv/bin/python benchmarks/run_all.py --only compile_mask,conformance,test_suite
     .venv/bin/python benchmarks/run_all.py --readme-only   # just rebuild the table
 
@@ -11,6 +11,12 @@ Convention every benchmark follows: besides its ``results/<name>.md`` (+ PNG), i
     {"name": "<name>", "result": "<name>.md",
      "headline": {"<label>": <value>, ...},   # the few figures worth a table row
      "machine": "<CPU, cores, RAM, versions, date>"}
+
+``--out DIR`` sends every result file there instead of ``benchmarks/results/`` (the
+scripts read it from ``$STRUCTGEN_BENCH_RESULTS``). ``--quick`` is a smoke run of the
+steps that need no model (compile/mask on 10 schemas, conformance on 5 MaskBench schemas
+per file and one Test-Suite keyword), in well under a minute; ``structgen bench`` runs it
+into a scratch folder unless asked to ``--write-results``.
 
 The conformance runs (``structgen check`` on the MaskBench dev set, and on the official
 JSON-Schema-Test-Suite, one split per keyword) are run from here too; their figures come
@@ -30,19 +36,21 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from _common import RESULTS_ENV, results_dir  # noqa: E402
+
+RESULTS = results_dir()
 MASKBENCH = ROOT.parent / "shared" / "data" / "maskbench"
 TEST_SUITE = ROOT.parent / "shared" / "data" / "json-schema-test-suite" / "tests" / "draft2020-12"
 SKIP = {"run_all.py", "__init__.py", "conftest.py"}
 TIMEOUT_S = 3 * 3600
+# --quick: the smoke run, steps that load no model (script stem → its arguments)
+QUICK = {"compile_mask": ["--n", "10", "--timeout-s", "5", "--engines", "structgen,llguidance"]}
+QUICK_TEST_SUITE_FILE = "type.json"
 
 
 def scripts() -> list[Path]:
     return sorted(p for p in HERE.glob("*.py") if p.name not in SKIP and not p.name.startswith("_"))
-
-
-def has_quick(script: Path) -> bool:
-    return "--quick" in script.read_text(encoding="utf-8")
 
 
 def run(cmd: list[str], name: str) -> dict[str, Any]:
@@ -61,16 +69,20 @@ def conformance_cmd(quick: bool) -> list[str]:
     def rel(path: Path) -> str:  # run from ROOT; the report quotes the command as given
         return os.path.relpath(path, ROOT)
 
-    cmd = [sys.executable, "-m", "structgen.cli", "check", rel(MASKBENCH), "--jobs", "2",
+    cmd = [sys.executable, "-m", "structgen.cli", "check", rel(MASKBENCH),
+           "--jobs", "1" if quick else "2",
            "--report", rel(RESULTS / "conformance.md"),
            "--json", rel(RESULTS / "conformance.json")]
-    return [*cmd, "--limit", "40"] if quick else cmd
+    return [*cmd, "--limit", "5"] if quick else cmd
 
 
-def test_suite_cmd() -> list[str]:
-    """The official Draft 2020-12 suite: one split per keyword file (per-keyword agreement)."""
-    return [sys.executable, "-m", "structgen.cli", "check", os.path.relpath(TEST_SUITE, ROOT),
-            "--jobs", "2", "--report", os.path.relpath(RESULTS / "test_suite.md", ROOT),
+def test_suite_cmd(quick: bool = False) -> list[str]:
+    """The official Draft 2020-12 suite: one split per keyword file (per-keyword agreement);
+    quick: one keyword's file."""
+    where = TEST_SUITE / QUICK_TEST_SUITE_FILE if quick else TEST_SUITE
+    return [sys.executable, "-m", "structgen.cli", "check", os.path.relpath(where, ROOT),
+            "--jobs", "1" if quick else "2",
+            "--report", os.path.relpath(RESULTS / "test_suite.md", ROOT),
             "--json", os.path.relpath(RESULTS / "test_suite.json", ROOT)]
 
 
@@ -135,26 +147,37 @@ def write_readme(statuses: list[dict[str, Any]]) -> None:
 
 
 def main() -> int:
+    global RESULTS
     ap = argparse.ArgumentParser(description="run every benchmark, rebuild results/README.md")
-    ap.add_argument("--quick", action="store_true", help="pass --quick where supported")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: only the steps that load no model, small sizes")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the result files here (default: benchmarks/results)")
     ap.add_argument("--only", default="", help="comma-separated names (script stems, "
                                                "'conformance', 'test_suite')")
     ap.add_argument("--readme-only", action="store_true")
     args = ap.parse_args()
     only = {x for x in args.only.split(",") if x}
+    if args.out is not None:
+        RESULTS = args.out.resolve()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        os.environ[RESULTS_ENV] = str(RESULTS)  # the scripts write there too
     statuses: list[dict[str, Any]] = []
     if not args.readme_only:
         for script in scripts():
             if only and script.stem not in only:
                 continue
+            if args.quick and script.stem not in QUICK:
+                print(f"== {script.stem}: not in the quick run (it loads a model)", flush=True)
+                continue
             cmd = [sys.executable, str(script)]
-            if args.quick and has_quick(script):
-                cmd.append("--quick")
+            if args.quick:
+                cmd += QUICK[script.stem]
             statuses.append(run(cmd, script.stem))
         if not only or "conformance" in only:
             statuses.append(run(conformance_cmd(args.quick), "conformance"))
         if not only or "test_suite" in only:
-            statuses.append(run(test_suite_cmd(), "test_suite"))
+            statuses.append(run(test_suite_cmd(args.quick), "test_suite"))
     write_readme(statuses)
     print((RESULTS / "README.md").read_text())
     return 1 if any(s["rc"] != 0 for s in statuses) else 0

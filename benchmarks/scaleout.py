@@ -37,7 +37,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from _common import machine_line  # noqa: E402
+from _common import machine_line, results_dir  # noqa: E402
 
 from structgen.config import Config  # noqa: E402
 from structgen.engine import Engine  # noqa: E402
@@ -47,7 +47,7 @@ from structgen.warmup import (  # noqa: E402
     run_warmup,
 )
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = results_dir()
 SCHEMA = {"type": "object", "properties": {"kind": {"enum": ["a", "b", "c"]},
                                            "n": {"type": "integer"}},
           "required": ["kind", "n"], "additionalProperties": False}

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import machine_line, pct  # noqa: E402
+from _common import machine_line, pct, results_dir  # noqa: E402
 from embedded import AGENT_USER_PROMPTS  # noqa: E402
 
 from structgen.backends.base import GenerationRequest  # noqa: E402
@@ -529,7 +529,7 @@ def main() -> None:
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--model", default=None)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/tools.md")
+    parser.add_argument("--out", type=Path, default=results_dir() / "tools.md")
     parser.add_argument("--embedded-only", action="store_true",
                         help="only the embedded columns (no vLLM server), written as the "
                              "'Embedded' section of --out")

@@ -11,8 +11,9 @@ over 5 s, more than 30 % structured calls, more than 50 % multi-turn calls.
   continuous batching and PagedAttention are what raise throughput under load;
 * otherwise **stay on Ollama** (or whatever serves now): nothing crosses the line.
 
-Fewer than :data:`MIN_CALLS` recorded calls is not enough to judge; the advice is then to
-stay.
+Fewer than :data:`MIN_CALLS` recorded calls is not enough to judge: there is no advice
+then (``"none yet"``). Model loads are recorded apart from the latency (see
+:mod:`structgen.metrics`), so a first call's load never counts as a slow request.
 """
 
 from __future__ import annotations
@@ -29,26 +30,27 @@ MULTI_TURN_SHARE = 0.50
 
 
 def recommend(summary: dict[str, Any]) -> dict[str, Any]:
-    """``{"advice": ..., "reasons": [...], "criteria": {...}}`` from a :func:`describe` dict."""
-    p99 = summary["latency_p99_s"] or 0.0
+    """``{"advice": ..., "reasons": [...], "numbers": ..., "criteria": {...}}`` from a
+    :func:`describe` dict. Below :data:`MIN_CALLS` the advice is ``"none yet"``: a few
+    calls (a model load among them) say nothing about the load."""
+    p99 = summary["latency_p99_s"]
+    structured = summary["structured_share"]
+    multi_turn = summary["multi_turn_share"]
     crit = {
-        "concurrency": {"value": summary["inflight_peak"], "limit": CONCURRENCY_LIMIT,
-                        "over": summary["inflight_peak"] > CONCURRENCY_LIMIT},
-        "p99_s": {"value": round(p99, 3), "limit": P99_LIMIT_S, "over": p99 > P99_LIMIT_S},
-        "structured_share": {"value": round(summary["structured_share"], 3),
-                             "limit": STRUCTURED_SHARE,
-                             "over": summary["structured_share"] > STRUCTURED_SHARE},
-        "multi_turn_share": {"value": round(summary["multi_turn_share"], 3),
-                             "limit": MULTI_TURN_SHARE,
-                             "over": summary["multi_turn_share"] > MULTI_TURN_SHARE},
+        "concurrency": _criterion(summary["inflight_peak"], CONCURRENCY_LIMIT),
+        "p99_s": _criterion(None if p99 is None else round(p99, 3), P99_LIMIT_S),
+        "structured_share": _criterion(None if structured is None else round(structured, 3),
+                                       STRUCTURED_SHARE),
+        "multi_turn_share": _criterion(None if multi_turn is None else round(multi_turn, 3),
+                                       MULTI_TURN_SHARE),
     }
-    numbers = (f"concurrency peak {summary['inflight_peak']} (>{CONCURRENCY_LIMIT}?), "
-               f"P99 {p99:.2f} s (>{P99_LIMIT_S:g} s?), "
-               f"structured {summary['structured_share']:.0%} (>{STRUCTURED_SHARE:.0%}?), "
-               f"multi-turn {summary['multi_turn_share']:.0%} (>{MULTI_TURN_SHARE:.0%}?)")
+    numbers = (f"concurrency peak {summary['inflight_peak']} (limit {CONCURRENCY_LIMIT}), "
+               f"P99 {_num(p99, '.2f', ' s')} (limit {P99_LIMIT_S:g} s), "
+               f"structured {_num(structured, '.0%')} (limit {STRUCTURED_SHARE:.0%}), "
+               f"multi-turn {_num(multi_turn, '.0%')} (limit {MULTI_TURN_SHARE:.0%})")
     if summary["calls"] < MIN_CALLS:
-        advice = "stay on Ollama"
-        reasons = [f"only {summary['calls']} call(s) recorded; need {MIN_CALLS} to judge"]
+        advice = "none yet"
+        reasons = [f"{summary['calls']} call(s) recorded; {MIN_CALLS} are needed to judge"]
     elif crit["multi_turn_share"]["over"] and crit["structured_share"]["over"]:
         advice = "consider SGLang"
         reasons = ["mostly multi-turn and structured calls: RadixAttention reuses the shared "
@@ -61,3 +63,11 @@ def recommend(summary: dict[str, Any]) -> dict[str, Any]:
         advice = "stay on Ollama"
         reasons = ["no switch criterion calls for a serving engine"]
     return {"advice": advice, "reasons": reasons, "numbers": numbers, "criteria": crit}
+
+
+def _criterion(value: float | None, limit: float) -> dict[str, Any]:
+    return {"value": value, "limit": limit, "over": value is not None and value > limit}
+
+
+def _num(value: float | None, fmt: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{unit}"

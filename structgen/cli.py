@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import logging
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,6 +38,7 @@ from structgen.metrics import default_state_file, describe, load_state
 from structgen.schema import compile_output
 from structgen.schema.specs import load_spec
 from structgen.tools import conformance as cf
+from structgen.types import BackendAttempt, Choice, Grammar, Regex
 from structgen.validate import dump_value
 from structgen.warmup import RayOptions, plan, read_items, run_warmup
 
@@ -43,19 +48,41 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Structured output for LLMs with grammar-constrained decoding.")
 
 
+_option_type: Any = getattr(typer.core.TyperOption, "display_type_rich", None)
+
+
+def _flag_type(self: Any, ctx: Any) -> str | None:
+    # typer 0.29's rich help labels every flag, --help included, "<bool>" as if it took a
+    # value: a flag has no value type to show
+    if getattr(self, "is_flag", False) and self.metavar is None:
+        return None
+    return _option_type(self, ctx)
+
+
+if _option_type is not None:
+    setattr(typer.core.TyperOption, "display_type_rich", _flag_type)  # noqa: B010
+
+
 def _fail(exc: StructgenError) -> NoReturn:
     typer.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
     raise typer.Exit(2)
 
 
+_SCHEMA_HELP = ("the output: path/to/file.py:Class or module:Class (a Pydantic model; the "
+                "current directory is searched first), a .json JSON Schema file, or "
+                "regex:PATTERN, choice:a,b,c, grammar:FILE")
+
+
 @app.command()
 def compile(
-    schema: str = typer.Option(..., "--schema", "-s", help="file.py:Class, module:Class or x.json"),
+    schema: str = typer.Option(..., "--schema", "-s", help=_SCHEMA_HELP),
     to: str = typer.Option("json-schema", "--to", help="json-schema | lark | ebnf | regex"),
 ) -> None:
     """Print the compiled form of an output spec."""
     try:
-        compiled = compile_output(load_spec(schema))
+        with _log_to_stderr(False):
+            spec = load_spec(schema)
+        compiled = compile_output(spec)
         if to == "json-schema":
             typer.echo(json.dumps(compiled.to_json_schema(), indent=2, ensure_ascii=False))
         elif to == "lark":
@@ -72,8 +99,14 @@ def compile(
 
 @app.command()
 def generate(
-    schema: str = typer.Option(..., "--schema", "-s"),
+    schema: str | None = typer.Option(None, "--schema", "-s", help=_SCHEMA_HELP),
     prompt: str = typer.Option(..., "--prompt", "-p"),
+    regex: str | None = typer.Option(None, "--regex", help="answer matches this regular "
+                                     "expression (printed as is, not as JSON)"),
+    choice: str | None = typer.Option(None, "--choice", help="answer is one of these "
+                                      "comma-separated strings (printed as is)"),
+    grammar: Path | None = typer.Option(None, "--grammar", help="answer follows this Lark or "
+                                        "GBNF/EBNF grammar file (printed as is)"),
     system: str | None = typer.Option(None, "--system", help="optional system message"),
     backend: str | None = typer.Option(None, "--backend", "-b"),
     model: str | None = typer.Option(None, "--model", "-m"),
@@ -81,23 +114,88 @@ def generate(
     max_tokens: int = typer.Option(512, "--max-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int | None = typer.Option(None, "--seed"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="also print provenance"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", show_default=False,
+                                 help="also print provenance and the backends tried"),
 ) -> None:
-    """Generate one validated object and print it as JSON."""
-    try:
-        engine = Engine.from_config(config)
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}]
-        result = engine.run(messages, load_spec(schema), backend=backend, model=model,
-                            max_tokens=max_tokens, temperature=temperature, seed=seed)
-    except StructgenError as exc:
-        _fail(exc)
-        return
-    typer.echo(json.dumps(dump_value(result.value), indent=2, ensure_ascii=False))
+    """Generate one validated value: a JSON object for --schema, the text itself for
+    --regex, --choice and --grammar."""
+    with _log_to_stderr(verbose):
+        try:
+            output = _output_option(schema, regex, choice, grammar)
+            engine = Engine.from_config(config)
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}]
+            result = engine.run(messages, output, backend=backend, model=model,
+                                max_tokens=max_tokens, temperature=temperature, seed=seed)
+        except StructgenError as exc:
+            if verbose and getattr(exc, "trail", None):
+                _print_trail(exc.trail)  # type: ignore[attr-defined]
+            _fail(exc)
+            return
+    if isinstance(output, Regex | Choice | Grammar):
+        typer.echo(result.value)
+    else:
+        typer.echo(json.dumps(dump_value(result.value), indent=2, ensure_ascii=False))
     if verbose:
         typer.secho(f"backend={result.backend} model={result.model} cached={result.cached} "
                     f"repaired={result.repaired} latency={result.latency_s:.2f}s "
                     f"usage={dict(result.usage)}", fg="cyan", err=True)
+        _print_trail(result.attempts)
+
+
+def _output_option(schema: str | None, regex: str | None, choice: str | None,
+                   grammar: Path | None) -> Any:
+    """The one output spec among --schema, --regex, --choice and --grammar."""
+    given = [name for name, v in (("--schema", schema), ("--regex", regex),
+                                  ("--choice", choice), ("--grammar", grammar)) if v is not None]
+    if len(given) != 1:
+        raise ConfigError("give exactly one of --schema, --regex, --choice, --grammar"
+                          + (f" (got {', '.join(given)})" if given else ""), "generate")
+    if regex is not None:
+        return Regex(regex)
+    if choice is not None:
+        return load_spec("choice:" + choice)
+    if grammar is not None:
+        return load_spec(f"grammar:{grammar}")
+    assert schema is not None
+    return load_spec(schema)
+
+
+def _print_trail(trail: list[BackendAttempt]) -> None:
+    """The backends a request went through, one line each (``-v``)."""
+    for a in trail:
+        state = ("ok" if a.ok else f"skipped: {a.skipped}" if a.skipped
+                 else f"failed: {a.error}")
+        took = f" ({a.latency_s:.2f}s)" if a.latency_s is not None else ""
+        typer.secho(f"  tried {a.backend}: {state}{took}", fg="cyan", err=True)
+
+
+class _StderrLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        # typer.echo finds the current sys.stderr (a test runner's, when captured)
+        typer.echo(self.format(record), err=True)
+
+
+@contextlib.contextmanager
+def _log_to_stderr(verbose: bool) -> Iterator[None]:
+    """structgen's log lines on stderr while a command runs: warnings (a fallback) and the
+    embedded model's load always, every INFO line with ``-v``."""
+    logger = logging.getLogger("structgen")
+    # what the embedded model does (a load, a conversion: seconds of silence otherwise)
+    # is shown without -v too
+    local = logging.getLogger("structgen.backends.local")
+    handler = _StderrLog(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    levels = logger.level, local.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    local.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(levels[0])
+        local.setLevel(levels[1])
 
 
 @app.command()
@@ -115,15 +213,23 @@ def check(
 ) -> None:
     """Schema conformance: compile each schema, check its valid/invalid instances."""
 
+    def skipped(file: Path, why: str) -> None:
+        typer.secho(f"note: skipping {file}: {why}", fg="yellow", err=True)
+
     try:
         files = cf.case_files(path)
         cases: list[cf.SchemaCase] = []
         for file in files:
-            found = cf.iter_cases(file)
+            # schemas without tests are never checked: --limit counts those with tests
+            found = (c for c in cf.iter_cases(file, on_skip=skipped) if c.tests)
             cases.extend(itertools.islice(found, limit) if limit else found)
         if draft is not None:
             cases = [cf.with_draft(c, draft) for c in cases]
-        todo = sum(1 for c in cases if c.tests)
+        todo = len(cases)
+        if not cf.tokenizer_cached():
+            typer.secho("reading SmolLM2's tokenizer out of its GGUF (first run only, "
+                        "10-20 s)...", err=True)
+            cf.smollm_tokenizer()
         with Progress("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
             task = bar.add_task("checking schemas", total=todo)
@@ -159,14 +265,26 @@ def check(
 
 @app.command()
 def bench(
-    quick: bool = typer.Option(False, "--quick", help="small sizes, for a smoke run"),
+    quick: bool = typer.Option(False, "--quick", help="a smoke run: the steps that load no "
+                               "model, on a few schemas (under a minute)"),
+    out: Path | None = typer.Option(None, "--out", help="write the result files here "
+                                    "(default: a new scratch folder)"),
+    write_results: bool = typer.Option(False, "--write-results", help="write into the "
+                                       "committed benchmarks/results/ (and its README)"),
 ) -> None:
-    """Run every benchmark in benchmarks/ and regenerate benchmarks/results/README.md."""
+    """Run the benchmarks in benchmarks/ and write their result files and README table."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
     if not script.is_file():
         _fail(StructgenError(f"{script} not found (bench runs from a source checkout)"))
         return
-    raise typer.Exit(subprocess.call([sys.executable, str(script), *(["--quick"] if quick else [])]))
+    if write_results and out is not None:
+        _fail(ConfigError("give --out or --write-results, not both", "--out"))
+        return
+    if not write_results:
+        out = out or Path(tempfile.mkdtemp(prefix="structgen-bench-"))
+        typer.secho(f"results go to {out} (--write-results: benchmarks/results/)", err=True)
+    args = [*(["--quick"] if quick else []), *(["--out", str(out)] if out else [])]
+    raise typer.Exit(subprocess.call([sys.executable, str(script), *args]))
 
 
 # structgen cache / structgen warmup (the cache issue) ------------------------------------
@@ -338,6 +456,9 @@ def warmup(
                + ", ".join(f"{counts.get(k, 0)} {k}" for k in
                            ("done", "cached", "duplicate", "failed", "invalid"))
                + f" ({summary.rate():.2f} generated/s); report: {summary.report}")
+    for p in summary.problems:
+        typer.secho(f"  {p.status}: line {p.line} ({p.id}): {p.error_type}: {p.error}",
+                    fg="red", err=True)
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -352,7 +473,9 @@ def _print_plan(p: dict[str, Any]) -> None:
             table.add_row(g["backend"], g["model"], g["schema"], str(g["count"]))
         console.print(table)
     for e in p["errors"]:
-        console.print(f"[red]line {e['line']} ({e['id']}): {e['error_type']}: {e['error']}")
+        # escaped: an error may quote "[warmup] allow_modules", which is no markup
+        console.print(f"[red]line {e['line']} ({escape(e['id'])}): {e['error_type']}: "
+                      f"{escape(e['error'])}")
 
 
 class _warmup_progress:
@@ -369,12 +492,13 @@ class _warmup_progress:
         self.progress = Progress(
             TextColumn("warmup"), BarColumn(), MofNCompleteColumn(),
             TextColumn("[green]{task.fields[done]} done[/] [cyan]{task.fields[cached]} cached"
-                       "[/] [red]{task.fields[failed]} failed[/]"),
+                       "[/] [red]{task.fields[failed]} failed[/] [red]{task.fields[invalid]} "
+                       "invalid[/]"),
             TextColumn("{task.fields[rate]:.2f}/s"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), console=Console(stderr=True))
         self.progress.__enter__()
         self.task = self.progress.add_task("warmup", total=self.total, done=0, cached=0,
-                                           failed=0, rate=0.0)
+                                           failed=0, invalid=0, rate=0.0)
         started = time.perf_counter()
 
         def update(counts: Any) -> None:
@@ -382,7 +506,7 @@ class _warmup_progress:
             self.progress.update(
                 self.task, completed=sum(counts.values()), done=counts.get("done", 0),
                 cached=counts.get("cached", 0) + counts.get("duplicate", 0),
-                failed=counts.get("failed", 0) + counts.get("invalid", 0),
+                failed=counts.get("failed", 0), invalid=counts.get("invalid", 0),
                 rate=counts.get("done", 0) / elapsed)
 
         return update
@@ -417,29 +541,40 @@ def stats(
     def num(v: float | None, fmt: str = ".3f", unit: str = "") -> str:
         return "-" if v is None else f"{v:{fmt}}{unit}"
 
+    def counts(group: dict[str, int]) -> str:
+        return ", ".join(f"{k} {n}" for k, n in group.items())
+
+    failed = summary["failures_by_error"]
+    loads = summary["model_loads"]
     lines = [
         f"state file         {state_file} (updated {summary['updated_at'] or 'never'})",
         f"calls              {summary['calls']} ({summary['requests']} ok, "
-        f"{summary['failures']} failed {summary['failures_by_error'] or ''})",
-        f"by backend         {summary['by_backend']}",
-        f"by output kind     {summary['by_kind']}",
+        f"{summary['failures']} failed{': ' + counts(failed) if failed else ''})",
+        f"by backend         {counts(summary['by_backend']) or '-'}",
+        f"by output kind     {counts(summary['by_kind']) or '-'}",
         f"latency p50 / p99  {num(summary['latency_p50_s'], unit=' s')} / "
         f"{num(summary['latency_p99_s'], unit=' s')}",
         f"TTFT p50           {num(summary['ttft_p50_s'], unit=' s')}",
         f"tokens/s p50       {num(summary['tokens_per_s_p50'], '.1f')}",
-        f"valid first try    {summary['first_try_valid_rate']:.0%}",
-        f"repair rate        {summary['repair_rate']:.0%} "
+        f"model loads        {loads}"
+        + (f" (p50 {num(summary['model_load_p50_s'], '.2f', ' s')}, not in the latency)"
+           if loads else ""),
+        f"valid first try    {num(summary['first_try_valid_rate'], '.0%')}",
+        f"repair rate        {num(summary['repair_rate'], '.0%')} "
         + " ".join(f"{k}={v['fixed']}/{v['tried']}" for k, v in summary["repairs"].items()),
         f"retries            {summary['retries']}",
-        f"fallbacks          {summary['fallbacks']}",
-        f"cache hits         {summary['cache_hits']} ({summary['cache_hit_rate']:.0%})",
-        f"structured share   {summary['structured_share']:.0%}",
-        f"multi-turn share   {summary['multi_turn_share']:.0%}",
+        f"fallbacks          {summary['fallbacks']}"
+        + (f" (passed over: {counts(summary['fallbacks_from'])})"
+           if summary["fallbacks_from"] else ""),
+        f"cache hits         {summary['cache_hits']} "
+        f"({num(summary['cache_hit_rate'], '.0%')})",
+        f"structured share   {num(summary['structured_share'], '.0%')}",
+        f"multi-turn share   {num(summary['multi_turn_share'], '.0%')}",
         f"in-flight peak     {summary['inflight_peak']}",
     ]
     typer.echo("\n".join(lines))
     typer.secho(f"recommendation: {rec['advice']}: {'; '.join(rec['reasons'])} "
-                f"[{rec['numbers']}]", bold=True)
+                f"({rec['numbers']})", bold=True)
 
 
 def main() -> None:

@@ -6,12 +6,15 @@ Every section is a Pydantic model that forbids unknown keys, so a typo is a
 Environment variables override the file: ``STRUCTGEN_<SECTION>_<KEY>`` (for example
 ``STRUCTGEN_VLLM_BASE_URL``, ``STRUCTGEN_CACHE_DIR``), plus the short forms
 ``STRUCTGEN_PROVIDER`` and ``STRUCTGEN_FALLBACK`` (comma-separated) for ``[llm_backend]``.
+Any other ``STRUCTGEN_*`` name is not a setting: it is logged as a warning (with the
+closest setting's name), as a misspelt file key is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tomllib
 from pathlib import Path
@@ -20,8 +23,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from structgen.errors import ConfigError
+from structgen.errors import ConfigError, did_you_mean
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
+
+log = logging.getLogger(__name__)
 
 Provider = Literal["auto", "local", "vllm", "sglang", "ollama"]
 BackendName = Literal["local", "vllm", "sglang", "ollama"]
@@ -285,10 +290,35 @@ class Config(_Section):
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg += did_you_mean(str(err["loc"][-1]), _fields_at(err["loc"][:-1]))
+            elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
+                expected = (err.get("ctx") or {}).get("expected", "")
+                msg += did_you_mean(err["input"], [w.strip(" '") for w in
+                                                   expected.replace(" or ", ",").split(",")])
             raise ConfigError(msg, key) from None
 
     def section(self, backend: str) -> Any:
         return getattr(self, backend)
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the config allows at ``loc`` (a path of section names)."""
+    model: Any = Config
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        model = getattr(fields.get(str(part)), "annotation", None)
+    return list(getattr(model, "model_fields", {}))
+
+
+# STRUCTGEN_* names read outside the config: where the config is, and knobs of the test
+# suite and benchmarks; any other name that maps to no setting is warned about, once.
+OTHER_ENV_NAMES = frozenset({"STRUCTGEN_CONFIG", "STRUCTGEN_CACHE_GRAMMAR_DIR",
+                             "STRUCTGEN_LOCAL_MODEL_CACHE_DIR",
+                             "STRUCTGEN_ALLOW_MISSING_SERVICES", "STRUCTGEN_VLLM_PYTHON",
+                             "STRUCTGEN_FUZZ_EXAMPLES", "STRUCTGEN_SHARED",
+                             "STRUCTGEN_BENCH_RESULTS"})
+_warned_env: set[str] = set()
 
 
 def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
@@ -311,7 +341,14 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
                     target = (name, rest[len(name) + 1:])
                     break
         if target is None:
-            continue  # other STRUCTGEN_* variables (test knobs) are not config
+            if var not in OTHER_ENV_NAMES and var not in _warned_env:
+                _warned_env.add(var)
+                known = [*short, *(f"STRUCTGEN_{name}_{key}".upper()
+                                   for name, model in sections.items()
+                                   for key in model.model_fields)]
+                log.warning("structgen: environment variable %s is not a setting, ignored%s",
+                            var, did_you_mean(var, known))
+            continue
         section, key = target
         value: Any = raw
         if key in ("fallback", "allow_modules"):

@@ -67,6 +67,9 @@ class Engine:
         self.cache = open_result_cache(self.config.cache, self.config)
         self.metrics = Metrics(self.config.metrics)
         self.router = Router(self.config, self.pool, in_flight=self.metrics.in_flight)
+        # Buffered counters (cache hits/misses, metrics) reach their files when this engine
+        # is dropped (an engine made inside a function: a CLI command) or the process exits.
+        weakref.finalize(self, _flush_counters, self.cache, self.metrics)
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, **overrides: Any) -> Engine:
@@ -348,6 +351,13 @@ class Engine:
 
     def close(self) -> None:
         run_sync(self.aclose())
+
+
+def _flush_counters(cache: Any, metrics: Metrics) -> None:
+    with contextlib.suppress(Exception):  # exiting or collected: nothing left to report to
+        if hasattr(cache, "flush"):
+            cache.flush()
+        metrics.flush()
 
 
 def _usage(gen: GenerationResult) -> Usage:

@@ -13,8 +13,17 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def did_you_mean(word: str, choices: Iterable[Any]) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` to a misspelt ``word``,
+    or ``""`` when none is close: the tail of an error message."""
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class StructgenError(Exception):
@@ -90,7 +99,8 @@ class ErrorDetail:
     keyword: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.pointer or '/'}: {self.message}"
+        # RFC 6901: "" is the whole answer ("/" would be the member named ""): no pointer
+        return f"{self.pointer}: {self.message}" if self.pointer else self.message
 
 
 @dataclass

@@ -54,7 +54,8 @@ def empty_state() -> dict[str, Any]:
     """The persisted summary: counters (summed on merge), samples (kept newest), peak (max)."""
     return {"version": STATE_VERSION, "counts": {}, "by_backend": {}, "by_kind": {},
             "repairs_tried": {}, "repairs_fixed": {}, "failures_by_error": {},
-            "samples": {"latency_s": [], "ttft_s": [], "tokens_per_s": []},
+            "fallbacks_from": {},
+            "samples": {"latency_s": [], "ttft_s": [], "tokens_per_s": [], "model_load_s": []},
             "inflight_peak": 0, "updated_at": None}
 
 
@@ -65,7 +66,7 @@ def merge_states(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
         if part.get("version") != STATE_VERSION:
             continue
         for group in ("counts", "by_backend", "by_kind", "repairs_tried", "repairs_fixed",
-                      "failures_by_error"):
+                      "failures_by_error", "fallbacks_from"):
             for key, n in part.get(group, {}).items():
                 out[group][key] = out[group].get(key, 0) + int(n)
         for key in out["samples"]:
@@ -91,7 +92,8 @@ class _StateFile(pydantic.BaseModel):
     repairs_tried: _Counts = _Counts({})
     repairs_fixed: _Counts = _Counts({})
     failures_by_error: _Counts = _Counts({})
-    samples: dict[Literal["latency_s", "ttft_s", "tokens_per_s"],
+    fallbacks_from: _Counts = _Counts({})
+    samples: dict[Literal["latency_s", "ttft_s", "tokens_per_s", "model_load_s"],
                   list[pydantic.FiniteFloat]] = {}
     inflight_peak: pydantic.NonNegativeInt = 0
     updated_at: str | None = None
@@ -210,6 +212,9 @@ class Metrics:
         self.tool_calls = Counter("structgen_tool_calls",
                                   "Tool calls answered, per tool, and whether they validated",
                                   ["tool", "valid"], registry=r)
+        self.model_load = Histogram("structgen_model_load_seconds",
+                                    "Model loads (kept out of the request latency)",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.inflight = Gauge("structgen_in_flight", "Backend calls in flight", registry=r)
         self.inflight_peak = Gauge("structgen_in_flight_peak", "Peak backend calls in flight",
                                    registry=r)
@@ -250,11 +255,19 @@ class Metrics:
         kind = request.output.kind if request.output is not None else UNSTRUCTURED_KIND
         stages = [r.stage for r in result.repairs]
         fixed_by = stages[-1] if result.repaired and stages else None
-        fallback = any(not a.ok for a in result.attempts)
-        seconds = gen.latency_s or result.latency_s
+        passed_over = [a.backend for a in result.attempts if not a.ok]
+        fallback = bool(passed_over)
+        # A model loaded for this request is recorded on its own (model_load_s): kept in the
+        # latency, a one-off load of seconds would be the P99 and advise a serving engine.
+        load = gen.stats.get("model_load_s")
+        load_s = float(load) if isinstance(load, int | float) else None
+        latency = max(0.0, result.latency_s - (load_s or 0.0))
+        seconds = gen.latency_s or latency
         tps = gen.completion_tokens / seconds if gen.completion_tokens and seconds > 0 else None
         self.requests.labels(gen.backend, kind).inc()
-        self.latency.labels(gen.backend).observe(result.latency_s)
+        self.latency.labels(gen.backend).observe(latency)
+        if load_s is not None:
+            self.model_load.observe(load_s)
         if gen.ttft_s is not None:
             self.ttft.labels(gen.backend).observe(gen.ttft_s)
         if tps is not None:
@@ -277,15 +290,19 @@ class Metrics:
                 _bump(c, "repaired", result.repaired)
                 _bump(c, "retries", stages.count("reask"))
                 _bump(c, "fallbacks", fallback)
+                for name in passed_over:
+                    _bump(state["fallbacks_from"], name)
+                _bump(c, "model_loads", load_s is not None)
                 _bump(c, "structured", structured)
                 _bump(c, "multi_turn", request.multi_turn)
                 for stage in stages:
                     _bump(state["repairs_tried"], stage)
                 if fixed_by:
                     _bump(state["repairs_fixed"], fixed_by)
-                _sample(state, "latency_s", result.latency_s)
+                _sample(state, "latency_s", latency)
                 _sample(state, "ttft_s", gen.ttft_s)
                 _sample(state, "tokens_per_s", tps)
+                _sample(state, "model_load_s", load_s)
         self._maybe_flush()
 
     def record_tool_calls(self, request: GenerationRequest, envelope: str, *,
@@ -429,6 +446,7 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
         "latency_p99_s": percentile(samples["latency_s"], 99),
         "ttft_p50_s": percentile(samples["ttft_s"], 50),
         "tokens_per_s_p50": percentile(samples["tokens_per_s"], 50),
+        # a rate with nothing to count is None ("-"), not 0 %
         "first_try_valid_rate": _ratio(c.get("first_try_valid", 0), judged),
         "repair_rate": _ratio(c.get("repaired", 0), judged),
         "repairs": {stage: {"tried": tried.get(stage, 0), "fixed": fixed.get(stage, 0),
@@ -436,6 +454,9 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
                     for stage in ("syntax", "coerce", "reask")},
         "retries": c.get("retries", 0),
         "fallbacks": c.get("fallbacks", 0),
+        "fallbacks_from": dict(state.get("fallbacks_from", {})),
+        "model_loads": c.get("model_loads", 0),
+        "model_load_p50_s": percentile(samples.get("model_load_s", []), 50),
         "cache_hits": c.get("cache_hits", 0),
         "cache_hit_rate": _ratio(c.get("cache_hits", 0), calls + c.get("cache_hits", 0)),
         "structured_share": _ratio(c.get("structured", 0), calls),
@@ -447,5 +468,5 @@ def describe(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ratio(a: int, b: int) -> float:
-    return a / b if b else 0.0
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None

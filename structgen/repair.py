@@ -25,12 +25,13 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import json_repair
 
 from structgen.backends import GenerationRequest, GenerationResult
 from structgen.config import RepairConfig
+from structgen.constrain.closing import minimal_value
 from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
 from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
@@ -102,13 +103,32 @@ async def finalize(gen: GenerationResult, request: GenerationRequest, config: Re
     """
     done = await _finalize(gen, request, config, reask)
     if done.truncated and not allow_truncated:
-        error = ErrorDetail("", "the answer was cut off at max_tokens (finish_reason "
-                            "'length'); raise max_tokens, or pass allow_truncated=True to "
+        error = ErrorDetail("", cut_note(gen, request) + "; or pass allow_truncated=True to "
                             "accept the cut value", "truncated")
         raise ValidationFailed("output was truncated", done.text, [error],
                                [*done.attempts, Attempt("truncated", done.text, [error],
                                                         gen.backend)])
     return done
+
+
+def cut_note(gen: GenerationResult, request: GenerationRequest) -> str:
+    """What to tell a caller whose answer was cut at ``max_tokens``: the budget, and what
+    the shortest valid answer needs (in tokens when the backend measured it, the embedded
+    one's closing path does; else in characters, from the schema)."""
+    budget = request.sampling.max_tokens
+    note = f"the answer was cut off at max_tokens={budget} (finish_reason 'length')"
+    need = gen.stats.get("shortest_answer_tokens")
+    if isinstance(need, int):
+        return note + (f"; the shortest valid answer needs {need} tokens: raise max_tokens "
+                       f"to at least {need}")
+    output = request.output
+    schema = output.json_schema if output is not None else None
+    shortest = minimal_value(schema, schema) if schema is not None else None
+    if shortest is not None:
+        shown = shortest if len(shortest) <= 60 else shortest[:57] + "..."
+        return note + (f"; the shortest valid answer is {len(shortest)} characters "
+                       f"({shown}): raise max_tokens")
+    return note + "; raise max_tokens"
 
 
 def cut_short(text: str, finish_reason: str, output: CompiledOutput) -> bool:
@@ -146,6 +166,8 @@ async def _finalize(gen: GenerationResult, request: GenerationRequest, cfg: Repa
         return Repaired(fix.outcome.value, fix.text, bool(stages), stages, post_enforced,
                         attempts, fix.changes,
                         truncated=cut_short(gen.text, gen.finish_reason, output))
+    if gen.finish_reason == "length":
+        _raise_cut(gen, request, attempts)  # a re-ask has the same budget: it would be cut too
     first_errors = attempts[0].errors
     last_text, last_errors = gen.text, _worst_errors(fix)
     retries = cfg.max_retries if cfg.reask else 0
@@ -168,11 +190,21 @@ async def _finalize(gen: GenerationResult, request: GenerationRequest, cfg: Repa
             return Repaired(fix.outcome.value, fix.text, True, stages, post_enforced, attempts,
                             fix.changes,
                             truncated=cut_short(again.text, again.finish_reason, output))
+        if again.finish_reason == "length":
+            _raise_cut(again, request, attempts)
         last_text, last_errors = again.text, _worst_errors(fix)
     raise ValidationFailed(
         f"output could not be made valid ({len(attempts)} attempt(s): "
         f"{', '.join(a.stage for a in attempts)})",
         gen.text, first_errors, attempts)
+
+
+def _raise_cut(gen: GenerationResult, request: GenerationRequest,
+               attempts: list[Attempt]) -> NoReturn:
+    """An answer cut at ``max_tokens`` that no local repair made valid."""
+    error = ErrorDetail("", cut_note(gen, request), "truncated")
+    raise ValidationFailed("output was truncated before it was valid", gen.text, [error],
+                           [*attempts, Attempt("truncated", gen.text, [error], gen.backend)])
 
 
 def _worst_errors(fix: LocalFix) -> list[ErrorDetail]:

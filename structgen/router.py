@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
@@ -48,6 +49,8 @@ from structgen.errors import (
 )
 from structgen.reasoning import is_reasoning_model, separate_reasoning
 from structgen.types import BackendAttempt
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -124,6 +127,8 @@ class Router:
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
         self._health: dict[str, _Health] = {}
+        # backends a request fell back from, and why: warned about once, until one serves
+        self._passed_over: dict[str, str] = {}
 
     # Candidates --------------------------------------------------------------------
     def order(self, backend: str | None = None) -> list[str]:
@@ -229,6 +234,7 @@ class Router:
                 trail.append(entry)
                 if result is not None:
                     breaker.record_success()
+                    self._note_fallback(trail)
                     return result, trail
                 assert error is not None
                 breaker.record_failure()  # failures count on the breaker, not on health
@@ -281,9 +287,27 @@ class Router:
                 continue
             # latency here is the time to the first chunk: the stream goes on after it
             entry.ok, entry.latency_s = True, round(time.perf_counter() - start, 4)
+            self._note_fallback(trail)
             return name, stream, first, trail
         raise _with_trail(last or BackendUnavailable("no backend available for streaming"),
                           trail)
+
+    def _note_fallback(self, trail: list[BackendAttempt]) -> None:
+        """Say it when a request was served by other than its first candidate: a warning
+        naming the backend passed over, why, and which one answered, once per change of
+        that backend's state (not for every request while it stays down), and an INFO line
+        when it serves again. A backend skipped because it cannot take the output kind is
+        a routing fact, not a state: it is not warned about."""
+        served = trail[-1].backend
+        for entry in trail[:-1]:
+            if entry.skipped is not None and entry.skipped.startswith("cannot constrain"):
+                continue
+            if entry.backend not in self._passed_over:
+                log.warning("structgen: backend %r did not answer (%s); fell back to %r",
+                            entry.backend, entry.why, served)
+            self._passed_over[entry.backend] = entry.why
+        if self._passed_over.pop(served, None) is not None:
+            log.info("structgen: backend %r answers again", served)
 
     @staticmethod
     async def _watched(breaker: CircuitBreaker, stream: AsyncIterator[str]

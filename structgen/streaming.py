@@ -53,12 +53,28 @@ _PARTIAL = Allow.ALL & ~Allow.NUM
 def partial_value(text: str) -> Any:
     """The value of a JSON prefix, or ``None`` while nothing is parseable yet."""
     stripped = text.strip()
+    if stripped.endswith('"') and _opens_string(stripped):
+        # a string with nothing in it yet is no value: ``kind=None``, not ``kind=''``
+        stripped = stripped[:-1]
     if not stripped:
         return None
     try:
         return partial_loads(stripped, _PARTIAL)
     except (MalformedJSON, ValueError, IndexError, RecursionError):
         return None
+
+
+def _opens_string(text: str) -> bool:
+    """Is the last character of ``text`` the (unescaped) opening quote of a string?"""
+    inside = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = inside
+        elif ch == '"':
+            inside = not inside
+    return inside and not escaped and text.endswith('"') and not text.endswith('\\"')
 
 
 # Partial models ------------------------------------------------------------------------

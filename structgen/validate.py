@@ -293,8 +293,8 @@ def parse_json(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, list[Er
     try:
         return _decoder(limits.max_number_digits).decode(text), []
     except json.JSONDecodeError as exc:
-        return None, [ErrorDetail("", f"invalid JSON: {exc.msg} at line {exc.lineno} "
-                                      f"column {exc.colno}", "json")]
+        return None, [ErrorDetail("", f"invalid JSON: {exc.msg.removesuffix(' at')} at "
+                                      f"line {exc.lineno} column {exc.colno}", "json")]
     except (_NotJson, ValueError) as exc:  # ValueError: CPython's own int-digits limit
         return None, [ErrorDetail("", f"invalid JSON: {exc}", "json")]
     except RecursionError:

@@ -3,6 +3,7 @@ naming the key."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,36 @@ def test_env_values_that_look_like_json_but_break_the_parser(tmp_path: Path) -> 
     assert deep.cache.dir == "[" * 5000  # not JSON after all: kept as the string it is
     with pytest.raises(ConfigError, match=r"cache\.ttl_s"):
         Config.load(path, env={"STRUCTGEN_CACHE_TTL_S": "[" + "1" * 5000 + "]"})
+
+
+def test_a_misspelt_environment_variable_is_warned_with_a_suggestion(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A misspelt file key is an error; a misspelt STRUCTGEN_* variable is at least a
+    warning (naming the closest setting), once per name."""
+    env = {"STRUCTGEN_VLLM_BASEURL": "http://x", "STRUCTGEN_CONFIG_DIR": "y",
+           "STRUCTGEN_ALLOW_MISSING_SERVICES": "1"}  # a test-suite knob: not warned
+    with caplog.at_level(logging.WARNING, logger="structgen"):
+        Config.load(None, env=env)
+        Config.load(None, env=env)
+    warned = [r.getMessage() for r in caplog.records if r.name == "structgen.config"]
+    assert warned == [
+        "structgen: environment variable STRUCTGEN_VLLM_BASEURL is not a setting, ignored "
+        "(did you mean 'STRUCTGEN_VLLM_BASE_URL'?)",
+        "structgen: environment variable STRUCTGEN_CONFIG_DIR is not a setting, ignored"
+        + warned[1].partition("ignored")[2]]
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"vllm": {"base_ur": "http://x"}}, "vllm.base_ur: unknown key (did you mean 'base_url'?)"),
+    ({"cach": {}}, "cach: unknown key (did you mean 'cache'?)"),
+    ({"llm_backend": {"provider": "vlm"}}, "(did you mean 'vllm'?)"),
+])
+def test_config_errors_suggest_the_closest_name(data: dict, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_dict(data)
+    assert words in str(info.value)
+
+
+def test_an_unknown_backend_name_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"unknown backend 'olama' \(did you mean 'ollama'\?\)"):
+        create_backend("olama", Config())

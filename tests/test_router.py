@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -405,4 +406,52 @@ async def test_cancelled_health_probe_releases_the_slot(tmp_path: Path) -> None:
         await task
     breaker = engine.router.breaker("sglang")
     assert not breaker.trial_in_flight and breaker.allow()
+    await engine.aclose()
+
+
+async def test_fallback_is_warned_once_per_state_change(tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A request served by other than its first candidate is logged as a warning naming
+    the backend, why and where it fell back: once while the backend stays down, again after
+    it came back and went down again."""
+    sg = CannedBackend("sglang", healthy=False)
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto",
+                                                  "fallback": ["sglang", "local"]},
+                           router={"health_interval_s": 10}),
+                    backends={"sglang": sg, "local": CannedBackend("local")})
+    clock = Clock()
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
+
+    def warned() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and r.name == "structgen.router"]
+
+    with caplog.at_level(logging.INFO, logger="structgen"):
+        for _ in range(3):
+            assert (await engine.arun("q", SCHEMA)).backend == "local"
+        assert warned() == ["structgen: backend 'sglang' did not answer (health probe "
+                            "failed); fell back to 'local'"]
+        clock.now += 10
+        sg.healthy = True
+        assert (await engine.arun("q", SCHEMA)).backend == "sglang"
+        assert any("'sglang' answers again" in r.getMessage() for r in caplog.records)
+        clock.now += 10
+        sg.healthy = False
+        assert (await engine.arun("q", SCHEMA)).backend == "local"
+        assert len(warned()) == 2
+    summary = engine.metrics.summary()
+    assert summary["fallbacks"] == 4 and summary["fallbacks_from"] == {"sglang": 4}
+    await engine.aclose()
+
+
+async def test_a_kind_the_backend_cannot_take_is_no_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    json_only = CannedBackend("sglang", kinds=frozenset({"json"}))
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto",
+                                                  "fallback": ["sglang", "local"]}),
+                    backends={"sglang": json_only, "local": CannedBackend("local", text="1")})
+    with caplog.at_level(logging.WARNING, logger="structgen"):
+        await engine.arun("q", Regex(r"\d"))
+    assert not [r for r in caplog.records if r.name == "structgen.router"]
     await engine.aclose()

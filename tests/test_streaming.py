@@ -342,3 +342,17 @@ async def test_embedded_stream_reports_what_run_reports(tiny_model_dir: Path):
     assert "/properties/tags/uniqueItems" in ran.post_enforced
     assert streamed.post_enforced == ran.post_enforced
     await engine.aclose()
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ('{"kind": "', {}),
+    ('{"kind": "ed', {"kind": "ed"}),
+    ('{"kind": "", "n": ', {"kind": ""}),
+    ('{"a": "x\\"', {"a": 'x"'}),
+    ('"', None),
+])
+def test_a_string_with_nothing_in_it_yet_is_no_value(text: str, value: Any) -> None:
+    """The first partial of ``{"kind": "`` has no kind (None), not kind='' (issue 29)."""
+    from structgen.streaming import partial_value
+
+    assert partial_value(text) == value

@@ -44,7 +44,9 @@ def test_errors_carry_pointer_and_keyword(text: str, pointer: str, keyword: str)
     assert not outcome.ok and outcome.value is None
     assert (outcome.errors[0].pointer, outcome.errors[0].keyword) == (pointer, keyword)
     assert outcome.errors[0].message
-    assert str(outcome.errors[0]).startswith(pointer or "/")
+    # an error about the whole answer is its message alone (no bare "/", issue 29)
+    assert str(outcome.errors[0]) == (f"{pointer}: " if pointer else "") + \
+        outcome.errors[0].message
 
 
 def test_pointer_escapes_slash_and_tilde() -> None:
@@ -132,3 +134,16 @@ def test_grammar_check_keeps_stderr_quiet(capfd: pytest.CaptureFixture[str]) -> 
     assert ok
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
+
+
+def test_a_json_error_reads_once_and_names_no_bare_pointer() -> None:
+    """No doubled "at" from the decoder's own message, and an error about the whole answer
+    is not shown under a bare "/" (the pointer of the member named "")."""
+    from structgen.errors import ErrorDetail
+
+    outcome = validate_text('{"kind": "edit_co', compile_output({"type": "object"}))
+    message = str(outcome.errors[0])
+    assert message.startswith("invalid JSON: Unterminated string starting at line 1 column 10")
+    assert "at at" not in message and not message.startswith("/")
+    assert str(ErrorDetail("/kind", "not one of the enum values")) == \
+        "/kind: not one of the enum values"

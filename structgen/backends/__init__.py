@@ -16,7 +16,7 @@ from structgen.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from structgen.errors import ConfigError
+from structgen.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from structgen.config import Config
@@ -34,7 +34,8 @@ def create_backend(name: str, config: Config) -> Backend:
     try:
         module_name, _, cls_name = REGISTRY[name].partition(":")
     except KeyError:
-        raise ConfigError(f"unknown backend {name!r} (known: {', '.join(REGISTRY)})") from None
+        raise ConfigError(f"unknown backend {name!r}{did_you_mean(name, REGISTRY)} "
+                          f"(known: {', '.join(REGISTRY)})") from None
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(config)
 

@@ -86,6 +86,7 @@ class _Translator:
         self.i = 0
         self.dialect = dialect
         self.out: list[str] = []
+        self.starts: list[int] = []  # where in the pattern each piece of ``out`` came from
 
     def error(self, what: str) -> SchemaError:
         return SchemaError(f"invalid regular expression {self.p!r} (ECMA-262): {what} "
@@ -138,6 +139,7 @@ class _Translator:
     def translate(self) -> str:
         p = self.p
         while self.i < len(p):
+            self.starts.append(self.i)  # every pass writes one piece
             c = p[self.i]
             if c == "\\":
                 self.out.append(self.escape())
@@ -166,6 +168,15 @@ class _Translator:
             else:
                 self.out.append(self.char(ord(c)))
         return "".join(self.out)
+
+    def source_offset(self, pos: int) -> int:
+        """The offset in the pattern of offset ``pos`` of the translated text."""
+        end = 0
+        for start, piece in zip(self.starts, self.out, strict=True):
+            end += len(piece)
+            if pos < end:
+                return start
+        return len(self.p)
 
     def group(self) -> str:
         p = self.p
@@ -370,9 +381,19 @@ def _fallback(pattern: str) -> Any:
     """The ``regex``-module form of ``pattern`` (SchemaError if even that fails)."""
     import regex
 
+    if not isinstance(pattern, str):
+        raise SchemaError(f"a regular expression must be a string, got {type(pattern).__name__}")
+    translator = _Translator(pattern, "python")
     try:
-        return regex.compile(translate(pattern, "python"), regex.ASCII | regex.V0)
-    except (regex.error, ValueError, OverflowError) as exc:
+        return regex.compile(translator.translate(), regex.ASCII | regex.V0)
+    except regex.error as exc:
+        # the position regex reports is in the translated text: say where it is in the
+        # pattern the user wrote
+        where = ("" if exc.pos is None else
+                 f" at offset {translator.source_offset(exc.pos)} of the pattern")
+        raise SchemaError(f"invalid regular expression {pattern!r} (ECMA-262): "
+                          f"{exc.msg}{where}") from None
+    except (ValueError, OverflowError) as exc:
         raise SchemaError(f"invalid regular expression {pattern!r} (ECMA-262): {exc}") from None
 
 

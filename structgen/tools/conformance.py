@@ -95,14 +95,30 @@ def case_files(path: str | Path) -> list[Path]:
     return files
 
 
-def iter_cases(path: str | Path) -> Iterator[SchemaCase]:
-    """Every schema case in a file or folder (MaskBench JSONL or Test-Suite JSON)."""
+def iter_cases(path: str | Path, *, on_skip: Callable[[Path, str], None] | None = None
+               ) -> Iterator[SchemaCase]:
+    """Every schema case in a file or folder (MaskBench JSONL or Test-Suite JSON).
+
+    A ``.json`` file that is not a list of test groups (an earlier ``--json`` report saved
+    in the folder, say) is skipped: ``on_skip(file, why)`` is told, or, without it, a
+    StructgenError is raised."""
     for file in case_files(path):
         split = _split_name(file)
         if file.name.endswith(".json"):
-            groups = json.loads(file.read_text(encoding="utf-8"))
-            if not isinstance(groups, list):
-                raise StructgenError(f"{file}: expected a list of test groups")
+            why = None
+            try:
+                groups = json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                groups, why = None, f"not JSON ({exc})"
+            if why is None and not (isinstance(groups, list) and all(
+                    isinstance(g, dict) and "schema" in g for g in groups)):
+                why = "not a list of test groups ({\"schema\": ..., \"tests\": [...]})"
+            if why is not None:
+                if on_skip is None:
+                    raise StructgenError(f"{file}: {why}")
+                on_skip(file, why)
+                continue
+            assert isinstance(groups, list)
             for i, group in enumerate(groups):
                 yield SchemaCase(split, f"{split}#{i}: {group.get('description', '')}",
                                  group["schema"], _instances(group.get("tests", [])))
@@ -170,6 +186,12 @@ def _tokenizer_json() -> dict[str, Any]:
     tmp.write_text(json.dumps(body), encoding="utf-8")
     tmp.replace(path)
     return body
+
+
+def tokenizer_cached() -> bool:
+    """Has SmolLM2's tokenizer been read out of its GGUF already (a first run takes
+    10-20 s to do it)?"""
+    return (TOKENIZER_CACHE / "smollm2-135m-instruct.json").is_file()
 
 
 @lru_cache(maxsize=1)

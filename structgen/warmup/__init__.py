@@ -1,8 +1,8 @@
 """Offline cache warmup: run a JSONL file of requests into the result cache.
 
-Each input line is one request::
+Each input line is one request (the format, with a worked example: docs/warmup.md)::
 
-    {"id": "q1", "prompt": "...", "schema": "schemas/intent.py:Intent"}
+    {"id": "q1", "prompt": "...", "schema": "schemas.intent:Intent"}
     {"messages": [{"role": "user", "content": "..."}], "schema": {"type": "object", ...},
      "model": "...", "backend": "local", "temperature": 0, "max_tokens": 128}
 

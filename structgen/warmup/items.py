@@ -77,6 +77,8 @@ class WarmupSummary:
     counts: dict[str, int]
     elapsed_s: float
     report: Path | None
+    # the report lines of requests that did not make it into the cache (invalid, failed)
+    problems: list[ReportLine] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -230,6 +232,7 @@ class ReportWriter:
 
     def __init__(self, report: Path | None, progress: ProgressFn | None) -> None:
         self.counts: Counter[str] = Counter()
+        self.problems: list[ReportLine] = []
         self.progress = progress
         self.report = report
         self.out = report.open("a", encoding="utf-8") if report is not None else None
@@ -239,6 +242,8 @@ class ReportWriter:
 
     def emit(self, line: ReportLine) -> None:
         self.counts[line.status] += 1
+        if line.status in ("invalid", "failed"):
+            self.problems.append(line)
         if self.out is not None:
             self.out.write(json.dumps(asdict(line), ensure_ascii=False) + "\n")
             self.out.flush()
@@ -251,7 +256,8 @@ class ReportWriter:
 
     def summary(self, total: int, start: float) -> WarmupSummary:
         return WarmupSummary(total=total, counts=dict(self.counts),
-                             elapsed_s=time.perf_counter() - start, report=self.report)
+                             elapsed_s=time.perf_counter() - start, report=self.report,
+                             problems=sorted(self.problems, key=lambda p: p.line))
 
 
 def triage(items: list[WarmupItem], emit: Callable[[ReportLine], None]) -> list[WarmupItem]:

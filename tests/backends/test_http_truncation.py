@@ -97,3 +97,28 @@ async def test_complete_object_at_the_limit_is_whole(server: WireServer, tmp_pat
     result = await engine.arun("Summarize the change", SCHEMA)
     assert not result.truncated and result.value == json.loads(WHOLE)
     await engine.aclose()
+
+
+KIND = {"type": "object", "properties": {"kind": {"enum": ["edit_code", "debug"]},
+                                         "summary": {"type": "string"}},
+        "required": ["kind", "summary"]}
+
+
+@pytest.mark.parametrize("server", ["sglang"], indirect=True)
+async def test_an_answer_that_cannot_fit_says_so_and_is_not_reasked(server: WireServer):
+    """Cut at max_tokens before it was valid: the error says it was cut, at which budget,
+    and how long the shortest valid answer is; no re-ask goes into the same budget
+    (issue 29)."""
+    data: dict[str, Any] = server_config("sglang", server.base_url, model="m").model_dump()
+    data["repair"] = {"max_retries": 2}
+    engine = Engine(Config.from_dict(data))
+    server.finish, server.reply = "length", '{"kind": "edit_co'
+    with pytest.raises(ValidationFailed) as info:
+        await engine.arun("Classify", KIND, max_tokens=5)
+    message = str(info.value)
+    assert "cut off at max_tokens=5" in message, message
+    assert 'the shortest valid answer is 29 characters ({"kind":"debug","summary":""})' \
+        in message, message
+    assert info.value.errors[0].keyword == "truncated"
+    assert len(server.requests) == 1  # the one request, no re-ask
+    await engine.aclose()

@@ -4,6 +4,8 @@ output kinds, reasoning, errors. Everything runs the real decode loop and real e
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from enum import StrEnum
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from pydantic import BaseModel, Field
 from structgen.backends.local import LocalBackend
 from structgen.config import Config
 from structgen.engine import Engine
-from structgen.errors import BackendUnavailable, SchemaError
+from structgen.errors import BackendUnavailable, SchemaError, ValidationFailed
 from structgen.schema.support import LLGUIDANCE
 from structgen.types import Choice, Grammar, Regex
 from structgen.validate import validate_text
@@ -326,3 +328,40 @@ def test_xgrammar_reports_what_it_was_not_given(tiny_model_dir: Path) -> None:
     result = eng.run("Pick a number", schema(45), backend="local", use_cache=False,
                      max_tokens=32)
     assert result.value == {"n": 45} and result.post_enforced == ["/properties/n/multipleOf"]
+
+
+def test_a_cut_answer_says_how_many_tokens_the_shortest_needs(tiny_model_dir: Path) -> None:
+    """max_tokens too small for any valid answer: the error says so, with the number of
+    tokens the grammar's shortest answer takes (its closing path), and no re-ask is sent
+    into the same budget; that many tokens are then enough (issue 29)."""
+    eng, _backend = make(tiny_model_dir)
+    cfg_retries = eng.config.repair.max_retries
+    assert cfg_retries > 0  # a re-ask would be allowed: it is the cut that stops it
+    with pytest.raises(ValidationFailed) as info:
+        eng.run("Classify it", LongNames, max_tokens=3, use_cache=False)
+    message = str(info.value)
+    found = re.search(r"cut off at max_tokens=3 .*the shortest valid answer needs (\d+) "
+                      r"tokens", message)
+    assert found, message
+    assert [a.stage for a in info.value.attempts if a.stage == "reask"] == []
+    need = int(found.group(1))
+    assert need > 3
+    ok = eng.run("Classify it", LongNames, max_tokens=need, use_cache=False)
+    assert isinstance(ok.value, LongNames) and not ok.truncated
+    eng.close()
+
+
+def test_the_model_load_is_logged_and_reported_apart(tiny_model_dir: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The first request of a process loads the model: an INFO line says so (and how long
+    it took), and the request's stats carry the load time, which decode times leave out."""
+    eng, backend = make(tiny_model_dir)
+    with caplog.at_level(logging.INFO, logger="structgen"):
+        first = gen(eng, backend, Choice(["red", "green"]))
+        second = gen(eng, backend, Choice(["red", "green"]))
+    assert first.stats["model_load_s"] > 0 and "model_load_s" not in second.stats
+    assert first.latency_s < first.stats["model_load_s"] + 60  # decode time only, ordinary
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("structgen.backends")]
+    assert any(line.startswith(f"structgen: loading model {tiny_model_dir}") for line in lines)
+    assert any(re.fullmatch(r"structgen: model .+ loaded in \d+\.\d s", line) for line in lines)
+    eng.close()

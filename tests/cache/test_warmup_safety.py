@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -176,3 +177,64 @@ def test_resume_after_a_cut_report_line_starts_a_new_line(tmp_path: Path,
     assert _warmup(cfg, src, report).returncode == 0
     cut, line = report.read_text().splitlines()
     assert cut == '{"id": "killed", "line": 1, "sta' and json.loads(line)["status"] == "done"
+
+
+# The first hour (issue 29 item 9): the documented format runs, and the CLI says which
+# lines were invalid -------------------------------------------------------------------
+def _docs_example() -> str:
+    text = (ROOT / "docs" / "warmup.md").read_text()
+    found = re.search(r"^```jsonl\n(.*?)^```", text, re.S | re.M)
+    assert found, "docs/warmup.md shows a requests.jsonl"
+    return found.group(1)
+
+
+def test_the_documented_example_is_a_valid_warmup_file(tmp_path: Path,
+                                                       ollama: OllamaWireServer) -> None:
+    from typer.testing import CliRunner
+
+    from structgen.cli import app
+
+    src = tmp_path / "requests.jsonl"
+    src.write_text(_docs_example())
+    run = CliRunner().invoke(app, ["warmup", str(src), "--allow-module", "schemas",
+                                   "--dry-run", "-c", str(_config(tmp_path, ollama))])
+    assert run.exit_code == 0, run.output
+    assert "3 requests: 0 already cached, 3 to run, 0 duplicate, 0 invalid" in run.stdout
+    # and it runs (the module docstring's old example, a .py path, is refused)
+    run = CliRunner().invoke(app, ["warmup", str(src), "--allow-module", "schemas",
+                                   "--no-progress", "-c", str(_config(tmp_path, ollama))])
+    assert run.exit_code == 0, run.output
+    assert "3 done" in run.stdout
+
+
+def test_invalid_lines_are_listed_and_their_brackets_kept(tmp_path: Path,
+                                                          ollama: OllamaWireServer) -> None:
+    from typer.testing import CliRunner
+
+    from structgen.cli import app
+
+    src = tmp_path / "requests.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in [
+        {"id": "fine", "prompt": "p", "schema": SCHEMA},
+        {"id": "mod", "prompt": "p", "schema": "notallowed.models:Intent"}]))
+    cfg = _config(tmp_path, ollama)
+    plan = CliRunner().invoke(app, ["warmup", str(src), "--dry-run", "-c", str(cfg)])
+    assert "(or set [warmup] allow_modules)" in plan.stdout, plan.stdout  # not markup
+    run = CliRunner().invoke(app, ["warmup", str(src), "--no-progress", "-c", str(cfg)])
+    assert run.exit_code == 1
+    assert "1 done, 0 cached, 0 duplicate, 0 failed, 1 invalid" in run.stdout
+    assert "invalid: line 2 (mod): WarmupLineError: module 'notallowed.models' is not " \
+           "allowed" in run.stderr, run.stderr
+
+
+def test_the_progress_bar_counts_invalid_lines_as_invalid() -> None:
+    from collections import Counter
+
+    from structgen.cli import _warmup_progress
+
+    progress = _warmup_progress(3, True)
+    update = progress.__enter__()
+    update(Counter({"invalid": 1, "done": 1}))
+    fields = progress.progress.tasks[0].fields
+    progress.__exit__(None, None, None)
+    assert (fields["failed"], fields["invalid"], fields["done"]) == (0, 1, 1)

@@ -59,3 +59,24 @@ def test_check_reports_compile_errors_and_bad_paths(tmp_path: Path) -> None:
     assert json.loads(out_json.read_text())["total"]["compile_errors"] == 1
     res = CliRunner().invoke(app, ["check", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_check_skips_files_that_are_not_test_files(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A previous run's --json output in the checked folder is skipped with a note (it
+    stopped the run before); --limit counts schemas that have tests; a first run says it
+    is reading the tokenizer (issue 29)."""
+    import structgen.tools.conformance as cf
+
+    monkeypatch.setattr(cf, "TOKENIZER_CACHE", tmp_path / "tokenizers")
+    cf.smollm_tokenizer.cache_clear()
+    (tmp_path / "suite").mkdir()
+    # the first group has no tests: --limit 1 must still check one schema
+    groups = [{"description": "untested", "schema": {"type": "string"}, "tests": []}, *SUITE]
+    (tmp_path / "suite" / "minimum.json").write_text(json.dumps(groups))
+    (tmp_path / "suite" / "out.json").write_text(json.dumps({"total": {"schemas": 1}}))
+    res = CliRunner().invoke(app, ["check", str(tmp_path / "suite"), "--limit", "1"])
+    assert res.exit_code == 0, res.output
+    assert "note: skipping" in res.stderr and "out.json: not a list of test groups" in res.stderr
+    assert "reading SmolLM2's tokenizer out of its GGUF (first run only" in res.stderr
+    assert "1/1 schemas passing" in res.stdout

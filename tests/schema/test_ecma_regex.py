@@ -180,3 +180,12 @@ def test_required_suite_files_for_rewritten_keywords_still_agree() -> None:
                  "patternProperties.json", "pattern.json"):
         agree, total, wrong = _agreement(root / name)
         assert agree == total, (name, wrong)
+
+
+def test_a_malformed_pattern_reports_the_offset_in_the_users_pattern() -> None:
+    """The position in an error is where the user's pattern is wrong, not where its
+    translation (``\\d`` → ``[0-9]``) is."""
+    with pytest.raises(SchemaError) as info:
+        compile_output(Regex(r"\d{4}-(\d{2}"))
+    message = str(info.value)
+    assert "missing )" in message and "at offset 12 of the pattern" in message, message

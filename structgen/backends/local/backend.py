@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import importlib.util
+import logging
 import queue
 import threading
 import time
@@ -45,6 +46,8 @@ from structgen.types import call_envelope
 if TYPE_CHECKING:
     from structgen.config import Config
 
+log = logging.getLogger(__name__)
+
 GATHER_WINDOW_S = 0.005  # how long the worker waits for concurrent requests to join a batch
 
 
@@ -68,6 +71,11 @@ class LocalBackend(BackendBase):
         # set while shutting down: the worker ends sequences in flight instead of finishing
         # them, so interpreter exit never waits on (or kills) a thread inside torch
         self._closing = threading.Event()
+        # seconds spent loading a model that no request has been told about yet: the next
+        # batch's first request carries them (stats["model_load_s"]), so metrics keep the
+        # load out of its latency
+        self._load_s = 0.0
+        self._loaded_at = 0.0
         atexit.register(_shutdown_at_exit, weakref.ref(self))
 
     # Protocol -------------------------------------------------------------------------
@@ -181,6 +189,10 @@ class LocalBackend(BackendBase):
                     raise BackendUnavailable(
                         "the embedded backend needs torch: pip install 'structgen[local]'",
                         self.name)
+                shown = ref if ref != "default" else "SmolLM2-135M-Instruct (default)"
+                log.info("structgen: loading model %s for the embedded backend (first "
+                         "request in this process)", shown)
+                started = time.perf_counter()  # torch's import is part of the load
                 import torch
 
                 if self.cfg.threads:
@@ -190,6 +202,10 @@ class LocalBackend(BackendBase):
                     # a small model decoding one token per step
                     torch.set_num_threads(min(4, torch.get_num_threads()))
                 self._runtimes[ref] = self._load(ref)
+                took = time.perf_counter() - started
+                self._load_s += took
+                self._loaded_at = time.perf_counter()
+                log.info("structgen: model %s loaded in %.1f s", shown, took)
             return self._runtimes[ref]
 
     def _load(self, ref: str) -> Runtime:
@@ -246,6 +262,13 @@ class LocalBackend(BackendBase):
             for seq in seqs:
                 fail(seq, exc)
             return
+        with self._load_lock:
+            load_s, self._load_s = self._load_s, 0.0
+            loaded_at = self._loaded_at
+        if load_s:
+            seqs[0].stats["model_load_s"] = round(load_s, 4)  # type: ignore[assignment]
+        for seq in seqs:  # decode times (latency, TTFT) start after a load they waited for
+            seq.start = max(seq.start, loaded_at)
         try:
             Decoder(rt, self.cfg, self._closing).run(seqs, waiting)
         except BaseException as exc:  # never leave a caller waiting

