@@ -6,10 +6,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from structgen.config import Config
+from structgen.tools.testing import build_tiny_gguf
 
 # tests/servers is shared with benchmarks/client.py; import it from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -124,3 +126,33 @@ def ollama(ollama_server: OllamaWireServer) -> Iterator[OllamaWireServer]:
     ollama_server.reset()
     yield ollama_server
     ollama_server.reset()
+
+
+# GGUF models for the llama.cpp runtime ---------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+def _token_id(tiny_model_dir: Path, text: str) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) == 1, (text, ids)
+    return int(ids[0])
+
+
+@pytest.fixture(scope="session")
+def favorite_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Any:
+    """A tiny GGUF that always prefers one token (a runaway model, on purpose)."""
+    out = tmp_path_factory.mktemp("favorite")
+
+    def build(text: str) -> Path:
+        path = out / f"fav-{ord(text[0])}.gguf"
+        if not path.exists():
+            build_tiny_gguf(tiny_model_dir, path, favorite=_token_id(tiny_model_dir, text))
+        return path
+
+    return build

@@ -23,42 +23,12 @@ from structgen.backends.local.models import ollama_model_path, smollm2_gguf_path
 from structgen.engine import Engine
 from structgen.errors import BackendUnavailable
 from structgen.schema import compile_output
-from structgen.tools.testing import build_tiny_gguf
 from structgen.types import JsonSchema, Regex
 from structgen.validate import validate_text
 
 from .test_local import SYSTEM, LongNames
 from .test_local import make as make_local
 from .test_local_maskbench import agent_schemas, maskbench_sample
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_gguf(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
-
-
-def _token_id(tiny_model_dir: Path, text: str) -> int:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    ids = tok.encode(text, add_special_tokens=False)
-    assert len(ids) == 1, (text, ids)
-    return int(ids[0])
-
-
-@pytest.fixture(scope="session")
-def favorite_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-                  ) -> Any:
-    """A tiny GGUF that always prefers one token (a runaway model, on purpose)."""
-    out = tmp_path_factory.mktemp("favorite")
-
-    def build(text: str) -> Path:
-        path = out / f"fav-{ord(text[0])}.gguf"
-        if not path.exists():
-            build_tiny_gguf(tiny_model_dir, path, favorite=_token_id(tiny_model_dir, text))
-        return path
-
-    return build
 
 
 def make(model: Path | str, **local: object) -> tuple[Engine, LocalBackend]:

@@ -269,7 +269,7 @@ class Decoder:
                 if len(keep) < len(live):
                     batch.keep(keep)
                     live = [live[i] for i in keep]
-                if admit:
+                if admit and live:  # an empty batch ends: the worker gathers afresh
                     self._admit(live, batch, waiting)  # type: ignore[arg-type]
                 if not live:
                     return
