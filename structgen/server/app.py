@@ -222,9 +222,9 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
         await engine.aclose()
 
     middleware = [Middleware(_Front, keys=api_keys(settings))]
-    if settings.cors_origins:
-        middleware.append(Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                                     allow_methods=["GET", "POST"], allow_headers=["*"]))
+    if settings.cors_origins:  # outermost: a browser's preflight carries no key
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                                        allow_methods=["GET", "POST"], allow_headers=["*"]))
     return Starlette(routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", v1_models, methods=["GET"]),

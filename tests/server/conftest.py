@@ -87,7 +87,8 @@ def tiny_config(model: Path, cache_dir: Path, **server: object) -> str:
             f'[local]\nmodel = "{model}"\n'
             f'[cache]\nbackend = "disk"\ndir = "{cache_dir}"\n'
             f'[metrics]\nstate_file = "{cache_dir / "metrics.json"}"\n'
-            f'[server]\napi_keys = ["{KEY}"]\nmax_body_bytes = 1048576\n{lines}\n')
+            f'[server]\napi_keys = ["{KEY}"]\nmax_body_bytes = 1048576\nbody_timeout_s = 3\n'
+            f'{lines}\n')
 
 
 @pytest.fixture(scope="package")

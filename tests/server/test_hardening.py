@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -54,6 +55,38 @@ def test_body_over_the_limit_is_413(tiny_server: Served) -> None:
     response = httpx.post(f"{tiny_server.url}/api/chat", content=chunked(), headers=AUTH,
                           timeout=120)
     assert response.status_code == 413 and "error" in response.json()
+
+
+def test_a_body_sent_one_byte_at_a_time_is_dropped_at_the_timeout(tiny_server: Served
+                                                                  ) -> None:
+    """The body must arrive within [server] body_timeout_s (3 s here): a client trickling
+    it is answered 408 and does not hold the server."""
+    host, port = tiny_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                     f"Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 1000\r\n\r\n".encode())
+        answer = b""
+        for _ in range(100):  # one byte every 0.1 s: 10 s for the whole body
+            try:
+                sock.sendall(b" ")
+            except OSError:  # the server answered and closed
+                break
+            time.sleep(0.1)
+            sock.setblocking(False)
+            try:
+                answer += sock.recv(65536)
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+            if answer:
+                break
+        sock.settimeout(30)
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert httpx.get(f"{tiny_server.url}/health").status_code == 200
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", b"1" * 5000,
