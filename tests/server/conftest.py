@@ -81,12 +81,14 @@ def start_server(folder: Path, config: str, *, ready_s: float = 600) -> Served:
         time.sleep(0.2)
 
 
-def tiny_config(model: Path, cache_dir: Path, **server: object) -> str:
+def tiny_config(model: Path, folder: Path, cache: str | None = None, **server: object) -> str:
+    """A config serving ``model`` from the embedded backend; the result cache on disk in
+    ``folder`` unless ``cache`` gives the ``[cache]`` table; ``server``: more [server] keys."""
     lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in server.items())
+    cache = cache or f'backend = "disk"\ndir = "{folder / "cache"}"'
     return (f'[llm_backend]\nprovider = "local"\nfallback = ["local"]\ntimeout_s = 600\n'
-            f'[local]\nmodel = "{model}"\n'
-            f'[cache]\nbackend = "disk"\ndir = "{cache_dir}"\n'
-            f'[metrics]\nstate_file = "{cache_dir / "metrics.json"}"\n'
+            f'[local]\nmodel = "{model}"\n[cache]\n{cache}\n'
+            f'[metrics]\nstate_file = "{folder / "metrics.json"}"\n'
             f'[server]\napi_keys = ["{KEY}"]\nmax_body_bytes = 1048576\nbody_timeout_s = 3\n'
             f'{lines}\n')
 
@@ -97,6 +99,6 @@ def tiny_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     """The tiny random model behind ``structgen serve``: every answer's validity is the
     grammar's and the validator's doing, not the model's."""
     folder = tmp_path_factory.mktemp("tiny-serve")
-    served = start_server(folder, tiny_config(tiny_model_dir, folder / "cache"))
+    served = start_server(folder, tiny_config(tiny_model_dir, folder))
     yield served
     assert served.stop() == 0, served.output()[-4000:]

@@ -176,8 +176,7 @@ def test_metrics_are_the_engines_registry(tiny_server: Served) -> None:
 
 def test_sigterm_answers_everything_in_flight_then_exits_0(tiny_model_dir: Path,
                                                           tmp_path: Path) -> None:
-    server = start_server(tmp_path, tiny_config(tiny_model_dir, tmp_path / "cache",
-                                                drain_s=120))
+    server = start_server(tmp_path, tiny_config(tiny_model_dir, tmp_path, drain_s=120))
     client = openai.OpenAI(base_url=server.openai_url, api_key=KEY, max_retries=0,
                            timeout=300)
     answers: list[str] = []
