@@ -242,6 +242,9 @@ class ServeConfig(_Section):
     # requests answered at once; up to max_queue more wait, past that 503
     max_concurrency: int = Field(default=64, ge=1)
     max_queue: int = Field(default=256, ge=0)
+    # requests one API key may have in flight (answered or waiting); past it 429. None: no
+    # per-key limit
+    max_concurrency_per_key: int | None = Field(default=None, ge=1)
     # uvicorn's own connection cap (connections + tasks); past it uvicorn answers 503
     max_connections: int = Field(default=1024, ge=1)
     # a client that takes longer to send its body gets 408

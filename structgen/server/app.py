@@ -42,19 +42,31 @@ log = logging.getLogger("structgen.server")
 
 
 class _Gate:
-    """At most ``limit`` requests answered at once, ``queue`` more waiting; past that 503."""
+    """At most ``limit`` requests answered at once, ``queue`` more waiting; past that 503.
+    One API key may have at most ``per_key`` in flight; past that 429."""
 
-    def __init__(self, limit: int, queue: int, in_flight: Gauge) -> None:
+    def __init__(self, limit: int, queue: int, per_key: int | None, in_flight: Gauge) -> None:
         self._slots = asyncio.Semaphore(limit)
         self._queue = queue
         self._waiting = 0
+        self._per_key = per_key
+        self._by_key: dict[int, int] = {}
         self._in_flight = in_flight
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        with self._in_flight.track_inprogress():
-            async with self._slot():
-                yield
+    async def slot(self, key: int | None) -> AsyncIterator[None]:
+        if key is not None and self._per_key is not None:
+            if self._by_key.get(key, 0) >= self._per_key:
+                raise ApiError(429, f"this API key has {self._per_key} requests in flight "
+                                    "already, retry later", "rate_limit_exceeded")
+            self._by_key[key] = self._by_key.get(key, 0) + 1
+        try:
+            with self._in_flight.track_inprogress():
+                async with self._slot():
+                    yield
+        finally:
+            if key is not None and self._per_key is not None:
+                self._by_key[key] -= 1
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -93,7 +105,8 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
     registry = engine.metrics.registry
     requests = Counter("structgen_http_requests", "HTTP requests answered",
                        ["route", "status"], registry=registry)
-    gate = _Gate(settings.max_concurrency, settings.max_queue, Gauge(
+    gate = _Gate(settings.max_concurrency, settings.max_queue,
+                 settings.max_concurrency_per_key, Gauge(
         "structgen_http_in_flight", "Requests being answered or waiting for a slot",
         registry=registry))
 
@@ -144,13 +157,15 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
     async def chat_completions(request: Request) -> Response:
         req = openai.parse_request(await read_json(request))
         if req.stream:
-            return await _streamed(openai.complete_stream(engine, req), "text/event-stream")
-        async with gate.slot():
+            return await _streamed(request, openai.complete_stream(engine, req),
+                                   "text/event-stream")
+        async with gate.slot(_key(request)):
             return JSONResponse(await openai.complete(engine, req))
 
-    async def _streamed(lines: AsyncIterator[str], media_type: str) -> Response:
+    async def _streamed(request: Request, lines: AsyncIterator[str],
+                        media_type: str) -> Response:
         """The gate is held until the last line is sent (or the client goes away)."""
-        gate_cm = gate.slot()
+        gate_cm = gate.slot(_key(request))
         await gate_cm.__aenter__()
         try:
             first = await anext(lines)  # a request error is still an HTTP status here
@@ -173,18 +188,18 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
     async def api_chat(request: Request) -> Response:
         req = ollama.parse_chat(await read_json(request))
         if req.stream:
-            return await _streamed(ollama.chat_stream(engine, req),
+            return await _streamed(request, ollama.chat_stream(engine, req),
                                    "application/x-ndjson")
-        async with gate.slot():
+        async with gate.slot(_key(request)):
             return JSONResponse(await ollama.chat(engine, req))
 
     @route
     async def api_generate(request: Request) -> Response:
         req = ollama.parse_generate(await read_json(request))
         if req.stream:
-            return await _streamed(ollama.generate_stream(engine, req),
+            return await _streamed(request, ollama.generate_stream(engine, req),
                                    "application/x-ndjson")
-        async with gate.slot():
+        async with gate.slot(_key(request)):
             return JSONResponse(await ollama.generate(engine, req))
 
     @route
@@ -247,8 +262,13 @@ async def _drain(request: Request, timeout_s: float) -> None:
                 pass
 
 
+def _key(request: Request) -> int | None:
+    """Which configured key the request carried (its index; None when none are asked)."""
+    return getattr(request.state, "key", None)
+
+
 def _error(exc: ApiError, ollama_api: bool) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
     if ollama_api:
         return JSONResponse({"error": exc.message, **exc.details}, exc.status, headers)
     return JSONResponse({"error": {"message": exc.message, "type": exc.kind,
@@ -287,7 +307,9 @@ class _Front:
             await send(message)
 
         try:
-            if self.keys and scope["path"] not in _OPEN and not self._authorized(headers):
+            key = self._key(headers) if self.keys else None
+            scope["state"]["key"] = key
+            if self.keys and scope["path"] not in _OPEN and key is None:
                 await _error(ApiError(401, "missing or wrong API key (Authorization: Bearer "
                                            "<key>)", "invalid_api_key"),
                              scope["path"].startswith("/api/"))(scope, receive, sending)
@@ -298,15 +320,15 @@ class _Front:
             log.info("%s %s %s %s %d %.1fms", rid, client[0], scope["method"], scope["path"],
                      status, (time.perf_counter() - start) * 1000)
 
-    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+    def _key(self, headers: dict[bytes, bytes]) -> int | None:
+        """The index of the key the request carries, or None."""
         scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-        if scheme.lower() != b"bearer":
-            return False
         token = token.strip()
-        found = False
-        for key in self.keys:  # every key compared: the time says nothing of which matched
-            found |= hmac.compare_digest(key, token)
-        return found
+        found = None
+        for i, key in enumerate(self.keys):  # every key compared: the time tells nothing
+            if hmac.compare_digest(key, token):
+                found = i
+        return found if scheme.lower() == b"bearer" else None
 
 
 def run(config: Config, host: str | None = None, port: int | None = None) -> None:

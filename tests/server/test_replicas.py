@@ -1,6 +1,6 @@
 """Two ``structgen serve`` replicas sharing one real redis-server: one answers from the
-other's cache. And a replica that is full answers 503 (with ``Retry-After``) at once
-instead of queueing without bound, and stays up."""
+other's cache. A replica that is full answers 503 (with ``Retry-After``) at once instead of
+queueing without bound, and stays up; a key over its own limit gets 429."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def replicas(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     cache = f'backend = "redis"\nurl = "redis://127.0.0.1:{redis.port}/0"'
     started: list[Served] = []
     try:
-        for name in ("a", "b"):
-            started.append(start_server(folder / name, tiny_config(
-                tiny_model_dir, folder / name, cache, max_concurrency=1, max_queue=1)))
+        started.append(start_server(folder / "a", tiny_config(
+            tiny_model_dir, folder / "a", cache, max_concurrency=1, max_queue=1)))
+        started.append(start_server(folder / "b", tiny_config(
+            tiny_model_dir, folder / "b", cache, max_concurrency_per_key=1)))
         yield started[0], started[1]
     finally:
         codes = [s.stop() for s in started]
@@ -81,3 +82,21 @@ def test_a_full_replica_answers_503_and_stays_up(replicas: tuple[Served, Served]
     metrics = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert re.search(r'structgen_http_requests_total\{route="/v1/chat/completions",'
                      r'status="503"\} (\d+)', metrics.text)
+
+
+def test_a_key_over_its_limit_gets_429(replicas: tuple[Served, Served]) -> None:
+    """Replica b allows one request in flight per key: of 6 at once with one key, one is
+    answered and the others get 429; the server's own limit is not what refused them."""
+    served = replicas[1]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=300, headers={
+                "Authorization": f"Bearer {KEY}"}) as client:
+            return await asyncio.gather(*(client.post(
+                f"{served.url}/v1/chat/completions", json={
+                    "model": "structgen", "max_tokens": 200, "seed": 100 + i,
+                    "temperature": 1.0, "messages": [{"role": "user", "content": f"k {i}"}],
+                    "structured_outputs": {"regex": "[a-z]{150}"}}) for i in range(6)))
+
+    codes = sorted(r.status_code for r in asyncio.run(burst()))
+    assert codes[0] == 200 and set(codes) == {200, 429}, codes
