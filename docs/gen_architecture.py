@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from tests.test_imports import imports  # noqa: E402 (one walk of the imports, shared)
 
 OUT = ROOT / "docs" / "architecture.svg"
-PACKAGES = ("backends.local", "schema", "constrain", "backends", "warmup", "tools")
+PACKAGES = ("backends.local", "schema", "constrain", "backends", "warmup", "tools", "server")
 # (step, the room that does it) in the order Engine.arun / Engine.astream run them
 PIPELINE = [("compile", "schema"), ("cache lookup", "cache"), ("route", "router"),
             ("generate", "backends"), ("finalize", "repair"), ("store", "cache"),

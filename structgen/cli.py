@@ -42,6 +42,11 @@ from structgen.types import BackendAttempt, Choice, Grammar, Regex
 from structgen.validate import dump_value
 from structgen.warmup import RayOptions, plan, read_items, run_warmup
 
+try:  # the serve extra (starlette, uvicorn); every other command works without it
+    from structgen.server.app import run as serve_forever
+except ImportError:  # pragma: no cover - an install without the extra
+    serve_forever = None  # type: ignore[assignment]
+
 _T = TypeVar("_T")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -575,6 +580,22 @@ def stats(
     typer.echo("\n".join(lines))
     typer.secho(f"recommendation: {rec['advice']}: {'; '.join(rec['reasons'])} "
                 f"({rec['numbers']})", bold=True)
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, "--host", help="default [server] host, 127.0.0.1"),
+    port: int | None = typer.Option(None, "--port", help="default [server] port, 8000"),
+    config: Path | None = typer.Option(None, "--config", "-c"),
+) -> None:
+    """Serve the engine over HTTP: OpenAI- and Ollama-compatible (docs/serving.md)."""
+    if serve_forever is None:
+        _fail(ConfigError("structgen serve needs the serve extra: pip install "
+                          "'structgen[serve]' (starlette, uvicorn)"))
+    try:
+        serve_forever(Config.load(config), host=host, port=port)
+    except StructgenError as exc:
+        _fail(exc)
 
 
 def main() -> None:

@@ -241,6 +241,37 @@ class LimitsConfig(_Section):
                       max_schema_depth=self.max_schema_depth)
 
 
+class ServeConfig(_Section):
+    """``structgen serve`` (structgen/server/): the HTTP door for the fleet's agents."""
+
+    host: str = "127.0.0.1"  # loopback unless the operator chooses a wider address
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Bearer keys a request must carry (none: no key asked); also read from the file
+    # api_keys_file (one a line). Compared in constant time, never logged.
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_file: str | None = None
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # requests answered at once; up to max_queue more wait, past that 503
+    max_concurrency: int = Field(default=64, ge=1)
+    max_queue: int = Field(default=256, ge=0)
+    # requests one API key may have in flight (answered or waiting); past it 429. None: no
+    # per-key limit
+    max_concurrency_per_key: int | None = Field(default=None, ge=1)
+    # uvicorn's own connection cap (connections + tasks); past it uvicorn answers 503
+    max_connections: int = Field(default=1024, ge=1)
+    # a client that takes longer to send its body gets 408
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    timeout_keep_alive_s: float = Field(default=5.0, gt=0)
+    # SIGTERM: stop accepting, finish what is in flight within drain_s, then exit
+    drain_s: float = Field(default=30.0, ge=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    log_prompts: bool = False
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, ([REDACTED] * len(value) if name == "api_keys" else value)
+
+
 class Config(_Section):
     llm_backend: LLMBackendConfig = Field(default_factory=LLMBackendConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -253,6 +284,7 @@ class Config(_Section):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    server: ServeConfig = Field(default_factory=ServeConfig)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, env: dict[str, str] | None = None,
@@ -329,7 +361,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
         ("llm_backend", LLMBackendConfig), ("local", LocalConfig), ("vllm", VLLMConfig),
         ("sglang", SGLangConfig), ("ollama", OllamaConfig), ("cache", CacheConfig),
         ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig),
-        ("warmup", WarmupConfig), ("limits", LimitsConfig))}
+        ("warmup", WarmupConfig), ("limits", LimitsConfig), ("server", ServeConfig))}
     for var, raw in env.items():
         if not var.startswith("STRUCTGEN_") or var == "STRUCTGEN_CONFIG":
             continue
@@ -351,7 +383,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
             continue
         section, key = target
         value: Any = raw
-        if key in ("fallback", "allow_modules"):
+        if key in ("fallback", "allow_modules", "api_keys", "cors_origins"):
             value = [x.strip() for x in raw.split(",") if x.strip()]
         elif raw.startswith(("[", "{")) or raw in ("true", "false", "null"):
             # else keep it as a string (ValueError: also an int past 4300 digits)

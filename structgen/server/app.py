@@ -1,0 +1,354 @@
+"""The ASGI application and the uvicorn server around it.
+
+Every request passes, in order: a request id (``X-Request-Id``, the client's or a new one)
+and an access-log line; the API key check (``[server] api_keys``; ``/health`` and
+``/ready`` are open); the body read with its size and time limits; the concurrency gate
+(``max_concurrency`` at once, ``max_queue`` waiting, then 503). Errors go out in the
+shape of the API that was called (``/api/*``: Ollama's ``{"error": ...}``, else OpenAI's
+``{"error": {"message", "type", "param", "code"}}``), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from structgen.config import Config, ServeConfig
+from structgen.engine import Engine
+from structgen.errors import ConfigError
+from structgen.server import ollama, openai
+from structgen.server.calls import ApiError
+
+log = logging.getLogger("structgen.server")
+
+
+class _Gate:
+    """At most ``limit`` requests answered at once, ``queue`` more waiting; past that 503.
+    One API key may have at most ``per_key`` in flight; past that 429."""
+
+    def __init__(self, limit: int, queue: int, per_key: int | None, in_flight: Gauge) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._queue = queue
+        self._waiting = 0
+        self._per_key = per_key
+        self._by_key: dict[int, int] = {}
+        self._in_flight = in_flight
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: int | None) -> AsyncIterator[None]:
+        if key is not None and self._per_key is not None:
+            if self._by_key.get(key, 0) >= self._per_key:
+                raise ApiError(429, f"this API key has {self._per_key} requests in flight "
+                                    "already, retry later", "rate_limit_exceeded")
+            self._by_key[key] = self._by_key.get(key, 0) + 1
+        try:
+            with self._in_flight.track_inprogress():
+                async with self._slot():
+                    yield
+        finally:
+            if key is not None and self._per_key is not None:
+                self._by_key[key] -= 1
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        if self._slots.locked():
+            if self._waiting >= self._queue:
+                raise ApiError(503, "server busy: too many requests in flight, retry later",
+                               "server_busy")
+            self._waiting += 1
+            try:
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+def api_keys(settings: ServeConfig) -> list[str]:
+    """``api_keys`` and the lines of ``api_keys_file``."""
+    keys = list(settings.api_keys)
+    if settings.api_keys_file:
+        try:
+            text = Path(settings.api_keys_file).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc}", "server.api_keys_file") from None
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+    return keys
+
+
+def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette:
+    """The server's ASGI app, answering with ``engine`` (closed when the app shuts down)."""
+    settings = settings or engine.config.server
+    registry = engine.metrics.registry
+    requests = Counter("structgen_http_requests", "HTTP requests answered",
+                       ["route", "status"], registry=registry)
+    gate = _Gate(settings.max_concurrency, settings.max_queue,
+                 settings.max_concurrency_per_key, Gauge(
+        "structgen_http_in_flight", "Requests being answered or waiting for a slot",
+        registry=registry))
+
+    async def read_json(request: Request) -> dict[str, Any]:
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _drain(request, settings.body_timeout_s)
+            raise ApiError(413, f"request body over {limit} bytes", "request_too_large")
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"request body over {limit} bytes",
+                                       "request_too_large")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ApiError(408, f"request body not received within "
+                                f"{settings.body_timeout_s:g} s", "request_timeout") from None
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, f"body is not JSON: {str(exc)[:200]}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object")
+        return body
+
+    def route(handler: Callable[[Request], Awaitable[Response]]
+              ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            ollama_api = request.url.path.startswith("/api/")
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = _error(exc, ollama_api)
+            except Exception:
+                log.exception("%s: unexpected error", request.state.request_id)
+                response = _error(ApiError(500, f"internal error (request "
+                                                f"{request.state.request_id})",
+                                           "internal_error"), ollama_api)
+            requests.labels(request.url.path, str(response.status_code)).inc()
+            return response
+        return endpoint
+
+    @route
+    async def chat_completions(request: Request) -> Response:
+        req = openai.parse_request(await read_json(request))
+        if req.stream:
+            return await _streamed(request, openai.complete_stream(engine, req),
+                                   "text/event-stream")
+        async with gate.slot(_key(request)):
+            return JSONResponse(await openai.complete(engine, req))
+
+    async def _streamed(request: Request, lines: AsyncIterator[str],
+                        media_type: str) -> Response:
+        """The gate is held until the last line is sent (or the client goes away)."""
+        gate_cm = gate.slot(_key(request))
+        await gate_cm.__aenter__()
+        try:
+            first = await anext(lines)  # a request error is still an HTTP status here
+        except BaseException as exc:
+            await gate_cm.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield first
+                async for line in lines:
+                    yield line
+            finally:
+                await lines.aclose()  # type: ignore[attr-defined]
+                await gate_cm.__aexit__(None, None, None)
+
+        return StreamingResponse(events(), media_type=media_type)
+
+    @route
+    async def api_chat(request: Request) -> Response:
+        req = ollama.parse_chat(await read_json(request))
+        if req.stream:
+            return await _streamed(request, ollama.chat_stream(engine, req),
+                                   "application/x-ndjson")
+        async with gate.slot(_key(request)):
+            return JSONResponse(await ollama.chat(engine, req))
+
+    @route
+    async def api_generate(request: Request) -> Response:
+        req = ollama.parse_generate(await read_json(request))
+        if req.stream:
+            return await _streamed(request, ollama.generate_stream(engine, req),
+                                   "application/x-ndjson")
+        async with gate.slot(_key(request)):
+            return JSONResponse(await ollama.generate(engine, req))
+
+    @route
+    async def v1_models(request: Request) -> Response:
+        return JSONResponse(openai.models(engine))
+
+    @route
+    async def api_tags(request: Request) -> Response:
+        return JSONResponse(ollama.tags(engine))
+
+    @route
+    async def api_version(request: Request) -> Response:
+        return JSONResponse(ollama.version())
+
+    @route
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @route
+    async def ready(request: Request) -> Response:
+        deadline = time.monotonic() + engine.config.llm_backend.timeout_s
+        for name in engine.router.order():
+            if await engine.router.healthy(name, engine.backend(name), deadline):
+                return JSONResponse({"status": "ready", "backend": name})
+        raise ApiError(503, "no backend can serve", "backend_unavailable")
+
+    @route
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(engine.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await engine.aclose()
+
+    middleware = [Middleware(_Front, keys=api_keys(settings))]
+    if settings.cors_origins:  # outermost: a browser's preflight carries no key
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                                        allow_methods=["GET", "POST"], allow_headers=["*"]))
+    return Starlette(routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", v1_models, methods=["GET"]),
+        Route("/api/chat", api_chat, methods=["POST"]),
+        Route("/api/generate", api_generate, methods=["POST"]),
+        Route("/api/tags", api_tags, methods=["GET"]),
+        Route("/api/version", api_version, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ], middleware=middleware, lifespan=lifespan)
+
+
+async def _drain(request: Request, timeout_s: float) -> None:
+    """Read and drop a refused body (bounded by time), so the client gets the 413 and not
+    a reset connection while it is still sending."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            async for _ in request.stream():
+                pass
+
+
+def _key(request: Request) -> int | None:
+    """Which configured key the request carried (its index; None when none are asked)."""
+    return getattr(request.state, "key", None)
+
+
+def _error(exc: ApiError, ollama_api: bool) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    if ollama_api:
+        return JSONResponse({"error": exc.message, **exc.details}, exc.status, headers)
+    return JSONResponse({"error": {"message": exc.message, "type": exc.kind,
+                                   "param": exc.param, "code": exc.status, **exc.details}},
+                        exc.status, headers)
+
+
+_OPEN = frozenset({"/health", "/ready"})
+
+
+class _Front:
+    """Request id, access log and API keys, as plain ASGI (streams pass through as they
+    are). Keys are compared in constant time and never logged."""
+
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] \
+            or secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = rid
+        start = time.perf_counter()
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            key = self._key(headers) if self.keys else None
+            scope["state"]["key"] = key
+            if self.keys and scope["path"] not in _OPEN and key is None:
+                await _error(ApiError(401, "missing or wrong API key (Authorization: Bearer "
+                                           "<key>)", "invalid_api_key"),
+                             scope["path"].startswith("/api/"))(scope, receive, sending)
+                return
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            log.info("%s %s %s %s %d %.1fms", rid, client[0], scope["method"], scope["path"],
+                     status, (time.perf_counter() - start) * 1000)
+
+    def _key(self, headers: dict[bytes, bytes]) -> int | None:
+        """The index of the key the request carries, or None."""
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        token = token.strip()
+        found = None
+        for i, key in enumerate(self.keys):  # every key compared: the time tells nothing
+            if hmac.compare_digest(key, token):
+                found = i
+        return found if scheme.lower() == b"bearer" else None
+
+
+def run(config: Config, host: str | None = None, port: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM: then stop accepting, finish what is in flight within
+    ``[server] drain_s``, close the engine and return."""
+    settings = config.server
+    engine = Engine(config)
+    app = create_app(engine, settings)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host or settings.host, port=port or settings.port, access_log=False,
+        log_level="info", timeout_keep_alive=int(max(1, settings.timeout_keep_alive_s)),
+        timeout_graceful_shutdown=max(1, round(settings.drain_s)),
+        limit_concurrency=settings.max_connections, h11_max_incomplete_event_size=64 * 1024,
+        server_header=False, lifespan="on"))
+    # uvicorn drains, then raises the signal it caught again under the handler that was
+    # there before it: SIGTERM after a drain is a clean stop, so that handler exits 0
+    signal.signal(signal.SIGTERM, _drained)
+    server.run()
+
+
+def _drained(signum: int, frame: Any) -> None:
+    raise SystemExit(0)

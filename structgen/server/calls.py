@@ -1,0 +1,219 @@
+"""What both wire formats become before they reach the engine: one :class:`Call`, answered
+by :func:`answer` or :func:`stream` through the one :class:`~structgen.engine.Engine`.
+
+The OpenAI and Ollama modules only translate: their request body → a ``Call``, the
+engine's :class:`~structgen.types.StructuredResult` → their response body. Errors are
+mapped to an HTTP status here too (:func:`status_of`), once for both.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from structgen.engine import Engine
+from structgen.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    SchemaError,
+    StructgenError,
+    ToolError,
+    ValidationFailed,
+)
+from structgen.schema.toolset import TRIGGER_CLOSE, TRIGGER_OPEN, schema_tool
+from structgen.types import Choice, Grammar, Regex, StructuredResult, ToolCall, ToolSpec
+from structgen.validate import dump_value
+
+
+class ApiError(Exception):
+    """A request the server answers with an error: its status, a message, and the details
+    each wire format puts in its own shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 param: str | None = None, details: dict[str, Any] | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+        self.details = details or {}
+        super().__init__(message)
+
+
+def status_of(exc: StructgenError) -> ApiError:
+    """The HTTP answer for an error the engine raised."""
+    if isinstance(exc, ValidationFailed):
+        return ApiError(422, str(exc), "validation_failed", details=exc.to_dict())
+    if isinstance(exc, SchemaError):
+        return ApiError(400, str(exc), "invalid_schema", param=exc.pointer or None)
+    if isinstance(exc, ToolError):
+        return ApiError(400, str(exc), "invalid_tool", param=exc.tool)
+    if isinstance(exc, BackendTimeout):
+        return ApiError(504, str(exc), "backend_timeout")
+    if isinstance(exc, BackendUnavailable):
+        return ApiError(503, str(exc), "backend_unavailable")
+    if isinstance(exc, BackendError):
+        return ApiError(502, str(exc), "backend_error")
+    if isinstance(exc, ConfigError):
+        return ApiError(500, str(exc), "server_config_error")
+    return ApiError(400, str(exc))  # a bad parameter (sampling, messages, output spec)
+
+
+@dataclass
+class Call:
+    """One request as the engine takes it. ``output`` None and no ``tools``: plain text."""
+
+    messages: list[dict[str, str]]
+    output: Any = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: str = "auto"
+    parallel: bool = False
+    backend: str | None = None
+    model: str | None = None
+    reasoning: bool | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def json_output(self) -> bool:
+        """The answer is a JSON value (its content is its JSON text, even a string's)."""
+        return self.tools is None and self.output is not None \
+            and not isinstance(self.output, Regex | Choice | Grammar)
+
+    def keywords(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"backend": self.backend, "model": self.model,
+                              "reasoning": self.reasoning, **self.sampling}
+        if self.tools is not None:
+            kw.update(tools=self.tools, tool_choice=self.tool_choice, parallel=self.parallel)
+        return kw
+
+
+async def answer(engine: Engine, call: Call) -> StructuredResult:
+    try:
+        if call.tools is None and call.output is None:
+            return await engine.arun_text(call.messages, backend=call.backend,
+                                          model=call.model, reasoning=call.reasoning,
+                                          **call.sampling)
+        return await engine.arun(call.messages, call.output, **call.keywords())
+    except StructgenError as exc:
+        raise status_of(exc) from None
+
+
+async def stream(engine: Engine, call: Call) -> AsyncIterator[Any]:
+    """Partial values, then the final :class:`StructuredResult` (a plain-text call is not
+    streamed by the engine: its one item is the result)."""
+    if call.tools is None and call.output is None:
+        yield await answer(engine, call)
+        return
+    items = engine.astream(call.messages, call.output, final_result=True, **call.keywords())
+    try:
+        async for item in items:
+            yield item
+    except StructgenError as exc:
+        raise status_of(exc) from None
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+
+
+# Building a Call ----------------------------------------------------------------------------
+def function_tool(name: Any, parameters: Any, description: Any) -> ToolSpec:
+    """An OpenAI/Ollama ``function`` tool; its arguments come back as a validated dict."""
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    try:
+        return schema_tool(name, parameters, description or "")
+    except StructgenError as exc:
+        raise status_of(exc) from None
+
+
+def tool_call_text(calls: Sequence[tuple[str, Any]]) -> str:
+    """An earlier assistant turn's tool calls as the model wrote them: the Hermes
+    ``<tool_call>`` blocks the tools prompt asks for (structgen/schema/toolset.py)."""
+    return "\n".join(f"{TRIGGER_OPEN}\n"
+                     f"{json.dumps({'name': n, 'arguments': a}, ensure_ascii=False)}\n"
+                     f"{TRIGGER_CLOSE}" for n, a in calls)
+
+
+def parse_arguments(text: Any) -> Any:
+    """A tool call's ``arguments`` as sent back by a client (OpenAI: JSON text)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "a tool call's arguments are not JSON", param="messages") from None
+
+
+def model_route(engine: Engine, name: str) -> tuple[str | None, str | None]:
+    """(backend, model) for a request's ``model`` (see :func:`served_models`)."""
+    routes = served_models(engine)
+    if name not in routes:
+        raise ApiError(404, f"model {name!r} not found (served: {', '.join(routes)})",
+                       "model_not_found", param="model")
+    return routes[name]
+
+
+def served_models(engine: Engine) -> dict[str, tuple[str | None, str | None]]:
+    """``structgen`` (routed as the config says) and each backend's configured model
+    (pinned to that backend)."""
+    out: dict[str, tuple[str | None, str | None]] = {"structgen": (None, None)}
+    for name in engine.router.order():
+        model = getattr(engine.config.section(name), "model", None)
+        if model:
+            out.setdefault(str(model), (name, str(model)))
+    return out
+
+
+# Results ------------------------------------------------------------------------------------
+def content_of(result: StructuredResult, call: Call) -> str | None:
+    """The answer as text: the JSON of a JSON value, the string of a regex/choice/grammar,
+    plain-text or tool-turn text answer; None for tool calls."""
+    if call.json_output:
+        return dump_json(result.value)
+    if calls_of(result):
+        return None
+    return str(result.value)
+
+
+def calls_of(result: StructuredResult) -> list[ToolCall]:
+    value = result.value
+    if isinstance(value, ToolCall):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, ToolCall) for v in value):
+        return list(value)
+    return []
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(dump_value(value), ensure_ascii=False, separators=(",", ":"))
+
+
+def call_id(call: ToolCall) -> str:
+    return call.id or f"call_{secrets.token_hex(12)}"
+
+
+def provenance(result: StructuredResult) -> dict[str, Any]:
+    """The ``structgen`` extension object of a response: how the answer was made."""
+    return {
+        "backend": result.backend, "model": result.model, "cached": result.cached,
+        "repaired": result.repaired,
+        "repairs": [{"stage": r.stage, "changes": list(r.changes)} for r in result.repairs],
+        "post_enforced": list(result.post_enforced),
+        "attempts": [{"backend": a.backend, "ok": a.ok, "error": a.error,
+                      "skipped": a.skipped} for a in result.attempts],
+        "truncated": result.truncated, "latency_s": round(result.latency_s, 6),
+    }
+
+
+def stable_prefix(before: str, now: str) -> str:
+    """The longest common prefix: what of a partial value's JSON will not change any more
+    (a partial string's closing quote, an unclosed object's brace are not sent yet)."""
+    n = 0
+    for a, b in zip(before, now, strict=False):
+        if a != b:
+            break
+        n += 1
+    return now[:n]

@@ -1,0 +1,273 @@
+"""Ollama-compatible routes: ``POST /api/chat``, ``POST /api/generate``, ``GET /api/tags``,
+``GET /api/version``.
+
+``format`` is ``"json"`` (any JSON object) or a JSON Schema; ``options`` carries
+``temperature``, ``top_p``, ``seed``, ``num_predict`` and ``stop``. As in Ollama, ``stream``
+defaults to true: NDJSON lines, the last one ``"done": true``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from structgen import __version__
+from structgen.engine import Engine
+from structgen.server.calls import (
+    ApiError,
+    Call,
+    answer,
+    calls_of,
+    content_of,
+    dump_json,
+    function_tool,
+    model_route,
+    provenance,
+    served_models,
+    stable_prefix,
+    stream,
+    tool_call_text,
+)
+from structgen.types import StructuredResult, ToolCall
+
+# Ollama's own version line; clients read it to pick features
+OLLAMA_VERSION = "0.12.0"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class WireOllamaFunction(_Wire):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class WireOllamaTool(_Wire):
+    type: Literal["function"] = "function"
+    function: WireOllamaFunction
+
+
+class WireOllamaCalled(_Wire):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class WireOllamaToolCall(_Wire):
+    function: WireOllamaCalled
+
+
+class WireOllamaMessage(_Wire):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = ""
+    images: list[Any] | None = None
+    tool_calls: list[WireOllamaToolCall] | None = None
+
+
+class WireOllamaOptions(_Wire):
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    num_predict: int | None = None
+    stop: list[str] | None = None
+
+
+class WireOllamaChat(_Wire):
+    model: str
+    messages: list[WireOllamaMessage] = Field(min_length=1)
+    format: Literal["json", ""] | dict[str, Any] | None = None
+    options: WireOllamaOptions | None = None
+    stream: bool = True
+    tools: list[WireOllamaTool] | None = None
+    think: bool | str | None = None
+
+
+class WireOllamaGenerate(_Wire):
+    model: str
+    prompt: str = ""
+    system: str | None = None
+    format: Literal["json", ""] | dict[str, Any] | None = None
+    options: WireOllamaOptions | None = None
+    stream: bool = True
+    think: bool | str | None = None
+
+
+def parse_chat(body: dict[str, Any]) -> WireOllamaChat:
+    return _parse(WireOllamaChat, body)
+
+
+def parse_generate(body: dict[str, Any]) -> WireOllamaGenerate:
+    return _parse(WireOllamaGenerate, body)
+
+
+def _parse(model: type[Any], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ApiError(400, f"{where}: {err['msg']}", param=where) from None
+
+
+def _call(engine: Engine, model: str, messages: list[dict[str, str]], fmt: Any,
+          options: WireOllamaOptions | None, think: bool | str | None) -> Call:
+    backend, routed = model_route(engine, model)
+    sampling: dict[str, Any] = {}
+    if options is not None:
+        for name, value in (("temperature", options.temperature), ("top_p", options.top_p),
+                            ("seed", options.seed), ("stop", options.stop)):
+            if value is not None:
+                sampling[name] = value
+        if options.num_predict is not None and options.num_predict > 0:
+            sampling["max_tokens"] = options.num_predict
+    output = None
+    if fmt == "json":
+        output = {"type": "object"}
+    elif isinstance(fmt, dict):
+        output = fmt
+    reasoning = think if isinstance(think, bool) else (True if think else None)
+    return Call(messages=messages, output=output, backend=backend, model=routed,
+                reasoning=reasoning, sampling=sampling)
+
+
+def chat_call(engine: Engine, req: WireOllamaChat) -> Call:
+    messages = []
+    for m in req.messages:
+        if m.images:
+            raise ApiError(400, "images are not served", param="messages")
+        content = m.content or ""
+        if m.tool_calls:
+            calls = tool_call_text([(c.function.name, c.function.arguments)
+                                    for c in m.tool_calls])
+            content = f"{content}\n{calls}" if content else calls
+        messages.append({"role": m.role, "content": content})
+    call = _call(engine, req.model, messages, req.format, req.options, req.think)
+    if req.tools:
+        if call.output is not None:
+            raise ApiError(400, "give format or tools, not both", param="tools")
+        call.tools = [function_tool(t.function.name, t.function.parameters,
+                                    t.function.description) for t in req.tools]
+    return call
+
+
+def generate_call(engine: Engine, req: WireOllamaGenerate) -> Call:
+    messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
+        {"role": "user", "content": req.prompt}]
+    return _call(engine, req.model, messages, req.format, req.options, req.think)
+
+
+# Answers ------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _done(model: str, result: StructuredResult) -> dict[str, Any]:
+    ns = int(result.latency_s * 1e9)
+    return {"model": model, "created_at": _now(), "done": True,
+            "done_reason": "length" if result.truncated else "stop",
+            "total_duration": ns, "load_duration": 0,
+            "prompt_eval_count": result.usage.prompt_tokens,
+            "eval_count": result.usage.completion_tokens, "eval_duration": ns,
+            "structgen": provenance(result)}
+
+
+def _message(result: StructuredResult, call: Call) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content_of(result, call) or ""}
+    calls = calls_of(result)
+    if calls:
+        message["tool_calls"] = [_wire_call(c) for c in calls]
+    if result.reasoning_text:
+        message["thinking"] = result.reasoning_text
+    return message
+
+
+def _wire_call(call: ToolCall) -> dict[str, Any]:
+    return {"function": {"name": call.name, "arguments": json.loads(dump_json(call.arguments))}}
+
+
+async def chat(engine: Engine, req: WireOllamaChat) -> dict[str, Any]:
+    call = chat_call(engine, req)
+    result = await answer(engine, call)
+    return {**_done(req.model, result), "message": _message(result, call)}
+
+
+async def generate(engine: Engine, req: WireOllamaGenerate) -> dict[str, Any]:
+    call = generate_call(engine, req)
+    result = await answer(engine, call)
+    return {**_done(req.model, result), "response": content_of(result, call) or ""}
+
+
+async def chat_stream(engine: Engine, req: WireOllamaChat) -> AsyncIterator[str]:
+    call = chat_call(engine, req)
+    async for line in _lines(engine, call, req.model, chat=True):
+        yield line
+
+
+async def generate_stream(engine: Engine, req: WireOllamaGenerate) -> AsyncIterator[str]:
+    call = generate_call(engine, req)
+    async for line in _lines(engine, call, req.model, chat=False):
+        yield line
+
+
+async def _lines(engine: Engine, call: Call, model: str, *, chat: bool) -> AsyncIterator[str]:
+    """NDJSON: a line per new piece of content, then the ``done`` line (with the tool calls,
+    which Ollama sends whole). A failure after the first line is an ``error`` line."""
+
+    def line(content: str, **extra: Any) -> str:
+        body: dict[str, Any] = {"model": model, "created_at": _now()}
+        if chat:
+            body["message"] = {"role": "assistant", "content": content, **extra}
+        else:
+            body["response"] = content
+        body["done"] = False
+        return json.dumps(body, ensure_ascii=False) + "\n"
+
+    items = stream(engine, call)
+    item = await anext(items)  # errors before any line go out with their own status
+    sent, last = "", ""
+    try:
+        while not isinstance(item, StructuredResult):
+            if not isinstance(item, ToolCall | list):
+                text = dump_json(item) if call.json_output else str(item)
+                stable = stable_prefix(last, text) if call.json_output else text
+                last = text
+                if stable.startswith(sent) and len(stable) > len(sent):
+                    yield line(stable[len(sent):])
+                    sent = stable
+            item = await anext(items)
+        content = content_of(item, call) or ""
+        done = _done(model, item)
+        if content.startswith(sent):
+            tail = content[len(sent):]
+        else:  # repair changed what was sent: the done line restates it whole
+            tail = ""
+            done["structgen"]["content"] = content
+        if chat:
+            message = _message(item, call)
+            message["content"] = tail
+            done["message"] = message
+        else:
+            done["response"] = tail
+        yield json.dumps(done, ensure_ascii=False) + "\n"
+    except ApiError as exc:
+        yield json.dumps({"error": exc.message}) + "\n"
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]
+
+
+def tags(engine: Engine) -> dict[str, Any]:
+    now = _now()
+    return {"models": [{"name": name, "model": name, "modified_at": now, "size": 0,
+                        "digest": "", "details": {"format": "", "family": backend or "structgen",
+                                                  "families": None, "parameter_size": "",
+                                                  "quantization_level": ""}}
+                       for name, (backend, _) in served_models(engine).items()]}
+
+
+def version() -> dict[str, Any]:
+    return {"version": OLLAMA_VERSION, "structgen": __version__}
