@@ -9,9 +9,11 @@ Keep one :class:`Engine` per process (it owns backends, caches and metrics);
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -28,7 +30,7 @@ from structgen.backends import Backend, GenerationRequest, GenerationResult
 from structgen.backends.base import Finished, run_sync
 from structgen.backends.capabilities import unenforced
 from structgen.backends.pool import BackendPool
-from structgen.cache import open_result_cache
+from structgen.cache import CacheError, NullCache, ResultCache, open_result_cache
 from structgen.config import Config
 from structgen.errors import StructgenError, ValidationFailed
 from structgen.metrics import Metrics
@@ -54,6 +56,8 @@ from structgen.types import (
     normalize_messages,
 )
 
+log = logging.getLogger(__name__)
+
 
 class Engine:
     """Holds config, backends, caches and metrics. Thread-safe for concurrent async use."""
@@ -64,7 +68,7 @@ class Engine:
         # [limits]: carried by every output this engine compiles (validation reads them there)
         self.limits = self.config.limits.parse_limits()
         self.pool = BackendPool(self.config, backends)
-        self.cache = open_result_cache(self.config.cache, self.config)
+        self.cache = _open_cache(self.config)
         self.metrics = Metrics(self.config.metrics)
         self.router = Router(self.config, self.pool, in_flight=self.metrics.in_flight)
 
@@ -132,7 +136,10 @@ class Engine:
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, tools=tools,
                                      tool_choice=tool_choice, parallel=parallel, **sampling)
-        key, hit = self._cache_lookup(request, backend, use_cache, start)
+        # a hit is read and validated again in a worker thread: a large value (or a store
+        # that does not answer) must not hold the event loop
+        key, hit = await asyncio.to_thread(self._cache_lookup, request, backend, use_cache,
+                                           start)
         return _tool_result(request, hit or await self._agenerate_request(
             request, backend, key, start, allow_truncated))
 
@@ -186,7 +193,7 @@ class Engine:
             raise
         result = _structured(gen, repaired, trail, start, key)
         if key is not None and not result.truncated:  # a cut value is never served again
-            self.cache.put(key, request, result)
+            await asyncio.to_thread(self.cache.put, key, request, result)
         self.metrics.record(request, gen, result)
         self.metrics.record_tool_calls(request, result.raw_text, valid=True)
         return _tool_result(request, result, gen.tool_calls)
@@ -279,7 +286,8 @@ class Engine:
                                      reasoning=reasoning, tools=tools,
                                      tool_choice=tool_choice, parallel=parallel, **sampling)
         assert request.output is not None
-        key, hit = self._cache_lookup(request, backend, use_cache, start)
+        key, hit = await asyncio.to_thread(self._cache_lookup, request, backend, use_cache,
+                                           start)
         if hit is not None:
             hit = _tool_result(request, hit)
             yield hit if final_result else hit.value
@@ -348,6 +356,16 @@ class Engine:
 
     def close(self) -> None:
         run_sync(self.aclose())
+
+
+def _open_cache(config: Config) -> ResultCache | NullCache:
+    """The result cache, or none when its store cannot be opened (a read-only or full
+    disk, a damaged cache.db, Redis down): a cache failure never fails a request."""
+    try:
+        return open_result_cache(config.cache, config)
+    except CacheError as exc:
+        log.warning("result cache disabled: %s", exc)
+        return NullCache()
 
 
 def _usage(gen: GenerationResult) -> Usage:
