@@ -365,6 +365,7 @@ class ResultCache:
                         "or make the cache directory writable): nothing is cached")
         self._skip_until = 0.0  # after a store failure: left alone until then
         self._backoff_s = _BACKOFF_S
+        self._last_failure = ""
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -475,8 +476,9 @@ class ResultCache:
             raise CacheError("result cache write skipped: no secret to sign the entry with "
                              "(set [cache] secret, or make the cache directory writable)")
         if self._resting():
-            raise CacheError("result cache write skipped: the store failed a moment ago "
-                             f"(retried in {self._skip_until - time.monotonic():.1f} s)")
+            raise CacheError(f"result cache write skipped: the store failed a moment ago "
+                             f"({self._last_failure}; retried in "
+                             f"{self._skip_until - time.monotonic():.1f} s)")
         try:
             self.store.set(ENTRY_PREFIX + key, entry_mac(self.secret, body) + body,
                            self.config.ttl_s)
@@ -498,6 +500,7 @@ class ResultCache:
         """Count a store failure and leave the store alone for a while (doubling)."""
         self.errors += 1
         self._skip_until = time.monotonic() + self._backoff_s
+        self._last_failure = f"{what}: {type(exc).__name__}: {_redacted(str(exc), self.store)}"
         log.warning("result cache %s failed (%s: %s); the store is skipped for %.0f s", what,
                     type(exc).__name__, _redacted(str(exc), self.store), self._backoff_s)
         self._backoff_s = min(_MAX_BACKOFF_S, self._backoff_s * 2)

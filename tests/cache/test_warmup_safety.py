@@ -176,3 +176,25 @@ def test_resume_after_a_cut_report_line_starts_a_new_line(tmp_path: Path,
     assert _warmup(cfg, src, report).returncode == 0
     cut, line = report.read_text().splitlines()
     assert cut == '{"id": "killed", "line": 1, "sta' and json.loads(line)["status"] == "done"
+
+
+def test_warmup_line_names_only_configured_models(tmp_path: Path) -> None:
+    """A line's model is a path to load or a hub id to download (issue 24, B4): only the
+    configured models, or the --model of the command line, are accepted."""
+    src = tmp_path / "req" / "requests.jsonl"
+    src.parent.mkdir()
+    models = ["Qwen/Qwen2.5-72B-Instruct", str(tmp_path / "any.gguf"), "ollama:evil",
+              "configured-vllm-model", "from-the-command-line", None]
+    src.write_text("".join(json.dumps({"prompt": "x", "schema": SCHEMA, "model": m}) + "\n"
+                           for m in models))
+    engine = Engine(Config.from_dict({"cache": {"dir": str(tmp_path / "cache")},
+                                      "vllm": {"model": "configured-vllm-model"}}))
+    try:
+        items = read_items(src, engine, model="from-the-command-line")
+    finally:
+        engine.close()
+    assert [type(i.error).__name__ for i in items] == [
+        "WarmupLineError", "WarmupLineError", "WarmupLineError", "NoneType", "NoneType",
+        "NoneType"]
+    assert "not a configured model" in str(items[0].error)
+    assert items[5].model == "from-the-command-line"
