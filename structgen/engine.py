@@ -305,6 +305,7 @@ class Engine:
         finish = "stop"
         reported: tuple[PostEnforced, ...] | None = None
         last: Any = None
+        parsed = 0  # the length of the text last parsed
         chunks = [first]
         try:
             while True:
@@ -314,10 +315,15 @@ class Engine:
                         finish = chunk.finish_reason
                         reported = chunk.post_enforced
                 chunks = []
-                current = as_partial(text)
-                if current is not None and current != last:
-                    last = current
-                    yield current
+                # Each parse reads the whole text: past 256 characters it waits until the
+                # text grew by 1/256, so a long answer in small chunks costs linear time
+                # (18 kB in 7-character chunks: 2,600 parses before)
+                if len(text) - parsed >= len(text) >> 8:
+                    parsed = len(text)
+                    current = as_partial(text)
+                    if current is not None and current != last:
+                        last = current
+                        yield current
                 try:
                     chunks.append(await anext(stream))
                 except StopAsyncIteration:
