@@ -136,10 +136,7 @@ class Engine:
         request = self.build_request(prompt_or_messages, output, model=model,
                                      reasoning=reasoning, tools=tools,
                                      tool_choice=tool_choice, parallel=parallel, **sampling)
-        # a hit is read and validated again in a worker thread: a large value (or a store
-        # that does not answer) must not hold the event loop
-        key, hit = await asyncio.to_thread(self._cache_lookup, request, backend, use_cache,
-                                           start)
+        key, hit = await self._acache_lookup(request, backend, use_cache, start)
         return _tool_result(request, hit or await self._agenerate_request(
             request, backend, key, start, allow_truncated))
 
@@ -158,6 +155,15 @@ class Engine:
             self.metrics.record_cache_hit(request, hit)
             self.metrics.record_tool_calls(request, hit.raw_text, valid=True)
         return key, hit
+
+    async def _acache_lookup(self, request: GenerationRequest, backend: str | None,
+                             use_cache: bool, start: float
+                             ) -> tuple[str | None, StructuredResult | None]:
+        """:meth:`_cache_lookup` in a worker thread: a hit is read and validated again, and
+        a large value (or a store that does not answer) must not hold the event loop."""
+        if not (use_cache and self.cache.cacheable(request)):
+            return None, None
+        return await asyncio.to_thread(self._cache_lookup, request, backend, use_cache, start)
 
     async def _agenerate_request(self, request: GenerationRequest, backend: str | None,
                                  key: str | None, start: float,
@@ -286,8 +292,7 @@ class Engine:
                                      reasoning=reasoning, tools=tools,
                                      tool_choice=tool_choice, parallel=parallel, **sampling)
         assert request.output is not None
-        key, hit = await asyncio.to_thread(self._cache_lookup, request, backend, use_cache,
-                                           start)
+        key, hit = await self._acache_lookup(request, backend, use_cache, start)
         if hit is not None:
             hit = _tool_result(request, hit)
             yield hit if final_result else hit.value
