@@ -159,3 +159,18 @@ def test_row_naming_a_fifo_is_not_read(tmp_path: Path) -> None:
         pytest.fail("reading a cache row whose file is a FIFO blocked")
     assert result == [None]
     cache.close()
+
+
+def test_warmup_still_fails_when_its_cache_cannot_be_opened(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from structgen.cli import app
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[cache]\ndir = "{blocker / "results"}"\n')
+    src = tmp_path / "requests.jsonl"
+    src.write_text(json.dumps({"prompt": "x", "schema": SCHEMA}) + "\n")
+    run = CliRunner().invoke(app, ["warmup", str(src), "--config", str(config)])
+    assert run.exit_code != 0 and "cannot open cache directory" in run.output, run.output
