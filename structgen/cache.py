@@ -8,10 +8,13 @@ do not change it (the schema hash is canonical).
 Entries are text, never pickles (a cache directory or a shared Redis must not be a
 code-execution vector)::
 
-    <sha256 of body, 64 hex chars><body: one JSON object>
+    <HMAC-SHA256 of body, 64 hex chars><body: one JSON object>
 
-The checksum catches truncated or corrupted entries; such an entry is dropped and the
-request recomputed. An entry keeps the validated text the model produced, not a dump of
+The MAC is keyed (``[cache] secret``, or else the ``.secret`` of the cache directory, made
+on first use; see :mod:`structgen.signing`): it catches truncated or corrupted entries and
+forged ones alike (whoever can write the store cannot sign without the secret); such an
+entry is dropped and the request recomputed. Workers sharing a Redis must share
+``[cache] secret``, or each one's entries are misses for the others. An entry keeps the validated text the model produced, not a dump of
 the value: on a hit that text is validated again against the requested output, exactly as
 on the miss, so a hit equals (``==``) what the miss returned (aliases, serializers,
 ``SecretStr``, enums, datetimes, discriminated unions) and a bad entry or a changed model
@@ -24,6 +27,8 @@ to be down, so a fallback's answer is not served once the preferred backend is b
 
 Stores: ``diskcache`` in ``[cache] dir`` (default ``~/.cache/structgen/results``, safe with
 several processes) or Redis (``[cache] backend = "redis"``, ``url``) for a fleet of workers.
+A store that fails is skipped for a while (backing off from 1 s to a minute) rather than
+asked again on every request; Redis operations time out after :data:`REDIS_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -49,8 +55,9 @@ from pydantic import ValidationError
 from structgen.config import redact_url
 from structgen.errors import ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
+from structgen.signing import directory_secret
 from structgen.types import StructuredResult
-from structgen.validate import is_valid, parse_json, validate_text
+from structgen.validate import is_valid, model_value, parse_json, validate_text
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
@@ -59,12 +66,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 3  # 3: entries keep the validated text, not a dump of the value
+# 3: entries keep the validated text, not a dump of the value (entries written before the
+# MAC was keyed fail it: they are dropped as damaged, and recomputed)
+CACHE_FORMAT_VERSION = 3
 DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
 ENTRY_PREFIX = "r:"  # result entries; everything else in a store is bookkeeping
 STATS_PREFIX = "stats:"
 _FLUSH_EVERY = 64  # counter updates buffered before they are written to the store
 _FLUSH_INTERVAL_S = 5.0
+# A frozen Redis must not hold a request for long: each operation gives up after this.
+REDIS_TIMEOUT_S = 0.5
+# After a store failure it is left alone this long, doubling per failure up to the max.
+_BACKOFF_S = 1.0
+_MAX_BACKOFF_S = 60.0
 
 
 class CacheError(StructgenError):
@@ -94,6 +108,10 @@ def _safe_disk_class() -> type:
     fail here instead of running ``pickle.loads``.
     """
     class SafeDisk(diskcache.Disk):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.written = threading.local()  # the value file this thread last created
+
         def put(self, key: Any) -> Any:
             if not isinstance(key, str):
                 raise TypeError("structgen cache keys are str")
@@ -114,7 +132,17 @@ def _safe_disk_class() -> type:
                 raise _UnsafeRow("refusing to unpickle a cache value")
             if filename is not None:
                 self._inside(filename)
+                if not os.path.isfile(os.path.join(self._directory, filename)):
+                    # a FIFO (or a directory) there would block the read or fail it
+                    raise _UnsafeRow(f"cache row names something that is not a regular "
+                                     f"file: {filename!r}")
             return super().fetch(mode, filename, value, read)
+
+        def filename(self, key: Any = diskcache.core.UNKNOWN,
+                     value: Any = diskcache.core.UNKNOWN) -> Any:
+            names = super().filename(key, value)
+            self.written.path = names[1]  # removed by DiskStore.set if the write fails
+            return names
 
         def remove(self, file_path: str) -> Any:
             # diskcache deletes the row's file on delete/evict/cull: a tampered row must not
@@ -174,7 +202,17 @@ class DiskStore:
         return None
 
     def set(self, key: str, value: str, ttl_s: float | None) -> None:
-        self._cache.set(key, value, expire=ttl_s)
+        written = self._cache.disk.written
+        written.path = None
+        try:
+            self._cache.set(key, value, expire=ttl_s)
+        except BaseException:
+            # a large value goes to a file of its own first: a write that failed after it
+            # (full disk, locked database) must not leave it behind, unreferenced
+            if written.path is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(written.path)
+            raise
 
     def delete(self, key: str) -> None:
         self._cache.delete(key)
@@ -215,7 +253,8 @@ class RedisStore:
             raise ConfigError("needs the redis client: pip install 'structgen[redis]'",
                               "cache.backend") from None
         try:
-            self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+            self._r = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
+                                           socket_connect_timeout=REDIS_TIMEOUT_S)
             self._r.ping()
         except (redis.RedisError, ValueError, OSError) as exc:
             # The URL may carry a password: errors and stats show it redacted.
@@ -320,6 +359,13 @@ class ResultCache:
         self.config = config
         self.store = store
         self.app_config = app_config
+        self.secret = entry_secret(config)
+        if self.secret is None:
+            log.warning("result cache: no secret to sign entries with (set [cache] secret, "
+                        "or make the cache directory writable): nothing is cached")
+        self._skip_until = 0.0  # after a store failure: left alone until then
+        self._backoff_s = _BACKOFF_S
+        self._last_failure = ""
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -426,24 +472,51 @@ class ResultCache:
     def put_raw(self, key: str, body: str) -> None:
         """Store an already-encoded entry body; raises :class:`CacheError` when the store
         refuses the write (callers that must not fail, like :meth:`put`, catch it)."""
-        digest = hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+        if self.secret is None:
+            raise CacheError("result cache write skipped: no secret to sign the entry with "
+                             "(set [cache] secret, or make the cache directory writable)")
+        if self._resting():
+            raise CacheError(f"result cache write skipped: the store failed a moment ago "
+                             f"({self._last_failure}; retried in "
+                             f"{self._skip_until - time.monotonic():.1f} s)")
         try:
-            self.store.set(ENTRY_PREFIX + key, digest + body, self.config.ttl_s)
+            self.store.set(ENTRY_PREFIX + key, entry_mac(self.secret, body) + body,
+                           self.config.ttl_s)
         except Exception as exc:  # redis.RedisError, sqlite3.Error, OSError, ...
-            self.errors += 1
+            self._failed("write", exc)
             raise CacheError(f"result cache write failed: {type(exc).__name__}: "
                              f"{_redacted(str(exc), self.store)}") from None
+        self._backoff_s = _BACKOFF_S
+
+    def decode(self, raw: str) -> dict[str, Any] | None:
+        """A raw store value as an entry; None when it does not verify or is malformed."""
+        return decode_entry(raw, self.secret)
+
+    def _resting(self) -> bool:
+        """Is the store being left alone after a failure?"""
+        return time.monotonic() < self._skip_until
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """Count a store failure and leave the store alone for a while (doubling)."""
+        self.errors += 1
+        self._skip_until = time.monotonic() + self._backoff_s
+        self._last_failure = f"{what}: {type(exc).__name__}: {_redacted(str(exc), self.store)}"
+        log.warning("result cache %s failed (%s: %s); the store is skipped for %.0f s", what,
+                    type(exc).__name__, _redacted(str(exc), self.store), self._backoff_s)
+        self._backoff_s = min(_MAX_BACKOFF_S, self._backoff_s * 2)
 
     def _read(self, key: str) -> dict[str, Any] | None:
+        if self.secret is None or self._resting():
+            return None
         try:
             raw = self.store.get(ENTRY_PREFIX + key)
         except Exception as exc:  # an unreachable store is a miss
-            self.errors += 1
-            log.warning("result cache read failed: %s", exc)
+            self._failed("read", exc)
             return None
+        self._backoff_s = _BACKOFF_S
         if raw is None:
             return None
-        entry = decode_entry(raw)
+        entry = decode_entry(raw, self.secret)
         if entry is None or entry.get("key") != key:
             self._drop(key, "corrupted entry")
             return None
@@ -458,8 +531,8 @@ class ResultCache:
         log.warning("result cache: dropping %s (%s)", key[:16], why)
         try:
             self.store.delete(ENTRY_PREFIX + key)
-        except Exception:
-            self.errors += 1
+        except Exception as exc:
+            self._failed("delete", exc)
 
     # Counters -------------------------------------------------------------------------
     def _count(self, name: str) -> None:
@@ -477,13 +550,14 @@ class ResultCache:
         with self._lock:
             pending, self._pending = self._pending, {"hits": 0, "misses": 0}
             self._last_flush = time.monotonic()
+        if self._resting():
+            return  # these counts are lost: a store that is down is not waited for
         try:
             for name, n in pending.items():
                 if n:
                     self.store.incr(STATS_PREFIX + name, n)
         except Exception as exc:
-            self.errors += 1
-            log.warning("result cache counter update failed: %s", exc)
+            self._failed("counter update", exc)
 
     # Maintenance (the `structgen cache` command) -------------------------------------
     # These talk to the store directly, so a damaged one (a tampered or foreign cache.db,
@@ -606,12 +680,25 @@ def _finite(x: Any) -> bool:
         return False
 
 
-def decode_entry(raw: str) -> dict[str, Any] | None:
-    """Check the checksum and parse an entry; None when it is corrupted in any way."""
-    if len(raw) < 66:
+def entry_secret(config: CacheConfig) -> bytes | None:
+    """The key entries are signed with: ``[cache] secret``, else the cache directory's own
+    (for Redis too: then only this machine's workers share entries)."""
+    if config.secret:
+        return hashlib.sha256(config.secret.encode("utf-8")).digest()
+    return directory_secret(_directory(config))
+
+
+def entry_mac(secret: bytes, body: str) -> str:
+    return hmac.new(secret, body.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+
+def decode_entry(raw: str, secret: bytes | None) -> dict[str, Any] | None:
+    """Check the MAC and parse an entry; None when it is corrupted or forged in any way."""
+    if len(raw) < 66 or secret is None:
         return None
-    digest, body = raw[:64], raw[64:]
-    if hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest() != digest:
+    tag, body = raw[:64], raw[64:]
+    if not hmac.compare_digest(entry_mac(secret, body).encode(),
+                               tag.encode("utf-8", "surrogatepass")):
         return None
     try:
         entry = json.loads(body)
@@ -639,7 +726,7 @@ def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
             return data
 
         try:
-            return output.model.model_validate(data)
+            return model_value(output.model, data, entry["text"])
         except ValidationError:
             return _INVALID
     except (RecursionError, ValueError):  # a tampered entry's pathological text
@@ -671,9 +758,12 @@ def open_store(config: CacheConfig) -> Store:
     """The configured store (disk directory or Redis URL)."""
     if config.backend == "redis":
         return RedisStore(config.url)
-    directory = Path(config.dir).expanduser() if config.dir else (
+    return DiskStore(_directory(config))
+
+
+def _directory(config: CacheConfig) -> Path:
+    return Path(config.dir).expanduser() if config.dir else (
         Path.home() / ".cache" / "structgen" / "results")
-    return DiskStore(directory)
 
 
 def open_result_cache(config: CacheConfig, app_config: Config | None = None

@@ -435,6 +435,10 @@ def warmup(
         if engine.config.cache.backend == "none":
             raise ConfigError('warmup needs a result cache ([cache] backend = "none")',
                               "cache.backend")
+        if not isinstance(engine.cache, ResultCache):
+            # the engine went on without the cache it could not open; warmup exists to fill
+            # it: opening it again raises the CacheError that says why
+            engine.cache = open_result_cache(engine.config.cache, engine.config)
         allowed = [*engine.config.warmup.allow_modules, *allow_module]
         items = read_items(file, engine, backend=backend, model=model, allow_modules=allowed)
         if dry_run:

@@ -77,9 +77,9 @@ class _Section(BaseModel):
         # repr/str of a config (logs, tracebacks, error reports) never shows a secret;
         # the values themselves are unchanged for the code that needs them.
         for name, value in super().__repr_args__():
-            if name == "api_key" and value:
+            if name in ("api_key", "secret") and value:
                 yield name, REDACTED
-            elif name == "url" and isinstance(value, str):
+            elif name in ("url", "base_url") and isinstance(value, str):
                 yield name, redact_url(value)
             else:
                 yield name, value
@@ -181,6 +181,9 @@ class CacheConfig(_Section):
     ttl_s: float | None = Field(default=None, gt=0)
     cache_sampled: bool = False  # cache temperature>0 requests without a seed
     grammar_dir: str | None = None
+    # signs result entries (HMAC); None: the cache directory's own .secret. Workers that
+    # share a Redis need the same secret ($STRUCTGEN_CACHE_SECRET)
+    secret: str | None = None
 
 
 class RepairConfig(_Section):

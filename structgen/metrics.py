@@ -308,11 +308,14 @@ class Metrics:
     def record_tool_calls(self, request: GenerationRequest, envelope: str, *,
                           valid: bool) -> None:
         """The calls of a tool turn's answer (its envelope text), per tool. An invalid
-        answer whose tool cannot be read counts under ``"(unknown)"``; a text answer of an
-        ``"auto"`` turn is no call."""
+        answer whose tool cannot be read, or that names a tool the request did not offer,
+        counts under ``"(unknown)"``: a label is a tool name the caller wrote, never model
+        text (each distinct label is a new series); a text answer of an ``"auto"`` turn is
+        no call."""
         if not self.enabled or request.tools is None:
             return
-        names = called_tools(envelope)
+        offered = {tool.name for tool in request.tools.tools}
+        names = [name if name in offered else "(unknown)" for name in called_tools(envelope)]
         if not valid and not names:
             names = ["(unknown)"]
         for name in names:

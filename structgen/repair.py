@@ -18,12 +18,13 @@ value is never returned.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -41,7 +42,7 @@ from structgen.types import Repair
 from structgen.validate import (
     Outcome,
     parse_json,
-    schema_errors,
+    schema_valid,
     validate_data,
     validate_text,
 )
@@ -158,8 +159,11 @@ async def _finalize(gen: GenerationResult, request: GenerationRequest, cfg: Repa
     separate_reasoning(gen, request)
     # What the grammar did not enforce (schema/support.py), validation below does.
     post_enforced = list(dict.fromkeys(gen.post_enforced))
-    fix = repair_locally(gen.text, output, max_repairs=cfg.max_repairs, backend=gen.backend,
-                         truncated=gen.finish_reason == "length")
+    # Parsing, validation and coercion of a long answer take CPU time: in a worker thread,
+    # so other requests on this event loop (and their deadlines) do not wait for them.
+    fix = await asyncio.to_thread(repair_locally, gen.text, output,
+                                  max_repairs=cfg.max_repairs, backend=gen.backend,
+                                  truncated=gen.finish_reason == "length")
     attempts = list(fix.attempts)
     stages = list(fix.stages)
     if fix.outcome.ok:
@@ -180,9 +184,10 @@ async def _finalize(gen: GenerationResult, request: GenerationRequest, cfg: Repa
             attempts.append(Attempt("reask", "", [ErrorDetail("", f"re-ask failed: {exc}",
                                                               "backend")], exc.backend or None))
             break
-        fix = repair_locally(again.text, output, max_repairs=cfg.max_repairs,
-                             backend=again.backend, truncated=again.finish_reason == "length",
-                             first_stage="reask")
+        fix = await asyncio.to_thread(repair_locally, again.text, output,
+                                      max_repairs=cfg.max_repairs, backend=again.backend,
+                                      truncated=again.finish_reason == "length",
+                                      first_stage="reask")
         attempts.extend(fix.attempts)
         # The local stages that ran on the re-asked text count too ("reask", then "syntax").
         stages.extend(fix.stages)
@@ -248,6 +253,14 @@ def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
             return LocalFix(outcome, text, stages, attempts)
         budget -= 1
         stages.append("syntax")
+        # A complete value inside the text (prose around it, a second answer after it):
+        # the first one that is valid wins, before json-repair guesses at the whole text.
+        for candidate in embedded_values(text, output.limits):
+            fixed = validate_data(candidate, output)
+            if fixed.ok:
+                repaired_text = json.dumps(candidate, ensure_ascii=False)
+                attempts.append(Attempt("syntax", repaired_text, [], backend))
+                return LocalFix(fixed, repaired_text, stages, attempts)
         data, found = syntax_repair(text, output.limits)
         if not found:
             note = "the text was cut off at max_tokens" if truncated else "no JSON value found"
@@ -268,6 +281,30 @@ def repair_locally(text: str, output: CompiledOutput, *, max_repairs: int = 2,
     coerced_text = json.dumps(new, ensure_ascii=False)
     attempts.append(Attempt("coerce", coerced_text, coerced.errors, backend))
     return LocalFix(coerced, coerced_text, stages, attempts, changes)
+
+
+_MAX_EMBEDDED = 16  # complete values read from one text
+_DECODER = json.JSONDecoder()
+
+
+def embedded_values(text: str, limits: Limits = DEFAULT_LIMITS) -> Iterator[Any]:
+    """The complete JSON objects and arrays that ``text`` holds one after another from its
+    first ``{`` or ``[`` (``{"n": 1} garbage {"n": 2}`` yields both; json-repair would keep
+    the later one, or make a list of the two). The first one that does not parse ends the
+    run: what follows may be its inside (an answer cut off at max_tokens), which
+    json-repair closes instead."""
+    if len(text) > limits.max_chars or nesting_depth(text, limits.max_depth) > limits.max_depth:
+        return
+    i = 0
+    for _ in range(_MAX_EMBEDDED):
+        starts = [j for j in (text.find("{", i), text.find("[", i)) if j != -1]
+        if not starts:
+            return
+        try:
+            value, i = _DECODER.raw_decode(text, min(starts))
+        except (ValueError, RecursionError):  # not JSON from here (or a 5000-digit int)
+            return
+        yield value
 
 
 def syntax_repair(text: str, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, bool]:
@@ -314,13 +351,42 @@ def coerce(data: Any, schema: dict[str, Any]) -> tuple[Any, list[str]]:
     >>> coerce({"n": "3"}, {"type": "object", "properties": {"n": {"type": "integer"}}})
     ({'n': 3}, ["/n: '3' → 3 (integer)"])
     """
-    walker = _Coercer(schema)
-    return walker.walk(copy.deepcopy(data), schema, ""), walker.changes
+    walker = _Coercer(schema, _Memo())
+    try:
+        return walker.walk(copy.deepcopy(data), schema, ""), walker.changes
+    except _OverBudget:
+        return copy.deepcopy(data), []  # too much work to be sure of one reading: none
+
+
+# Trying every branch of every nested anyOf is exponential in the nesting (a recursive
+# Union[Add, Mul, int] doubles per level); with the memo each (place, branches, value) is
+# tried once, and a walk that still takes more steps than this gives up.
+MAX_COERCE_STEPS = 20_000
+
+
+class _OverBudget(Exception):
+    pass
+
+
+@dataclass
+class _Memo:
+    """What one coercion learnt, shared by the trial walks of its branches."""
+
+    steps: int = 0
+    fits: dict[tuple[int, str], bool] = field(default_factory=dict)
+    branches: dict[tuple[str, int, str], tuple[Any, list[str]]] = field(default_factory=dict)
+    # the schemas keyed by id() above, kept alive so that no id is reused while it is known
+    keep: list[Any] = field(default_factory=list)
+
+
+def _fingerprint(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=repr)
 
 
 class _Coercer:
-    def __init__(self, root: dict[str, Any]) -> None:
+    def __init__(self, root: dict[str, Any], memo: _Memo) -> None:
         self.root = root
+        self.memo = memo
         self.changes: list[str] = []
 
     def resolve(self, schema: Any) -> Any:
@@ -343,16 +409,28 @@ class _Coercer:
     def fits(self, data: Any, schema: Any) -> bool:
         if not isinstance(schema, dict):
             return schema is not False
-        standalone = dict(schema)
-        for defs in ("$defs", "definitions"):
-            if defs in self.root and defs not in standalone:
-                standalone[defs] = self.root[defs]
-        return not schema_errors(data, standalone)
+        key = (id(schema), _fingerprint(data))
+        known = self.memo.fits.get(key)
+        if known is None:
+            self.step()
+            standalone = dict(schema)
+            for defs in ("$defs", "definitions"):
+                if defs in self.root and defs not in standalone:
+                    standalone[defs] = self.root[defs]
+            known = self.memo.fits[key] = schema_valid(data, standalone)
+            self.memo.keep.append(schema)
+        return known
+
+    def step(self) -> None:
+        self.memo.steps += 1
+        if self.memo.steps > MAX_COERCE_STEPS:
+            raise _OverBudget
 
     def note(self, pointer: str, what: str) -> None:
         self.changes.append(f"{pointer or '/'}: {what}")
 
     def walk(self, data: Any, schema: Any, pointer: str) -> Any:
+        self.step()
         schema = self.resolve(schema)
         if not isinstance(schema, dict):
             return data
@@ -380,18 +458,29 @@ class _Coercer:
         return data
 
     def branches(self, data: Any, branches: list[Any], pointer: str) -> Any:
+        key = (pointer, id(branches), _fingerprint(data))
+        known = self.memo.branches.get(key)
+        if known is None:
+            value, changes = self._branches(data, branches, pointer)
+            known = self.memo.branches[key] = (copy.deepcopy(value), changes)
+            self.memo.keep.append(branches)
+        value, changes = known
+        self.changes.extend(changes)
+        return copy.deepcopy(value)  # the caller edits it in place; the memo keeps its own
+
+    def _branches(self, data: Any, branches: list[Any], pointer: str
+                  ) -> tuple[Any, list[str]]:
         if any(self.fits(data, b) for b in branches):
-            return data
+            return data, []
         fitting: list[tuple[Any, list[str]]] = []
         for branch in branches:
-            trial = _Coercer(self.root)
+            trial = _Coercer(self.root, self.memo)
             candidate = trial.walk(copy.deepcopy(data), branch, pointer)
             if trial.changes and self.fits(candidate, branch):
                 fitting.append((candidate, trial.changes))
         if len(fitting) != 1:
-            return data  # none or several readings: not ours to choose
-        self.changes.extend(fitting[0][1])
-        return fitting[0][0]
+            return data, []  # none or several readings: not ours to choose
+        return fitting[0]
 
     def enum(self, data: Any, values: list[Any], pointer: str) -> Any:
         if data in values or not isinstance(data, str):

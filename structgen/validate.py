@@ -10,8 +10,10 @@ are never JSON). Errors come back as a list of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -172,6 +174,91 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> li
     return keys
 
 
+def _any_of(validator: Any, any_of: list[Any], instance: Any, schema: Any) -> Iterator[Any]:
+    # jsonschema collects every error of every branch (the context of its message); below
+    # nested unions (a recursive Union[Add, Mul, int]) that doubles per level. A branch's
+    # first error rules it out, each (branch, value) is judged once per validation (the
+    # memo), and structgen reports the anyOf itself, not its context.
+    for index, subschema in enumerate(any_of):
+        if _branch_valid(validator, instance, subschema, index):
+            return
+    yield JsonSchemaValidationError(f"{instance!r} is not valid under any of the given "
+                                    "schemas")
+
+
+def _one_of(validator: Any, one_of: list[Any], instance: Any, schema: Any) -> Iterator[Any]:
+    valid = []
+    for index, subschema in enumerate(one_of):
+        if _branch_valid(validator, instance, subschema, index):
+            valid.append(subschema)
+            if len(valid) > 1:
+                reprs = ", ".join(repr(each) for each in valid)
+                yield JsonSchemaValidationError(f"{instance!r} is valid under each of {reprs}")
+                return
+    if not valid:
+        yield JsonSchemaValidationError(f"{instance!r} is not valid under any of the given "
+                                        "schemas")
+
+
+# (id(branch), id(value)) -> (valid, value) for the validation running on this thread; the
+# value is kept so that its id is not reused while the table lives
+_memo = threading.local()
+
+
+def _branch_valid(validator: Any, instance: Any, subschema: Any, index: int) -> bool:
+    table = getattr(_memo, "table", None)
+    key = (id(subschema), id(instance))
+    if table is not None and key in table:
+        return bool(table[key][0])
+    valid = next(validator.descend(instance, subschema, schema_path=index), None) is None
+    if table is not None:
+        table[key] = (valid, instance)
+    return valid
+
+
+@contextlib.contextmanager
+def _memoized(schema_json: str) -> Iterator[None]:
+    """Judge each (union branch, value) once during the validation in this block. Not for
+    schemas with dynamic references: there a branch's verdict depends on the path taken."""
+    if "$dynamicRef" in schema_json or "$recursiveRef" in schema_json:
+        yield
+        return
+    outer = getattr(_memo, "table", None)
+    _memo.table = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _memo.table = outer
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    # jsonschema compares every pair of items (10,000 objects: minutes); a set of hashable
+    # forms with JSON's equality (1 == 1.0, true != 1, key order ignored) is linear.
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: set[Any] = set()
+    for index, item in enumerate(instance):
+        form = _hashable(item)
+        if form in seen:
+            yield JsonSchemaValidationError(
+                f"the array has non-unique elements (item {index} repeats an earlier one)")
+            return
+        seen.add(form)
+
+
+def _hashable(value: Any) -> Any:
+    """A hashable form of JSON ``value``; equal forms for values JSON Schema calls equal."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, int | float):
+        return ("number", value)  # 1 and 1.0 hash and compare equal
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return ("array", tuple(_hashable(v) for v in value))
+    return ("other", repr(value))
+
+
 def _refuse_retrieval(uri: str) -> Any:
     # structgen never fetches: a schema's remote reference is an outbound request chosen
     # by whoever wrote the schema (check_schema rejects them; this is the backstop)
@@ -184,18 +271,21 @@ _ECMA_KEYWORDS = {
     "pattern": _pattern,
     "patternProperties": _pattern_properties,
     "additionalProperties": _additional_properties,
+    "uniqueItems": _unique_items,
 }
+# draft-03 has neither anyOf nor oneOf: they are not added to it
+_UNIONS = {"anyOf": _any_of, "oneOf": _one_of}
 EcmaValidator = validators.extend(Draft202012Validator, {
-    **_ECMA_KEYWORDS, "unevaluatedProperties": _unevaluated_properties})
+    **_ECMA_KEYWORDS, **_UNIONS, "unevaluatedProperties": _unevaluated_properties})
 # A schema that declares an older draft is judged by that draft (draft-07 ignores a $ref's
 # siblings, draft-04 has boolean exclusiveMaximum, ...): the grammar is built from its
 # 2020-12 upgrade, the verdict on a value comes from the draft the author wrote for.
 _DRAFT_VALIDATORS = {
     "draft-03": validators.extend(Draft3Validator, _ECMA_KEYWORDS),
-    "draft-04": validators.extend(Draft4Validator, _ECMA_KEYWORDS),
-    "draft-06": validators.extend(Draft6Validator, _ECMA_KEYWORDS),
-    "draft-07": validators.extend(Draft7Validator, _ECMA_KEYWORDS),
-    "draft/2019-09": validators.extend(Draft201909Validator, _ECMA_KEYWORDS),
+    "draft-04": validators.extend(Draft4Validator, {**_ECMA_KEYWORDS, **_UNIONS}),
+    "draft-06": validators.extend(Draft6Validator, {**_ECMA_KEYWORDS, **_UNIONS}),
+    "draft-07": validators.extend(Draft7Validator, {**_ECMA_KEYWORDS, **_UNIONS}),
+    "draft/2019-09": validators.extend(Draft201909Validator, {**_ECMA_KEYWORDS, **_UNIONS}),
 }
 
 
@@ -211,10 +301,11 @@ def _run(schema_json: str, data: Any) -> list[ErrorDetail]:
     applied (a reference it cannot resolve) raises SchemaError."""
     validator = _validator(schema_json)
     try:
-        if validator.is_valid(data):
-            return []
-        errors = sorted(validator.iter_errors(data),
-                        key=lambda e: (-len(e.absolute_path), e.validator != "type", e.message))
+        with _memoized(schema_json):
+            if validator.is_valid(data):
+                return []
+            errors = sorted(validator.iter_errors(data), key=lambda e: (
+                -len(e.absolute_path), e.validator != "type", e.message))
     except PatternTimeout as exc:
         return [ErrorDetail("", f"matching pattern {exc.args[0]!r} took too long: the value "
                                 "is not accepted", "pattern")]
@@ -238,6 +329,20 @@ def is_valid(data: Any, output: CompiledOutput) -> bool:
             _by_hash.clear()
         key = _by_hash[output.hash] = canonical_json(output.validation_schema or {})
     return _data_error(data, output.limits) is None and not _run(key, data)
+
+
+def schema_valid(data: Any, schema: dict[str, Any]) -> bool:
+    """Yes/no: does ``data`` fit ``schema`` (no error messages are built)? A value whose
+    pattern check times out or that nests too deeply does not fit."""
+    schema_json = canonical_json(schema)
+    validator = _validator(schema_json)
+    try:
+        with _memoized(schema_json):
+            return bool(validator.is_valid(data))
+    except (PatternTimeout, RecursionError):
+        return False
+    except Unresolvable as exc:
+        raise SchemaError(f"unresolvable reference during validation: {exc}") from None
 
 
 def schema_errors(data: Any, schema: dict[str, Any]) -> list[ErrorDetail]:
@@ -363,11 +468,23 @@ def validate_data(data: Any, output: CompiledOutput) -> Outcome:
         return Outcome(False, data=data, errors=errors)
     if output.model is not None:
         try:
-            value: Any = output.model.model_validate(data)
+            value: Any = model_value(output.model, data)
         except PydanticValidationError as exc:
             return Outcome(False, data=data, errors=pydantic_errors(exc))
         return Outcome(True, value=value, data=data)
     return Outcome(True, value=data, data=data)
+
+
+def model_value(model: type[BaseModel], data: Any, text: str | None = None) -> BaseModel:
+    """``model`` validated from JSON ``data`` (or its ``text``) in JSON mode.
+
+    The data came from JSON text, and Pydantic's JSON mode is what reads it as JSON:
+    under ``strict=True`` Python mode refuses an enum's string, a tuple's list, a UUID's
+    or a date's string, so a strict model could never validate.
+    """
+    if text is None:
+        text = json.dumps(data, ensure_ascii=False)
+    return model.model_validate_json(text)
 
 
 def validate_text(text: str, output: CompiledOutput) -> Outcome:

@@ -377,3 +377,19 @@ def test_generate_structured_takes_tools(tmp_path: Path) -> None:
     cfg.write_text("[llm_backend]\nprovider = 'local'\n")
     with pytest.raises(ToolError):
         generate_structured("x", tools=[_no_annotation], config=cfg)
+
+
+def test_tool_call_metric_labels_only_offered_tools(tmp_path: Path) -> None:
+    """A failing answer naming tools nobody offered must not become label values: 50 made-up
+    names were 50 series in /metrics (2,001 turns: 40 MB), each the model's text."""
+    answers = [f'{{"name":"evil_{i}\\u2028<script>","arguments":{{}}}}' for i in range(50)]
+    engine = engine_with(tmp_path, Canned(*answers), retries=0)
+    for _ in answers:
+        with pytest.raises(ValidationFailed):
+            engine.run("x", tools=TOOLS, tool_choice="required", use_cache=False)
+    reg = engine.metrics.registry
+    tools = {s.labels["tool"] for metric in reg.collect() for s in metric.samples
+             if s.name == "structgen_tool_calls_total"}
+    assert tools == {"(unknown)"}
+    assert reg.get_sample_value("structgen_tool_calls_total",
+                                {"tool": "(unknown)", "valid": "false"}) == 50

@@ -51,6 +51,7 @@ from structgen.backends.base import (
 )
 from structgen.backends.capabilities import PostEntries, capabilities_for, relax_for
 from structgen.config import Config as _Config
+from structgen.config import redact_url
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -109,6 +110,9 @@ class HTTPClient:
         if max_line_bytes is not None:
             self.max_line_bytes = max_line_bytes
         self.base_url = (section.base_url or default_url).rstrip("/")
+        # what messages show: credentials in the URL (http://user:pw@host) stay out of
+        # errors, the attempt trail and logs
+        self.where = redact_url(self.base_url)
         self.section = section
         self.total_timeout_s = total_timeout_s
         self._client: httpx.AsyncClient | None = None
@@ -173,7 +177,7 @@ class HTTPClient:
 
     # Error mapping -------------------------------------------------------------------
     def _map(self, exc: BaseException, path: str) -> BackendError:
-        where = f"{self.base_url}{path}"
+        where = f"{self.where}{path}"
         if isinstance(exc, BackendError):
             return exc
         if isinstance(exc, httpx.TimeoutException | TimeoutError):
@@ -183,20 +187,32 @@ class HTTPClient:
                 f"{where} answered HTTP {exc.status} after {self.section.retries + 1} "
                 f"attempt(s): {exc.body[:300]}", self.backend, retryable=True)
         if isinstance(exc, httpx.RemoteProtocolError):
-            return BackendProtocolError(f"{where} broke the HTTP protocol: {exc}",
+            return BackendProtocolError(f"{where} broke the HTTP protocol: {self._scrub(exc)}",
                                         self.backend, retryable=True)
         if isinstance(exc, httpx.TransportError):
-            return BackendUnavailable(f"cannot reach {where}: {exc or type(exc).__name__}",
-                                      self.backend, retryable=True)
-        return BackendProtocolError(f"unexpected error calling {where}: {exc!r}", self.backend)
+            return BackendUnavailable(
+                f"cannot reach {where}: {self._scrub(exc) or type(exc).__name__}",
+                self.backend, retryable=True)
+        return BackendProtocolError(f"unexpected error calling {where}: "
+                                    f"{self._scrub(repr(exc))}", self.backend)
+
+    def _scrub(self, text: object) -> str:
+        """``text`` without the URL's credentials (an exception may quote the URL)."""
+        text = str(text)
+        return text.replace(self.base_url, self.where) if self.where != self.base_url else text
 
     def _check_status(self, response: httpx.Response, body: str, path: str) -> None:
         if response.status_code in RETRY_STATUS:
             raise _RetryableStatus(response.status_code, body)
         if response.status_code >= 400:
             raise BackendProtocolError(
-                f"{self.base_url}{path} rejected the request with HTTP "
+                f"{self.where}{path} rejected the request with HTTP "
                 f"{response.status_code}: {body[:500]}", self.backend)
+        if not response.is_success:  # a redirect or 1xx is no answer, whatever its body
+            raise BackendProtocolError(
+                f"{self.where}{path} answered HTTP {response.status_code} instead of 2xx "
+                f"(structgen follows no redirects: point base_url at the server itself)",
+                self.backend)
 
     # Calls -------------------------------------------------------------------------
     async def request_json(self, method: str, path: str, body: dict[str, Any] | None = None,
@@ -226,7 +242,7 @@ class HTTPClient:
             if timing is not None:
                 timing["http_s"] = response.elapsed.total_seconds()
             self._check_status(response, text, path)
-            return loads_json(text, self.backend, f"{self.base_url}{path} answered HTTP "
+            return loads_json(text, self.backend, f"{self.where}{path} answered HTTP "
                               f"{response.status_code} with a body that")
 
         try:
@@ -311,7 +327,7 @@ class HTTPClient:
                 raise self._too_big(path, "answer", "max_body_bytes")
             parts.append(chunk)
         raw = b"".join(parts)
-        if response.status_code >= 400:  # only quoted in the error: keep what can be read
+        if not response.is_success:  # only quoted in the error: keep what can be read
             return raw.decode("utf-8", "replace")
         return self._decode(raw, path)
 
@@ -319,12 +335,12 @@ class HTTPClient:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BackendProtocolError(f"{self.base_url}{path} sent text that is not UTF-8: "
+            raise BackendProtocolError(f"{self.where}{path} sent text that is not UTF-8: "
                                        f"{exc}", self.backend) from None
 
     def _too_big(self, path: str, what: str, key: str) -> BackendProtocolError:
         limit = getattr(self, key)
-        return BackendProtocolError(f"{self.base_url}{path}: {what} exceeds {limit} bytes "
+        return BackendProtocolError(f"{self.where}{path}: {what} exceeds {limit} bytes "
                                     f"([limits] {key})", self.backend)
 
     @asynccontextmanager
@@ -335,7 +351,7 @@ class HTTPClient:
                 with attempt:
                     req = self.client.build_request("POST", path, json=body)
                     response = await self.client.send(req, stream=True)
-                    if response.status_code >= 400:
+                    if not response.is_success:
                         try:
                             text = await self._read_body(response, path)
                         finally:
@@ -351,11 +367,14 @@ class HTTPClient:
         return await on_portal(self._ok(path))
 
     async def _ok(self, path: str) -> bool:
+        # The status is the answer: the body is never read (a server that answers its
+        # health check with 300 MB costs nothing here), the connection is closed instead.
         try:
-            response = await self.client.get(path, timeout=self.section.connect_timeout_s)
+            async with self.client.stream("GET", path,
+                                          timeout=self.section.connect_timeout_s) as response:
+                return response.is_success
         except httpx.HTTPError:
             return False
-        return response.is_success
 
 
 async def on_portal(coro: Coroutine[Any, Any, _T]) -> _T:

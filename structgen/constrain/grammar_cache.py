@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from structgen.errors import SchemaError
+from structgen.signing import directory_secret
 
 if TYPE_CHECKING:
     from structgen.config import CacheConfig
@@ -49,7 +50,6 @@ T = TypeVar("T")
 GrammarKey = tuple[str, str, str, str]  # (schema hash, tokenizer hash, engine, engine version)
 
 DISK_FORMAT_VERSION = 2  # 2: entries carry a keyed MAC instead of an unkeyed SHA-256
-SECRET_NAME = ".secret"
 
 
 class GrammarCompileTimeout(SchemaError):
@@ -366,32 +366,10 @@ class GrammarCache:
                 and hmac.compare_digest(mac, expected))
 
     def _load_secret(self) -> bytes | None:
-        """The directory's secret, made on first use (O_EXCL: concurrent processes agree)."""
-        if self._secret is not None or self.directory is None:
-            return self._secret
-        path = self.directory / SECRET_NAME
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(os.urandom(32).hex())
-            text = ""
-            for _ in range(50):  # another process may be between create and write
-                text = path.read_text(encoding="ascii").strip()
-                if text:
-                    break
-                time.sleep(0.01)
-            secret = bytes.fromhex(text)
-        except (OSError, ValueError):  # unreadable: no disk layer rather than a weak one
-            return None
-        if len(secret) < 16:
-            return None
-        self._secret = secret
-        return secret
+        """The directory's secret, made on first use (see :mod:`structgen.signing`)."""
+        if self._secret is None and self.directory is not None:
+            self._secret = directory_secret(self.directory)
+        return self._secret
 
 
 class _Workers:

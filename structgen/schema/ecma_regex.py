@@ -33,6 +33,10 @@ Dialect = Literal["portable", "re2", "python"]
 # How long the fallback matcher (patterns RE2 cannot run) may spend on one match. RE2 needs
 # no limit: it runs in time linear in the text.
 FALLBACK_TIMEOUT_S = 0.25
+# The fallback engine (``regex``) unrolls counted repetitions when it compiles:
+# ((a{200}){200}){200} is 8 million copies of ``a``, 2.2 GB. A pattern it would unroll
+# past this many atoms is refused before it is compiled (about 30 MB at this size).
+MAX_EXPANDED_ATOMS = 100_000
 
 _MAX = 0x10FFFF
 Ranges = list[tuple[int, int]]
@@ -66,6 +70,13 @@ _CATEGORIES = {
 }
 
 
+_HUGE = 1 << 62  # sizes are capped here: any count past it is refused all the same
+
+
+def _count(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _HUGE
+
+
 def _complement(ranges: Ranges) -> Ranges:
     out: Ranges = []
     start = 0
@@ -87,6 +98,31 @@ class _Translator:
         self.dialect = dialect
         self.out: list[str] = []
         self.starts: list[int] = []  # where in the pattern each piece of ``out`` came from
+        # The size of the pattern with every counted repetition unrolled, per open group:
+        # [atoms so far, atoms of the last item] (alternatives add up: an upper bound).
+        self.frames: list[list[int]] = [[0, 0]]
+
+    @property
+    def expanded_atoms(self) -> int:
+        """Atoms of the pattern read so far with ``{n,m}`` unrolled (an upper bound)."""
+        return sum(frame[0] for frame in self.frames)
+
+    def atom(self, text: str) -> None:
+        self.out.append(text)
+        self.counted(1)
+
+    def counted(self, size: int) -> None:
+        frame = self.frames[-1]
+        frame[0] = min(_HUGE, frame[0] + size)
+        frame[1] = size
+
+    def repeat(self, quantifier: str) -> None:
+        self.out.append(quantifier)
+        low, _, high = quantifier[1:-1].partition(",")
+        count = max(1, _count(high) if high else _count(low) + (1 if "," in quantifier else 0))
+        frame = self.frames[-1]
+        frame[0] = min(_HUGE, frame[0] + frame[1] * (count - 1))
+        frame[1] = min(_HUGE, frame[1] * count)
 
     def error(self, what: str) -> SchemaError:
         return SchemaError(f"invalid regular expression {self.p!r} (ECMA-262): {what} "
@@ -142,31 +178,35 @@ class _Translator:
             self.starts.append(self.i)  # every pass writes one piece
             c = p[self.i]
             if c == "\\":
-                self.out.append(self.escape())
+                self.atom(self.escape())
                 continue
             self.i += 1
             if c == "[":
-                self.out.append(self.char_class())
+                self.atom(self.char_class())
             elif c == ".":
-                self.out.append(self.klass(_LINE_TERMINATORS, negate=True))
+                self.atom(self.klass(_LINE_TERMINATORS, negate=True))
             elif c == "$":
                 # ECMA $ (no m flag) is the end of the input, not "before a final newline"
                 self.out.append("\\Z" if self.dialect == "python" else "$")
             elif c == "(":
                 self.out.append(self.group())
+                self.frames.append([0, 0])
             elif c == "{":
                 m = _QUANTIFIER.match(p, self.i - 1)
                 if m and self.out and self.out[-1] not in ("(", "|", "^"):
-                    self.out.append(m.group())
+                    self.repeat(m.group())
                     self.i = m.end()
                 else:  # a brace that is no quantifier is a literal (Annex B)
-                    self.out.append("\\{")
+                    self.atom("\\{")
             elif c in "}]":
-                self.out.append("\\" + c)
+                self.atom("\\" + c)
+            elif c == ")" and len(self.frames) > 1:
+                self.out.append(c)
+                self.counted(max(1, self.frames.pop()[0]))
             elif c in "^|*+?)":
                 self.out.append(c)
             else:
-                self.out.append(self.char(ord(c)))
+                self.atom(self.char(ord(c)))
         return "".join(self.out)
 
     def source_offset(self, pos: int) -> int:
@@ -376,13 +416,31 @@ class EcmaRegex:
         return found is not None
 
 
+def expanded_atoms(pattern: str) -> int:
+    """How many atoms ``pattern`` has once its counted repetitions are unrolled (an upper
+    bound: ``(ab|c){3}`` counts 9); SchemaError if it is malformed.
+
+    >>> expanded_atoms("((a{200}){200}){200}")
+    8000000
+    """
+    translator = _Translator(pattern, "python")
+    translator.translate()
+    return translator.expanded_atoms
+
+
 @lru_cache(maxsize=256)
 def _fallback(pattern: str) -> Any:
-    """The ``regex``-module form of ``pattern`` (SchemaError if even that fails)."""
+    """The ``regex``-module form of ``pattern`` (SchemaError if even that fails, or if
+    compiling it would unroll past :data:`MAX_EXPANDED_ATOMS`)."""
     import regex
 
     if not isinstance(pattern, str):
         raise SchemaError(f"a regular expression must be a string, got {type(pattern).__name__}")
+    size = expanded_atoms(pattern)
+    if size > MAX_EXPANDED_ATOMS:
+        raise SchemaError(f"regular expression {_head(pattern)} repeats to {size} atoms once "
+                          f"its counted repetitions are unrolled (limit {MAX_EXPANDED_ATOMS}; "
+                          "RE2 refused it too)")
     translator = _Translator(pattern, "python")
     try:
         return regex.compile(translator.translate(), regex.ASCII | regex.V0)
@@ -395,6 +453,10 @@ def _fallback(pattern: str) -> Any:
                           f"{exc.msg}{where}") from None
     except (ValueError, OverflowError) as exc:
         raise SchemaError(f"invalid regular expression {pattern!r} (ECMA-262): {exc}") from None
+
+
+def _head(pattern: str) -> str:
+    return repr(pattern if len(pattern) <= 80 else pattern[:77] + "...")
 
 
 @lru_cache(maxsize=1)

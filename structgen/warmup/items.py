@@ -24,6 +24,7 @@ from structgen.types import SAMPLING_KEYS
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
+    from structgen.config import Config
     from structgen.engine import Engine
 
 Status = Literal["done", "cached", "duplicate", "failed", "invalid"]
@@ -114,6 +115,7 @@ def read_items(path: Path, engine: Engine, *, backend: str | None = None,
         item = WarmupItem(line=n, id=f"line-{n}")
         try:
             _parse_line(item, text, path.parent, spec_cache, backend, model, allowed)
+            _check_model(item.model, model, engine.config)
             item.request = engine.build_request(
                 item.prompt, item.schema, model=item.model, reasoning=item.reasoning,
                 **item.sampling)
@@ -163,6 +165,22 @@ def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, A
                               f"(known: {', '.join(REGISTRY)})")
     item.reasoning = bool(obj.get("reasoning", False))
     item.sampling = {k: obj[k] for k in SAMPLING_KEYS if k in obj}
+
+
+def _check_model(line_model: str | None, default: str | None, config: Config) -> None:
+    """A line may name only a model the configuration (or the command line) names: a
+    warmup file is data, and a model reference is a path to load, a hub id to download,
+    or a server-side model to spend capacity on."""
+    if line_model is None or line_model == default:
+        return
+    configured = {m for m in (config.local.model, config.vllm.model, config.sglang.model,
+                              config.ollama.model) if m}
+    if line_model not in configured:
+        shown = line_model if len(line_model) <= 80 else line_model[:77] + "..."
+        raise WarmupLineError(
+            f"model {shown!r} is not a configured model (configured: "
+            f"{', '.join(sorted(configured)) or 'none: each backend uses its default'}); "
+            "a warmup line may name only those, or the --model given on the command line")
 
 
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)

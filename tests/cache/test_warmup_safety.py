@@ -238,3 +238,25 @@ def test_the_progress_bar_counts_invalid_lines_as_invalid() -> None:
     fields = progress.progress.tasks[0].fields
     progress.__exit__(None, None, None)
     assert (fields["failed"], fields["invalid"], fields["done"]) == (0, 1, 1)
+
+
+def test_warmup_line_names_only_configured_models(tmp_path: Path) -> None:
+    """A line's model is a path to load or a hub id to download (issue 24, B4): only the
+    configured models, or the --model of the command line, are accepted."""
+    src = tmp_path / "req" / "requests.jsonl"
+    src.parent.mkdir()
+    models = ["Qwen/Qwen2.5-72B-Instruct", str(tmp_path / "any.gguf"), "ollama:evil",
+              "configured-vllm-model", "from-the-command-line", None]
+    src.write_text("".join(json.dumps({"prompt": "x", "schema": SCHEMA, "model": m}) + "\n"
+                           for m in models))
+    engine = Engine(Config.from_dict({"cache": {"dir": str(tmp_path / "cache")},
+                                      "vllm": {"model": "configured-vllm-model"}}))
+    try:
+        items = read_items(src, engine, model="from-the-command-line")
+    finally:
+        engine.close()
+    assert [type(i.error).__name__ for i in items] == [
+        "WarmupLineError", "WarmupLineError", "WarmupLineError", "NoneType", "NoneType",
+        "NoneType"]
+    assert "not a configured model" in str(items[0].error)
+    assert items[5].model == "from-the-command-line"

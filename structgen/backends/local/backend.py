@@ -23,6 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from structgen.backends.base import (
@@ -182,7 +183,7 @@ class LocalBackend(BackendBase):
     # Model ------------------------------------------------------------------------------
     def runtime(self, model: str | None) -> Runtime:
         """Load (once) the model a request asks for; ``None`` = the configured default."""
-        ref = model or self.cfg.model or "default"
+        ref = _model_key(model or self.cfg.model or "default")
         with self._load_lock:
             if ref not in self._runtimes:
                 if importlib.util.find_spec("torch") is None:
@@ -337,6 +338,15 @@ class _Waiting:
                 self.head.append(seq)
         while self.head:
             fail(self.head.popleft(), exc)
+
+
+def _model_key(ref: str) -> str:
+    """One runtime per model file, however its path is spelt (``m.gguf``, ``./m.gguf``,
+    its absolute path, a symlink to it): each spelling would otherwise load it again."""
+    if ref == "default" or ref.startswith("ollama:"):
+        return ref
+    path = Path(ref).expanduser()
+    return str(path.resolve()) if path.exists() else ref
 
 
 def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:

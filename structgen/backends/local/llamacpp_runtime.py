@@ -397,10 +397,12 @@ class LlamaCppRuntime(Runtime):
             state, use = reusable_prefix(self.prefix_cache, ids)
             from_disk = self._from_store(ids, use)
             if from_disk is not None:
-                state, use = from_disk
+                state, use, disk_key = from_disk
                 seq.stats["prefix_disk_hit_tokens"] = use
             if state is not None and not self._restore(state, sid, use):
                 use = 0
+                if from_disk is not None:  # refused once, refused every time: drop it
+                    self._drop_prefix(disk_key)
         except BaseException:
             self.release(sid)
             raise
@@ -422,7 +424,7 @@ class LlamaCppRuntime(Runtime):
         return len(seq.prompt_ids) + seq.request.sampling.max_tokens + STEP_TOKENS
 
     def _from_store(self, ids: list[int], use: int
-                    ) -> tuple[ctypes.Array[ctypes.c_uint8], int] | None:
+                    ) -> tuple[ctypes.Array[ctypes.c_uint8], int, tuple[int, ...]] | None:
         """A state from disk sharing more of ``ids`` than ``use`` tokens (what memory has),
         put into the memory cache too; None when the disk has nothing better."""
         if self.store is None:
@@ -437,7 +439,15 @@ class LlamaCppRuntime(Runtime):
                 break
         state = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         self._keep(key, state)
-        return state, n
+        return state, n, key
+
+    def _drop_prefix(self, key: tuple[int, ...]) -> None:
+        """Forget a stored prompt state llama.cpp would not restore (memory and disk)."""
+        dropped = self.prefix_cache.pop(key, None)
+        if dropped is not None:
+            self.prefix_cache_bytes -= len(dropped)
+        if self.store is not None:
+            self.store.discard(key)
 
     def _restore(self, state: ctypes.Array[ctypes.c_uint8], sid: int, use: int) -> bool:
         """Put a cached prompt's KV state into ``sid`` and keep its first ``use`` positions."""
@@ -578,30 +588,100 @@ def _meta(lc: Any, model: Any, key: str) -> str | None:
     return buf.value.decode("utf-8", errors="replace") if n >= 0 else None
 
 
+# A chat template comes with the model file (untrusted): its rendering is bounded in output,
+# in steps (calls, attribute and item reads, loop iterations, * and **) and in time, so a
+# template such as nested range(100000) loops or 'x' * 10**9 fails instead of holding the
+# only decoding thread (or the memory) after its request timed out.
+TEMPLATE_MAX_CHARS = 4 << 20
+TEMPLATE_MAX_STEPS = 2_000_000
+TEMPLATE_MAX_S = 5.0
+_render = threading.local()
+
+
 def render_chat_template(template: str, messages: list[dict[str, Any]], bos: str,
                          eos: str, tools: list[dict[str, Any]] | None = None) -> str:
     """The model's chat template (Jinja, from the GGUF) in a sandbox: a model file is
-    untrusted input, and its template must not reach Python objects or the file system."""
+    untrusted input, and its template must not reach Python objects or the file system,
+    nor render past :data:`TEMPLATE_MAX_CHARS`, ``_STEPS`` or ``_S`` (BackendError)."""
     from jinja2 import TemplateError
 
+    _render.steps = 0
+    _render.deadline = time.monotonic() + TEMPLATE_MAX_S
+    parts: list[str] = []
+    size = 0
     try:
-        return _compiled_template(template).render(
-            messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos,
-            tools=tools)
+        for part in _compiled_template(template).generate(
+                messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos,
+                tools=tools):
+            size += len(part)
+            if size > TEMPLATE_MAX_CHARS:
+                raise TemplateError(f"it renders past {TEMPLATE_MAX_CHARS} characters")
+            _template_step()
+            parts.append(part)
     except TemplateError as exc:
         raise BackendError(f"the model's chat template failed: {exc}", "local") from None
+    finally:
+        _render.deadline = None
+    return "".join(parts)
+
+
+def _template_step() -> None:
+    """Count one step of the template being rendered on this thread; TemplateError past
+    the step or time limit."""
+    from jinja2 import TemplateError
+
+    deadline = getattr(_render, "deadline", None)
+    if deadline is None:
+        return
+    _render.steps += 1
+    if _render.steps > TEMPLATE_MAX_STEPS:
+        raise TemplateError(f"it takes more than {TEMPLATE_MAX_STEPS} steps to render")
+    if _render.steps % 1024 == 0 and time.monotonic() > deadline:
+        raise TemplateError(f"it takes more than {TEMPLATE_MAX_S:.0f} s to render")
 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_template(template: str) -> Any:
     from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+            _template_step()
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            _template_step()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj: Any, argument: Any) -> Any:
+            _template_step()
+            return super().getitem(obj, argument)
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            _template_step()
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, str | list | tuple) and isinstance(n, int) \
+                            and len(seq) * n > TEMPLATE_MAX_CHARS:
+                        raise TemplateError(f"a repetition of {len(seq) * n} items")
+            if operator == "**" and isinstance(right, int) and abs(right) > 64:
+                raise TemplateError(f"a power of {right}")
+            return super().call_binop(context, operator, left, right)
+
+    def bounded_range(*args: int) -> Any:
+        for i in safe_range(*args):
+            _template_step()
+            yield i
 
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                             extensions=["jinja2.ext.loopcontrols"])
+    env.globals["range"] = bounded_range
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
     try:

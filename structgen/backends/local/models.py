@@ -96,6 +96,9 @@ def resolve_gguf(model: str | None) -> Path:
 
 
 def _check_gguf(path: Path) -> None:
+    if path.exists() and not path.is_file():  # a FIFO would block the load; a directory
+        raise BackendUnavailable(f"model {path} is not a regular file (give [local] model a "
+                                 ".gguf file)", "local")
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -106,8 +109,8 @@ def _check_gguf(path: Path) -> None:
     except OSError as exc:
         raise BackendUnavailable(f"cannot read model file {path}: {exc.strerror}",
                                  "local") from None
-    if magic != GGUF_MAGIC:
-        raise BackendUnavailable(f"{path} is not a GGUF file (it starts with {magic!r}); "
+    if magic != GGUF_MAGIC:  # what it starts with is not quoted: it may be anyone's file
+        raise BackendUnavailable(f"{path} is not a GGUF file (no GGUF magic at its start); "
                                  "the llama.cpp runtime reads GGUF models - for a Hugging Face "
                                  "model directory set [local] runtime = \"transformers\"",
                                  "local")
@@ -139,15 +142,20 @@ def ollama_model_path(name: str, store: Path | None = None) -> Path:
                                  "e.g. ollama:llama3.2:1b)", "local")
     manifest = store / "manifests" / Path(*parts) / tag
     try:
+        _inside_store(manifest, store)
+        if manifest.exists() and not manifest.is_file():
+            raise BackendUnavailable(f"Ollama manifest {manifest} is not a regular file",
+                                     "local")
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BackendUnavailable(
             f"Ollama model {name!r} is not in the store {store} (no manifest at {manifest}); "
             f"pull it with `ollama pull {name}` or set OLLAMA_MODELS to the store that has "
             "it", "local") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BackendUnavailable(f"unreadable Ollama manifest {manifest}: {exc}",
-                                 "local") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # the reason, never the content: the file may not be Ollama's
+        raise BackendUnavailable(f"unreadable Ollama manifest {manifest}: "
+                                 f"{_reason(exc)}", "local") from None
     layers = data.get("layers") if isinstance(data, dict) else None
     digests = [layer.get("digest") for layer in layers or []
                if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_MODEL_LAYER]
@@ -155,7 +163,30 @@ def ollama_model_path(name: str, store: Path | None = None) -> Path:
     if match is None:
         raise BackendUnavailable(f"Ollama manifest {manifest} names no model layer "
                                  f"({OLLAMA_MODEL_LAYER} with a sha256 digest)", "local")
-    return store / "blobs" / f"sha256-{match.group(1)}"
+    blob = store / "blobs" / f"sha256-{match.group(1)}"
+    _inside_store(blob, store)
+    return blob
+
+
+def _inside_store(path: Path, store: Path) -> None:
+    """``path``, symlinks followed, must stay in the Ollama store: a link to a file
+    elsewhere (``/etc/shadow``) is not read as a manifest or a model."""
+    root = os.path.realpath(store)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise BackendUnavailable(f"{path} links outside the Ollama store {store}: not "
+                                 "followed", "local")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it nests too deeply to be a manifest"
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"it is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
 
 
 def default_model_dir(cache_dir: str | Path | None = None) -> Path:

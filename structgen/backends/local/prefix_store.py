@@ -7,10 +7,13 @@ runtime copies a prompt's KV state to host memory after its prefill (the in-memo
 cache); with this store it also writes it here, and a later process that finds no prefix in
 memory reads the entry sharing the longest prefix from disk.
 
-One file per prompt: ``SGKV1`` magic, the SHA-256 of the rest, the token count, the tokens
-(int32), then llama.cpp's state bytes (``llama_state_seq_get_data``). Files are written to a
-temporary name and renamed (a reader never sees half a file); a file whose digest does not
-match is deleted, never handed to llama.cpp. The directory is keyed by everything the state
+One file per prompt: ``SGKV2`` magic, an HMAC-SHA256 of the rest under the directory's
+secret (:mod:`structgen.signing`), the token count, the tokens (int32), then llama.cpp's
+state bytes (``llama_state_seq_get_data``). Files are written to a temporary name and
+renamed (a reader never sees half a file); a file whose MAC does not verify (damaged,
+forged: prompt A's state relabelled as prompt B's, or written without this install's
+secret) is deleted, never handed to llama.cpp, and so is one llama.cpp refuses to restore.
+Only regular files are read (a FIFO named ``*.kv`` would block the model load). The directory is keyed by everything the state
 layout depends on (model file, llama.cpp version, flash attention), so a state is restored
 only into the context that made it. The store is bounded: past the limit, the files read or
 written longest ago go first.
@@ -29,11 +32,12 @@ from array import array
 from pathlib import Path
 
 from structgen.backends.local.runtime import common_prefix
+from structgen.signing import directory_secret, mac, verify
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"SGKV1"
-_HEAD = struct.Struct("<5s32sI")  # magic, sha256(rest), token count
+MAGIC = b"SGKV2"  # 2: an HMAC under the directory's secret, not a plain SHA-256
+_HEAD = struct.Struct("<5s32sI")  # magic, HMAC-SHA256(rest), token count
 # a prompt shorter than this is cheaper to prefill again than to read back
 MIN_TOKENS = 64
 
@@ -48,8 +52,13 @@ class PrefixStore:
         self._writers: list[threading.Thread] = []
         # prompt tokens -> file, for every readable entry
         self.index: dict[tuple[int, ...], Path] = {}
+        self._secret = directory_secret(directory)
+        if self._secret is None:
+            log.warning("prefix store %s has no readable secret: prompts are not persisted",
+                        directory)
+            self.limit_bytes = 0
+            return
         try:
-            directory.mkdir(parents=True, exist_ok=True)
             for path in directory.glob("*.kv"):
                 ids = self._read_ids(path)
                 if ids is not None:
@@ -61,6 +70,8 @@ class PrefixStore:
 
     @staticmethod
     def _read_ids(path: Path) -> tuple[int, ...] | None:
+        if not path.is_file():  # a FIFO would block here, with the model's load lock held
+            return None
         try:
             with path.open("rb") as f:
                 magic, _, n = _HEAD.unpack(f.read(_HEAD.size))
@@ -88,27 +99,37 @@ class PrefixStore:
         if path is None:
             return None
         try:
-            data = path.read_bytes()
+            data = path.read_bytes() if path.is_file() else b""
         except OSError:
             data = b""
         head = data[:_HEAD.size]
         if len(head) == _HEAD.size:
-            magic, digest, n = _HEAD.unpack(head)
+            magic, tag, n = _HEAD.unpack(head)
             rest = data[_HEAD.size:]
-            if magic == MAGIC and hashlib.sha256(rest).digest() == digest:
+            if magic == MAGIC and verify(self._secret, tag, rest):
                 with contextlib.suppress(OSError):
                     os.utime(path)  # recently used: evicted last
                 return rest[4 * n:]
-        log.warning("prefix store: %s is damaged, deleted", path)
+        log.warning("prefix store: %s is damaged or not signed by this install, deleted",
+                    path)
         self._forget(key, path)
         return None
 
+    def discard(self, key: tuple[int, ...]) -> None:
+        """Delete the entry of prompt ``key`` (llama.cpp refused to restore its state: read
+        again, it would be refused again)."""
+        with self._lock:
+            path = self.index.get(key)
+        if path is not None:
+            log.warning("prefix store: llama.cpp refused the state in %s, deleted", path)
+            self._forget(key, path)
+
     def write(self, key: tuple[int, ...], state: bytes) -> None:
         """Store the state of prompt ``key`` (skipped when short, known or over the limit)."""
-        if len(key) < MIN_TOKENS or self.limit_bytes <= 0:
+        if len(key) < MIN_TOKENS or self.limit_bytes <= 0 or self._secret is None:
             return
         rest = array("i", key).tobytes() + state
-        blob = _HEAD.pack(MAGIC, hashlib.sha256(rest).digest(), len(key)) + rest
+        blob = _HEAD.pack(MAGIC, mac(self._secret, rest), len(key)) + rest
         if len(blob) > self.limit_bytes:
             return
         name = hashlib.sha256(array("i", key).tobytes()).hexdigest()[:40] + ".kv"
