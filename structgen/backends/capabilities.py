@@ -31,6 +31,7 @@ from structgen.schema.support import (
     PostEnforced,
     length_beside_pattern,
     loosen,
+    required_into_properties,
     siblings_into_branches,
 )
 from structgen.types import OutputKind
@@ -157,7 +158,8 @@ def server_schema(schema: dict[str, Any], caps: Capabilities
         schema, entries = loosen(schema, caps.support)
     if _row_key(caps) in XGRAMMAR_ROWS:  # before the int64 bounds, which it would meet
         schema, beside = siblings_into_branches(schema)
-        entries = (*entries, *beside)
+        schema, undeclared = required_into_properties(schema)
+        entries = (*entries, *beside, *undeclared)
     if caps.support is None or (caps.support.enforces("minimum")
                                 and caps.support.enforces("maximum")):
         # int64 bounds where the schema has none: the server's grammar then stops a

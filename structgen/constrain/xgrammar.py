@@ -23,6 +23,7 @@ from structgen.schema.support import (
     PostEnforced,
     length_beside_pattern,
     loosen,
+    required_into_properties,
     siblings_into_branches,
 )
 
@@ -38,6 +39,13 @@ def _enum_outside_type(node: dict[str, Any]) -> set[str] | None:
     if types is None or not isinstance(enum, list):
         return None
     return types if any(json_type(v) not in types for v in enum) else None
+
+
+def _format_beside_pattern(node: dict[str, Any]) -> bool:
+    """XGrammar compiles a string with both from the format alone (measured: MaskBench
+    Github_easy o44051, ``format: uri`` beside ``pattern: ^(https|file)://``, wrote
+    ``"dede…:"``)."""
+    return "format" in node and "pattern" in node
 
 
 def _multi_all_of(node: dict[str, Any]) -> bool:
@@ -151,6 +159,16 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         # keywords beside anyOf/oneOf/allOf/$ref: into the branches, or reported
         out, beside = siblings_into_branches(out)
         dropped.extend(beside)
+        out, undeclared = required_into_properties(out)
+        dropped.extend(undeclared)
+        if any(_format_beside_pattern(n) for _, n in walk(out)):
+            if out is schema:
+                out = copy.deepcopy(schema)
+            for pointer, node in walk(out):
+                if _format_beside_pattern(node):
+                    del node["format"]  # loosens: the grammar then holds the pattern
+                    dropped.append(PostEnforced(pointer, "format", "xgrammar drops a pattern "
+                                                "beside a format"))
         if not any(_enum_outside_type(n) for _, n in walk(out)):
             return out, tuple(dropped)
         if out is schema:

@@ -310,3 +310,38 @@ def siblings_into_branches(schema: dict[str, Any]
     for pointer, node in walk(out):
         _distribute(pointer, node, dropped)
     return out, tuple(dict.fromkeys(dropped))
+
+
+def _undeclared_required(node: dict[str, Any]) -> list[str]:
+    """The names ``required`` lists that ``properties`` does not declare."""
+    required, props = node.get("required"), node.get("properties", {})
+    if not isinstance(required, list) or not isinstance(props, dict):
+        return []
+    return [n for n in required if isinstance(n, str) and n not in props]
+
+
+def required_into_properties(schema: dict[str, Any]
+                             ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
+    """``schema`` for XGrammar (embedded, or behind vLLM/SGLang): a name ``required`` lists
+    but ``properties`` does not declare is declared, with the schema an undeclared member
+    has there (``additionalProperties``' schema, else ``{}``), which is exact; XGrammar
+    ignores it otherwise (measured: MaskBench Github_trivial o2058 wrote an object without
+    it). Where that is not exact (``patternProperties`` may apply, ``additionalProperties``
+    is false, the node is not object-only) the entry is reported. A copy; ``schema`` itself
+    when nothing changes."""
+    if not any(_undeclared_required(n) for _, n in walk(schema)):
+        return schema, ()
+    out = copy_schema(schema)
+    dropped: list[PostEnforced] = []
+    for pointer, node in [(p, n) for p, n in walk(out) if _undeclared_required(n)]:
+        extra = node.get("additionalProperties", True)
+        object_only = declared_types(node) == {"object"} or "properties" in node
+        if "patternProperties" in node or extra is False or not isinstance(extra, dict | bool) \
+                or not object_only:
+            dropped.append(PostEnforced(pointer, "required", "xgrammar ignores a required "
+                                        "member that properties does not declare"))
+            continue
+        props = node.setdefault("properties", {})
+        for name in _undeclared_required(node):
+            props[name] = {} if extra is True else copy_schema(extra)
+    return out, tuple(dropped)
