@@ -31,6 +31,7 @@ from structgen.schema.support import (
     PostEnforced,
     length_beside_pattern,
     loosen,
+    min_properties_with_open_keys,
     required_into_properties,
     siblings_into_branches,
 )
@@ -102,7 +103,15 @@ CAPABILITIES: dict[str, Capabilities] = {
                "choice is sent as a JSON string enum and unwrapped")),
 }
 
+# llguidance cannot keep open member names unique: minProperties may count a repeat once
+LLGUIDANCE_QUIRKS = (
+    Quirk("minProperties", min_properties_with_open_keys, "a repeated open member name "
+          "counts once"),
+)
+
 QUIRKS: dict[str, tuple[Quirk, ...]] = {
+    "vllm/guidance": LLGUIDANCE_QUIRKS,
+    "sglang/llguidance": LLGUIDANCE_QUIRKS,
     "vllm/xgrammar": XGRAMMAR_QUIRKS,
     "vllm/auto": XGRAMMAR_QUIRKS,
     "sglang/xgrammar": XGRAMMAR_QUIRKS,
