@@ -1,5 +1,7 @@
 # Set-up and run. `make demo` and `make test` work on a fresh machine: they create the
-# virtual environments, install everything (torch from the local CPU wheel first), and run.
+# virtual environments, install everything from the package registries (torch 2.13.0 first,
+# then llama-cpp-python built from its sdist, then structgen), and run. The test data is in
+# the repository (tests/data); nothing is read from beside the checkout.
 PY ?= python3
 VENV := .venv
 VLLM_VENV := .venv-vllm
@@ -41,8 +43,10 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
+# redis-server for the cache tests; openssl makes the TLS test's self-signed certificate
 redis-server:
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@(command -v redis-server && command -v openssl) >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq redis-server openssl)
 
 demo: install
 	$(BIN)/python -m structgen.tools.demo

@@ -68,8 +68,8 @@ from structgen.types import (  # noqa: E402
 from structgen.validate import validate_text  # noqa: E402
 from tests.backends.helpers import ReadFile, RunTests, envelope_schema  # noqa: E402
 
-BFCL = Path(os.environ.get("STRUCTGEN_SHARED", ROOT.parent / "shared")) / (
-    "data/maskbench/BFCL.jsonl.gz")
+BFCL = Path(os.environ.get("STRUCTGEN_MASKBENCH_DIR", ROOT / "tests" / "data" / "maskbench")
+            ) / "BFCL.jsonl.gz"
 N_BFCL = 20
 MAX_TOKENS = 160
 MAX_TOOL_CHARS = 700  # small tools only: SmolLM2's context on this server is 512 tokens

@@ -7,10 +7,10 @@
   of entries in ``~``, ``~/.cache``, ``~/.config``) changed. SmolLM2 converted earlier into
   the real ``~/.cache/structgen/models`` is reused read-only; without it, this run converts its
   own copy into its temporary directory.
-* **Missing services.** ``make test`` fails when redis-server or the shared data is missing;
-  only ``make test-fast`` (which sets ``STRUCTGEN_ALLOW_MISSING_SERVICES=1``) skips, and the
-  skip names what is missing.
-* Real models (tiny and SmolLM2) and the shared data directories as session fixtures.
+* **Missing services.** ``make test`` fails when redis-server or vLLM is missing; only
+  ``make test-fast`` (which sets ``STRUCTGEN_ALLOW_MISSING_SERVICES=1``) skips, and the skip
+  names what is missing.
+* Real models (tiny and SmolLM2) and the test data in ``tests/data`` as session fixtures.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import pytest
 from structgen.backends.local.models import CACHE_ENV, DEFAULT_MODEL_NAME, model_cache_dir
 
 ALLOW_MISSING_ENV = "STRUCTGEN_ALLOW_MISSING_SERVICES"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 MASKBENCH = DATA / "maskbench"
-TEST_SUITE = DATA / "json-schema-test-suite" / "tests" / "draft2020-12"
+TEST_SUITE = DATA / "json-schema-test-suite" / "draft2020-12"
 
 
 # Isolation ---------------------------------------------------------------------------------
@@ -126,22 +126,28 @@ def service_missing() -> Callable[[str, str], NoReturn]:
     return missing
 
 
+def data_dir(path: Path, pattern: str) -> Path:
+    """``path`` (a folder of ``tests/data``, part of the repository), or a failure saying how
+    to get it back: test data is never skipped, in ``make test`` or ``make test-fast``."""
+    if not any(path.glob(pattern)):
+        where = path.relative_to(DATA.parent.parent)
+        pytest.fail(f"test data missing: {path}/{pattern}. It is part of the repository: "
+                    f"`git checkout -- {where}` restores it (the README.md in tests/data/"
+                    f"{where.relative_to('tests/data').parts[0]}/ says where it comes from)",
+                    pytrace=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def maskbench_dir() -> Path:
-    """The MaskBench dev splits (``*.jsonl.gz``) in the shared data directory."""
-    if not any(MASKBENCH.glob("*.jsonl.gz")):
-        missing(f"MaskBench data ({MASKBENCH}/*.jsonl.gz)",
-                "the shared data set next to the checkout")
-    return MASKBENCH
+    """The MaskBench dev sample (``tests/data/maskbench/*.jsonl.gz``)."""
+    return data_dir(MASKBENCH, "*.jsonl.gz")
 
 
 @pytest.fixture(scope="session")
 def test_suite_dir() -> Path:
-    """JSON-Schema-Test-Suite, draft 2020-12, in the shared data directory."""
-    if not TEST_SUITE.is_dir():
-        missing(f"JSON-Schema-Test-Suite ({TEST_SUITE})",
-                "the shared data set next to the checkout")
-    return TEST_SUITE
+    """JSON-Schema-Test-Suite, draft 2020-12 (``tests/data/json-schema-test-suite``)."""
+    return data_dir(TEST_SUITE, "*.json")
 
 
 # Real models -------------------------------------------------------------------------------

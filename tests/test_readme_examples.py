@@ -9,8 +9,8 @@ greedily, so the README shows what it really prints (issue 29). A line that diff
 first checked for its shape, token by token, which says what kind of difference it is:
 
 - a date (``2024-05-01``) must be an ASCII date, ``^[0-9]{4}-[0-9]{2}-[0-9]{2}$``;
-- a list (``['test_api.py']``) must be a list whose every item occurs in the block's own
-  text (an intent's targets come from the request);
+- a list (``['test_api.py']``) must be a list, non-empty where the one shown is, whose
+  every item occurs in the block's own text (an intent's targets come from the request);
 - a word (``debug``, ``yes``) must be a word the block itself offers (a kind the prompt
   lists, one of the ``Choice`` options).
 """
@@ -54,7 +54,7 @@ def shape_errors(source: str, shown: str, printed: str) -> list[str]:
     errors = []
     for want, got in zip(shown_tokens, printed_tokens, strict=True):
         if isinstance(want, list):
-            if not isinstance(got, list) or not all(
+            if not isinstance(got, list) or (want and not got) or not all(
                     isinstance(item, str) and item and item in source for item in got):
                 errors.append(f"{got!r}: not a list of strings taken from the example")
         elif DATE.fullmatch(want):
@@ -103,6 +103,8 @@ def test_example_prints_what_it_shows(name: str, code: str, tmp_path: Path) -> N
     ("debug ['test_api.py']", "debug ['tests/test_api.py']", True),
     ("debug ['test_api.py']", "debug ['app/other.py']", False),
     ("debug ['test_api.py']", "frobnicate []", False),
+    ("debug ['test_api.py']", "debug []", False),
+    ("debug []", "debug []", True),
     ("yes", "maybe", False),
 ])
 def test_shape_check_can_fail(shown: str, printed: str, ok: bool) -> None:

@@ -219,7 +219,10 @@ async def test_reask_with_tiny_model_under_grammar(tiny_model_dir: Path, tmp_pat
     # a value is accepted only with allow_truncated, and marked).
     assert done.stages[:2] == ["syntax", "reask"] and done.repaired
     assert done.attempts[1].errors[0].message == "no JSON value found"
-    assert isinstance(done.value["ok"], bool) and done.value["n"] >= 0
+    value = done.value
+    assert set(value) == {"ok", "n"}, value  # both required, no other member
+    # exactly the schema's types (a bool is no integer here, a float no integer either)
+    assert type(value["ok"]) is bool and type(value["n"]) is int and value["n"] >= 0, value
 
 
 def test_coerce_only_when_unambiguous() -> None:

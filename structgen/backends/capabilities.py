@@ -31,6 +31,8 @@ from structgen.schema.support import (
     PostEnforced,
     length_beside_pattern,
     loosen,
+    min_properties_with_open_keys,
+    required_into_properties,
     siblings_into_branches,
 )
 from structgen.types import OutputKind
@@ -101,7 +103,15 @@ CAPABILITIES: dict[str, Capabilities] = {
                "choice is sent as a JSON string enum and unwrapped")),
 }
 
+# llguidance cannot keep open member names unique: minProperties may count a repeat once
+LLGUIDANCE_QUIRKS = (
+    Quirk("minProperties", min_properties_with_open_keys, "a repeated open member name "
+          "counts once"),
+)
+
 QUIRKS: dict[str, tuple[Quirk, ...]] = {
+    "vllm/guidance": LLGUIDANCE_QUIRKS,
+    "sglang/llguidance": LLGUIDANCE_QUIRKS,
     "vllm/xgrammar": XGRAMMAR_QUIRKS,
     "vllm/auto": XGRAMMAR_QUIRKS,
     "sglang/xgrammar": XGRAMMAR_QUIRKS,
@@ -157,7 +167,8 @@ def server_schema(schema: dict[str, Any], caps: Capabilities
         schema, entries = loosen(schema, caps.support)
     if _row_key(caps) in XGRAMMAR_ROWS:  # before the int64 bounds, which it would meet
         schema, beside = siblings_into_branches(schema)
-        entries = (*entries, *beside)
+        schema, undeclared = required_into_properties(schema)
+        entries = (*entries, *beside, *undeclared)
     if caps.support is None or (caps.support.enforces("minimum")
                                 and caps.support.enforces("maximum")):
         # int64 bounds where the schema has none: the server's grammar then stops a

@@ -16,7 +16,7 @@ from structgen.constrain.base import (
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
-from structgen.schema.support import LLGUIDANCE, PostEnforced, loosen
+from structgen.schema.support import LLGUIDANCE, PostEnforced, loosen, repeated_open_keys
 
 if TYPE_CHECKING:
     import torch
@@ -38,9 +38,10 @@ def prepare_for_llguidance(schema: Any, text: str | None = None
     out. ``text``: its JSON, when the caller has it."""
     if text is None:
         text = json.dumps(schema, ensure_ascii=False)
-    if _SCAN.search(text) is None:
-        return schema, ()
-    return loosen(schema, LLGUIDANCE)
+    out, taken = (schema, ()) if _SCAN.search(text) is None else loosen(schema, LLGUIDANCE)
+    if '"minProperties"' in text:  # kept in the grammar, reported
+        taken = (*taken, *repeated_open_keys(out))
+    return out, taken
 
 
 def json_options(options: ConstraintOptions) -> dict[str, Any]:

@@ -23,8 +23,11 @@ from structgen.schema.support import (
     PostEnforced,
     length_beside_pattern,
     loosen,
+    repeated_open_keys,
+    required_into_properties,
     siblings_into_branches,
 )
+from structgen.validate import schema_errors
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +41,22 @@ def _enum_outside_type(node: dict[str, Any]) -> set[str] | None:
     if types is None or not isinstance(enum, list):
         return None
     return types if any(json_type(v) not in types for v in enum) else None
+
+
+# assertions on a value that XGrammar drops beside an enum (checked on the enum's values)
+_ENUM_SIBLINGS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+                  "minLength", "maxLength", "pattern")
+
+
+def _enum_beside_bounds(node: dict[str, Any]) -> bool:
+    return isinstance(node.get("enum"), list) and any(k in node for k in _ENUM_SIBLINGS)
+
+
+def _format_beside_pattern(node: dict[str, Any]) -> bool:
+    """XGrammar compiles a string with both from the format alone (measured: MaskBench
+    Github_easy o44051, ``format: uri`` beside ``pattern: ^(https|file)://``, wrote
+    ``"dede…:"``)."""
+    return "format" in node and "pattern" in node
 
 
 def _multi_all_of(node: dict[str, Any]) -> bool:
@@ -151,7 +170,18 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         # keywords beside anyOf/oneOf/allOf/$ref: into the branches, or reported
         out, beside = siblings_into_branches(out)
         dropped.extend(beside)
-        if not any(_enum_outside_type(n) for _, n in walk(out)):
+        out, undeclared = required_into_properties(out)
+        dropped.extend(undeclared)
+        dropped.extend(repeated_open_keys(out))
+        if any(_format_beside_pattern(n) for _, n in walk(out)):
+            if out is schema:
+                out = copy.deepcopy(schema)
+            for pointer, node in walk(out):
+                if _format_beside_pattern(node):
+                    del node["format"]  # loosens: the grammar then holds the pattern
+                    dropped.append(PostEnforced(pointer, "format", "xgrammar drops a pattern "
+                                                "beside a format"))
+        if not any(_enum_outside_type(n) or _enum_beside_bounds(n) for _, n in walk(out)):
             return out, tuple(dropped)
         if out is schema:
             out = copy.deepcopy(schema)
@@ -160,6 +190,11 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
             if types:
                 # exact, not loosened: an enum value of another type is never valid here
                 node["enum"] = [v for v in node["enum"] if json_type(v) in types]
+            if _enum_beside_bounds(node):
+                # exact too: xgrammar compiles the enum alone (measured: MaskBench
+                # Handwritten key1, enum 1-10 beside minimum 7, wrote 3)
+                bounds = {k: node[k] for k in _ENUM_SIBLINGS if k in node}
+                node["enum"] = [v for v in node["enum"] if not schema_errors(v, bounds)]
         return out, tuple(dropped)
 
     def codec(self) -> Codec[Compiled]:

@@ -310,3 +310,56 @@ def siblings_into_branches(schema: dict[str, Any]
     for pointer, node in walk(out):
         _distribute(pointer, node, dropped)
     return out, tuple(dict.fromkeys(dropped))
+
+
+def _undeclared_required(node: dict[str, Any]) -> list[str]:
+    """The names ``required`` lists that ``properties`` does not declare."""
+    required, props = node.get("required"), node.get("properties", {})
+    if not isinstance(required, list) or not isinstance(props, dict):
+        return []
+    return [n for n in required if isinstance(n, str) and n not in props]
+
+
+def required_into_properties(schema: dict[str, Any]
+                             ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
+    """``schema`` for XGrammar (embedded, or behind vLLM/SGLang): a name ``required`` lists
+    but ``properties`` does not declare is declared, with the schema an undeclared member
+    has there (``additionalProperties``' schema, else ``{}``), which is exact; XGrammar
+    ignores it otherwise (measured: MaskBench Github_trivial o2058 wrote an object without
+    it). Where that is not exact (``patternProperties`` may apply, ``additionalProperties``
+    is false, the node is not object-only) the entry is reported. A copy; ``schema`` itself
+    when nothing changes."""
+    if not any(_undeclared_required(n) for _, n in walk(schema)):
+        return schema, ()
+    out = copy_schema(schema)
+    dropped: list[PostEnforced] = []
+    for pointer, node in [(p, n) for p, n in walk(out) if _undeclared_required(n)]:
+        extra = node.get("additionalProperties", True)
+        object_only = declared_types(node) == {"object"} or "properties" in node
+        if "patternProperties" in node or extra is False or not isinstance(extra, dict | bool) \
+                or not object_only:
+            dropped.append(PostEnforced(pointer, "required", "xgrammar ignores a required "
+                                        "member that properties does not declare"))
+            continue
+        props = node.setdefault("properties", {})
+        for name in _undeclared_required(node):
+            props[name] = {} if extra is True else copy_schema(extra)
+    return out, tuple(dropped)
+
+
+def min_properties_with_open_keys(node: dict[str, Any]) -> bool:
+    """A grammar engine cannot keep member names unique where they are open
+    (``patternProperties``, or ``additionalProperties`` not false): a repeated name counts
+    once when parsed, so ``minProperties`` may not hold (measured: MaskBench Handwritten
+    dep5, llguidance and xgrammar both wrote ``{"d":…,"a":…,"a":…}`` under
+    ``minProperties: 3``)."""
+    return "minProperties" in node and (
+        "patternProperties" in node or node.get("additionalProperties", True) is not False)
+
+
+def repeated_open_keys(schema: Any) -> tuple[PostEnforced, ...]:
+    """The ``minProperties`` a grammar keeps but cannot hold (see
+    :func:`min_properties_with_open_keys`): reported, validation holds them."""
+    return tuple(PostEnforced(pointer, "minProperties", "a repeated open member name "
+                              "counts once") for pointer, node in walk(schema)
+                 if min_properties_with_open_keys(node))

@@ -3,11 +3,16 @@ the wire instead (the loosened schema), for real schemas."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from schemas.intent import Intent
+from structgen.backends.base import Capabilities
 from structgen.backends.capabilities import (
     CAPABILITIES,
+    QUIRKS,
     capabilities_for,
     relax_for,
     unenforced,
@@ -111,13 +116,68 @@ def test_output_kinds():
         assert strings(Regex("[a-z]+"), CAPABILITIES[row]) == []
 
 
-def test_docs_table_matches_matrix():
-    """docs/capabilities.md lists every row of the matrix."""
-    from pathlib import Path
+DOC = Path(__file__).resolve().parents[2] / "docs" / "capabilities.md"
+# the backticked names in a column's header that are not keywords of their own
+ALIASES = {"dependent*": ("dependentRequired", "dependentSchemas")}
 
-    doc = (Path(__file__).resolve().parents[2] / "docs/capabilities.md").read_text()
-    for key in CAPABILITIES:
-        assert f"`{key}`" in doc, key
+
+def doc_table(text: str) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """(the keywords of each column after "kinds", row name -> its cells) of the table
+    under "What each engine enforces" in docs/capabilities.md."""
+    section = text.split("## What each engine enforces", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+    header, rows = split[0], split[2:]
+    columns = [[k for name in re.findall(r"`([^`]+)`", cell) for k in ALIASES.get(name, (name,))]
+               for cell in header[2:]]
+    return columns, {row[0].strip("`"): row[1:] for row in rows}
+
+
+def expected_symbol(caps: Capabilities, keywords: list[str], quirky: set[str]) -> str:
+    assert caps.support is not None
+    if not any(caps.support.enforces(k) for k in keywords):
+        return "✗"
+    return "⚠" if quirky & set(keywords) else "✓"
+
+
+def test_docs_table_cells_agree_with_the_matrix():
+    """docs/capabilities.md has a row per matrix row, and each cell says what the row's
+    support table says: its output kinds, and per column ✓ (every keyword enforced, any
+    exception named in the cell), ⚠ (a known quirk) or ✗ (none enforced)."""
+    columns, rows = doc_table(DOC.read_text())
+    assert sorted(rows) == sorted(CAPABILITIES)
+    assert len(columns) == 12 and all(columns), columns
+    for key, cells in rows.items():
+        caps = CAPABILITIES[key]
+        assert caps.support is not None
+        kinds = {re.sub(r"\(.*", "", word) for word in re.sub(r"\([^)]*\)", "", cells[0]).split()}
+        assert kinds == set(caps.output_kinds), (key, kinds)
+        if key == "vllm/auto":  # one merged cell: "the weaker of guidance and xgrammar"
+            assert "weaker of guidance and xgrammar" in cells[1]
+            weaker = {**CAPABILITIES["vllm/guidance"].support.unenforced,  # type: ignore[union-attr]
+                      **CAPABILITIES["vllm/xgrammar"].support.unenforced}  # type: ignore[union-attr]
+            assert caps.support.unenforced.keys() == weaker.keys()
+            continue
+        quirky = {q.keyword for q in QUIRKS.get(key, ())}
+        assert len(cells) == 1 + len(columns), key
+        for keywords, cell in zip(columns, cells[1:], strict=True):
+            want = expected_symbol(caps, keywords, quirky)
+            assert cell.startswith(want), (key, keywords, cell, want)
+            exceptions = [k for k in keywords if not caps.support.enforces(k)]
+            if want == "✓":
+                assert all(f"`{k}`" in cell for k in exceptions), (key, cell, exceptions)
+            if want == "✓" and "format" in keywords:
+                assert ("known formats" in cell) == (caps.support.formats is not None), key
+
+
+def test_docs_table_check_can_fail():
+    columns, rows = doc_table(DOC.read_text())
+    caps = CAPABILITIES["ollama"]
+    pattern = next(i for i, c in enumerate(columns) if c == ["pattern"])
+    assert rows["ollama"][1 + pattern].startswith("✗")
+    assert expected_symbol(caps, ["pattern"], set()) == "✗"
+    assert expected_symbol(CAPABILITIES["vllm/guidance"], ["pattern"], set()) == "✓"
+    assert expected_symbol(CAPABILITIES["vllm/xgrammar"], ["maxLength"], {"maxLength"}) == "⚠"
 
 
 @pytest.mark.parametrize("row", sorted(CAPABILITIES))
@@ -150,8 +210,11 @@ def test_xgrammar_servers_get_the_keywords_beside_an_any_of_in_its_branches() ->
         sent, entries = server_schema(schema, capabilities_for(backend, engine))
         assert set(sent) == {"anyOf", "$defs"}, key
         assert [b["required"] for b in sent["anyOf"]] == [["t", "w"], ["v", "w"]]
-        assert all(b["type"] == "object" and b["properties"] == {"t": {"type": "string"}}
-                   for b in sent["anyOf"])
+        # and a required member properties does not declare is declared (xgrammar ignores
+        # it otherwise): any value, as additionalProperties allows
+        assert [b["properties"] for b in sent["anyOf"]] == [
+            {"t": {"type": "string"}, "w": {}}, {"t": {"type": "string"}, "v": {}, "w": {}}]
+        assert all(b["type"] == "object" for b in sent["anyOf"])
         assert not [e for e in entries if e.reason.startswith("xgrammar ignores")]
         _, entries = server_schema({"$ref": "#/$defs/T", "minLength": 2,
                                     "$defs": {"T": {"type": "string"}}},

@@ -286,6 +286,82 @@ def test_xgrammar_gets_the_keywords_beside_a_combinator_in_every_branch(
         assert validate_text(text, output).ok and admits(grammar(prepared), text), text
 
 
+_XGRAMMAR_GAPS = [
+    # MaskBench Github_trivial o2058: "text" required, not declared; xgrammar left it out
+    ({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["text"]},
+     ['{"name":"a"}', "{}"], ['{"text":1}', '{"name":"a","text":[]}'], set()),
+    # MaskBench Github_easy o54542: "position" required, "   position" declared
+    ({"type": "object", "properties": {"   position": {"type": "integer"}},
+      "required": ["position"], "additionalProperties": {"type": "integer"}},
+     ['{"   position":1}', '{"position":"x"}'], ['{"position":2}'], set()),
+    # MaskBench Github_easy o44051: a pattern beside format uri; xgrammar wrote "dede...:"
+    ({"type": "string", "format": "uri", "pattern": "^https://"},
+     ['"dede:"'], ['"https://"'], {("", "format")}),
+    # MaskBench Handwritten key1: an enum beside a minimum; xgrammar wrote 3
+    ({"type": "number", "enum": [1, 2, 3, 7, 8], "minimum": 7}, ["3", "1"], ["7", "8"],
+     set()),
+]
+
+
+@pytest.mark.parametrize(("schema", "rejected", "accepted", "reported"), _XGRAMMAR_GAPS)
+def test_xgrammar_holds_undeclared_required_members_patterns_and_enum_bounds(
+        tiny_model_dir: Path, schema: dict[str, object], rejected: list[str],
+        accepted: list[str], reported: set[tuple[str, str]]) -> None:
+    """XGrammar ignores a required member that ``properties`` does not declare, a pattern
+    beside a format, and bounds beside an enum (measured: each ``rejected`` text is admitted
+    by the schema as written). structgen declares the member and keeps only the enum values
+    the bounds allow (exact), and takes the format out (reported), so the grammar holds the
+    rest."""
+    import json
+
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string as admits
+
+    def grammar(s: dict[str, object]) -> object:
+        return xgr.Grammar.from_json_schema(json.dumps(s), any_whitespace=False,
+                                            separators=(",", ":"), strict_mode=True)
+
+    eng, backend = make(tiny_model_dir, engine="xgrammar")
+    output = eng.build_request("x", schema).output
+    prepared, entries = backend.runtime(None).engine("xgrammar").prepare_schema(output)
+    assert {(p.pointer, p.keyword) for p in entries} == reported
+    assert any(admits(grammar(output.to_json_schema()), t) for t in rejected)
+    for text in rejected:
+        assert not validate_text(text, output).ok
+        assert not admits(grammar(prepared), text), (text, prepared)
+    for text in accepted:
+        assert validate_text(text, output).ok and admits(grammar(prepared), text), text
+
+
+def test_xgrammar_reports_an_undeclared_required_member_it_cannot_declare_exactly(
+        tiny_model_dir: Path) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}},
+              "patternProperties": {"^t": {"type": "integer"}}, "required": ["text"]}
+    eng, backend = make(tiny_model_dir, engine="xgrammar")
+    output = eng.build_request("x", schema).output
+    prepared, entries = backend.runtime(None).engine("xgrammar").prepare_schema(output)
+    assert [(p.pointer, p.keyword) for p in entries] == [("", "required")]
+    assert "text" not in prepared["properties"]
+
+
+@pytest.mark.parametrize("engine", ["llguidance", "xgrammar"])
+def test_min_properties_over_open_member_names_is_reported(tiny_model_dir: Path,
+                                                           engine: str) -> None:
+    """Neither engine keeps open member names unique (MaskBench Handwritten dep5: both
+    wrote {"d":…,"a":…,"a":…} under minProperties 3): validation holds minProperties
+    there, and only there."""
+    open_keys = {"type": "object", "patternProperties": {"^[a-d]$": True},
+                 "additionalProperties": False, "minProperties": 3}
+    closed = {"type": "object", "properties": {"a": {"type": "integer"}},
+              "additionalProperties": False, "minProperties": 1}
+    eng, backend = make(tiny_model_dir, engine=engine)
+    prepare = backend.runtime(None).engine(engine).prepare_schema
+    _, reported = prepare(eng.build_request("x", open_keys).output)
+    assert ("", "minProperties") in {(p.pointer, p.keyword) for p in reported}
+    _, reported = prepare(eng.build_request("x", closed).output)
+    assert not reported
+
+
 def test_xgrammar_reports_keywords_beside_a_ref(tiny_model_dir: Path) -> None:
     """Beside a $ref (or where merging into a branch would change the meaning) the keywords
     stay out of xgrammar's reach: they are reported, and validation holds them."""

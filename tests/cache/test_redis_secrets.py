@@ -9,8 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -35,10 +36,11 @@ def password_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+def tls_redis(tmp_path_factory: pytest.TempPathFactory,
+              service_missing: Callable[[str, str], NoReturn]) -> Iterator[tuple[int, Path]]:
     """TLS only (no plain port), with a password; yields (port, CA certificate)."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is not installed")
+        service_missing("the openssl CLI", "`make redis-server` installs it with redis-server")
     work = tmp_path_factory.mktemp("redis-tls")
     cert, key = work / "cert.pem", work / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
