@@ -114,14 +114,16 @@ async def run_one(engine: Engine, request: BatchRequest) -> StructuredResult | S
 
 async def run_requests(engine: Engine, requests: Sequence[BatchRequest], *,
                        concurrency: int = 8, on_done: DoneFn | None = None,
-                       on_progress: ProgressFn | None = None
+                       on_progress: ProgressFn | None = None,
+                       summary: BatchSummary | None = None
                        ) -> list[StructuredResult | StructgenError]:
     """Run ``requests`` through ``engine``, at most ``concurrency`` at once; the results in
     input order. ``on_done(index, result)`` is called as each finishes (before
-    ``on_progress``), so a caller can write it out before the next one lands."""
+    ``on_progress``), so a caller can write it out before the next one lands. The counts
+    go into ``summary`` when given (a caller's running totals), else a new one."""
     if concurrency < 1:
         raise StructgenError(f"concurrency must be >= 1, not {concurrency}")
-    summary = BatchSummary(total=len(requests))
+    counts = summary if summary is not None else BatchSummary(total=len(requests))
     sem = asyncio.Semaphore(concurrency)
 
     async def one(index: int, request: BatchRequest) -> StructuredResult | StructgenError:
@@ -129,9 +131,9 @@ async def run_requests(engine: Engine, requests: Sequence[BatchRequest], *,
             result = await run_one(engine, request)
         if on_done is not None:
             on_done(index, result)
-        summary.add(result)
+        counts.add(result)
         if on_progress is not None:
-            on_progress(summary)
+            on_progress(counts)
         return result
 
     try:
