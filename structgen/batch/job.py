@@ -250,7 +250,7 @@ def result_line(custom_id: str, result: StructuredResult) -> dict[str, Any]:
     value = result.value
     calls = value if isinstance(value, list) else [value] if isinstance(value, ToolCall) else []
     message: dict[str, Any] = {"role": "assistant", "content": None}
-    finish = "length" if result.truncated else "stop"
+    finish = result.finish_reason  # "length": a plain-text answer cut at max_tokens
     if calls:
         message["tool_calls"] = [
             {"id": c.id or f"call_{uuid.uuid4().hex[:24]}", "type": "function",

@@ -234,3 +234,36 @@ def test_progress_bar_and_summary(job: dict[str, Path]) -> None:
                                      "--config", str(job["config"])])
     assert "req/s" not in quiet.stderr  # no terminal, no bar
     assert "4 valid (0 repaired), 1 failed, 4 cache hits" in quiet.stdout
+
+
+# vLLM's examples/offline_inference/openai_batch/openai_example_batch.jsonl, as it is
+VLLM_EXAMPLE = [
+    {"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "meta-llama/Meta-Llama-3-8B-Instruct",
+              "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                           {"role": "user", "content": "Hello world!"}],
+              "max_completion_tokens": 1000}},
+    {"custom_id": "request-2", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "meta-llama/Meta-Llama-3-8B-Instruct",
+              "messages": [{"role": "system", "content": "You are an unhelpful assistant."},
+                           {"role": "user", "content": "Hello world!"}],
+              "max_completion_tokens": 1000}},
+]
+
+
+def test_a_vllm_run_batch_file_runs_unchanged(job: dict[str, Path]) -> None:
+    src = job["dir"] / "vllm.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in VLLM_EXAMPLE))
+    out = job["dir"] / "out.jsonl"
+    result = CliRunner().invoke(app, ["batch", str(src), "-o", str(out), "--config",
+                                      str(job["config"])])
+    assert result.exit_code == 0, result.output
+    lines = read_out(out)
+    assert sorted(x["custom_id"] for x in lines) == ["request-1", "request-2"]
+    for line in lines:
+        body = line["response"]["body"]
+        message = body["choices"][0]["message"]
+        assert line["error"] is None and message["role"] == "assistant"
+        assert isinstance(message["content"], str)  # plain text: no response_format
+        assert body["choices"][0]["finish_reason"] in {"stop", "length"}
+        assert 0 < body["usage"]["completion_tokens"] <= 1000
