@@ -267,3 +267,18 @@ def test_a_vllm_run_batch_file_runs_unchanged(job: dict[str, Path]) -> None:
         assert isinstance(message["content"], str)  # plain text: no response_format
         assert body["choices"][0]["finish_reason"] in {"stop", "length"}
         assert 0 < body["usage"]["completion_tokens"] <= 1000
+
+
+def test_the_readme_batch_file_example_runs(job: dict[str, Path]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```jsonl\n", 1)[1].split("```", 1)[0]
+    src = job["dir"] / "in.jsonl"
+    src.write_text(block)
+    out = job["dir"] / "out.jsonl"
+    result = CliRunner().invoke(app, ["batch", str(src), "-o", str(out), "--config",
+                                      str(job["config"])])
+    assert result.exit_code == 0, result.output
+    (line,) = read_out(out)
+    assert line["custom_id"] == "q1" and line["error"] is None
+    content = line["response"]["body"]["choices"][0]["message"]["content"]
+    assert isinstance(json.loads(content)["prime"], bool)
