@@ -307,6 +307,7 @@ class ResultFile:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise ConfigError(f"cannot open output {path}: {exc}") from None
+        self._lock(path)
         with open(self.fd, "rb", closefd=False) as f:
             data = f.read()
         whole = data[:data.rfind(b"\n") + 1]
@@ -314,6 +315,20 @@ class ResultFile:
             os.ftruncate(self.fd, len(whole))
         for n, text in enumerate(whole.splitlines(), start=1):
             self._remember(n, text)
+
+    def _lock(self, path: Path) -> None:
+        """Two jobs appending to one output would each answer what the other has not yet
+        written: the second is refused while the first runs (the lock dies with it)."""
+        try:
+            import fcntl
+        except ImportError:  # not on this platform: one job per output is the user's to keep
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise ConfigError(f"another structgen batch is writing to {path}; wait for it "
+                              "or choose another output") from None
 
     def _remember(self, n: int, text: bytes) -> None:
         try:

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from structgen.batch.job import ResultFile, read_job
 from structgen.cli import app
+from structgen.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -153,7 +154,10 @@ def test_result_file_cuts_a_torn_line_and_knows_what_is_done(tmp_path: Path) -> 
     assert out.read_text() == text
     assert f.done_ids == {"a", "c"} and f.done_lines == {7, 9}
     f.write({"custom_id": "d", "error": None})
+    with pytest.raises(ConfigError, match="another structgen batch is writing"):
+        ResultFile(out)  # a second job on the same output, while the first runs
     f.close()
+    ResultFile(out).close()  # the first has ended
     assert read_out(out)[-1]["custom_id"] == "d"
     (tmp_path / "other.jsonl").write_text('{"id": "q1", "prompt": "x"}\n')
     with pytest.raises(Exception, match="not a batch result line"):
