@@ -32,7 +32,11 @@ Exactly once: each line is appended to the output with one ``write`` and made du
 (a kill in the middle of a write) and skips what is already answered. So after Ctrl-C or
 SIGKILL the same command resumes, and every ``custom_id`` has one line in the end (an error
 line for a line without a usable ``custom_id``, or for a repeated one, is known by its input
-line number, ``error.line``). Answers go through the result cache, so a batch is a warmup too.
+line number, ``error.line``). A failed request's error line counts as its answer: a re-run
+does not retry it. Answers go through the result cache, so a batch is a warmup too.
+
+Not yet (issue 32): ``--ray`` (the lines on :mod:`structgen.warmup.on_ray`'s actors, results
+back to the driver's file) and warmup's compact line format (``module:Class`` schemas).
 """
 
 from __future__ import annotations
