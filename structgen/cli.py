@@ -28,6 +28,7 @@ from rich.table import Table
 from structgen.advice import recommend
 from structgen.batch import BatchSummary
 from structgen.batch.job import MAX_LINE_BYTES, read_job, run_job
+from structgen.batch.on_ray import run_job_on_ray
 from structgen.cache import ResultCache, open_result_cache
 from structgen.config import Config
 from structgen.engine import Engine
@@ -460,16 +461,33 @@ def batch(
                                               "a terminal)"),
     max_line_bytes: int = typer.Option(MAX_LINE_BYTES, "--max-line-bytes", min=1024,
                                        help="a longer input line is an error line"),
+    ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (warmup's executor; "
+                                                  "needs the Redis result cache)"),
+    address: str | None = typer.Argument(
+        None, help="with --ray: the cluster (head host:port, ray://host:port or auto); "
+                   "default: a local Ray instance"),
+    ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
+                                          help="Ray actors, each one Engine"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="lines per Ray batch"),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor"),
 ) -> None:
     """Answer an OpenAI batch file (as for OpenAI's Batch API or vLLM's run_batch) into
     OpenAI result lines, exactly once per custom_id: an interrupted run resumes where it
     stopped when run again. See structgen/batch/job.py for the formats."""
     try:
+        if address is not None and not ray:
+            raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
         lines = read_job(file, max_line_bytes=max_line_bytes, model=model)
         engine = Engine.from_config(config)
         with _batch_progress(progress) as on_progress:
-            summary = asyncio.run(run_job(engine, lines, output, concurrency=concurrency,
-                                          on_progress=on_progress))
+            if ray:
+                summary = run_job_on_ray(
+                    engine, lines, output, concurrency=concurrency, on_progress=on_progress,
+                    model=model, options=RayOptions(address=address, actors=ray_actors,
+                                                    batch_size=batch_size, num_cpus=ray_cpus))
+            else:
+                summary = asyncio.run(run_job(engine, lines, output, concurrency=concurrency,
+                                              on_progress=on_progress))
         engine.close()
     except StructgenError as exc:
         _fail(exc)

@@ -77,11 +77,25 @@ class BatchSummary:
         if isinstance(result, StructgenError):
             self.failed += 1
             return
+        self.count(True, repaired=result.repaired, cached=result.cached,
+                   prompt_tokens=result.usage.prompt_tokens,
+                   completion_tokens=result.usage.completion_tokens, finished=False)
+
+    def count(self, valid: bool, *, repaired: bool = False, cached: bool = False,
+              prompt_tokens: int = 0, completion_tokens: int = 0,
+              finished: bool = True) -> None:
+        """Count one item from its figures (a result that came back from elsewhere)."""
+        if finished:
+            self.done += 1
+            self.elapsed_s = time.perf_counter() - self.started
+        if not valid:
+            self.failed += 1
+            return
         self.valid += 1
-        self.repaired += result.repaired
-        self.cache_hits += result.cached
-        self.prompt_tokens += result.usage.prompt_tokens
-        self.completion_tokens += result.usage.completion_tokens
+        self.repaired += repaired
+        self.cache_hits += cached
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
 
     def rate(self) -> float:
         """Items finished per second of wall-clock time."""

@@ -87,6 +87,7 @@ class JobLine:
     request: BatchRequest | None = None
     error: StructgenError | None = None
     duplicate: bool = False  # a custom_id an earlier line has
+    body: dict[str, Any] | None = None  # as read (a Ray worker parses it again)
 
 
 # Reading the input -----------------------------------------------------------------------
@@ -162,6 +163,7 @@ def parse_line(item: JobLine, raw: bytes, model: str | None = None) -> None:
     if not isinstance(body, dict):
         raise BatchLineError('"body" must be a JSON object')
     item.request = wire_request(body, model)
+    item.body = body
 
 
 def wire_request(body: dict[str, Any], model: str | None = None) -> BatchRequest:
@@ -377,31 +379,36 @@ class JobSummary(BatchSummary):
                 + super().describe() + f"; output: {self.output}")
 
 
+def start_job(out: ResultFile, lines: list[JobLine], on_progress: ProgressFn | None
+              ) -> tuple[JobSummary, list[JobLine]]:
+    """Skip what ``out`` holds, write the malformed lines' error lines; (the running
+    summary, the lines left to run). Shared by both executors."""
+    todo = [item for item in lines if not out.done(item)]
+    summary = JobSummary(total=len(todo), lines=len(lines), output=out.path,
+                         skipped=len(lines) - len(todo))
+    runnable = []
+    for item in todo:
+        if item.request is None or item.error is not None:
+            assert item.error is not None
+            out.write(error_line(item, item.error))
+            summary.invalid += 1
+            summary.add(item.error)
+            if on_progress is not None:
+                on_progress(summary)
+        else:
+            runnable.append(item)
+    return summary, runnable
+
+
 async def run_job(engine: Engine, lines: list[JobLine], output: Path, *,
                   concurrency: int = 8, on_progress: ProgressFn | None = None) -> JobSummary:
     """Answer every line of ``lines`` not already in ``output``, appending a line each."""
     out = ResultFile(output)
     try:
-        todo = [item for item in lines if not out.done(item)]
-        summary = JobSummary(total=len(todo), lines=len(lines), output=output,
-                             skipped=len(lines) - len(todo))
-        runnable = []
-        for item in todo:
-            if item.request is None or item.error is not None:
-                assert item.error is not None
-                out.write(error_line(item, item.error))
-                summary.invalid += 1
-                summary.add(item.error)
-                if on_progress is not None:
-                    on_progress(summary)
-            else:
-                runnable.append(item)
+        summary, runnable = start_job(out, lines, on_progress)
 
         def write(index: int, result: StructuredResult | StructgenError) -> None:
-            item = runnable[index]
-            assert item.custom_id is not None
-            out.write(error_line(item, result) if isinstance(result, StructgenError)
-                      else result_line(item.custom_id, result))
+            out.write(answer_line(runnable[index], result))
 
         requests = [item.request for item in runnable if item.request is not None]
         await run_requests(engine, requests, concurrency=concurrency, on_done=write,
@@ -409,3 +416,10 @@ async def run_job(engine: Engine, lines: list[JobLine], output: Path, *,
     finally:
         out.close()
     return summary
+
+
+def answer_line(item: JobLine, result: StructuredResult | StructgenError) -> dict[str, Any]:
+    """The output line of a line that ran."""
+    assert item.custom_id is not None
+    return (error_line(item, result) if isinstance(result, StructgenError)
+            else result_line(item.custom_id, result))
