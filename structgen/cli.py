@@ -473,7 +473,10 @@ def batch(
 ) -> None:
     """Answer an OpenAI batch file (as for OpenAI's Batch API or vLLM's run_batch) into
     OpenAI result lines, exactly once per custom_id: an interrupted run resumes where it
-    stopped when run again. See structgen/batch/job.py for the formats."""
+    stopped when run again. See structgen/batch/job.py for the formats.
+
+    With --ray, the lines run on Ray actors (-j requests in flight per actor) that use the
+    shared Redis cache; the output and resumability are the same."""
     try:
         if address is not None and not ray:
             raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")

@@ -35,8 +35,8 @@ line for a line without a usable ``custom_id``, or for a repeated one, is known 
 line number, ``error.line``). A failed request's error line counts as its answer: a re-run
 does not retry it. Answers go through the result cache, so a batch is a warmup too.
 
-Not yet (issue 32): ``--ray`` (the lines on :mod:`structgen.warmup.on_ray`'s actors, results
-back to the driver's file) and warmup's compact line format (``module:Class`` schemas).
+``--ray`` runs the lines on Ray actors with the same output: :mod:`structgen.batch.on_ray`.
+Not yet (issue 32): warmup's compact line format (``module:Class`` schemas) as input.
 """
 
 from __future__ import annotations
