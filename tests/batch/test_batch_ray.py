@@ -29,7 +29,7 @@ from tests.cache.test_warmup_ray import (  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-N = 120
+N = 200
 
 
 def write_job(path: Path) -> Path:
