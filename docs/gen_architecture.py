@@ -4,8 +4,8 @@
 
 The import graph is the one ``tests/test_imports.py`` walks (``ast`` over every module
 under ``structgen/``, nothing imported), folded into rooms: a package (``schema/``,
-``constrain/``, ``backends/``, ``backends/local/``, ``warmup/``, ``tools/``) is one room,
-each top-level module another. Rooms are laid out in layers by how far down they sit (a
+``constrain/``, ``backends/``, ``backends/local/``, ``warmup/``, ``batch/``, ``tools/``) is one
+room, each top-level module another. Rooms are laid out in layers by how far down they sit (a
 room is drawn above every room it imports), so data flows down the picture. The strip on
 top is the pipeline ``Engine`` runs, each step named with the room that does it; an arrow
 in the graph is an import, from the importer to the imported. Rerun after moving code
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from tests.test_imports import imports  # noqa: E402 (one walk of the imports, shared)
 
 OUT = ROOT / "docs" / "architecture.svg"
-PACKAGES = ("backends.local", "schema", "constrain", "backends", "warmup", "tools", "server")
+PACKAGES = ("backends.local", "schema", "constrain", "backends", "warmup", "batch", "tools",
+            "server")
 # (step, the room that does it) in the order Engine.arun / Engine.astream run them
 PIPELINE = [("compile", "schema"), ("cache lookup", "cache"), ("route", "router"),
             ("generate", "backends"), ("finalize", "repair"), ("store", "cache"),

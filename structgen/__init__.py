@@ -18,6 +18,7 @@ import os
 # wins. See docs/embedded.md.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from structgen.batch import agenerate_batch, generate_batch
 from structgen.config import Config
 from structgen.engine import (
     Engine,
@@ -57,9 +58,11 @@ __all__ = [
     "ToolCall",
     "ToolError",
     "ValidationFailed",
+    "agenerate_batch",
     "agenerate_structured",
     "astream_structured",
     "compile_output",
+    "generate_batch",
     "generate_structured",
     "partial_model",
     "stream_structured",

@@ -30,6 +30,9 @@ from rich.progress import (
 from rich.table import Table
 
 from structgen.advice import recommend
+from structgen.batch import BatchSummary
+from structgen.batch.job import MAX_LINE_BYTES, read_job, run_job
+from structgen.batch.on_ray import run_job_on_ray
 from structgen.cache import ResultCache, open_result_cache
 from structgen.config import Config
 from structgen.engine import Engine
@@ -600,6 +603,97 @@ def serve(
         serve_forever(Config.load(config), host=host, port=port)
     except StructgenError as exc:
         _fail(exc)
+
+# structgen batch (issue 32) ------------------------------------------------------------------
+@app.command()
+def batch(
+    file: Path = typer.Argument(..., help="OpenAI batch file (JSONL, /v1/chat/completions)"),
+    output: Path = typer.Option(..., "--output", "-o",
+                                help="results JSONL (appended to: a re-run resumes)"),
+    config: Path | None = typer.Option(None, "--config", "-c"),
+    concurrency: int = typer.Option(8, "--concurrency", "-j", min=1,
+                                    help="requests in flight at once"),
+    model: str | None = typer.Option(None, "--model", "-m",
+                                     help="the model to answer with (a line's body.model "
+                                          "is ignored)"),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                         help="progress bar on stderr (default: when it is "
+                                              "a terminal)"),
+    max_line_bytes: int = typer.Option(MAX_LINE_BYTES, "--max-line-bytes", min=1024,
+                                       help="a longer input line is an error line"),
+    ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (warmup's executor; "
+                                                  "needs the Redis result cache)"),
+    address: str | None = typer.Argument(
+        None, help="with --ray: the cluster (head host:port, ray://host:port or auto); "
+                   "default: a local Ray instance"),
+    ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
+                                          help="Ray actors, each one Engine"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="lines per Ray batch"),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor"),
+) -> None:
+    """Answer an OpenAI batch file (as for OpenAI's Batch API or vLLM's run_batch) into
+    OpenAI result lines, exactly once per custom_id: an interrupted run resumes where it
+    stopped when run again. See structgen/batch/job.py for the formats.
+
+    With --ray, the lines run on Ray actors (-j requests in flight per actor) that use the
+    shared Redis cache; the output and resumability are the same."""
+    try:
+        if address is not None and not ray:
+            raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
+        lines = read_job(file, max_line_bytes=max_line_bytes, model=model)
+        engine = Engine.from_config(config)
+        with _batch_progress(progress) as on_progress:
+            if ray:
+                summary = run_job_on_ray(
+                    engine, lines, output, concurrency=concurrency, on_progress=on_progress,
+                    model=model, options=RayOptions(address=address, actors=ray_actors,
+                                                    batch_size=batch_size, num_cpus=ray_cpus))
+            else:
+                summary = asyncio.run(run_job(engine, lines, output, concurrency=concurrency,
+                                              on_progress=on_progress))
+        engine.close()
+    except StructgenError as exc:
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: the answered lines are in {output}; run the same command "
+                    "again to resume", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(summary.describe())
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+class _batch_progress:
+    """A rich progress bar (valid, failed, cache hits, rate, ETA) on stderr."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.console = Console(stderr=True, force_terminal=True if enabled else None)
+        self.enabled = self.console.is_terminal if enabled is None else enabled
+        self.bar: Progress | None = None
+
+    def __enter__(self) -> Callable[[BatchSummary], None] | None:
+        if not self.enabled:
+            return None
+        self.bar = Progress(
+            TextColumn("batch"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[green]{task.fields[valid]} valid[/] [red]{task.fields[failed]} "
+                       "failed[/] [cyan]{task.fields[hits]} cached[/]"),
+            TextColumn("{task.fields[rate]:.2f} req/s"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=self.console)
+        self.bar.__enter__()
+        task = self.bar.add_task("batch", total=None, valid=0, failed=0, hits=0, rate=0.0)
+
+        def update(s: BatchSummary) -> None:
+            assert self.bar is not None
+            self.bar.update(task, total=s.total, completed=s.done, valid=s.valid,
+                            failed=s.failed, hits=s.cache_hits, rate=s.rate())
+
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 def main() -> None:

@@ -143,6 +143,18 @@ def _check_options(engine: Engine, opts: RayOptions) -> None:
 def _stream(ray: Any, engine: Engine, todo: list[WarmupItem], concurrency: int,
             opts: RayOptions) -> Iterator[ReportLine]:
     """Report lines as Ray Data's actors finish batches (in no particular order)."""
+    for raw in stream_tasks(ray, _WarmupActor, [_task(item) for item in todo],
+                            {"config": _worker_config(engine),
+                             "allow_modules": list(opts.allow_modules),
+                             "concurrency": max(1, concurrency)}, opts):
+        yield ReportLine(**json.loads(raw))
+
+
+def stream_tasks(ray: Any, actor: type, tasks: list[str], actor_kwargs: dict[str, Any],
+                 opts: RayOptions) -> Iterator[str]:
+    """Run ``tasks`` (JSON strings) on a pool of ``actor(**actor_kwargs)`` with Ray Data;
+    yield each ``result`` string as its batch comes back (in no particular order; a retried
+    batch may come back twice). Shared by warmup and ``structgen batch --ray``."""
     import ray.data
 
     data_log = logging.getLogger("ray.data")
@@ -155,15 +167,12 @@ def _stream(ray: Any, engine: Engine, todo: list[WarmupItem], concurrency: int,
     actors = opts.actors or max(1, int(ray.cluster_resources().get("CPU", 1) // opts.num_cpus))
     # One small block per batch: the streaming executor then hands work to every actor and
     # streams results back batch by batch, rather than one actor taking a large block.
-    ds = ray.data.from_items([{"task": _task(item)} for item in todo],
-                             override_num_blocks=max(1, -(-len(todo) // opts.batch_size)))
+    ds = ray.data.from_items([{"task": task} for task in tasks],
+                             override_num_blocks=max(1, -(-len(tasks) // opts.batch_size)))
     results = ds.map_batches(
-        _WarmupActor, batch_size=opts.batch_size,
+        actor, batch_size=opts.batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=opts.num_cpus, batch_format="pyarrow",
-        fn_constructor_kwargs={"config": _worker_config(engine),
-                               "allow_modules": list(opts.allow_modules),
-                               "concurrency": max(1, concurrency)})
+        num_cpus=opts.num_cpus, batch_format="pyarrow", fn_constructor_kwargs=actor_kwargs)
     batches = iter(results.iter_batches(batch_size=None, batch_format="pyarrow"))
     while True:
         try:
@@ -175,8 +184,7 @@ def _stream(ray: Any, engine: Engine, todo: list[WarmupItem], concurrency: int,
             raise ExecutorError(
                 f"the Ray job failed ({type(exc).__name__}: {first[:300]}); what finished is "
                 "in the cache and the report, run again to resume") from exc
-        for raw in batch.column("result").to_pylist():
-            yield ReportLine(**json.loads(raw))
+        yield from batch.column("result").to_pylist()
 
 
 def _no_progress_bar_notice(record: logging.LogRecord) -> bool:

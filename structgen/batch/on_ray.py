@@ -1,0 +1,121 @@
+"""``structgen batch IN.jsonl -o OUT.jsonl --ray [ADDRESS]``: the job's lines on Ray actors.
+
+Warmup's executor (:mod:`structgen.warmup.on_ray`: Ray Data actors, one Engine each, the
+shared Redis result cache) runs the lines; only the driver reads the input and writes the
+output, so the output and resume guarantees are those of one machine
+(:mod:`structgen.batch.job`)::
+
+    driver: read the file, skip what the output holds, write the malformed lines' errors
+         → the rest to the actors as plain JSON (custom_id, line, body: data, no code)
+         → each actor parses its bodies again, answers them through its Engine and returns
+           the finished output lines → the driver appends each (once: a batch Ray retried
+           after a lost actor may come back twice, the second copy is dropped)
+
+An actor killed mid-batch loses only answers not yet written; Ray retries its batch, and
+answers that reached the Redis cache come back as cache hits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from structgen.batch import BatchSummary, ProgressFn, run_one
+from structgen.batch.job import (
+    JobLine,
+    JobSummary,
+    ResultFile,
+    answer_line,
+    start_job,
+    wire_request,
+)
+from structgen.config import Config
+from structgen.engine import Engine
+from structgen.errors import ExecutorError, StructgenError
+from structgen.warmup.on_ray import (
+    RayOptions,
+    _check_options,
+    _interruptible,
+    _ray_session,
+    _worker_config,
+    stream_tasks,
+)
+
+__all__ = ["RayOptions", "run_job_on_ray"]
+
+
+def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
+                   concurrency: int = 8, on_progress: ProgressFn | None = None,
+                   options: RayOptions | None = None, model: str | None = None
+                   ) -> JobSummary:
+    """:func:`structgen.batch.job.run_job` on Ray (``concurrency`` in flight per actor)."""
+    opts = options or RayOptions()
+    _check_options(engine, opts)
+    out = ResultFile(output)
+    try:
+        summary, runnable = start_job(out, lines, on_progress)
+        by_line = {item.line: item for item in runnable}
+        if by_line:
+            tasks = [json.dumps({"line": item.line, "custom_id": item.custom_id,
+                                 "body": item.body}, ensure_ascii=False) for item in runnable]
+            kwargs = {"config": _worker_config(engine), "concurrency": max(1, concurrency),
+                      "model": model}
+            with _interruptible(), _ray_session(opts) as ray:
+                for raw in stream_tasks(ray, _BatchActor, tasks, kwargs, opts):
+                    answer = json.loads(raw)
+                    if by_line.pop(answer["line"], None) is None:
+                        continue  # a retried batch that came back twice
+                    out.write(answer["out"])
+                    summary.count(**answer["counts"])
+                    if on_progress is not None:
+                        on_progress(summary)
+        for item in by_line.values():  # Ray finished without them (should not happen)
+            error = ExecutorError("the Ray job ended without a result for this line")
+            out.write(answer_line(item, error))
+            summary.add(error)
+    finally:
+        out.close()
+    return summary
+
+
+class _BatchActor:
+    """One Ray Data actor: one Engine, one event loop; bodies in, output lines back."""
+
+    def __init__(self, config: dict[str, Any], concurrency: int, model: str | None) -> None:
+        self.engine = Engine(Config.from_dict(config))
+        self.concurrency = concurrency
+        self.model = model
+        self.loop = asyncio.new_event_loop()
+
+    def __call__(self, batch: Any) -> dict[str, list[str]]:
+        tasks = [json.loads(t) for t in batch.column("task").to_pylist()]
+        return {"result": self.loop.run_until_complete(self._run(tasks))}
+
+    async def _run(self, tasks: list[dict[str, Any]]) -> list[str]:
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(task: dict[str, Any]) -> str:
+            async with sem:
+                return await self._one(task)
+
+        return list(await asyncio.gather(*(one(t) for t in tasks)))
+
+    async def _one(self, task: dict[str, Any]) -> str:
+        item = JobLine(task["line"], task["custom_id"])
+        try:
+            result = await run_one(self.engine, wire_request(task["body"], self.model))
+        except StructgenError as exc:  # parsed on the driver, so not expected here
+            result = exc
+        counts = BatchSummary(total=1)
+        counts.add(result)
+        return json.dumps({"line": item.line, "out": answer_line(item, result), "counts": {
+            "valid": counts.valid == 1, "repaired": counts.repaired == 1,
+            "cached": counts.cache_hits == 1, "prompt_tokens": counts.prompt_tokens,
+            "completion_tokens": counts.completion_tokens}}, ensure_ascii=False)
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            self.engine.close()

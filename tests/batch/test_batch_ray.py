@@ -1,0 +1,85 @@
+"""`structgen batch --ray` on the real two-node Ray cluster and a real redis-server (the
+fixtures of tests/cache/test_warmup_ray.py: Ray actors are thin clients of the vLLM
+wire-format stand-in, so the test times Ray and Redis, not a model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.batch.test_batch_file import MALFORMED, read_out
+from tests.cache.conftest import redis_url  # noqa: F401 (a fixture)
+from tests.cache.test_warmup_ray import (  # noqa: F401 (fixtures)
+    ENV,
+    SCHEMA,
+    Cluster,
+    cached_keys,
+    ray_cluster,
+    server,
+    setup,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+N = 200
+
+
+def write_job(path: Path) -> Path:
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST",
+                         "url": "/v1/chat/completions", "body": {
+                             "messages": [{"role": "user", "content": f"request {i}"}],
+                             "response_format": {"type": "json_schema", "json_schema": {
+                                 "name": "x", "schema": SCHEMA}},
+                             "max_tokens": 32, "temperature": 0}}) for i in range(N)]
+    # not JSON, no custom_id, and r0 again
+    path.write_text("\n".join([*lines, *MALFORMED[:2], lines[0]]) + "\n")
+    return path
+
+
+def batch(s: dict[str, Any], src: Path, out: Path, address: str) -> list[str]:
+    return [sys.executable, "-m", "structgen.cli", "batch", str(src), "-o", str(out),
+            "--ray", address, "--config", str(s["config"]), "--no-progress",
+            "--ray-actors", "2", "--batch-size", "10", "--max-line-bytes", "4096"]
+
+
+def test_ray_batch_killed_then_resumed_answers_each_line_once(
+        ray_cluster: Cluster, setup: dict[str, Any]) -> None:  # noqa: F811
+    s = setup
+    src = write_job(s["tmp"] / "in.jsonl")
+    out = s["tmp"] / "out.jsonl"
+    proc = subprocess.Popen(batch(s, src, out, ray_cluster.address), cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(read_out(out)) < 30:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver (its Ray workers live on the nodes)
+    proc.wait()
+    first = read_out(out)
+    assert len(first) < N + 3
+
+    again = subprocess.run(batch(s, src, out, ray_cluster.address), cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    # the 3 malformed lines' errors went out first, in the killed run: none left to fail
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{N + 3} lines: {len(first)} already done, 0 invalid" in again.stdout
+    lines = read_out(out)
+    assert lines[:len(first)] == first
+    ids = [x["custom_id"] for x in lines if x["error"] is None]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(N))  # each exactly once
+    assert len(lines) == N + 3
+    for line in lines:
+        if line["error"] is None:
+            value = json.loads(line["response"]["body"]["choices"][0]["message"]["content"])
+            assert value["kind"] in {"a", "b", "c"}
+    assert len(cached_keys(s["redis"])) == N  # the actors filled the shared cache
