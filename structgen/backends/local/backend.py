@@ -250,11 +250,13 @@ class LocalBackend(BackendBase):
             for seq in seqs:
                 fail(seq, exc)
             return
-        try:
-            Decoder(rt, self.cfg, self._closing).run(seqs)
-        except BaseException as exc:  # never leave a caller waiting
-            for seq in seqs:
-                fail(seq, exc)
+        while seqs:  # the ones the model's memory could not hold beside the others wait
+            try:
+                seqs = Decoder(rt, self.cfg, self._closing).run(seqs)
+            except BaseException as exc:  # never leave a caller waiting
+                for seq in seqs:
+                    fail(seq, exc)
+                return
 
 
 def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:

@@ -45,6 +45,14 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # is checked before every token.
 CLOSE_WINDOW = 48
 CLOSE_REFRESH = 8
+# How far past the longest closing path seen so far a grammar walk looks, and where the
+# tokens left count as far from the end. Far from it no completion can fail to fit, so only
+# the cost is followed (every CLOSE_REFRESH steps, a walk of at most that cost plus
+# CLOSE_WINDOW); near it the full check runs, its walks bounded by the same horizon. A
+# step's closing work thus depends on the schema, never on the budget left (issue 24: a
+# walk as long as the budget, each step, took vLLM's employee-profile schema from 4.9 s to
+# 78.9 s at max_tokens=4096).
+CLOSE_SEARCH = 256
 # When no completion is known after a token (the schema's minimal completion was refused
 # and the grammar walk found none), the token is still taken while this many tokens more
 # than the closing path from the current state are left.
@@ -188,13 +196,15 @@ class Decoder:
             seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None
                                       else int(time.time_ns() % (2**63)))
 
-    def run(self, seqs: list[Seq]) -> None:
+    def run(self, seqs: list[Seq]) -> list[Seq]:
+        """Decode ``seqs`` to completion; returns the ones that did not fit in the model's
+        memory beside the others (run them in a batch of their own next)."""
         import torch
 
         with torch.inference_mode():
-            self._run(seqs)
+            return self._run(seqs)
 
-    def _run(self, seqs: list[Seq]) -> None:
+    def _run(self, seqs: list[Seq]) -> list[Seq]:
         live: list[Seq] = []
         for seq in seqs:
             if seq.future.cancelled():  # its stream was closed while it waited
@@ -205,8 +215,41 @@ class Decoder:
                 fail(seq, exc)
                 continue
             live.append(seq)
-        if not live:
-            return
+        live, later = self.admit(live)
+        if live:
+            self._decode(live)
+        return later
+
+    def admit(self, seqs: list[Seq]) -> tuple[list[Seq], list[Seq]]:
+        """(the sequences whose KV cells fit together in the runtime's shared memory, the
+        ones that wait for the next batch), in arrival order.
+
+        A sequence reserves its prompt and its whole ``max_tokens`` (at most the context):
+        then no sequence runs out of cells because of the others (issue 24: a short and a
+        475-token prompt in a 512-cell context both failed, though either fitted alone).
+        The first sequence always goes; a prompt the context cannot hold fails at once."""
+        cells = self.rt.kv_cells
+        if cells is None:
+            return seqs, []
+        now: list[Seq] = []
+        later: list[Seq] = []
+        used = 0
+        for seq in seqs:
+            prompt = len(seq.prompt_ids)
+            if prompt >= cells:
+                fail(seq, BackendError(
+                    f"the prompt has {prompt} tokens; [local] context_size={cells} holds "
+                    f"at most {cells - 1} with room for the answer", "local"))
+                continue
+            need = min(cells, prompt + seq.request.sampling.max_tokens)
+            if now and used + need > cells:
+                later.append(seq)
+                continue
+            now.append(seq)
+            used += need
+        return now, later
+
+    def _decode(self, live: list[Seq]) -> None:
         batch, logits = self.rt.begin(live)
         try:
             for seq in live:
@@ -287,14 +330,15 @@ class Decoder:
             seq.cursor = JsonCursor(output.json_schema)
 
     def closing_path(self, m: Matcher, cursor: JsonCursor | None, limit: int,
-                     answer: JsonCursor | None = None, *, thinking: bool = False
-                     ) -> list[int] | None:
+                     answer: JsonCursor | None = None, *, thinking: bool = False,
+                     search: int | None = None) -> list[int] | None:
         """The shortest known path from ``m``'s state to a complete answer within ``limit``
         tokens: the schema's minimal completion (:mod:`structgen.constrain.closing`) when
-        the grammar accepts it, else a walk of the grammar itself. While a reasoning
-        answer's think block is open (``thinking``) the path first ends it (``</think>``),
-        then completes the answer from its start (``answer``: a fresh cursor, JSON only):
-        a model that thinks until the budget runs out still answers."""
+        the grammar accepts it, else a walk of the grammar itself, of at most ``search``
+        tokens when given. While a reasoning answer's think block is open (``thinking``)
+        the path first ends it (``</think>``), then completes the answer from its start
+        (``answer``: a fresh cursor, JSON only): a model that thinks until the budget runs
+        out still answers."""
         if limit < 0:
             return None
         if thinking:
@@ -307,7 +351,9 @@ class Decoder:
             if answer is not None:  # the answer's start, as far as the grammar forced it
                 cursor = answer.copy()
                 cursor.feed(self.rt.text(forced))
-            rest = self.closing_path(ahead, cursor, limit - len(close) - len(forced))
+            used = len(close) + len(forced)
+            rest = self.closing_path(ahead, cursor, limit - used,
+                                     search=None if search is None else search - used)
             return None if rest is None else [*close, *forced, *rest]
         if cursor is not None:
             text = cursor.completion()
@@ -315,7 +361,7 @@ class Decoder:
                 ids = self.rt.tok.encode(text) if text else []
                 if len(ids) <= limit and m.completes_with(ids):
                     return ids
-        return m.closing_path(limit)
+        return m.closing_path(limit if search is None else min(limit, search))
 
     def _budget_close(self, s: Seq, tok: int) -> bool:
         """Take the closing path instead of ``tok`` when, after ``tok``, no completion would
@@ -324,14 +370,29 @@ class Decoder:
         if m is None or not self.cfg.budget_closing or not m.supports_closing:
             return False
         remaining = s.request.sampling.max_tokens - len(s.out_ids)
-        if s.close_cost is not None and remaining > s.close_cost + CLOSE_WINDOW \
-                and len(s.out_ids) % CLOSE_REFRESH:
-            return False
-        ahead = m.fork()
-        cost: int | None = None
+        s.close_steps += 1
+        refresh = s.close_steps % CLOSE_REFRESH == 0
         output = s.request.output
         answer = JsonCursor(output.json_schema) if s.thinking and output is not None \
             and output.kind == "json" else None
+        if s.close_peak is not None and remaining > s.close_peak + CLOSE_SEARCH:
+            # far from the end: whatever the cost, it fits; follow it now and then
+            if refresh:
+                known = self.closing_path(m, s.cursor, remaining, answer, thinking=s.thinking,
+                                          search=s.close_peak + CLOSE_WINDOW)
+                if known is not None:
+                    self._cost(s, len(known))
+            return False
+        if s.close_cost is not None and remaining > s.close_cost + CLOSE_WINDOW \
+                and not refresh:
+            return False
+        if s.close_cost is None and s.close_peak is not None and remaining > CLOSE_MARGIN \
+                and not refresh:
+            return False  # no completion was found last time: look again now and then
+        # the walks look no further than the horizon (the first check sets it)
+        search = (s.close_peak or 0) + CLOSE_SEARCH + CLOSE_WINDOW
+        ahead = m.fork()
+        cost: int | None = None
         if ahead.consume(tok):
             cost = 1
             if not ahead.is_finished():
@@ -342,17 +403,20 @@ class Decoder:
                     cursor.feed(self.rt.text([tok, *forced]))
                 # a looser limit than the budget: over-budget is a verdict, not-found is not
                 after = self.closing_path(ahead, cursor, remaining + CLOSE_WINDOW, answer,
-                                          thinking=s.thinking)
+                                          thinking=s.thinking, search=search)
                 cost = None if after is None else 1 + len(forced) + len(after)
             if cost is not None and cost <= remaining:
-                s.close_cost = cost
+                self._cost(s, cost)
                 return False
-        path = self.closing_path(m, s.cursor, remaining, answer, thinking=s.thinking)
+        path = self.closing_path(m, s.cursor, remaining, answer, thinking=s.thinking,
+                                 search=search)
         if path is None:  # no completion fits at all: decode on (the answer will be cut)
+            s.close_cost = None
+            s.close_peak = s.close_peak or 0
             return False
         if cost is None and len(path) < remaining - CLOSE_MARGIN:
             # no known way to finish after this token, but time is left: take it, look again
-            s.close_cost = len(path)
+            self._cost(s, len(path))
             return False
         if not m.consume_all(path):
             raise BackendError(f"the grammar rejected its own closing path: {m.error()}",
@@ -363,6 +427,11 @@ class Decoder:
         if s.on_text is not None:
             self._emit(s)
         return True
+
+    @staticmethod
+    def _cost(s: Seq, cost: int) -> None:
+        s.close_cost = cost
+        s.close_peak = max(s.close_peak or 0, cost)
 
     def _advance(self, s: Seq, tok: int) -> None:
         rt = self.rt

@@ -222,6 +222,7 @@ class LlamaCppRuntime(Runtime):
             raise BackendUnavailable(f"llama.cpp could not create a context for {path} "
                                      f"(context_size={cfg.context_size})", "local")
         self.mem = lc.llama_get_memory(self.ctx)
+        self.kv_cells = int(lc.llama_n_ctx(self.ctx))
         self.n_batch = int(cparams.n_batch)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self.threads = self._threads_now = threads

@@ -58,6 +58,8 @@ class Seq:
     ws_run: int = 0
     number: Any = None  # the JSON lexer state of the number guard (decoder.NumberGuard)
     close_cost: int | None = None  # tokens of the last computed closing path
+    close_peak: int | None = None  # the longest closing path seen (None: not looked yet)
+    close_steps: int = 0  # budget checks so far (every CLOSE_REFRESH-th one refreshes)
     cursor: Any = None  # where a JSON answer stands in its schema (constrain.closing)
     thinking: bool = False  # a reasoning answer's think block is still open
     think_tail: str = ""  # the last characters of it (to see "</think>" arrive)
@@ -103,6 +105,9 @@ class Runtime(ABC):
     tok: TokenizerData
     token_bytes: list[bytes]
     load_s: float = 0.0  # how long loading the model took (reported apart from requests)
+    # KV cells every sequence in flight shares (llama.cpp's context); None: no shared
+    # limit (the transformers runtime gives each batch its own cache)
+    kv_cells: int | None = None
 
     def __init__(self, cfg: LocalConfig, grammar_cache: GrammarCache) -> None:
         self.cfg = cfg
