@@ -171,3 +171,21 @@ def test_a_request_that_fits_alone_never_fails_because_of_its_batch(
     with pytest.raises(BackendError, match="context_size=512"):
         backend.generate(eng.build_request(_prompt_of(backend, eng, 600), SMALL))
     backend.shutdown()
+
+
+# Number guard -------------------------------------------------------------------------------
+@pytest.mark.parametrize("favorite", ["9", "3"])
+def test_number_guard_holds_an_integer_whose_grammar_wants_more_digits(
+        favorite_gguf: Any, favorite: str) -> None:  # noqa: F811
+    """Issue 24 B19: an integer with ``multipleOf: 5`` came back with 22 digits though
+    ``max_number_digits`` promises at most 19 for integers: at the 19th digit the grammar
+    (last digit 0 or 5) allowed only more digits, and the guard, finding nothing else
+    allowed, let them through. The guard now keeps a number able to end within its
+    digits."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 5}},
+              "required": ["n"], "additionalProperties": False}
+    eng, backend = make(favorite_gguf(favorite))
+    r = backend.generate(eng.build_request("x", schema, max_tokens=80))
+    assert r.finish_reason == "stop", r.text
+    n = json.loads(r.text)["n"]
+    assert len(str(abs(n))) <= 19 and n % 5 == 0, r.text

@@ -57,6 +57,10 @@ CLOSE_SEARCH = 256
 # and the grammar walk found none), the token is still taken while this many tokens more
 # than the closing path from the current state are left.
 CLOSE_MARGIN = 16
+# With this many digits of room or fewer, the number guard also holds back the digits after
+# which the grammar could not end the number within its room (a ``multipleOf``, whose
+# grammar wants the last digits to be a multiple, otherwise runs on past the bound)
+NUMBER_LOOKAHEAD = 3
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -295,6 +299,8 @@ class Decoder:
                     # runaway-number guard: no token may carry the number past the digits
                     # its type holds (a multi-digit token counts all its digits)
                     self._hold_back(s, logits[i], rt.digit_ids[rt.digit_runs > room])
+                    if room <= NUMBER_LOOKAHEAD and s.matcher is not None:
+                        self._hold_back_dead_ends(s, logits[i], room)
         greedy = logits.argmax(-1).tolist()
         now = time.perf_counter()
         for i, s in enumerate(live):
@@ -318,6 +324,36 @@ class Decoder:
             s.stats["guarded_steps"] += 1
         else:
             row[ids] = saved
+
+    def _hold_back_dead_ends(self, s: Seq, row: torch.Tensor, room: int) -> None:
+        """Hold back each allowed all-digit token after which the number could not end
+        within the digits left (issue 24 B19: ``multipleOf: 5`` took an integer to 22)."""
+        import torch
+
+        m = s.matcher
+        assert m is not None
+        dead = []
+        for tok, n in self.rt.only_digits:
+            if n > room or row[tok].item() == float("-inf"):
+                continue
+            ahead = m.fork()
+            if not ahead.consume(tok) or not self._closable(ahead, room - n):
+                dead.append(tok)
+        if dead:
+            self._hold_back(s, row, torch.tensor(dead, dtype=torch.long))
+
+    def _closable(self, m: Matcher, room: int) -> bool:
+        """Can the number ``m`` is inside end within ``room`` more one-digit tokens?"""
+        if m.is_accepting() or any(m.accepts(t) for t in self.rt.number_ends):
+            return True
+        if room <= 0:
+            return False
+        for tok, n in self.rt.only_digits:
+            if n == 1:
+                ahead = m.fork()
+                if ahead.consume(tok) and self._closable(ahead, room - 1):
+                    return True
+        return False
 
     def _answer_guards(self, seq: Seq) -> None:
         """The number guard and the closing cursor of a JSON answer (from its first byte)."""

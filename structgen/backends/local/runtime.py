@@ -130,6 +130,12 @@ class Runtime(ABC):
                                       dtype=torch.long)
         self.digit_runs = torch.tensor([leading[i] for i in self.digit_ids.tolist()],
                                        dtype=torch.long)
+        # tokens of digits only, and the single-byte tokens that can end a JSON number:
+        # how the number guard looks ahead near its bound (decoder.Decoder._closable)
+        self.only_digits = [(i, len(b)) for i, b in enumerate(self.token_bytes)
+                            if b and b.isdigit()]
+        self.number_ends = [i for i, b in enumerate(self.token_bytes)
+                            if b in (b",", b"}", b"]", b" ", b"\n")]
         self.bitmask = torch.full((self.cfg.max_batch, (self.vocab_size + 31) // 32), -1,
                                   dtype=torch.int32)
         self.apply_mask = mask_applier()
