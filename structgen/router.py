@@ -11,9 +11,15 @@ Order of candidates:
 A backend that cannot take the request's output kind at all (its
 ``Capabilities.output_kinds``) is skipped. On :class:`BackendError` the next candidate is
 tried; an exception of any other kind from a backend (a bug in it) is recorded as a
-:class:`BackendProtocolError` and treated the same way. Each backend has a :class:`CircuitBreaker`: after ``router.breaker_failures``
-consecutive failures it is skipped for ``router.breaker_cooldown_s``, then one trial request
-is let through (half-open); success closes it, failure opens it again. The request's
+:class:`BackendProtocolError` and treated the same way. Each backend has a
+:class:`CircuitBreaker`: after ``router.breaker_failures`` consecutive faults it is skipped
+for ``router.breaker_cooldown_s``, then one trial request is let through (half-open);
+success closes it, a fault opens it again. A fault is the backend's own trouble
+(unreachable, a protocol error, a crash); a :class:`BackendTimeout` is not one: a long
+generation that runs past its request's deadline says nothing about the backend's health,
+and counting it let three long requests lock out a healthy backend (issue 24). The last
+candidate of a chain is never refused by its breaker: with nothing left to fall back on,
+an open breaker lets the request through as a trial (half-open). The request's
 ``deadline`` (absolute ``time.monotonic()``) bounds the whole chain: when it passes,
 :class:`BackendTimeout` is raised and no further backend is tried.
 
@@ -78,12 +84,13 @@ class CircuitBreaker:
             return "half_open"
         return "open"
 
-    def allow(self) -> bool:
-        """May a request go to this backend now? Half-open lets exactly one trial through."""
+    def allow(self, *, last_resort: bool = False) -> bool:
+        """May a request go to this backend now? Half-open lets exactly one trial through;
+        a ``last_resort`` (no other candidate left) always goes through, as a trial."""
         state = self.state
         if state == "closed":
             return True
-        if state == "half_open" and not self.trial_in_flight:
+        if last_resort or (state == "half_open" and not self.trial_in_flight):
             self.trial_in_flight = True
             return True
         return False
@@ -194,7 +201,8 @@ class Router:
         auto = backend is None and self.config.llm_backend.provider == "auto"
         last: BackendError | None = None
         with self.in_flight():
-            for name in self.order(backend):
+            order = self.order(backend)
+            for index, name in enumerate(order):
                 if _remaining(request.deadline) == 0.0:
                     raise _with_trail(BackendTimeout(
                         f"deadline passed before trying {name}", name), trail)
@@ -214,7 +222,7 @@ class Router:
                     trail.append(entry)
                     continue
                 breaker = self.breaker(name)
-                if not breaker.allow():
+                if not breaker.allow(last_resort=index == len(order) - 1):
                     entry.skipped = "circuit open"
                     trail.append(entry)
                     continue
@@ -237,7 +245,7 @@ class Router:
                     self._note_fallback(trail)
                     return result, trail
                 assert error is not None
-                breaker.record_failure()  # failures count on the breaker, not on health
+                _verdict(breaker, error)  # faults count on the breaker, not on health
                 last = error
                 if isinstance(error, BackendTimeout) and _remaining(request.deadline) == 0.0:
                     raise _with_trail(error, trail)
@@ -262,7 +270,8 @@ class Router:
         trail: list[BackendAttempt] = []
         last: BackendError | None = None
         kind = request.output.kind if request.output is not None else None
-        for name in self.order(backend):
+        order = self.order(backend)
+        for index, name in enumerate(order):
             entry = BackendAttempt(name)
             trail.append(entry)
             instance = self.pool.get(name)
@@ -270,7 +279,7 @@ class Router:
                 entry.skipped = f"cannot constrain {kind} output"
                 continue
             breaker = self.breaker(name)
-            if not breaker.allow():
+            if not breaker.allow(last_resort=index == len(order) - 1):
                 entry.skipped = "circuit open"
                 last = BackendUnavailable("circuit open", name)
                 continue
@@ -316,8 +325,8 @@ class Router:
         try:
             async for chunk in stream:
                 yield chunk
-        except BackendError:
-            breaker.record_failure()
+        except BackendError as exc:
+            _verdict(breaker, exc)
             raise
         except BaseException:  # cancelled, abandoned, or a bug: no verdict on the backend
             breaker.release()
@@ -367,6 +376,15 @@ class Router:
         if is_reasoning_model(model):
             return dataclasses.replace(request, reasoning=True)
         return request
+
+
+def _verdict(breaker: CircuitBreaker, error: BackendError) -> None:
+    """Record a failed attempt on ``breaker``: a fault of the backend counts; a deadline
+    passed while it generated does not (the request was long, not the backend sick)."""
+    if isinstance(error, BackendTimeout):
+        breaker.release()
+    else:
+        breaker.record_failure()
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -169,6 +169,55 @@ async def test_router_breaker_skips_then_probes_then_closes(tmp_path: Path) -> N
     await engine.aclose()
 
 
+class TimingOutBackend(CannedBackend):
+    """A healthy backend whose generations run past their deadline (a long answer)."""
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        self.calls += 1
+        raise BackendTimeout("deadline passed while decoding", self.name)
+
+
+async def test_deadlines_passed_while_generating_do_not_open_the_breaker(
+        tmp_path: Path) -> None:
+    """Issue 24: three long generations timed out and opened the breaker of a healthy
+    backend; every request after them failed at once. A timeout is no fault of the backend."""
+    slow = TimingOutBackend("sglang")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang", "fallback": ["sglang"]},
+                           router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
+                    backends={"sglang": slow})
+    for _ in range(3):
+        with pytest.raises(BackendTimeout):
+            await engine.arun("q", SCHEMA, use_cache=False)
+    breaker = engine.router.breaker("sglang")
+    assert slow.calls == 3 and breaker.state == "closed" and breaker.consecutive_failures == 0
+    await engine.aclose()
+
+
+async def test_the_last_backend_left_is_never_refused_by_its_breaker(tmp_path: Path) -> None:
+    """An open breaker skips a backend while another is left to try; the chain's last
+    candidate (the in-process backend, say) is let through as a half-open trial instead of
+    failing every request for the cool-down."""
+    down = CannedBackend("sglang", fail_times=10**6)
+    last = CannedBackend("local", fail_times=1)
+    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang",
+                                                  "fallback": ["sglang", "local"]},
+                           router={"breaker_failures": 1, "breaker_cooldown_s": 30}),
+                    backends={"sglang": down, "local": last})
+    clock = Clock()
+    engine.router = Router(engine.config, engine.pool, in_flight=engine.metrics.in_flight,
+                           clock=clock)
+    with pytest.raises(BackendUnavailable):  # both fail once: both breakers open
+        await engine.arun("q", SCHEMA, use_cache=False)
+    assert engine.router.breaker("local").state == "open"
+    result = await engine.arun("q", SCHEMA, use_cache=False)  # no cool-down has passed
+    assert result.backend == "local" and last.calls == 2 and down.calls == 1
+    assert result.attempts[0] == BackendAttempt("sglang", skipped="circuit open")
+    assert engine.router.breaker("local").state == "closed"  # the trial closed it
+    streamed = [item async for item in engine.astream("q", SCHEMA)]
+    assert streamed and down.calls == 1
+    await engine.aclose()
+
+
 # Fallback from dead servers -----------------------------------------------------------------
 async def test_closed_port_falls_back_to_next_backend(tmp_path: Path) -> None:
     port = closed_port()

@@ -46,12 +46,24 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # is checked before every token.
 CLOSE_WINDOW = 48
 CLOSE_REFRESH = 8
+# How far past the longest closing path seen so far a grammar walk looks, and where the
+# tokens left count as far from the end. Far from it no completion can fail to fit, so only
+# the cost is followed (every CLOSE_REFRESH steps, a walk of at most that cost plus
+# CLOSE_WINDOW); near it the full check runs, its walks bounded by the same horizon. A
+# step's closing work thus depends on the schema, never on the budget left (issue 24: a
+# walk as long as the budget, each step, took vLLM's employee-profile schema from 4.9 s to
+# 78.9 s at max_tokens=4096).
+CLOSE_SEARCH = 256
 # When no completion is known after a token (the schema's minimal completion was refused
 # and the grammar walk found none), the token is still taken while this many tokens more
 # than the closing path from the current state are left.
 CLOSE_MARGIN = 16
 # The longest closing path looked for when telling a cut answer's caller what it needs.
 _SHORTEST_LIMIT = 4096
+# With this many digits of room or fewer, the number guard also holds back the digits after
+# which the grammar could not end the number within its room (a ``multipleOf``, whose
+# grammar wants the last digits to be a multiple, otherwise runs on past the bound)
+NUMBER_LOOKAHEAD = 3
 _DIGITS = frozenset(b"0123456789")
 
 
@@ -325,6 +337,8 @@ class Decoder:
                     # runaway-number guard: no token may carry the number past the digits
                     # its type holds (a multi-digit token counts all its digits)
                     self._hold_back(s, logits[i], rt.digit_ids[rt.digit_runs > room])
+                    if room <= NUMBER_LOOKAHEAD and s.matcher is not None:
+                        self._hold_back_dead_ends(s, logits[i], room)
         greedy = logits.argmax(-1).tolist()
         now = time.perf_counter()
         for i, s in enumerate(live):
@@ -349,6 +363,36 @@ class Decoder:
         else:
             row[ids] = saved
 
+    def _hold_back_dead_ends(self, s: Seq, row: torch.Tensor, room: int) -> None:
+        """Hold back each allowed all-digit token after which the number could not end
+        within the digits left (issue 24 B19: ``multipleOf: 5`` took an integer to 22)."""
+        import torch
+
+        m = s.matcher
+        assert m is not None
+        dead = []
+        for tok, n in self.rt.only_digits:
+            if n > room or row[tok].item() == float("-inf"):
+                continue
+            ahead = m.fork()
+            if not ahead.consume(tok) or not self._closable(ahead, room - n):
+                dead.append(tok)
+        if dead:
+            self._hold_back(s, row, torch.tensor(dead, dtype=torch.long))
+
+    def _closable(self, m: Matcher, room: int) -> bool:
+        """Can the number ``m`` is inside end within ``room`` more one-digit tokens?"""
+        if m.is_accepting() or any(m.accepts(t) for t in self.rt.number_ends):
+            return True
+        if room <= 0:
+            return False
+        for tok, n in self.rt.only_digits:
+            if n == 1:
+                ahead = m.fork()
+                if ahead.consume(tok) and self._closable(ahead, room - 1):
+                    return True
+        return False
+
     def _answer_guards(self, seq: Seq) -> None:
         """The number guard and the closing cursor of a JSON answer (from its first byte)."""
         output = seq.request.output
@@ -360,14 +404,15 @@ class Decoder:
             seq.cursor = JsonCursor(output.json_schema)
 
     def closing_path(self, m: Matcher, cursor: JsonCursor | None, limit: int,
-                     answer: JsonCursor | None = None, *, thinking: bool = False
-                     ) -> list[int] | None:
+                     answer: JsonCursor | None = None, *, thinking: bool = False,
+                     search: int | None = None) -> list[int] | None:
         """The shortest known path from ``m``'s state to a complete answer within ``limit``
         tokens: the schema's minimal completion (:mod:`structgen.constrain.closing`) when
-        the grammar accepts it, else a walk of the grammar itself. While a reasoning
-        answer's think block is open (``thinking``) the path first ends it (``</think>``),
-        then completes the answer from its start (``answer``: a fresh cursor, JSON only):
-        a model that thinks until the budget runs out still answers."""
+        the grammar accepts it, else a walk of the grammar itself, of at most ``search``
+        tokens when given. While a reasoning answer's think block is open (``thinking``)
+        the path first ends it (``</think>``), then completes the answer from its start
+        (``answer``: a fresh cursor, JSON only): a model that thinks until the budget runs
+        out still answers."""
         if limit < 0:
             return None
         if thinking:
@@ -380,7 +425,9 @@ class Decoder:
             if answer is not None:  # the answer's start, as far as the grammar forced it
                 cursor = answer.copy()
                 cursor.feed(self.rt.text(forced))
-            rest = self.closing_path(ahead, cursor, limit - len(close) - len(forced))
+            used = len(close) + len(forced)
+            rest = self.closing_path(ahead, cursor, limit - used,
+                                     search=None if search is None else search - used)
             return None if rest is None else [*close, *forced, *rest]
         if cursor is not None:
             text = cursor.completion()
@@ -388,7 +435,7 @@ class Decoder:
                 ids = self.rt.tok.encode(text) if text else []
                 if len(ids) <= limit and m.completes_with(ids):
                     return ids
-        return m.closing_path(limit)
+        return m.closing_path(limit if search is None else min(limit, search))
 
     def _budget_close(self, s: Seq, tok: int) -> bool:
         """Take the closing path instead of ``tok`` when, after ``tok``, no completion would
@@ -397,14 +444,29 @@ class Decoder:
         if m is None or not self.cfg.budget_closing or not m.supports_closing:
             return False
         remaining = s.request.sampling.max_tokens - len(s.out_ids)
-        if s.close_cost is not None and remaining > s.close_cost + CLOSE_WINDOW \
-                and len(s.out_ids) % CLOSE_REFRESH:
-            return False
-        ahead = m.fork()
-        cost: int | None = None
+        s.close_steps += 1
+        refresh = s.close_steps % CLOSE_REFRESH == 0
         output = s.request.output
         answer = JsonCursor(output.json_schema) if s.thinking and output is not None \
             and output.kind == "json" else None
+        if s.close_peak is not None and remaining > s.close_peak + CLOSE_SEARCH:
+            # far from the end: whatever the cost, it fits; follow it now and then
+            if refresh:
+                known = self.closing_path(m, s.cursor, remaining, answer, thinking=s.thinking,
+                                          search=s.close_peak + CLOSE_WINDOW)
+                if known is not None:
+                    self._cost(s, len(known))
+            return False
+        if s.close_cost is not None and remaining > s.close_cost + CLOSE_WINDOW \
+                and not refresh:
+            return False
+        if s.close_cost is None and s.close_peak is not None and remaining > CLOSE_MARGIN \
+                and not refresh:
+            return False  # no completion was found last time: look again now and then
+        # the walks look no further than the horizon (the first check sets it)
+        search = (s.close_peak or 0) + CLOSE_SEARCH + CLOSE_WINDOW
+        ahead = m.fork()
+        cost: int | None = None
         if ahead.consume(tok):
             cost = 1
             if not ahead.is_finished():
@@ -415,17 +477,20 @@ class Decoder:
                     cursor.feed(self.rt.text([tok, *forced]))
                 # a looser limit than the budget: over-budget is a verdict, not-found is not
                 after = self.closing_path(ahead, cursor, remaining + CLOSE_WINDOW, answer,
-                                          thinking=s.thinking)
+                                          thinking=s.thinking, search=search)
                 cost = None if after is None else 1 + len(forced) + len(after)
             if cost is not None and cost <= remaining:
-                s.close_cost = cost
+                self._cost(s, cost)
                 return False
-        path = self.closing_path(m, s.cursor, remaining, answer, thinking=s.thinking)
+        path = self.closing_path(m, s.cursor, remaining, answer, thinking=s.thinking,
+                                 search=search)
         if path is None:  # no completion fits at all: decode on (the answer will be cut)
+            s.close_cost = None
+            s.close_peak = s.close_peak or 0
             return False
         if cost is None and len(path) < remaining - CLOSE_MARGIN:
             # no known way to finish after this token, but time is left: take it, look again
-            s.close_cost = len(path)
+            self._cost(s, len(path))
             return False
         if not m.consume_all(path):
             raise BackendError(f"the grammar rejected its own closing path: {m.error()}",
@@ -436,6 +501,11 @@ class Decoder:
         if s.on_text is not None:
             self._emit(s)
         return True
+
+    @staticmethod
+    def _cost(s: Seq, cost: int) -> None:
+        s.close_cost = cost
+        s.close_peak = max(s.close_peak or 0, cost)
 
     def _advance(self, s: Seq, tok: int) -> None:
         rt = self.rt

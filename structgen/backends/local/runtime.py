@@ -58,6 +58,8 @@ class Seq:
     ws_run: int = 0
     number: Any = None  # the JSON lexer state of the number guard (decoder.NumberGuard)
     close_cost: int | None = None  # tokens of the last computed closing path
+    close_peak: int | None = None  # the longest closing path seen (None: not looked yet)
+    close_steps: int = 0  # budget checks so far (every CLOSE_REFRESH-th one refreshes)
     cursor: Any = None  # where a JSON answer stands in its schema (constrain.closing)
     thinking: bool = False  # a reasoning answer's think block is still open
     think_tail: str = ""  # the last characters of it (to see "</think>" arrive)
@@ -139,6 +141,12 @@ class Runtime(ABC):
                                       dtype=torch.long)
         self.digit_runs = torch.tensor([leading[i] for i in self.digit_ids.tolist()],
                                        dtype=torch.long)
+        # tokens of digits only, and the single-byte tokens that can end a JSON number:
+        # how the number guard looks ahead near its bound (decoder.Decoder._closable)
+        self.only_digits = [(i, len(b)) for i, b in enumerate(self.token_bytes)
+                            if b and b.isdigit()]
+        self.number_ends = [i for i, b in enumerate(self.token_bytes)
+                            if b in (b",", b"}", b"]", b" ", b"\n")]
         self.bitmask = torch.full((self.cfg.max_batch, (self.vocab_size + 31) // 32), -1,
                                   dtype=torch.int32)
         self.apply_mask = mask_applier()
