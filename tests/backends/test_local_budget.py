@@ -22,7 +22,7 @@ from structgen.engine import Engine
 from structgen.errors import BackendError
 from structgen.validate import validate_text
 
-from .test_llamacpp import favorite_gguf, make, tiny_gguf  # noqa: F401 - fixtures
+from .test_llamacpp import make
 
 # vLLM's sample_json_schema (tests/entrypoints/conftest.py, Apache-2.0): the workload
 # issue 24 timed at max_tokens=4096
@@ -117,7 +117,7 @@ def closing_work(engine: Engine, backend: LocalBackend, schema: Any, prefix: str
     (VLLM_SCHEMA, '{"name":"A","age":1,"skills":[],"grade":"'),
 ], ids=["walk-to-limit", "vllm-grade"])
 def test_closing_work_per_step_does_not_grow_with_the_budget(
-        tiny_gguf: Path, schema: Any, prefix: str) -> None:  # noqa: F811
+        tiny_gguf: Path, schema: Any, prefix: str) -> None:
     """Counted in grammar operations, not seconds: the same answer under max_tokens 600,
     1200 and 2400 costs the budget check the same work over its next steps (before the fix
     a walk ran as far as the budget left, each step: 2x and 4x the work)."""
@@ -130,7 +130,7 @@ def test_closing_work_per_step_does_not_grow_with_the_budget(
 def _prompt_of(backend: LocalBackend, engine: Engine, tokens: int) -> str:
     """A user message whose chat prompt is ``tokens`` tokens long (the tiny model's)."""
     rt = backend.runtime(None)
-    words = ["alpha"] * tokens
+    words = ["alpha"] * (tokens // 8)
     while True:
         n = len(rt.prompt_ids(engine.build_request(" ".join(words), SMALL)))
         if n == tokens:
@@ -148,7 +148,7 @@ SMALL = {"type": "object", "properties": {"note": {"type": "string"}}, "required
 
 
 def test_a_request_that_fits_alone_never_fails_because_of_its_batch(
-        favorite_gguf: Any) -> None:  # noqa: F811
+        favorite_gguf: Any) -> None:
     """Issue 24 B10: context_size=512, max_batch=4, a short and a 475-token prompt sent
     together both failed "no room left in its KV cache"; either fitted alone. Now the long
     one waits for the next batch, and a prompt the context can never hold fails at once
@@ -168,15 +168,15 @@ def test_a_request_that_fits_alone_never_fails_because_of_its_batch(
         assert r.finish_reason == "stop" and r.completion_tokens == 30
         assert validate_text(r.text, eng.build_request("x", SMALL).output).ok, r.text
     assert results[0].stats["batch_size"] == 1  # the long prompt ran in its own batch
-    with pytest.raises(BackendError, match="context_size=512"):
-        backend.generate(eng.build_request(_prompt_of(backend, eng, 600), SMALL))
+    with pytest.raises(BackendError, match="context_size=512"):  # 2 x 475 tokens
+        backend.generate(eng.build_request(f"{long_prompt} {long_prompt}", SMALL))
     backend.shutdown()
 
 
 # Number guard -------------------------------------------------------------------------------
 @pytest.mark.parametrize("favorite", ["9", "3"])
 def test_number_guard_holds_an_integer_whose_grammar_wants_more_digits(
-        favorite_gguf: Any, favorite: str) -> None:  # noqa: F811
+        favorite_gguf: Any, favorite: str) -> None:
     """Issue 24 B19: an integer with ``multipleOf: 5`` came back with 22 digits though
     ``max_number_digits`` promises at most 19 for integers: at the 19th digit the grammar
     (last digit 0 or 5) allowed only more digits, and the guard, finding nothing else
