@@ -20,7 +20,7 @@ from structgen.backends.local.models import ollama_model_path, resolve_gguf
 from structgen.backends.local.prefix_store import _HEAD, MAGIC, PrefixStore
 from structgen.errors import BackendError, BackendUnavailable
 
-from .test_llamacpp import chat, gen, make, tiny_gguf  # noqa: F401 (a fixture)
+from .test_llamacpp import gen, make
 from .test_local import SYSTEM, LongNames
 
 
@@ -70,7 +70,7 @@ def test_a_fifo_in_the_store_does_not_block_loading(tmp_path: Path) -> None:
     assert list(later.index) == [tuple(range(100))]
 
 
-def test_a_state_llama_cpp_refuses_is_deleted(tiny_gguf: Path, tmp_path: Path,  # noqa: F811
+def test_a_state_llama_cpp_refuses_is_deleted(tiny_gguf: Path, tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     system = SYSTEM * 3
     ask = [{"role": "system", "content": system}, {"role": "user", "content": "Fix db.py"}]
@@ -105,7 +105,7 @@ def test_a_state_llama_cpp_refuses_is_deleted(tiny_gguf: Path, tmp_path: Path,  
     third.shutdown()
 
 
-def test_spellings_of_one_model_share_a_runtime(tiny_gguf: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_spellings_of_one_model_share_a_runtime(tiny_gguf: Path, tmp_path: Path) -> None:
     link = tmp_path / "alias.gguf"
     link.symlink_to(tiny_gguf)
     _, backend = make(tiny_gguf)
