@@ -13,6 +13,7 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
+    json_separators,
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
@@ -44,9 +45,11 @@ def prepare_for_llguidance(schema: Any, text: str | None = None
 
 
 def json_options(options: ConstraintOptions) -> dict[str, Any]:
-    """llguidance JSON compile options ("x-guidance") for a whitespace mode."""
-    if options.whitespace == "compact":
-        return {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+    """llguidance JSON compile options ("x-guidance") for a layout."""
+    separators = json_separators(options)
+    if separators is not None:
+        return {"whitespace_flexible": False, "item_separator": separators[0],
+                "key_separator": separators[1]}
     return {"whitespace_flexible": True, "whitespace_pattern": json_whitespace_regex(options)}
 
 
