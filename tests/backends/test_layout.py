@@ -46,3 +46,28 @@ def test_every_engine_emits_exactly_the_layout(tiny: Path, engine: str, layout: 
         assert validate_text(r.text, request.output).ok, r.text
         json.loads(r.text)
         assert json_layout(r.text) == layout, r.text
+
+
+@pytest.mark.parametrize("server_engine", ["guidance", "xgrammar"])
+async def test_vllm_requests_carry_the_layout(server_engine: str) -> None:
+    """What goes to vLLM per layout (test_vllm.py checks the real server's answers)."""
+    from structgen.backends.vllm import VLLMBackend
+
+    from .helpers import request, server_config
+
+    b = VLLMBackend(server_config("vllm", "http://127.0.0.1:9", model="m",
+                                  structured_backend=server_engine))
+    bodies = {layout: (await b.build(request(Ticket, whitespace=layout)))[1]
+              ["structured_outputs"] for layout in ("compact", "spaced", "any")}
+    await b.aclose()
+    assert bodies["compact"]["disable_any_whitespace"] is True
+    assert bodies["spaced"]["disable_any_whitespace"] is True
+    assert "disable_any_whitespace" not in bodies["any"]
+    guidance = {layout: body["json"].get("x-guidance") for layout, body in bodies.items()}
+    if server_engine == "guidance":
+        assert guidance["spaced"] == {"whitespace_flexible": False, "item_separator": ", ",
+                                      "key_separator": ": "}
+        assert guidance["compact"]["item_separator"] == ","
+    else:
+        assert guidance == {"compact": None, "spaced": None, "any": None}
+    assert guidance["any"] is None
