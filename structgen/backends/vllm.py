@@ -31,7 +31,7 @@ from structgen.backends.base import Finished, GenerationRequest, GenerationResul
 from structgen.backends.capabilities import TOOL_CALLING, PostEntries, relax_for
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
-from structgen.schema.layout import JSON_SEPARATORS
+from structgen.schema.layout import guidance_options
 from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/v1/chat/completions"
@@ -85,16 +85,14 @@ class VLLMBackend(http.HTTPBackend):
         schema, post = relax_for(out, self.capabilities())
         so: dict[str, Any]
         if out.kind == "json":
-            separators = JSON_SEPARATORS.get(request.whitespace)
-            if (separators is not None and schema is not None
+            fixed = guidance_options(request.whitespace)
+            if (fixed is not None and schema is not None
                     and self.section.structured_backend == "guidance"):
                 # llguidance reads the layout from the schema ("x-guidance" comes after the
                 # server's defaults): spaced JSON whatever the server-wide whitespace flag
-                schema = {**schema, "x-guidance": {
-                    "whitespace_flexible": False, "item_separator": separators[0],
-                    "key_separator": separators[1]}}
+                schema = {**schema, "x-guidance": fixed}
             so = {"json": schema}
-            if separators is not None:
+            if fixed is not None:
                 so["disable_any_whitespace"] = True
         elif out.kind == "regex":
             so = {"regex": out.pattern}

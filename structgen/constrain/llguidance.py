@@ -17,6 +17,7 @@ from structgen.constrain.base import (
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
+from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, PostEnforced, loosen
 
 if TYPE_CHECKING:
@@ -46,10 +47,10 @@ def prepare_for_llguidance(schema: Any, text: str | None = None
 
 def json_options(options: ConstraintOptions) -> dict[str, Any]:
     """llguidance JSON compile options ("x-guidance") for a layout."""
-    separators = json_separators(options)
-    if separators is not None:
-        return {"whitespace_flexible": False, "item_separator": separators[0],
-                "key_separator": separators[1]}
+    json_separators(options)  # an unknown layout is a ConfigError
+    fixed = guidance_options(options.whitespace)
+    if fixed is not None:
+        return fixed
     return {"whitespace_flexible": True, "whitespace_pattern": json_whitespace_regex(options)}
 
 

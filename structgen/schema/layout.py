@@ -19,6 +19,18 @@ from collections.abc import Iterator, Mapping, Sequence
 # "any" is the free layout (bounded whitespace between tokens), "auto" picks one per prompt.
 JSON_SEPARATORS: dict[str, tuple[str, str]] = {"compact": (",", ":"), "spaced": (", ", ": ")}
 LAYOUTS = (*JSON_SEPARATORS, "any")
+
+
+def guidance_options(layout: str) -> dict[str, object] | None:
+    """llguidance's JSON options ("x-guidance") for a fixed-separator layout (None for the
+    others): what the embedded llguidance engine compiles with, and what goes into a
+    schema sent to a server whose grammar engine is llguidance (it reads a schema's
+    "x-guidance" over the server's defaults)."""
+    separators = JSON_SEPARATORS.get(layout)
+    if separators is None:
+        return None
+    return {"whitespace_flexible": False, "item_separator": separators[0],
+            "key_separator": separators[1]}
 # what "auto" becomes when the prompt shows no JSON example (measured: benchmarks/quality.py)
 DEFAULT_LAYOUT = "spaced"
 # a JSON example shown indented (json.dumps(indent=...)): no fixed-separator layout

@@ -71,3 +71,23 @@ async def test_vllm_requests_carry_the_layout(server_engine: str) -> None:
     else:
         assert guidance == {"compact": None, "spaced": None, "any": None}
     assert guidance["any"] is None
+
+
+@pytest.mark.parametrize("grammar_backend", ["llguidance", "xgrammar"])
+def test_sglang_requests_carry_the_layout(grammar_backend: str) -> None:
+    """SGLang's llguidance backend reads the layout from the schema's "x-guidance" too."""
+    from structgen.backends.sglang import SGLangBackend
+
+    from .helpers import request, server_config
+
+    b = SGLangBackend(server_config("sglang", "http://127.0.0.1:9",
+                                    grammar_backend=grammar_backend))
+    schemas = {layout: json.loads(b._constraint(request(Ticket, whitespace=layout))[0]
+                                  ["json_schema"]) for layout in ("compact", "spaced", "any")}
+    sent = {layout: schema.get("x-guidance") for layout, schema in schemas.items()}
+    if grammar_backend == "llguidance":
+        assert sent["spaced"] is not None and sent["spaced"]["key_separator"] == ": "
+        assert sent["compact"] is not None and sent["compact"]["key_separator"] == ":"
+    else:
+        assert sent["spaced"] is None and sent["compact"] is None
+    assert sent["any"] is None
