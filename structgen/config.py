@@ -104,7 +104,7 @@ class LocalConfig(_Section):
     # the JSON layout the grammar enforces: "compact" ({"a":1,"b":2}), "spaced" (json.dumps'
     # default, {"a": 1, "b": 2}), "any" (up to max_whitespace between tokens), "auto" (the
     # layout of the JSON examples in the prompt, else "spaced": structgen/schema/layout.py)
-    whitespace: Literal["auto", "compact", "spaced", "any"] = "compact"
+    whitespace: Literal["auto", "compact", "spaced", "any"] = "auto"
     max_whitespace: int = Field(default=4, ge=0)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"

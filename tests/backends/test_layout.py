@@ -1,14 +1,18 @@
 """The JSON layout the embedded backend emits: each layout on every engine (the tiny
-random model, whose every separator comes from the grammar)."""
+random model, whose every separator comes from the grammar), what goes to servers, and
+SmolLM2's default layout pinned (benchmarks/quality.py chose it: a change of the default
+comes with a rerun of the benchmark)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
 
+from structgen.backends.local.models import smollm2_gguf_path
 from structgen.schema.layout import json_layout
 from structgen.validate import validate_text
 
@@ -91,3 +95,36 @@ def test_sglang_requests_carry_the_layout(grammar_backend: str) -> None:
     else:
         assert sent["spaced"] is None and sent["compact"] is None
     assert sent["any"] is None
+
+
+def _intent_chat(examples: str | None) -> list[dict[str, str]]:
+    from schemas.intent import EXAMPLES, Intent
+
+    system = ("You are the intent step of a coding agent. Answer with one JSON object that "
+              "conforms to this JSON Schema, and nothing else:\n"
+              + json.dumps(Intent.model_json_schema()))
+    if examples is not None:
+        seps = (",", ":") if examples == "compact" else (", ", ": ")
+        system += "\n\nExamples of valid answers:\n" + "\n".join(
+            json.dumps(e.model_dump(mode="json", exclude_none=True), separators=seps)
+            for e in EXAMPLES[:2])
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": "Add a --dry-run flag to scripts/deploy.py"}]
+
+
+@pytest.mark.parametrize(("examples", "layout"), [(None, "spaced"), ("spaced", "spaced"),
+                                                  ("compact", "compact")])
+def test_smollm2_default_layout_follows_the_prompt(examples: str | None, layout: str) -> None:
+    """The default ("auto") for SmolLM2-135M: json.dumps' layout, or the examples' own.
+    benchmarks/results/quality.md measured it (the compact grammar without examples left
+    every intent's targets empty); a change here must come with a rerun of that benchmark."""
+    from schemas.intent import Intent
+
+    eng, backend = make(smollm2_gguf_path())  # the configured default: whitespace "auto"
+    msgs = _intent_chat(examples)
+    assert eng.build_request(msgs, Intent).whitespace == layout
+    r: Any = gen(eng, backend, Intent, msgs, max_tokens=160)
+    assert json_layout(r.text) == layout, r.text
+    answer = Intent.model_validate_json(r.text)
+    # not the degenerate answer the compact grammar gave without examples (targets [])
+    assert answer.targets and all(answer.targets) and answer.confidence > 0, r.text
