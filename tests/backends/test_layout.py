@@ -17,7 +17,7 @@ from structgen.schema.layout import json_layout
 from structgen.validate import validate_text
 
 from .test_llamacpp import ENGINES, gen, make
-from .test_local import Color
+from .test_local import Color, LongNames
 
 
 class Ticket(BaseModel):
@@ -95,6 +95,17 @@ def test_sglang_requests_carry_the_layout(grammar_backend: str) -> None:
     else:
         assert sent["spaced"] is None and sent["compact"] is None
     assert sent["any"] is None
+
+
+def test_fast_forward_holds_in_the_spaced_layout(tiny: Path) -> None:
+    """The forced keys (and the separators' spaces) still come in one pass each: measured
+    4 forward passes for 101 tokens, against one a token without fast-forward."""
+    runs = {}
+    for ff in (True, False):
+        eng, backend = make(tiny, whitespace="spaced", fast_forward=ff, prefix_cache_entries=0)
+        runs[ff] = gen(eng, backend, LongNames, max_tokens=200)
+    assert runs[True].text == runs[False].text and json_layout(runs[True].text) == "spaced"
+    assert runs[True].stats["forward_passes"] * 5 < runs[False].stats["forward_passes"]
 
 
 def _intent_chat(examples: str | None) -> list[dict[str, str]]:
