@@ -60,7 +60,7 @@ from schemas import debugger, intent, reflection  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = ROOT / "benchmarks" / "data" / "quality_tasks.jsonl"
 NAME = "quality"
-EXAMPLE_LAYOUTS = ("none", "compact", "spaced")
+GOLD: dict[str, dict[str, Any]] = {}  # task id -> gold fields (filled by main)
 # most telling first: a run stopped early (a shared machine) still answers the main question
 COLUMNS = ("sg-compact/none", "sg-spaced/none", "gbnf/none", "free/none",
            "sg-compact/compact", "sg-spaced/spaced", "sg-compact/spaced", "gbnf/spaced",
@@ -110,6 +110,12 @@ ROLE = {"intent": "You are the intent step of a multi-agent coding system.",
         "numeric": "You answer questions."}
 
 
+# the requests the intent examples answer: "<layout>-turns" columns show the examples as
+# few-shot chat turns (request, answer), as README's example does
+EXAMPLE_REQUESTS = {"intent": ["Add a --verbose flag to the command in structgen/cli.py",
+                               "Do the tests in tests/schema still pass?"]}
+
+
 def example_text(example: BaseModel, layout: str) -> str:
     data = example.model_dump(mode="json", exclude_none=True)
     return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) if layout == "compact"
@@ -124,10 +130,18 @@ def messages(task: dict[str, Any], examples: str) -> list[dict[str, str]]:
     system = (f"{ROLE[task['task']]} {(model.__doc__ or '').strip()}\n\nAnswer with one JSON "
               f"object that conforms to this JSON Schema, and nothing else:\n"
               f"{json.dumps(schema)}")
-    if examples != "none":
+    turns: list[dict[str, str]] = []
+    if examples.endswith("-turns"):
+        layout = examples.removesuffix("-turns")
+        for request, e in zip(EXAMPLE_REQUESTS[task["task"]], EXAMPLES[task["task"]],
+                              strict=False):
+            turns += [{"role": "user", "content": request},
+                      {"role": "assistant", "content": example_text(e, layout)}]
+    elif examples != "none":
         system += ("\n\nExamples of valid answers:\n"
                    + "\n".join(example_text(e, examples) for e in EXAMPLES[task["task"]]))
-    return [{"role": "system", "content": system}, {"role": "user", "content": task["text"]}]
+    return [{"role": "system", "content": system}, *turns,
+            {"role": "user", "content": task["text"]}]
 
 
 # Scoring --------------------------------------------------------------------------------
@@ -338,9 +352,20 @@ def run(columns: list[str], tasks: list[dict[str, Any]], engine: str,
 
 
 # Report ------------------------------------------------------------------------------------
+def path_found(row: Row) -> bool:
+    """An intent answer whose targets hold the gold path exactly (the issue's measure)."""
+    if row.task != "intent" or (not row.valid and not row.column.startswith("free/")):
+        return False
+    value = first_json(row.text)
+    gold = GOLD[row.id]["targets"]
+    return isinstance(value, dict) and any(p in (value.get("targets") or []) for p in gold)
+
+
 def summary(rows: list[Row]) -> dict[str, Any]:
     n, fields = len(rows), sum(r.fields for r in rows) or 1
     return {"n": n, "valid": sum(r.valid for r in rows),
+            "intents": sum(r.task == "intent" for r in rows),
+            "paths": sum(path_found(r) for r in rows),
             "exact": sum(r.exact for r in rows) / fields,
             "fuzzy": sum(r.fuzzy for r in rows) / fields,
             "degenerate": sum(r.degenerate for r in rows),
@@ -364,7 +389,8 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]], engi
     task_kinds = list(dict.fromkeys(t["task"] for t in tasks))
     per_task = {c: {k: summary([r for r in rows if r.column == c and r.task == k])
                     for k in task_kinds} for c in columns}
-    autos = {e: auto_column(e, tasks) for e in EXAMPLE_LAYOUTS}
+    modes = list(dict.fromkeys(c.split("/")[1] for c in columns))
+    autos = {e: auto_column(e, tasks) for e in modes}
     n = len(tasks)
     lines = [
         "# Answer quality per JSON layout: structgen vs llama.cpp + GBNF vs unconstrained",
@@ -393,15 +419,16 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]], engi
         "## `whitespace = \"auto\"` (the default) against the peers",
         "",
         "| examples in the prompt | system | valid | exact fields | fuzzy fields | "
-        "degenerate | tokens/answer | s/request (under load) |",
-        "|---|---|---|---|---|---|---|---|",
+        "intent: gold path | degenerate | tokens/answer | s/request (under load) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cells(s: dict[str, Any]) -> str:
         return (f"{s['valid']}/{s['n']} | {s['exact']:.0%} | {s['fuzzy']:.0%} | "
-                f"{s['degenerate']}/{s['n']} | {s['tokens']:.0f} | {s['s_per_request']:.2f}")
+                f"{s['paths']}/{s['intents']} | {s['degenerate']}/{s['n']} | "
+                f"{s['tokens']:.0f} | {s['s_per_request']:.2f}")
 
-    for e in EXAMPLE_LAYOUTS:
+    for e in modes:
         for c in dict.fromkeys((autos[e], "sg-compact/" + e, f"gbnf/{e}", f"free/{e}")):
             if c in by_col:
                 label = (f"**structgen auto** (= `{c}`)" if c == autos[e]
@@ -409,8 +436,8 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]], engi
                          else f"`{c}`")
                 lines.append(f"| {e} | {label} | {cells(by_col[c])} |")
     lines += ["", "## Every column", "",
-              "| column | valid | exact fields | fuzzy fields | degenerate | tokens/answer | "
-              "s/request (under load) |", "|---|---|---|---|---|---|---|"]
+              "| column | valid | exact fields | fuzzy fields | intent: gold path | degenerate "
+              "| tokens/answer | s/request (under load) |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| `{c}` | {cells(by_col[c])} |" for c in columns]
     lines += ["", "## Exact field accuracy per task", "",
               "| column | " + " | ".join(task_kinds) + " |",
@@ -452,14 +479,31 @@ def plot(data: dict[str, Any], columns: list[str]) -> str:
 
 
 def main() -> None:
+    global NAME
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--columns", default=",".join(COLUMNS))
     ap.add_argument("--per-kind", default="",
                     help="the first N tasks of some kinds, e.g. extract=8,debugger=4")
     ap.add_argument("--engine", default="llguidance")
+    ap.add_argument("--name", default=NAME, help="results/NAME.md, .json, .png")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="write quality.md and .png again from quality.json (no model run)")
     args = ap.parse_args()
     columns = args.columns.split(",")
     tasks = [json.loads(line) for line in TASKS.read_text().splitlines() if line.strip()]
+    GOLD.update({t["id"]: t["gold"] for t in tasks})
+    NAME = args.name
+    if args.rewrite:
+        data = json.loads((RESULTS / f"{NAME}.json").read_text())
+        rows = [Row(**r) for r in data["rows"]]
+        done = list(dict.fromkeys(r.column for r in rows))
+        ids = {r.id for r in rows}
+        meta = data["meta"]
+        meta["png"] = plot(write(rows, done, [t for t in tasks if t["id"] in ids],
+                                 args.engine, meta), done)
+        write(rows, done, [t for t in tasks if t["id"] in ids], args.engine, meta)
+        print((RESULTS / f"{NAME}.md").read_text())
+        return
     limits = {k: int(n) for k, _, n in (p.partition("=") for p in args.per_kind.split(",")
                                        if p)}
     tasks = [t for i, t in enumerate(tasks)
