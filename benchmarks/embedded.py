@@ -326,6 +326,7 @@ class LlamaColumn:
         # ``self.eval`` once for the (un-cached part of the) prompt, then once per token
         self.evals: list[int] = []
         self.last: dict[str, Any] | None = None
+        self.last_text = ""  # the last answer's text (benchmarks/quality.py scores it)
         evaluate = self.llm.eval
 
         def counting_eval(tokens: Any) -> None:
@@ -357,6 +358,7 @@ class LlamaColumn:
     def run(self, case: Case, budget: int) -> Row:
         row = Row(case.id, case.group, self.mode)
         self.evals.clear()
+        self.last_text = ""
         t0 = time.perf_counter()
         try:
             if self.mode == "e":
@@ -387,6 +389,7 @@ class LlamaColumn:
             row.valid = False
             return row
         row.wall_s = time.perf_counter() - t0
+        self.last_text = text
         usage = resp.get("usage") or {}
         row.tokens = int(usage.get("completion_tokens") or 0)
         row.prompt_tokens = int(usage.get("prompt_tokens") or 0)

@@ -106,7 +106,10 @@ class LocalConfig(_Section):
     # steer to the shortest completion when the tokens left are about what it needs
     budget_closing: bool = True
     model_cache_dir: str | None = None  # default ~/.cache/structgen/models
-    whitespace: Literal["compact", "any"] = "compact"
+    # the JSON layout the grammar enforces: "compact" ({"a":1,"b":2}), "spaced" (json.dumps'
+    # default, {"a": 1, "b": 2}), "any" (up to max_whitespace between tokens), "auto" (the
+    # layout of the JSON examples in the prompt, else "spaced": structgen/schema/layout.py)
+    whitespace: Literal["auto", "compact", "spaced", "any"] = "auto"
     max_whitespace: int = Field(default=4, ge=0)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"

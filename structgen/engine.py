@@ -37,6 +37,7 @@ from structgen.metrics import Metrics
 from structgen.repair import Repaired, finalize
 from structgen.router import Router
 from structgen.schema import CompiledOutput, compile_output
+from structgen.schema.layout import choose_layout
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
 from structgen.schema.support import PostEnforced
 from structgen.schema.toolset import envelope_output, tool_turn, tool_value
@@ -115,11 +116,13 @@ class Engine:
         s = Sampling(**_checked_sampling(sampling))
         if not (0 <= s.temperature < math.inf) or not 0 < s.top_p <= 1 or s.max_tokens < 1:
             raise StructgenError("temperature must be >= 0, top_p in (0, 1], max_tokens >= 1")
+        messages = normalize_messages(prompt_or_messages)
         return GenerationRequest(
-            messages=normalize_messages(prompt_or_messages), output=output, sampling=s,
+            messages=messages, output=output, sampling=s,
             # reasoning=None: the router turns it on for reasoning models ([router issue]).
             model=model, reasoning=bool(reasoning), extra={"reasoning_auto": reasoning is None},
-            whitespace=self.config.local.whitespace)
+            # "auto": the layout of the prompt's JSON examples, else json.dumps'
+            whitespace=choose_layout(self.config.local.whitespace, messages))
 
     # The pipeline --------------------------------------------------------------------
     async def arun(self, prompt_or_messages: str | Sequence[Any], output: Any = None, *,

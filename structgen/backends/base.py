@@ -43,7 +43,9 @@ class GenerationRequest:
     sampling: Sampling = field(default_factory=Sampling)
     model: str | None = None
     reasoning: bool = False
-    whitespace: str = "compact"  # "compact" | "any"
+    # the JSON layout: "compact" | "spaced" | "any" (the engine sets it, resolving [local]
+    # whitespace = "auto" per prompt; a request built by hand gets compact)
+    whitespace: str = "compact"
     deadline: float | None = None  # absolute time.monotonic() deadline
     extra: dict[str, Any] = field(default_factory=dict)
     # a tool turn: ``output`` then holds the call envelope's schema (see types.ToolTurn)

@@ -31,6 +31,7 @@ from structgen.backends.base import Finished, GenerationRequest, GenerationResul
 from structgen.backends.capabilities import TOOL_CALLING
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
+from structgen.schema.layout import guidance_options
 from structgen.types import ToolTurn
 
 NATIVE_PATH = "/generate"
@@ -79,6 +80,11 @@ class SGLangBackend(http.HTTPBackend):
             out, f"SGLang's {self.section.grammar_backend} backend cannot constrain "
             f"{out.kind} outputs")
         if out.kind == "json":
+            fixed = guidance_options(request.whitespace)
+            if fixed is not None and self.section.grammar_backend == "llguidance":
+                # the layout, as for vLLM's guidance engine (other engines: the server's
+                # own whitespace settings)
+                schema = {**schema, "x-guidance": fixed}
             # SGLang wants the schema serialized: a JSON string, not an object.
             return {"json_schema": json.dumps(schema, ensure_ascii=False)}, post
         if out.kind in ("regex", "choice"):

@@ -2,8 +2,11 @@
 
 Every constraint goes in the request body's ``structured_outputs`` object, one of
 ``json`` (the schema object), ``regex``, ``choice`` (a list) or ``grammar`` (text), which
-both endpoints accept; ``disable_any_whitespace`` is added for compact JSON and
-``whitespace_pattern`` when the request asks for one. The removed ``guided_*`` fields are
+both endpoints accept; ``disable_any_whitespace`` is added for a layout with fixed
+separators (compact or spaced JSON, see ``[local] whitespace``) and ``whitespace_pattern``
+when the request asks for one. With ``structured_backend = "guidance"`` the layout's
+separators also go into the schema (``x-guidance``), which llguidance reads over the
+server's defaults; XGrammar and Outlines servers write compact JSON for both layouts. The removed ``guided_*`` fields are
 never sent: vLLM >= 0.12 ignores them and would return unconstrained text.
 
 Note: vLLM 0.32 accepts ``disable_any_whitespace`` per request but its grammar engines
@@ -28,6 +31,7 @@ from structgen.backends.base import Finished, GenerationRequest, GenerationResul
 from structgen.backends.capabilities import TOOL_CALLING, PostEntries, relax_for
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
+from structgen.schema.layout import guidance_options
 from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/v1/chat/completions"
@@ -81,8 +85,14 @@ class VLLMBackend(http.HTTPBackend):
         schema, post = relax_for(out, self.capabilities())
         so: dict[str, Any]
         if out.kind == "json":
+            fixed = guidance_options(request.whitespace)
+            if (fixed is not None and schema is not None
+                    and self.section.structured_backend == "guidance"):
+                # llguidance reads the layout from the schema ("x-guidance" comes after the
+                # server's defaults): spaced JSON whatever the server-wide whitespace flag
+                schema = {**schema, "x-guidance": fixed}
             so = {"json": schema}
-            if request.whitespace == "compact":
+            if fixed is not None:
                 so["disable_any_whitespace"] = True
         elif out.kind == "regex":
             so = {"regex": out.pattern}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.grammar_cache import GrammarCompileTimeout, default_grammar_cache
 from structgen.errors import ConfigError, SchemaError
+from structgen.schema.layout import JSON_SEPARATORS, LAYOUTS
 from structgen.schema.relax import last_resorts, relax_for_engine
 from structgen.schema.support import (
     WHOLE_OUTPUT,
@@ -46,8 +47,10 @@ PREPARE_VERSION = 6
 class ConstraintOptions:
     """How a JSON output is laid out and what the grammar wraps around it.
 
-    ``whitespace``: ``"compact"`` (no whitespace between JSON tokens) or ``"any"`` (at most
-    ``max_whitespace`` whitespace characters between tokens). ``reasoning``: free text in
+    ``whitespace``, the layout: ``"compact"`` (no whitespace between JSON tokens),
+    ``"spaced"`` (exactly ``json.dumps``' default: one space after ``,`` and ``:``, none
+    elsewhere) or ``"any"`` (at most ``max_whitespace`` whitespace characters between
+    tokens); see :data:`structgen.schema.layout.JSON_SEPARATORS`. ``reasoning``: free text in
     ``<think>...</think>`` before the answer (engines that cannot express it raise).
     """
 
@@ -368,9 +371,18 @@ def closing_candidates(token_bytes: list[bytes]) -> tuple[list[int], list[int], 
     return [i for _, i in found], text, enders
 
 
+def json_separators(options: ConstraintOptions) -> tuple[str, str] | None:
+    """(item, key) separators the grammar enforces; None for the free ``"any"`` layout."""
+    if options.whitespace not in LAYOUTS:
+        raise ConfigError(f"unknown JSON layout {options.whitespace!r} "
+                          f"(known: {', '.join(LAYOUTS)})", "local.whitespace")
+    return JSON_SEPARATORS.get(options.whitespace)
+
+
 def json_whitespace_regex(options: ConstraintOptions) -> str:
-    """Regex for whitespace between JSON tokens under ``options``."""
-    if options.whitespace == "compact":
+    """Regex for whitespace between JSON tokens under ``options`` (free layout; a layout
+    with fixed separators has none besides them)."""
+    if json_separators(options) is not None:
         return ""
     return f"[\\x20\\x0A\\x0D\\x09]{{0,{options.max_whitespace}}}"
 

@@ -50,6 +50,10 @@ class JsonCursor:
         self.buf = ""  # text of the lexeme so far (unescaped enough for keys and lengths)
         self.escape = False
         self.broken = False  # the text left JSON: no completion is proposed
+        # the answer's layout, as written so far: a space after a "," or ":" makes the
+        # completion spaced too ("spaced" layout), else it is compact
+        self.spaced = False
+        self.after_separator = False  # the last character was a "," or ":" (no space yet)
 
     def copy(self) -> JsonCursor:
         out = JsonCursor.__new__(JsonCursor)
@@ -88,7 +92,10 @@ class JsonCursor:
                 return
             self._value_done()
         if ch in " \t\n\r":
+            self.spaced = self.spaced or (self.after_separator and ch == " ")
+            self.after_separator = False
             return
+        self.after_separator = ch in ",:"
         frame = self.stack[-1] if self.stack else None
         if frame is not None and frame.kind == "object" and frame.state in ("key_or_end", "key"):
             if ch == '"':
@@ -183,7 +190,15 @@ class JsonCursor:
 
     # Completion -----------------------------------------------------------------------------
     def completion(self) -> str | None:
-        """The text that finishes the answer, or None when none can be proposed."""
+        """The text that finishes the answer, or None when none can be proposed; in the
+        layout the answer has so far (compact, or spaced as ``json.dumps`` writes it)."""
+        text = self._compact_completion()
+        if text is None or not self.spaced:
+            return text
+        lead = " " if self.after_separator and self.lexeme not in ("string", "key") else ""
+        return lead + _spaced(text, in_string=self.lexeme in ("string", "key"))
+
+    def _compact_completion(self) -> str | None:
         if self.broken:
             return None
         if not self.started:
@@ -234,6 +249,27 @@ class JsonCursor:
                 if cur.stack[-1].kind == "array":
                     cur.stack[-1].count += 1
         return "".join(out)
+
+
+def _spaced(text: str, *, in_string: bool) -> str:
+    """Compact JSON text (from inside a string when ``in_string``) with a space after each
+    "," and ":" between tokens."""
+    out: list[str] = []
+    escape = False
+    for ch in text:
+        out.append(ch)
+        if in_string:
+            if escape:
+                escape = False
+            elif ch == "\\":
+                escape = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in ",:":
+            out.append(" ")
+    return "".join(out)
 
 
 def _close_frame(root: dict[str, Any], frame: _Frame) -> str | None:

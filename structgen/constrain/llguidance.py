@@ -13,9 +13,11 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
+    json_separators,
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
+from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, PostEnforced, loosen, repeated_open_keys
 
 if TYPE_CHECKING:
@@ -45,9 +47,11 @@ def prepare_for_llguidance(schema: Any, text: str | None = None
 
 
 def json_options(options: ConstraintOptions) -> dict[str, Any]:
-    """llguidance JSON compile options ("x-guidance") for a whitespace mode."""
-    if options.whitespace == "compact":
-        return {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+    """llguidance JSON compile options ("x-guidance") for a layout."""
+    json_separators(options)  # an unknown layout is a ConfigError
+    fixed = guidance_options(options.whitespace)
+    if fixed is not None:
+        return fixed
     return {"whitespace_flexible": True, "whitespace_pattern": json_whitespace_regex(options)}
 
 

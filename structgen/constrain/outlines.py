@@ -11,6 +11,7 @@ from structgen.constrain.base import (
     ConstraintOptions,
     GrammarConstraint,
     Matcher,
+    json_separators,
     json_whitespace_regex,
 )
 from structgen.errors import SchemaError
@@ -21,6 +22,27 @@ if TYPE_CHECKING:
 
     from structgen.constrain.base import TokenizerData
     from structgen.schema import CompiledOutput
+
+
+# A whitespace pattern outlines-core writes verbatim around every "," and ":" and inside
+# every bracket; no schema pattern holds it, so the layout can be put in afterwards.
+_MARK = "(?:\\x00SGWS\\x00)?"
+
+
+def json_regex(schema_json: str, options: ConstraintOptions) -> str:
+    """outlines-core's regex for a JSON Schema under ``options``' layout. outlines-core takes
+    one whitespace pattern for every gap between JSON tokens, so a layout with fixed
+    separators (``, `` and ``: ``, none elsewhere) is written in place of a marker pattern."""
+    from outlines_core.json_schema import build_regex_from_schema
+
+    separators = json_separators(options)
+    if separators is None or separators == (",", ":"):
+        return str(build_regex_from_schema(schema_json, json_whitespace_regex(options)))
+    regex = str(build_regex_from_schema(schema_json, _MARK))
+    for sep, text in zip(",:", separators, strict=True):  # no regex metacharacter in text
+        # the marker stands on both sides of an object's separators, after an array's
+        regex = regex.replace(f"{_MARK}{sep}{_MARK}", text).replace(f"{sep}{_MARK}", text)
+    return regex.replace(_MARK, "")
 
 
 class OutlinesMatcher(Matcher):
@@ -91,12 +113,10 @@ class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
         from outlines_core import Index
-        from outlines_core.json_schema import build_regex_from_schema
 
         try:
             if output.kind == "json":
-                regex = build_regex_from_schema(json.dumps(output.to_json_schema()),
-                                                json_whitespace_regex(options))
+                regex = json_regex(json.dumps(output.to_json_schema()), options)
             elif output.kind == "regex":
                 regex = output.pattern or ""
             elif output.kind == "choice":

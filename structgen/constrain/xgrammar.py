@@ -13,6 +13,7 @@ from structgen.constrain.base import (
     GrammarConstraint,
     Matcher,
     TokenizerData,
+    json_separators,
 )
 from structgen.constrain.grammar_cache import Codec, xgrammar_codec
 from structgen.errors import SchemaError
@@ -218,11 +219,12 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         c = self.compiler
         try:
             if output.kind == "json":
-                compact = options.whitespace == "compact"
+                separators = json_separators(options)
+                fixed = separators is not None
                 return c.compile_json_schema(
-                    json.dumps(output.to_json_schema()), any_whitespace=not compact,
-                    separators=(",", ":") if compact else None,
-                    max_whitespace_cnt=None if compact else max(options.max_whitespace, 1))
+                    json.dumps(output.to_json_schema()), any_whitespace=not fixed,
+                    separators=separators,
+                    max_whitespace_cnt=None if fixed else max(options.max_whitespace, 1))
             if output.kind == "regex":
                 return c.compile_regex(output.pattern or "")
             if output.kind == "choice":

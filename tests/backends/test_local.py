@@ -157,7 +157,8 @@ def test_reasoning_splits_thinking_from_answer(thinking_model_dir: Path) -> None
     from structgen.constrain.llguidance import build_lark
     from structgen.schema.grammar_check import grammar_accepts
 
-    eng, backend = make(thinking_model_dir)
+    # compact: the layout of the Lark grammar built below with ConstraintOptions' default
+    eng, backend = make(thinking_model_dir, whitespace="compact")
     req = eng.build_request("think first", LongNames, reasoning=True, max_tokens=200)
     r = backend.generate(req)
     # The same grammar handed over as plain Lark, without the reasoning flag: the same
@@ -392,7 +393,7 @@ def test_xgrammar_reports_what_it_was_not_given(tiny_model_dir: Path) -> None:
                                                        "maximum": n, "multipleOf": 5}},
                 "required": ["n"], "additionalProperties": False}
 
-    eng, backend = make(tiny_model_dir, engine="xgrammar")
+    eng, backend = make(tiny_model_dir, engine="xgrammar", whitespace="compact")
     eng.config.repair.reask = False
     raw = gen(eng, backend, schema(7))
     assert [str(e) for e in raw.post_enforced] == ["/properties/n/multipleOf"]

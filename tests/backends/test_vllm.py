@@ -192,3 +192,21 @@ async def test_vllm_keywords_beside_an_any_of_hold(vllm_tiny):
         assert result.value == {"n": 7} and not result.repaired
         assert not [p for p in result.post_enforced if p.startswith("/properties/n")]
     await engine.aclose()
+
+
+@pytest.mark.parametrize("layout", ["compact", "spaced"])
+async def test_vllm_json_follows_the_layout(vllm_tiny, layout):
+    """A guidance server (started with whitespace disabled, as `make test` does) writes the
+    requested layout: the separators go into the schema's ``x-guidance``, which llguidance
+    reads over the server's defaults. XGrammar servers write compact JSON for both layouts
+    (vLLM 0.32 takes their whitespace from the server-wide flag only)."""
+    from structgen.schema.layout import json_layout
+
+    engine = Engine(vllm_config(vllm_tiny))
+    engine.config.local.whitespace = layout
+    want = layout if vllm_tiny.engine == "guidance" else "compact"
+    for seed in range(3):
+        result = await engine.arun("Review:", SMALL, backend="vllm", max_tokens=40,
+                                   temperature=1.0, seed=seed, use_cache=False)
+        assert json_layout(result.raw_text) == want, result.raw_text
+    await engine.aclose()

@@ -113,3 +113,21 @@ def test_an_anyof_branch_is_picked_by_its_const_member() -> None:
     cursor = JsonCursor({"anyOf": [call("first", "a"), call("second", "b")]})
     cursor.feed('{"name":"second","arguments":{')
     assert cursor.completion() == '"b":""}}'
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [
+    ('{"kind": "ed', 'it_code", "targets": ["aa"], "confidence": 1, "meta": {"n": 4}}'),
+    ('{"kind": "debug", "targets": ["a, b: c', '"], "confidence": 1, "meta": {"n": 4}}'),
+    ('{"kind": "debug", "targets": ["abc"], "conf', 'idence": 1, "meta": {"n": 4}}'),
+    ('{"kind": "debug",', ' "targets": ["aa"], "confidence": 1, "meta": {"n": 4}}'),
+    ('{"kind":"debug",', '"targets":["aa"],"confidence":1,"meta":{"n":4}}'),  # compact
+    # no space written yet: compact (a spaced grammar refuses it; the walk closes then)
+    ('{"kind":', '"debug","targets":["aa"],"confidence":1,"meta":{"n":4}}'),
+])
+def test_completion_follows_the_answers_layout(prefix: str, expected: str) -> None:
+    """A spaced answer ([local] whitespace "spaced") is completed spaced: the grammar takes
+    the schema's minimal completion as is, without a fallback walk."""
+    cursor = JsonCursor(SCHEMA)
+    cursor.feed(prefix)
+    assert cursor.completion() == expected
+    assert validate_data(json.loads(prefix + expected), compile_output(SCHEMA)).ok

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 WHITESPACE_BYTES = frozenset(b" \t\n\r")
 # Bytes JSON never allows raw (RFC 8259: control characters must be escaped in strings);
-# "any" whitespace mode still needs tab, LF and CR between tokens.
-JSON_FORBIDDEN_BYTES = {"compact": frozenset(range(0x20)),
+# the free "any" layout still needs tab, LF and CR between tokens.
+JSON_FORBIDDEN_BYTES = {"compact": frozenset(range(0x20)), "spaced": frozenset(range(0x20)),
                         "any": frozenset(range(0x20)) - frozenset(b"\t\n\r")}
 
 

@@ -1,0 +1,161 @@
+"""The layout of JSON text (where the whitespace goes), read from text and from a prompt.
+
+A grammar that forces a layout the model does not expect costs content: with no whitespace
+allowed, SmolLM2-135M answered an intent request with empty paths and confidence 0 where
+the same model, free to write ``{"kind": "debug", ...}``, copied the path from the request
+(docs/embedded.md, "JSON layout"). The ``"auto"`` layout therefore follows the worked
+examples in the prompt, and is ``json.dumps``' default (``"spaced"``) when there are none:
+the layout most JSON a model was trained on has.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+
+# The layouts with fixed separators, (item, key) as json.dumps' ``separators`` names them:
+# every engine (and a guidance vLLM server) emits exactly these and no other whitespace.
+# "any" is the free layout (bounded whitespace between tokens), "auto" picks one per prompt.
+JSON_SEPARATORS: dict[str, tuple[str, str]] = {"compact": (",", ":"), "spaced": (", ", ": ")}
+LAYOUTS = (*JSON_SEPARATORS, "any")
+
+
+def guidance_options(layout: str) -> dict[str, object] | None:
+    """llguidance's JSON options ("x-guidance") for a fixed-separator layout (None for the
+    others): what the embedded llguidance engine compiles with, and what goes into a
+    schema sent to a server whose grammar engine is llguidance (it reads a schema's
+    "x-guidance" over the server's defaults)."""
+    separators = JSON_SEPARATORS.get(layout)
+    if separators is None:
+        return None
+    return {"whitespace_flexible": False, "item_separator": separators[0],
+            "key_separator": separators[1]}
+# what "auto" becomes when the prompt shows no JSON example (measured: benchmarks/quality.py)
+DEFAULT_LAYOUT = "spaced"
+# a JSON example shown indented (json.dumps(indent=...)): no fixed-separator layout
+# matches it, so the answer gets the bounded free layout
+INDENTED_LAYOUT = "any"
+# keys that make a JSON object a JSON Schema (shown in a prompt, not an example answer)
+_SCHEMA_KEYS = frozenset({"$schema", "$defs", "properties", "definitions"})
+_WS = " \t\n\r"
+
+
+def json_layout(text: str) -> str | None:
+    """The layout of one JSON text: ``"compact"`` (no whitespace between tokens),
+    ``"spaced"`` (exactly one space after each ``,`` and ``:``, none elsewhere, as
+    ``json.dumps`` writes it), ``"indented"`` (line breaks between tokens), ``"other"``
+    (any other whitespace), or None when it has no separator to tell by (``[]``, ``1``).
+    Whitespace inside strings does not count; ``text`` need not be valid JSON.
+
+    >>> json_layout('{"a": 1, "b": [2, 3]}'), json_layout('{"a":1}')
+    ('spaced', 'compact')
+    """
+    seen: set[str] = set()
+    separators = 0
+    for before, gap in _gaps(text.strip()):
+        if "\n" in gap:
+            return "indented"
+        if before in ",:":
+            separators += 1
+            seen.add({"": "compact", " ": "spaced"}.get(gap, "other"))
+        elif gap:
+            seen.add("other")
+    if not separators and not seen:
+        return None
+    return seen.pop() if len(seen) == 1 else "other"
+
+
+def _gaps(text: str) -> Iterator[tuple[str, str]]:
+    """(the character before, the whitespace run) for each place between two JSON tokens
+    (empty runs included)."""
+    in_string = escaped = False
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        i += 1
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+                yield from _gap_after(text, c, i)
+            continue
+        if c == '"':
+            in_string = True
+        elif c not in _WS:
+            yield from _gap_after(text, c, i)
+
+
+def _gap_after(text: str, before: str, i: int) -> Iterator[tuple[str, str]]:
+    j = i
+    while j < len(text) and text[j] in _WS:
+        j += 1
+    if j < len(text) and (before in "{}[],:\"" or text[j] in "{}[],:\""):
+        yield before, text[i:j]
+
+
+def prompt_layout(messages: Sequence[Mapping[str, object]]) -> str | None:
+    """The layout of the JSON examples a prompt shows (``"compact"``, ``"spaced"`` or
+    ``"indented"``; the most frequent, ties going to ``"spaced"``), None when it shows none.
+    An example is an assistant turn that is a JSON object or array, or a JSON object inside
+    any message's text that is not a JSON Schema (a schema is shown, not answered)."""
+    votes: Counter[str] = Counter()
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, str):
+            continue
+        if message.get("role") == "assistant":
+            layout = _example_layout(content.strip())
+            if layout is not None:
+                votes[layout] += 1
+                continue
+        for text in _embedded_objects(content):
+            layout = _example_layout(text)
+            if layout is not None:
+                votes[layout] += 1
+    votes.pop("other", None)
+    if not votes:
+        return None
+    ranked = sorted(votes.items(), key=lambda kv: (kv[1], kv[0] == "spaced"), reverse=True)
+    return ranked[0][0]
+
+
+def choose_layout(setting: str, messages: Sequence[Mapping[str, object]]) -> str:
+    """The layout a request's grammar enforces: ``setting`` itself unless it is ``"auto"``,
+    then the layout of the prompt's examples (:func:`prompt_layout`), else
+    :data:`DEFAULT_LAYOUT`. An indented example gets :data:`INDENTED_LAYOUT`."""
+    if setting != "auto":
+        return setting
+    shown = prompt_layout(messages)
+    if shown is None:
+        return DEFAULT_LAYOUT
+    return INDENTED_LAYOUT if shown == "indented" else shown
+
+
+def _example_layout(text: str) -> str | None:
+    if not text.startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(value, dict) and _SCHEMA_KEYS & value.keys():
+        return None
+    return json_layout(text)
+
+
+def _embedded_objects(content: str) -> Iterator[str]:
+    """The JSON objects written inside free text, outermost only, left to right."""
+    decoder = json.JSONDecoder()
+    i = content.find("{")
+    while i >= 0:
+        try:
+            _, end = decoder.raw_decode(content, i)
+        except (ValueError, RecursionError):
+            i = content.find("{", i + 1)
+            continue
+        yield content[i:end]
+        i = content.find("{", end)
