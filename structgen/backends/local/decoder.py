@@ -284,7 +284,8 @@ class Decoder:
         if self.cfg.max_number_digits:
             seq.number = NumberGuard(self.cfg.max_number_digits)
         if self.cfg.budget_closing:
-            seq.cursor = JsonCursor(output.json_schema)
+            seq.cursor = JsonCursor(output.json_schema,
+                                    spaced=seq.request.whitespace == "spaced")
 
     def closing_path(self, m: Matcher, cursor: JsonCursor | None, limit: int,
                      answer: JsonCursor | None = None, *, thinking: bool = False
@@ -330,8 +331,8 @@ class Decoder:
         ahead = m.fork()
         cost: int | None = None
         output = s.request.output
-        answer = JsonCursor(output.json_schema) if s.thinking and output is not None \
-            and output.kind == "json" else None
+        answer = JsonCursor(output.json_schema, spaced=s.request.whitespace == "spaced") \
+            if s.thinking and output is not None and output.kind == "json" else None
         if ahead.consume(tok):
             cost = 1
             if not ahead.is_finished():
