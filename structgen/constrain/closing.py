@@ -41,7 +41,7 @@ class _Frame:
 class JsonCursor:
     """Where an answer stands inside its JSON Schema (see the module docstring)."""
 
-    def __init__(self, schema: Any) -> None:
+    def __init__(self, schema: Any, *, spaced: bool = False) -> None:
         self.root = schema if isinstance(schema, dict) else {}
         self.stack: list[_Frame] = []
         self.top_done = False
@@ -50,9 +50,9 @@ class JsonCursor:
         self.buf = ""  # text of the lexeme so far (unescaped enough for keys and lengths)
         self.escape = False
         self.broken = False  # the text left JSON: no completion is proposed
-        # the answer's layout, as written so far: a space after a "," or ":" makes the
-        # completion spaced too ("spaced" layout), else it is compact
-        self.spaced = False
+        # the answer's layout: spaced from the start when the grammar enforces it
+        # (``spaced``), else as written so far (a space after a "," or ":")
+        self.spaced = spaced
         self.after_separator = False  # the last character was a "," or ":" (no space yet)
 
     def copy(self) -> JsonCursor:
@@ -193,7 +193,7 @@ class JsonCursor:
         """The text that finishes the answer, or None when none can be proposed; in the
         layout the answer has so far (compact, or spaced as ``json.dumps`` writes it)."""
         text = self._compact_completion()
-        if text is None or not self.spaced:
+        if not text or not self.spaced:
             return text
         lead = " " if self.after_separator and self.lexeme not in ("string", "key") else ""
         return lead + _spaced(text, in_string=self.lexeme in ("string", "key"))

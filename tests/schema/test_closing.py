@@ -131,3 +131,13 @@ def test_completion_follows_the_answers_layout(prefix: str, expected: str) -> No
     cursor.feed(prefix)
     assert cursor.completion() == expected
     assert validate_data(json.loads(prefix + expected), compile_output(SCHEMA)).ok
+
+
+def test_a_spaced_cursor_completes_spaced_from_the_start() -> None:
+    """The decoder says when the grammar enforces "spaced": the completion is spaced before
+    the answer has shown a separator."""
+    cursor = JsonCursor(SCHEMA, spaced=True)
+    assert cursor.completion() == ('{"kind": "debug", "targets": ["aa"], "confidence": 1, '
+                                   '"meta": {"n": 4}}')
+    cursor.feed('{"kind":')
+    assert cursor.completion() == ' "debug", "targets": ["aa"], "confidence": 1, "meta": {"n": 4}}'

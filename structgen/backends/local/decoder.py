@@ -401,7 +401,8 @@ class Decoder:
         if self.cfg.max_number_digits:
             seq.number = NumberGuard(self.cfg.max_number_digits)
         if self.cfg.budget_closing:
-            seq.cursor = JsonCursor(output.json_schema)
+            seq.cursor = JsonCursor(output.json_schema,
+                                    spaced=seq.request.whitespace == "spaced")
 
     def closing_path(self, m: Matcher, cursor: JsonCursor | None, limit: int,
                      answer: JsonCursor | None = None, *, thinking: bool = False,
@@ -447,8 +448,8 @@ class Decoder:
         s.close_steps += 1
         refresh = s.close_steps % CLOSE_REFRESH == 0
         output = s.request.output
-        answer = JsonCursor(output.json_schema) if s.thinking and output is not None \
-            and output.kind == "json" else None
+        answer = JsonCursor(output.json_schema, spaced=s.request.whitespace == "spaced") \
+            if s.thinking and output is not None and output.kind == "json" else None
         if s.close_peak is not None and remaining > s.close_peak + CLOSE_SEARCH:
             # far from the end: whatever the cost, it fits; follow it now and then
             if refresh:
