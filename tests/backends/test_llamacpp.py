@@ -153,8 +153,15 @@ def test_decode_threads_are_measured_when_unset(tiny_gguf: Path,
     assert threads == {"structgen-local"}  # the backend's worker, not the loading thread
     timed = seen[:8]
     assert [tokens for tokens, _ in timed] == [1] * 8 and {n for _, n in timed} == {1, 2}
-    for sid in range(rt.n_seq + 1):  # the requests' sequences and the timing one
-        assert llama_cpp.llama_memory_seq_pos_max(rt.mem, sid) == -1
+    def kv_empty() -> bool:  # the requests' sequences and the timing one
+        return all(llama_cpp.llama_memory_seq_pos_max(rt.mem, sid) == -1
+                   for sid in range(rt.n_seq + 1))
+
+    # the answer is handed over before the worker releases its sequence: wait for that
+    deadline = time.monotonic() + 10
+    while not kv_empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert kv_empty()
     seen.clear()
     eng1, single = make(tiny_gguf, threads=1)
     gen(eng1, single, LongNames)

@@ -226,7 +226,8 @@ class Decoder:
         m = self.rt.engine(self.cfg.engine).matcher(req.output, self._options(req))
         if not m.supports_closing:
             return None
-        cursor = JsonCursor(req.output.json_schema) if req.output.kind == "json" else None
+        cursor = JsonCursor(req.output.json_schema, spaced=req.whitespace == "spaced") \
+            if req.output.kind == "json" else None
         path = self.closing_path(m, cursor, _SHORTEST_LIMIT)
         return None if path is None else len(path)
 
