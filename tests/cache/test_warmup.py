@@ -145,8 +145,8 @@ def test_bad_lines_become_typed_report_lines(setup: dict[str, Path]) -> None:
 @pytest.mark.slow
 def test_progress_bar_counts_every_line(setup: dict[str, Path]) -> None:
     """The default run shows the progress bar on stderr (every other test passes
-    --no-progress): all lines counted, the failed ones as failed. Lines that cannot become
-    requests need no model, so nothing is generated."""
+    --no-progress): all lines counted, lines that cannot become requests as invalid (not
+    failed, as the summary says). They need no model, so nothing is generated."""
     s = setup
     src = s["src"].with_name("invalid.jsonl")
     src.write_text("".join(json.dumps({"id": f"bad{i}", "prompt": "x", "schema": "nowhere.py:X"})
@@ -157,7 +157,8 @@ def test_progress_bar_counts_every_line(setup: dict[str, Path]) -> None:
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     bar = [line for line in run.stderr.splitlines() if line.startswith("warmup")]
     assert bar, run.stderr
-    assert "3/3" in bar[-1] and "0 done" in bar[-1] and "3 failed" in bar[-1], bar[-1]
+    assert "3/3" in bar[-1] and "0 done" in bar[-1] and "0 failed" in bar[-1] \
+        and "3 invalid" in bar[-1], bar[-1]
     quiet = subprocess.run(warmup_cmd(s, src), cwd=ROOT, env={**ENV, "COLUMNS": "160"},
                            capture_output=True, text=True)
     assert not [line for line in quiet.stderr.splitlines() if line.startswith("warmup")]
