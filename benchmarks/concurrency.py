@@ -282,7 +282,8 @@ def write(results: dict[str, Any], args: argparse.Namespace, load: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--systems", default="a,b,c")
+    ap.add_argument("--systems", default=None,
+                    help="default: a,b and c when --llama-server is given")
     ap.add_argument("--llama-server", default=None, help="path to llama-server, for (c)")
     ap.add_argument("--requests", type=int, default=24, help="requests per load point")
     ap.add_argument("--concurrency", default="1,4,16")
@@ -295,7 +296,8 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args)))
         return
-    systems = [s for s in args.systems.split(",") if s]
+    systems = [s for s in (args.systems or ("a,b,c" if args.llama_server else "a,b"))
+               .split(",") if s]
     if "c" in systems and not args.llama_server:
         ap.error("(c) needs --llama-server")
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -22,9 +22,13 @@ def test_bench_help_names_quick() -> None:
     assert "--quick" in result.output
 
 
-@pytest.mark.parametrize(("args", "forwarded"), [([], []), (["--quick"], ["--quick"])])
+@pytest.mark.parametrize(("args", "forwarded"), [
+    ([], []), (["--quick"], ["--quick"]),
+    (["--write-results"], []), (["--quick", "--out", "OUT"], ["--quick", "--out", "OUT"])])
 def test_bench_runs_run_all_with_its_options(monkeypatch: pytest.MonkeyPatch,
                                              args: list[str], forwarded: list[str]) -> None:
+    """Results go to a scratch folder unless --out or --write-results says otherwise
+    (committed results change only when asked: issue 29)."""
     calls: list[list[str]] = []
 
     def call(cmd: list[str], **kwargs: Any) -> int:
@@ -33,7 +37,14 @@ def test_bench_runs_run_all_with_its_options(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(cli.subprocess, "call", call)
     result = CliRunner().invoke(cli.app, ["bench", *args])
-    assert calls == [[sys.executable, str(RUN_ALL), *forwarded]]
+    assert len(calls) == 1
+    cmd = calls[0]
+    assert cmd[:2] == [sys.executable, str(RUN_ALL)]
+    if args in ([], ["--quick"]):  # a scratch folder of its own
+        assert cmd[2:-2] == forwarded and cmd[-2] == "--out", cmd
+        assert Path(cmd[-1]).name.startswith("structgen-bench-")
+    else:
+        assert cmd[2:] == forwarded, cmd
     assert result.exit_code == 3  # run_all's exit status is bench's
 
 

@@ -49,7 +49,9 @@ MASKBENCH_FLOORS = {
     # llguidance, 0.70 / 0.68 xgrammar (more of its schemas are relaxed: validation holds
     # what it leaves out, and a cut or relaxed answer repair cannot save counts against it)
     "llguidance": (0.92, 0.82),
-    "xgrammar": (0.92, 0.64),
+    # xgrammar in the spaced layout (the default since issue 25): finished 0.91 greedy; a
+    # separator's trailing space costs it a token where compact had none (docs/embedded.md)
+    "xgrammar": (0.88, 0.62),
 }
 
 
