@@ -7,10 +7,10 @@ llama.cpp's own server, same GGUF, same prompts, greedy.
 
 Systems, each in a process of its own (its peak RSS is its own):
 
-(a) structgen embedded, continuous batching (``[local] batching = "continuous"``, the
-    default): ``LocalBackend.agenerate``, in-process;
-(b) the same code with ``[local] batching = "static"``: a batch decodes to its last answer
-    before the next starts (the behaviour before continuous batching);
+(a) structgen embedded, continuous batching (``[local] batching = "continuous"``):
+    ``LocalBackend.agenerate``, in-process;
+(b) the same code with ``[local] batching = "static"`` (the default): a batch decodes to
+    its last answer before the next starts;
 (c) llama.cpp's ``llama-server -np 4 -c 8192`` (parallel slots with continuous batching,
     what Ollama serves with), ``response_format`` json_schema over its OpenAI API, streamed
     so time to first token is measured. Build it from the ``vendor/llama.cpp`` tree of the

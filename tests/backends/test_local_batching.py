@@ -50,7 +50,7 @@ async def _long_then_short(backend: Any, engine: Any) -> tuple[list[str], Any, A
 def test_a_short_request_does_not_wait_for_a_running_long_one(favorite_gguf: Any) -> None:
     """Head-of-line blocking: under static batching the choice waits for the whole running
     batch; under continuous batching it joins it and finishes first."""
-    eng, backend = make(favorite_gguf("a"), max_batch=4)
+    eng, backend = make(favorite_gguf("a"), batching="continuous", max_batch=4)
     order, _, result = asyncio.run(_long_then_short(backend, eng))
     assert order == ["short", "long"]
     assert result.stats["joined_running_batch"] == 1
@@ -67,9 +67,10 @@ def test_greedy_output_is_the_same_whoever_joins_or_leaves(tiny_gguf: Path) -> N
     steps: every answer is the one it gets decoding alone."""
     users = ["Add a flag to cli.py", "Why does test_api fail? " * 6, "Rename db.py",
              "Explain what the scheduler in app/jobs/queue.py does " * 3]
-    eng, alone = make(tiny_gguf, prefix_cache_entries=0, max_batch=1)
+    eng, alone = make(tiny_gguf, batching="continuous", prefix_cache_entries=0, max_batch=1)
     expected = [gen(eng, alone, LongNames, chat(u)).text for u in users]
-    eng2, backend = make(tiny_gguf, prefix_cache_entries=0, max_batch=4, prefill_chunk=16)
+    eng2, backend = make(tiny_gguf, batching="continuous", prefix_cache_entries=0,
+                          max_batch=4, prefill_chunk=16)
 
     async def staggered() -> list[Any]:
         results: list[Any] = [None] * len(users)
@@ -97,7 +98,8 @@ def test_greedy_output_is_the_same_whoever_joins_or_leaves(tiny_gguf: Path) -> N
 
 def test_a_long_prompt_joins_in_chunks(favorite_gguf: Any) -> None:
     """A prompt joining a running batch is prefilled ``prefill_chunk`` tokens per step."""
-    eng, backend = make(favorite_gguf("a"), prefix_cache_entries=0, max_batch=2,
+    eng, backend = make(favorite_gguf("a"), batching="continuous", prefix_cache_entries=0,
+                        max_batch=2,
                         prefill_chunk=16)
     long_user = "Explain what the scheduler in app/jobs/queue.py does " * 8
 
@@ -138,7 +140,8 @@ def _prompt_of(backend: Any, eng: Any, tokens: int) -> list[dict[str, str]]:
 def test_a_request_waits_for_kv_room_instead_of_failing_its_batch(tiny_gguf: Path) -> None:
     """context_size=512, max_batch=4: a short prompt and a 475-token one sent together each
     fit alone but not side by side; the second waits its turn, and both are answered."""
-    eng, backend = make(tiny_gguf, prefix_cache_entries=0, max_batch=4, context_size=512)
+    eng, backend = make(tiny_gguf, batching="continuous", prefix_cache_entries=0, max_batch=4,
+                        context_size=512)
     long_msgs = _prompt_of(backend, eng, 475)
 
     async def both() -> list[Any]:
@@ -152,7 +155,7 @@ def test_a_request_waits_for_kv_room_instead_of_failing_its_batch(tiny_gguf: Pat
 
 
 def test_a_prompt_that_can_never_fit_fails_at_once(tiny_gguf: Path) -> None:
-    eng, backend = make(tiny_gguf, context_size=256)
+    eng, backend = make(tiny_gguf, batching="continuous", context_size=256)
     msgs = [{"role": "user", "content": "word " * 400}]
     with pytest.raises(BackendError, match=r"context_size=256"):
         gen(eng, backend, LongNames, msgs)
