@@ -180,6 +180,12 @@ class HTTPClient:
         where = f"{self.where}{path}"
         if isinstance(exc, BackendError):
             return exc
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            # no connection within connect_timeout_s: unreachable, a fault of the backend
+            # (a BackendTimeout is a generation past its deadline: no breaker verdict)
+            return BackendUnavailable(f"cannot reach {where}: no connection within "
+                                      f"{self.section.connect_timeout_s} s", self.backend,
+                                      retryable=True)
         if isinstance(exc, httpx.TimeoutException | TimeoutError):
             return BackendTimeout(f"timed out calling {where}", self.backend, retryable=True)
         if isinstance(exc, _RetryableStatus):

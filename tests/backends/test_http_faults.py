@@ -45,6 +45,32 @@ async def test_server_down_is_backend_unavailable(cls):
     await b.aclose()
 
 
+async def test_a_connect_timeout_is_unreachable_not_a_slow_generation() -> None:
+    """A server whose listen backlog is full never completes the handshake: that is an
+    unreachable backend (BackendUnavailable, which the breaker counts, issue 24), not a
+    generation past its deadline (BackendTimeout, which it does not)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the backlog: later SYNs are dropped, connects hang
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    b = SGLangBackend(server_config("sglang", f"http://127.0.0.1:{port}",
+                                    connect_timeout_s=0.3))
+    try:
+        with pytest.raises(BackendUnavailable, match="no connection within"):
+            await b.agenerate(request(Intent))
+    finally:
+        await b.aclose()
+        for f in fillers:
+            f.close()
+        listener.close()
+
+
 async def test_slow_server_is_backend_timeout(sglang: SGLangWireServer):
     sglang.delay_s = 2.0
     b = SGLangBackend(server_config("sglang", sglang.base_url, read_timeout_s=0.3,
