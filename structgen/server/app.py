@@ -184,23 +184,22 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
 
         return StreamingResponse(events(), media_type=media_type)
 
+    async def _ollama(request: Request, parse: Any, stream: Any, answer: Any) -> Response:
+        """One Ollama route: NDJSON lines when the request streams, else one answer."""
+        req = parse(await read_json(request))
+        if req.stream:
+            return await _streamed(request, stream(engine, req), "application/x-ndjson")
+        async with gate.slot(_key(request)):
+            return JSONResponse(await answer(engine, req))
+
     @route
     async def api_chat(request: Request) -> Response:
-        req = ollama.parse_chat(await read_json(request))
-        if req.stream:
-            return await _streamed(request, ollama.chat_stream(engine, req),
-                                   "application/x-ndjson")
-        async with gate.slot(_key(request)):
-            return JSONResponse(await ollama.chat(engine, req))
+        return await _ollama(request, ollama.parse_chat, ollama.chat_stream, ollama.chat)
 
     @route
     async def api_generate(request: Request) -> Response:
-        req = ollama.parse_generate(await read_json(request))
-        if req.stream:
-            return await _streamed(request, ollama.generate_stream(engine, req),
-                                   "application/x-ndjson")
-        async with gate.slot(_key(request)):
-            return JSONResponse(await ollama.generate(engine, req))
+        return await _ollama(request, ollama.parse_generate, ollama.generate_stream,
+                             ollama.generate)
 
     @route
     async def v1_models(request: Request) -> Response:
