@@ -2,6 +2,8 @@
 
     StructgenError
     ├── SchemaError        bad or unsupported output spec (carries a JSON pointer)
+    ├── ToolError          a tool that cannot be offered (carries the tool's name)
+    ├── MessageError       a malformed chat message (carries its index and field)
     ├── ConfigError        bad config.toml / environment
     ├── ExecutorError      a distributed executor (Ray) is missing or unreachable
     ├── BackendError       a backend failed: unreachable, timeout, protocol
@@ -54,6 +56,21 @@ class ToolError(StructgenError):
     def __init__(self, message: str, tool: str | None = None) -> None:
         self.tool = tool
         super().__init__(f"tool {tool!r}: {message}" if tool else message)
+
+
+class MessageError(StructgenError):
+    """A chat message structgen cannot read: an unknown role, a content part that is not
+    text, a tool call without a name or with arguments that are not a JSON object, a tool
+    result whose ``tool_call_id`` answers no earlier call. ``index`` is the message's
+    position in the list, ``field`` the offending field (``"tool_calls[0].function.name"``),
+    ``None`` for the message as a whole."""
+
+    def __init__(self, message: str, index: int, field: str | None = None) -> None:
+        self.index = index
+        self.field = field
+        self.reason = message
+        where = f"messages[{index}]" + (f".{field}" if field else "")
+        super().__init__(f"{where}: {message}")
 
 
 class ConfigError(StructgenError):

@@ -5,17 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
-from structgen.errors import StructgenError
+# chat messages are parsed in one place (structgen/messages.py); named here as before
+from structgen.messages import Message as Message
+from structgen.messages import normalize_messages as normalize_messages
 
 OutputKind = Literal["json", "regex", "choice", "grammar"]
 ToolChoice = str  # "auto" | "required" | the name of one tool
-
-
-class Message(TypedDict):
-    role: str
-    content: str
 
 
 @dataclass(frozen=True)
@@ -79,24 +76,6 @@ class Sampling:
 
 
 SAMPLING_KEYS = frozenset({"temperature", "top_p", "seed", "max_tokens", "stop"})
-
-
-def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[Message]:
-    """Turn a prompt string or a list of chat messages into a validated message list."""
-    if isinstance(prompt_or_messages, str):
-        return [{"role": "user", "content": prompt_or_messages}]
-    if not isinstance(prompt_or_messages, Sequence) or not prompt_or_messages:
-        raise StructgenError("prompt_or_messages must be a non-empty str or list of messages")
-    out: list[Message] = []
-    for i, m in enumerate(prompt_or_messages):
-        role = m.get("role") if isinstance(m, dict) else getattr(m, "role", None)
-        content = m.get("content") if isinstance(m, dict) else getattr(m, "content", None)
-        if role not in {"system", "user", "assistant", "tool"} or not isinstance(content, str):
-            raise StructgenError(
-                f"message {i} must have role in system/user/assistant/tool and str content"
-            )
-        out.append({"role": role, "content": content})
-    return out
 
 
 @dataclass(frozen=True)

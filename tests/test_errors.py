@@ -159,7 +159,6 @@ def test_schema_and_config_errors_reach_the_engine_caller() -> None:
 
 @pytest.mark.parametrize(("prompt", "sampling", "words"), [
     ([], {}, "non-empty"),
-    ([{"role": "wizard", "content": "hi"}], {}, "message 0"),
     ("hi", {"temprature": 0.5}, "unknown sampling parameter"),
     ("hi", {"top_p": 0}, "top_p"),
 ])

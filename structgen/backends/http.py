@@ -59,6 +59,7 @@ from structgen.errors import (
     BackendUnavailable,
     ConfigError,
 )
+from structgen.messages import hermes_messages
 from structgen.schema.support import WHOLE_OUTPUT
 from structgen.types import Sampling
 
@@ -598,9 +599,10 @@ def render_prompt(request: GenerationRequest) -> str:
 
     One user message is sent as is. A conversation is rendered as ``role: content``
     lines ending with ``assistant:``; a server that knows the model's chat template
-    should be called through its chat endpoint instead (the default everywhere).
+    should be called through its chat endpoint instead (the default everywhere). Earlier
+    tool calls and results are written in the Hermes layout.
     """
-    msgs = request.messages
+    msgs = hermes_messages(request.messages)
     if len(msgs) == 1 and msgs[0]["role"] == "user":
         return msgs[0]["content"]
     lines = [f"{m['role']}: {m['content']}" for m in msgs]

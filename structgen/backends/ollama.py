@@ -28,6 +28,7 @@ from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
 from structgen.backends.capabilities import TOOL_CALLING
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
+from structgen.messages import ollama_messages
 from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/api/chat"
@@ -106,7 +107,7 @@ class OllamaBackend(http.HTTPBackend):
         body: dict[str, Any] = {"model": model, "stream": stream, "options": options}
         if self.section.endpoint == "chat":
             path = CHAT_PATH
-            body["messages"] = [dict(m) for m in request.messages]
+            body["messages"] = ollama_messages(request.messages)
         else:
             path = GENERATE_PATH
             body["prompt"] = http.render_prompt(request)

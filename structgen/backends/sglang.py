@@ -31,6 +31,7 @@ from structgen.backends.base import Finished, GenerationRequest, GenerationResul
 from structgen.backends.capabilities import TOOL_CALLING
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
+from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
 from structgen.types import ToolTurn
 
@@ -119,7 +120,7 @@ class SGLangBackend(http.HTTPBackend):
     def _chat_body(self, request: GenerationRequest, constraint: dict[str, Any],
                    stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model_for(request) or "default",
-                                "messages": [dict(m) for m in request.messages],
+                                "messages": openai_messages(request.messages),
                                 **http.sampling_fields(request.sampling), "stream": stream}
         if "json_schema" in constraint:
             out = request.output

@@ -31,6 +31,7 @@ from structgen.backends.base import Finished, GenerationRequest, GenerationResul
 from structgen.backends.capabilities import TOOL_CALLING, PostEntries, relax_for
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
+from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
 from structgen.types import RawToolCall, ToolTurn
 
@@ -118,7 +119,7 @@ class VLLMBackend(http.HTTPBackend):
         body: dict[str, Any] = {"model": await self._model(request)}
         if self.section.endpoint == "chat":
             path = CHAT_PATH
-            body["messages"] = [dict(m) for m in request.messages]
+            body["messages"] = openai_messages(request.messages)
             if request.reasoning:
                 body["chat_template_kwargs"] = {"enable_thinking": True}
         else:

@@ -58,6 +58,7 @@ from structgen.batch import (
 )
 from structgen.engine import Engine
 from structgen.errors import BackendError, ConfigError, StructgenError, ValidationFailed
+from structgen.messages import Message, normalize_messages
 from structgen.schema.toolset import schema_tool
 from structgen.types import SAMPLING_KEYS, JsonSchema, StructuredResult, ToolCall
 from structgen.validate import dump_value
@@ -210,23 +211,15 @@ def wire_request(body: dict[str, Any], model: str | None = None) -> BatchRequest
                          "(json_schema, json_object or text)")
 
 
-def _messages(messages: Any) -> list[dict[str, Any]]:
-    """OpenAI messages as structgen's (text content; ``developer`` is a system message)."""
+def _messages(messages: Any) -> list[Message]:
+    """OpenAI messages as structgen's (:func:`structgen.messages.normalize_messages`: text
+    parts, ``developer`` as system, earlier tool calls and results)."""
     if not isinstance(messages, list) or not messages:
         raise BatchLineError('"messages" must be a non-empty list')
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise BatchLineError(f"message {i} is not an object")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: only text ones have a meaning here
-            if not all(isinstance(p, dict) and p.get("type") == "text"
-                       and isinstance(p.get("text"), str) for p in content):
-                raise BatchLineError(f"message {i}: only text content parts are supported")
-            content = "".join(p["text"] for p in content)
-        role = "system" if m.get("role") == "developer" else m.get("role")
-        out.append({"role": role, "content": content})
-    return out
+    try:
+        return normalize_messages(messages)
+    except StructgenError as exc:
+        raise BatchLineError(str(exc)) from None
 
 
 def _tool(tool: Any) -> Any:

@@ -36,6 +36,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from structgen.errors import SchemaError, ToolError
+from structgen.messages import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from structgen.schema.canonical import json_copy
 from structgen.schema.compiled import CompiledOutput, compile_output
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
@@ -43,7 +44,7 @@ from structgen.schema.pydantic_schema import model_json_schema
 from structgen.types import JsonSchema, RawToolCall, ToolCall, ToolSpec, ToolTurn
 
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-TRIGGER_OPEN, TRIGGER_CLOSE = "<tool_call>", "</tool_call>"
+TRIGGER_OPEN, TRIGGER_CLOSE = TOOL_CALL_OPEN, TOOL_CALL_CLOSE
 CHOICES = ("auto", "required")
 
 # What a tool may be given as: a Pydantic model class, a typed function, a ready ToolSpec

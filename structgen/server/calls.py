@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,12 +20,14 @@ from structgen.errors import (
     BackendTimeout,
     BackendUnavailable,
     ConfigError,
+    MessageError,
     SchemaError,
     StructgenError,
     ToolError,
     ValidationFailed,
 )
-from structgen.schema.toolset import TRIGGER_CLOSE, TRIGGER_OPEN, schema_tool
+from structgen.messages import Message, normalize_messages
+from structgen.schema.toolset import schema_tool
 from structgen.types import Choice, Grammar, Regex, StructuredResult, ToolCall, ToolSpec
 from structgen.validate import dump_value
 
@@ -52,6 +54,9 @@ def status_of(exc: StructgenError) -> ApiError:
         return ApiError(400, str(exc), "invalid_schema", param=exc.pointer or None)
     if isinstance(exc, ToolError):
         return ApiError(400, str(exc), "invalid_tool", param=exc.tool)
+    if isinstance(exc, MessageError):
+        where = f"messages[{exc.index}]" + (f".{exc.field}" if exc.field else "")
+        return ApiError(400, str(exc), param=where)
     if isinstance(exc, BackendTimeout):
         return ApiError(504, str(exc), "backend_timeout")
     if isinstance(exc, BackendUnavailable):
@@ -67,7 +72,7 @@ def status_of(exc: StructgenError) -> ApiError:
 class Call:
     """One request as the engine takes it. ``output`` None and no ``tools``: plain text."""
 
-    messages: list[dict[str, str]]
+    messages: list[Message]
     output: Any = None
     tools: list[ToolSpec] | None = None
     tool_choice: str = "auto"
@@ -129,22 +134,13 @@ def function_tool(name: Any, parameters: Any, description: Any) -> ToolSpec:
         raise status_of(exc) from None
 
 
-def tool_call_text(calls: Sequence[tuple[str, Any]]) -> str:
-    """An earlier assistant turn's tool calls as the model wrote them: the Hermes
-    ``<tool_call>`` blocks the tools prompt asks for (structgen/schema/toolset.py)."""
-    return "\n".join(f"{TRIGGER_OPEN}\n"
-                     f"{json.dumps({'name': n, 'arguments': a}, ensure_ascii=False)}\n"
-                     f"{TRIGGER_CLOSE}" for n, a in calls)
-
-
-def parse_arguments(text: Any) -> Any:
-    """A tool call's ``arguments`` as sent back by a client (OpenAI: JSON text)."""
-    if not isinstance(text, str):
-        return text
+def chat_messages(messages: list[dict[str, Any]]) -> list[Message]:
+    """A request's messages as the engine takes them, earlier tool calls and results
+    included (:func:`structgen.messages.normalize_messages`, the Python API's own parser)."""
     try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "a tool call's arguments are not JSON", param="messages") from None
+        return normalize_messages(messages)
+    except StructgenError as exc:
+        raise status_of(exc) from None
 
 
 def model_route(engine: Engine, name: str) -> tuple[str | None, str | None]:

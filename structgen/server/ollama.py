@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from structgen import __version__
 from structgen.engine import Engine
+from structgen.messages import Message
 from structgen.server.calls import (
     ApiError,
     Call,
     answer,
     calls_of,
+    chat_messages,
     content_of,
     dump_json,
     function_tool,
@@ -30,7 +32,6 @@ from structgen.server.calls import (
     served_models,
     stable_prefix,
     stream,
-    tool_call_text,
 )
 from structgen.types import StructuredResult, ToolCall
 
@@ -67,6 +68,7 @@ class WireOllamaMessage(_Wire):
     content: str | None = ""
     images: list[Any] | None = None
     tool_calls: list[WireOllamaToolCall] | None = None
+    tool_name: str | None = None  # a tool result: the tool that gave it
 
 
 class WireOllamaOptions(_Wire):
@@ -114,7 +116,7 @@ def _parse(model: type[Any], body: dict[str, Any]) -> Any:
         raise ApiError(400, f"{where}: {err['msg']}", param=where) from None
 
 
-def _call(engine: Engine, model: str, messages: list[dict[str, str]], fmt: Any,
+def _call(engine: Engine, model: str, messages: list[Message], fmt: Any,
           options: WireOllamaOptions | None, think: bool | str | None) -> Call:
     backend, routed = model_route(engine, model)
     sampling: dict[str, Any] = {}
@@ -136,16 +138,9 @@ def _call(engine: Engine, model: str, messages: list[dict[str, str]], fmt: Any,
 
 
 def chat_call(engine: Engine, req: WireOllamaChat) -> Call:
-    messages = []
-    for m in req.messages:
-        if m.images:
-            raise ApiError(400, "images are not served", param="messages")
-        content = m.content or ""
-        if m.tool_calls:
-            calls = tool_call_text([(c.function.name, c.function.arguments)
-                                    for c in m.tool_calls])
-            content = f"{content}\n{calls}" if content else calls
-        messages.append({"role": m.role, "content": content})
+    if any(m.images for m in req.messages):
+        raise ApiError(400, "images are not served", param="messages")
+    messages = chat_messages([m.model_dump(exclude_none=True) for m in req.messages])
     call = _call(engine, req.model, messages, req.format, req.options, req.think)
     if req.tools:
         if call.output is not None:
@@ -156,8 +151,8 @@ def chat_call(engine: Engine, req: WireOllamaChat) -> Call:
 
 
 def generate_call(engine: Engine, req: WireOllamaGenerate) -> Call:
-    messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
-        {"role": "user", "content": req.prompt}]
+    messages: list[Message] = [{"role": "system", "content": req.system}] if req.system else []
+    messages.append({"role": "user", "content": req.prompt})
     return _call(engine, req.model, messages, req.format, req.options, req.think)
 
 

@@ -25,16 +25,15 @@ from structgen.server.calls import (
     answer,
     call_id,
     calls_of,
+    chat_messages,
     content_of,
     dump_json,
     function_tool,
     model_route,
-    parse_arguments,
     provenance,
     served_models,
     stable_prefix,
     stream,
-    tool_call_text,
 )
 from structgen.types import Choice, Grammar, JsonSchema, Regex, StructuredResult, ToolCall
 
@@ -129,8 +128,8 @@ def to_call(engine: Engine, req: WireChatRequest) -> Call:
                         ("top_p", req.top_p), ("seed", req.seed), ("stop", req.stop)):
         if value is not None:
             sampling[name] = value
-    call = Call(messages=[_message(m) for m in req.messages], backend=backend, model=model,
-                sampling=sampling)
+    call = Call(messages=chat_messages([m.model_dump(exclude_none=True) for m in req.messages]),
+                backend=backend, model=model, sampling=sampling)
     call.output = _output(req)
     if req.tools and req.tool_choice != "none":
         if call.output is not None:
@@ -142,25 +141,6 @@ def to_call(engine: Engine, req: WireChatRequest) -> Call:
         # OpenAI's default is true; here one call unless the client asks for several
         call.parallel = bool(req.parallel_tool_calls)
     return call
-
-
-def _message(m: WireMessage) -> dict[str, str]:
-    if isinstance(m.content, list):
-        texts = []
-        for part in m.content:
-            if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(400, f"only text content parts are served, not "
-                                    f"{part.get('type')!r}", param="messages")
-            texts.append(part["text"])
-        content = "".join(texts)
-    else:
-        content = m.content or ""
-    if m.tool_calls:
-        calls = tool_call_text([(c.function.name, parse_arguments(c.function.arguments))
-                                for c in m.tool_calls])
-        content = f"{content}\n{calls}" if content else calls
-    role = "system" if m.role == "developer" else m.role
-    return {"role": role, "content": content}
 
 
 def _output(req: WireChatRequest) -> Any:

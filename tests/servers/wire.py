@@ -37,7 +37,16 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 Number = StrictInt | StrictFloat
@@ -67,9 +76,35 @@ class SGLangGenerate(_Strict):
     require_reasoning: StrictBool | None = None
 
 
-class ChatMessage(_Strict):
+class OpenAICalledFunction(_Strict):
+    name: StrictStr
+    arguments: StrictStr  # the arguments' JSON *text*, not an object
+
+
+class OpenAIToolCall(_Strict):
+    id: StrictStr
+    type: Literal["function"]
+    function: OpenAICalledFunction
+
+
+class OpenAIMessage(_Strict):
+    """A chat message as the OpenAI API takes it (vLLM, SGLang): an assistant's earlier
+    ``tool_calls`` (content then may be null), a tool result's ``tool_call_id``."""
+
     role: Literal["system", "user", "assistant", "tool"]
-    content: StrictStr
+    content: StrictStr | None
+    tool_calls: list[OpenAIToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> OpenAIMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("content is null without tool_calls")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls on a non-assistant message")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("a tool message, and only one, carries tool_call_id")
+        return self
 
 
 class JsonSchemaFormat(_Strict):
@@ -111,7 +146,7 @@ OpenAIToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 class SGLangChat(_Strict):
     model: StrictStr
-    messages: list[ChatMessage]
+    messages: list[OpenAIMessage]
     max_tokens: StrictInt | None = None
     temperature: Number | None = None
     top_p: Number | None = None
@@ -138,9 +173,28 @@ class OllamaOptions(_Strict):
     stop: list[StrictStr] | None = None
 
 
+class OllamaCalledFunction(_Strict):
+    name: StrictStr
+    arguments: dict[str, Any]  # an OBJECT, not JSON text
+
+
+class OllamaToolCall(_Strict):
+    function: OllamaCalledFunction
+
+
+class OllamaMessage(_Strict):
+    """A chat message as ``/api/chat`` takes it: an assistant's earlier ``tool_calls``,
+    a tool result's ``tool_name``."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: StrictStr
+    tool_calls: list[OllamaToolCall] | None = None
+    tool_name: StrictStr | None = None
+
+
 class OllamaChat(_Strict):
     model: StrictStr
-    messages: list[ChatMessage]
+    messages: list[OllamaMessage]
     tools: list[Tool] | None = None  # no tool_choice: Ollama has none
     stream: StrictBool | None = None
     format: dict[str, Any] | Literal["json"] | None = None  # schema OBJECT or "json"
@@ -171,7 +225,7 @@ class VLLMStructuredOutputs(_Strict):
 
 class VLLMRequest(_Strict):
     model: StrictStr
-    messages: list[ChatMessage] | None = None
+    messages: list[OpenAIMessage] | None = None
     prompt: StrictStr | None = None
     max_tokens: StrictInt | None = None
     temperature: Number | None = None

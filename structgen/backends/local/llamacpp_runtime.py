@@ -46,6 +46,7 @@ from structgen.backends.local.runtime import (
 )
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendError, BackendUnavailable
+from structgen.messages import ToolArguments, tool_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -265,11 +266,9 @@ class LlamaCppRuntime(Runtime):
 
     # Prompt ---------------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        messages, tools = chat_messages(request, self.template)
+        messages, tools = chat_messages(request, self.template, self.tool_arguments)
         if self.template:
-            text = render_chat_template(self.template, messages, self._piece(self.bos),
-                                        self._piece(next(iter(sorted(self.eos_ids)))),
-                                        tools=tools)
+            text = self.render(messages, tools)
         else:  # a base model: plain concatenation
             text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
         data = text.encode()
@@ -281,6 +280,19 @@ class LlamaCppRuntime(Runtime):
                                f"context holds with an answer (context_size="
                                f"{self.cfg.context_size} in [local])", "local")
         return ids
+
+    def render(self, messages: list[dict[str, Any]],
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """``messages`` through the model's chat template, ready for the answer."""
+        assert self.template is not None
+        return render_chat_template(self.template, messages, self._piece(self.bos),
+                                    self._piece(next(iter(sorted(self.eos_ids)))), tools=tools)
+
+    @functools.cached_property
+    def tool_arguments(self) -> ToolArguments | None:
+        """How the model's chat template takes earlier tool calls' arguments (None: it
+        does not render tool calls and results)."""
+        return tool_arguments(self.render) if self.template is not None else None
 
     def _piece(self, token: int) -> str:
         if token < 0:
@@ -679,11 +691,19 @@ def _compiled_template(template: str) -> Any:
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
+    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+               separators: Any = None, sort_keys: bool = False) -> str:
+        # Hugging Face's tojson, whose arguments templates use (Jinja's own takes indent
+        # only); its text goes into the prompt as it is, not HTML-escaped
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                          separators=separators, sort_keys=sort_keys)
+
     env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True,
                              extensions=["jinja2.ext.loopcontrols"])
     env.globals["range"] = bounded_range
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: time.strftime(fmt)
+    env.filters["tojson"] = tojson
     try:
         return env.from_string(template)
     except TemplateError as exc:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest, GenerationResult
 from structgen.constrain.base import ENGINES, GrammarConstraint, Matcher, create_constraint
+from structgen.messages import ToolArguments, hermes_messages, template_messages
 from structgen.schema.toolset import with_tools_prompt
 
 if TYPE_CHECKING:
@@ -198,15 +199,21 @@ class Runtime(ABC):
         """Free the model (called when the backend shuts down)."""
 
 
-def chat_messages(request: GenerationRequest, template: str | None
+def chat_messages(request: GenerationRequest, template: str | None,
+                  tool_arguments: ToolArguments | None = None
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(the messages, the ``tools`` to render them with) for a chat template.
 
-    A tool turn's tools go to the template when it reads a ``tools`` variable (Qwen,
-    Hermes, Llama 3.x templates); otherwise (SmolLM2's, the tiny test model's) they are
-    written into the system prompt in the Hermes layout (:func:`with_tools_prompt`), whose
-    ``<tool_call>`` tag is the trigger the ``"auto"`` grammar waits for."""
-    messages = [dict(m) for m in request.messages]
+    Earlier tool calls and results go to the template as they are when it renders them
+    (``tool_arguments``, as :func:`structgen.messages.tool_arguments` found), else as text
+    in the Hermes layout (:func:`structgen.messages.hermes_messages`), as the model is asked
+    to write its calls. A tool turn's tools go to the template when it reads a ``tools``
+    variable (Qwen, Hermes, Llama 3.x templates); otherwise (SmolLM2's, the tiny test
+    model's) they are written into the system prompt in the Hermes layout
+    (:func:`with_tools_prompt`), whose ``<tool_call>`` tag is the trigger the ``"auto"``
+    grammar waits for."""
+    messages = template_messages(request.messages, tool_arguments) if tool_arguments \
+        else hermes_messages(request.messages)
     turn = request.tools
     if turn is None:
         return messages, None

@@ -7,6 +7,7 @@ one left-padded cache with an attention mask.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from structgen.backends.local.models import load_model
 from structgen.backends.local.runtime import Batch, Runtime, Seq, chat_messages, reusable_prefix
 from structgen.constrain.base import TokenizerData
 from structgen.errors import BackendUnavailable
+from structgen.messages import ToolArguments, tool_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -57,13 +59,22 @@ class TransformersRuntime(Runtime):
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         template = getattr(self.tokenizer, "chat_template", None)
         messages, tools = chat_messages(request, template if isinstance(template, str)
-                                        else None)
+                                        else None, self.tool_arguments)
         if template:
             text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                       add_generation_prompt=True)
         else:  # a base model: plain concatenation
             text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    @functools.cached_property
+    def tool_arguments(self) -> ToolArguments | None:
+        """How the tokenizer's chat template takes earlier tool calls' arguments (None: it
+        does not render tool calls and results)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        return tool_arguments(lambda messages: self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True))
 
     # KV cache ---------------------------------------------------------------------------
     def new_cache(self) -> Any:
