@@ -49,7 +49,8 @@ class SchemaError(StructgenError):
 
 class ToolError(StructgenError):
     """A tool cannot be offered to a model: a function parameter without a type annotation,
-    ``*args``/``**kwargs``, two tools with one name, a name outside ``^[a-zA-Z0-9_-]{1,64}$``
+    ``*args``/``**kwargs``, a default its own annotation refuses (``x: int = "no"``), two
+    tools with one name, a name outside ``^[a-zA-Z0-9_-]{1,64}$``
     (what the OpenAI tools format and the grammar's name literal hold), or a
     ``tool_choice`` that names no offered tool. ``tool`` is the tool's name, when known."""
 

@@ -82,6 +82,14 @@ def _star_args(*paths: str) -> None:
     """Varargs."""
 
 
+def _bad_default(path: str, lines: int = "notint") -> None:  # type: ignore[assignment]
+    """A default its own annotation refuses."""
+
+
+def _good_defaults(path: str = "a.py", lines: int | None = None, depth: float = 1) -> None:
+    """Defaults that match (an int for a float is one)."""
+
+
 def _star_kwargs(**options: str) -> None:
     """Kwargs."""
 
@@ -94,16 +102,23 @@ class _BadName(BaseModel):
 @pytest.mark.parametrize(("tools", "message"), [
     ([_no_annotation], "parameter 'path' has no type annotation"),
     ([_star_args], "no schema"),
+    ([_bad_default], r"parameter 'lines': its default 'notint' does not match"),
     ([_star_kwargs], "no schema"),
     ([RunTests, RunTests], "two tools have this name"),
     ([lambda x: x], "must match"),
     ([_BadName], "must match"),
     ([schema_tool.__name__], "not str"),
     ([], "non-empty list"),
-], ids=["untyped", "args", "kwargs", "duplicate", "lambda", "bad-name", "str", "empty"])
+], ids=["untyped", "args", "bad-default", "kwargs", "duplicate", "lambda", "bad-name", "str",
+        "empty"])
 def test_bad_tools_raise_typed_errors(tools: list[Any], message: str) -> None:
     with pytest.raises(ToolError, match=message):
         tool_turn(tools)
+
+
+def test_defaults_that_match_their_annotations_pass() -> None:
+    spec = tool_turn([_good_defaults]).tools[0]
+    assert spec.parameters["properties"]["lines"]["default"] is None
 
 
 def test_bad_choice_and_long_name_raise_typed_errors() -> None:

@@ -124,6 +124,8 @@ def _from_function(fn: Callable[..., Any]) -> ToolSpec:
             raise ToolError(f"parameter {param.name!r} has no type annotation, so its "
                             "arguments cannot be constrained", name)
         default = ... if param.default is param.empty else param.default
+        if default is not ...:
+            _check_default(name, param.name, hints[param.name], default)
         fields[param.name] = (hints[param.name], default)
     try:
         model = pydantic.create_model(
@@ -132,6 +134,19 @@ def _from_function(fn: Callable[..., Any]) -> ToolSpec:
     except (pydantic.PydanticUserError, TypeError) as exc:
         raise ToolError(f"its parameters do not make a Pydantic model: {exc}", name) from None
     return _from_model(name, inspect.cleandoc(fn.__doc__ or ""), model)
+
+
+def _check_default(tool: str, param: str, hint: Any, default: Any) -> None:
+    """A default that its own annotation refuses (``x: int = "notint"``) would reach the
+    schema the model is shown and the call the model leaves it out of: refuse the tool."""
+    try:
+        pydantic.TypeAdapter(hint).validate_python(default)
+    except pydantic.ValidationError as exc:
+        problem = exc.errors()[0]["msg"]
+        raise ToolError(f"parameter {param!r}: its default {default!r} does not match its "
+                        f"annotation ({problem})", tool) from None
+    except (pydantic.PydanticUserError, TypeError):
+        return  # an annotation Pydantic cannot check alone: create_model says so below
 
 
 def tool_turn(tools: Sequence[ToolLike], choice: Any = "auto",
