@@ -11,6 +11,7 @@ trigger itself and the call after it comes back validated.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,45 @@ def test_auto_the_model_writes_the_trigger(engine: Engine) -> None:
               '{"name": "ReadFile", "arguments": {"path": "app.py"}}\n</tool_call>')
     read = call(engine, system, "Read the file shop/orders.py", DEBUGGER_TOOLS, "auto")
     assert read.name == "ReadFile" and read.arguments.path == "shop/orders.py"
+
+
+RUN_RESULT = ("FAILED tests/test_orders.py::test_total - KeyError: 'SKU-1042'\n"
+              "shop/orders.py:57: in total\n    price = prices[item.sku]")
+
+
+def test_debugger_loop_call_result_next_call(engine: Engine,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two turns of the debugger: it calls RunTests; the call (as structgen returned it)
+    and the test run's output go back as an assistant ``tool_calls`` turn and a ``tool``
+    result; the next request's prompt holds both (SmolLM2's template renders no tool
+    turns: the Hermes layout) and its answer is again a validated call."""
+    messages: list[Any] = [{"role": "system", "content": DEBUGGER},
+                           {"role": "user", "content": DEBUGGER_REQUEST}]
+    run = call(engine, DEBUGGER, DEBUGGER_REQUEST, DEBUGGER_TOOLS, RunTests)
+    messages += [{"role": "assistant", "content": None, "tool_calls": [run]},
+                 {"role": "tool", "content": RUN_RESULT}]
+
+    runtime = engine.backend("local").runtime(None)  # type: ignore[attr-defined]
+    assert runtime.tool_arguments is None  # SmolLM2's template: the Hermes layout
+    prompts: list[str] = []
+    rendered = runtime.prompt_ids
+
+    def recording(request: Any) -> list[int]:
+        ids = rendered(request)
+        prompts.append(runtime.text(ids))
+        return ids
+
+    monkeypatch.setattr(runtime, "prompt_ids", recording)
+    second: StructuredResult = engine.run(messages, tools=DEBUGGER_TOOLS,
+                                          tool_choice="required", backend="local",
+                                          use_cache=False, max_tokens=160)
+    print(f"\nnext: {second.raw_text}")
+    prompt = prompts[-1]
+    arguments = json.dumps(run.arguments.model_dump(mode="json", exclude_none=True))
+    # (the special tokens <|im_start|>/<|im_end|> decode to no text)
+    assert (f'assistant\n<tool_call>\n{{"name": "RunTests", "arguments": {arguments}}}\n'
+            "</tool_call>\n") in prompt
+    assert prompt.endswith(f"user\n<tool_response>\n{RUN_RESULT}\n</tool_response>\n"
+                           "assistant\n")
+    assert second.repairs == [] and isinstance(second.value, ToolCall)
+    assert type(second.value.arguments) in DEBUGGER_TOOLS
