@@ -90,7 +90,7 @@ def envelope_schema(turn: ToolTurn) -> dict[str, Any]:
 
 def tool_request(choice: str = "required", *, tools: tuple[type[BaseModel], ...] = (
                      RunTests, ReadFile), parallel: bool = False,
-                 prompt: str = "Run the tests in tests/test_app.py",
+                 prompt: str | list[Any] = "Run the tests in tests/test_app.py",
                  max_tokens: int = 64, **kw: Any) -> GenerationRequest:
     """A tool turn as the engine hands it to a backend."""
     turn = ToolTurn(tuple(tool_spec(t) for t in tools), choice, parallel)

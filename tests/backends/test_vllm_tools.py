@@ -136,3 +136,29 @@ async def test_vllm_tools_schemas_are_relaxed_and_post_enforced(vllm_tools):
     assert result.tool_calls and result.tool_calls[0].name == "Tag"
     assert len(json.loads(result.tool_calls[0].arguments)["tags"]) in (1, 2)
     await b.aclose()
+
+
+@pytest.mark.parametrize("choice", ["ReadFile", "required"])
+async def test_vllm_takes_the_history_of_calls_and_results(vllm_tools, choice):
+    """An earlier call and its result go to the real server as OpenAI messages
+    (structgen/messages.py: arguments as JSON text, the result's tool_call_id), which it
+    accepts and renders into the model's template; the next turn's call is valid."""
+    b = VLLMBackend(vllm_config(vllm_tools))
+    req = tool_request(choice, max_tokens=200, prompt=[
+        {"role": "user", "content": "Run the tests in tests/test_app.py"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "RunTests",
+                          "arguments": '{"path": "tests/test_app.py", "verbose": false}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "1 failed: test_total"}])
+    _path, body, _post = await b.build(req)
+    assert body["messages"][1]["tool_calls"][0]["function"]["arguments"] == \
+        '{"path": "tests/test_app.py", "verbose": false}'
+    assert body["messages"][2] == {"role": "tool", "content": "1 failed: test_total",
+                                   "tool_call_id": "call_1"}
+    result = await b.agenerate(req)
+    text = call_envelope(result.tool_calls) if result.tool_calls else result.text
+    value = check_envelope(req.tools, text)  # type: ignore[arg-type]
+    check_call(req.tools, value["name"], json.dumps(value["arguments"]))  # type: ignore[arg-type]
+    assert result.prompt_tokens > 0
+    await b.aclose()
