@@ -170,3 +170,25 @@ def test_a_template_that_takes_tools_gets_them(engine: Engine) -> None:
     assert '"name": "ApplyPatch"' not in messages[0]["content"]
     assert '"name": "RunTests"' in messages[0]["content"] and "Call one of" in \
         messages[0]["content"]
+
+
+def test_a_tool_result_turn_on_the_transformers_runtime(engine: Engine) -> None:
+    """The tiny model's template (ChatML-like, no tool turns) gets an earlier call and its
+    result in the Hermes layout through transformers' apply_chat_template too, and the
+    next turn is a validated call."""
+    backend = engine.backend("local")
+    runtime = backend.runtime(None)  # type: ignore[attr-defined]
+    assert type(runtime).__name__ == "TransformersRuntime" and runtime.tool_arguments is None
+    messages: list[Any] = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            ToolCall("RunTests", RunTests(target="tests/test_app.py"))]},
+        {"role": "tool", "content": "1 failed"}]
+    request = engine.build_request(messages, tools=AGENT_TOOLS, tool_choice="required")
+    prompt = runtime.tokenizer.decode(runtime.prompt_ids(request))
+    assert ('<tool_call>\n{"name": "RunTests", "arguments": {"target": "tests/test_app.py", '
+            '"scope": "file", "max_failures": 5}}\n</tool_call>') in prompt
+    assert "<tool_response>\n1 failed\n</tool_response>" in prompt
+    result = engine.run(messages, tools=AGENT_TOOLS, tool_choice="required", max_tokens=120,
+                        use_cache=False)
+    assert isinstance(result.value, ToolCall) and type(result.value.arguments) in AGENT_TOOLS
