@@ -89,7 +89,8 @@ def tiny_config(model: Path, folder: Path, cache: str | None = None, **server: o
     return (f'[llm_backend]\nprovider = "local"\nfallback = ["local"]\ntimeout_s = 600\n'
             f'[local]\nmodel = "{model}"\n[cache]\n{cache}\n'
             f'[metrics]\nstate_file = "{folder / "metrics.json"}"\n'
-            f'[server]\napi_keys = ["{KEY}"]\nmax_body_bytes = 1048576\nbody_timeout_s = 3\n'
+            f'[server]\napi_keys = ["{KEY}"]\nmax_body_bytes = 1048576\nheader_timeout_s = 3\n'
+            f'body_timeout_s = 3\n'
             f'{lines}\n')
 
 
