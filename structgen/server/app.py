@@ -265,6 +265,11 @@ def _key(request: Request) -> int | None:
     return getattr(request.state, "key", None)
 
 
+def _head_size(scope: Scope) -> int:
+    return (len(scope.get("raw_path") or b"") + len(scope["query_string"])
+            + sum(len(name) + len(value) + 4 for name, value in scope["headers"]))
+
+
 def _error(exc: ApiError, ollama_api: bool) -> JSONResponse:
     headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
     if ollama_api:
@@ -275,6 +280,10 @@ def _error(exc: ApiError, ollama_api: bool) -> JSONResponse:
 
 
 _OPEN = frozenset({"/health", "/ready"})
+# Request line and headers: h11 stops buffering an unfinished head past this (it cannot grow
+# without bound), and a finished one past it is answered 431 here (h11 lets a head that
+# arrives whole in one read through at any size)
+MAX_HEAD_BYTES = 64 * 1024
 _LOGGED_BODY = 64 * 1024  # [server] log_prompts: the first 64 kB of a body
 
 
@@ -306,12 +315,18 @@ class _Front:
             await send(message)
 
         try:
+            ollama_api = scope["path"].startswith("/api/")
+            if _head_size(scope) > MAX_HEAD_BYTES:
+                await _error(ApiError(431, f"request line and headers over {MAX_HEAD_BYTES} "
+                                           "bytes", "request_headers_too_large"),
+                             ollama_api)(scope, receive, sending)
+                return
             key = self._key(headers) if self.keys else None
             scope["state"]["key"] = key
             if self.keys and scope["path"] not in _OPEN and key is None:
                 await _error(ApiError(401, "missing or wrong API key (Authorization: Bearer "
                                            "<key>)", "invalid_api_key"),
-                             scope["path"].startswith("/api/"))(scope, receive, sending)
+                             ollama_api)(scope, receive, sending)
                 return
             await self.app(scope, receive, sending)
         finally:
@@ -343,7 +358,7 @@ def run(config: Config, host: str | None = None, port: int | None = None) -> Non
         timeout_graceful_shutdown=max(1, round(settings.drain_s)),
         http=DeadlineProtocol.configured(settings.header_timeout_s, settings.body_timeout_s),
         limit_concurrency=settings.max_connections, backlog=settings.max_connections,
-        h11_max_incomplete_event_size=64 * 1024, server_header=False, lifespan="on"))
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES, server_header=False, lifespan="on"))
     # uvicorn drains, then raises the signal it caught again under the handler that was
     # there before it: SIGTERM after a drain is a clean stop, so that handler exits 0
     signal.signal(signal.SIGTERM, _drained)

@@ -1,7 +1,8 @@
 """500 connections at once against a live ``structgen serve``: every one is answered 200,
 429 or 503 (no reset, no 500), the server stays up, and its memory stays bounded because a
-request is admitted or refused before its body is read. What the server logs: prompts
-only when asked (``[server] log_prompts``)."""
+request is admitted or refused before its body is read. What the server logs (prompts only
+when asked: ``[server] log_prompts``) and whom it lets browsers call it from (CORS only
+for ``[server] cors_origins``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ ADMITTED = 2 + 30
 # when the server read every body before refusing (as it did before admission came first).
 RSS_BOUND = 200 * 2**20
 QUESTION = "Is the flood over?"
+ORIGIN = "http://agents.example"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,8 @@ def flooded(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     folder = tmp_path_factory.mktemp("flood")
     served = start_server(folder, tiny_config(
         tiny_model_dir, folder, max_concurrency=2, max_queue=ADMITTED - 2,
-        header_timeout_s=60, body_timeout_s=60, log_prompts=True))
+        header_timeout_s=60, body_timeout_s=60, log_prompts=True,
+        cors_origins=[ORIGIN]))
     yield served
     assert served.stop() == 0, served.output()[-4000:]
 
@@ -139,3 +142,21 @@ def test_prompts_are_logged_only_when_asked(flooded: Served, tiny_server: Served
     assert "secret prompt 0451" in flooded.output()
     assert "secret prompt 0451" not in tiny_server.output()
     assert "rid-prompt" in tiny_server.output()  # its access line, without the body
+
+
+def test_cors_only_for_the_configured_origins(flooded: Served, tiny_server: Served) -> None:
+    """A browser's preflight is answered for a listed origin (before the key check: it
+    carries none), for no other origin, and not at all by a server that lists none."""
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    allowed = httpx.options(f"{flooded.url}/v1/chat/completions",
+                            headers={"Origin": ORIGIN, **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    for served, origin in ((flooded, "http://elsewhere.example"), (tiny_server, ORIGIN)):
+        refused = httpx.options(f"{served.url}/v1/chat/completions",
+                                headers={"Origin": origin, **preflight})
+        assert "access-control-allow-origin" not in refused.headers, (served.url, origin)
+        get = httpx.get(f"{served.url}/v1/models", headers={
+            "Origin": origin, "Authorization": f"Bearer {KEY}"})
+        assert get.status_code == 200 and "access-control-allow-origin" not in get.headers

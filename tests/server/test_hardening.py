@@ -159,6 +159,26 @@ def test_a_body_nobody_reads_is_dropped_at_the_timeout(tiny_server: Served) -> N
         assert client.answer.startswith(b"HTTP/1.1 401"), client.answer[:200]
 
 
+def test_headers_over_the_limit_are_refused(tiny_server: Served) -> None:
+    """Request headers are capped at 64 kB: over it, 431 when they arrive in one piece
+    (h11 takes those whole), 400 from h11 when they arrive in pieces."""
+    for size, status in ((40_000, 200), (100_000, 431)):
+        response = httpx.get(f"{tiny_server.url}/health", headers={"X-Pad": "x" * size})
+        assert response.status_code == status, size
+    response = httpx.get(f"{tiny_server.url}/api/tags", headers={"X-Pad": "x" * 100_000})
+    assert response.status_code == 431 and "65536" in response.json()["error"]
+    host, port = tiny_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        with contextlib.suppress(OSError):  # the server may close while this is sent
+            for _ in range(10):
+                sock.sendall(b"x" * 10_000)
+                time.sleep(0.05)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert httpx.get(f"{tiny_server.url}/health").status_code == 200
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"", b"[1, 2]", b"\xff\xfe", b"1" * 5000,
                                   b"[" * 100_000])
 def test_malformed_json_is_400(tiny_server: Served, body: bytes) -> None:
