@@ -295,6 +295,15 @@ def test_sigterm_answers_everything_in_flight_then_exits_0(tiny_model_dir: Path,
     else:
         pytest.fail("the 8 requests were never in flight together")
     server.proc.send_signal(signal.SIGTERM)
+    for _ in range(100):  # it stops accepting while the 8 are still being answered
+        try:
+            httpx.get(f"{server.url}/health", timeout=5)
+        except httpx.ConnectError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("still accepting connections 10 s after SIGTERM")
+    assert len(answers) < 8
     for t in threads:
         t.join(300)
     assert server.proc.wait(120) == 0, server.output()[-3000:]
