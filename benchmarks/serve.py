@@ -164,8 +164,10 @@ def write(rows: list[dict[str, Any]]) -> None:
             headline[f"serve/in-process req/s, c={c}"] = round(ratio, 3)
             lines.append(f"\nConcurrency {c}: the server's throughput is {ratio:.1%} of "
                          "in-process.")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     lines += ["", "Each mode ran once, one after the other, on a machine shared with other jobs "
-              "(2 cores): a few percent either way is within that noise. TTFT is the first "
+              f"(2 cores; load average {load} when it finished, i.e. under load): a few "
+              "percent either way is within that noise. TTFT is the first "
               "SSE event as the client sees it (server) vs the engine's first partial value "
               "(in-process); at concurrency 16 it includes the wait for a batch slot.",
               "", f"Machine: {machine_line()}"]

@@ -264,9 +264,12 @@ class ServeConfig(_Section):
     # requests one API key may have in flight (answered or waiting); past it 429. None: no
     # per-key limit
     max_concurrency_per_key: int | None = Field(default=None, ge=1)
-    # uvicorn's own connection cap (connections + tasks); past it uvicorn answers 503
+    # uvicorn's own connection cap (connections + tasks; past it uvicorn answers 503), also
+    # the listen backlog
     max_connections: int = Field(default=1024, ge=1)
-    # a client that takes longer to send its body gets 408
+    # a client that takes longer to send its request headers (from connecting, or from the
+    # request's first byte) or its body (from the headers) gets 408 and is disconnected
+    header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     timeout_keep_alive_s: float = Field(default=5.0, gt=0)
     # SIGTERM: stop accepting, finish what is in flight within drain_s, then exit

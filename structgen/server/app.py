@@ -1,9 +1,11 @@
 """The ASGI application and the uvicorn server around it.
 
-Every request passes, in order: a request id (``X-Request-Id``, the client's or a new one)
-and an access-log line; the API key check (``[server] api_keys``; ``/health`` and
-``/ready`` are open); the body read with its size and time limits; the concurrency gate
-(``max_concurrency`` at once, ``max_queue`` waiting, then 503). Errors go out in the
+Every request passes, in order: the connection's deadlines on receiving it (protocol.py:
+``header_timeout_s``, ``body_timeout_s``, then 408); a request id (``X-Request-Id``, the
+client's or a new one) and an access-log line; the API key check (``[server] api_keys``;
+``/health`` and ``/ready`` are open); admission (``max_concurrency + max_queue`` requests at
+once, then 503; ``max_concurrency_per_key``, then 429), before the body is read; the body
+read with its size limit; a slot (``max_concurrency`` answered at once). Errors go out in the
 shape of the API that was called (``/api/*``: Ollama's ``{"error": ...}``, else OpenAI's
 ``{"error": {"message", "type", "param", "code"}}``), never as a traceback.
 """
@@ -27,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,54 +39,50 @@ from structgen.engine import Engine
 from structgen.errors import ConfigError
 from structgen.server import ollama, openai
 from structgen.server.calls import ApiError
+from structgen.server.protocol import DeadlineProtocol
 
 log = logging.getLogger("structgen.server")
 
 
 class _Gate:
-    """At most ``limit`` requests answered at once, ``queue`` more waiting; past that 503.
-    One API key may have at most ``per_key`` in flight; past that 429."""
+    """Admission, before the body is read: at most ``limit + queue`` requests admitted at
+    once (past that 503), ``limit`` of them answered while the rest wait; one API key may
+    have at most ``per_key`` admitted (past that 429). Refusing before the body is read is
+    what bounds memory: only admitted requests hold a body (each under ``max_body_bytes``)."""
 
     def __init__(self, limit: int, queue: int, per_key: int | None, in_flight: Gauge) -> None:
         self._slots = asyncio.Semaphore(limit)
-        self._queue = queue
-        self._waiting = 0
+        self._room = limit + queue
+        self._admitted = 0
         self._per_key = per_key
         self._by_key: dict[int, int] = {}
         self._in_flight = in_flight
 
     @contextlib.asynccontextmanager
-    async def slot(self, key: int | None) -> AsyncIterator[None]:
-        if key is not None and self._per_key is not None:
-            if self._by_key.get(key, 0) >= self._per_key:
-                raise ApiError(429, f"this API key has {self._per_key} requests in flight "
-                                    "already, retry later", "rate_limit_exceeded")
-            self._by_key[key] = self._by_key.get(key, 0) + 1
+    async def admit(self, key: int | None) -> AsyncIterator[None]:
+        counted = key if self._per_key is not None else None
+        if counted is not None and self._by_key.get(counted, 0) >= (self._per_key or 0):
+            raise ApiError(429, f"this API key has {self._per_key} requests in flight "
+                                "already, retry later", "rate_limit_exceeded")
+        if self._admitted >= self._room:
+            raise ApiError(503, "server busy: too many requests in flight, retry later",
+                           "server_busy")
+        self._admitted += 1
+        if counted is not None:
+            self._by_key[counted] = self._by_key.get(counted, 0) + 1
         try:
             with self._in_flight.track_inprogress():
-                async with self._slot():
-                    yield
+                yield
         finally:
-            if key is not None and self._per_key is not None:
-                self._by_key[key] -= 1
+            self._admitted -= 1
+            if counted is not None:
+                self._by_key[counted] -= 1
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        if self._slots.locked():
-            if self._waiting >= self._queue:
-                raise ApiError(503, "server busy: too many requests in flight, retry later",
-                               "server_busy")
-            self._waiting += 1
-            try:
-                await self._slots.acquire()
-            finally:
-                self._waiting -= 1
-        else:
-            await self._slots.acquire()
-        try:
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the ``limit`` places where an admitted request is answered."""
+        async with self._slots:
             yield
-        finally:
-            self._slots.release()
 
 
 def api_keys(settings: ServeConfig) -> list[str]:
@@ -107,29 +105,34 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
                        ["route", "status"], registry=registry)
     gate = _Gate(settings.max_concurrency, settings.max_queue,
                  settings.max_concurrency_per_key, Gauge(
-        "structgen_http_in_flight", "Requests being answered or waiting for a slot",
+        "structgen_http_in_flight", "Requests admitted: being read, waiting for a slot or answered",
         registry=registry))
 
     async def read_json(request: Request) -> dict[str, Any]:
+        """The body as a JSON object. Its time limit is the connection's (protocol.py): past
+        it the client is answered 408 there and this read ends as a disconnect."""
         limit = settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _drain(request, settings.body_timeout_s)
+            await _drain(request)
             raise ApiError(413, f"request body over {limit} bytes", "request_too_large")
         chunks, size = [], 0
         try:
-            async with asyncio.timeout(settings.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise ApiError(413, f"request body over {limit} bytes",
-                                       "request_too_large")
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise ApiError(408, f"request body not received within "
-                                f"{settings.body_timeout_s:g} s", "request_timeout") from None
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body over {limit} bytes",
+                                   "request_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ApiError(408, "request body not received (past [server] body_timeout_s, "
+                                "or the client went away)", "request_timeout") from None
+        raw = b"".join(chunks)
+        if settings.log_prompts:
+            log.info("%s body %s", request.state.request_id,
+                     raw[:_LOGGED_BODY].decode("utf-8", "replace"))
         try:
-            body = json.loads(b"".join(chunks))
+            body = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise ApiError(400, f"body is not JSON: {str(exc)[:200]}") from None
         if not isinstance(body, dict):
@@ -153,24 +156,23 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
             return response
         return endpoint
 
-    @route
-    async def chat_completions(request: Request) -> Response:
-        req = openai.parse_request(await read_json(request))
-        if req.stream:
-            return await _streamed(request, openai.complete_stream(engine, req),
-                                   "text/event-stream")
-        async with gate.slot(_key(request)):
-            return JSONResponse(await openai.complete(engine, req))
-
-    async def _streamed(request: Request, lines: AsyncIterator[str],
-                        media_type: str) -> Response:
-        """The gate is held until the last line is sent (or the client goes away)."""
-        gate_cm = gate.slot(_key(request))
-        await gate_cm.__aenter__()
+    async def answer(request: Request, parse: Any, stream: Any, whole: Any,
+                     media_type: str) -> Response:
+        """One generating route: admitted first (503/429 before its body is read), then
+        the body parsed, then a slot to answer in, held until the answer is sent; for a
+        stream, until its last line (or the client going away)."""
+        held = contextlib.AsyncExitStack()
+        await held.enter_async_context(gate.admit(_key(request)))
         try:
+            req = parse(await read_json(request))
+            await held.enter_async_context(gate.slot())
+            if not req.stream:
+                async with held:
+                    return JSONResponse(await whole(engine, req))
+            lines = stream(engine, req)
             first = await anext(lines)  # a request error is still an HTTP status here
-        except BaseException as exc:
-            await gate_cm.__aexit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await held.aclose()
             raise
 
         async def events() -> AsyncIterator[str]:
@@ -179,27 +181,25 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
                 async for line in lines:
                     yield line
             finally:
-                await lines.aclose()  # type: ignore[attr-defined]
-                await gate_cm.__aexit__(None, None, None)
+                await lines.aclose()
+                await held.aclose()
 
         return StreamingResponse(events(), media_type=media_type)
 
-    async def _ollama(request: Request, parse: Any, stream: Any, answer: Any) -> Response:
-        """One Ollama route: NDJSON lines when the request streams, else one answer."""
-        req = parse(await read_json(request))
-        if req.stream:
-            return await _streamed(request, stream(engine, req), "application/x-ndjson")
-        async with gate.slot(_key(request)):
-            return JSONResponse(await answer(engine, req))
+    @route
+    async def chat_completions(request: Request) -> Response:
+        return await answer(request, openai.parse_request, openai.complete_stream,
+                            openai.complete, "text/event-stream")
 
     @route
     async def api_chat(request: Request) -> Response:
-        return await _ollama(request, ollama.parse_chat, ollama.chat_stream, ollama.chat)
+        return await answer(request, ollama.parse_chat, ollama.chat_stream, ollama.chat,
+                            "application/x-ndjson")
 
     @route
     async def api_generate(request: Request) -> Response:
-        return await _ollama(request, ollama.parse_generate, ollama.generate_stream,
-                             ollama.generate)
+        return await answer(request, ollama.parse_generate, ollama.generate_stream,
+                            ollama.generate, "application/x-ndjson")
 
     @route
     async def v1_models(request: Request) -> Response:
@@ -252,18 +252,22 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
     ], middleware=middleware, lifespan=lifespan)
 
 
-async def _drain(request: Request, timeout_s: float) -> None:
-    """Read and drop a refused body (bounded by time), so the client gets the 413 and not
-    a reset connection while it is still sending."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(timeout_s):
-            async for _ in request.stream():
-                pass
+async def _drain(request: Request) -> None:
+    """Read and drop a refused body (its time bounded by the connection's body deadline),
+    so the client gets the 413 and not a reset connection while it is still sending."""
+    with contextlib.suppress(ClientDisconnect):
+        async for _ in request.stream():
+            pass
 
 
 def _key(request: Request) -> int | None:
     """Which configured key the request carried (its index; None when none are asked)."""
     return getattr(request.state, "key", None)
+
+
+def _head_size(scope: Scope) -> int:
+    return (len(scope.get("raw_path") or b"") + len(scope["query_string"])
+            + sum(len(name) + len(value) + 4 for name, value in scope["headers"]))
 
 
 def _error(exc: ApiError, ollama_api: bool) -> JSONResponse:
@@ -276,6 +280,11 @@ def _error(exc: ApiError, ollama_api: bool) -> JSONResponse:
 
 
 _OPEN = frozenset({"/health", "/ready"})
+# Request line and headers: h11 stops buffering an unfinished head past this (it cannot grow
+# without bound), and a finished one past it is answered 431 here (h11 lets a head that
+# arrives whole in one read through at any size)
+MAX_HEAD_BYTES = 64 * 1024
+_LOGGED_BODY = 64 * 1024  # [server] log_prompts: the first 64 kB of a body
 
 
 class _Front:
@@ -306,12 +315,18 @@ class _Front:
             await send(message)
 
         try:
+            ollama_api = scope["path"].startswith("/api/")
+            if _head_size(scope) > MAX_HEAD_BYTES:
+                await _error(ApiError(431, f"request line and headers over {MAX_HEAD_BYTES} "
+                                           "bytes", "request_headers_too_large"),
+                             ollama_api)(scope, receive, sending)
+                return
             key = self._key(headers) if self.keys else None
             scope["state"]["key"] = key
             if self.keys and scope["path"] not in _OPEN and key is None:
                 await _error(ApiError(401, "missing or wrong API key (Authorization: Bearer "
                                            "<key>)", "invalid_api_key"),
-                             scope["path"].startswith("/api/"))(scope, receive, sending)
+                             ollama_api)(scope, receive, sending)
                 return
             await self.app(scope, receive, sending)
         finally:
@@ -341,8 +356,9 @@ def run(config: Config, host: str | None = None, port: int | None = None) -> Non
         app, host=host or settings.host, port=port or settings.port, access_log=False,
         log_level="info", timeout_keep_alive=int(max(1, settings.timeout_keep_alive_s)),
         timeout_graceful_shutdown=max(1, round(settings.drain_s)),
-        limit_concurrency=settings.max_connections, h11_max_incomplete_event_size=64 * 1024,
-        server_header=False, lifespan="on"))
+        http=DeadlineProtocol.configured(settings.header_timeout_s, settings.body_timeout_s),
+        limit_concurrency=settings.max_connections, backlog=settings.max_connections,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES, server_header=False, lifespan="on"))
     # uvicorn drains, then raises the signal it caught again under the handler that was
     # there before it: SIGTERM after a drain is a clean stop, so that handler exits 0
     signal.signal(signal.SIGTERM, _drained)

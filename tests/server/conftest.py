@@ -4,6 +4,7 @@ model is loaded), stopped by its own PID."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -83,14 +84,16 @@ def start_server(folder: Path, config: str, *, ready_s: float = 600) -> Served:
 
 def tiny_config(model: Path, folder: Path, cache: str | None = None, **server: object) -> str:
     """A config serving ``model`` from the embedded backend; the result cache on disk in
-    ``folder`` unless ``cache`` gives the ``[cache]`` table; ``server``: more [server] keys."""
-    lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in server.items())
+    ``folder`` unless ``cache`` gives the ``[cache]`` table; ``server``: [server] keys over
+    the tests' own (one key, a 1 MB body limit, 3 s to send headers and body)."""
+    server = {"api_keys": [KEY], "max_body_bytes": 1048576, "header_timeout_s": 3,
+              "body_timeout_s": 3, **server}
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in server.items())  # TOML too
     cache = cache or f'backend = "disk"\ndir = "{folder / "cache"}"'
     return (f'[llm_backend]\nprovider = "local"\nfallback = ["local"]\ntimeout_s = 600\n'
             f'[local]\nmodel = "{model}"\n[cache]\n{cache}\n'
             f'[metrics]\nstate_file = "{folder / "metrics.json"}"\n'
-            f'[server]\napi_keys = ["{KEY}"]\nmax_body_bytes = 1048576\nbody_timeout_s = 3\n'
-            f'{lines}\n')
+            f'[server]\n{lines}\n')
 
 
 @pytest.fixture(scope="package")

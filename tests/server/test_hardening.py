@@ -3,6 +3,7 @@ status in the API's own shape, never a traceback; SIGTERM finishes what is in fl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -86,6 +87,95 @@ def test_a_body_sent_one_byte_at_a_time_is_dropped_at_the_timeout(tiny_server: S
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert httpx.get(f"{tiny_server.url}/health").status_code == 200
+
+
+class Trickle:
+    """A raw connection that sends ``head`` at once, then ``rest`` one byte per tick, and
+    records what comes back until the server closes it."""
+
+    def __init__(self, server: Served, head: bytes, rest: bytes) -> None:
+        host, port = server.url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.sock.sendall(head)
+        self.sock.setblocking(False)
+        self.rest = rest
+        self.answer = b""
+        self.closed_after: int | None = None  # ticks until the server closed it
+
+    def tick(self, n: int) -> None:
+        if self.closed_after is not None:
+            return
+        try:
+            while chunk := self.sock.recv(65536):
+                self.answer += chunk
+            self.closed_after = n  # b"": the server closed the connection
+        except BlockingIOError:
+            if n < len(self.rest):
+                with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                    self.sock.send(self.rest[n:n + 1])
+        except ConnectionResetError:
+            self.closed_after = n
+        if self.closed_after is not None:
+            self.sock.close()
+
+
+def trickle(server: Served, clients: list[Trickle], ticks: int) -> None:
+    """One byte a second on every client while another client is answered each second."""
+    for n in range(ticks):
+        for client in clients:
+            client.tick(n)
+        if all(c.closed_after is not None for c in clients):
+            return
+        assert httpx.get(f"{server.url}/health", timeout=30).status_code == 200
+        time.sleep(1)
+
+
+def test_headers_sent_one_byte_a_second_are_dropped_at_the_timeout(tiny_server: Served
+                                                                  ) -> None:
+    """[server] header_timeout_s is 3 s here: 20 clients trickling their request line
+    (80 s to send it whole) and one that sends nothing are answered 408 and closed within
+    the timeout and a margin, while other clients are served; uvicorn alone waits for
+    ever."""
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+               f"{KEY}\r\nContent-Type: application/json\r\n\r\n").encode()
+    clients = [Trickle(tiny_server, b"", request) for _ in range(20)]
+    clients.append(Trickle(tiny_server, b"", b""))
+    trickle(tiny_server, clients, 20)
+    for client in clients:
+        assert client.closed_after is not None and client.closed_after <= 10, client.answer
+        assert client.answer.startswith(b"HTTP/1.1 408"), client.answer[:200]
+
+
+def test_a_body_nobody_reads_is_dropped_at_the_timeout(tiny_server: Served) -> None:
+    """Without a key the answer (401) goes out before the body is read; a client that
+    goes on trickling that body is still closed at body_timeout_s (3 s) + a margin."""
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/json\r\nContent-Length: 1000\r\n\r\n")
+    clients = [Trickle(tiny_server, head, b" " * 1000) for _ in range(5)]
+    trickle(tiny_server, clients, 20)
+    for client in clients:
+        assert client.closed_after is not None and client.closed_after <= 10, client.answer
+        assert client.answer.startswith(b"HTTP/1.1 401"), client.answer[:200]
+
+
+def test_headers_over_the_limit_are_refused(tiny_server: Served) -> None:
+    """Request headers are capped at 64 kB: over it, 431 when they arrive in one piece
+    (h11 takes those whole), 400 from h11 when they arrive in pieces."""
+    for size, status in ((40_000, 200), (100_000, 431)):
+        response = httpx.get(f"{tiny_server.url}/health", headers={"X-Pad": "x" * size})
+        assert response.status_code == status, size
+    response = httpx.get(f"{tiny_server.url}/api/tags", headers={"X-Pad": "x" * 100_000})
+    assert response.status_code == 431 and "65536" in response.json()["error"]
+    host, port = tiny_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        with contextlib.suppress(OSError):  # the server may close while this is sent
+            for _ in range(10):
+                sock.sendall(b"x" * 10_000)
+                time.sleep(0.05)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert httpx.get(f"{tiny_server.url}/health").status_code == 200
 
 
@@ -205,6 +295,15 @@ def test_sigterm_answers_everything_in_flight_then_exits_0(tiny_model_dir: Path,
     else:
         pytest.fail("the 8 requests were never in flight together")
     server.proc.send_signal(signal.SIGTERM)
+    for _ in range(100):  # it stops accepting while the 8 are still being answered
+        try:
+            httpx.get(f"{server.url}/health", timeout=5)
+        except httpx.ConnectError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("still accepting connections 10 s after SIGTERM")
+    assert len(answers) < 8
     for t in threads:
         t.join(300)
     assert server.proc.wait(120) == 0, server.output()[-3000:]
