@@ -52,8 +52,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(folder: Path, config: str, *, ready_s: float = 600) -> Served:
-    """``structgen serve`` with ``config`` (TOML text), once ``/ready`` says 200."""
+def start_server(folder: Path, config: str, *, ready_s: float = 600,
+                 wait_for: str = "/ready") -> Served:
+    """``structgen serve`` with ``config`` (TOML text), once ``wait_for`` says 200."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.toml"
     path.write_text(config)
@@ -72,7 +73,7 @@ def start_server(folder: Path, config: str, *, ready_s: float = 600) -> Served:
             raise AssertionError(f"structgen serve exited {proc.returncode}:\n"
                                  f"{served.output()[-4000:]}")
         try:
-            if httpx.get(f"{served.url}/ready", timeout=ready_s).status_code == 200:
+            if httpx.get(f"{served.url}{wait_for}", timeout=ready_s).status_code == 200:
                 return served
         except httpx.TransportError:
             pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -42,5 +43,23 @@ def test_a_stopped_vllm_falls_back_to_local(tiny_model_dir: Path, tmp_path: Path
             client.chat.completions.create(model="tiny", max_tokens=10, messages=[
                 {"role": "user", "content": "x"}], response_format={"type": "json_object"})
         assert info.value.status_code == 503
+    finally:
+        assert served.stop() == 0, served.output()[-3000:]
+
+
+def test_ready_is_503_while_no_backend_can_serve(tmp_path: Path) -> None:
+    """Only a vLLM server is configured and its port is closed: the process is live
+    (``/health`` 200) but not ready (``/ready`` 503 in OpenAI's error shape), so a load
+    balancer sends it nothing."""
+    config = (f'[llm_backend]\nprovider = "vllm"\nfallback = ["vllm"]\ntimeout_s = 5\n'
+              f'[vllm]\nbase_url = "http://127.0.0.1:{free_port()}"\nmodel = "tiny"\n'
+              'retries = 0\nconnect_timeout_s = 1\n[cache]\nbackend = "none"\n'
+              f'[metrics]\nstate_file = "{tmp_path / "metrics.json"}"\n'
+              f'[server]\napi_keys = ["{KEY}"]\n')
+    served = start_server(tmp_path, config, ready_s=120, wait_for="/health")
+    try:
+        ready = httpx.get(f"{served.url}/ready", timeout=60)
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["error"]["type"] == "backend_unavailable"
     finally:
         assert served.stop() == 0, served.output()[-3000:]
