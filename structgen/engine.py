@@ -20,7 +20,7 @@ import time
 import typing
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,19 +176,21 @@ class Engine:
                                  allow_truncated: bool = False) -> StructuredResult:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
         assert request.output is not None
-        gen, trail = await self._route(request, backend, start)
-        as_envelope(gen, request)
-        return await self._settle(gen, request, trail, start, key, allow_truncated)
+        with self._booked(request, start):
+            gen, trail = await self.router.agenerate(request, backend=backend)
+            as_envelope(gen, request)
+            return await self._settle(gen, request, trail, start, key, allow_truncated)
 
-    async def _route(self, request: GenerationRequest, backend: str | None, start: float
-                     ) -> tuple[GenerationResult, list[BackendAttempt]]:
-        """Generate through the router, the request's deadline starting now; a failure is
-        recorded in the metrics before it is raised."""
-        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
+    @contextlib.contextmanager
+    def _booked(self, request: GenerationRequest, start: float) -> Generator[None, None, None]:
+        """A call, a stream or a text request that fails is recorded in the metrics (once,
+        wherever it failed: routing, the stream, validation) before it is raised."""
         try:
-            return await self.router.agenerate(request, backend=backend)
+            yield
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            if isinstance(exc, ValidationFailed):  # a backend that failed made no call
+                self.metrics.record_tool_calls(request, exc.raw_text, valid=False)
             raise
 
     async def _settle(self, gen: GenerationResult, request: GenerationRequest,
@@ -196,13 +198,7 @@ class Engine:
                       allow_truncated: bool) -> StructuredResult:
         """The last steps of a call and of a stream alike: finalize ``gen`` (validate,
         repair, re-ask), store a whole value under ``key``, record the request."""
-        try:
-            repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            if isinstance(exc, ValidationFailed):  # a backend that failed made no call
-                self.metrics.record_tool_calls(request, exc.raw_text, valid=False)
-            raise
+        repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         result = _structured(gen, repaired, trail, start, key)
         if key is not None and not result.truncated:  # a cut value is never served again
             await asyncio.to_thread(self.cache.put, key, request, result)
@@ -238,7 +234,8 @@ class Engine:
         start = time.perf_counter()
         request = self._request(prompt_or_messages, None, model=model, reasoning=reasoning,
                                 **sampling)
-        gen, trail = await self._route(request, backend, start)
+        with self._booked(request, start):
+            gen, trail = await self.router.agenerate(request, backend=backend)
         result = StructuredResult(
             value=gen.text, raw_text=gen.text, backend=gen.backend, model=gen.model,
             attempts=trail, reasoning_text=gen.reasoning_text,
@@ -303,12 +300,18 @@ class Engine:
             hit = _tool_result(request, hit)
             yield hit if final_result else hit.value
             return
-        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
-        try:
-            name, stream, first, trail = await self.router.open_stream(request, backend)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
+        with self._booked(request, start):
+            async with contextlib.aclosing(self._routed_stream(
+                    request, backend, key, start, allow_truncated, final_result)) as items:
+                async for item in items:
+                    yield item
+
+    async def _routed_stream(self, request: GenerationRequest, backend: str | None,
+                             key: str | None, start: float, allow_truncated: bool,
+                             final_result: bool) -> AsyncGenerator[Any, None]:
+        """:meth:`astream` past the cache: the partial values, then the final one."""
+        assert request.output is not None
+        opened = await self.router.open_stream(request, backend)
         ttft = time.perf_counter() - start
         as_partial = (partial_tool_value(request.tools) if request.tools is not None
                       else _partial_builder(request.output))
@@ -317,7 +320,7 @@ class Engine:
         reported: tuple[PostEnforced, ...] | None = None
         last: Any = None
         parsed = 0  # the length of the text last parsed
-        chunks = [first]
+        chunks = [opened.first]
         try:
             while True:
                 for chunk in chunks:
@@ -336,24 +339,23 @@ class Engine:
                         last = current
                         yield current
                 try:
-                    chunks.append(await anext(stream))
+                    chunks.append(await anext(opened.chunks))
                 except StopAsyncIteration:
                     break
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
         finally:
             # the consumer stopped early (break, aclose) or the stream failed: end the
             # backend's request now, not whenever the generator is collected
-            await stream.aclose()  # type: ignore[attr-defined]
+            await opened.chunks.aclose()  # type: ignore[attr-defined]
         # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce,
-        # as the backend reported it (or as its capabilities say, when it did not).
-        gen = GenerationResult(text=text, backend=name, model=request.model or "",
-                               finish_reason=finish, latency_s=time.perf_counter() - start,
-                               ttft_s=ttft, post_enforced=reported if reported is not None
-                               else unenforced(request.output,
-                                               self.backend(name).capabilities()))
-        result = await self._settle(gen, request, trail, start, key, allow_truncated)
+        # as the backend reported it (or as its capabilities say, when it did not), and the
+        # thinking kept out of the answer.
+        name = opened.backend
+        gen = opened.finished(GenerationResult(
+            text=text, backend=name, model=request.model or "", finish_reason=finish,
+            latency_s=time.perf_counter() - start, ttft_s=ttft,
+            post_enforced=reported if reported is not None
+            else unenforced(request.output, self.backend(name).capabilities())))
+        result = await self._settle(gen, request, opened.trail, start, key, allow_truncated)
         yield result if final_result else result.value
 
     def stream(self, prompt_or_messages: str | Sequence[Any], output: Any = None,
