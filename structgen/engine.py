@@ -152,7 +152,7 @@ class Engine:
         assert request.output is not None
         if not (use_cache and self.cache.cacheable(request)):
             return None, None
-        key = self.cache.key(request, backend=backend)
+        key = self.cache_key(request, backend)
         # Routed: a fallback's cached answer only while the backends it stood in for are down.
         hit = self.cache.get(key, request.output,
                              down=self.router.known_down if backend is None else None)
@@ -161,6 +161,12 @@ class Engine:
             self.metrics.record_cache_hit(request, hit)
             self.metrics.record_tool_calls(request, hit.raw_text, valid=True)
         return key, hit
+
+    def cache_key(self, request: GenerationRequest, backend: str | None = None) -> str:
+        """The result cache's key for ``request``: routed (no ``backend``) it names the
+        models of the chain the router would try, as the router orders it."""
+        return self.cache.key(request, [self.router.model_id(name)
+                                        for name in self.router.order(backend)])
 
     async def _acache_lookup(self, request: GenerationRequest, backend: str | None,
                              use_cache: bool, start: float
@@ -388,7 +394,7 @@ def _open_cache(config: Config) -> ResultCache | NullCache:
     """The result cache, or none when its store cannot be opened (a read-only or full
     disk, a damaged cache.db, Redis down): a cache failure never fails a request."""
     try:
-        return open_result_cache(config.cache, config)
+        return open_result_cache(config.cache)
     except CacheError as exc:
         log.warning("result cache disabled: %s", exc)
         return NullCache()

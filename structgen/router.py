@@ -50,7 +50,7 @@ from typing import Any, Literal, TypeVar
 
 from structgen.backends import Backend, GenerationRequest, GenerationResult
 from structgen.backends.pool import BackendPool
-from structgen.config import Config
+from structgen.config import DEFAULT_LOCAL_MODEL, Config
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -161,6 +161,15 @@ class Router:
             return True
         section = getattr(self.config, name, None)
         return bool(getattr(section, "base_url", None))
+
+    def model_id(self, name: str) -> str:
+        """The model backend ``name`` answers with when a request names none, as configured
+        (``"vllm:Qwen/Qwen3-8B"``; a server without ``model`` by its address)."""
+        section = getattr(self.config, name, None)
+        model = getattr(section, "model", None) or getattr(section, "base_url", None)
+        if name == "local":
+            model = model or DEFAULT_LOCAL_MODEL
+        return f"{name}:{model or ''}"
 
     def breaker(self, name: str) -> CircuitBreaker:
         if name not in self.breakers:

@@ -122,7 +122,7 @@ def read_items(path: Path, engine: Engine, *, backend: str | None = None,
             if not engine.cache.cacheable(item.request):
                 raise WarmupLineError(
                     "not cacheable: temperature > 0 needs a seed (or [cache] cache_sampled)")
-            item.key = engine.cache.key(item.request, backend=item.backend)
+            item.key = engine.cache_key(item.request, item.backend)
         except StructgenError as exc:
             item.error = exc
         except Exception as exc:  # a bad value deep in a spec (e.g. a TypeError)
