@@ -10,6 +10,7 @@ from typing import Any, Literal, TypedDict
 from structgen.errors import StructgenError
 
 OutputKind = Literal["json", "regex", "choice", "grammar"]
+ALL_KINDS: frozenset[OutputKind] = frozenset({"json", "regex", "choice", "grammar"})
 ToolChoice = str  # "auto" | "required" | the name of one tool
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from structgen.registry import BACKENDS
 from structgen.types import Message, OutputKind, RawToolCall, Sampling, ToolTurn
 
 if TYPE_CHECKING:
@@ -129,6 +130,13 @@ class BackendBase:
     """Shared sync wrappers; subclasses implement the async methods."""
 
     name: str = "base"
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        """``class TinyBackend(BackendBase, name="tiny")`` registers it (structgen.registry)."""
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            BACKENDS[name] = cls
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         raise NotImplementedError

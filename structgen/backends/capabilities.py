@@ -35,7 +35,7 @@ from structgen.schema.support import (
     required_into_properties,
     siblings_into_branches,
 )
-from structgen.types import OutputKind
+from structgen.types import ALL_KINDS
 
 PostEntries = tuple[PostEnforced, ...]  # what a backend leaves to validation for a request
 
@@ -47,8 +47,6 @@ SERVER_XGRAMMAR = XGRAMMAR.plus("xgrammar (server)", dict.fromkeys(
 # vLLM "auto" picks xgrammar and falls back to guidance per request: the weaker of the two
 # for every keyword, so nothing goes unrecorded.
 VLLM_AUTO = SERVER_XGRAMMAR.plus("auto", LLGUIDANCE.unenforced)
-
-ALL_KINDS: frozenset[OutputKind] = frozenset({"json", "regex", "choice", "grammar"})
 
 
 @dataclass(frozen=True)

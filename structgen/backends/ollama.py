@@ -76,10 +76,9 @@ class _Answer(BaseModel):
     eval_count: NonNegativeInt | None = None
 
 
-class OllamaBackend(http.HTTPBackend):
+class OllamaBackend(http.HTTPBackend, name="ollama"):
     """Client for an Ollama server (``[ollama]`` config section)."""
 
-    name = "ollama"
     default_url = "http://127.0.0.1:11434"
     health_path = "/api/version"
 

@@ -63,10 +63,9 @@ class _Native(BaseModel):
     meta_info: _Meta | None = None
 
 
-class SGLangBackend(http.HTTPBackend):
+class SGLangBackend(http.HTTPBackend, name="sglang"):
     """Client for an SGLang server (``[sglang]`` config section)."""
 
-    name = "sglang"
     default_url = "http://127.0.0.1:30000"
     engine_field = "grammar_backend"
 

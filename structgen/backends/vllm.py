@@ -51,10 +51,9 @@ class _Completion(Completion):
     metrics: _Metrics | None = None
 
 
-class VLLMBackend(http.HTTPBackend):
+class VLLMBackend(http.HTTPBackend, name="vllm"):
     """Client for a vLLM OpenAI-compatible server (``[vllm]`` config section)."""
 
-    name = "vllm"
     default_url = "http://127.0.0.1:8000"
     engine_field = "structured_backend"
 

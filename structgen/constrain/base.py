@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from structgen.constrain.grammar_cache import GrammarCompileTimeout, default_grammar_cache
 from structgen.errors import ConfigError, SchemaError
+from structgen.registry import ENGINES, lookup
 from structgen.schema.layout import JSON_SEPARATORS, LAYOUTS
 from structgen.schema.relax import last_resorts, relax_for_engine
 from structgen.schema.support import (
@@ -31,6 +32,7 @@ from structgen.schema.support import (
     located,
     loosen,
 )
+from structgen.types import ALL_KINDS, OutputKind
 
 if TYPE_CHECKING:
     import torch
@@ -190,17 +192,22 @@ class GrammarConstraint(ABC):
     """A constraint engine bound to one tokenizer.
 
     An engine declares itself in its class line: its row in :mod:`structgen.schema.support`
-    (which names it), the distribution its version is read from, and whether it forces
-    tokens (fast-forward) and can constrain reasoning output::
+    (which names it), the distribution its version is read from, whether it forces tokens
+    (fast-forward) and can constrain reasoning output, and the output kinds it takes::
 
         class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar",
                                  fast_forward=True): ...
+
+    Defining the class registers it under its name (:mod:`structgen.registry`):
+    ``[local] engine`` accepts it and the embedded backend uses it, nothing else to edit.
     """
 
     name: str = "base"
     version: str = "0"  # the engine library's version: part of the grammar-cache key
     supports_fast_forward: bool = False
     supports_reasoning: bool = False
+    # the output kinds it constrains (the embedded backend's capabilities)
+    output_kinds: frozenset[OutputKind] = ALL_KINDS
     notes: tuple[str, ...] = ()
     # its row in schema/support.py: what it leaves to validation
     support: EngineSupport
@@ -214,11 +221,13 @@ class GrammarConstraint(ABC):
 
     def __init_subclass__(cls, *, support: EngineSupport, package: str,
                           fast_forward: bool = False, reasoning: bool = False,
-                          **kwargs: Any) -> None:
+                          kinds: frozenset[OutputKind] = ALL_KINDS, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.support, cls.name = support, support.engine
         cls.version = importlib.metadata.version(package)
         cls.supports_fast_forward, cls.supports_reasoning = fast_forward, reasoning
+        cls.output_kinds = kinds
+        ENGINES[cls.name] = cls
 
     def __init__(self, tok: TokenizerData, *, grammar_cache: GrammarCache | None = None,
                  compile_timeout_s: float | None = None) -> None:
@@ -324,26 +333,18 @@ class GrammarConstraint(ABC):
         """A fresh matcher from a compiled grammar."""
 
 
-ENGINES = {
-    "llguidance": "structgen.constrain.llguidance:LLGuidanceConstraint",
-    "xgrammar": "structgen.constrain.xgrammar:XGrammarConstraint",
-    "outlines": "structgen.constrain.outlines:OutlinesConstraint",
-}
+def engine_class(engine: str) -> type[GrammarConstraint]:
+    """The constraint engine named ``engine`` (the one lookup: config, backend, runtime)."""
+    cls: type[GrammarConstraint] = lookup(ENGINES, engine, "engine", "local.engine")
+    return cls
 
 
 def create_constraint(engine: str, tok: TokenizerData, *,
                       grammar_cache: GrammarCache | None = None,
                       compile_timeout_s: float | None = None) -> GrammarConstraint:
     """Instantiate constraint engine ``engine`` for a tokenizer."""
-
-    try:
-        module_name, _, cls_name = ENGINES[engine].partition(":")
-    except KeyError:
-        raise ConfigError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})",
-                          "local.engine") from None
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(tok, grammar_cache=grammar_cache,
-               compile_timeout_s=compile_timeout_s)
+    return engine_class(engine)(tok, grammar_cache=grammar_cache,
+                                compile_timeout_s=compile_timeout_s)
 
 
 # Bytes a closing walk tries, best first: what ends a value or a container, then what

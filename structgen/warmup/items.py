@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from structgen.backends import REGISTRY
+from structgen.backends import BACKENDS
 from structgen.cache import CacheError
 from structgen.errors import ConfigError, SchemaError, StructgenError
 from structgen.schema.specs import load_spec
@@ -160,9 +160,9 @@ def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, A
             raise WarmupLineError(f"{name} must be a string")
     item.model = obj.get("model") or model
     item.backend = obj.get("backend") or backend
-    if item.backend is not None and item.backend not in REGISTRY:
+    if item.backend is not None and item.backend not in BACKENDS:
         raise WarmupLineError(f"unknown backend {item.backend!r} "
-                              f"(known: {', '.join(REGISTRY)})")
+                              f"(known: {', '.join(BACKENDS)})")
     item.reasoning = bool(obj.get("reasoning", False))
     item.sampling = {k: obj[k] for k in SAMPLING_KEYS if k in obj}
 
