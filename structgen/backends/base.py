@@ -18,7 +18,7 @@ from structgen.types import Message, OutputKind, RawToolCall, Sampling, ToolTurn
 
 if TYPE_CHECKING:
     from structgen.schema import CompiledOutput
-    from structgen.schema.support import EngineSupport, PostEnforced
+    from structgen.schema.support import EngineSupport, PostEnforced, Quirk
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class Capabilities:
 
     ``output_kinds``: kinds it can constrain at all. ``support``: its grammar engine's row
     in :mod:`structgen.schema.support` (what is left to validation); ``None``: every
-    keyword structgen knows is enforced.
+    keyword structgen knows is enforced. ``quirks``: constraints it takes but is known not
+    to hold in some cases (reported, then validated); ``into_branches``: its engine ignores
+    keywords beside an anyOf/oneOf/allOf/$ref (XGrammar), so they go into the branches.
     """
 
     output_kinds: frozenset[OutputKind]
@@ -35,6 +37,8 @@ class Capabilities:
     reasoning: bool = False
     batching: bool = False
     notes: tuple[str, ...] = ()
+    quirks: tuple[Quirk, ...] = ()
+    into_branches: bool = False
 
 
 @dataclass

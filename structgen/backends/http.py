@@ -49,7 +49,7 @@ from structgen.backends.base import (
     GenerationResult,
     _portal,
 )
-from structgen.backends.capabilities import PostEntries, capabilities_for, relax_for
+from structgen.backends.capabilities import PostEntries, relax_for
 from structgen.config import Config as _Config
 from structgen.config import redact_url
 from structgen.errors import (
@@ -433,12 +433,14 @@ class HTTPBackend(BackendBase):
     def model_for(self, request: GenerationRequest) -> str | None:
         return request.model or self.section.model
 
-    # The config field naming the server's grammar engine (its capabilities depend on it).
+    # The config field naming the server's grammar engine (its capabilities depend on it),
+    # and the backend's rows of the capability matrix by that field's value (None: one row)
     engine_field: str | None = None
+    capability_rows: dict[str | None, Capabilities] = {}
 
     def capabilities(self) -> Capabilities:
         engine = getattr(self.section, self.engine_field) if self.engine_field else None
-        return capabilities_for(self.name, engine)
+        return self.capability_rows[engine]
 
     # The wire format: what each server backend's file writes --------------------------
     # What closes a complete stream, for the error when a stream ends without it.

@@ -27,12 +27,18 @@ from typing import Any
 from pydantic import BaseModel, FiniteFloat, NonNegativeInt
 
 from structgen.backends import http, toolcalls
-from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import TOOL_CALLING
+from structgen.backends.base import Capabilities, Finished, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import (
+    LLGUIDANCE_QUIRKS,
+    SERVER_XGRAMMAR,
+    TOOL_CALLING,
+    XGRAMMAR_QUIRKS,
+)
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.schema.layout import guidance_options
-from structgen.types import ToolTurn
+from structgen.schema.support import LLGUIDANCE, OUTLINES
+from structgen.types import ALL_KINDS, ToolTurn
 
 NATIVE_PATH = "/generate"
 CHAT_PATH = "/v1/chat/completions"
@@ -68,6 +74,20 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
 
     default_url = "http://127.0.0.1:30000"
     engine_field = "grammar_backend"
+    # its rows of the capability matrix, by [sglang] grammar_backend
+    capability_rows = {
+        "xgrammar": Capabilities(
+            output_kinds=ALL_KINDS, support=SERVER_XGRAMMAR, reasoning=True, batching=True,
+            quirks=XGRAMMAR_QUIRKS, into_branches=True,
+            notes=("choice is sent as a regex", "grammar is sent as EBNF")),
+        "llguidance": Capabilities(
+            output_kinds=ALL_KINDS, support=LLGUIDANCE, reasoning=True, batching=True,
+            quirks=LLGUIDANCE_QUIRKS,
+            notes=("choice is sent as a regex", "grammar is sent as EBNF")),
+        "outlines": Capabilities(
+            output_kinds=frozenset({"json", "regex", "choice"}), support=OUTLINES,
+            reasoning=True, batching=True, notes=("no grammar (EBNF) support",)),
+    }
 
     # Request -------------------------------------------------------------------------
     def _constraint(self, request: GenerationRequest) -> tuple[dict[str, Any], http.PostEntries]:
