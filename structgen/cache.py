@@ -54,7 +54,7 @@ import diskcache
 from pydantic import ValidationError
 
 from structgen.config import redact_url
-from structgen.errors import ConfigError, StructgenError
+from structgen.errors import CacheError, ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
 from structgen.signing import directory_secret
 from structgen.types import StructuredResult
@@ -79,10 +79,6 @@ REDIS_TIMEOUT_S = 0.5
 # After a store failure it is left alone this long, doubling per failure up to the max.
 _BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 60.0
-
-
-class CacheError(StructgenError):
-    """The cache store cannot be used (unreachable Redis, unreadable directory, bad file)."""
 
 
 # Stores ----------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ from structgen.backends import Backend, GenerationRequest, GenerationResult
 from structgen.backends.base import Finished, run_sync
 from structgen.backends.capabilities import unenforced
 from structgen.backends.pool import BackendPool
-from structgen.cache import CacheError, NullCache, ResultCache, open_result_cache
+from structgen.cache import NullCache, ResultCache, open_result_cache
 from structgen.config import Config
-from structgen.errors import StructgenError, ValidationFailed
+from structgen.errors import CacheError, StructgenError, ValidationFailed
 from structgen.metrics import Metrics
 from structgen.repair import Repaired, finalize
 from structgen.router import Router

@@ -2,8 +2,14 @@
 
     StructgenError
     ├── SchemaError        bad or unsupported output spec (carries a JSON pointer)
+    │   └── GrammarCompileTimeout   its grammar took too long to compile
+    ├── ToolError          a tool that cannot be offered to a model
     ├── ConfigError        bad config.toml / environment
     ├── ExecutorError      a distributed executor (Ray) is missing or unreachable
+    ├── CacheError         the cache store cannot be used (Redis down, unreadable dir)
+    ├── WarmupLineError    one line of a warmup file is not a valid request
+    ├── BatchLineError     one line of a batch file is not a request structgen can run
+    ├── BatchItemError     a batch item failed with an error that is not a StructgenError
     ├── BackendError       a backend failed: unreachable, timeout, protocol
     │   ├── BackendUnavailable
     │   ├── BackendTimeout
@@ -45,6 +51,25 @@ class SchemaError(StructgenError):
         super().__init__(f"{message} (at {pointer})" if pointer else message)
 
 
+class GrammarCompileTimeout(SchemaError):
+    """Compiling the grammar for this schema took longer than the allowed time.
+
+    Raised at once (without compiling again) for a schema recorded as timed out with a
+    deadline at least as long. The caller should fall back to a looser grammar and rely on
+    validation. ``key`` is the grammar-cache key (schema hash, tokenizer hash, engine,
+    engine version), ``timeout_s`` the deadline that was missed.
+    """
+
+    def __init__(self, key: tuple[str, str, str, str], timeout_s: float, *,
+                 recorded: bool = False) -> None:
+        self.key = key
+        self.timeout_s = timeout_s
+        self.recorded = recorded
+        how = "recorded as timing out" if recorded else "timed out"
+        super().__init__(f"grammar compile for schema {key[0][:12]} ({key[2]}) {how} "
+                         f"after {timeout_s:g}s; use a looser grammar")
+
+
 class ToolError(StructgenError):
     """A tool cannot be offered to a model: a function parameter without a type annotation,
     ``*args``/``**kwargs``, two tools with one name, a name outside ``^[a-zA-Z0-9_-]{1,64}$``
@@ -67,6 +92,23 @@ class ConfigError(StructgenError):
 class ExecutorError(StructgenError):
     """The executor a job asked for cannot run it: Ray is not installed, or the cluster
     address does not answer (``structgen warmup --ray ADDRESS``)."""
+
+
+class CacheError(StructgenError):
+    """The cache store cannot be used (unreachable Redis, unreadable directory, bad file)."""
+
+
+class WarmupLineError(StructgenError):
+    """One line of a warmup file is not a valid request (reported, not raised to the user)."""
+
+
+class BatchLineError(StructgenError):
+    """One line of a batch file is not a request structgen can run (an error line)."""
+
+
+class BatchItemError(StructgenError):
+    """An item failed with an error that is not a :class:`StructgenError` (a bug below, or a
+    library's own exception); the original is its ``__cause__``. The batch goes on."""
 
 
 class BackendError(StructgenError):

@@ -20,8 +20,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from structgen.constrain.grammar_cache import GrammarCompileTimeout, default_grammar_cache
-from structgen.errors import ConfigError, SchemaError
+from structgen.constrain.grammar_cache import default_grammar_cache
+from structgen.errors import ConfigError, GrammarCompileTimeout, SchemaError
 from structgen.registry import ENGINES, lookup
 from structgen.schema.layout import JSON_SEPARATORS, LAYOUTS
 from structgen.schema.relax import last_resorts, relax_for_engine

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from structgen.backends import BACKENDS
-from structgen.cache import CacheError
-from structgen.errors import ConfigError, SchemaError, StructgenError
+from structgen.errors import CacheError, ConfigError, SchemaError, StructgenError, WarmupLineError
 from structgen.schema.specs import load_spec
 from structgen.types import SAMPLING_KEYS
 
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
 Status = Literal["done", "cached", "duplicate", "failed", "invalid"]
 LINE_KEYS = frozenset({"id", "prompt", "messages", "schema", "model", "backend", "reasoning"}
                       ) | SAMPLING_KEYS
-
-
-class WarmupLineError(StructgenError):
-    """One line of a warmup file is not a valid request (reported, not raised to the user)."""
 
 
 @dataclass
