@@ -2,7 +2,7 @@
 
 Each row names the grammar engine behind the backend; what that engine enforces is its row
 in :mod:`structgen.schema.support` (one table per engine, shared with the embedded
-decoder). Before a request is sent, :func:`relax_for` loosens the compiled schema for the
+decoder). Before a request is sent, :func:`loosen_for` loosens the compiled schema for the
 row (so a server neither rejects the request nor silently loosens it behind our back) and
 returns the :class:`~structgen.schema.support.PostEnforced` entries taken out, plus the
 quirks that stay in the grammar but are known not to hold. Validation then checks the full
@@ -88,11 +88,11 @@ def matrix() -> dict[str, Capabilities]:
 
 
 def unenforced(compiled: CompiledOutput, caps: Capabilities) -> tuple[PostEnforced, ...]:
-    """Every constraint the backend will not enforce (see :func:`relax_for`)."""
-    return relax_for(compiled, caps)[1]
+    """Every constraint the backend will not enforce (see :func:`loosen_for`)."""
+    return loosen_for(compiled, caps)[1]
 
 
-def relax_for(compiled: CompiledOutput, caps: Capabilities
+def loosen_for(compiled: CompiledOutput, caps: Capabilities
               ) -> tuple[dict[str, Any] | None, tuple[PostEnforced, ...]]:
     """The schema to send (None for non-JSON outputs) and the post-enforced entries.
 

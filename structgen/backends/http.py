@@ -49,7 +49,7 @@ from structgen.backends.base import (
     GenerationResult,
     _portal,
 )
-from structgen.backends.capabilities import PostEntries, relax_for
+from structgen.backends.capabilities import PostEntries, loosen_for
 from structgen.config import Config as _Config
 from structgen.config import redact_url
 from structgen.errors import (
@@ -465,7 +465,7 @@ class HTTPBackend(BackendBase):
         """The schema this server's grammar engine is given for ``out`` and the entries
         validation post-enforces (backends/capabilities.py); ``refusal`` is the
         BackendUnavailable message when the server cannot constrain ``out`` at all."""
-        schema, post = relax_for(out, self.capabilities())
+        schema, post = loosen_for(out, self.capabilities())
         if any(e.keyword == WHOLE_OUTPUT for e in post):
             raise BackendUnavailable(refusal, self.name)
         return schema, post

@@ -35,7 +35,6 @@ from structgen.backends.capabilities import (
     VLLM_AUTO,
     XGRAMMAR_QUIRKS,
     PostEntries,
-    relax_for,
 )
 from structgen.backends.openai_format import Completion, Event, Usage
 from structgen.errors import BackendProtocolError, BackendUnavailable
@@ -109,7 +108,9 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
         out = request.output
         if out is None:
             return None, ()
-        schema, post = relax_for(out, self.capabilities())
+        schema, post = self.constraint_for(
+            out, f"vLLM's {self.section.structured_backend} backend cannot constrain "
+            f"{out.kind} outputs")
         so: dict[str, Any]
         if out.kind == "json":
             fixed = guidance_options(request.whitespace)

@@ -24,7 +24,7 @@ from structgen.constrain.grammar_cache import default_grammar_cache
 from structgen.errors import ConfigError, GrammarCompileTimeout, SchemaError
 from structgen.registry import ENGINES, lookup
 from structgen.schema.layout import JSON_SEPARATORS, LAYOUTS
-from structgen.schema.relax import last_resorts, relax_for_engine
+from structgen.schema.relax import last_resorts, loosen_until_it_compiles
 from structgen.schema.support import (
     WHOLE_OUTPUT,
     EngineSupport,
@@ -281,7 +281,7 @@ class GrammarConstraint(ABC):
 
     def _compile_or_relax(self, output: CompiledOutput, options: ConstraintOptions) -> Compiled:
         """Compile ``output``; a JSON schema the engine refuses is loosened keyword by keyword
-        (:func:`structgen.schema.relax.relax_for_engine`) until it compiles. The grammar then
+        (:func:`structgen.schema.relax.loosen_until_it_compiles`) until it compiles. The grammar then
         lets through a superset of valid outputs and validation enforces the dropped keywords.
         """
         prepared: tuple[PostEnforced, ...] = ()
@@ -305,8 +305,8 @@ class GrammarConstraint(ABC):
                 return str(err)
             return None
 
-        schema, relaxed = relax_for_engine(output.json_schema, check)
-        if "value" not in compiled:  # relax_for_engine returned a schema it never checked
+        schema, relaxed = loosen_until_it_compiles(output.json_schema, check)
+        if "value" not in compiled:  # loosen_until_it_compiles returned a schema it never checked
             raise SchemaError(first_error)
         if schema is output.json_schema:
             return compiled["value"], prepared
