@@ -34,7 +34,7 @@ from structgen.backends.capabilities import (
     TOOL_CALLING,
     XGRAMMAR_QUIRKS,
 )
-from structgen.backends.openai_format import Completion, Event, Usage
+from structgen.backends.openai_format import Completion, Event, WireUsage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, OUTLINES
@@ -176,7 +176,7 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
         if choice.message is None:
             raise BackendProtocolError(f"{CHAT_PATH} answer has no message: "
                                        f"{str(data)[:200]}", self.name)
-        usage = answer.usage or Usage()
+        usage = answer.usage or WireUsage()
         calls = (toolcalls.openai_calls(choice.message.tool_calls, self.name)
                  if self._native_turn(request) is not None else None)
         return GenerationResult(

@@ -36,7 +36,7 @@ from structgen.backends.capabilities import (
     XGRAMMAR_QUIRKS,
     PostEntries,
 )
-from structgen.backends.openai_format import Completion, Event, Usage
+from structgen.backends.openai_format import Completion, Event, WireUsage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, OUTLINES
@@ -199,7 +199,7 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
                 raise BackendProtocolError(f"{path} answer has no text: {str(data)[:200]}",
                                            self.name)
             text, reasoning = choice.text, None
-        usage = answer.usage or Usage()
+        usage = answer.usage or WireUsage()
         server_s, ttft_s = _server_times(answer.metrics)
         return GenerationResult(
             text=text, backend=self.name, model=answer.model or body["model"],
