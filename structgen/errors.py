@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
+
+from structgen.attempts import Attempt, ErrorDetail
 
 
 def did_you_mean(word: str, choices: Iterable[Any]) -> str:
@@ -130,29 +131,6 @@ class BackendTimeout(BackendError):
 
 class BackendProtocolError(BackendError):
     """The backend answered, but not in the shape its wire format promises."""
-
-
-@dataclass
-class ErrorDetail:
-    """One validation error: where (JSON pointer into the instance) and what."""
-
-    pointer: str
-    message: str
-    keyword: str | None = None
-
-    def __str__(self) -> str:
-        # RFC 6901: "" is the whole answer ("/" would be the member named ""): no pointer
-        return f"{self.pointer}: {self.message}" if self.pointer else self.message
-
-
-@dataclass
-class Attempt:
-    """One try at producing a valid object (a generation, a repair, a re-ask)."""
-
-    stage: str
-    text: str
-    errors: list[ErrorDetail] = field(default_factory=list)
-    backend: str | None = None
 
 
 class ValidationFailed(StructgenError):
