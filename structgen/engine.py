@@ -27,13 +27,14 @@ from typing import Any
 import pydantic
 
 from structgen.backends import Backend, GenerationRequest, GenerationResult
-from structgen.backends.base import Finished, run_sync
+from structgen.backends.base import Finished
 from structgen.backends.capabilities import unenforced
 from structgen.backends.pool import BackendPool
 from structgen.cache import NullCache, ResultCache, open_result_cache
 from structgen.config import Config
 from structgen.errors import CacheError, StructgenError, ValidationFailed
 from structgen.metrics import Metrics
+from structgen.portal import run_sync
 from structgen.repair import Repaired, finalize
 from structgen.router import Router
 from structgen.schema import CompiledOutput, compile_output

@@ -7,12 +7,11 @@ validates or repairs: that is the engine's job, one layer up.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from structgen.portal import run_sync
 from structgen.registry import BACKENDS
 from structgen.types import Message, OutputKind, RawToolCall, Sampling, ToolTurn
 
@@ -153,28 +152,3 @@ class BackendBase:
 
     async def aclose(self) -> None:
         return None
-
-
-_portal_loop: asyncio.AbstractEventLoop | None = None
-_portal_lock = threading.Lock()
-
-
-def _portal() -> asyncio.AbstractEventLoop:
-    """One long-lived event loop in a daemon thread for all sync calls.
-
-    Sync wrappers submit here instead of calling ``asyncio.run`` each time, so pooled
-    clients (httpx) and the embedded scheduler stay bound to one loop across calls.
-    """
-    global _portal_loop
-    with _portal_lock:
-        if _portal_loop is None or _portal_loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="structgen-loop",
-                             daemon=True).start()
-            _portal_loop = loop
-        return _portal_loop
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion from sync code (also from inside a running loop)."""
-    return asyncio.run_coroutine_threadsafe(coro, _portal()).result()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,7 +47,6 @@ from structgen.backends.base import (
     Finished,
     GenerationRequest,
     GenerationResult,
-    _portal,
 )
 from structgen.backends.capabilities import PostEntries, loosen_for
 from structgen.config import Config as _Config
@@ -59,6 +58,7 @@ from structgen.errors import (
     BackendUnavailable,
     ConfigError,
 )
+from structgen.portal import on_portal, portal
 from structgen.schema.support import WHOLE_OUTPUT
 from structgen.types import Sampling
 
@@ -270,7 +270,7 @@ class HTTPClient:
         flowed, a failure is reported (a retry would repeat text the caller already has).
         """
         lines = self._stream_lines(path, body, deadline=deadline)
-        if asyncio.get_running_loop() is _portal():
+        if asyncio.get_running_loop() is portal():
             try:
                 async for line in lines:
                     yield line
@@ -381,21 +381,6 @@ class HTTPClient:
                 return response.is_success
         except httpx.HTTPError:
             return False
-
-
-async def on_portal(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Await ``coro`` on the portal loop (:func:`~structgen.backends.base.run_sync`'s).
-
-    An httpx pool belongs to the loop it was opened in. Running every call of every
-    :class:`HTTPClient` on the one long-lived portal loop keeps one pool per backend for
-    the life of the process, whichever loops the callers use (each ``asyncio.run`` makes
-    a new one); a pool per caller loop would leave the old pools' sockets open.
-    Cancelling the caller cancels the call on the portal.
-    """
-    portal = _portal()
-    if asyncio.get_running_loop() is portal:
-        return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, portal))
 
 
 async def _next_or_none(lines: AsyncIterator[str]) -> str | None:
