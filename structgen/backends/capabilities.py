@@ -28,6 +28,7 @@ from structgen.schema.support import (
     LLGUIDANCE,
     WHOLE_OUTPUT,
     XGRAMMAR,
+    EngineSupport,
     PostEnforced,
     Quirk,
     length_beside_pattern,
@@ -36,6 +37,7 @@ from structgen.schema.support import (
     required_into_properties,
     siblings_into_branches,
 )
+from structgen.types import ALL_KINDS, OutputKind
 
 PostEntries = tuple[PostEnforced, ...]  # what a backend leaves to validation for a request
 
@@ -67,6 +69,17 @@ LLGUIDANCE_QUIRKS = (
     Quirk("minProperties", min_properties_with_open_keys, "a repeated open member name "
           "counts once"),
 )
+
+
+def server_row(support: EngineSupport, *notes: str, kinds: frozenset[OutputKind] = ALL_KINDS,
+               batching: bool = True) -> Capabilities:
+    """A server backend's row of the matrix for the grammar engine behind ``support``; the
+    engine's known quirks come with it (and XGrammar's keywords beside an anyOf go into
+    its branches)."""
+    xgrammar = support in (SERVER_XGRAMMAR, VLLM_AUTO)
+    quirks = XGRAMMAR_QUIRKS if xgrammar else LLGUIDANCE_QUIRKS if support == LLGUIDANCE else ()
+    return Capabilities(output_kinds=kinds, support=support, reasoning=True, batching=batching,
+                        notes=notes, quirks=quirks, into_branches=xgrammar)
 
 
 def capabilities_for(backend: str, engine: str | None = None) -> Capabilities:

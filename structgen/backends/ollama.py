@@ -25,8 +25,8 @@ from typing import Any
 from pydantic import BaseModel, NonNegativeInt, StrictStr
 
 from structgen.backends import http, toolcalls
-from structgen.backends.base import Capabilities, Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import TOOL_CALLING
+from structgen.backends.base import Finished, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import TOOL_CALLING, server_row
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
 from structgen.schema.support import LLAMACPP
 from structgen.types import RawToolCall, ToolTurn
@@ -83,11 +83,10 @@ class OllamaBackend(http.HTTPBackend, name="ollama"):
     default_url = "http://127.0.0.1:11434"
     health_path = "/api/version"
     # its one row of the capability matrix
-    capability_rows = {None: Capabilities(
-        output_kinds=frozenset({"json", "choice"}), support=LLAMACPP, reasoning=True,
-        batching=False,
-        notes=("`format` takes a JSON Schema only: no regex or grammar outputs",
-               "choice is sent as a JSON string enum and unwrapped"))}
+    capability_rows = {None: server_row(
+        LLAMACPP, "`format` takes a JSON Schema only: no regex or grammar outputs",
+        "choice is sent as a JSON string enum and unwrapped",
+        kinds=frozenset({"json", "choice"}), batching=False)}
 
     # Request -------------------------------------------------------------------------
     def _format(self, request: GenerationRequest) -> tuple[dict[str, Any] | None, http.PostEntries]:

@@ -27,18 +27,13 @@ from typing import Any
 from pydantic import BaseModel, FiniteFloat, NonNegativeInt
 
 from structgen.backends import http, toolcalls
-from structgen.backends.base import Capabilities, Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import (
-    LLGUIDANCE_QUIRKS,
-    SERVER_XGRAMMAR,
-    TOOL_CALLING,
-    XGRAMMAR_QUIRKS,
-)
+from structgen.backends.base import Finished, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import SERVER_XGRAMMAR, TOOL_CALLING, server_row
 from structgen.backends.openai_format import Completion, Event, WireUsage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, OUTLINES
-from structgen.types import ALL_KINDS, ToolTurn
+from structgen.types import ToolTurn
 
 NATIVE_PATH = "/generate"
 CHAT_PATH = "/v1/chat/completions"
@@ -69,6 +64,9 @@ class _Native(BaseModel):
     meta_info: _Meta | None = None
 
 
+_SENT_AS = ("choice is sent as a regex", "grammar is sent as EBNF")
+
+
 class SGLangBackend(http.HTTPBackend, name="sglang"):
     """Client for an SGLang server (``[sglang]`` config section)."""
 
@@ -76,17 +74,10 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
     engine_field = "grammar_backend"
     # its rows of the capability matrix, by [sglang] grammar_backend
     capability_rows = {
-        "xgrammar": Capabilities(
-            output_kinds=ALL_KINDS, support=SERVER_XGRAMMAR, reasoning=True, batching=True,
-            quirks=XGRAMMAR_QUIRKS, into_branches=True,
-            notes=("choice is sent as a regex", "grammar is sent as EBNF")),
-        "llguidance": Capabilities(
-            output_kinds=ALL_KINDS, support=LLGUIDANCE, reasoning=True, batching=True,
-            quirks=LLGUIDANCE_QUIRKS,
-            notes=("choice is sent as a regex", "grammar is sent as EBNF")),
-        "outlines": Capabilities(
-            output_kinds=frozenset({"json", "regex", "choice"}), support=OUTLINES,
-            reasoning=True, batching=True, notes=("no grammar (EBNF) support",)),
+        "xgrammar": server_row(SERVER_XGRAMMAR, *_SENT_AS),
+        "llguidance": server_row(LLGUIDANCE, *_SENT_AS),
+        "outlines": server_row(OUTLINES, "no grammar (EBNF) support",
+                               kinds=frozenset({"json", "regex", "choice"})),
     }
 
     # Request -------------------------------------------------------------------------

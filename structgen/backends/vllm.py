@@ -27,20 +27,19 @@ from typing import Any
 from pydantic import BaseModel, FiniteFloat
 
 from structgen.backends import http, toolcalls
-from structgen.backends.base import Capabilities, Finished, GenerationRequest, GenerationResult
+from structgen.backends.base import Finished, GenerationRequest, GenerationResult
 from structgen.backends.capabilities import (
-    LLGUIDANCE_QUIRKS,
     SERVER_XGRAMMAR,
     TOOL_CALLING,
     VLLM_AUTO,
-    XGRAMMAR_QUIRKS,
     PostEntries,
+    server_row,
 )
 from structgen.backends.openai_format import Completion, Event, WireUsage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, OUTLINES
-from structgen.types import ALL_KINDS, RawToolCall, ToolTurn
+from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -66,22 +65,11 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
     engine_field = "structured_backend"
     # its rows of the capability matrix, by [vllm] structured_backend
     capability_rows = {
-        "guidance": Capabilities(
-            output_kinds=ALL_KINDS, support=LLGUIDANCE, reasoning=True, batching=True,
-            quirks=LLGUIDANCE_QUIRKS,
-            notes=("grammar outputs are sent as Lark (llguidance dialect)",)),
-        "xgrammar": Capabilities(
-            output_kinds=ALL_KINDS, support=SERVER_XGRAMMAR, reasoning=True, batching=True,
-            quirks=XGRAMMAR_QUIRKS, into_branches=True,
-            notes=("grammar outputs are sent as GBNF/EBNF",
-                   "raw control characters possible in bounded strings")),
-        "outlines": Capabilities(
-            output_kinds=ALL_KINDS, support=OUTLINES, reasoning=True, batching=True,
-            notes=("grammar outputs are sent as Lark",)),
-        "auto": Capabilities(
-            output_kinds=ALL_KINDS, support=VLLM_AUTO, reasoning=True, batching=True,
-            quirks=XGRAMMAR_QUIRKS, into_branches=True,
-            notes=("grammar outputs are sent as GBNF/EBNF",)),
+        "guidance": server_row(LLGUIDANCE, "grammar outputs are sent as Lark (llguidance dialect)"),
+        "xgrammar": server_row(SERVER_XGRAMMAR, "grammar outputs are sent as GBNF/EBNF",
+                               "raw control characters possible in bounded strings"),
+        "outlines": server_row(OUTLINES, "grammar outputs are sent as Lark"),
+        "auto": server_row(VLLM_AUTO, "grammar outputs are sent as GBNF/EBNF"),
     }
 
     def __init__(self, config: Any) -> None:
