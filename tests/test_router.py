@@ -574,3 +574,22 @@ async def test_a_stream_to_a_reasoning_model_thinks_and_keeps_it_apart(tmp_path:
     assert result.value == {"ok": True} and result.reasoning_text == '{"ok": false} is wrong'
     assert result.attempts[0].reasoning
     await engine.aclose()
+
+
+class NeedsAnExtra(BackendBase, name="needs-an-extra"):
+    """A backend whose optional dependency is not installed (as the embedded backend
+    without the [local] extra): creating it raises ImportError."""
+
+    def __init__(self, config: Config) -> None:
+        import structgen_extra_that_is_not_installed  # type: ignore[import-not-found]  # noqa: F401
+
+
+async def test_a_stream_skips_a_backend_that_cannot_be_imported(tmp_path: Path) -> None:
+    local = DrippingBackend("local")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "needs-an-extra",
+                                                  "fallback": ["needs-an-extra", "local"]}),
+                    backends={"local": local})
+    result = await _streamed(engine)
+    assert result.backend == "local"
+    assert result.attempts[0].skipped.startswith("not available: No module named")
+    await engine.aclose()
