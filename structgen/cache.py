@@ -20,7 +20,8 @@ on the miss, so a hit equals (``==``) what the miss returned (aliases, serialize
 ``SecretStr``, enums, datetimes, discriminated unions) and a bad entry or a changed model
 class never yields an invalid object.
 
-Routed requests (no ``backend=``) share one key per configured chain; the entry records
+Routed requests (no ``backend=``) share one key per chain (the engine passes the models
+of the router's chain, as plain values: the cache knows nothing of routing); the entry records
 which backends the router passed over (failed, circuit open, health probe failed) before
 the one that answered. Such an entry is served only while every one of them is still known
 to be down, so a fallback's answer is not served once the preferred backend is back.
@@ -45,7 +46,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,7 +54,7 @@ import diskcache
 from pydantic import ValidationError
 
 from structgen.config import redact_url
-from structgen.errors import ConfigError, StructgenError
+from structgen.errors import CacheError, ConfigError, StructgenError
 from structgen.schema.canonical import canonical_json
 from structgen.signing import directory_secret
 from structgen.types import StructuredResult
@@ -61,7 +62,7 @@ from structgen.validate import is_valid, model_value, parse_json, validate_text
 
 if TYPE_CHECKING:
     from structgen.backends import GenerationRequest
-    from structgen.config import CacheConfig, Config
+    from structgen.config import CacheConfig
     from structgen.schema import CompiledOutput
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,6 @@ log = logging.getLogger(__name__)
 # 3: entries keep the validated text, not a dump of the value (entries written before the
 # MAC was keyed fail it: they are dropped as damaged, and recomputed)
 CACHE_FORMAT_VERSION = 3
-DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"
 ENTRY_PREFIX = "r:"  # result entries; everything else in a store is bookkeeping
 STATS_PREFIX = "stats:"
 _FLUSH_EVERY = 64  # counter updates buffered before they are written to the store
@@ -79,10 +79,6 @@ REDIS_TIMEOUT_S = 0.5
 # After a store failure it is left alone this long, doubling per failure up to the max.
 _BACKOFF_S = 1.0
 _MAX_BACKOFF_S = 60.0
-
-
-class CacheError(StructgenError):
-    """The cache store cannot be used (unreachable Redis, unreadable directory, bad file)."""
 
 
 # Stores ----------------------------------------------------------------------------------
@@ -330,7 +326,7 @@ class NullCache:
     def cacheable(self, request: GenerationRequest) -> bool:
         return False
 
-    def key(self, request: GenerationRequest, backend: str | None = None) -> str:
+    def key(self, request: GenerationRequest, route: Sequence[str] = ()) -> str:
         return ""
 
     def get(self, key: str, output: CompiledOutput,
@@ -354,11 +350,9 @@ class ResultCache:
     and a failed write is skipped, both logged and counted in ``errors``.
     """
 
-    def __init__(self, config: CacheConfig, store: Store, app_config: Config | None = None
-                 ) -> None:
+    def __init__(self, config: CacheConfig, store: Store) -> None:
         self.config = config
         self.store = store
-        self.app_config = app_config
         self.secret = entry_secret(config)
         if self.secret is None:
             log.warning("result cache: no secret to sign entries with (set [cache] secret, "
@@ -375,7 +369,6 @@ class ResultCache:
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
         self._closed = False
-        self._model_ids: dict[str | None, str] = {}
         _open_caches.add(self)
 
     # Key ------------------------------------------------------------------------------
@@ -386,13 +379,17 @@ class ResultCache:
         s = request.sampling
         return s.temperature == 0 or s.seed is not None or self.config.cache_sampled
 
-    def key(self, request: GenerationRequest, backend: str | None = None) -> str:
-        """SHA-256 hex over everything that changes the answer (see module docstring)."""
+    def key(self, request: GenerationRequest, route: Sequence[str] = ()) -> str:
+        """SHA-256 hex over everything that changes the answer (see module docstring).
+
+        ``route``: the models that may answer a request without ``model=`` (those of the
+        backends the router would try, e.g. ``["vllm:Qwen/Qwen3-8B", "local:SmolLM2"]``).
+        """
         if request.output is None:
             raise StructgenError("only requests with an output constraint are cacheable")
         s = request.sampling
         body = (CACHE_FORMAT_VERSION, request.messages, request.output.hash,
-                request.output.kind, request.model or self.model_id(backend),
+                request.output.kind, request.model or "|".join(route),
                 float(s.temperature), float(s.top_p), s.seed, s.max_tokens, list(s.stop),
                 bool(request.reasoning), request.whitespace)
         if request.tools is not None:
@@ -401,23 +398,6 @@ class ResultCache:
             t = request.tools
             body += (t.openai_tools(), t.choice, t.parallel)  # type: ignore[assignment]
         return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
-
-    def model_id(self, backend: str | None) -> str:
-        """The model a request without ``model=`` gets from ``backend`` (or the router)."""
-        if backend in self._model_ids:
-            return self._model_ids[backend]
-        cfg = self.app_config
-        if cfg is None:
-            ident = f"{backend or 'auto'}:"
-        elif backend is not None:
-            ident = _configured_model(cfg, backend)
-        else:
-            # Routed requests: the answer comes from the first healthy backend of the chain,
-            # so the chain's models are the identity (a config change is a new key).
-            chain = _route_chain(cfg)
-            ident = "|".join(_configured_model(cfg, b) for b in chain)
-        self._model_ids[backend] = ident
-        return ident
 
     # Read / write ---------------------------------------------------------------------
     def get(self, key: str, output: CompiledOutput,
@@ -733,27 +713,6 @@ def _revalidate(entry: dict[str, Any], output: CompiledOutput) -> Any:
         return _INVALID
 
 
-def _configured_model(cfg: Config, backend: str) -> str:
-    if backend == "local":
-        return f"local:{cfg.local.model or DEFAULT_LOCAL_MODEL}"
-    section = getattr(cfg, backend, None)
-    if section is None:
-        return f"{backend}:"
-    return f"{backend}:{section.model or section.base_url or ''}"
-
-
-def _route_chain(cfg: Config) -> list[str]:
-    """The backends the router would try, in order (mirrors Router.order)."""
-    def configured(name: str) -> bool:
-        return name == "local" or bool(getattr(cfg, name).base_url)
-
-    provider = cfg.llm_backend.provider
-    if provider != "auto":
-        return [provider, *[b for b in cfg.llm_backend.fallback
-                            if b != provider and configured(b)]]
-    return [b for b in cfg.llm_backend.fallback if configured(b)] or ["local"]
-
-
 def open_store(config: CacheConfig) -> Store:
     """The configured store (disk directory or Redis URL)."""
     if config.backend == "redis":
@@ -766,16 +725,11 @@ def _directory(config: CacheConfig) -> Path:
         Path.home() / ".cache" / "structgen" / "results")
 
 
-def open_result_cache(config: CacheConfig, app_config: Config | None = None
-                      ) -> ResultCache | NullCache:
-    """The result cache ``[cache]`` asks for (``backend = "none"`` → :class:`NullCache`).
-
-    ``app_config`` (the whole config) lets keys name the configured model of a backend when
-    a request gives no ``model=``.
-    """
+def open_result_cache(config: CacheConfig) -> ResultCache | NullCache:
+    """The result cache ``[cache]`` asks for (``backend = "none"`` → :class:`NullCache`)."""
     if config.backend == "none":
         return NullCache()
-    return ResultCache(config, open_store(config), app_config)
+    return ResultCache(config, open_store(config))
 
 
 # Counters buffered in memory reach the store when the process exits normally.

@@ -302,7 +302,7 @@ app.add_typer(cache_app, name="cache")
 
 def _open_cache(config: Path | None) -> Any:
     cfg = Config.load(config)
-    cache = open_result_cache(cfg.cache, cfg)
+    cache = open_result_cache(cfg.cache)
     if not isinstance(cache, ResultCache):
         raise ConfigError('the result cache is off ([cache] backend = "none")', "cache.backend")
     return cache
@@ -441,7 +441,7 @@ def warmup(
         if not isinstance(engine.cache, ResultCache):
             # the engine went on without the cache it could not open; warmup exists to fill
             # it: opening it again raises the CacheError that says why
-            engine.cache = open_result_cache(engine.config.cache, engine.config)
+            engine.cache = open_result_cache(engine.config.cache)
         allowed = [*engine.config.warmup.allow_modules, *allow_module]
         items = read_items(file, engine, backend=backend, model=model, allow_modules=allowed)
         if dry_run:

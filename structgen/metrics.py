@@ -1,6 +1,7 @@
 """Metrics: what the engine did.
 
-Two views of the same events:
+Two views of the same events, each event described once (:class:`Event`) and booked into
+both by one method (:meth:`Metrics._book`):
 
 * Prometheus counters and histograms in a :class:`~prometheus_client.CollectorRegistry`
   owned by each :class:`Metrics` (optionally served on ``/metrics`` at ``metrics.port``);
@@ -23,6 +24,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -170,6 +172,19 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+@dataclass
+class Event:
+    """One thing the engine did, described once: the JSON state's counters (``counts``),
+    its keyed groups (``groups``: ``by_backend``, ``repairs_tried``, ...) and samples; the
+    backend and kind label the Prometheus series of a served request."""
+
+    backend: str | None = None
+    kind: str | None = None
+    counts: dict[str, int | bool] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    samples: dict[str, float | None] = field(default_factory=dict)
+
+
 class Metrics:
     """Counters for one engine. Thread-safe; cheap when ``enabled`` is false."""
 
@@ -256,7 +271,6 @@ class Metrics:
         stages = [r.stage for r in result.repairs]
         fixed_by = stages[-1] if result.repaired and stages else None
         passed_over = [a.backend for a in result.attempts if not a.ok]
-        fallback = bool(passed_over)
         # A model loaded for this request is recorded on its own (model_load_s): kept in the
         # latency, a one-off load of seconds would be the P99 and advise a serving engine.
         load = gen.stats.get("model_load_s")
@@ -264,46 +278,17 @@ class Metrics:
         latency = max(0.0, result.latency_s - (load_s or 0.0))
         seconds = gen.latency_s or latency
         tps = gen.completion_tokens / seconds if gen.completion_tokens and seconds > 0 else None
-        self.requests.labels(gen.backend, kind).inc()
-        self.latency.labels(gen.backend).observe(latency)
-        if load_s is not None:
-            self.model_load.observe(load_s)
-        if gen.ttft_s is not None:
-            self.ttft.labels(gen.backend).observe(gen.ttft_s)
-        if tps is not None:
-            self.throughput.labels(gen.backend).observe(tps)
-        if structured and not result.repaired:
-            self.first_try.inc()
-        for stage in stages:
-            self.repairs.labels(stage, str(stage == fixed_by).lower()).inc()
-        self.retries.inc(stages.count("reask"))
-        if fallback:
-            self.fallbacks.inc()
-        self._count_call(request)
-        with self._lock:
-            for state in (self._total, self._pending):
-                c = state["counts"]
-                _bump(c, "requests")
-                _bump(state["by_backend"], gen.backend)
-                _bump(state["by_kind"], kind)
-                _bump(c, "first_try_valid", structured and not result.repaired)
-                _bump(c, "repaired", result.repaired)
-                _bump(c, "retries", stages.count("reask"))
-                _bump(c, "fallbacks", fallback)
-                for name in passed_over:
-                    _bump(state["fallbacks_from"], name)
-                _bump(c, "model_loads", load_s is not None)
-                _bump(c, "structured", structured)
-                _bump(c, "multi_turn", request.multi_turn)
-                for stage in stages:
-                    _bump(state["repairs_tried"], stage)
-                if fixed_by:
-                    _bump(state["repairs_fixed"], fixed_by)
-                _sample(state, "latency_s", latency)
-                _sample(state, "ttft_s", gen.ttft_s)
-                _sample(state, "tokens_per_s", tps)
-                _sample(state, "model_load_s", load_s)
-        self._maybe_flush()
+        self._book(Event(
+            backend=gen.backend, kind=kind,
+            counts={"requests": 1, "first_try_valid": structured and not result.repaired,
+                    "repaired": result.repaired, "retries": stages.count("reask"),
+                    "fallbacks": bool(passed_over), "model_loads": load_s is not None,
+                    "structured": structured, "multi_turn": request.multi_turn},
+            groups={"by_backend": [gen.backend], "by_kind": [kind],
+                    "fallbacks_from": passed_over, "repairs_tried": stages,
+                    "repairs_fixed": [fixed_by] if fixed_by else []},
+            samples={"latency_s": latency, "ttft_s": gen.ttft_s, "tokens_per_s": tps,
+                     "model_load_s": load_s}))
 
     def record_tool_calls(self, request: GenerationRequest, envelope: str, *,
                           valid: bool) -> None:
@@ -325,11 +310,7 @@ class Metrics:
         """A request answered from the result cache (no backend call)."""
         if not self.enabled:
             return
-        self.cache_hits.inc()
-        with self._lock:
-            for state in (self._total, self._pending):
-                _bump(state["counts"], "cache_hits")
-        self._maybe_flush()
+        self._book(Event(counts={"cache_hits": 1}))
 
     def record_failure(self, request: GenerationRequest, exc: Exception, latency: float) -> None:
         """A request that raised (backend failure or ValidationFailed)."""
@@ -338,30 +319,47 @@ class Metrics:
         name = type(exc).__name__
         stages = [a.stage for a in getattr(exc, "attempts", [])]
         tried = [s for s in stages if s in ("syntax", "coerce", "reask")]
-        self.failures.labels(name).inc()
-        for stage in tried:
-            self.repairs.labels(stage, "false").inc()
-        self.retries.inc(tried.count("reask"))
-        self._count_call(request)
+        self._book(Event(
+            counts={"failures": 1, "validation_failures": name == "ValidationFailed",
+                    "retries": tried.count("reask"), "structured": request.output is not None,
+                    "multi_turn": request.multi_turn},
+            groups={"failures_by_error": [name], "repairs_tried": tried},
+            samples={"latency_s": latency}))
+
+    def _book(self, event: Event) -> None:
+        """Write ``event`` into both views: the Prometheus registry and the JSON state (this
+        process's totals and what the next flush merges into the state file)."""
+        counts, groups, samples = event.counts, event.groups, event.samples
+        if event.backend is not None:  # served by a backend: its labelled series
+            self.requests.labels(event.backend, event.kind).inc()
+            for key, histogram in (("latency_s", self.latency), ("ttft_s", self.ttft),
+                                   ("tokens_per_s", self.throughput)):
+                value = samples.get(key)
+                if value is not None:
+                    histogram.labels(event.backend).observe(value)
+        load_s = samples.get("model_load_s")
+        if load_s is not None:
+            self.model_load.observe(load_s)
+        for error in groups.get("failures_by_error", ()):
+            self.failures.labels(error).inc()
+        fixed = set(groups.get("repairs_fixed", ()))
+        for stage in groups.get("repairs_tried", ()):
+            self.repairs.labels(stage, str(stage in fixed).lower()).inc()
+        for key, counter in (("first_try_valid", self.first_try), ("retries", self.retries),
+                             ("fallbacks", self.fallbacks), ("cache_hits", self.cache_hits),
+                             ("structured", self.structured), ("multi_turn", self.multi_turn)):
+            if counts.get(key):
+                counter.inc(int(counts[key]))
         with self._lock:
             for state in (self._total, self._pending):
-                c = state["counts"]
-                _bump(c, "failures")
-                _bump(c, "validation_failures", name == "ValidationFailed")
-                _bump(state["failures_by_error"], name)
-                _bump(c, "retries", tried.count("reask"))
-                _bump(c, "structured", request.output is not None)
-                _bump(c, "multi_turn", request.multi_turn)
-                for stage in tried:
-                    _bump(state["repairs_tried"], stage)
-                _sample(state, "latency_s", latency)
+                for key, by in counts.items():
+                    _bump(state["counts"], key, by)
+                for group, keys in groups.items():
+                    for key in keys:
+                        _bump(state[group], key)
+                for key, value in samples.items():
+                    _sample(state, key, value)
         self._maybe_flush()
-
-    def _count_call(self, request: GenerationRequest) -> None:
-        if request.output is not None:
-            self.structured.inc()
-        if request.multi_turn:
-            self.multi_turn.inc()
 
     # Reading -------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

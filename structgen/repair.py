@@ -34,7 +34,6 @@ from structgen.backends import GenerationRequest, GenerationResult
 from structgen.config import RepairConfig
 from structgen.constrain.closing import minimal_value
 from structgen.errors import Attempt, BackendError, ErrorDetail, ValidationFailed
-from structgen.reasoning import separate_reasoning
 from structgen.schema import CompiledOutput
 from structgen.schema.limits import DEFAULT_LIMITS, Limits, nesting_depth
 from structgen.schema.support import PostEnforced
@@ -155,8 +154,6 @@ async def _finalize(gen: GenerationResult, request: GenerationRequest, cfg: Repa
                     reask: Reask) -> Repaired:
     output = request.output
     assert output is not None
-    # The router already did this for generated results; streamed text arrives here raw.
-    separate_reasoning(gen, request)
     # What the grammar did not enforce (schema/support.py), validation below does.
     post_enforced = list(dict.fromkeys(gen.post_enforced))
     # Parsing, validation and coercion of a long answer take CPU time: in a worker thread,

@@ -21,7 +21,13 @@ and counting it let three long requests lock out a healthy backend (issue 24). T
 candidate of a chain is never refused by its breaker: with nothing left to fall back on,
 an open breaker lets the request through as a trial (half-open). The request's
 ``deadline`` (absolute ``time.monotonic()``) bounds the whole chain: when it passes,
-:class:`BackendTimeout` is raised and no further backend is tried.
+:class:`BackendTimeout` is raised and no further backend is tried; a request without
+one gets ``llm_backend.timeout_s`` from the moment it is routed.
+
+Calls and streams go down the same chain (:meth:`Router._first`, one candidate chooser:
+deadline, health, breakers, in-flight count, reasoning per backend); only reading the
+answer differs, as in httpx's ``send``: a stream's first chunk is its answer to the chain,
+the rest must arrive before the deadline, and its breaker hears how it ended.
 
 Every call returns a trail, one :class:`~structgen.types.BackendAttempt` per candidate
 considered, e.g. ``[BackendAttempt("vllm", error="BackendUnavailable: ...", latency_s=0.01),
@@ -37,14 +43,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from structgen.backends import Backend, GenerationRequest, GenerationResult
 from structgen.backends.pool import BackendPool
-from structgen.config import Config
+from structgen.config import DEFAULT_LOCAL_MODEL, Config
 from structgen.errors import (
     BackendError,
     BackendProtocolError,
@@ -60,6 +66,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 BreakerState = Literal["closed", "open", "half_open"]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -155,6 +162,15 @@ class Router:
         section = getattr(self.config, name, None)
         return bool(getattr(section, "base_url", None))
 
+    def model_id(self, name: str) -> str:
+        """The model backend ``name`` answers with when a request names none, as configured
+        (``"vllm:Qwen/Qwen3-8B"``; a server without ``model`` by its address)."""
+        section = getattr(self.config, name, None)
+        model = getattr(section, "model", None) or getattr(section, "base_url", None)
+        if name == "local":
+            model = model or DEFAULT_LOCAL_MODEL
+        return f"{name}:{model or ''}"
+
     def breaker(self, name: str) -> CircuitBreaker:
         if name not in self.breakers:
             rc = self.config.router
@@ -197,58 +213,86 @@ class Router:
     async def agenerate(self, request: GenerationRequest, backend: str | None = None
                         ) -> tuple[GenerationResult, list[BackendAttempt]]:
         """Generate with the first backend that works; return the result and the trail."""
+        with self.in_flight():
+            chosen, result, trail = await self._first(request, backend, _call)
+            chosen.breaker.record_success()
+        return result, trail
+
+    async def open_stream(self, request: GenerationRequest, backend: str | None = None
+                          ) -> RoutedStream:
+        """The first backend whose stream starts (see :class:`RoutedStream`).
+
+        The same chain as :meth:`agenerate` (deadline, health, breakers, in-flight count,
+        reasoning per backend); only reading the answer differs. How the stream ends
+        (complete, failed, abandoned) is recorded on its backend's breaker, each chunk must
+        arrive before the request's deadline, and it counts as in flight until it ends.
+        """
+        held = contextlib.ExitStack()
+        held.enter_context(self.in_flight())
+        try:
+            chosen, (chunks, first), trail = await self._first(request, backend, _start)
+        except BaseException:
+            held.close()
+            raise
+        watched = _watched(chosen, first, chunks, request.deadline, held)
+        await anext(watched)  # started: closing it now runs its bookkeeping
+        return RoutedStream(chosen.name, chosen.request, watched, first, trail)
+
+    async def _first(self, request: GenerationRequest, backend: str | None,
+                     attempt: Callable[[Candidate], Awaitable[_T]]
+                     ) -> tuple[Candidate, _T, list[BackendAttempt]]:
+        """The one candidate chooser of calls and streams: ``attempt`` each candidate in
+        turn until one answers; its verdict on success is the caller's to record (a stream
+        is judged when it ends). A request without a deadline gets ``timeout_s`` from now."""
+        if request.deadline is None:
+            request.deadline = time.monotonic() + self.config.llm_backend.timeout_s
         trail: list[BackendAttempt] = []
         auto = backend is None and self.config.llm_backend.provider == "auto"
+        kind = request.output.kind if request.output is not None else None
         last: BackendError | None = None
-        with self.in_flight():
-            order = self.order(backend)
-            for index, name in enumerate(order):
-                if _remaining(request.deadline) == 0.0:
-                    raise _with_trail(BackendTimeout(
-                        f"deadline passed before trying {name}", name), trail)
-                entry = BackendAttempt(name)
-                try:
-                    instance = self.pool.get(name)
-                except (StructgenError, ImportError) as exc:
-                    if backend is not None and isinstance(exc, ConfigError):
-                        raise  # a named backend that does not exist is the caller's mistake
-                    # e.g. the embedded backend without the [local] extra installed
-                    entry.skipped = f"not available: {exc}"
-                    trail.append(entry)
-                    continue
-                kind = request.output.kind if request.output is not None else None
-                if kind is not None and kind not in instance.capabilities().output_kinds:
-                    entry.skipped = f"cannot constrain {kind} output"
-                    trail.append(entry)
-                    continue
-                breaker = self.breaker(name)
-                if not breaker.allow(last_resort=index == len(order) - 1):
-                    entry.skipped = "circuit open"
-                    trail.append(entry)
-                    continue
-                # From here on a half-open breaker has handed this request its one trial
-                # slot: whatever ends the attempt (a verdict, cancellation, a bug) gives it
-                # back, or the backend would stay skipped forever.
-                try:
-                    if auto and not await self.healthy(name, instance, request.deadline):
-                        breaker.release()
-                        entry.skipped = "health probe failed"
-                        trail.append(entry)
-                        continue
-                    result, error = await self._attempt(name, instance, request, entry)
-                except BaseException:
+        order = self.order(backend)
+        for index, name in enumerate(order):
+            if _remaining(request.deadline) == 0.0:
+                raise _with_trail(BackendTimeout(
+                    f"deadline passed before trying {name}", name), trail)
+            entry = BackendAttempt(name)
+            trail.append(entry)
+            try:
+                instance = self.pool.get(name)
+            except (StructgenError, ImportError) as exc:
+                if backend is not None and isinstance(exc, ConfigError):
+                    raise  # a named backend that does not exist is the caller's mistake
+                # e.g. the embedded backend without the [local] extra installed
+                entry.skipped = f"not available: {exc}"
+                continue
+            if kind is not None and kind not in instance.capabilities().output_kinds:
+                entry.skipped = f"cannot constrain {kind} output"
+                continue
+            breaker = self.breaker(name)
+            if not breaker.allow(last_resort=index == len(order) - 1):
+                entry.skipped = "circuit open"
+                continue
+            # From here on a half-open breaker has handed this request its one trial
+            # slot: whatever ends the attempt (a verdict, cancellation, a bug) gives it
+            # back, or the backend would stay skipped forever.
+            try:
+                if auto and not await self.healthy(name, instance, request.deadline):
                     breaker.release()
-                    raise
-                trail.append(entry)
-                if result is not None:
-                    breaker.record_success()
-                    self._note_fallback(trail)
-                    return result, trail
-                assert error is not None
-                _verdict(breaker, error)  # faults count on the breaker, not on health
-                last = error
-                if isinstance(error, BackendTimeout) and _remaining(request.deadline) == 0.0:
-                    raise _with_trail(error, trail)
+                    entry.skipped = "health probe failed"
+                    continue
+                chosen = Candidate(name, instance, self._for_backend(name, request), breaker)
+                outcome = await _attempt(chosen, attempt, entry)
+            except BaseException:
+                breaker.release()
+                raise
+            if not isinstance(outcome, BackendError):
+                self._note_fallback(trail)
+                return chosen, outcome, trail
+            error = outcome
+            _verdict(breaker, error)  # faults count on the breaker, not on health
+            last = error
+            if isinstance(error, BackendTimeout) and _remaining(request.deadline) == 0.0:
+                raise _with_trail(error, trail)
         if last is None:
             reasons = "; ".join(f"{e.backend}: {e.why}" for e in trail)
             raise _with_trail(BackendUnavailable(f"no backend available ({reasons})"), trail)
@@ -257,49 +301,6 @@ class Router:
             raise _with_trail(BackendUnavailable(f"every backend failed ({reasons})",
                                                  last.backend), trail) from last
         raise _with_trail(last, trail)
-
-    async def open_stream(self, request: GenerationRequest, backend: str | None = None
-                          ) -> tuple[str, AsyncIterator[str], str, list[BackendAttempt]]:
-        """The first backend whose stream starts: its name, the rest of it, the first chunk
-        and the attempt trail (the same entries as :meth:`agenerate`'s).
-
-        Streams go through the same circuit breakers as :meth:`agenerate`: an open breaker
-        skips its backend, and how the stream ends (complete, failed, abandoned) is
-        recorded on it.
-        """
-        trail: list[BackendAttempt] = []
-        last: BackendError | None = None
-        kind = request.output.kind if request.output is not None else None
-        order = self.order(backend)
-        for index, name in enumerate(order):
-            entry = BackendAttempt(name)
-            trail.append(entry)
-            instance = self.pool.get(name)
-            if kind is not None and kind not in instance.capabilities().output_kinds:
-                entry.skipped = f"cannot constrain {kind} output"
-                continue
-            breaker = self.breaker(name)
-            if not breaker.allow(last_resort=index == len(order) - 1):
-                entry.skipped = "circuit open"
-                last = BackendUnavailable("circuit open", name)
-                continue
-            start = time.perf_counter()
-            stream = self._watched(breaker, instance.stream(request))
-            try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                first = ""
-            except BackendError as exc:
-                entry.error = f"{type(exc).__name__}: {exc}"
-                entry.latency_s = round(time.perf_counter() - start, 4)
-                last = exc
-                continue
-            # latency here is the time to the first chunk: the stream goes on after it
-            entry.ok, entry.latency_s = True, round(time.perf_counter() - start, 4)
-            self._note_fallback(trail)
-            return name, stream, first, trail
-        raise _with_trail(last or BackendUnavailable("no backend available for streaming"),
-                          trail)
 
     def _note_fallback(self, trail: list[BackendAttempt]) -> None:
         """Say it when a request was served by other than its first candidate: a warning
@@ -318,12 +319,110 @@ class Router:
         if self._passed_over.pop(served, None) is not None:
             log.info("structgen: backend %r answers again", served)
 
-    @staticmethod
-    async def _watched(breaker: CircuitBreaker, stream: AsyncIterator[str]
-                       ) -> AsyncIterator[str]:
-        """``stream``, reporting its outcome to ``breaker``."""
+    def _for_backend(self, name: str, request: GenerationRequest) -> GenerationRequest:
+        """Turn on reasoning for a reasoning model when the caller left it to auto."""
+        if request.reasoning or not request.extra.get("reasoning_auto"):
+            return request
+        section = getattr(self.config, name, None)
+        model = request.model or getattr(section, "model", None)
+        if is_reasoning_model(model):
+            return dataclasses.replace(request, reasoning=True)
+        return request
+
+
+@dataclass
+class Candidate:
+    """A backend that passed the chain's checks, and the request as it gets it (reasoning
+    turned on for a reasoning model)."""
+
+    name: str
+    backend: Backend
+    request: GenerationRequest
+    breaker: CircuitBreaker
+
+
+@dataclass
+class RoutedStream:
+    """A stream that started: the backend serving it, the request as it got it, its first
+    chunk, the rest (``chunks``; close it to end the backend's request) and the trail (the
+    same entries as :meth:`Router.agenerate`'s)."""
+
+    backend: str
+    request: GenerationRequest
+    chunks: AsyncIterator[str]
+    first: str
+    trail: list[BackendAttempt]
+
+    def finished(self, gen: GenerationResult) -> GenerationResult:
+        """``gen``, assembled from the chunks, as a call would have returned it."""
+        return separate_reasoning(gen, self.request)
+
+
+async def _call(chosen: Candidate) -> GenerationResult:
+    return separate_reasoning(await chosen.backend.agenerate(chosen.request), chosen.request)
+
+
+async def _start(chosen: Candidate) -> tuple[AsyncIterator[str], str]:
+    """Open ``chosen``'s stream and read its first chunk ("" when it ends at once)."""
+    chunks = chosen.backend.stream(chosen.request)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = ""
+    except BaseException:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        raise
+    return chunks, first
+
+
+async def _attempt(chosen: Candidate, attempt: Callable[[Candidate], Awaitable[_T]],
+                   entry: BackendAttempt) -> _T | BackendError:
+    """Run ``attempt`` within the request's deadline: its value, or the error that makes
+    the chain go on (written on ``entry`` either way)."""
+    start = time.perf_counter()
+    try:
+        remaining = _remaining(chosen.request.deadline)
+        if remaining is None:
+            value = await attempt(chosen)
+        else:
+            value = await asyncio.wait_for(attempt(chosen), remaining)
+    except TimeoutError:
+        error: BackendError = BackendTimeout("request deadline exceeded", chosen.name)
+    except BackendError as exc:
+        error = exc
+    except StructgenError:
+        raise  # the caller's mistake (bad config, schema): no other backend fixes it
+    except Exception as exc:
+        # A backend must answer or raise BackendError; anything else is its bug, which
+        # counts against it like any failure instead of ending the fallback chain.
+        error = BackendProtocolError(f"unexpected {type(exc).__name__}: {exc}", chosen.name)
+        error.__cause__ = exc
+    else:
+        # for a stream: the time to its first chunk (it goes on after it)
+        entry.ok, entry.latency_s = True, round(time.perf_counter() - start, 4)
+        entry.reasoning = chosen.request.reasoning
+        return value
+    entry.error = f"{type(error).__name__}: {error}"
+    entry.latency_s = round(time.perf_counter() - start, 4)
+    return error
+
+
+async def _watched(chosen: Candidate, first: str, chunks: AsyncIterator[str],
+                   deadline: float | None, held: contextlib.ExitStack) -> AsyncIterator[str]:
+    """``first``, then the rest of ``chunks``, each before ``deadline``; the outcome goes to
+    the backend's breaker, and ``held`` (the in-flight count) ends with the stream."""
+    breaker = chosen.breaker
+    with held:
         try:
-            async for chunk in stream:
+            yield first
+            while True:
+                try:
+                    async with asyncio.timeout(_remaining(deadline)):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise BackendTimeout("request deadline exceeded", chosen.name) from exc
                 yield chunk
         except BackendError as exc:
             _verdict(breaker, exc)
@@ -334,48 +433,8 @@ class Router:
         finally:
             # closed early (the consumer left the loop): close the backend's stream too,
             # which closes its HTTP response or drops the embedded decoder's sequence
-            await stream.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()  # type: ignore[attr-defined]
         breaker.record_success()
-
-    async def _attempt(self, name: str, backend: Backend, request: GenerationRequest,
-                       entry: BackendAttempt) -> tuple[GenerationResult | None,
-                                                       BackendError | None]:
-        req = self._for_backend(name, request)
-        start = time.perf_counter()
-        try:
-            remaining = _remaining(request.deadline)
-            if remaining is None:
-                result = await backend.agenerate(req)
-            else:
-                result = await asyncio.wait_for(backend.agenerate(req), remaining)
-        except TimeoutError:
-            error: BackendError = BackendTimeout("request deadline exceeded", name)
-        except BackendError as exc:
-            error = exc
-        except StructgenError:
-            raise  # the caller's mistake (bad config, schema): no other backend fixes it
-        except Exception as exc:
-            # A backend must answer or raise BackendError; anything else is its bug, which
-            # counts against it like any failure instead of ending the fallback chain.
-            error = BackendProtocolError(f"unexpected {type(exc).__name__}: {exc}", name)
-            error.__cause__ = exc
-        else:
-            entry.ok, entry.latency_s = True, round(time.perf_counter() - start, 4)
-            entry.reasoning = req.reasoning
-            return separate_reasoning(result, req), None
-        entry.error = f"{type(error).__name__}: {error}"
-        entry.latency_s = round(time.perf_counter() - start, 4)
-        return None, error
-
-    def _for_backend(self, name: str, request: GenerationRequest) -> GenerationRequest:
-        """Turn on reasoning for a reasoning model when the caller left it to auto."""
-        if request.reasoning or not request.extra.get("reasoning_auto"):
-            return request
-        section = getattr(self.config, name, None)
-        model = request.model or getattr(section, "model", None)
-        if is_reasoning_model(model):
-            return dataclasses.replace(request, reasoning=True)
-        return request
 
 
 def _verdict(breaker: CircuitBreaker, error: BackendError) -> None:

@@ -7,11 +7,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from structgen.attempts import BackendAttempt
+
 # chat messages are parsed in one place (structgen/messages.py); named here as before
 from structgen.messages import Message as Message
 from structgen.messages import normalize_messages as normalize_messages
 
 OutputKind = Literal["json", "regex", "choice", "grammar"]
+ALL_KINDS: frozenset[OutputKind] = frozenset({"json", "regex", "choice", "grammar"})
 ToolChoice = str  # "auto" | "required" | the name of one tool
 
 
@@ -116,28 +119,6 @@ class Repair:
 
     def __str__(self) -> str:
         return self.stage
-
-
-@dataclass
-class BackendAttempt:
-    """One backend the router considered for a request, in the order it went.
-
-    ``skipped``: why it was passed over without a request (circuit open, cannot constrain
-    the output kind, ...); ``error``: ``"<error type>: <message>"`` of a request that
-    failed; ``latency_s``: how long the request took (a stream: to its first chunk).
-    """
-
-    backend: str
-    ok: bool = False
-    latency_s: float | None = None
-    error: str | None = None
-    skipped: str | None = None
-    reasoning: bool = False  # reasoning was turned on for a reasoning model
-
-    @property
-    def why(self) -> str:
-        """Why it did not answer, for an error message."""
-        return self.skipped or self.error or ""
 
 
 @dataclass

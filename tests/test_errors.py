@@ -178,3 +178,24 @@ def test_hierarchy() -> None:
         assert issubclass(cls, StructgenError)
     for cls in (BackendUnavailable, BackendTimeout, BackendProtocolError):
         assert issubclass(cls, BackendError)
+
+
+def test_every_error_class_is_in_the_errors_module() -> None:
+    """One tree a caller can read in one place (httpx's ``_exceptions.py``): no module of
+    the package defines an error class of its own."""
+    import importlib
+    import pkgutil
+
+    import structgen
+    from structgen.errors import StructgenError
+
+    for info in pkgutil.walk_packages(structgen.__path__, "structgen."):
+        importlib.import_module(info.name)
+    found, todo = set(), [StructgenError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo.extend(cls.__subclasses__())
+    elsewhere = sorted(f"{c.__module__}.{c.__qualname__}" for c in found
+                       if c.__module__.startswith("structgen") and c.__module__ != "structgen.errors")
+    assert not elsewhere

@@ -504,3 +504,92 @@ async def test_a_kind_the_backend_cannot_take_is_no_warning(
         await engine.arun("q", Regex(r"\d"))
     assert not [r for r in caplog.records if r.name == "structgen.router"]
     await engine.aclose()
+
+
+# Streams go down the same chain as calls -----------------------------------------------------
+class DrippingBackend(CannedBackend):
+    """Streams its text one character every ``gap_s`` and keeps the requests it was sent."""
+
+    def __init__(self, name: str, text: str = '{"ok": true}', *, gap_s: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(name, text, **kwargs)
+        self.gap_s = gap_s
+        self.seen: list[GenerationRequest] = []
+
+    async def stream(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        self.seen.append(request)
+        for char in self.text:
+            await asyncio.sleep(self.gap_s)
+            yield char
+
+
+async def _streamed(engine: Engine, output: Any = SCHEMA, **kwargs: Any) -> Any:
+    items = [item async for item in engine.astream("q", output, final_result=True, **kwargs)]
+    return items[-1]
+
+
+async def test_a_stream_ends_at_the_request_deadline(tmp_path: Path) -> None:
+    slow = DrippingBackend("sglang", gap_s=0.1)  # 12 characters: 1.2 s
+    engine = Engine(config(tmp_path, llm_backend={"provider": "sglang", "fallback": ["sglang"],
+                                                  "timeout_s": 0.3}),
+                    backends={"sglang": slow})
+    with pytest.raises(BackendTimeout):
+        await _streamed(engine)
+    # a deadline is the request's length, not the backend's fault
+    assert engine.router.breaker("sglang").consecutive_failures == 0
+    assert engine.metrics.summary()["failures_by_error"] == {"BackendTimeout": 1}
+    await engine.aclose()
+
+
+async def test_a_stream_skips_a_backend_whose_health_probe_fails(tmp_path: Path) -> None:
+    sick = DrippingBackend("sglang", healthy=False)
+    local = DrippingBackend("local")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "auto",
+                                                  "fallback": ["sglang", "local"]}),
+                    backends={"sglang": sick, "local": local})
+    result = await _streamed(engine)
+    assert result.backend == "local" and sick.probes == 1 and sick.calls == 0
+    assert result.attempts[0].skipped == "health probe failed"
+    await engine.aclose()
+
+
+async def test_a_stream_is_in_flight_until_it_ends(tmp_path: Path) -> None:
+    engine = Engine(config(tmp_path), backends={"local": DrippingBackend("local")})
+    items = engine.astream("q", SCHEMA)
+    await anext(items)
+    assert engine.metrics._inflight == 1
+    await items.aclose()  # type: ignore[attr-defined]
+    assert engine.metrics._inflight == 0
+    await _streamed(engine, use_cache=False)
+    assert engine.metrics._inflight == 0 and engine.metrics.summary()["inflight_peak"] == 1
+    await engine.aclose()
+
+
+async def test_a_stream_to_a_reasoning_model_thinks_and_keeps_it_apart(tmp_path: Path) -> None:
+    thinker = DrippingBackend("local", '<think>{"ok": false} is wrong</think>{"ok": true}')
+    engine = Engine(config(tmp_path), backends={"local": thinker})
+    result = await _streamed(engine, model="qwq-32b")
+    assert thinker.seen[0].reasoning  # turned on per backend, as for a call
+    assert result.value == {"ok": True} and result.reasoning_text == '{"ok": false} is wrong'
+    assert result.attempts[0].reasoning
+    await engine.aclose()
+
+
+class NeedsAnExtra(BackendBase, name="needs-an-extra"):
+    """A backend whose optional dependency is not installed (as the embedded backend
+    without the [local] extra): creating it raises ImportError."""
+
+    def __init__(self, config: Config) -> None:
+        import structgen_extra_that_is_not_installed  # type: ignore[import-not-found]  # noqa: F401
+
+
+async def test_a_stream_skips_a_backend_that_cannot_be_imported(tmp_path: Path) -> None:
+    local = DrippingBackend("local")
+    engine = Engine(config(tmp_path, llm_backend={"provider": "needs-an-extra",
+                                                  "fallback": ["needs-an-extra", "local"]}),
+                    backends={"local": local})
+    result = await _streamed(engine)
+    assert result.backend == "local"
+    assert result.attempts[0].skipped.startswith("not available: No module named")
+    await engine.aclose()

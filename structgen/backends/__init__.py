@@ -6,7 +6,6 @@ client never imports torch and using the embedded backend never imports httpx.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from structgen.backends.base import (
@@ -16,32 +15,20 @@ from structgen.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from structgen.errors import ConfigError, did_you_mean
+from structgen.registry import BACKENDS, lookup
 
 if TYPE_CHECKING:
     from structgen.config import Config
 
-REGISTRY: dict[str, str] = {
-    "local": "structgen.backends.local:LocalBackend",
-    "vllm": "structgen.backends.vllm:VLLMBackend",
-    "sglang": "structgen.backends.sglang:SGLangBackend",
-    "ollama": "structgen.backends.ollama:OllamaBackend",
-}
-
-
 def create_backend(name: str, config: Config) -> Backend:
-    """Instantiate backend ``name`` from its config section."""
-    try:
-        module_name, _, cls_name = REGISTRY[name].partition(":")
-    except KeyError:
-        raise ConfigError(f"unknown backend {name!r}{did_you_mean(name, REGISTRY)} "
-                          f"(known: {', '.join(REGISTRY)})") from None
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(config)
+    """Instantiate backend ``name`` (a registered one, :data:`BACKENDS`) from the config."""
+    cls = lookup(BACKENDS, name, "backend")
+    backend: Backend = cls(config)
+    return backend
 
 
 __all__ = [
-    "REGISTRY",
+    "BACKENDS",
     "Backend",
     "BackendBase",
     "Capabilities",

@@ -7,17 +7,17 @@ validates or repairs: that is the engine's job, one layer up.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from structgen.portal import run_sync
+from structgen.registry import BACKENDS
 from structgen.types import Message, OutputKind, RawToolCall, Sampling, ToolTurn
 
 if TYPE_CHECKING:
     from structgen.schema import CompiledOutput
-    from structgen.schema.support import EngineSupport, PostEnforced
+    from structgen.schema.support import EngineSupport, PostEnforced, Quirk
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class Capabilities:
 
     ``output_kinds``: kinds it can constrain at all. ``support``: its grammar engine's row
     in :mod:`structgen.schema.support` (what is left to validation); ``None``: every
-    keyword structgen knows is enforced.
+    keyword structgen knows is enforced. ``quirks``: constraints it takes but is known not
+    to hold in some cases (reported, then validated); ``into_branches``: its engine ignores
+    keywords beside an anyOf/oneOf/allOf/$ref (XGrammar), so they go into the branches.
     """
 
     output_kinds: frozenset[OutputKind]
@@ -34,6 +36,8 @@ class Capabilities:
     reasoning: bool = False
     batching: bool = False
     notes: tuple[str, ...] = ()
+    quirks: tuple[Quirk, ...] = ()
+    into_branches: bool = False
 
 
 @dataclass
@@ -130,6 +134,13 @@ class BackendBase:
 
     name: str = "base"
 
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        """``class TinyBackend(BackendBase, name="tiny")`` registers it (structgen.registry)."""
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+            BACKENDS[name] = cls
+
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         raise NotImplementedError
 
@@ -141,28 +152,3 @@ class BackendBase:
 
     async def aclose(self) -> None:
         return None
-
-
-_portal_loop: asyncio.AbstractEventLoop | None = None
-_portal_lock = threading.Lock()
-
-
-def _portal() -> asyncio.AbstractEventLoop:
-    """One long-lived event loop in a daemon thread for all sync calls.
-
-    Sync wrappers submit here instead of calling ``asyncio.run`` each time, so pooled
-    clients (httpx) and the embedded scheduler stay bound to one loop across calls.
-    """
-    global _portal_loop
-    with _portal_lock:
-        if _portal_loop is None or _portal_loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="structgen-loop",
-                             daemon=True).start()
-            _portal_loop = loop
-        return _portal_loop
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion from sync code (also from inside a running loop)."""
-    return asyncio.run_coroutine_threadsafe(coro, _portal()).result()

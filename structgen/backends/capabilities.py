@@ -2,40 +2,42 @@
 
 Each row names the grammar engine behind the backend; what that engine enforces is its row
 in :mod:`structgen.schema.support` (one table per engine, shared with the embedded
-decoder). Before a request is sent, :func:`relax_for` loosens the compiled schema for the
+decoder). Before a request is sent, :func:`loosen_for` loosens the compiled schema for the
 row (so a server neither rejects the request nor silently loosens it behind our back) and
 returns the :class:`~structgen.schema.support.PostEnforced` entries taken out, plus the
 quirks that stay in the grammar but are known not to hold. Validation then checks the full
 schema, repair fixes what it can, and the result's ``post_enforced`` lists every one of
 them: a constraint is never dropped silently.
 
-The table is documented in ``docs/capabilities.md``; keep the two in step.
+Each server backend declares its rows in its own file (``capability_rows``, one per
+grammar engine it can be configured with); :func:`matrix` gathers them from the registry,
+and ``docs/capabilities.md``'s table is checked against it (tests/backends/test_capabilities.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from structgen.backends.base import Capabilities
+from structgen.registry import BACKENDS, lookup
 from structgen.schema import CompiledOutput
 from structgen.schema.bounds import bound_integers
 from structgen.schema.check import walk
 from structgen.schema.support import (
-    LLAMACPP,
     LLGUIDANCE,
-    OUTLINES,
     WHOLE_OUTPUT,
     XGRAMMAR,
+    EngineSupport,
     PostEnforced,
+    Quirk,
     length_beside_pattern,
     loosen,
     min_properties_with_open_keys,
     required_into_properties,
     siblings_into_branches,
 )
-from structgen.types import OutputKind
+from structgen.types import ALL_KINDS, OutputKind
 
 PostEntries = tuple[PostEnforced, ...]  # what a backend leaves to validation for a request
 
@@ -47,17 +49,6 @@ SERVER_XGRAMMAR = XGRAMMAR.plus("xgrammar (server)", dict.fromkeys(
 # vLLM "auto" picks xgrammar and falls back to guidance per request: the weaker of the two
 # for every keyword, so nothing goes unrecorded.
 VLLM_AUTO = SERVER_XGRAMMAR.plus("auto", LLGUIDANCE.unenforced)
-
-ALL_KINDS: frozenset[OutputKind] = frozenset({"json", "regex", "choice", "grammar"})
-
-
-@dataclass(frozen=True)
-class Quirk:
-    """A constraint an engine accepts but is known not to hold in some cases."""
-
-    keyword: str
-    applies: Callable[[dict[str, Any]], bool]
-    why: str
 
 
 def _string_with_max_length(sub: dict[str, Any]) -> bool:
@@ -73,76 +64,48 @@ XGRAMMAR_QUIRKS = (
     Quirk("minLength", length_beside_pattern, "xgrammar: length bounds with pattern/format"),
 )
 
-CAPABILITIES: dict[str, Capabilities] = {
-    "vllm/guidance": Capabilities(
-        output_kinds=ALL_KINDS, support=LLGUIDANCE, reasoning=True,
-        batching=True, notes=("grammar outputs are sent as Lark (llguidance dialect)",)),
-    "vllm/xgrammar": Capabilities(
-        output_kinds=ALL_KINDS, support=SERVER_XGRAMMAR, reasoning=True,
-        batching=True, notes=("grammar outputs are sent as GBNF/EBNF",
-                              "raw control characters possible in bounded strings")),
-    "vllm/outlines": Capabilities(
-        output_kinds=ALL_KINDS, support=OUTLINES, reasoning=True,
-        batching=True, notes=("grammar outputs are sent as Lark",)),
-    "vllm/auto": Capabilities(
-        output_kinds=ALL_KINDS, support=VLLM_AUTO,
-        reasoning=True, batching=True, notes=("grammar outputs are sent as GBNF/EBNF",)),
-    "sglang/xgrammar": Capabilities(
-        output_kinds=ALL_KINDS, support=SERVER_XGRAMMAR, reasoning=True,
-        batching=True, notes=("choice is sent as a regex", "grammar is sent as EBNF")),
-    "sglang/llguidance": Capabilities(
-        output_kinds=ALL_KINDS, support=LLGUIDANCE, reasoning=True,
-        batching=True, notes=("choice is sent as a regex", "grammar is sent as EBNF")),
-    "sglang/outlines": Capabilities(
-        output_kinds=frozenset({"json", "regex", "choice"}), support=OUTLINES,
-        reasoning=True, batching=True, notes=("no grammar (EBNF) support",)),
-    "ollama": Capabilities(
-        output_kinds=frozenset({"json", "choice"}), support=LLAMACPP,
-        reasoning=True, batching=False,
-        notes=("`format` takes a JSON Schema only: no regex or grammar outputs",
-               "choice is sent as a JSON string enum and unwrapped")),
-}
-
 # llguidance cannot keep open member names unique: minProperties may count a repeat once
 LLGUIDANCE_QUIRKS = (
     Quirk("minProperties", min_properties_with_open_keys, "a repeated open member name "
           "counts once"),
 )
 
-QUIRKS: dict[str, tuple[Quirk, ...]] = {
-    "vllm/guidance": LLGUIDANCE_QUIRKS,
-    "sglang/llguidance": LLGUIDANCE_QUIRKS,
-    "vllm/xgrammar": XGRAMMAR_QUIRKS,
-    "vllm/auto": XGRAMMAR_QUIRKS,
-    "sglang/xgrammar": XGRAMMAR_QUIRKS,
-}
+
+def server_row(support: EngineSupport, *notes: str, kinds: frozenset[OutputKind] = ALL_KINDS,
+               batching: bool = True) -> Capabilities:
+    """A server backend's row of the matrix for the grammar engine behind ``support``; the
+    engine's known quirks come with it (and XGrammar's keywords beside an anyOf go into
+    its branches)."""
+    xgrammar = support in (SERVER_XGRAMMAR, VLLM_AUTO)
+    quirks = XGRAMMAR_QUIRKS if xgrammar else LLGUIDANCE_QUIRKS if support == LLGUIDANCE else ()
+    return Capabilities(output_kinds=kinds, support=support, reasoning=True, batching=batching,
+                        notes=notes, quirks=quirks, into_branches=xgrammar)
 
 
 def capabilities_for(backend: str, engine: str | None = None) -> Capabilities:
-    """The row of the matrix for ``backend`` (``"vllm"``, ...) and its grammar engine."""
-    key = backend if engine is None else f"{backend}/{engine}"
-    return CAPABILITIES[key]
+    """The row of the matrix for ``backend`` (``"vllm"``, ...) and its grammar engine, as
+    the backend's class declares it (``capability_rows``)."""
+    rows: dict[str | None, Capabilities] = lookup(BACKENDS, backend, "backend").capability_rows
+    return rows[engine]
 
 
-# rows whose engine is XGrammar: the keywords beside an anyOf/oneOf/allOf/$ref go into its
-# branches before the schema is sent (XGrammar ignores them there; schema/support.py)
-XGRAMMAR_ROWS = frozenset({"vllm/xgrammar", "vllm/auto", "sglang/xgrammar"})
-
-
-def _row_key(caps: Capabilities) -> str | None:
-    return next((key for key, row in CAPABILITIES.items() if row is caps), None)
-
-
-def _quirks(caps: Capabilities) -> tuple[Quirk, ...]:
-    return QUIRKS.get(_row_key(caps) or "", ())
+def matrix() -> dict[str, Capabilities]:
+    """The capability matrix (``docs/capabilities.md``), built from the registered backends
+    that declare rows: ``"vllm/xgrammar"``, ..., ``"ollama"`` for a backend with one row."""
+    out: dict[str, Capabilities] = {}
+    for name in list(BACKENDS):
+        rows = getattr(lookup(BACKENDS, name, "backend"), "capability_rows", None) or {}
+        for engine, caps in rows.items():
+            out[name if engine is None else f"{name}/{engine}"] = caps
+    return out
 
 
 def unenforced(compiled: CompiledOutput, caps: Capabilities) -> tuple[PostEnforced, ...]:
-    """Every constraint the backend will not enforce (see :func:`relax_for`)."""
-    return relax_for(compiled, caps)[1]
+    """Every constraint the backend will not enforce (see :func:`loosen_for`)."""
+    return loosen_for(compiled, caps)[1]
 
 
-def relax_for(compiled: CompiledOutput, caps: Capabilities
+def loosen_for(compiled: CompiledOutput, caps: Capabilities
               ) -> tuple[dict[str, Any] | None, tuple[PostEnforced, ...]]:
     """The schema to send (None for non-JSON outputs) and the post-enforced entries.
 
@@ -165,7 +128,7 @@ def server_schema(schema: dict[str, Any], caps: Capabilities
     entries: tuple[PostEnforced, ...] = ()
     if caps.support is not None:
         schema, entries = loosen(schema, caps.support)
-    if _row_key(caps) in XGRAMMAR_ROWS:  # before the int64 bounds, which it would meet
+    if caps.into_branches:  # before the int64 bounds, which it would meet
         schema, beside = siblings_into_branches(schema)
         schema, undeclared = required_into_properties(schema)
         entries = (*entries, *beside, *undeclared)
@@ -175,7 +138,7 @@ def server_schema(schema: dict[str, Any], caps: Capabilities
         # runaway integer (floats cannot be bounded in JSON Schema)
         schema = bound_integers(schema)
     quirks = [PostEnforced(pointer, q.keyword, q.why) for pointer, sub in walk(schema)
-              for q in _quirks(caps) if q.applies(sub)]
+              for q in caps.quirks if q.applies(sub)]
     return schema, tuple(dict.fromkeys((*entries, *quirks)))
 
 

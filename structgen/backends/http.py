@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -47,9 +47,8 @@ from structgen.backends.base import (
     Finished,
     GenerationRequest,
     GenerationResult,
-    _portal,
 )
-from structgen.backends.capabilities import PostEntries, capabilities_for, relax_for
+from structgen.backends.capabilities import PostEntries, loosen_for
 from structgen.config import Config as _Config
 from structgen.config import redact_url
 from structgen.errors import (
@@ -60,6 +59,7 @@ from structgen.errors import (
     ConfigError,
 )
 from structgen.messages import hermes_messages
+from structgen.portal import on_portal, portal
 from structgen.schema.support import WHOLE_OUTPUT
 from structgen.types import Sampling
 
@@ -271,7 +271,7 @@ class HTTPClient:
         flowed, a failure is reported (a retry would repeat text the caller already has).
         """
         lines = self._stream_lines(path, body, deadline=deadline)
-        if asyncio.get_running_loop() is _portal():
+        if asyncio.get_running_loop() is portal():
             try:
                 async for line in lines:
                     yield line
@@ -384,21 +384,6 @@ class HTTPClient:
             return False
 
 
-async def on_portal(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Await ``coro`` on the portal loop (:func:`~structgen.backends.base.run_sync`'s).
-
-    An httpx pool belongs to the loop it was opened in. Running every call of every
-    :class:`HTTPClient` on the one long-lived portal loop keeps one pool per backend for
-    the life of the process, whichever loops the callers use (each ``asyncio.run`` makes
-    a new one); a pool per caller loop would leave the old pools' sockets open.
-    Cancelling the caller cancels the call on the portal.
-    """
-    portal = _portal()
-    if asyncio.get_running_loop() is portal:
-        return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, portal))
-
-
 async def _next_or_none(lines: AsyncIterator[str]) -> str | None:
     try:
         return await anext(lines)
@@ -434,12 +419,14 @@ class HTTPBackend(BackendBase):
     def model_for(self, request: GenerationRequest) -> str | None:
         return request.model or self.section.model
 
-    # The config field naming the server's grammar engine (its capabilities depend on it).
+    # The config field naming the server's grammar engine (its capabilities depend on it),
+    # and the backend's rows of the capability matrix by that field's value (None: one row)
     engine_field: str | None = None
+    capability_rows: dict[str | None, Capabilities] = {}
 
     def capabilities(self) -> Capabilities:
         engine = getattr(self.section, self.engine_field) if self.engine_field else None
-        return capabilities_for(self.name, engine)
+        return self.capability_rows[engine]
 
     # The wire format: what each server backend's file writes --------------------------
     # What closes a complete stream, for the error when a stream ends without it.
@@ -464,7 +451,7 @@ class HTTPBackend(BackendBase):
         """The schema this server's grammar engine is given for ``out`` and the entries
         validation post-enforces (backends/capabilities.py); ``refusal`` is the
         BackendUnavailable message when the server cannot constrain ``out`` at all."""
-        schema, post = relax_for(out, self.capabilities())
+        schema, post = loosen_for(out, self.capabilities())
         if any(e.keyword == WHOLE_OUTPUT for e in post):
             raise BackendUnavailable(refusal, self.name)
         return schema, post

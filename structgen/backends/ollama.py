@@ -26,9 +26,10 @@ from pydantic import BaseModel, NonNegativeInt, StrictStr
 
 from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import TOOL_CALLING
+from structgen.backends.capabilities import TOOL_CALLING, server_row
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
 from structgen.messages import ollama_messages
+from structgen.schema.support import LLAMACPP
 from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/api/chat"
@@ -77,12 +78,16 @@ class _Answer(BaseModel):
     eval_count: NonNegativeInt | None = None
 
 
-class OllamaBackend(http.HTTPBackend):
+class OllamaBackend(http.HTTPBackend, name="ollama"):
     """Client for an Ollama server (``[ollama]`` config section)."""
 
-    name = "ollama"
     default_url = "http://127.0.0.1:11434"
     health_path = "/api/version"
+    # its one row of the capability matrix
+    capability_rows = {None: server_row(
+        LLAMACPP, "`format` takes a JSON Schema only: no regex or grammar outputs",
+        "choice is sent as a JSON string enum and unwrapped",
+        kinds=frozenset({"json", "choice"}), batching=False)}
 
     # Request -------------------------------------------------------------------------
     def _format(self, request: GenerationRequest) -> tuple[dict[str, Any] | None, http.PostEntries]:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from structgen.backends import REGISTRY, Backend, create_backend
+from structgen.backends import BACKENDS, Backend, create_backend
 
 if TYPE_CHECKING:
     from structgen.config import Config
@@ -37,7 +37,7 @@ class BackendPool:
 
     def knows(self, name: str) -> bool:
         """Can :meth:`get` serve ``name`` (a registered or a handed-in backend)?"""
-        return name in REGISTRY or name in self._backends
+        return name in BACKENDS or name in self._backends
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(list(self._backends.values()))

@@ -28,11 +28,12 @@ from pydantic import BaseModel, FiniteFloat, NonNegativeInt
 
 from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import TOOL_CALLING
-from structgen.backends.openai_format import Completion, Event, Usage
+from structgen.backends.capabilities import SERVER_XGRAMMAR, TOOL_CALLING, server_row
+from structgen.backends.openai_format import Completion, Event, WireUsage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
+from structgen.schema.support import LLGUIDANCE, OUTLINES
 from structgen.types import ToolTurn
 
 NATIVE_PATH = "/generate"
@@ -64,12 +65,21 @@ class _Native(BaseModel):
     meta_info: _Meta | None = None
 
 
-class SGLangBackend(http.HTTPBackend):
+_SENT_AS = ("choice is sent as a regex", "grammar is sent as EBNF")
+
+
+class SGLangBackend(http.HTTPBackend, name="sglang"):
     """Client for an SGLang server (``[sglang]`` config section)."""
 
-    name = "sglang"
     default_url = "http://127.0.0.1:30000"
     engine_field = "grammar_backend"
+    # its rows of the capability matrix, by [sglang] grammar_backend
+    capability_rows = {
+        "xgrammar": server_row(SERVER_XGRAMMAR, *_SENT_AS),
+        "llguidance": server_row(LLGUIDANCE, *_SENT_AS),
+        "outlines": server_row(OUTLINES, "no grammar (EBNF) support",
+                               kinds=frozenset({"json", "regex", "choice"})),
+    }
 
     # Request -------------------------------------------------------------------------
     def _constraint(self, request: GenerationRequest) -> tuple[dict[str, Any], http.PostEntries]:
@@ -158,7 +168,7 @@ class SGLangBackend(http.HTTPBackend):
         if choice.message is None:
             raise BackendProtocolError(f"{CHAT_PATH} answer has no message: "
                                        f"{str(data)[:200]}", self.name)
-        usage = answer.usage or Usage()
+        usage = answer.usage or WireUsage()
         calls = (toolcalls.openai_calls(choice.message.tool_calls, self.name)
                  if self._native_turn(request) is not None else None)
         return GenerationResult(

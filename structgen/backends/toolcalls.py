@@ -28,8 +28,7 @@ from structgen.backends.capabilities import (
     server_schema,
     tool_choice_kind,
 )
-from structgen.backends.openai_format import Event
-from structgen.backends.openai_format import ToolCall as WireToolCall
+from structgen.backends.openai_format import Event, WireToolCall
 from structgen.errors import BackendProtocolError
 from structgen.schema.support import PostEnforced
 from structgen.types import RawToolCall, ToolTurn

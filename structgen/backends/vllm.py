@@ -28,11 +28,18 @@ from pydantic import BaseModel, FiniteFloat
 
 from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import TOOL_CALLING, PostEntries, relax_for
-from structgen.backends.openai_format import Completion, Event, Usage
+from structgen.backends.capabilities import (
+    SERVER_XGRAMMAR,
+    TOOL_CALLING,
+    VLLM_AUTO,
+    PostEntries,
+    server_row,
+)
+from structgen.backends.openai_format import Completion, Event, WireUsage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
+from structgen.schema.support import LLGUIDANCE, OUTLINES
 from structgen.types import RawToolCall, ToolTurn
 
 CHAT_PATH = "/v1/chat/completions"
@@ -52,12 +59,19 @@ class _Completion(Completion):
     metrics: _Metrics | None = None
 
 
-class VLLMBackend(http.HTTPBackend):
+class VLLMBackend(http.HTTPBackend, name="vllm"):
     """Client for a vLLM OpenAI-compatible server (``[vllm]`` config section)."""
 
-    name = "vllm"
     default_url = "http://127.0.0.1:8000"
     engine_field = "structured_backend"
+    # its rows of the capability matrix, by [vllm] structured_backend
+    capability_rows = {
+        "guidance": server_row(LLGUIDANCE, "grammar outputs are sent as Lark (llguidance dialect)"),
+        "xgrammar": server_row(SERVER_XGRAMMAR, "grammar outputs are sent as GBNF/EBNF",
+                               "raw control characters possible in bounded strings"),
+        "outlines": server_row(OUTLINES, "grammar outputs are sent as Lark"),
+        "auto": server_row(VLLM_AUTO, "grammar outputs are sent as GBNF/EBNF"),
+    }
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -83,7 +97,9 @@ class VLLMBackend(http.HTTPBackend):
         out = request.output
         if out is None:
             return None, ()
-        schema, post = relax_for(out, self.capabilities())
+        schema, post = self.constraint_for(
+            out, f"vLLM's {self.section.structured_backend} backend cannot constrain "
+            f"{out.kind} outputs")
         so: dict[str, Any]
         if out.kind == "json":
             fixed = guidance_options(request.whitespace)
@@ -172,7 +188,7 @@ class VLLMBackend(http.HTTPBackend):
                 raise BackendProtocolError(f"{path} answer has no text: {str(data)[:200]}",
                                            self.name)
             text, reasoning = choice.text, None
-        usage = answer.usage or Usage()
+        usage = answer.usage or WireUsage()
         server_s, ttft_s = _server_times(answer.metrics)
         return GenerationResult(
             text=text, backend=self.name, model=answer.model or body["model"],

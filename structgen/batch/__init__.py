@@ -25,7 +25,7 @@ from typing import Any
 from structgen.backends.base import run_sync
 from structgen.config import Config
 from structgen.engine import CallOptions, Engine, _engine_for
-from structgen.errors import StructgenError
+from structgen.errors import BatchItemError, StructgenError
 from structgen.types import StructuredResult
 
 __all__ = [
@@ -37,11 +37,6 @@ __all__ = [
     "generate_batch",
     "run_requests",
 ]
-
-
-class BatchItemError(StructgenError):
-    """An item failed with an error that is not a :class:`StructgenError` (a bug below, or a
-    library's own exception); the original is its ``__cause__``. The batch goes on."""
 
 
 @dataclass

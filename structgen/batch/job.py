@@ -57,7 +57,13 @@ from structgen.batch import (
     run_requests,
 )
 from structgen.engine import Engine
-from structgen.errors import BackendError, ConfigError, StructgenError, ValidationFailed
+from structgen.errors import (
+    BackendError,
+    BatchLineError,
+    ConfigError,
+    StructgenError,
+    ValidationFailed,
+)
 from structgen.messages import Message, normalize_messages
 from structgen.schema.toolset import schema_tool
 from structgen.types import SAMPLING_KEYS, JsonSchema, StructuredResult, ToolCall
@@ -73,10 +79,6 @@ IGNORED_KEYS = frozenset({"model", "user", "metadata", "store", "service_tier",
 DEFAULT_ONLY = {"n": 1, "stream": False, "logprobs": False, "top_logprobs": None,
                 "frequency_penalty": 0, "presence_penalty": 0, "logit_bias": None,
                 "stream_options": None}
-
-
-class BatchLineError(StructgenError):
-    """One line of a batch file is not a request structgen can run (an error line)."""
 
 
 @dataclass

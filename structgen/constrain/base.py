@@ -11,19 +11,19 @@ bit set = allowed.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import importlib
 import importlib.metadata
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from structgen.constrain.grammar_cache import GrammarCompileTimeout, default_grammar_cache
-from structgen.errors import ConfigError, SchemaError
+from structgen.constrain.closing import closing_candidates, walk_to_accept
+from structgen.constrain.grammar_cache import default_grammar_cache
+from structgen.constrain.tokenizer import TokenizerData
+from structgen.errors import ConfigError, GrammarCompileTimeout, SchemaError
+from structgen.registry import ENGINES, lookup
 from structgen.schema.layout import JSON_SEPARATORS, LAYOUTS
-from structgen.schema.relax import last_resorts, relax_for_engine
+from structgen.schema.relax import last_resorts, loosen_until_it_compiles
 from structgen.schema.support import (
     WHOLE_OUTPUT,
     EngineSupport,
@@ -31,6 +31,7 @@ from structgen.schema.support import (
     located,
     loosen,
 )
+from structgen.types import ALL_KINDS, OutputKind
 
 if TYPE_CHECKING:
     import torch
@@ -60,62 +61,6 @@ class ConstraintOptions:
 
     def key(self) -> str:
         return f"ws={self.whitespace}:{self.max_whitespace}:think={int(self.reasoning)}"
-
-
-@dataclass
-class TokenizerData:
-    """What engines need to know about a tokenizer, computed once per loaded model."""
-
-    hf_tokenizer: Any
-    vocab_size: int  # the model's logits width (may exceed len(tokenizer))
-    eos_token_ids: tuple[int, ...]
-
-    def ll_tokenizer(self) -> Any:
-        """llguidance's view of the tokenizer (built once, ~1 s for a 50k vocabulary)."""
-        cached = getattr(self, "_ll", None)
-        if cached is None:
-            import llguidance
-
-            backend = copy.copy(self.hf_tokenizer.backend_tokenizer)
-            backend.no_padding()
-            backend.no_truncation()
-            cached = llguidance.LLTokenizer(backend.to_str(), n_vocab=self.vocab_size,
-                                            eos_token=list(self.eos_token_ids))
-            self._ll = cached
-        return cached
-
-    def token_bytes(self) -> list[bytes]:
-        """Raw bytes of every token id (b"" for special and unused ids)."""
-        cached = getattr(self, "_bytes", None)
-        if cached is None:
-            ll = self.ll_tokenizer()
-            cached = [b"" if ll.is_special_token(i) else ll.decode_bytes([i])
-                      for i in range(self.vocab_size)]
-            self._bytes = cached
-        return cached
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no special tokens added)."""
-        return list(self.hf_tokenizer.encode(text, add_special_tokens=False))
-
-    def xgr_tokenizer_info(self) -> Any:
-        """XGrammar's view of the tokenizer."""
-        import xgrammar as xgr
-
-        return xgr.TokenizerInfo.from_huggingface(
-            self.hf_tokenizer, vocab_size=self.vocab_size,
-            stop_token_ids=list(self.eos_token_ids))
-
-    @property
-    def hash(self) -> str:
-        """Identity of the tokenizer for the grammar cache key."""
-        cached = getattr(self, "_hash", None)
-        if cached is None:
-            h = hashlib.sha256(self.hf_tokenizer.backend_tokenizer.to_str().encode())
-            h.update(json.dumps([self.vocab_size, list(self.eos_token_ids)]).encode())
-            cached = h.hexdigest()[:24]
-            self._hash = cached
-        return cached
 
 
 class Matcher(ABC):
@@ -190,17 +135,22 @@ class GrammarConstraint(ABC):
     """A constraint engine bound to one tokenizer.
 
     An engine declares itself in its class line: its row in :mod:`structgen.schema.support`
-    (which names it), the distribution its version is read from, and whether it forces
-    tokens (fast-forward) and can constrain reasoning output::
+    (which names it), the distribution its version is read from, whether it forces tokens
+    (fast-forward) and can constrain reasoning output, and the output kinds it takes::
 
         class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar",
                                  fast_forward=True): ...
+
+    Defining the class registers it under its name (:mod:`structgen.registry`):
+    ``[local] engine`` accepts it and the embedded backend uses it, nothing else to edit.
     """
 
     name: str = "base"
     version: str = "0"  # the engine library's version: part of the grammar-cache key
     supports_fast_forward: bool = False
     supports_reasoning: bool = False
+    # the output kinds it constrains (the embedded backend's capabilities)
+    output_kinds: frozenset[OutputKind] = ALL_KINDS
     notes: tuple[str, ...] = ()
     # its row in schema/support.py: what it leaves to validation
     support: EngineSupport
@@ -214,11 +164,13 @@ class GrammarConstraint(ABC):
 
     def __init_subclass__(cls, *, support: EngineSupport, package: str,
                           fast_forward: bool = False, reasoning: bool = False,
-                          **kwargs: Any) -> None:
+                          kinds: frozenset[OutputKind] = ALL_KINDS, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.support, cls.name = support, support.engine
         cls.version = importlib.metadata.version(package)
         cls.supports_fast_forward, cls.supports_reasoning = fast_forward, reasoning
+        cls.output_kinds = kinds
+        ENGINES[cls.name] = cls
 
     def __init__(self, tok: TokenizerData, *, grammar_cache: GrammarCache | None = None,
                  compile_timeout_s: float | None = None) -> None:
@@ -272,7 +224,7 @@ class GrammarConstraint(ABC):
 
     def _compile_or_relax(self, output: CompiledOutput, options: ConstraintOptions) -> Compiled:
         """Compile ``output``; a JSON schema the engine refuses is loosened keyword by keyword
-        (:func:`structgen.schema.relax.relax_for_engine`) until it compiles. The grammar then
+        (:func:`structgen.schema.relax.loosen_until_it_compiles`) until it compiles. The grammar then
         lets through a superset of valid outputs and validation enforces the dropped keywords.
         """
         prepared: tuple[PostEnforced, ...] = ()
@@ -296,8 +248,8 @@ class GrammarConstraint(ABC):
                 return str(err)
             return None
 
-        schema, relaxed = relax_for_engine(output.json_schema, check)
-        if "value" not in compiled:  # relax_for_engine returned a schema it never checked
+        schema, relaxed = loosen_until_it_compiles(output.json_schema, check)
+        if "value" not in compiled:  # loosen_until_it_compiles returned a schema it never checked
             raise SchemaError(first_error)
         if schema is output.json_schema:
             return compiled["value"], prepared
@@ -324,51 +276,18 @@ class GrammarConstraint(ABC):
         """A fresh matcher from a compiled grammar."""
 
 
-ENGINES = {
-    "llguidance": "structgen.constrain.llguidance:LLGuidanceConstraint",
-    "xgrammar": "structgen.constrain.xgrammar:XGrammarConstraint",
-    "outlines": "structgen.constrain.outlines:OutlinesConstraint",
-}
+def engine_class(engine: str) -> type[GrammarConstraint]:
+    """The constraint engine named ``engine`` (the one lookup: config, backend, runtime)."""
+    cls: type[GrammarConstraint] = lookup(ENGINES, engine, "engine", "local.engine")
+    return cls
 
 
 def create_constraint(engine: str, tok: TokenizerData, *,
                       grammar_cache: GrammarCache | None = None,
                       compile_timeout_s: float | None = None) -> GrammarConstraint:
     """Instantiate constraint engine ``engine`` for a tokenizer."""
-
-    try:
-        module_name, _, cls_name = ENGINES[engine].partition(":")
-    except KeyError:
-        raise ConfigError(f"unknown engine {engine!r} (known: {', '.join(ENGINES)})",
-                          "local.engine") from None
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(tok, grammar_cache=grammar_cache,
-               compile_timeout_s=compile_timeout_s)
-
-
-# Bytes a closing walk tries, best first: what ends a value or a container, then what
-# starts the shortest values, then what fills a string or a pattern.
-CLOSING_BYTES = (b'}]",:' + b"10" + b"23456789-.tfn" + bytes(range(0x61, 0x7B))
-                 + bytes(range(0x41, 0x5B)) + b"_{[ @/+#")
-# a quote first: inside a string whose pattern admits any character, "}}" is text, and
-# only a pair that starts with the closing quote ends the string
-CLOSING_PAIRS = (b'":', b'"}', b'"]', b'",', b"}}", b"]}", b"}]", b"]]")
-
-
-def closing_candidates(token_bytes: list[bytes]) -> tuple[list[int], list[int], frozenset[int]]:
-    """Token ids for a closing walk: the candidates in the order it tries them (two-byte
-    closers first: fewer tokens, then the single bytes of :data:`CLOSING_BYTES`); the text
-    characters among them (no JSON punctuation), tried to get out of a string; and the
-    candidates that start with a quote (the ones that can end a string)."""
-    by_bytes: dict[bytes, int] = {}
-    for i, b in enumerate(token_bytes):
-        if b and len(b) <= 2:
-            by_bytes.setdefault(b, i)
-    wanted = [*CLOSING_PAIRS, *(bytes([c]) for c in CLOSING_BYTES)]
-    found = [(b, by_bytes[b]) for b in wanted if b in by_bytes]
-    text = [i for b, i in found if len(b) == 1 and b not in b'{}[],:"']
-    enders = frozenset(i for b, i in found if b.startswith(b'"'))
-    return [i for _, i in found], text, enders
+    return engine_class(engine)(tok, grammar_cache=grammar_cache,
+                                compile_timeout_s=compile_timeout_s)
 
 
 def json_separators(options: ConstraintOptions) -> tuple[str, str] | None:
@@ -385,68 +304,3 @@ def json_whitespace_regex(options: ConstraintOptions) -> str:
     if json_separators(options) is not None:
         return ""
     return f"[\\x20\\x0A\\x0D\\x09]{{0,{options.max_whitespace}}}"
-
-
-# Walking the grammar -----------------------------------------------------------------------
-# A closer taken this many times in a row is set aside (see walk_to_accept): deep enough
-# for the close of real nesting (``}}`` 8 times is 16 levels), short enough to leave a
-# string the walk has been filling with closers
-WALK_REPEATS = 8
-
-
-def walk_to_accept(m: Matcher, limit: int) -> list[int] | None:
-    """Greedy walk from ``m``'s state (consumed as it goes: pass a fork) to an accepting
-    state: forced tokens, else the first of ``m.closers`` the grammar takes, else the
-    lowest allowed token. The path is short, not always the shortest; what matters is that
-    it is valid and that its length is known before the decoder commits to a token. Works
-    through the :class:`Matcher` interface, so every engine that can fork closes the same way.
-
-    Inside a string whose pattern admits punctuation (a key matching ``a$`` or ``.+``),
-    ``}}`` is text, not a close, and a greedy walk would write it forever. So when the walk
-    takes the same closer twice in a row, it first looks for one text character after which
-    a quote may end the string (the ``a`` that ``a$`` needs), and a closer taken
-    :data:`WALK_REPEATS` times in a row is set aside (still used when nothing else fits)."""
-    candidates, text, enders = m.closers
-    path: list[int] = []
-    banned: set[int] = set()
-    last, run = -1, 0
-    while not m.is_accepting():
-        if len(path) >= limit or m.error() is not None or m.is_finished():
-            return None
-        forced = m.forced_tokens()
-        if forced:
-            path.extend(forced)
-            last, run = -1, 0
-            continue
-        tok = next((t for t in candidates if t not in banned and m.accepts(t)), None)
-        if tok is None:
-            tok = next((t for t in candidates if m.accepts(t)), None)
-        if tok is None:
-            tok = m.first_allowed()
-            if tok is None:
-                return None
-        run = run + 1 if tok == last else 1
-        last = tok
-        if run >= 2 and tok not in enders:
-            way_out = _string_exit(m, text, enders)
-            if way_out is not None:
-                tok, last, run = way_out, -1, 0
-            elif run >= WALK_REPEATS:
-                banned.add(tok)
-        if not m.consume(tok):
-            return None
-        path.append(tok)
-    return path if len(path) <= limit else None
-
-
-def _string_exit(m: Matcher, text: list[int], enders: frozenset[int]) -> int | None:
-    """A text character after which a quote may end the current string, if any. In JSON
-    structure (outside strings) no text character is followed by a quote, so this finds
-    nothing there."""
-    for t in text:
-        if not m.accepts(t):
-            continue
-        ahead = m.fork()
-        if ahead.consume(t) and any(ahead.accepts(e) for e in enders):
-            return t
-    return None

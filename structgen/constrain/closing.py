@@ -10,7 +10,8 @@ required members an open object still lacks, the items an array still needs for
 The text is a proposal: the decoder tokenizes it and keeps it only if the grammar engine
 accepts it (so a schema feature this module does not model, a ``pattern`` say, costs a
 fallback, never an invalid answer). When the schema gives no proposal,
-:func:`structgen.constrain.base.walk_to_accept` walks the grammar itself.
+:func:`walk_to_accept` walks the grammar itself, through any engine's matcher; the tokens
+it tries first are :func:`closing_candidates`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 _MAX_DEPTH = 24  # schema nesting followed when building a minimal value
 
@@ -521,3 +522,108 @@ def _minimal_number(schema: dict[str, Any], integer: bool) -> str:
     end = min(hi, xhi)
     v = math.ceil(end) - 1 if end == xhi else math.floor(end)
     return str(int(v)) if ok(v) else json.dumps(end)
+
+
+# Bytes a closing walk tries, best first: what ends a value or a container, then what
+# starts the shortest values, then what fills a string or a pattern.
+CLOSING_BYTES = (b'}]",:' + b"10" + b"23456789-.tfn" + bytes(range(0x61, 0x7B))
+                 + bytes(range(0x41, 0x5B)) + b"_{[ @/+#")
+# a quote first: inside a string whose pattern admits any character, "}}" is text, and
+# only a pair that starts with the closing quote ends the string
+CLOSING_PAIRS = (b'":', b'"}', b'"]', b'",', b"}}", b"]}", b"}]", b"]]")
+
+
+def closing_candidates(token_bytes: list[bytes]) -> tuple[list[int], list[int], frozenset[int]]:
+    """Token ids for a closing walk: the candidates in the order it tries them (two-byte
+    closers first: fewer tokens, then the single bytes of :data:`CLOSING_BYTES`); the text
+    characters among them (no JSON punctuation), tried to get out of a string; and the
+    candidates that start with a quote (the ones that can end a string)."""
+    by_bytes: dict[bytes, int] = {}
+    for i, b in enumerate(token_bytes):
+        if b and len(b) <= 2:
+            by_bytes.setdefault(b, i)
+    wanted = [*CLOSING_PAIRS, *(bytes([c]) for c in CLOSING_BYTES)]
+    found = [(b, by_bytes[b]) for b in wanted if b in by_bytes]
+    text = [i for b, i in found if len(b) == 1 and b not in b'{}[],:"']
+    enders = frozenset(i for b, i in found if b.startswith(b'"'))
+    return [i for _, i in found], text, enders
+
+
+# Walking the grammar -----------------------------------------------------------------------
+class Walkable(Protocol):
+    """What a closing walk needs of a grammar matcher (every engine's Matcher has it)."""
+
+    closers: tuple[list[int], list[int], frozenset[int]]
+
+    def is_accepting(self) -> bool: ...
+    def is_finished(self) -> bool: ...
+    def error(self) -> str | None: ...
+    def forced_tokens(self) -> list[int]: ...
+    def accepts(self, token: int) -> bool: ...
+    def first_allowed(self) -> int | None: ...
+    def consume(self, token: int) -> bool: ...
+    def fork(self) -> Walkable: ...
+
+
+# A closer taken this many times in a row is set aside (see walk_to_accept): deep enough
+# for the close of real nesting (``}}`` 8 times is 16 levels), short enough to leave a
+# string the walk has been filling with closers
+WALK_REPEATS = 8
+
+
+def walk_to_accept(m: Walkable, limit: int) -> list[int] | None:
+    """Greedy walk from ``m``'s state (consumed as it goes: pass a fork) to an accepting
+    state: forced tokens, else the first of ``m.closers`` the grammar takes, else the
+    lowest allowed token. The path is short, not always the shortest; what matters is that
+    it is valid and that its length is known before the decoder commits to a token. Works
+    through the :class:`Matcher` interface, so every engine that can fork closes the same way.
+
+    Inside a string whose pattern admits punctuation (a key matching ``a$`` or ``.+``),
+    ``}}`` is text, not a close, and a greedy walk would write it forever. So when the walk
+    takes the same closer twice in a row, it first looks for one text character after which
+    a quote may end the string (the ``a`` that ``a$`` needs), and a closer taken
+    :data:`WALK_REPEATS` times in a row is set aside (still used when nothing else fits)."""
+    candidates, text, enders = m.closers
+    path: list[int] = []
+    banned: set[int] = set()
+    last, run = -1, 0
+    while not m.is_accepting():
+        if len(path) >= limit or m.error() is not None or m.is_finished():
+            return None
+        forced = m.forced_tokens()
+        if forced:
+            path.extend(forced)
+            last, run = -1, 0
+            continue
+        tok = next((t for t in candidates if t not in banned and m.accepts(t)), None)
+        if tok is None:
+            tok = next((t for t in candidates if m.accepts(t)), None)
+        if tok is None:
+            tok = m.first_allowed()
+            if tok is None:
+                return None
+        run = run + 1 if tok == last else 1
+        last = tok
+        if run >= 2 and tok not in enders:
+            way_out = _string_exit(m, text, enders)
+            if way_out is not None:
+                tok, last, run = way_out, -1, 0
+            elif run >= WALK_REPEATS:
+                banned.add(tok)
+        if not m.consume(tok):
+            return None
+        path.append(tok)
+    return path if len(path) <= limit else None
+
+
+def _string_exit(m: Walkable, text: list[int], enders: frozenset[int]) -> int | None:
+    """A text character after which a quote may end the current string, if any. In JSON
+    structure (outside strings) no text character is followed by a quote, so this finds
+    nothing there."""
+    for t in text:
+        if not m.accepts(t):
+            continue
+        ahead = m.fork()
+        if ahead.consume(t) and any(ahead.accepts(e) for e in enders):
+            return t
+    return None

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from structgen.errors import SchemaError
+from structgen.errors import GrammarCompileTimeout
 from structgen.signing import directory_secret
 
 if TYPE_CHECKING:
@@ -50,23 +50,6 @@ T = TypeVar("T")
 GrammarKey = tuple[str, str, str, str]  # (schema hash, tokenizer hash, engine, engine version)
 
 DISK_FORMAT_VERSION = 2  # 2: entries carry a keyed MAC instead of an unkeyed SHA-256
-
-
-class GrammarCompileTimeout(SchemaError):
-    """Compiling the grammar for this schema took longer than the allowed time.
-
-    Raised at once (without compiling again) for a schema recorded as timed out with a
-    deadline at least as long. The caller should fall back to a looser grammar and rely on
-    validation. ``key`` is the grammar-cache key, ``timeout_s`` the deadline that was missed.
-    """
-
-    def __init__(self, key: GrammarKey, timeout_s: float, *, recorded: bool = False) -> None:
-        self.key = key
-        self.timeout_s = timeout_s
-        self.recorded = recorded
-        how = "recorded as timing out" if recorded else "timed out"
-        super().__init__(f"grammar compile for schema {key[0][:12]} ({key[2]}) {how} "
-                         f"after {timeout_s:g}s; use a looser grammar")
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,7 @@ class LLGuidanceConstraint(GrammarConstraint, support=LLGUIDANCE, package="llgui
     notes = ("llguidance: a keyword it does not implement fails its compile instead of "
              "being loosened silently; structgen takes the known ones out beforehand "
              "(prepare_for_llguidance) and any other one after a failed compile "
-             "(relax_for_engine), reports them as post-enforced and validation enforces them",)
+             "(loosen_until_it_compiles), reports them as post-enforced and validation enforces them",)
 
     def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         super().__init__(tok, **cache)

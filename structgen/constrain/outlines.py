@@ -95,7 +95,8 @@ class OutlinesMatcher(Matcher):
         return bool(self.guide.is_finished())
 
 
-class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_core"):
+class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_core",
+                         kinds=frozenset({"json", "regex", "choice"})):
     notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
              "construction can take seconds for large schemas",)
 

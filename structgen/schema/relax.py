@@ -2,7 +2,7 @@
 
 Grammar engines support a subset of JSON Schema (llguidance documents its own; XGrammar and
 Outlines have theirs). When an engine refuses a schema, structgen does not give up on
-constrained decoding: :func:`relax_for_engine` removes the keywords the engine names in its
+constrained decoding: :func:`loosen_until_it_compiles` removes the keywords the engine names in its
 error (or, failing that, the least important keywords still present), recompiling after each
 step, down to plain JSON of the schema's type and finally any JSON. The relaxed schema only
 ever *loosens* the original, so everything it lets through is checked afterwards by full
@@ -19,7 +19,7 @@ Example::
         m = llguidance.LLMatcher(tok, llguidance.grammar_from("json_schema", json.dumps(s)))
         return m.get_error() if m.is_error() else None
 
-    schema, dropped = relax_for_engine(schema, check)
+    schema, dropped = loosen_until_it_compiles(schema, check)
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ _MAP_KEYS = tuple(sorted(SUBSCHEMA_MAPS - {"dependencies"}))
 _ONE_KEYS = tuple(sorted(SUBSCHEMA_SINGLE - {"not", "if"}))
 
 
-def relax_for_engine(schema: Any, compile_check: CompileCheck, *,
+def loosen_until_it_compiles(schema: Any, compile_check: CompileCheck, *,
                      max_steps: int = 40) -> tuple[Any, tuple[str, ...]]:
     """(schema the engine compiles, keywords relaxed to get there; empty if none).
 

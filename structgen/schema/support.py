@@ -11,7 +11,7 @@ The rows are documented in ``docs/capabilities.md``; keep the two in step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,15 @@ LLAMACPP = EngineSupport("llama.cpp", _all(ALL_KEYWORDS - {
 
 ENGINES: dict[str, EngineSupport] = {
     e.engine: e for e in (LLGUIDANCE, XGRAMMAR, OUTLINES, LLAMACPP)}
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """A constraint an engine accepts but is known not to hold in some cases."""
+
+    keyword: str
+    applies: Callable[[dict[str, Any]], bool]
+    why: str
 
 
 def length_beside_pattern(node: dict[str, Any]) -> bool:

@@ -5,7 +5,7 @@ or a JSON-Schema-Test-Suite file (``[{"description", "schema", "tests": [...]}]`
 
 1. compile it the way structgen does (older drafts upgraded to 2020-12, unknown formats
    treated as annotations, keywords llguidance cannot compile relaxed away: see
-   :func:`structgen.schema.relax.relax_for_engine`) into an llguidance grammar over
+   :func:`structgen.schema.relax.loosen_until_it_compiles`) into an llguidance grammar over
    SmolLM2's tokenizer;
 2. for each instance, ask (a) does the grammar accept the compact serialization, token by
    token, and (b) structgen's final verdict: grammar accepts *and* validation accepts.
@@ -47,7 +47,12 @@ from structgen.schema.check import check_schema
 from structgen.schema.compiled import as_written, json_output
 from structgen.schema.drafts import upgrade_schema
 from structgen.schema.refs import localize_refs
-from structgen.schema.relax import LADDER, apply_relaxation, keywords_present, relax_for_engine
+from structgen.schema.relax import (
+    LADDER,
+    apply_relaxation,
+    keywords_present,
+    loosen_until_it_compiles,
+)
 from structgen.validate import validate_data
 
 TOKENIZER_CACHE = Path.home() / ".cache" / "structgen" / "tokenizers"
@@ -345,7 +350,7 @@ def check_case(case: SchemaCase) -> SchemaResult:
         check = llguidance_check(tokenizer)
         # the embedded backend's steps: known gaps out first, then whatever still fails
         prepared, taken_out = prepare_for_llguidance(compiled.json_schema, compiled.json_text)
-        engine_schema, relaxed = relax_for_engine(prepared, check)
+        engine_schema, relaxed = loosen_until_it_compiles(prepared, check)
         relaxed = tuple(dict.fromkeys((*(e.keyword for e in taken_out), *relaxed)))
     except SchemaError as exc:
         result.status, result.error = "compile_error", str(exc)[:300]

@@ -16,9 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from structgen.backends import REGISTRY
-from structgen.cache import CacheError
-from structgen.errors import ConfigError, SchemaError, StructgenError
+from structgen.backends import BACKENDS
+from structgen.errors import CacheError, ConfigError, SchemaError, StructgenError, WarmupLineError
 from structgen.schema.specs import load_spec
 from structgen.types import SAMPLING_KEYS
 
@@ -30,10 +29,6 @@ if TYPE_CHECKING:
 Status = Literal["done", "cached", "duplicate", "failed", "invalid"]
 LINE_KEYS = frozenset({"id", "prompt", "messages", "schema", "model", "backend", "reasoning"}
                       ) | SAMPLING_KEYS
-
-
-class WarmupLineError(StructgenError):
-    """One line of a warmup file is not a valid request (reported, not raised to the user)."""
 
 
 @dataclass
@@ -122,7 +117,7 @@ def read_items(path: Path, engine: Engine, *, backend: str | None = None,
             if not engine.cache.cacheable(item.request):
                 raise WarmupLineError(
                     "not cacheable: temperature > 0 needs a seed (or [cache] cache_sampled)")
-            item.key = engine.cache.key(item.request, backend=item.backend)
+            item.key = engine.cache_key(item.request, item.backend)
         except StructgenError as exc:
             item.error = exc
         except Exception as exc:  # a bad value deep in a spec (e.g. a TypeError)
@@ -160,9 +155,9 @@ def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, A
             raise WarmupLineError(f"{name} must be a string")
     item.model = obj.get("model") or model
     item.backend = obj.get("backend") or backend
-    if item.backend is not None and item.backend not in REGISTRY:
+    if item.backend is not None and item.backend not in BACKENDS:
         raise WarmupLineError(f"unknown backend {item.backend!r} "
-                              f"(known: {', '.join(REGISTRY)})")
+                              f"(known: {', '.join(BACKENDS)})")
     item.reasoning = bool(obj.get("reasoning", False))
     item.sampling = {k: obj[k] for k in SAMPLING_KEYS if k in obj}
 

@@ -308,7 +308,7 @@ class _WarmupActor:
             item.request = self.engine.build_request(
                 item.prompt, item.schema, model=item.model, reasoning=item.reasoning,
                 **item.sampling)
-            key = self.engine.cache.key(item.request, backend=item.backend)
+            key = self.engine.cache_key(item.request, item.backend)
         except StructgenError as exc:
             return _error_line(item, "failed", exc)
         except Exception as exc:

@@ -95,8 +95,8 @@ def app_config(cache_config: CacheConfig) -> Config:
 
 
 @pytest.fixture
-def cache(cache_config: CacheConfig, app_config: Config) -> Iterator[ResultCache]:
-    c = open_result_cache(cache_config, app_config)
+def cache(cache_config: CacheConfig) -> Iterator[ResultCache]:
+    c = open_result_cache(cache_config)
     assert isinstance(c, ResultCache)
     yield c
     c.close()

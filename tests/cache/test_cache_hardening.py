@@ -41,7 +41,7 @@ def test_forged_entry_with_a_plain_checksum_is_a_miss(cache: ResultCache,
 
 def test_entries_are_shared_by_caches_with_the_same_secret(tmp_path: Path) -> None:
     one = CacheConfig(backend="disk", dir=str(tmp_path / "a"), secret="fleet")
-    writer = open_result_cache(one, Config(cache=one))
+    writer = open_result_cache(one)
     assert isinstance(writer, ResultCache)
     key, req = put_value(writer, Config(cache=one), "q", SCHEMA, {"id": 1, "tags": []},
                          '{"id":1,"tags":[]}')
@@ -49,7 +49,7 @@ def test_entries_are_shared_by_caches_with_the_same_secret(tmp_path: Path) -> No
     writer.close()
     for secret, hit in (("fleet", True), ("other", False), (None, False)):
         cfg = CacheConfig(backend="disk", dir=str(tmp_path / f"b-{secret}"), secret=secret)
-        reader = open_result_cache(cfg, Config(cache=cfg))
+        reader = open_result_cache(cfg)
         assert isinstance(reader, ResultCache)
         reader.store.set(ENTRY_PREFIX + key, raw, None)  # type: ignore[arg-type]
         assert (reader.get(key, req.output) is not None) == hit  # type: ignore[arg-type]
@@ -99,7 +99,7 @@ class _FrozenStore:
 
 def test_failing_store_is_backed_off(tmp_path: Path) -> None:
     cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     cache.store.close()
     frozen = _FrozenStore(0.01)
@@ -122,7 +122,7 @@ def test_redis_operations_time_out_quickly() -> None:
 
 def test_failed_large_write_leaves_no_value_file(tmp_path: Path) -> None:
     cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     big = "x" * 100_000  # past diskcache's 32 KiB: written to a .val file first
     directory = tmp_path / "results"
@@ -137,7 +137,7 @@ def test_failed_large_write_leaves_no_value_file(tmp_path: Path) -> None:
 
 def test_row_naming_a_fifo_is_not_read(tmp_path: Path) -> None:
     cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     big = {"id": 1, "tags": ["x" * 100] * 800}
     key, req = put_value(cache, Config(cache=cfg), "q", SCHEMA, big, json.dumps(big))

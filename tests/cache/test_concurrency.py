@@ -93,7 +93,7 @@ def test_four_processes_one_cache(cache_config: CacheConfig) -> None:
 
 def test_reopen_sees_other_process_writes(cache_config: CacheConfig) -> None:
     """A long-lived cache object sees entries another process wrote after it opened."""
-    reader = open_result_cache(cache_config, Config(cache=cache_config))
+    reader = open_result_cache(cache_config)
     assert isinstance(reader, ResultCache)
     subprocess.run([sys.executable, "-c", WORKER, cache_config.model_dump_json(), "9", "3",
                     "1", json.dumps(SCHEMA)], cwd=ROOT, check=True, capture_output=True)

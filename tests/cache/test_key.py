@@ -53,7 +53,7 @@ def engine(tmp_path: Path) -> Engine:
 def key(engine: Engine, prompt: Any, output: Any, *, backend: str | None = None,
         model: str | None = None, reasoning: bool = False, **s: Any) -> str:
     req = engine.build_request(prompt, output, model=model, reasoning=reasoning, **s)
-    return str(engine.cache.key(req, backend=backend))
+    return str(engine.cache_key(req, backend))
 
 
 # (description, request A, request B): each request is (args, kwargs) for key()
@@ -171,7 +171,7 @@ def test_key_is_stable_across_processes(engine: Engine, tmp_path: Path) -> None:
         "from schemas.intent import Intent\n"
         f"e = Engine(Config.from_dict({{'cache': {{'dir': {str(tmp_path / 'c')!r}}}}}))\n"
         "r = e.build_request([{'role':'user','content':'fix app.py'}], Intent, seed=3)\n"
-        "print(e.cache.key(r))\n")
+        "print(e.cache_key(r))\n")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout.strip()

@@ -40,7 +40,7 @@ def test_two_workers_share_entries_and_ttl_is_set(redis_url: str) -> None:
     a = Engine(Config(cache=cfg))
     b = Engine(Config(cache=cfg))
     req = a.build_request("q", Choice(["x", "y"]))
-    key = a.cache.key(req)
+    key = a.cache_key(req)
     a.cache.put(key, req, StructuredResult(value="y", raw_text="y", backend="vllm", model="m"))
     hit = b.cache.get(key, b.build_request("q", Choice(["x", "y"])).output)
     assert hit is not None and hit.value == "y" and hit.backend == "vllm"
@@ -56,7 +56,7 @@ def test_two_workers_share_entries_and_ttl_is_set(redis_url: str) -> None:
 
 def test_cli_stats_against_redis(redis_url: str) -> None:
     cfg = _redis_cfg(redis_url)
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     e = Engine(Config(cache=cfg))
     req = e.build_request("q", Choice(["x"]))

@@ -57,7 +57,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory,
 
 def _round_trip(url: str) -> None:
     cfg = CacheConfig(backend="redis", url=url)
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     engine = Engine(Config(cache=CacheConfig(backend="none")))
     req = engine.build_request("q", Choice(["x", "y"]))

@@ -115,7 +115,7 @@ def test_entry_records_metadata(cache: ResultCache, app_config: Config) -> None:
 
 
 def test_miss_and_counters_persist(cache_config: CacheConfig, app_config: Config) -> None:
-    c1 = open_result_cache(cache_config, app_config)
+    c1 = open_result_cache(cache_config)
     assert isinstance(c1, ResultCache)
     key, req = put_value(c1, app_config, "q", Person, Person(name="a", age=1),
                          '{"name":"a","age":1}')
@@ -123,7 +123,7 @@ def test_miss_and_counters_persist(cache_config: CacheConfig, app_config: Config
     for _ in range(3):
         assert c1.get(key, req.output) is not None  # type: ignore[arg-type]
     c1.close()  # flushes the buffered counters
-    c2 = open_result_cache(cache_config, app_config)
+    c2 = open_result_cache(cache_config)
     assert isinstance(c2, ResultCache)
     stats = c2.stats()
     assert (stats["entries"], stats["hits"], stats["misses"]) == (1, 3, 1)
@@ -133,7 +133,7 @@ def test_miss_and_counters_persist(cache_config: CacheConfig, app_config: Config
 
 def test_ttl_expires(cache_config: CacheConfig) -> None:
     cfg = cache_config.model_copy(update={"ttl_s": 0.3})
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     key, req = put_value(cache, Config(cache=cfg), "q", Choice(["a", "b"]), "a", "a")
     assert cache.get(key, req.output) is not None  # type: ignore[arg-type]
@@ -198,7 +198,7 @@ def test_corrupted_entry_dropped_and_recomputed(cache_config: CacheConfig, kind:
 
 
 def test_bytes_that_are_not_utf8(cache_config: CacheConfig, app_config: Config) -> None:
-    cache = open_result_cache(cache_config, app_config)
+    cache = open_result_cache(cache_config)
     assert isinstance(cache, ResultCache)
     key, req = put_value(cache, app_config, "q", Choice(["a"]), "a", "a")
     if cache_config.backend == "redis":
@@ -232,7 +232,7 @@ def test_disk_store_never_unpickles(tmp_path: Path) -> None:
     import diskcache
 
     cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     key, req = put_value(cache, Config(cache=cfg), "q", Choice(["a"]), "a", "a")
     marker = tmp_path / "pwned"
@@ -289,7 +289,7 @@ def test_engine_hit_skips_backend_sync_and_async(cache_config: CacheConfig) -> N
 
 def test_export_import_clear(cache_config: CacheConfig, app_config: Config,
                              tmp_path: Path) -> None:
-    src = open_result_cache(cache_config, app_config)
+    src = open_result_cache(cache_config)
     assert isinstance(src, ResultCache)
     keys = [put_value(src, app_config, f"q{i}", SCHEMA, {"id": i, "tags": []},
                       json.dumps({"id": i, "tags": []})) for i in range(5)]
@@ -412,7 +412,7 @@ def test_tampered_row_filename_outside_cache_dir_is_refused(tmp_path: Path, wher
     import sqlite3
 
     cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
-    cache = open_result_cache(cfg, Config(cache=cfg))
+    cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
     big = {"id": 1, "tags": ["x" * 100] * 800}  # > diskcache's 32 KiB: stored in a file
     key, req = put_value(cache, Config(cache=cfg), "q", SCHEMA, big, json.dumps(big))

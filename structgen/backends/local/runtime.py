@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from structgen.backends.base import GenerationRequest, GenerationResult
-from structgen.constrain.base import ENGINES, GrammarConstraint, Matcher, create_constraint
+from structgen.constrain.base import GrammarConstraint, Matcher, create_constraint
 from structgen.messages import ToolArguments, hermes_messages, template_messages
 from structgen.schema.toolset import with_tools_prompt
 
@@ -37,11 +37,6 @@ WHITESPACE_BYTES = frozenset(b" \t\n\r")
 # the free "any" layout still needs tab, LF and CR between tokens.
 JSON_FORBIDDEN_BYTES = {"compact": frozenset(range(0x20)), "spaced": frozenset(range(0x20)),
                         "any": frozenset(range(0x20)) - frozenset(b"\t\n\r")}
-
-
-def engine_class(engine: str) -> type[GrammarConstraint]:
-    module_name, _, cls_name = ENGINES[engine].partition(":")
-    return getattr(importlib.import_module(module_name), cls_name)
 
 
 @dataclass

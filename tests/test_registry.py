@@ -1,0 +1,75 @@
+"""A backend and a constraint engine are one file each: both below are defined here and
+nowhere else, and the config, the engine and the embedded backend take them by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
+from structgen.config import Config
+from structgen.constrain.base import ConstraintOptions
+from structgen.constrain.llguidance import LLGuidanceConstraint
+from structgen.engine import Engine
+from structgen.schema import CompiledOutput
+from structgen.schema.support import LLGUIDANCE
+from structgen.types import Regex
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+
+
+class EchoBackend(BackendBase, name="tiny-echo"):
+    """A server backend in a few lines: always answers ``{"ok": true}``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(output_kinds=frozenset({"json"}))
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        return GenerationResult(text='{"ok": true}', backend=self.name, model="echo")
+
+    async def stream(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
+        yield '{"ok": true}'
+
+    async def health(self) -> bool:
+        return True
+
+
+class TinyGuidance(LLGuidanceConstraint, support=LLGUIDANCE.plus(
+        "tiny-guidance", {"maxItems": "tiny-guidance leaves it to validation"}),
+        package="llguidance", kinds=frozenset({"json", "regex", "choice"})):
+    """llguidance under another name, declaring what it enforces and the kinds it takes."""
+
+    compiles = 0
+
+    def compile(self, output: CompiledOutput, options: ConstraintOptions) -> object:
+        type(self).compiles += 1
+        return super().compile(output, options)
+
+
+def test_a_backend_defined_in_one_file_is_a_provider(tmp_path: Path) -> None:
+    env = {"STRUCTGEN_PROVIDER": "tiny-echo", "STRUCTGEN_FALLBACK": "tiny-echo,local",
+           "STRUCTGEN_CACHE_BACKEND": "none",
+           "STRUCTGEN_METRICS_STATE_FILE": str(tmp_path / "m.json")}
+    cfg = Config.load(None, env=env)
+    assert cfg.llm_backend.fallback == ["tiny-echo", "local"]
+    engine = Engine(cfg)
+    result = engine.run("q", SCHEMA)
+    assert (result.value, result.backend, result.model) == ({"ok": True}, "tiny-echo", "echo")
+    engine.close()
+
+
+def test_an_engine_defined_in_one_file_serves_the_embedded_backend(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    cfg = Config.from_dict({
+        "local": {"engine": "tiny-guidance", "model": str(tiny_model_dir)},
+        "llm_backend": {"provider": "local"}, "cache": {"backend": "none"},
+        "metrics": {"state_file": str(tmp_path / "m.json")}})
+    engine = Engine(cfg)
+    caps = engine.backend("local").capabilities()
+    assert caps.support is not None and caps.support.engine == "tiny-guidance"
+    assert caps.output_kinds == frozenset({"json", "regex", "choice"})  # as it declared
+    result = engine.run("q", Regex(r"[a-z]{1,3}"), max_tokens=8)
+    assert len(result.value) <= 3 and TinyGuidance.compiles == 1
+    engine.close()
