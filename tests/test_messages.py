@@ -73,7 +73,7 @@ def test_the_cache_key_sees_the_calls(tmp_path: Path) -> None:
     other[2]["tool_calls"][0]["function"]["arguments"] = '{"target": "tests/"}'
     engine = Engine(Config.from_dict({"cache": {"backend": "disk", "dir": str(tmp_path)},
                                       "metrics": {"enabled": False}}))
-    keys = {engine.cache.key(engine.build_request(h, Intent), backend="local")
+    keys = {engine.cache_key(engine.build_request(h, Intent), backend="local")
             for h in (history(""), other)}
     engine.close()
     assert len(keys) == 2
