@@ -66,7 +66,7 @@ def cases() -> list[Any]:
 
 # Systems ------------------------------------------------------------------------------
 class Structgen:
-    def __init__(self, batching: str) -> None:
+    def __init__(self, batching: str, decode_threads: int | None = None) -> None:
         from structgen.backends.local import LocalBackend
         from structgen.config import Config
         from structgen.engine import Engine
@@ -75,6 +75,9 @@ class Structgen:
         cfg.cache.backend = "none"
         cfg.local.batching = batching  # type: ignore[assignment]
         cfg.local.max_batch = SLOTS
+        # unset, each process measures it (1 or 2 threads) once: under load that pick flips
+        # from run to run, and a 2-thread pick makes every decode step wait on barriers
+        cfg.local.decode_threads = decode_threads
         self.backend = LocalBackend(cfg)
         self.engine = Engine(cfg, backends={"local": self.backend})
 
@@ -207,7 +210,8 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
 def worker(system_id: str, args: argparse.Namespace) -> dict[str, Any]:
     work = cases()
     system: Any = (LlamaServer(args.llama_server) if system_id == "c"
-                   else Structgen("continuous" if system_id == "a" else "static"))
+                   else Structgen("continuous" if system_id == "a" else "static",
+                                  args.decode_threads))
     try:
         asyncio.run(_one(system, work[0]))  # load the model, build what a first call builds
         points: dict[str, Any] = {}
@@ -289,6 +293,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--rates", default="", help="open-loop arrival rates, requests/s")
     ap.add_argument("--name", default="concurrency")
+    ap.add_argument("--decode-threads", type=int, default=None,
+                    help="[local] decode_threads for (a) and (b); default: each measures it")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
@@ -306,6 +312,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", sid, "--requests", str(args.requests),
                "--concurrency", ",".join(map(str, args.concurrency)),
                "--rates", ",".join(map(str, args.rates))]
+        if args.decode_threads:
+            cmd += ["--decode-threads", str(args.decode_threads)]
         if args.llama_server:
             cmd += ["--llama-server", args.llama_server]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

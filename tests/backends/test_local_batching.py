@@ -160,3 +160,58 @@ def test_a_prompt_that_can_never_fit_fails_at_once(tiny_gguf: Path) -> None:
     with pytest.raises(BackendError, match=r"context_size=256"):
         gen(eng, backend, LongNames, msgs)
 
+
+
+@pytest.mark.parametrize("batching", ["static", "continuous"])
+def test_a_system_prompt_shared_by_requests_sent_together_is_prefilled_once(
+        tiny_gguf: Path, batching: str) -> None:
+    """Three requests with one system prompt, sent at once, no prefix cache: the first
+    computes the system prompt, the others share its KV cells and compute only their own
+    turn; every greedy answer is the one it gets alone."""
+    users = ["Add a flag to cli.py", "Rename db.py", "Why does test_api fail?"]
+    eng, alone = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=1)
+    expected = [gen(eng, alone, LongNames, chat(u)).text for u in users]
+    eng2, backend = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=4)
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(*(backend.agenerate(
+            eng2.build_request(chat(u), LongNames, max_tokens=160)) for u in users))
+
+    results = asyncio.run(together())
+    assert [r.text for r in results] == expected
+    assert max(r.stats["batch_size"] for r in results) == 3
+    computed = sorted(r.stats["prefill_tokens"] for r in results)
+    assert computed[0] < results[0].prompt_tokens / 3  # its own turn only
+    assert computed[1] < results[0].prompt_tokens / 3
+    assert computed[2] == max(r.prompt_tokens for r in results)  # the one that computed it
+    assert sum(r.stats.get("prefix_shared_tokens", 0) for r in results) > 60
+
+
+def test_a_joining_request_shares_the_system_prompt_of_a_running_one(
+        favorite_gguf: Any) -> None:
+    """A request joining a running batch does not prefill again the system prompt that a
+    live sequence already holds (no prefix cache: the KV cells are shared)."""
+    eng, backend = make(favorite_gguf("a"), batching="continuous", prefix_cache_entries=0,
+                        max_batch=2)
+
+    async def run() -> Any:
+        lead = eng.build_request(chat("Classify it"), RUNAWAY, max_tokens=1500)
+        started = asyncio.Event()
+
+        async def decode_lead() -> None:
+            async for _ in backend.stream(lead):
+                started.set()
+
+        async def join() -> Any:
+            await started.wait()
+            return await backend.agenerate(eng.build_request(
+                chat("Is 7 prime?"), Choice(["yes", "no"]), max_tokens=8))
+
+        _, joined = await asyncio.gather(decode_lead(), join())
+        return joined
+
+    joined = asyncio.run(run())
+    assert joined.stats["joined_running_batch"] == 1
+    assert joined.stats["prefix_shared_tokens"] > 60
+    assert joined.stats["prefill_tokens"] < joined.prompt_tokens / 3
+    assert joined.text in ("yes", "no")

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -42,6 +43,7 @@ from structgen.backends.local.runtime import (
     Runtime,
     Seq,
     chat_messages,
+    common_prefix,
     reusable_prefix,
 )
 from structgen.constrain.base import TokenizerData
@@ -382,21 +384,25 @@ class LlamaCppRuntime(Runtime):
                 "in flight)" if rc == 1 else f"llama_decode failed ({rc})", "local")
 
     def begin(self, seqs: list[Seq]) -> tuple[Batch, torch.Tensor]:
-        batch = _LlamaBatch(self, [], [])
-        items = []
+        """Prefill ``seqs`` as one batch whose prompts all join at once: with no token to
+        wait for, each step feeds every prompt in full, and a prompt prefix that several
+        share (an agent's system prompt) is computed once (``_LlamaBatch.step``)."""
+        import torch
+
+        batch = _LlamaBatch(self)
+        logits = torch.empty((len(seqs), self.vocab_size), dtype=torch.float32)
         try:
             for seq in seqs:
-                sid, use = self._claim(seq)
-                batch.sids.append(sid)
-                batch.n_past.append(len(seq.prompt_ids))
-                seq.stats["forward_passes"] += 1
-                items.append((sid, seq.prompt_ids[use:], use))
-            logits = self.feed(items)
+                batch.add(seq)
+            while any(s.prefill for s in seqs):
+                prefilling = [i for i, s in enumerate(seqs) if s.prefill]
+                rows = batch.step(seqs, fast_forward=True)
+                for i in prefilling:
+                    if not seqs[i].prefill:
+                        logits[i] = rows[i]
         except BaseException:
             batch.close()
             raise
-        for seq, sid in zip(seqs, batch.sids, strict=True):
-            self._remember(tuple(seq.prompt_ids), sid)
         return batch, logits
 
     def _claim(self, seq: Seq) -> tuple[int, int]:
@@ -520,15 +526,17 @@ class _LlamaBatch(Batch):
 
     admits = True
 
-    def __init__(self, rt: LlamaCppRuntime, sids: list[int], n_past: list[int]) -> None:
+    def __init__(self, rt: LlamaCppRuntime) -> None:
         self.rt = rt
-        self.sids = sids
-        self.n_past = n_past
+        self.sids: list[int] = []
+        self.n_past: list[int] = []  # positions each sequence's KV cells hold
+        self.prompts: list[list[int]] = []
 
     def add(self, seq: Seq) -> None:
         sid, use = self.rt._claim(seq)
         self.sids.append(sid)
         self.n_past.append(use)
+        self.prompts.append(seq.prompt_ids)
         seq.prefill = seq.prompt_ids[use:]
 
     def keep(self, indices: list[int]) -> None:
@@ -538,18 +546,59 @@ class _LlamaBatch(Batch):
                 self.rt.release(sid)
         self.sids = [self.sids[i] for i in indices]
         self.n_past = [self.n_past[i] for i in indices]
+        self.prompts = [self.prompts[i] for i in indices]
 
     def _prefill_items(self, live: list[Seq]) -> list[tuple[int, list[int], int]]:
-        """This step's prompt chunks: ``[local] prefill_chunk`` tokens in all, first come
-        first served, so a long prompt joins without stalling the others' next token."""
-        budget = self.rt.cfg.prefill_chunk
+        """This step's prompt chunks, first come first served: ``[local] prefill_chunk``
+        tokens in all while some sequence decodes (a long prompt joins without stalling
+        the others' next token), every prompt in full while none does.
+
+        A prompt prefix that another live sequence holds is shared, not computed again
+        (its cells gain this sequence's id), and a prompt waits while an earlier one is
+        still computing the prefix they share: a system prompt common to several requests
+        is prefilled once, however they arrive."""
+        budget = self.rt.cfg.prefill_chunk if any(not s.prefill for s in live) \
+            else sys.maxsize
         items = []
-        for i, s in enumerate(live):
-            if s.prefill and budget > 0:
-                chunk = s.prefill[:budget]
-                budget -= len(chunk)
-                items.append((i, chunk, self.n_past[i]))
+        for k, s in enumerate(live):
+            if not s.prefill:
+                continue
+            self._share(k, live)
+            if budget <= 0 or self._behind(k, live):
+                continue
+            chunk = s.prefill[:budget]
+            budget -= len(chunk)
+            items.append((k, chunk, self.n_past[k]))
         return items
+
+    def _common(self, t: int, k: int) -> int:
+        """Prompt positions sequence ``k`` can take from sequence ``t`` once ``t`` holds
+        them (at least one of ``k``'s prompt tokens is left to run: its logits)."""
+        return min(common_prefix(self.prompts[t], self.prompts[k]), len(self.prompts[k]) - 1)
+
+    def _share(self, k: int, live: list[Seq]) -> None:
+        """Give sequence ``k`` the longest prefix of its prompt another sequence holds."""
+        src, best = -1, self.n_past[k]
+        for t in range(len(live)):
+            held = min(self.n_past[t], len(self.prompts[t]))
+            if t != k and held > best:
+                n = min(self._common(t, k), held)
+                if n > best:
+                    src, best = t, n
+        if src < 0:
+            return
+        rt, s = self.rt, live[k]
+        rt.lc.llama_memory_seq_cp(rt.mem, self.sids[src], self.sids[k], self.n_past[k], best)
+        shared = best - self.n_past[k]
+        self.n_past[k] = best
+        s.prefill = self.prompts[k][best:]
+        s.stats["prefill_tokens"] -= shared
+        s.stats["prefix_shared_tokens"] = s.stats.get("prefix_shared_tokens", 0) + shared
+
+    def _behind(self, k: int, live: list[Seq]) -> bool:
+        """Whether an earlier sequence is still prefilling a prefix ``k`` will share."""
+        return any(live[t].prefill and self._common(t, k) > self.n_past[k]
+                   for t in range(k))
 
     def step(self, live: list[Seq], fast_forward: bool) -> torch.Tensor:
         import torch
