@@ -188,6 +188,18 @@ def tokenize(lc: Any, vocab: Any, data: bytes, *, add_special: bool,
     return list(buf[:n])
 
 
+THREAD_PROBE_ROUNDS = 3
+THREAD_MARGIN = 0.85  # more threads must step at least 15% faster to be kept
+
+
+def step_threads(fastest: dict[int, float]) -> int:
+    """The thread count for decode steps from the fastest step measured with each count:
+    one thread unless more are clearly faster (by :data:`THREAD_MARGIN`), so noise under
+    load does not flip a process onto the slower count."""
+    many = max(fastest)
+    return many if many > 1 and fastest[many] < THREAD_MARGIN * fastest[1] else 1
+
+
 class LlamaCppRuntime(Runtime):
     kind = "llamacpp"
 
@@ -345,27 +357,27 @@ class LlamaCppRuntime(Runtime):
         b = lc.llama_batch_init(1, 0, 1)
         sid = self.n_seq  # the context's spare sequence: requests use 0 .. n_seq - 1
         token = self.bos if self.bos >= 0 else 0
-        best: tuple[float, int] | None = None
+        times: dict[int, list[float]] = {1: [], self.threads: []}
         try:
-            for n in (1, self.threads):
-                self._set_threads(n)
-                times = []
-                for pos in range(4):  # the first step of a thread count warms it up
-                    b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0] = token, pos, 1, True
-                    b.seq_id[0][0] = sid
-                    b.n_tokens = 1
-                    start = time.perf_counter()
-                    if lc.llama_decode(self.ctx, b) != 0:
-                        return self.threads
-                    times.append(time.perf_counter() - start)
-                step = min(times[1:])
-                if best is None or step < best[0]:
-                    best = (step, n)
-                lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
+            # the counts alternate, round after round, so a load that comes or goes while
+            # measuring falls on both alike (one run of each flipped under load: 1, 2, 1)
+            for _round in range(THREAD_PROBE_ROUNDS):
+                for n in times:
+                    self._set_threads(n)
+                    for pos in range(3):  # the first step of a thread count warms it up
+                        b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0] = token, pos, 1, True
+                        b.seq_id[0][0] = sid
+                        b.n_tokens = 1
+                        start = time.perf_counter()
+                        if lc.llama_decode(self.ctx, b) != 0:
+                            return self.threads
+                        if pos:
+                            times[n].append(time.perf_counter() - start)
+                    lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
         finally:
             lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
             lc.llama_batch_free(b)
-        return best[1] if best else self.threads
+        return step_threads({n: min(t) for n, t in times.items()})
 
     def _set_threads(self, n: int) -> None:
         if n != self._threads_now:
