@@ -90,8 +90,12 @@ class Engine:
                       tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
                       parallel: bool = False, **sampling: Any) -> GenerationRequest:
         """The request for ``output``, or for a tool turn (``tools``; ``output`` then
-        stays None: the turn's output is the call envelope, see :mod:`structgen.schema.toolset`)."""
+        stays None: the turn's output is the call envelope, see :mod:`structgen.schema.toolset`).
+        ``max_calls`` (with ``parallel=True``) bounds a tool turn's calls in its grammar."""
+        max_calls = sampling.pop("max_calls", None)
         if tools is None:
+            if max_calls is not None:
+                raise StructgenError("max_calls bounds the calls of a tool turn: give tools")
             if output is None:
                 raise StructgenError("give an output (a Pydantic model, JSON Schema, Regex, "
                                      "Choice or Grammar) or tools=[...]")
@@ -100,7 +104,7 @@ class Engine:
         if output is not None:
             raise StructgenError("a tool turn's answer is a tool call (or text): give either "
                                  "output or tools, not both")
-        turn = tool_turn(tools, tool_choice, parallel)
+        turn = tool_turn(tools, tool_choice, parallel, max_calls)
         request = self._request(prompt_or_messages, envelope_output(turn, self.limits),
                                 model=model, reasoning=reasoning, **sampling)
         request.tools = turn
@@ -560,6 +564,7 @@ class CallOptions(typing.TypedDict, total=False):
     tools: Sequence[Any] | None
     tool_choice: Any
     parallel: bool
+    max_calls: int | None
     temperature: float
     top_p: float
     seed: int | None
