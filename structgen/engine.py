@@ -420,8 +420,17 @@ _END = object()
 def as_envelope(gen: GenerationResult, request: GenerationRequest) -> None:
     """A native tool answer (``gen.tool_calls``) becomes the canonical envelope text, which
     is what validation, repair and the cache read (see :func:`structgen.types.call_envelope`)."""
-    if request.tools is not None and gen.tool_calls is not None:
-        gen.text = call_envelope(gen.tool_calls, gen.text, parallel=request.tools.parallel)
+    turn = request.tools
+    if turn is not None and gen.tool_calls is not None:
+        # a server that cannot bound its calls (vLLM's native tool calling): more calls
+        # than the turn allows are cut here, and the result says so
+        limit = turn.max_calls if turn.parallel else 1
+        if limit is not None and len(gen.tool_calls) > limit:
+            gen.post_enforced = (*gen.post_enforced, PostEnforced(
+                "", "tool_calls", f"{gen.backend} returned {len(gen.tool_calls)} calls; "
+                f"the first {limit} kept"))
+            gen.tool_calls = gen.tool_calls[:limit]
+        gen.text = call_envelope(gen.tool_calls, gen.text, parallel=turn.parallel)
 
 
 def _tool_result(request: GenerationRequest, result: StructuredResult,
