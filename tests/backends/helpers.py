@@ -106,7 +106,8 @@ def envelope_schema(turn: ToolTurn) -> dict[str, Any]:
          "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     call: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if turn.parallel:
-        call = {"type": "array", "items": call, "minItems": 1}
+        bound = {} if turn.max_calls is None else {"maxItems": turn.max_calls}
+        call = {"type": "array", "items": call, "minItems": 1, **bound}
     if turn.choice != "auto":
         return call
     text = {"type": "object", "properties": {"text": {"type": "string"}},
@@ -117,9 +118,10 @@ def envelope_schema(turn: ToolTurn) -> dict[str, Any]:
 def tool_request(choice: str = "required", *, tools: tuple[type[BaseModel], ...] = (
                      RunTests, ReadFile), parallel: bool = False,
                  prompt: str = "Run the tests in tests/test_app.py",
-                 max_tokens: int = 64, **kw: Any) -> GenerationRequest:
+                 max_tokens: int = 64, max_calls: int | None = None,
+                 **kw: Any) -> GenerationRequest:
     """A tool turn as the engine hands it to a backend."""
-    turn = ToolTurn(tuple(tool_spec(t) for t in tools), choice, parallel)
+    turn = ToolTurn(tuple(tool_spec(t) for t in tools), choice, parallel, max_calls)
     return GenerationRequest(messages=normalize_messages(prompt),
                              output=compile_output(envelope_schema(turn)),
                              sampling=Sampling(max_tokens=max_tokens), tools=turn, **kw)
