@@ -783,7 +783,9 @@ def embedded_main(args: argparse.Namespace) -> None:
             "Columns: `structgen embedded required|auto`: `Engine.run(messages, tools=..., "
             "tool_choice=..., backend=\"local\", use_cache=False)` on the default llama.cpp "
             "runtime (validation and repair included; the engine writes the tools into the "
-            "system prompt in the Hermes layout, SmolLM2's template having none). "
+            "system prompt in the Hermes layout, SmolLM2's template having none: one line "
+            "per tool; `(JSON Schema prompt)`: every tool's full JSON Schema instead, the "
+            "layout before issue 31). "
             "`llama.cpp + GBNF required (envelope grammar)`: llama-cpp-python's "
             "`create_chat_completion` with the GGUF's chat template and "
             "`grammar=LlamaGrammar.from_json_schema(<call envelope: anyOf {name, arguments}>)`"
@@ -798,7 +800,8 @@ def embedded_main(args: argparse.Namespace) -> None:
             "call is valid when its arguments validate against its tool's full JSON Schema "
             "(jsonschema); s/request is over every answer, valid or not; a crash or timeout "
             "of a column's process is an error row, never valid or timed. In `structgen "
-            "embedded auto` a ✗ without an error is a text answer.")
+            "embedded auto` a ✗ without an error is a text answer."
+            + (f" Columns run: {', '.join(args.arm)} (`--arm`)." if args.arm else ""))
     write_embedded(rows, args.out, note)
     print(args.out.read_text())
 

@@ -532,7 +532,8 @@ SIGNATURE_DESCRIPTION_CHARS = 200
 
 
 def tool_signature(tool: ToolSpec, detail: str = "signatures") -> str:
-    """One line for a tool: ``name(a: string, b?: integer) - description``; with
+    """One line for a tool: ``name(a: string (its description), b?: integer) -
+    description``; with
     ``detail="types"`` no description, with ``"names"`` no types either: ``name(a, b?)``,
     with ``"bare"`` the name alone."""
     if detail not in PROMPT_DETAILS:
@@ -546,11 +547,26 @@ def tool_signature(tool: ToolSpec, detail: str = "signatures") -> str:
         props, required = {}, []
     args = ", ".join(f"{name}{'' if name in required else '?'}"
                      + ("" if detail == "names" else f": {_type_text(sub, params)}")
+                     + (_about(sub) if detail == "signatures" else "")
                      for name, sub in props.items())
     description = " ".join(tool.description.split()) if detail == "signatures" else ""
     if len(description) > SIGNATURE_DESCRIPTION_CHARS:
         description = description[:SIGNATURE_DESCRIPTION_CHARS - 3].rstrip() + "..."
     return f"{tool.name}({args})" + (f" - {description}" if description else "")
+
+
+PARAMETER_DESCRIPTION_CHARS = 80
+
+
+def _about(node: Any) -> str:
+    """A parameter's own description, short, in parentheses (`` (The city)``)."""
+    text = node.get("description") if isinstance(node, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return ""
+    text = " ".join(text.split())
+    if len(text) > PARAMETER_DESCRIPTION_CHARS:
+        text = text[:PARAMETER_DESCRIPTION_CHARS - 3].rstrip() + "..."
+    return f" ({text})"
 
 
 def _type_text(node: Any, root: dict[str, Any], depth: int = 0) -> str:

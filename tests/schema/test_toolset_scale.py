@@ -215,7 +215,7 @@ def test_the_tools_prompt_is_one_line_per_tool() -> None:
     prompt = tools_prompt(turn)
     assert "Weather(city: string, unit?: \"c\"|\"f\", days?: array of integer|null) - Get " \
         "the weather for a city." in prompt
-    assert "forecast_002(city: string, days: integer) - Forecast 2." in prompt
+    assert "forecast_002(city: string (The city), days: integer) - Forecast 2." in prompt
     assert '"properties"' not in prompt  # no JSON Schema in it: the grammar holds that
     # a named choice shows only the named tool
     named = tools_prompt(tool_turn([Weather, *generated_tools(3)], "forecast_001"))
