@@ -491,12 +491,13 @@ def tools_prompt(turn: ToolTurn, *, detail: str = "signatures",
 
     Each tool is one line, a signature (:func:`tool_signature`): its name, its parameters'
     names and types, its description. The grammar enforces the full schema, so the prompt
-    need not carry it: 200 tools of two parameters are about 5,000 tokens of SmolLM2's
-    8,192 this way, and over 12,000 as JSON Schemas (``full_schemas=True``, the layout
+    need not carry it: 200 tools of two parameters are about 5,400 tokens of SmolLM2's
+    8,192 this way, and 15,400 as JSON Schemas (``full_schemas=True``, the layout
     this replaced; kept for the benchmark's comparison). A named ``tool_choice`` lists
     only that tool. ``detail`` (:data:`PROMPT_DETAILS`): ``"types"`` leaves the
     descriptions out, ``"names"`` the types too, ``"bare"`` the parameters too (500
-    MaskBench tools: 11,900, 8,100 and 4,100 tokens of SmolLM2's; 50,600 as JSON Schemas)."""
+    MaskBench tools: 14,000, 11,900, 8,100 and 3,600 tokens of SmolLM2's from the first
+    detail to the last; 50,600 as JSON Schemas)."""
     tools = offered(turn)
     if full_schemas:
         listed = "\n".join(json.dumps(t, ensure_ascii=False)
