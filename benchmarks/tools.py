@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/tools.py [--base-url URL --model NAME] [--limit N]
     nice -n 10 python benchmarks/tools.py --embedded-only [--limit N]
+    nice -n 10 python benchmarks/tools.py --scale [--requests N]
 
 **Real vLLM server** (started here on SmolLM2-135M-Instruct, vLLM CPU, ``guidance`` engine,
 hermes' tool-call parser, ``VLLM_ENFORCE_STRICT_TOOL_CALLING=0``: see docs/capabilities.md
@@ -21,6 +22,13 @@ issue 18's API) is not used here, so no repair happens in any column. The embedd
 comparison (``--embedded-only``: structgen embedded vs llama.cpp + GBNF, no server) is
 :func:`embedded_rows`, written as the "Embedded" section of results/tools.md.
 
+**Tool sets at scale** (``--scale``: :func:`scale_main`, the "Tool sets at scale" section):
+5, 32, 128 and 500 tools from tests/data/toolsets (MaskBench BFCL + Glaiveai2K function
+schemas): cold and warm compile of the call envelope (llguidance and XGrammar on SmolLM2's
+vocabulary; llama.cpp's GBNF from the same envelope schema), prompt tokens (structgen's
+one-line signatures against the full JSON Schemas it wrote before), then s/request and valid
+calls, structgen embedded vs llama-cpp-python + GBNF on the same messages.
+
 Prompts: 20 tool sets built from the MaskBench dev BFCL schemas (the target function plus up
 to 3 others, the request written from BFCL's ground-truth arguments) and the agent requests
 of benchmarks/embedded.py with a small coding-agent toolkit.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gzip
 import json
 import multiprocessing as mp
@@ -66,7 +75,12 @@ from structgen.types import (  # noqa: E402
     normalize_messages,
 )
 from structgen.validate import validate_text  # noqa: E402
-from tests.backends.helpers import ReadFile, RunTests, envelope_schema  # noqa: E402
+from tests.backends.helpers import (  # noqa: E402
+    ReadFile,
+    RunTests,
+    envelope_schema,
+    maskbench_tools,
+)
 
 BFCL = Path(os.environ.get("STRUCTGEN_MASKBENCH_DIR", ROOT / "tests" / "data" / "maskbench")
             ) / "BFCL.jsonl.gz"
@@ -96,6 +110,7 @@ class Case:
     id: str
     prompt: str
     tools: tuple[ToolSpec, ...]
+    messages: list[dict[str, Any]] | None = None  # instead of request_for's
 
 
 @dataclass
@@ -230,11 +245,16 @@ def _checked_call(name: str, arguments: Any, case: Case) -> str | None:
 
 
 class EmbeddedStructgen:
-    """structgen's public engine path on the default llama.cpp runtime (SmolLM2 Q4_1 GGUF)."""
+    """structgen's public engine path on the default llama.cpp runtime (SmolLM2 Q4_1 GGUF).
+    ``choice`` ``"required-full"``: "required" with the tools prompt of full JSON Schemas
+    (the layout before the one-line signatures), for the short prompts' effect."""
 
-    def __init__(self, choice: str) -> None:
+    def __init__(self, choice: str, timeout_s: float = EMBEDDED_TIMEOUT_S) -> None:
         from structgen.engine import Engine
 
+        if choice.endswith("-full"):
+            full_schema_prompts()
+            choice = choice.removesuffix("-full")
         self.choice = choice
         self.engine = Engine(Config.from_dict({
             "local": {"threads": EMBEDDED_THREADS},
@@ -242,7 +262,7 @@ class EmbeddedStructgen:
                       "grammar_dir": tempfile.mkdtemp(prefix="structgen-tools-grammars-")},
             "metrics": {"enabled": False},
             "llm_backend": {"provider": "local", "fallback": ["local"],
-                            "timeout_s": EMBEDDED_TIMEOUT_S}}))
+                            "timeout_s": timeout_s}}))
         self.tok = self.engine.backend("local").runtime(None).tok  # type: ignore[attr-defined]
 
     def run(self, case: Case, arm: str) -> Row:
@@ -295,7 +315,7 @@ class EmbeddedLlama:
         start = time.perf_counter()
         kwargs: dict[str, Any] = {}
         if self.mode == "required":
-            schema = envelope_schema(ToolTurn(case.tools, "required"))
+            schema = draft7_tuples(envelope_schema(ToolTurn(case.tools, "required")))
             kwargs["grammar"] = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
         else:  # the target is the case's first tool (bfcl_cases, agent prompts: RunTests
             # is not always the right one, so "named" is scored on validity only)
@@ -327,9 +347,40 @@ class EmbeddedLlama:
         return row
 
 
+def full_schema_prompts() -> None:
+    """This process writes tools prompts as full JSON Schemas (the old layout)."""
+    import functools
+
+    from structgen.schema import toolset
+
+    toolset.tools_prompt = functools.partial(toolset.tools_prompt,  # type: ignore[assignment]
+                                             full_schemas=True)
+
+
+def draft7_tuples(node: Any) -> Any:
+    """The same language in the form llama-cpp-python's JSON Schema to GBNF converter reads:
+    ``prefixItems`` (2020-12 tuples) as draft 7 wrote them (``items`` a list,
+    ``additionalItems``), and an array of any items with an explicit any-value ``items``
+    (the converter reads ``schema.get("items") or schema["prefixItems"]`` and raises
+    KeyError on an array without ``items``, or with ``{}``)."""
+    if isinstance(node, list):
+        return [draft7_tuples(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: draft7_tuples(v) for k, v in node.items()}
+    if isinstance(out.get("prefixItems"), list):
+        rest = out.pop("items", True)
+        out["items"] = out.pop("prefixItems")
+        out["additionalItems"] = rest
+    if out.get("type") == "array" and not out.get("items"):
+        out["items"] = {"type": ["string", "number", "boolean", "object", "array", "null"]}
+    return out
+
+
 EMBEDDED_ARMS: dict[str, tuple[type[EmbeddedStructgen | EmbeddedLlama], str]] = {
     # column -> (class, its argument)
     "structgen embedded required": (EmbeddedStructgen, "required"),
+    "structgen embedded required (JSON Schema prompt)": (EmbeddedStructgen, "required-full"),
     "structgen embedded auto": (EmbeddedStructgen, "auto"),
     "llama.cpp + GBNF required (envelope grammar)": (EmbeddedLlama, "required"),
     "llama.cpp named tool_choice (handler's own)": (EmbeddedLlama, "named"),
@@ -337,7 +388,10 @@ EMBEDDED_ARMS: dict[str, tuple[type[EmbeddedStructgen | EmbeddedLlama], str]] = 
 
 
 def chat_messages(case: Case) -> list[dict[str, Any]]:
-    """The same system + user messages as :func:`request_for`, as plain dicts."""
+    """The same system + user messages as :func:`request_for`, as plain dicts (or the
+    case's own)."""
+    if case.messages is not None:
+        return case.messages
     return [dict(m) for m in request_for(case, "required").messages]
 
 
@@ -355,13 +409,14 @@ def _embedded_worker(arm: str, limit: int | None, conn: Any) -> None:
         conn.send(row.__dict__)
 
 
-def embedded_rows(cases: list[Case], limit: int | None = None) -> list[Row]:
+def embedded_rows(cases: list[Case], limit: int | None = None,
+                  arms: list[str] | None = None) -> list[Row]:
     """structgen embedded vs llama.cpp + GBNF on the same ``cases`` (``all_cases(limit)``),
     one process per column, one request at a time; a request that crashes its process (or
     runs past EMBEDDED_TIMEOUT_S) is an error row and the process is started again."""
     ctx = mp.get_context("spawn")
     rows: list[Row] = []
-    for arm in EMBEDDED_ARMS:
+    for arm in arms or EMBEDDED_ARMS:
         proc: Any = None
         conn: Any = None
         try:
@@ -396,6 +451,242 @@ def embedded_rows(cases: list[Case], limit: int | None = None) -> list[Row]:
             if proc is not None and proc.is_alive():
                 proc.kill()
     return rows
+
+
+# Tool sets at scale ------------------------------------------------------------------------
+SCALE_SIZES = (5, 32, 128, 500)
+SCALE_REQUESTS = 4
+SCALE_N_CTX = 8192  # SmolLM2's context, as structgen's [local] context_size default
+SCALE_COLUMNS = ("structgen embedded", "llama.cpp + GBNF")
+WARM_REPEATS = 20
+SCALE_TIMEOUT_S = 900.0  # one request: a 500-tool prompt's first prefill on a loaded machine
+
+
+def scale_cases(n: int, requests: int) -> tuple[tuple[ToolSpec, ...], list[Case]]:
+    """The first ``n`` tools of the MaskBench tool set, and ``requests`` requests that
+    each name one of them (one with a ground-truth example) and its arguments."""
+    tools = maskbench_tools(n)
+    specs = tuple(spec for spec, _ in tools)
+    known = [(spec, ex) for spec, ex in tools if ex is not None]
+    picked = known[::max(1, len(known) // requests)][:requests]
+    cases = []
+    for i, (spec, example) in enumerate(picked):
+        hint = ", ".join(f"{k}={json.dumps(v)}" for k, v in example.items())[:240]
+        cases.append(Case(f"{n}-tools-{i}-{spec.name}", f"Call {spec.name} with {hint}.",
+                          specs))
+    return specs, cases
+
+
+def scale_messages(case: Case, detail: str) -> list[dict[str, Any]]:
+    """What SmolLM2's template renders for a structgen tool turn (the tools prompt in a
+    system message, at ``detail``): the same messages for the llama.cpp column."""
+    from structgen.schema.toolset import with_tools_prompt
+
+    return with_tools_prompt([{"role": "user", "content": case.prompt}],
+                             ToolTurn(case.tools, "required"), detail)
+
+
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def compile_rows(sizes: tuple[int, ...]) -> tuple[list[dict[str, Any]], dict[int, str]]:
+    """Cold and warm compile of each tool set's call envelope, and prompt tokens; also
+    the prompt detail the runtime picks for each set (the llama.cpp column's messages)."""
+    from llama_cpp import LlamaGrammar
+
+    from structgen.constrain.base import ConstraintOptions, create_constraint
+    from structgen.constrain.grammar_cache import GrammarCache
+    from structgen.engine import Engine
+    from structgen.schema import toolset
+    from structgen.schema.toolset import PROMPT_DETAILS, envelope_output, tool_turn
+
+    engine = Engine(Config.from_dict({"local": {"threads": EMBEDDED_THREADS},
+                                      "cache": {"backend": "none"},
+                                      "metrics": {"enabled": False}}))
+    rt = engine.backend("local").runtime(None)  # type: ignore[attr-defined]
+    rt.tok.ll_tokenizer()
+    rt.tok.xgr_tokenizer_info()
+    out, details = [], {}
+    for n in sizes:
+        specs, cases = scale_cases(n, 1)
+        row: dict[str, Any] = {"tools": n, "schema_kb": sum(
+            len(t.parameters_text) for t in specs) / 1000}
+        for name in ("llguidance", "xgrammar"):
+            constraint = create_constraint(name, rt.tok, grammar_cache=GrammarCache())
+            start = time.perf_counter()
+            constraint.matcher(envelope_output(tool_turn(list(specs), "required")),
+                               ConstraintOptions())
+            row[f"{name} cold ms"] = 1000 * (time.perf_counter() - start)
+            warm = []
+            for _ in range(WARM_REPEATS):
+                start = time.perf_counter()
+                constraint.matcher(envelope_output(tool_turn(list(specs), "required")),
+                                   ConstraintOptions())
+                warm.append(1000 * (time.perf_counter() - start))
+            row[f"{name} warm ms"] = _median(warm)
+        raw = envelope_schema(ToolTurn(specs, "required"))
+        for label, schema in (("GBNF raw schema", raw), ("GBNF cold ms", draft7_tuples(raw)),
+                              ("GBNF again ms", draft7_tuples(raw))):
+            start = time.perf_counter()  # llama-cpp-python keeps no cache: "again" is cold
+            try:
+                LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+                row[label] = 1000 * (time.perf_counter() - start)
+            except Exception as exc:  # a grammar it cannot build is a result
+                row[label] = f"error: {type(exc).__name__}: {str(exc)[:80]}"
+        request = engine.build_request(cases[0].prompt, tools=list(specs),
+                                       tool_choice="required", max_tokens=MAX_TOKENS)
+        details[n] = next((d for d in PROMPT_DETAILS if len(rt.render_ids(request, d))
+                           + MAX_TOKENS <= rt.context_tokens), PROMPT_DETAILS[-1])
+        row["prompt detail"] = details[n]
+        row["prompt tokens"] = len(rt.prompt_ids(request))
+        original = toolset.tools_prompt
+        full_schema_prompts()
+        row["JSON Schema prompt tokens"] = len(rt.render_ids(request, "signatures"))
+        toolset.tools_prompt = original  # type: ignore[assignment]
+        out.append(row)
+        print(f"  compile {row}", flush=True)
+    engine.close()
+    return out, details
+
+
+def _scale_worker(column: str, sizes: tuple[int, ...], requests: int,
+                  details: dict[int, str], conn: Any) -> None:
+    if column == SCALE_COLUMNS[0]:
+        runner: Any = EmbeddedStructgen("required", SCALE_TIMEOUT_S)
+    else:
+        runner = EmbeddedLlama("required")
+        from llama_cpp import Llama
+
+        from structgen.backends.local.models import smollm2_gguf_path
+
+        runner.llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=SCALE_N_CTX,
+                           n_threads=EMBEDDED_THREADS, n_threads_batch=EMBEDDED_THREADS,
+                           verbose=False)
+    for n in sizes:
+        for i, case in enumerate(scale_cases(n, requests)[1]):
+            # structgen writes the tools prompt itself; llama.cpp gets the messages it wrote
+            case = dataclasses.replace(case, messages=(
+                [{"role": "user", "content": case.prompt}] if column == SCALE_COLUMNS[0]
+                else scale_messages(case, details[n])))
+            try:
+                row = runner.run(case, column)
+            except Exception as exc:  # a failed request (llama.cpp's JSON Schema to GBNF
+                # raises KeyError on prefixItems) is a row; a native crash ends the process
+                row = Row(case.id, column, error=f"{type(exc).__name__}: {str(exc)[:160]}")
+            row.detail.update(tools=n, first=i == 0)
+            conn.send(row.__dict__)
+    conn.send(None)
+
+
+def scale_request_rows(sizes: tuple[int, ...], requests: int,
+                       details: dict[int, str]) -> list[Row]:
+    """Both columns, each in its own process, every size in turn (the first request of a
+    size meets a new tool set: a new prompt prefill and a new grammar)."""
+    ctx = mp.get_context("spawn")
+    rows: list[Row] = []
+    for column in SCALE_COLUMNS:
+        conn, child = ctx.Pipe()
+        proc = ctx.Process(target=_scale_worker, args=(column, sizes, requests, details, child),
+                           daemon=True)
+        proc.start()
+        child.close()
+        try:
+            while True:
+                if not conn.poll(SCALE_TIMEOUT_S + 60):
+                    raise TimeoutError(f"{column}: no answer in {SCALE_TIMEOUT_S + 60:.0f}s")
+                item = conn.recv()
+                if item is None:
+                    break
+                row = Row(**item)
+                rows.append(row)
+                print(f"  {column} {row.case}: valid={row.valid} {row.wall_s:.2f}s "
+                      f"{row.tokens} tok {row.error or ''}", flush=True)
+        except (EOFError, TimeoutError) as exc:
+            rows.append(Row("(rest)", column, error=f"the column's process ended: {exc!r} "
+                                                    f"(exit code {proc.exitcode})"))
+        finally:
+            if proc.is_alive():
+                proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    return rows
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def scale_table(compiles: list[dict[str, Any]], rows: list[Row]) -> list[str]:
+    lines = ["| tools | schemas (KB) | llguidance cold ms | warm ms | XGrammar cold ms | "
+             "warm ms | llama.cpp GBNF ms (every request) | GBNF from the raw envelope | "
+             "prompt detail | prompt tokens | as JSON Schemas |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in compiles:
+        lines.append(
+            f"| {c['tools']} | {c['schema_kb']:.0f} | {_ms(c['llguidance cold ms'])} | "
+            f"{c['llguidance warm ms']:.2f} | {_ms(c['xgrammar cold ms'])} | "
+            f"{c['xgrammar warm ms']:.2f} | {_ms(c['GBNF cold ms'])} / "
+            f"{_ms(c['GBNF again ms'])} | {_ms(c.get('GBNF raw schema', '-'))} | "
+            f"{c['prompt detail']} | {c['prompt tokens']} | "
+            f"{c['JSON Schema prompt tokens']} |")
+    lines += ["", "| tools | column | requests | valid calls | s/request mean | first request s "
+              "(new tool set) | later requests s mean | prompt tokens |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in compiles:
+        for column in SCALE_COLUMNS:
+            mine = [r for r in rows if r.arm == column and r.detail.get("tools") == c["tools"]]
+            if not mine:
+                lines.append(f"| {c['tools']} | {column} | 0 | - | - | - | - | - |")
+                continue
+            timed = [r.wall_s for r in mine if r.wall_s > 0]
+            first = [r.wall_s for r in mine if r.detail.get("first") and r.wall_s > 0]
+            later = [r.wall_s for r in mine if not r.detail.get("first") and r.wall_s > 0]
+            prompts = [r.detail.get("prompt_tokens") for r in mine
+                       if r.detail.get("prompt_tokens")]
+            lines.append(
+                f"| {c['tools']} | {column} | {len(mine)} | {sum(r.valid for r in mine)} | "
+                f"{sum(timed) / max(1, len(timed)):.2f} | "
+                f"{first[0] if first else float('nan'):.2f} | "
+                f"{sum(later) / max(1, len(later)):.2f} | "
+                f"{prompts[0] if prompts else '-'} |")
+    failures = [r for r in rows if r.error]
+    if failures:
+        lines += ["", "Failures:", ""]
+        lines += [f"- {r.case} / {r.arm}: {r.error}" for r in failures[:12]]
+    return lines
+
+
+def scale_main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
+    start = time.time()
+    compiles, details = compile_rows(SCALE_SIZES)
+    rows = scale_request_rows(SCALE_SIZES, args.requests, details)
+    note = (f"One run, {time.time() - start:.0f} s in all, run with `nice -n 10`. "
+            f"{_load(load_before, os.getloadavg())}: the machine (2 cores) was shared with "
+            "other engineers' test runs, so timings are indicative only.\n\n"
+            "Tool sets: the first 5, 32, 128 and 500 tools of tests/data/toolsets (MaskBench "
+            "BFCL + Glaiveai2K function schemas). Compile: the call envelope of "
+            "`tool_choice=\"required\"` on SmolLM2's vocabulary, from the tools to a ready "
+            "matcher (`tool_turn` + `envelope_output` + the engine's `matcher`, a fresh "
+            "grammar cache: cold), then the same tools again as a new list (warm, median of "
+            f"{WARM_REPEATS}); llama.cpp: `LlamaGrammar.from_json_schema` of the same "
+            "envelope schema, which llama-cpp-python builds again for every request. Prompt "
+            "tokens: what structgen sends SmolLM2 (one line per tool, at the detail that "
+            "leaves room for max_tokens) against the JSON Schema layout it wrote before.\n\n"
+            f"Requests: {args.requests} per tool set and column, each naming one tool of the "
+            "set and its ground-truth arguments, greedy, max_tokens "
+            f"{MAX_TOKENS}, {EMBEDDED_THREADS} threads, SmolLM2-135M-Instruct Q4_1; structgen "
+            "embedded: `Engine.run(..., tools=..., tool_choice=\"required\")`; llama.cpp + "
+            "GBNF: llama-cpp-python's `create_chat_completion` on the same messages (the "
+            "system message structgen writes) with `grammar=` the envelope GBNF, n_ctx "
+            f"{SCALE_N_CTX}. A call is valid when its arguments validate against its tool's "
+            "full schema (jsonschema).")
+    replace_section(args.out, SCALE_HEADING, ["", f"Machine: {machine_line()}.", "", note, "",
+                                              *scale_table(compiles, rows)])
+    args.out.with_suffix(".scale.json").write_text(json.dumps(
+        {"compile": compiles, "rows": [r.__dict__ for r in rows]}, indent=1))
+    print(args.out.read_text())
 
 
 def all_cases(limit: int | None) -> list[Case]:
@@ -469,15 +760,26 @@ def write(rows: list[Row], out: Path, note: str) -> None:
 
 
 EMBEDDED_HEADING = "## Embedded: structgen vs llama.cpp + GBNF"
+SCALE_HEADING = "## Tool sets at scale"
+
+
+def replace_section(out: Path, heading: str, lines: list[str]) -> None:
+    """``out`` with the section under ``heading`` replaced by ``lines`` (added at the end
+    when it has none); the other sections stay as they are."""
+    text = out.read_text() if out.exists() else "# Tool calling: structgen vs the backend's own\n"
+    head, sep, rest = text.partition("\n" + heading + "\n")
+    tail = ""
+    if sep:
+        after = rest.split("\n## ", 1)
+        tail = "\n## " + after[1] if len(after) == 2 else ""
+    body = "\n".join([heading, *lines]).rstrip("\n") + "\n"
+    out.write_text(head.rstrip("\n") + "\n\n" + body + tail)
 
 
 def write_embedded(rows: list[Row], out: Path, note: str) -> None:
-    """The embedded run as its own section of ``out``; the vLLM run above it stays as is."""
-    kept = out.read_text().split("\n" + EMBEDDED_HEADING)[0].rstrip("\n") \
-        if out.exists() else "# Tool calling: structgen vs the backend's own"
-    lines = [kept, "", EMBEDDED_HEADING, "", f"Machine: {machine_line()}.", "", note, "",
-             *table(rows, time_all_answers=True)]
-    out.write_text("\n".join(lines) + "\n")
+    """The embedded run as its own section of ``out``; the other sections stay as they are."""
+    replace_section(out, EMBEDDED_HEADING, ["", f"Machine: {machine_line()}.", "", note, "",
+                                            *table(rows, time_all_answers=True)])
     out.with_suffix(".embedded.json").write_text(
         json.dumps([r.__dict__ for r in rows], indent=1))
 
@@ -491,7 +793,7 @@ def _load(before: tuple[float, ...], after: tuple[float, ...]) -> str:
 def embedded_main(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     start = time.time()
-    rows = embedded_rows(all_cases(args.limit), args.limit)
+    rows = embedded_rows(all_cases(args.limit), args.limit, args.arm)
     note = (f"A separate run from the vLLM one above (same prompts: the same system + user "
             f"messages and tool sets), {len({r.case for r in rows})} prompts"
             f"{f' (`--limit {args.limit}`)' if args.limit else ' (all)'}, one request at a "
@@ -504,7 +806,9 @@ def embedded_main(args: argparse.Namespace) -> None:
             "Columns: `structgen embedded required|auto`: `Engine.run(messages, tools=..., "
             "tool_choice=..., backend=\"local\", use_cache=False)` on the default llama.cpp "
             "runtime (validation and repair included; the engine writes the tools into the "
-            "system prompt in the Hermes layout, SmolLM2's template having none). "
+            "system prompt in the Hermes layout, SmolLM2's template having none: one line "
+            "per tool; `(JSON Schema prompt)`: every tool's full JSON Schema instead, the "
+            "layout before issue 31). "
             "`llama.cpp + GBNF required (envelope grammar)`: llama-cpp-python's "
             "`create_chat_completion` with the GGUF's chat template and "
             "`grammar=LlamaGrammar.from_json_schema(<call envelope: anyOf {name, arguments}>)`"
@@ -519,7 +823,8 @@ def embedded_main(args: argparse.Namespace) -> None:
             "call is valid when its arguments validate against its tool's full JSON Schema "
             "(jsonschema); s/request is over every answer, valid or not; a crash or timeout "
             "of a column's process is an error row, never valid or timed. In `structgen "
-            "embedded auto` a ✗ without an error is a text answer.")
+            "embedded auto` a ✗ without an error is a text answer."
+            + (f" Columns run: {', '.join(args.arm)} (`--arm`)." if args.arm else ""))
     write_embedded(rows, args.out, note)
     print(args.out.read_text())
 
@@ -530,10 +835,20 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=results_dir() / "tools.md")
+    parser.add_argument("--arm", action="append", choices=list(EMBEDDED_ARMS),
+                        help="with --embedded-only: only these columns (repeatable)")
+    parser.add_argument("--scale", action="store_true",
+                        help="only the tool sets at scale (5-500 tools), written as the "
+                             "'Tool sets at scale' section of --out")
+    parser.add_argument("--requests", type=int, default=SCALE_REQUESTS,
+                        help="with --scale: requests per tool set and column")
     parser.add_argument("--embedded-only", action="store_true",
                         help="only the embedded columns (no vLLM server), written as the "
                              "'Embedded' section of --out")
     args = parser.parse_args()
+    if args.scale:
+        scale_main(args)
+        return
     if args.embedded_only:
         embedded_main(args)
         return

@@ -91,8 +91,12 @@ class Engine:
                       tools: Sequence[Any] | None = None, tool_choice: Any = "auto",
                       parallel: bool = False, **sampling: Any) -> GenerationRequest:
         """The request for ``output``, or for a tool turn (``tools``; ``output`` then
-        stays None: the turn's output is the call envelope, see :mod:`structgen.schema.toolset`)."""
+        stays None: the turn's output is the call envelope, see :mod:`structgen.schema.toolset`).
+        ``max_calls`` (with ``parallel=True``) bounds a tool turn's calls in its grammar."""
+        max_calls = sampling.pop("max_calls", None)
         if tools is None:
+            if max_calls is not None:
+                raise StructgenError("max_calls bounds the calls of a tool turn: give tools")
             if output is None:
                 raise StructgenError("give an output (a Pydantic model, JSON Schema, Regex, "
                                      "Choice or Grammar) or tools=[...]")
@@ -101,7 +105,7 @@ class Engine:
         if output is not None:
             raise StructgenError("a tool turn's answer is a tool call (or text): give either "
                                  "output or tools, not both")
-        turn = tool_turn(tools, tool_choice, parallel)
+        turn = tool_turn(tools, tool_choice, parallel, max_calls)
         request = self._request(prompt_or_messages, envelope_output(turn, self.limits),
                                 model=model, reasoning=reasoning, **sampling)
         request.tools = turn
@@ -425,8 +429,17 @@ _END = object()
 def as_envelope(gen: GenerationResult, request: GenerationRequest) -> None:
     """A native tool answer (``gen.tool_calls``) becomes the canonical envelope text, which
     is what validation, repair and the cache read (see :func:`structgen.types.call_envelope`)."""
-    if request.tools is not None and gen.tool_calls is not None:
-        gen.text = call_envelope(gen.tool_calls, gen.text, parallel=request.tools.parallel)
+    turn = request.tools
+    if turn is not None and gen.tool_calls is not None:
+        # a server that cannot bound its calls (vLLM's native tool calling): more calls
+        # than the turn allows are cut here, and the result says so
+        limit = turn.max_calls if turn.parallel else 1
+        if limit is not None and len(gen.tool_calls) > limit:
+            gen.post_enforced = (*gen.post_enforced, PostEnforced(
+                "", "tool_calls", f"{gen.backend} returned {len(gen.tool_calls)} calls; "
+                f"the first {limit} kept"))
+            gen.tool_calls = gen.tool_calls[:limit]
+        gen.text = call_envelope(gen.tool_calls, gen.text, parallel=turn.parallel)
 
 
 def _tool_result(request: GenerationRequest, result: StructuredResult,
@@ -569,6 +582,7 @@ class CallOptions(typing.TypedDict, total=False):
     tools: Sequence[Any] | None
     tool_choice: Any
     parallel: bool
+    max_calls: int | None
     temperature: float
     top_p: float
     seed: int | None

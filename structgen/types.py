@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any, Literal
 
 from structgen.attempts import BackendAttempt
@@ -170,6 +172,23 @@ class ToolSpec:
     parameters: dict[str, Any]
     model: Any  # type[pydantic.BaseModel]
 
+    @cached_property
+    def digest(self) -> str:
+        """Identity of the tool for caches (its name, description, schema and model class),
+        computed once per spec: a tool set's key is the tuple of its tools' digests, so a
+        repeated set of 500 tools is recognized without re-reading 500 schemas. A spec is
+        treated as immutable (do not change ``parameters`` in place after using it)."""
+        model = "" if self.model is None else \
+            f"{self.model.__module__}.{self.model.__qualname__}:{id(self.model)}"
+        body = json.dumps([self.name, self.description, model], ensure_ascii=False)
+        return hashlib.sha256(f"{body}\x00{self.parameters_text}".encode(
+            "utf-8", "surrogatepass")).hexdigest()
+
+    @cached_property
+    def parameters_text(self) -> str:
+        """``parameters`` as canonical JSON text (sorted keys), computed once per spec."""
+        return json.dumps(self.parameters, sort_keys=True, ensure_ascii=False, default=repr)
+
 
 @dataclass(frozen=True)
 class ToolTurn:
@@ -178,6 +197,9 @@ class ToolTurn:
     tools: tuple[ToolSpec, ...]
     choice: ToolChoice = "auto"
     parallel: bool = False
+    # with ``parallel``: at most this many calls (the grammar's bound); None: no bound.
+    # Without ``parallel`` a turn has exactly one call, by its grammar
+    max_calls: int | None = None
 
     def openai_tools(self) -> list[dict[str, Any]]:
         """``tools`` in the OpenAI chat-completions shape (vLLM, SGLang, Ollama accept it)."""

@@ -300,6 +300,27 @@ def test_native_tool_calls_become_the_envelope(tmp_path: Path) -> None:
     assert text.value == "" and text.raw_text == '{"text": ""}'
 
 
+def test_native_calls_past_the_turns_count_are_cut_and_reported(tmp_path: Path) -> None:
+    """A server that returns more calls than the turn allows (vLLM enforces
+    parallel_tool_calls=false only by discarding calls after generation): structgen keeps
+    the first ones and says so in ``post_enforced``, never silently."""
+    three = [RawToolCall("search_code", '{"query":"a"}', "c1"),
+             RawToolCall("read_file", '{"path":"b.py"}', "c2"),
+             RawToolCall("search_code", '{"query":"c"}', "c3")]
+    one = engine_with(tmp_path, Canned(three)).run("look", tools=TOOLS, tool_choice="required",
+                                                   use_cache=False)
+    assert isinstance(one.value, ToolCall) and one.value.id == "c1"
+    assert "/tool_calls" in one.post_enforced
+    two = engine_with(tmp_path / "b", Canned(three)).run(
+        "look", tools=TOOLS, tool_choice="required", parallel=True, max_calls=2,
+        use_cache=False)
+    assert [c.id for c in two.value] == ["c1", "c2"] and "/tool_calls" in two.post_enforced
+    within = engine_with(tmp_path / "c", Canned(three[:2])).run(
+        "look", tools=TOOLS, tool_choice="required", parallel=True, max_calls=2,
+        use_cache=False)
+    assert len(within.value) == 2 and "/tool_calls" not in within.post_enforced
+
+
 def test_reask_shows_the_chosen_tools_errors(tmp_path: Path) -> None:
     backend = Canned('{"name":"RunTests","arguments":{"target":"t","max_failures":500}}',
                      '{"name":"RunTests","arguments":{"target":"t","max_failures":50}}')

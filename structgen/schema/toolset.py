@@ -24,16 +24,18 @@ free text until the ``<tool_call>`` trigger, then exactly one call's JSON, then
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, Union, get_type_hints
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Discriminator, RootModel, Tag
 
 from structgen.errors import SchemaError, ToolError
 from structgen.messages import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -60,6 +62,10 @@ class TextAnswer(BaseModel):
 
 
 # Tools ----------------------------------------------------------------------------------
+_specs: dict[Any, ToolSpec] = {}  # model class or function -> its spec (see tool_spec)
+_specs_lock = threading.Lock()
+
+
 def tool_spec(tool: ToolLike) -> ToolSpec:
     """A tool as the pipeline carries it.
 
@@ -67,10 +73,29 @@ def tool_spec(tool: ToolLike) -> ToolSpec:
     ``model_config["title"]``, else the class name; the description its docstring. A
     function: its name and docstring, its parameters (each annotated; defaults make them
     optional) become the arguments model. Raises :class:`ToolError`.
+
+    The spec of a class or function is made once per process: an agent that offers the
+    same 500 tools on every request pays for their schemas once.
     """
     if isinstance(tool, ToolSpec):
         check_name(tool.name)
         return tool
+    try:
+        with _specs_lock:
+            known = _specs.get(tool)
+    except TypeError:  # an unhashable callable: made each time
+        known = None
+    if known is not None:
+        return known
+    spec = _new_spec(tool)
+    with contextlib.suppress(TypeError), _specs_lock:
+        if len(_specs) > 4096:
+            _specs.clear()
+        _specs[tool] = spec
+    return spec
+
+
+def _new_spec(tool: ToolLike) -> ToolSpec:
     if isinstance(tool, type) and issubclass(tool, BaseModel):
         name = getattr(tool, "tool_name", None) or tool.model_config.get("title") \
             or tool.__name__
@@ -150,18 +175,29 @@ def _check_default(tool: str, param: str, hint: Any, default: Any) -> None:
 
 
 def tool_turn(tools: Sequence[ToolLike], choice: Any = "auto",
-              parallel: bool = False) -> ToolTurn:
+              parallel: bool = False, max_calls: int | None = None) -> ToolTurn:
     """The tools of one request; ``choice`` is ``"auto"``, ``"required"`` or one of the
-    tools (its class, function, ToolSpec or name). Raises :class:`ToolError`."""
+    tools (its class, function, ToolSpec or name). Without ``parallel`` the answer is
+    exactly one call (its grammar has room for no second one); with it, one call or more,
+    at most ``max_calls`` (a bound of the grammar too). Raises :class:`ToolError`."""
     if isinstance(tools, str | bytes) or not isinstance(tools, Sequence) or not tools:
         raise ToolError("tools must be a non-empty list of tools")
     specs = tuple(tool_spec(t) for t in tools)
-    names = [s.name for s in specs]
-    for n in names:
-        if names.count(n) > 1:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
             raise ToolError("two tools have this name; a call could not say which one "
-                            "it means", n)
-    return ToolTurn(specs, _choice(choice, tools, specs), bool(parallel))
+                            "it means", spec.name)
+        seen.add(spec.name)
+    if max_calls is not None:
+        if isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1:
+            raise ToolError(f"max_calls must be a positive integer, not {max_calls!r}")
+        if not parallel and max_calls != 1:
+            raise ToolError("max_calls > 1 needs parallel=True (without it a turn has "
+                            "exactly one call)")
+        if not parallel:
+            max_calls = None
+    return ToolTurn(specs, _choice(choice, tools, specs), bool(parallel), max_calls)
 
 
 def _choice(choice: Any, tools: Sequence[ToolLike], specs: tuple[ToolSpec, ...]) -> str:
@@ -179,10 +215,39 @@ def _choice(choice: Any, tools: Sequence[ToolLike], specs: tuple[ToolSpec, ...])
 
 
 # The envelope ---------------------------------------------------------------------------
+_envelopes: OrderedDict[tuple[Any, ...], CompiledOutput] = OrderedDict()
+_envelopes_lock = threading.Lock()
+ENVELOPES_KEPT = 64
+
+
+def toolset_key(turn: ToolTurn) -> tuple[Any, ...]:
+    """What a turn's envelope depends on: its tools' digests (each computed once per spec),
+    the choice, ``parallel`` and ``max_calls``."""
+    return (tuple(t.digest for t in turn.tools), turn.choice, turn.parallel, turn.max_calls)
+
+
 def envelope_output(turn: ToolTurn, limits: Limits = DEFAULT_LIMITS) -> CompiledOutput:
-    """The compiled output of a tool turn (see the module docstring). The grammar's schema
-    goes through :func:`compile_output` like any JSON Schema (checked, patterns made
-    portable); validation reads the dispatching form."""
+    """The compiled output of a tool turn (see the module docstring), kept by tool-set key
+    (:func:`toolset_key`): a repeated tool set costs a dictionary look-up, and the same
+    output object (so its cached hashes, and the grammar cache's entry) comes back."""
+    key = (toolset_key(turn), limits)
+    with _envelopes_lock:
+        known = _envelopes.get(key)
+        if known is not None:
+            _envelopes.move_to_end(key)
+            return known
+    compiled = _envelope_output(turn, limits)
+    with _envelopes_lock:
+        _envelopes[key] = compiled
+        while len(_envelopes) > ENVELOPES_KEPT:
+            _envelopes.popitem(last=False)
+    return compiled
+
+
+def _envelope_output(turn: ToolTurn, limits: Limits) -> CompiledOutput:
+    """The grammar's schema goes through :func:`compile_output` like any JSON Schema
+    (checked, patterns made portable); validation reads the dispatching form. Every step
+    is one pass over the tools, so the cost grows linearly with their number."""
     offered = [t for t in turn.tools if turn.choice in CHOICES or t.name == turn.choice]
     auto = turn.choice == "auto"
     defs: dict[str, Any] = {}
@@ -192,8 +257,9 @@ def envelope_output(turn: ToolTurn, limits: Limits = DEFAULT_LIMITS) -> Compiled
     grammar: dict[str, Any] = (grammar_calls[0] if len(grammar_calls) == 1
                                else {"anyOf": grammar_calls})
     if turn.parallel:
-        grammar = {"type": "array", "items": grammar, "minItems": 1}
-        check_calls = {"type": "array", "items": check_calls, "minItems": 1}
+        bound = {} if turn.max_calls is None else {"maxItems": turn.max_calls}
+        grammar = {"type": "array", "items": grammar, "minItems": 1, **bound}
+        check_calls = {"type": "array", "items": check_calls, "minItems": 1, **bound}
     text = TextAnswer.model_json_schema()
     text.pop("title", None)
     if auto:
@@ -244,7 +310,11 @@ def _dispatch(tools: list[ToolSpec], parallel: bool, prefix: str) -> dict[str, A
 
 def _placed(tool: ToolSpec, defs: dict[str, Any], base: str) -> Any:
     """``tool.parameters`` moved to ``base`` in a bigger document: its ``$defs`` become
-    ``#/$defs/<tool>.<name>``, other references into it are re-rooted at ``base``."""
+    ``#/$defs/<tool>.<name>``, other references into it are re-rooted at ``base``. A
+    schema without references is placed as it is (the envelope is copied as a whole by
+    :func:`compile_output`), so most tools cost nothing here."""
+    if '"$ref"' not in tool.parameters_text and '"$defs"' not in tool.parameters_text:
+        return tool.parameters
     params = json_copy(tool.parameters)[0]
     if not isinstance(params, dict):
         return params
@@ -271,25 +341,64 @@ def _placed(tool: ToolSpec, defs: dict[str, Any], base: str) -> Any:
     return walk(params)
 
 
+class _SchemaCall(BaseModel):
+    """A call of a tool given as a raw JSON Schema (no model): its arguments come back as
+    the validated ``dict`` (the envelope's schema has checked them before the model runs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: dict[str, Any]
+
+
+_call_models: dict[tuple[str, Any], type[BaseModel]] = {}
 _envelope_models: dict[tuple[Any, ...], type[BaseModel]] = {}
 _models_lock = threading.Lock()
 
 
+def _call_model(tool: ToolSpec) -> type[BaseModel]:
+    """``{"name": <tool>, "arguments": <its model>}``, made once per (name, model)."""
+    key = (tool.name, tool.model)
+    with _models_lock:
+        known = _call_models.get(key)
+    if known is None:
+        known = pydantic.create_model(
+            f"{tool.name}_call", __config__=ConfigDict(extra="forbid"),
+            name=(Literal.__getitem__(tool.name), ...),  # type: ignore[arg-type]
+            arguments=(tool.model, ...))
+        with _models_lock:
+            if len(_call_models) > 4096:
+                _call_models.clear()
+            _call_models[key] = known
+    return known
+
+
 def envelope_model(turn: ToolTurn) -> type[BaseModel]:
-    """The Pydantic model a tool turn's envelope validates into (``.root`` is the answer)."""
-    key = (tuple((t.name, t.model or id(t)) for t in turn.tools), turn.choice, turn.parallel)
+    """The Pydantic model a tool turn's envelope validates into (``.root`` is the answer).
+
+    One union over the offered tools, discriminated by ``name``: a tool with a model
+    validates its arguments into that model (its validators run); the tools without one
+    share :class:`_SchemaCall`, so a set of 500 schema tools builds no model per tool."""
+    key = toolset_key(turn)
     with _models_lock:
         known = _envelope_models.get(key)
     if known is not None:
         return known
     offered = [t for t in turn.tools if turn.choice in CHOICES or t.name == turn.choice]
-    calls = [pydantic.create_model(
-        f"{t.name}_call", __config__=ConfigDict(extra="forbid"),
-        name=(Literal.__getitem__(t.name), ...),  # type: ignore[arg-type]
-        arguments=(t.model if t.model is not None else dict[str, Any], ...))
-        for t in offered]
-    call: Any = calls[0] if len(calls) == 1 else Annotated[
-        Union[tuple(calls)], Field(discriminator="name")]  # noqa: UP007 - built at runtime
+    modeled = {t.name: _call_model(t) for t in offered if t.model is not None}
+    call: Any
+    if len(modeled) == len(offered) == 1:
+        call = next(iter(modeled.values()))
+    elif not modeled:
+        call = _SchemaCall
+    else:
+        def which(value: Any) -> str:
+            name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+            return name if isinstance(name, str) and name in modeled else "*"
+
+        branches = [Annotated[m, Tag(n)] for n, m in modeled.items()]
+        if len(modeled) < len(offered):
+            branches.append(Annotated[_SchemaCall, Tag("*")])
+        call = Annotated[Union[tuple(branches)], Discriminator(which)]  # noqa: UP007
     answer: Any = list[call] if turn.parallel else call
     if turn.choice == "auto":
         answer = Union[answer, TextAnswer]  # noqa: UP007
@@ -330,7 +439,10 @@ def trigger_grammar(turn: ToolTurn, call_schema: dict[str, Any]) -> str:
     and after the closing tag only the end of the answer may follow."""
     x_guidance = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
     body = json.dumps({**call_schema, "x-guidance": x_guidance}, ensure_ascii=False)
-    more = f' ("\\n"? "{TRIGGER_OPEN}" block)*' if turn.parallel else ""
+    more = ""
+    if turn.parallel:
+        repeat = "*" if turn.max_calls is None else f"{{0,{turn.max_calls - 1}}}"
+        more = f' ("\\n"? "{TRIGGER_OPEN}" block){repeat}'
     return (f"start: TEXT | pre block{more}\n"
             f'block: "\\n"? call "\\n"? "{TRIGGER_CLOSE}"\n'
             f"TEXT: /(?s:.*)/ & ~/(?s:.*{re.escape(TRIGGER_OPEN)}.*)/\n"
@@ -375,11 +487,45 @@ def parse_triggered(text: str, parallel: bool) -> tuple[list[RawToolCall] | None
     return calls, head.strip()
 
 
-def tools_prompt(turn: ToolTurn) -> str:
+def offered(turn: ToolTurn) -> tuple[ToolSpec, ...]:
+    """The tools the model may call in this turn: all of them, or only the named one."""
+    if turn.choice in CHOICES:
+        return turn.tools
+    return tuple(t for t in turn.tools if t.name == turn.choice)
+
+
+# How much of each tool the prompt shows, most first; a runtime whose context cannot hold
+# the prompt with the answer takes the next (see LlamaCppRuntime.prompt_ids)
+PROMPT_DETAILS = ("signatures", "types", "names", "bare")
+
+
+def tools_prompt(turn: ToolTurn, *, detail: str = "signatures",
+                 full_schemas: bool = False) -> str:
     """The tools as system-prompt text, for chat templates that do not take ``tools``
-    (SmolLM2's, the tiny test model's): the Hermes/Qwen layout, whose ``<tool_call>`` tags
-    are also the embedded grammar's trigger."""
-    listed = "\n".join(json.dumps(t, ensure_ascii=False) for t in turn.openai_tools())
+    (SmolLM2's, the tiny test model's), in the Hermes/Qwen layout, whose ``<tool_call>``
+    tags are also the embedded grammar's trigger.
+
+    Each tool is one line, a signature (:func:`tool_signature`): its name, its parameters'
+    names and types, its description. The grammar enforces the full schema, so the prompt
+    need not carry it: 200 tools of two parameters are about 5,400 tokens of SmolLM2's
+    8,192 this way, and 15,400 as JSON Schemas (``full_schemas=True``, the layout
+    this replaced; kept for the benchmark's comparison). A named ``tool_choice`` lists
+    only that tool. ``detail`` (:data:`PROMPT_DETAILS`): ``"types"`` leaves the
+    descriptions out, ``"names"`` the types too, ``"bare"`` the parameters too (500
+    MaskBench tools: 14,000, 11,900, 8,100 and 3,600 tokens of SmolLM2's from the first
+    detail to the last; 50,600 as JSON Schemas)."""
+    tools = offered(turn)
+    if full_schemas:
+        listed = "\n".join(json.dumps(t, ensure_ascii=False)
+                           for t in dataclasses.replace(turn, tools=tools).openai_tools())
+        head = "Their signatures, as JSON Schema, are inside <tools></tools>"
+    else:
+        listed = "\n".join(tool_signature(t, detail) for t in tools)
+        head = ("One function per line inside <tools></tools>: its name, its parameters "
+                "(? marks an optional one)" + (" and what it does" if detail == "signatures"
+                                               else ""))
+        if detail == "bare":
+            head = "Their names are inside <tools></tools>, one per line"
     if turn.choice == "auto":
         rule = ("If a function helps, call it; otherwise answer in plain text. To call a "
                 f"function, write {TRIGGER_OPEN}, then one JSON object with its name and "
@@ -389,18 +535,92 @@ def tools_prompt(turn: ToolTurn) -> str:
     else:
         which = "one of these functions" if turn.choice == "required" \
             else f"the function {turn.choice}"
+        several = "" if not turn.parallel else (
+            ", or a JSON array of such objects for several calls"
+            + ("" if turn.max_calls is None else f" (at most {turn.max_calls})"))
         rule = (f"Call {which}: answer with one JSON object with its name and arguments, "
-                '{"name": <function-name>, "arguments": <args-json-object>}'
-                + (", or a JSON array of such objects for several calls." if turn.parallel
-                   else "."))
-    return ("# Tools\n\nYou may call functions. Their signatures, as JSON Schema, are "
-            f"inside <tools></tools>:\n<tools>\n{listed}\n</tools>\n\n{rule}")
+                '{"name": <function-name>, "arguments": <args-json-object>}' + several + ".")
+    return (f"# Tools\n\nYou may call functions. {head}:\n<tools>\n{listed}\n</tools>\n\n"
+            f"{rule}")
 
 
-def with_tools_prompt(messages: list[dict[str, Any]], turn: ToolTurn) -> list[dict[str, Any]]:
+SIGNATURE_ENUM_VALUES = 6  # an enum with more values is shown by its type
+SIGNATURE_DESCRIPTION_CHARS = 200
+
+
+def tool_signature(tool: ToolSpec, detail: str = "signatures") -> str:
+    """One line for a tool: ``name(a: string (its description), b?: integer) -
+    description``; with
+    ``detail="types"`` no description, with ``"names"`` no types either: ``name(a, b?)``,
+    with ``"bare"`` the name alone."""
+    if detail not in PROMPT_DETAILS:
+        raise ValueError(f"detail is one of {PROMPT_DETAILS}, not {detail!r}")
+    if detail == "bare":
+        return tool.name
+    params = tool.parameters if isinstance(tool.parameters, dict) else {}
+    props: dict[str, Any] = params.get("properties") or {}
+    required: list[Any] = params.get("required") or []
+    if not isinstance(props, dict) or not isinstance(required, list):
+        props, required = {}, []
+    args = ", ".join(f"{name}{'' if name in required else '?'}"
+                     + ("" if detail == "names" else f": {_type_text(sub, params)}")
+                     + (_about(sub) if detail == "signatures" else "")
+                     for name, sub in props.items())
+    description = " ".join(tool.description.split()) if detail == "signatures" else ""
+    if len(description) > SIGNATURE_DESCRIPTION_CHARS:
+        description = description[:SIGNATURE_DESCRIPTION_CHARS - 3].rstrip() + "..."
+    return f"{tool.name}({args})" + (f" - {description}" if description else "")
+
+
+PARAMETER_DESCRIPTION_CHARS = 80
+
+
+def _about(node: Any) -> str:
+    """A parameter's own description, short, in parentheses (`` (The city)``)."""
+    text = node.get("description") if isinstance(node, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return ""
+    text = " ".join(text.split())
+    if len(text) > PARAMETER_DESCRIPTION_CHARS:
+        text = text[:PARAMETER_DESCRIPTION_CHARS - 3].rstrip() + "..."
+    return f" ({text})"
+
+
+def _type_text(node: Any, root: dict[str, Any], depth: int = 0) -> str:
+    """A short type for a parameter's schema: ``string``, ``"a"|"b"``, ``array of
+    integer``, ``object``, ``Name`` for a reference."""
+    if not isinstance(node, dict) or depth > 3:
+        return "any"
+    if "const" in node:
+        return json.dumps(node["const"], ensure_ascii=False)
+    if isinstance(node.get("enum"), list) and len(node["enum"]) <= SIGNATURE_ENUM_VALUES:
+        return "|".join(json.dumps(v, ensure_ascii=False) for v in node["enum"])
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        target = root.get("$defs", {}).get(name) if ref.startswith("#/$defs/") else None
+        if isinstance(target, dict) and ("enum" in target or "type" in target) \
+                and target.get("type") != "object":
+            return _type_text(target, root, depth + 1)
+        return name or "object"
+    for key in ("anyOf", "oneOf"):
+        if isinstance(node.get(key), list) and node[key]:
+            return "|".join(dict.fromkeys(_type_text(b, root, depth + 1) for b in node[key]))
+    kind = node.get("type")
+    if isinstance(kind, list):
+        return "|".join(str(k) for k in kind)
+    if kind == "array" or "items" in node:
+        return f"array of {_type_text(node.get('items'), root, depth + 1)}"
+    if isinstance(kind, str):
+        return kind
+    return "object" if "properties" in node else "any"
+
+
+def with_tools_prompt(messages: list[dict[str, Any]], turn: ToolTurn,
+                      detail: str = "signatures") -> list[dict[str, Any]]:
     """``messages`` with :func:`tools_prompt` at the end of the system message (a new
     system message when there is none)."""
-    prompt = tools_prompt(turn)
+    prompt = tools_prompt(turn, detail=detail)
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": f"{messages[0]['content']}\n\n{prompt}"},
                 *messages[1:]]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -12,6 +14,30 @@ from structgen.backends.base import GenerationRequest
 from structgen.config import Config
 from structgen.schema import compile_output
 from structgen.types import Sampling, ToolSpec, ToolTurn, normalize_messages
+
+# 500 function schemas from the MaskBench dev splits (BFCL, Glaiveai2K): README.md there
+TOOLSET_FILE = Path(__file__).resolve().parents[1] / "data" / "toolsets" / \
+    "maskbench_tools.jsonl.gz"
+
+
+def maskbench_tools(n: int | None = None) -> list[tuple[ToolSpec, Any]]:
+    """The first ``n`` tools of the MaskBench tool set, each with a valid example of its
+    arguments (None where the record has none)."""
+    with gzip.open(TOOLSET_FILE, "rt", encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f][:n]
+    return [(ToolSpec(t["name"], "", t["parameters"], None), t["example"]) for t in lines]
+
+
+def generated_tools(n: int, description: str = "The weather forecast number {i} for a city.",
+                    ) -> list[ToolSpec]:
+    """``n`` small tools of two parameters each (a city and a number of days)."""
+    params = {"type": "object", "properties": {
+        "city": {"type": "string", "description": "The city"},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+        "required": ["city", "days"], "additionalProperties": False}
+    return [ToolSpec(f"forecast_{i:03d}", description.format(i=i), params, None)
+            for i in range(n)]
+
 
 GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar",
                  "guided_decoding_backend", "guided_whitespace_pattern", "guided_json_object")
@@ -80,7 +106,8 @@ def envelope_schema(turn: ToolTurn) -> dict[str, Any]:
          "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     call: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if turn.parallel:
-        call = {"type": "array", "items": call, "minItems": 1}
+        bound = {} if turn.max_calls is None else {"maxItems": turn.max_calls}
+        call = {"type": "array", "items": call, "minItems": 1, **bound}
     if turn.choice != "auto":
         return call
     text = {"type": "object", "properties": {"text": {"type": "string"}},
@@ -91,9 +118,10 @@ def envelope_schema(turn: ToolTurn) -> dict[str, Any]:
 def tool_request(choice: str = "required", *, tools: tuple[type[BaseModel], ...] = (
                      RunTests, ReadFile), parallel: bool = False,
                  prompt: str | list[Any] = "Run the tests in tests/test_app.py",
-                 max_tokens: int = 64, **kw: Any) -> GenerationRequest:
+                 max_tokens: int = 64, max_calls: int | None = None,
+                 **kw: Any) -> GenerationRequest:
     """A tool turn as the engine hands it to a backend."""
-    turn = ToolTurn(tuple(tool_spec(t) for t in tools), choice, parallel)
+    turn = ToolTurn(tuple(tool_spec(t) for t in tools), choice, parallel, max_calls)
     return GenerationRequest(messages=normalize_messages(prompt),
                              output=compile_output(envelope_schema(turn)),
                              sampling=Sampling(max_tokens=max_tokens), tools=turn, **kw)

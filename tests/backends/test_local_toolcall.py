@@ -167,9 +167,13 @@ def test_a_template_that_takes_tools_gets_them(engine: Engine) -> None:
     # a template without them (SmolLM2's, the tiny model's): the system prompt carries them
     messages, tools = chat_messages(request, "{% for m in messages %}{{ m.content }}{% endfor %}")
     assert tools is None and messages[0]["role"] == "system"
-    assert '"name": "ApplyPatch"' not in messages[0]["content"]
-    assert '"name": "RunTests"' in messages[0]["content"] and "Call one of" in \
+    assert "ApplyPatch" not in messages[0]["content"]
+    assert "\nRunTests(target: string" in messages[0]["content"] and "Call one of" in \
         messages[0]["content"]
+    # a named choice: the template gets that tool alone
+    named = engine.build_request("run them", tools=AGENT_TOOLS, tool_choice=ReadFile)
+    assert [t["function"]["name"] for t in chat_messages(named, template)[1] or []] == \
+        ["ReadFile"]
 
 
 def test_a_tool_result_turn_on_the_transformers_runtime(engine: Engine) -> None:

@@ -82,6 +82,35 @@ async def test_vllm_tools_required_is_the_closed_envelope(vllm_tools, parallel):
     await b.aclose()
 
 
+async def test_vllm_tools_call_counts(vllm_tools):
+    """What the real server enforces: "required" with ``max_calls`` goes as the envelope's
+    schema with ``maxItems``, so vLLM's grammar itself bounds the array (sampled answers
+    never hold more); without ``parallel`` the envelope is one call object. A named choice
+    is vLLM's own tool calling with ``parallel_tool_calls`` false: vLLM enforces that only
+    by discarding extra calls after generation (vllm#50502); the engine cuts and reports
+    such extras itself (tests/test_toolcall.py, ``/tool_calls`` in post_enforced)."""
+    b = VLLMBackend(vllm_config(vllm_tools))
+    for seed in range(3):
+        req = tool_request("required", parallel=True, max_calls=2, max_tokens=240)
+        req.sampling.temperature, req.sampling.seed = 1.0, seed
+        _path, body, _post = await b.build(req)
+        assert body["structured_outputs"]["json"]["maxItems"] == 2
+        result = await b.agenerate(req)
+        calls = check_envelope(req.tools, result.text)  # type: ignore[arg-type]
+        assert isinstance(calls, list) and 1 <= len(calls) <= 2, result.text
+        single = tool_request("required", max_tokens=200)
+        single.sampling.temperature, single.sampling.seed = 1.0, seed
+        one = await b.agenerate(single)
+        assert isinstance(check_envelope(single.tools, one.text), dict)  # type: ignore[arg-type]
+        named = tool_request("ReadFile", max_tokens=200)
+        named.sampling.temperature, named.sampling.seed = 1.0, seed
+        _path, body, _post = await b.build(named)
+        assert body["parallel_tool_calls"] is False
+        native = await b.agenerate(named)
+        assert native.tool_calls is not None and len(native.tool_calls) == 1
+    await b.aclose()
+
+
 @pytest.mark.parametrize("choice", ["required", "ReadFile"])
 async def test_vllm_tools_stream_is_the_envelope_of_the_same_answer(vllm_tools, choice):
     """A streamed tool turn joins to the same envelope as the whole answer (greedy: the

@@ -219,6 +219,7 @@ class LlamaCppRuntime(Runtime):
         else:
             self.name = _meta(lc, self.model, "general.name") or path.stem
         self.n_seq = cfg.max_batch
+        self.context_tokens = cfg.context_size
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cfg.context_size
         cparams.n_batch = cparams.n_ubatch = 512
@@ -280,20 +281,24 @@ class LlamaCppRuntime(Runtime):
 
     # Prompt ---------------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        messages, tools = chat_messages(request, self.template, self.tool_arguments)
+        ids = super().prompt_ids(request)
+        if len(ids) >= self.cfg.context_size:  # could never decode: say so now
+            raise BackendError(f"the prompt has {len(ids)} tokens: more than llama.cpp's "
+                               f"context holds with an answer (context_size="
+                               f"{self.cfg.context_size} in [local])", "local")
+        return ids
+
+    def render_ids(self, request: GenerationRequest, detail: str) -> list[int]:
+        messages, tools = chat_messages(request, self.template, self.tool_arguments,
+                                        detail)
         if self.template:
             text = self.render(messages, tools)
         else:  # a base model: plain concatenation
             text = "\n\n".join(str(m["content"]) for m in messages) + "\n"
         data = text.encode()
         bos_in_text = self.bos >= 0 and text.startswith(self._piece(self.bos) or "\0")
-        ids = tokenize(self.lc, self.vocab, data, add_special=self.add_bos and not bos_in_text,
-                       parse_special=True)
-        if len(ids) >= self.cfg.context_size:  # could never decode: say so now
-            raise BackendError(f"the prompt has {len(ids)} tokens: more than llama.cpp's "
-                               f"context holds with an answer (context_size="
-                               f"{self.cfg.context_size} in [local])", "local")
-        return ids
+        return tokenize(self.lc, self.vocab, data, add_special=self.add_bos and not bos_in_text,
+                        parse_special=True)
 
     def render(self, messages: list[dict[str, Any]],
                tools: list[dict[str, Any]] | None = None) -> str:

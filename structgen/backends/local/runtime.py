@@ -12,6 +12,7 @@ grammar forced, in one pass) and returning one row of logits per sequence.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from structgen.backends.base import GenerationRequest, GenerationResult
 from structgen.constrain.base import GrammarConstraint, Matcher, create_constraint
 from structgen.messages import ToolArguments, hermes_messages, template_messages
-from structgen.schema.toolset import with_tools_prompt
+from structgen.schema.toolset import PROMPT_DETAILS, offered, with_tools_prompt
 
 if TYPE_CHECKING:
     import torch
@@ -176,9 +177,26 @@ class Runtime(ABC):
     def text(self, ids: list[int]) -> str:
         return b"".join(self.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
 
-    @abstractmethod
+    # how many tokens the model's context holds (prompt and answer)
+    context_tokens: int = 1 << 30
+
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The request's messages through the model's chat template, as token ids."""
+        """The request's messages through the model's chat template, as token ids. A tool
+        turn whose tools, written into the prompt, leave no room for the answer shows less
+        of each tool (:data:`~structgen.schema.toolset.PROMPT_DETAILS`: without
+        descriptions, then without types, then names only; the grammar holds the full
+        schemas whatever the prompt shows)."""
+        for detail in PROMPT_DETAILS:
+            ids = self.render_ids(request, detail)
+            if request.tools is None \
+                    or len(ids) + request.sampling.max_tokens <= self.context_tokens:
+                break
+        return ids
+
+    @abstractmethod
+    def render_ids(self, request: GenerationRequest, detail: str) -> list[int]:
+        """The request's messages through the model's chat template, as token ids, with
+        ``detail`` of each tool in a tools prompt (:func:`chat_messages`)."""
 
     def fits(self, live: list[Seq], seq: Seq) -> bool:
         """Whether ``seq`` can decode beside ``live`` without running out of memory (a
@@ -195,7 +213,7 @@ class Runtime(ABC):
 
 
 def chat_messages(request: GenerationRequest, template: str | None,
-                  tool_arguments: ToolArguments | None = None
+                  tool_arguments: ToolArguments | None = None, detail: str = "signatures"
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(the messages, the ``tools`` to render them with) for a chat template.
 
@@ -206,15 +224,16 @@ def chat_messages(request: GenerationRequest, template: str | None,
     variable (Qwen, Hermes, Llama 3.x templates); otherwise (SmolLM2's, the tiny test
     model's) they are written into the system prompt in the Hermes layout
     (:func:`with_tools_prompt`), whose ``<tool_call>`` tag is the trigger the ``"auto"``
-    grammar waits for."""
+    grammar waits for, one line per tool (``detail``: how much of each, see
+    :func:`~structgen.schema.toolset.tools_prompt`)."""
     messages = template_messages(request.messages, tool_arguments) if tool_arguments \
         else hermes_messages(request.messages)
     turn = request.tools
     if turn is None:
         return messages, None
-    if template and "tools" in template:
-        return messages, turn.openai_tools()
-    return with_tools_prompt(messages, turn), None
+    if template and "tools" in template:  # the template's own rendering; a named choice
+        return messages, dataclasses.replace(turn, tools=offered(turn)).openai_tools()
+    return with_tools_prompt(messages, turn, detail), None
 
 
 def reusable_prefix(cache: OrderedDict[tuple[int, ...], Any],

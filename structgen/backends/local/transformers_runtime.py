@@ -38,6 +38,9 @@ class TransformersRuntime(Runtime):
             device=cfg.device)
         self.name = self.ref.rstrip("/").rsplit("/", 1)[-1]
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        # prompt and answer must fit the model's positions (a tool turn shortens its prompt)
+        self.context_tokens = int(getattr(self.model.config, "max_position_embeddings",
+                                          None) or self.context_tokens)
         eos = self.model.generation_config.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos_ids:
@@ -56,10 +59,10 @@ class TransformersRuntime(Runtime):
         self._derive()
         self.load_s = time.perf_counter() - start
 
-    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+    def render_ids(self, request: GenerationRequest, detail: str) -> list[int]:
         template = getattr(self.tokenizer, "chat_template", None)
         messages, tools = chat_messages(request, template if isinstance(template, str)
-                                        else None, self.tool_arguments)
+                                        else None, self.tool_arguments, detail)
         if template:
             text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                       add_generation_prompt=True)

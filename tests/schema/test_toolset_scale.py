@@ -1,0 +1,237 @@
+"""Tool sets at scale: 500 MaskBench function schemas (tests/data/toolsets) in one call
+envelope, compiled on every embedded engine that takes them; a repeated set is a look-up;
+exact call counts (``parallel=False``: one call; ``max_calls``) held by the grammar itself.
+
+The grammars are compiled against the tiny test model's tokenizer and driven token by token
+with known texts: what the grammar admits and refuses, not what a model happens to write
+(tests/backends/test_local_tool_scale.py decodes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+from pydantic import BaseModel
+
+from structgen.constrain.base import ConstraintOptions, GrammarConstraint, TokenizerData
+from structgen.constrain.grammar_cache import GrammarCache
+from structgen.errors import ToolError
+from structgen.schema import toolset
+from structgen.schema.toolset import envelope_output, tool_turn, tool_value
+from structgen.types import ToolCall, ToolSpec
+from structgen.validate import validate_text
+from tests.backends.helpers import generated_tools, maskbench_tools
+
+ENGINES = ("llguidance", "xgrammar")
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir: Path) -> TokenizerData:
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(tiny_model_dir)
+    return TokenizerData(hf, len(hf), (hf.eos_token_id,))
+
+
+def constraint(tok: TokenizerData, engine: str, cache: GrammarCache) -> GrammarConstraint:
+    from structgen.constrain.base import create_constraint
+
+    return create_constraint(engine, tok, grammar_cache=cache)
+
+
+def call_text(name: str, arguments: Any) -> str:
+    return json.dumps({"name": name, "arguments": arguments}, separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def admits(matcher: Any, tok: TokenizerData, text: str) -> bool:
+    """The grammar takes ``text`` whole and may end there (on a fork of ``matcher``)."""
+    return matcher.completes_with(tok.encode(text))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_500_maskbench_tools_compile_and_every_example_call_passes(
+        tok: TokenizerData, engine: str) -> None:
+    tools = maskbench_tools()
+    assert len(tools) == 500
+    turn = tool_turn([spec for spec, _ in tools], "required")
+    output = envelope_output(turn)
+    matcher = constraint(tok, engine, GrammarCache()).matcher(output, ConstraintOptions())
+    examples = [(spec, ex) for spec, ex in tools if ex is not None]
+    assert len(examples) > 300
+    for spec, example in examples[::4]:  # every 4th: ~85 calls through the grammar
+        text = call_text(spec.name, example)
+        assert admits(matcher, tok, text), (engine, text[:200])
+        outcome = validate_text(text, output)
+        assert outcome.ok, (text[:200], outcome.errors)
+        call = tool_value(outcome.value)
+        assert isinstance(call, ToolCall) and call.name == spec.name
+        assert call.arguments == example
+    # a name outside the set, or one tool's name with another's arguments, is refused
+    assert not admits(matcher, tok, call_text("no_such_tool", {}))
+    first, second = examples[0], examples[1]
+    wrong = call_text(first[0].name, second[1])
+    assert not validate_text(wrong, output).ok
+
+
+def test_a_repeated_tool_set_is_a_look_up(tok: TokenizerData) -> None:
+    specs = [spec for spec, _ in maskbench_tools()]
+    cache = GrammarCache()
+    engine = constraint(tok, "llguidance", cache)
+    first = envelope_output(tool_turn(specs, "required"))
+    engine.matcher(first, ConstraintOptions())
+    misses = cache.misses
+    # a new list of the same tools (as an agent sends on every request): the same compiled
+    # output comes back, and its grammar from the cache
+    again = envelope_output(tool_turn(list(specs), "required"))
+    assert again is first
+    engine.matcher(again, ConstraintOptions())
+    assert cache.misses == misses and cache.hits >= 1
+    # a different choice, or one tool more, is another envelope
+    assert envelope_output(tool_turn(specs, specs[3].name)) is not first
+    assert envelope_output(tool_turn(specs[:-1], "required")) is not first
+
+
+def test_schema_tools_build_no_model_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The envelope's Pydantic model is one union; tools given as raw schemas share one
+    call model, so 500 of them do not cost 500 ``create_model`` calls (the old code did)."""
+    made: list[str] = []
+    real = pydantic.create_model
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+        made.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(toolset.pydantic, "create_model", counting)
+    specs = generated_tools(500, "A forecast, variant {i} of a test of model building.")
+    output = envelope_output(tool_turn(specs, "required"))
+    assert made == []
+    outcome = validate_text(call_text("forecast_321", {"city": "Oslo", "days": 3}), output)
+    assert outcome.ok
+    assert tool_value(outcome.value) == ToolCall("forecast_321", {"city": "Oslo", "days": 3})
+
+
+class Lookup(BaseModel):
+    """Look a word up."""
+
+    word: str
+
+    @pydantic.field_validator("word")
+    @classmethod
+    def lower(cls, v: str) -> str:
+        return v.lower()
+
+
+def test_model_tools_among_schema_tools_validate_into_their_models() -> None:
+    specs: list[Any] = [*generated_tools(40, "Variant {i} beside a model tool."), Lookup]
+    output = envelope_output(tool_turn(specs, "required", parallel=True))
+    outcome = validate_text(
+        "[" + call_text("Lookup", {"word": "HeLLo"}) + ","
+        + call_text("forecast_007", {"city": "Rome", "days": 2}) + "]", output)
+    assert outcome.ok, outcome.errors
+    calls = tool_value(outcome.value)
+    assert isinstance(calls, list)
+    assert isinstance(calls[0].arguments, Lookup) and calls[0].arguments.word == "hello"
+    assert calls[1].arguments == {"city": "Rome", "days": 2}
+
+
+# Exact call counts ------------------------------------------------------------------------
+def _tools() -> list[ToolSpec]:
+    return generated_tools(3, "Count test {i}.")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_without_parallel_the_grammar_holds_exactly_one_call(tok: TokenizerData,
+                                                            engine: str) -> None:
+    output = envelope_output(tool_turn(_tools(), "required"))
+    matcher = constraint(tok, engine, GrammarCache()).matcher(output, ConstraintOptions())
+    one = call_text("forecast_001", {"city": "Oslo", "days": 2})
+    assert admits(matcher, tok, one)
+    assert not admits(matcher, tok, f"[{one}]")
+    assert not admits(matcher, tok, f"[{one},{one}]")
+    after = matcher.fork()
+    assert after.consume_all(tok.encode(one)) and after.is_accepting()
+    assert not any(after.accepts(t) for t in tok.encode(",[{ \n"))  # only the end
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("max_calls", [1, 2, 3])
+def test_max_calls_bounds_the_grammar(tok: TokenizerData, engine: str, max_calls: int) -> None:
+    output = envelope_output(tool_turn(_tools(), "required", parallel=True,
+                                       max_calls=max_calls))
+    matcher = constraint(tok, engine, GrammarCache()).matcher(output, ConstraintOptions())
+    one = call_text("forecast_002", {"city": "Lima", "days": 5})
+    for n in range(1, max_calls + 2):
+        text = "[" + ",".join([one] * n) + "]"
+        assert admits(matcher, tok, text) == (n <= max_calls), (engine, n)
+        assert validate_text(text, output).ok == (n <= max_calls)
+
+
+def test_max_calls_is_checked() -> None:
+    with pytest.raises(ToolError, match="needs parallel=True"):
+        tool_turn(_tools(), "required", max_calls=2)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ToolError, match="positive integer"):
+            tool_turn(_tools(), "required", parallel=True, max_calls=bad)  # type: ignore[arg-type]
+    assert tool_turn(_tools(), "required", max_calls=1).max_calls is None  # one call anyway
+
+
+@pytest.mark.parametrize("max_calls", [None, 2])
+def test_the_auto_grammar_holds_the_same_counts(tok: TokenizerData,
+                                                max_calls: int | None) -> None:
+    """``"auto"`` on the embedded backend is the trigger grammar: one ``<tool_call>`` block
+    without ``parallel``, at most ``max_calls`` with it."""
+    from structgen.schema.compiled import CompiledOutput
+    from structgen.schema.toolset import single_call_schema, trigger_grammar
+
+    parallel = max_calls is not None
+    turn = tool_turn(_tools(), "auto", parallel=parallel, max_calls=max_calls)
+    grammar = trigger_grammar(turn, single_call_schema(envelope_output(turn)))
+    output = CompiledOutput(kind="grammar", grammar=grammar, grammar_source=grammar,
+                            grammar_syntax="lark", name="tool_call")
+    matcher = constraint(tok, "llguidance", GrammarCache()).matcher(output, ConstraintOptions())
+    block = "<tool_call>\n" + call_text("forecast_000", {"city": "Oslo", "days": 1}) + \
+        "\n</tool_call>"
+    allowed = max_calls or 1
+    for n in range(1, allowed + 2):
+        assert admits(matcher, tok, "Sure.\n" + "\n".join([block] * n)) == (n <= allowed), n
+
+
+# Short tool prompts -------------------------------------------------------------------------
+def test_the_tools_prompt_is_one_line_per_tool() -> None:
+    from structgen.schema.toolset import tools_prompt
+
+    class Weather(BaseModel):
+        """Get the weather for a city."""
+
+        city: str
+        unit: str = pydantic.Field("c", json_schema_extra={"enum": ["c", "f"]})
+        days: list[int] | None = None
+
+    turn = tool_turn([Weather, *generated_tools(3, "Forecast {i}.")], "required")
+    prompt = tools_prompt(turn)
+    assert "Weather(city: string, unit?: \"c\"|\"f\", days?: array of integer|null) - Get " \
+        "the weather for a city." in prompt
+    assert "forecast_002(city: string (The city), days: integer) - Forecast 2." in prompt
+    assert '"properties"' not in prompt  # no JSON Schema in it: the grammar holds that
+    # a named choice shows only the named tool
+    named = tools_prompt(tool_turn([Weather, *generated_tools(3)], "forecast_001"))
+    assert "forecast_001(" in named and "Weather" not in named and "forecast_002" not in named
+    assert "Call the function forecast_001" in named
+    # max_calls is said in the prompt as well
+    assert "(at most 2)" in tools_prompt(tool_turn(generated_tools(2), "required",
+                                                   parallel=True, max_calls=2))
+
+
+def test_shorter_details_for_large_sets() -> None:
+    from structgen.schema.toolset import PROMPT_DETAILS, tools_prompt
+
+    turn = tool_turn([spec for spec, _ in maskbench_tools()], "required")
+    sizes = [len(tools_prompt(turn, detail=d)) for d in PROMPT_DETAILS]
+    full = len(tools_prompt(turn, full_schemas=True))
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] < full / 3
+    bare = tools_prompt(turn, detail="bare")
+    assert all(f"\n{spec.name}\n" in bare for spec in turn.tools[1:-1])
