@@ -611,8 +611,9 @@ def batch(
     output: Path = typer.Option(..., "--output", "-o",
                                 help="results JSONL (appended to: a re-run resumes)"),
     config: Path | None = typer.Option(None, "--config", "-c"),
-    concurrency: int = typer.Option(8, "--concurrency", "-j", min=1,
-                                    help="requests in flight at once"),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-j", min=1,
+        help="requests in flight at once (default: two [local] max_batch batches, >= 8)"),
     model: str | None = typer.Option(None, "--model", "-m",
                                      help="the model to answer with (a line's body.model "
                                           "is ignored)"),

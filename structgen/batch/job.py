@@ -401,7 +401,8 @@ def start_job(out: ResultFile, lines: list[JobLine], on_progress: ProgressFn | N
 
 
 async def run_job(engine: Engine, lines: list[JobLine], output: Path, *,
-                  concurrency: int = 8, on_progress: ProgressFn | None = None) -> JobSummary:
+                  concurrency: int | None = None, on_progress: ProgressFn | None = None
+                  ) -> JobSummary:
     """Answer every line of ``lines`` not already in ``output``, appending a line each."""
     out = ResultFile(output)
     try:

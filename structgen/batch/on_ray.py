@@ -23,7 +23,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from structgen.batch import BatchSummary, ProgressFn, run_one
+from structgen.batch import BatchSummary, ProgressFn, default_concurrency, run_one
 from structgen.batch.job import (
     JobLine,
     JobSummary,
@@ -48,7 +48,7 @@ __all__ = ["RayOptions", "run_job_on_ray"]
 
 
 def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
-                   concurrency: int = 8, on_progress: ProgressFn | None = None,
+                   concurrency: int | None = None, on_progress: ProgressFn | None = None,
                    options: RayOptions | None = None, model: str | None = None
                    ) -> JobSummary:
     """:func:`structgen.batch.job.run_job` on Ray (``concurrency`` in flight per actor)."""
@@ -61,7 +61,8 @@ def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
         if by_line:
             tasks = [json.dumps({"line": item.line, "custom_id": item.custom_id,
                                  "body": item.body}, ensure_ascii=False) for item in runnable]
-            kwargs = {"config": _worker_config(engine), "concurrency": max(1, concurrency),
+            kwargs = {"config": _worker_config(engine), "concurrency": (default_concurrency(engine) if concurrency is None
+                                      else max(1, concurrency)),
                       "model": model}
             with _interruptible(), _ray_session(opts) as ray:
                 for raw in stream_tasks(ray, _BatchActor, tasks, kwargs, opts):
