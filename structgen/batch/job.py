@@ -425,8 +425,8 @@ class ResultFile:
 
     def _remember(self, n: int, text: bytes) -> None:
         try:
-            obj = json.loads(text)  # an OpenAI line has "response", a compact one "value"
-            custom_id = obj["custom_id"] if "response" in obj else obj["id"]
+            obj = json.loads(text)  # a compact line's "id" is its custom_id
+            custom_id = obj["custom_id"] if "custom_id" in obj else obj["id"]
             error = obj["error"]
         except (ValueError, KeyError, TypeError):
             os.close(self.fd)
