@@ -1,6 +1,9 @@
-"""`structgen batch` against the same requests one at a time through ``Engine.run``.
+"""`structgen batch` against the same requests one at a time through ``Engine.run`` and
+through llama-cpp-python with a GBNF grammar.
 
-    nice -n 10 .venv/bin/python benchmarks/batch.py [--requests 48] [--concurrency 8]
+    nice -n 10 .venv/bin/python benchmarks/batch.py [--requests 1000] [--round 100]
+        [--concurrency N] [--max-batch 8] [--batching static|continuous] [--systems abcd]
+        [--peer-requests N]
 
 Workload: an OpenAI batch file of ``--requests`` distinct ticket-triage requests (a small JSON
 Schema: a category enum, a priority 1-5 and a boolean), greedy, at most 48 tokens each, on the
@@ -11,10 +14,16 @@ one request answered before the clock starts):
 (a) one at a time: ``Engine.run`` per request, in file order;
 (b) ``structgen batch``'s job (``read_job`` + ``run_job``: ``--concurrency`` requests in
     flight, the embedded backend batching them, one synced output line each);
-(c) the same job again into a new output file: every answer from the result cache.
+(c) the same job again into a new output file: every answer from the result cache;
+(d) llama-cpp-python, the same GGUF weights and messages, one request after another:
+    ``create_chat_completion(grammar=LlamaGrammar.from_json_schema(schema))`` (greedy, the
+    same max_tokens), as a user without structgen would loop over the file.
 
-Valid = an answer line whose content validates against the schema (``jsonschema``).
-Writes results/batch.md and results/batch.json.
+The systems take turns: each round of ``--round`` requests runs on every system, in an order
+that rotates from round to round, so a shared machine's changing load falls on all of them
+alike; the results files are rewritten after every round (a run stopped early keeps the rounds
+it finished). Valid = an answer line whose content validates against the schema
+(``jsonschema``). Writes results/NAME.md and results/NAME.json (``--name``, default batch).
 """
 
 from __future__ import annotations
@@ -35,14 +44,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 import jsonschema  # noqa: E402
-from _common import machine_line  # noqa: E402
+from _common import machine_line, results_dir  # noqa: E402
 
 from structgen.batch.job import read_job, run_job  # noqa: E402
 from structgen.config import Config  # noqa: E402
 from structgen.engine import Engine  # noqa: E402
 from structgen.errors import StructgenError  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+THREADS = 2  # llama-cpp-python's threads (the machine's cores)
 MAX_TOKENS = 48
 SCHEMA = {"type": "object", "properties": {
     "category": {"enum": ["bug", "feature", "question", "billing"]},
@@ -69,9 +78,13 @@ def lines(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def engine(cache_dir: Path) -> Engine:
+def engine(cache_dir: Path, args: argparse.Namespace | None = None) -> Engine:
     cfg = Config.load()
     cfg.llm_backend.provider = "local"
+    cfg.llm_backend.timeout_s = 900  # a loaded machine is slow, not failing
+    if args is not None:
+        cfg.local.max_batch = args.max_batch
+        cfg.local.batching = args.batching
     cfg.cache.dir = str(cache_dir)
     cfg.metrics.state_file = str(cache_dir / "metrics.json")
     eng = Engine(cfg)
@@ -87,85 +100,178 @@ def valid(content: Any) -> bool:
         return False
 
 
-def one_at_a_time(src: Path, tmp: Path) -> dict[str, Any]:
-    eng = engine(tmp / "cache-a")
-    items = [x for x in read_job(src) if x.request is not None]
-    ok = 0
-    t0 = time.perf_counter()
-    for item in items:
-        assert item.request is not None
-        try:
-            result = eng.run(item.request.prompt, item.request.output,
-                             **item.request.options)
-            ok += valid(json.dumps(result.value))
-        except StructgenError:
-            pass
-    elapsed = time.perf_counter() - t0
-    eng.close()
-    return {"requests": len(items), "elapsed_s": elapsed, "valid": ok}
+class OneAtATime:
+    """(a): ``Engine.run`` per line, in file order."""
+
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.eng = engine(tmp / "cache-a", args)
+
+    def run(self, src: Path, _out: Path) -> dict[str, Any]:
+        items = [x for x in read_job(src) if x.request is not None]
+        ok = 0
+        t0 = time.perf_counter()
+        for item in items:
+            assert item.request is not None
+            try:
+                result = self.eng.run(item.request.prompt, item.request.output,
+                                      **item.request.options)
+                ok += valid(json.dumps(result.value))
+            except StructgenError:
+                pass
+        return {"requests": len(items), "elapsed_s": time.perf_counter() - t0, "valid": ok}
 
 
-def batch_job(src: Path, tmp: Path, out: Path, cache: str, concurrency: int,
-              eng: Engine | None = None) -> tuple[dict[str, Any], Engine]:
-    eng = eng or engine(tmp / cache)
-    job = read_job(src)
-    t0 = time.perf_counter()
-    summary = asyncio.run(run_job(eng, job, out, concurrency=concurrency))
-    elapsed = time.perf_counter() - t0
-    answers = [json.loads(x) for x in out.read_text().splitlines()]
-    ok = sum(valid(a["response"]["body"]["choices"][0]["message"]["content"])
-             for a in answers if a["response"])
-    return {"requests": len(job), "elapsed_s": elapsed, "valid": ok,
-            "cache_hits": summary.cache_hits, "completion_tokens": summary.completion_tokens,
-            "repaired": summary.repaired}, eng
+class BatchJob:
+    """(b) and (c): ``structgen batch``'s job (``read_job`` + ``run_job``) on one engine;
+    (c) runs what (b) ran again, into a new output."""
+
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        self.eng = engine(tmp / "cache-b", args)
+        self.concurrency = args.concurrency
+
+    def run(self, src: Path, out: Path) -> dict[str, Any]:
+        job = read_job(src)
+        t0 = time.perf_counter()
+        summary = asyncio.run(run_job(self.eng, job, out, concurrency=self.concurrency))
+        elapsed = time.perf_counter() - t0
+        answers = [json.loads(x) for x in out.read_text().splitlines()]
+        ok = sum(valid(a["response"]["body"]["choices"][0]["message"]["content"])
+                 for a in answers if a["response"])
+        return {"requests": len(job), "elapsed_s": elapsed, "valid": ok,
+                "cache_hits": summary.cache_hits, "repaired": summary.repaired,
+                "completion_tokens": summary.completion_tokens}
+
+
+class LlamaCppLoop:
+    """(d): llama-cpp-python over the same lines, one at a time, GBNF from the schema."""
+
+    def __init__(self, _tmp: Path, _args: argparse.Namespace) -> None:
+        from llama_cpp import Llama
+
+        from structgen.backends.local.models import smollm2_gguf_path
+
+        self.llm = Llama(model_path=str(smollm2_gguf_path()), n_ctx=2048, n_threads=THREADS,
+                         n_threads_batch=THREADS, verbose=False)
+        self.grammars: dict[str, Any] = {}  # one grammar per schema, as a careful user would
+        self.answer(lines(1)[0]["body"])  # warm, as the other systems are
+
+    def answer(self, body: dict[str, Any]) -> Any:
+        from llama_cpp import LlamaGrammar
+
+        schema = json.dumps(body["response_format"]["json_schema"]["schema"])
+        if schema not in self.grammars:
+            self.grammars[schema] = LlamaGrammar.from_json_schema(schema, verbose=False)
+        return self.llm.create_chat_completion(
+            body["messages"], grammar=self.grammars[schema], temperature=0.0,
+            max_tokens=body["max_tokens"])
+
+    def run(self, src: Path, _out: Path) -> dict[str, Any]:
+        bodies = [json.loads(x)["body"] for x in src.read_text().splitlines()]
+        ok = tokens = 0
+        t0 = time.perf_counter()
+        for body in bodies:
+            resp = self.answer(body)
+            ok += valid(resp["choices"][0]["message"]["content"])
+            tokens += int(resp["usage"]["completion_tokens"])
+        return {"requests": len(bodies), "elapsed_s": time.perf_counter() - t0, "valid": ok,
+                "completion_tokens": tokens}
+
+
+LABELS = {"a": "one at a time (Engine.run)",
+          "b": "structgen batch",
+          "c": "structgen batch again (all from the result cache)",
+          "d": "llama-cpp-python loop, GBNF (LlamaGrammar.from_json_schema)"}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=48)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--round", type=int, default=100,
+                    help="requests per round: each round runs every system on its slice, "
+                         "in a rotating order, so a machine's changing load falls on all")
+    ap.add_argument("--concurrency", type=int, default=None,
+                    help="structgen batch's -j (default: its own, from [local] max_batch)")
+    ap.add_argument("--max-batch", type=int, default=8, help="[local] max_batch")
+    ap.add_argument("--batching", choices=["static", "continuous"], default="static")
+    ap.add_argument("--systems", default="abcd", help="which rows to run (a, b, c, d)")
+    ap.add_argument("--peer-requests", type=int, default=None,
+                    help="run (d) only on the first N requests (its rounds come first)")
+    ap.add_argument("--name", default="batch", help="results file name (NAME.md/.json)")
     ap.add_argument("--note", default="measured on a shared 2-core machine under load "
                                       "(other jobs running): compare the rows, not the "
                                       "absolute rates")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
+    totals: dict[str, dict[str, Any]] = {}
+    all_lines = lines(args.requests)
     with tempfile.TemporaryDirectory(prefix="structgen-batch-bench-") as d:
         tmp = Path(d)
-        src = tmp / "in.jsonl"
-        src.write_text("".join(json.dumps(x) + "\n" for x in lines(args.requests)))
-        rows = {"a": one_at_a_time(src, tmp)}
-        rows["b"], eng = batch_job(src, tmp, tmp / "out-b.jsonl", "cache-b", args.concurrency)
-        rows["c"], _ = batch_job(src, tmp, tmp / "out-c.jsonl", "cache-b", args.concurrency,
-                                 eng)
-        eng.close()
-    for row in rows.values():
-        row["rate"] = row["requests"] / row["elapsed_s"]
+        systems: dict[str, Any] = {}
+        if "a" in args.systems:
+            systems["a"] = OneAtATime(tmp, args)
+        if "b" in args.systems:
+            systems["b"] = BatchJob(tmp, args)
+        if "d" in args.systems:
+            systems["d"] = LlamaCppLoop(tmp, args)
+        order = list(systems)
+        for k, start in enumerate(range(0, args.requests, args.round)):
+            src = tmp / f"in-{k}.jsonl"
+            src.write_text("".join(json.dumps(x) + "\n"
+                                   for x in all_lines[start:start + args.round]))
+            peer_done = args.peer_requests is not None and start >= args.peer_requests
+            turn = [x for x in order if not (x == "d" and peer_done)]
+            for key in turn[k % len(turn):] + turn[:k % len(turn)]:
+                runs = [(key, key)] + ([("c", "b")] if key == "b" and "c" in args.systems
+                                       else [])
+                for row, system in runs:
+                    got = systems[system].run(src, tmp / f"out-{row}-{k}.jsonl")
+                    total = totals.setdefault(row, {})
+                    for name, value in got.items():
+                        total[name] = total.get(name, 0) + value
+                    print(f"round {k} ({row})", got, flush=True)
+            write_report(args, totals, start + len(all_lines[start:start + args.round]),
+                         load_before)
+        for system in systems.values():
+            if hasattr(system, "eng"):
+                system.eng.close()
+
+
+def write_report(args: argparse.Namespace, totals: dict[str, dict[str, Any]], done: int,
+                 load_before: float) -> None:
+    """The results so far (rewritten after every round: a stopped run keeps its rounds)."""
+    rows = {k: {**v, "rate": v["requests"] / v["elapsed_s"]} for k, v in totals.items()}
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    report = {"machine": machine_line(), "note": args.note, "load": load, "requests": args.requests,
-              "concurrency": args.concurrency, "max_tokens": MAX_TOKENS, "rows": rows,
-              "speedup_batch": rows["b"]["rate"] / rows["a"]["rate"]}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "batch.json").write_text(json.dumps(report, indent=2) + "\n")
-    labels = {"a": "one at a time (Engine.run)",
-              "b": f"structgen batch (-j {args.concurrency})",
-              "c": "structgen batch again (all from the result cache)"}
-    md = [f"# structgen batch vs one at a time ({args.requests} requests, SmolLM2-135M, "
-          "embedded)", "", f"{machine_line()}", "", f"**{args.note}; {load}.**", "",
-          "| system | requests | time (s) | requests/s | valid |", "|---|---|---|---|---|"]
-    for key, row in rows.items():
-        md.append(f"| {labels[key]} | {row['requests']} | {row['elapsed_s']:.1f} | "
-                  f"{row['rate']:.2f} | {row['valid']}/{row['requests']} |")
-    md += ["", f"structgen batch: {report['speedup_batch']:.2f}x the one-at-a-time rate "
-           f"(target in issue 32: 3x at 1,000 requests). Greedy, at most {MAX_TOKENS} tokens "
-           "per answer; made by `benchmarks/batch.py`.",
-           "", "Batching shares a decode step among the requests in flight, which pays "
-           "where a step is bound by reading the weights; a likely reason it does not pay "
-           "here is that on cores other jobs keep busy the step is bound by arithmetic, "
-           "which grows with the sequences in it (not measured apart). Read the batch row as: "
-           "no faster than one at a time on this box, and every answer "
-           "from the cache on a re-run. Figures on an idle machine are still to be made."]
-    (RESULTS / "batch.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    speedup = {k: rows[k]["rate"] / rows["a"]["rate"] for k in rows} if "a" in rows else {}
+    report = {"machine": machine_line(), "note": args.note, "load": load,
+              "requests": done, "requests_planned": args.requests, "round": args.round,
+              "concurrency": args.concurrency, "max_batch": args.max_batch,
+              "batching": args.batching, "max_tokens": MAX_TOKENS, "rows": rows,
+              "speedup": speedup}
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    jobs = args.concurrency or f"{max(8, 2 * args.max_batch)} (the default)"
+    md = [f"# structgen batch vs one at a time ({done} requests, SmolLM2-135M, embedded)",
+          "", f"{machine_line()}", "", f"**{args.note}; {load}.**", "",
+          f"structgen: `[local] max_batch = {args.max_batch}`, `batching = "
+          f"\"{args.batching}\"`, `-j {jobs}`. Greedy, at most {MAX_TOKENS} tokens per "
+          f"answer, distinct requests, the same messages for every system. The systems take "
+          f"turns on slices of {args.round} requests, so the machine's load falls on each "
+          "alike; made by `benchmarks/batch.py`.", "",
+          "| system | requests | time (s) | requests/s | x one at a time | valid |",
+          "|---|---|---|---|---|---|"]
+    for key in sorted(rows):
+        row = rows[key]
+        md.append(f"| ({key}) {LABELS[key]} | {row['requests']} | {row['elapsed_s']:.1f} | "
+                  f"{row['rate']:.2f} | {speedup.get(key, float('nan')):.2f} | "
+                  f"{row['valid']}/{row['requests']} |")
+    if "b" in speedup:
+        md += ["", f"structgen batch: {speedup['b']:.2f}x the one-at-a-time rate (target in "
+               "issue 32: 3x at 1,000 requests)."]
+    if "d" in rows and rows["d"]["requests"] < done:
+        md += ["", f"(d) ran on the first {rows['d']['requests']} requests only (its rate is "
+               "per request; a full run of it did not fit the time)."]
+    (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -611,8 +611,9 @@ def batch(
     output: Path = typer.Option(..., "--output", "-o",
                                 help="results JSONL (appended to: a re-run resumes)"),
     config: Path | None = typer.Option(None, "--config", "-c"),
-    concurrency: int = typer.Option(8, "--concurrency", "-j", min=1,
-                                    help="requests in flight at once"),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", "-j", min=1,
+        help="requests in flight at once (default: two [local] max_batch batches, >= 8)"),
     model: str | None = typer.Option(None, "--model", "-m",
                                      help="the model to answer with (a line's body.model "
                                           "is ignored)"),
@@ -621,6 +622,12 @@ def batch(
                                               "a terminal)"),
     max_line_bytes: int = typer.Option(MAX_LINE_BYTES, "--max-line-bytes", min=1024,
                                        help="a longer input line is an error line"),
+    line_format: str = typer.Option(
+        "auto", "--format", help="input lines: openai (batch API), compact (warmup's "
+                                 "lines) or auto (each line's own)"),
+    allow_module: list[str] = typer.Option(
+        [], "--allow-module", help="a package whose models compact lines may name as "
+                                   "module:Class (repeatable; adds to [warmup] allow_modules)"),
     ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (warmup's executor; "
                                                   "needs the Redis result cache)"),
     address: str | None = typer.Argument(
@@ -640,14 +647,17 @@ def batch(
     try:
         if address is not None and not ray:
             raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
-        lines = read_job(file, max_line_bytes=max_line_bytes, model=model)
         engine = Engine.from_config(config)
+        allowed = (*engine.config.warmup.allow_modules, *allow_module)
+        lines = read_job(file, max_line_bytes=max_line_bytes, model=model,
+                         line_format=line_format, config=engine.config, allow_modules=allowed)
         with _batch_progress(progress) as on_progress:
             if ray:
                 summary = run_job_on_ray(
                     engine, lines, output, concurrency=concurrency, on_progress=on_progress,
-                    model=model, options=RayOptions(address=address, actors=ray_actors,
-                                                    batch_size=batch_size, num_cpus=ray_cpus))
+                    model=model, options=RayOptions(
+                        address=address, actors=ray_actors, batch_size=batch_size,
+                        num_cpus=ray_cpus, allow_modules=allowed))
             else:
                 summary = asyncio.run(run_job(engine, lines, output, concurrency=concurrency,
                                               on_progress=on_progress))

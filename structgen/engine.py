@@ -541,7 +541,9 @@ def default_engine() -> Engine:
     return _default
 
 
-def _engine_for(config: Config | str | Path | None) -> Engine:
+def engine_for(config: Config | str | Path | None) -> Engine:
+    """The shared engine of ``config`` (a Config or a config file; None: the default one),
+    as ``generate_structured(config=...)`` uses it: built once per distinct configuration."""
     if config is None:
         return default_engine()
     cfg = config if isinstance(config, Config) else Config.load(config)
@@ -559,6 +561,8 @@ def _engine_for(config: Config | str | Path | None) -> Engine:
         evicted.close()
     return engine
 
+
+_engine_for = engine_for  # the name the one-call functions below use
 
 @atexit.register
 def _close_config_engines() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from structgen.backends.base import run_sync
 from structgen.config import Config
-from structgen.engine import CallOptions, Engine, _engine_for
+from structgen.engine import CallOptions, Engine, engine_for
 from structgen.errors import BatchItemError, StructgenError
 from structgen.types import StructuredResult
 
@@ -34,6 +34,8 @@ __all__ = [
     "BatchSummary",
     "ProgressFn",
     "agenerate_batch",
+    "cache_key",
+    "default_concurrency",
     "generate_batch",
     "run_requests",
 ]
@@ -122,22 +124,42 @@ async def run_one(engine: Engine, request: BatchRequest) -> StructuredResult | S
 
 
 async def run_requests(engine: Engine, requests: Sequence[BatchRequest], *,
-                       concurrency: int = 8, on_done: DoneFn | None = None,
+                       concurrency: int | None = None, on_done: DoneFn | None = None,
                        on_progress: ProgressFn | None = None,
                        summary: BatchSummary | None = None
                        ) -> list[StructuredResult | StructgenError]:
-    """Run ``requests`` through ``engine``, at most ``concurrency`` at once; the results in
-    input order. ``on_done(index, result)`` is called as each finishes (before
-    ``on_progress``), so a caller can write it out before the next one lands. The counts
-    go into ``summary`` when given (a caller's running totals), else a new one."""
-    if concurrency < 1:
-        raise StructgenError(f"concurrency must be >= 1, not {concurrency}")
+    """Run ``requests`` through ``engine``, at most ``concurrency`` at once (None:
+    :func:`default_concurrency`); the results in input order. ``on_done(index, result)`` is
+    called as each finishes (before ``on_progress``), so a caller can write it out before
+    the next one lands. The counts go into ``summary`` when given (a caller's running
+    totals), else a new one.
+
+    Requests with the same result-cache key run once: a repeat waits for the first and is
+    then answered from the cache (a cache hit), rather than generated again beside it.
+    """
+    jobs = default_concurrency(engine) if concurrency is None else concurrency
+    if jobs < 1:
+        raise StructgenError(f"concurrency must be >= 1, not {jobs}")
     counts = summary if summary is not None else BatchSummary(total=len(requests))
-    sem = asyncio.Semaphore(concurrency)
+    sem = asyncio.Semaphore(jobs)
+    keys = [cache_key(engine, r) for r in requests]
+    first: dict[str, asyncio.Event] = {}  # per key, set when its first request has finished
+    leads: list[bool] = []
+    for key in keys:
+        leads.append(key is not None and key not in first)
+        if key is not None:
+            first.setdefault(key, asyncio.Event())
 
     async def one(index: int, request: BatchRequest) -> StructuredResult | StructgenError:
-        async with sem:
-            result = await run_one(engine, request)
+        key = keys[index]
+        if key is not None and not leads[index]:
+            await first[key].wait()  # outside the semaphore: a repeat holds no slot
+        try:
+            async with sem:
+                result = await run_one(engine, request)
+        finally:
+            if key is not None and leads[index]:
+                first[key].set()
         if on_done is not None:
             on_done(index, result)
         counts.add(result)
@@ -153,6 +175,31 @@ async def run_requests(engine: Engine, requests: Sequence[BatchRequest], *,
             flush()
 
 
+def default_concurrency(engine: Engine) -> int:
+    """Requests in flight by default: two embedded batches' worth (``[local] max_batch``),
+    at least 8. With exactly one batch's worth, the next batch could only be gathered from
+    requests that start after the last one ends; with two, it is waiting when it does."""
+    return max(8, 2 * engine.config.local.max_batch)
+
+
+def cache_key(engine: Engine, request: BatchRequest) -> str | None:
+    """The result-cache key ``request`` will be looked up under, or None when it is not
+    cached (plain text, ``use_cache=False``, sampled without a seed, or a request that
+    will fail: it fails on its own)."""
+    options = request.options
+    if request.text or options.get("use_cache") is False:
+        return None
+    build = {k: v for k, v in options.items()
+             if k not in ("backend", "use_cache", "allow_truncated")}
+    try:
+        built = engine.build_request(request.prompt, request.output, **build)
+        if not engine.cache.cacheable(built):
+            return None
+        return engine.cache_key(built, options.get("backend"))
+    except Exception:  # the request's own run reports it, typed
+        return None
+
+
 def _requests(items: Sequence[str | Sequence[Any]], output: Any,
               options: dict[str, Any]) -> list[BatchRequest]:
     if isinstance(items, str | bytes) or not isinstance(items, Sequence):
@@ -161,18 +208,18 @@ def _requests(items: Sequence[str | Sequence[Any]], output: Any,
 
 
 async def agenerate_batch(items: Sequence[str | Sequence[Any]], output: Any = None, *,
-                          concurrency: int = 8, on_progress: ProgressFn | None = None,
+                          concurrency: int | None = None, on_progress: ProgressFn | None = None,
                           config: Config | str | Path | None = None,
                           **options: typing.Unpack[CallOptions]) -> list[Any]:
     """Async twin of :func:`generate_batch`."""
-    engine = _engine_for(config)
+    engine = engine_for(config)
     results = await run_requests(engine, _requests(items, output, dict(options)),
                                  concurrency=concurrency, on_progress=on_progress)
     return [r if isinstance(r, StructgenError) else r.value for r in results]
 
 
 def generate_batch(items: Sequence[str | Sequence[Any]], output: Any = None, *,
-                   concurrency: int = 8, on_progress: ProgressFn | None = None,
+                   concurrency: int | None = None, on_progress: ProgressFn | None = None,
                    config: Config | str | Path | None = None,
                    **options: typing.Unpack[CallOptions]) -> list[Any]:
     """Generate a validated object for each prompt (or message list) in ``items``.
@@ -182,9 +229,9 @@ def generate_batch(items: Sequence[str | Sequence[Any]], output: Any = None, *,
     ``output`` and the keywords are :func:`~structgen.generate_structured`'s, the same for
     every item. Returns a list in input order: each item's value, or the
     :class:`StructgenError` it failed with (one bad item never fails the batch). At most
-    ``concurrency`` items run at once through the one engine of ``config`` (the embedded
-    backend batches them; answers go through the result cache, so a re-run is served from
-    it). ``on_progress(summary)`` is called after each item with the running
+    ``concurrency`` items (default: :func:`default_concurrency`) run at once through the
+    one engine of ``config`` (the embedded backend batches them; answers go through the
+    result cache, so a repeated item and a re-run are served from it). ``on_progress(summary)`` is called after each item with the running
     :class:`BatchSummary`.
     """
     return typing.cast(list[Any], run_sync(agenerate_batch(

@@ -35,8 +35,22 @@ line for a line without a usable ``custom_id``, or for a repeated one, is known 
 line number, ``error.line``). A failed request's error line counts as its answer: a re-run
 does not retry it. Answers go through the result cache, so a batch is a warmup too.
 
+The compact format (``--format compact``, or found per line by ``--format auto``, the
+default): a line of a warmup file (``docs/warmup.md``), ``{"id": "q1", "prompt": "..." or
+"messages": [...], "schema": {...} | "file.json" | "pkg.mod:Model", "max_tokens": 64, ...}``,
+its ``schema`` a JSON Schema, a ``.json`` file beside the input, or a Pydantic model of a
+module allowed with ``--allow-module`` (``[warmup] allow_modules``), validated by that model.
+Its answer is a compact line too, the value itself rather than a chat completion::
+
+    {"id": "q1", "line": 3, "value": {...}, "error": null, "backend": "local",
+     "model": "…", "cached": false, "repaired": false,
+     "usage": {"prompt_tokens": 41, "completion_tokens": 12}}
+    {"id": "q2", "line": 4, "value": null, "error": {"code": "invalid_request", …}}
+
+``id`` plays ``custom_id``'s part (default ``line-N``; unique across the file's lines). A line
+that is neither format's, or not JSON, is an OpenAI error line (``custom_id`` null).
+
 ``--ray`` runs the lines on Ray actors with the same output: :mod:`structgen.batch.on_ray`.
-Not yet (issue 32): warmup's compact line format (``module:Class`` schemas) as input.
 """
 
 from __future__ import annotations
@@ -44,11 +58,12 @@ from __future__ import annotations
 import json
 import os
 import time
+import typing
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from structgen.batch import (
     BatchRequest,
@@ -56,6 +71,7 @@ from structgen.batch import (
     ProgressFn,
     run_requests,
 )
+from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import (
     BackendError,
@@ -68,6 +84,7 @@ from structgen.messages import Message, normalize_messages
 from structgen.schema.toolset import schema_tool
 from structgen.types import SAMPLING_KEYS, JsonSchema, StructuredResult, ToolCall
 from structgen.validate import dump_value
+from structgen.warmup.items import parse_item
 
 CHAT_URL = "/v1/chat/completions"
 MAX_LINE_BYTES = 4 << 20
@@ -81,6 +98,11 @@ DEFAULT_ONLY = {"n": 1, "stream": False, "logprobs": False, "top_logprobs": None
                 "stream_options": None}
 
 
+LineFormat = Literal["auto", "openai", "compact"]
+OPENAI_KEYS = frozenset({"custom_id", "method", "url", "body"})
+COMPACT_KEYS = frozenset({"prompt", "messages", "schema"})
+
+
 @dataclass
 class JobLine:
     """One input line: its request, or why it has none."""
@@ -90,13 +112,34 @@ class JobLine:
     request: BatchRequest | None = None
     error: StructgenError | None = None
     duplicate: bool = False  # a custom_id an earlier line has
+    format: Literal["openai", "compact"] = "openai"
     body: dict[str, Any] | None = None  # as read (a Ray worker parses it again)
+    compact: dict[str, Any] | None = None  # a compact line, its schema loaded (for Ray)
+
+
+@dataclass
+class LineReader:
+    """How lines are read: which formats, and what a compact line may name."""
+
+    line_format: LineFormat = "auto"
+    model: str | None = None  # --model: every line's model
+    config: Config | None = None  # the models a compact line may name
+    base: Path = Path(".")  # where a compact line's .json schema files may be
+    allow_modules: tuple[str, ...] = ()  # whose Pydantic models a compact line may name
+    specs: dict[str, Any] | None = None  # loaded schema specs, shared by the lines
 
 
 # Reading the input -----------------------------------------------------------------------
 def read_job(path: Path, *, max_line_bytes: int = MAX_LINE_BYTES,
-             model: str | None = None) -> list[JobLine]:
+             model: str | None = None, line_format: LineFormat | str = "auto",
+             config: Config | None = None, allow_modules: tuple[str, ...] = ()
+             ) -> list[JobLine]:
     """Parse every non-blank line of ``path`` (see the module docstring)."""
+    if line_format not in ("auto", "openai", "compact"):
+        raise ConfigError(f"unknown line format {line_format!r} (auto, openai or compact)",
+                          "--format")
+    reader = LineReader(typing.cast(LineFormat, line_format), model, config, path.parent,
+                        tuple(allow_modules), {})
     seen: set[str] = set()
     lines: list[JobLine] = []
     try:
@@ -107,7 +150,7 @@ def read_job(path: Path, *, max_line_bytes: int = MAX_LINE_BYTES,
             try:
                 if raw is None:
                     raise BatchLineError(f"line longer than {max_line_bytes} bytes")
-                parse_line(item, raw, model)
+                parse_line(item, raw, reader)
             except StructgenError as exc:
                 item.error = exc
             except Exception as exc:  # a value deep in the body no check foresaw
@@ -142,8 +185,9 @@ def _raw_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None]]:
                 yield n, raw
 
 
-def parse_line(item: JobLine, raw: bytes, model: str | None = None) -> None:
-    """Fill ``item`` from one line of the OpenAI batch format; raises BatchLineError."""
+def parse_line(item: JobLine, raw: bytes, reader: LineReader | None = None) -> None:
+    """Fill ``item`` from one line (either format); raises BatchLineError."""
+    reader = reader or LineReader()
     try:
         obj = json.loads(raw)
     except UnicodeDecodeError:
@@ -154,6 +198,38 @@ def parse_line(item: JobLine, raw: bytes, model: str | None = None) -> None:
         raise BatchLineError(f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BatchLineError("a line must be a JSON object")
+    fmt = reader.line_format
+    if fmt == "auto":  # a compact line has none of OpenAI's keys, and one of its own
+        fmt = "compact" if set(obj) & COMPACT_KEYS and not set(obj) & OPENAI_KEYS \
+            else "openai"
+    if fmt == "compact":
+        parse_compact(item, obj, reader)
+    else:
+        parse_openai(item, obj, reader.model)
+
+
+def parse_compact(item: JobLine, obj: dict[str, Any], reader: LineReader) -> None:
+    """A line of the compact format: warmup's parser (``structgen.warmup.items``)."""
+    if set(obj) & OPENAI_KEYS:
+        raise BatchLineError("an OpenAI batch line where a compact line was expected "
+                             "(--format compact)")
+    parsed = parse_item(item.line, json.dumps(obj), reader.config or Config(),
+                        base=reader.base, spec_cache=reader.specs, model=reader.model,
+                        allow_modules=reader.allow_modules)
+    item.format = "compact"
+    item.custom_id = parsed.id  # line-N for a line that names none (or a bad one)
+    if parsed.error is not None:
+        raise parsed.error
+    options: dict[str, Any] = {"model": parsed.model, "backend": parsed.backend,
+                               "reasoning": parsed.reasoning, **parsed.sampling}
+    item.request = BatchRequest(parsed.prompt, parsed.schema, options)
+    # for a Ray worker: the schema as data (a loaded .json file), or the module:Class name
+    item.compact = {**obj, "schema": parsed.schema if isinstance(parsed.schema, dict)
+                    else parsed.schema_spec}
+
+
+def parse_openai(item: JobLine, obj: dict[str, Any], model: str | None = None) -> None:
+    """A line of the OpenAI batch format."""
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise BatchLineError('missing "custom_id" (a non-empty string)')
@@ -287,9 +363,20 @@ def error_code(exc: StructgenError) -> str:
 
 def error_line(item: JobLine, exc: StructgenError) -> dict[str, Any]:
     code = "duplicate_custom_id" if item.duplicate else error_code(exc)
+    error = {"code": code, "type": type(exc).__name__, "message": str(exc), "line": item.line}
+    if item.format == "compact":
+        return {"id": item.custom_id, "line": item.line, "value": None, "error": error}
     return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": item.custom_id,
-            "response": None, "error": {"code": code, "type": type(exc).__name__,
-                                        "message": str(exc), "line": item.line}}
+            "response": None, "error": error}
+
+
+def compact_line(item: JobLine, result: StructuredResult) -> dict[str, Any]:
+    """The compact format's answer line: the value itself, and where it came from."""
+    return {"id": item.custom_id, "line": item.line, "value": dump_value(result.value),
+            "error": None, "backend": result.backend, "model": result.model,
+            "cached": result.cached, "repaired": result.repaired,
+            "usage": {"prompt_tokens": result.usage.prompt_tokens,
+                      "completion_tokens": result.usage.completion_tokens}}
 
 
 class ResultFile:
@@ -333,8 +420,9 @@ class ResultFile:
 
     def _remember(self, n: int, text: bytes) -> None:
         try:
-            obj = json.loads(text)
-            custom_id, error = obj["custom_id"], obj["error"]
+            obj = json.loads(text)  # a compact line's "id" is its custom_id
+            custom_id = obj["custom_id"] if "custom_id" in obj else obj["id"]
+            error = obj["error"]
         except (ValueError, KeyError, TypeError):
             os.close(self.fd)
             raise ConfigError(f"{self.path} line {n} is not a batch result line: is it the "
@@ -396,7 +484,8 @@ def start_job(out: ResultFile, lines: list[JobLine], on_progress: ProgressFn | N
 
 
 async def run_job(engine: Engine, lines: list[JobLine], output: Path, *,
-                  concurrency: int = 8, on_progress: ProgressFn | None = None) -> JobSummary:
+                  concurrency: int | None = None, on_progress: ProgressFn | None = None
+                  ) -> JobSummary:
     """Answer every line of ``lines`` not already in ``output``, appending a line each."""
     out = ResultFile(output)
     try:
@@ -416,5 +505,8 @@ async def run_job(engine: Engine, lines: list[JobLine], output: Path, *,
 def answer_line(item: JobLine, result: StructuredResult | StructgenError) -> dict[str, Any]:
     """The output line of a line that ran."""
     assert item.custom_id is not None
-    return (error_line(item, result) if isinstance(result, StructgenError)
-            else result_line(item.custom_id, result))
+    if isinstance(result, StructgenError):
+        return error_line(item, result)
+    if item.format == "compact":
+        return compact_line(item, result)
+    return result_line(item.custom_id, result)

@@ -6,8 +6,10 @@ output, so the output and resume guarantees are those of one machine
 (:mod:`structgen.batch.job`)::
 
     driver: read the file, skip what the output holds, write the malformed lines' errors
-         → the rest to the actors as plain JSON (custom_id, line, body: data, no code)
-         → each actor parses its bodies again, answers them through its Engine and returns
+         → the rest to the actors as plain JSON (custom_id, line, body or compact line:
+           data, no code; a compact line's module:Class is imported on the actor only from
+           the modules allowed on the driver)
+         → each actor parses its lines again, answers them through its Engine and returns
            the finished output lines → the driver appends each (once: a batch Ray retried
            after a lost actor may come back twice, the second copy is dropped)
 
@@ -23,12 +25,14 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from structgen.batch import BatchSummary, ProgressFn, run_one
+from structgen.batch import BatchSummary, ProgressFn, default_concurrency, run_one
 from structgen.batch.job import (
     JobLine,
     JobSummary,
+    LineReader,
     ResultFile,
     answer_line,
+    parse_compact,
     start_job,
     wire_request,
 )
@@ -48,7 +52,7 @@ __all__ = ["RayOptions", "run_job_on_ray"]
 
 
 def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
-                   concurrency: int = 8, on_progress: ProgressFn | None = None,
+                   concurrency: int | None = None, on_progress: ProgressFn | None = None,
                    options: RayOptions | None = None, model: str | None = None
                    ) -> JobSummary:
     """:func:`structgen.batch.job.run_job` on Ray (``concurrency`` in flight per actor)."""
@@ -60,8 +64,11 @@ def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
         by_line = {item.line: item for item in runnable}
         if by_line:
             tasks = [json.dumps({"line": item.line, "custom_id": item.custom_id,
-                                 "body": item.body}, ensure_ascii=False) for item in runnable]
-            kwargs = {"config": _worker_config(engine), "concurrency": max(1, concurrency),
+                                 "body": item.body, "compact": item.compact},
+                                ensure_ascii=False) for item in runnable]
+            kwargs = {"config": _worker_config(engine),
+                      "allow_modules": list(opts.allow_modules), "concurrency": (default_concurrency(engine) if concurrency is None
+                                      else max(1, concurrency)),
                       "model": model}
             with _interruptible(), _ray_session(opts) as ray:
                 for raw in stream_tasks(ray, _BatchActor, tasks, kwargs, opts):
@@ -84,10 +91,14 @@ def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
 class _BatchActor:
     """One Ray Data actor: one Engine, one event loop; bodies in, output lines back."""
 
-    def __init__(self, config: dict[str, Any], concurrency: int, model: str | None) -> None:
+    def __init__(self, config: dict[str, Any], allow_modules: list[str], concurrency: int,
+                 model: str | None) -> None:
         self.engine = Engine(Config.from_dict(config))
         self.concurrency = concurrency
         self.model = model
+        # a compact line's module:Class only from the modules the driver's user allowed
+        self.reader = LineReader("compact", model, self.engine.config, Path("."),
+                                 tuple(allow_modules), {})
         self.loop = asyncio.new_event_loop()
 
     def __call__(self, batch: Any) -> dict[str, list[str]]:
@@ -106,7 +117,12 @@ class _BatchActor:
     async def _one(self, task: dict[str, Any]) -> str:
         item = JobLine(task["line"], task["custom_id"])
         try:
-            result = await run_one(self.engine, wire_request(task["body"], self.model))
+            if task.get("compact") is not None:
+                parse_compact(item, task["compact"], self.reader)
+            else:
+                item.request = wire_request(task["body"], self.model)
+            assert item.request is not None
+            result = await run_one(self.engine, item.request)
         except StructgenError as exc:  # parsed on the driver, so not expected here
             result = exc
         counts = BatchSummary(total=1)

@@ -107,10 +107,12 @@ def read_items(path: Path, engine: Engine, *, backend: str | None = None,
     for n, text in enumerate(lines, start=1):
         if not text.strip():
             continue
-        item = WarmupItem(line=n, id=f"line-{n}")
+        item = parse_item(n, text, engine.config, base=path.parent, spec_cache=spec_cache,
+                          backend=backend, model=model, allow_modules=allowed)
+        if item.error is not None:
+            items.append(item)
+            continue
         try:
-            _parse_line(item, text, path.parent, spec_cache, backend, model, allowed)
-            _check_model(item.model, model, engine.config)
             item.request = engine.build_request(
                 item.prompt, item.schema, model=item.model, reasoning=item.reasoning,
                 **item.sampling)
@@ -124,6 +126,25 @@ def read_items(path: Path, engine: Engine, *, backend: str | None = None,
             item.error = WarmupLineError(f"{type(exc).__name__}: {exc}")
         items.append(item)
     return items
+
+
+def parse_item(n: int, text: str, config: Config, *, base: Path,
+               spec_cache: dict[str, Any] | None = None, backend: str | None = None,
+               model: str | None = None, allow_modules: Sequence[str] = ()) -> WarmupItem:
+    """Line ``n`` of the compact format (a warmup file's line; also a line of
+    ``structgen batch``): its fields and loaded schema, or its ``error``. Builds no request.
+    ``base`` is where ``.json`` schema files may be; ``spec_cache`` shares loaded specs
+    between the lines of one file."""
+    item = WarmupItem(line=n, id=f"line-{n}")
+    try:
+        _parse_line(item, text, base, {} if spec_cache is None else spec_cache, backend,
+                    model, tuple(allow_modules))
+        _check_model(item.model, model, config)
+    except StructgenError as exc:
+        item.error = exc
+    except Exception as exc:  # a bad value deep in a spec (e.g. a TypeError)
+        item.error = WarmupLineError(f"{type(exc).__name__}: {exc}")
+    return item
 
 
 def _parse_line(item: WarmupItem, text: str, base: Path, spec_cache: dict[str, Any],

@@ -273,16 +273,120 @@ def test_a_vllm_run_batch_file_runs_unchanged(job: dict[str, Path]) -> None:
         assert 0 < body["usage"]["completion_tokens"] <= 1000
 
 
-def test_the_readme_batch_file_example_runs(job: dict[str, Path]) -> None:
+def test_the_readme_batch_file_examples_run(job: dict[str, Path]) -> None:
     readme = (ROOT / "README.md").read_text()
-    block = readme.split("```jsonl\n", 1)[1].split("```", 1)[0]
+    openai, compact = (b.split("```", 1)[0] for b in readme.split("```jsonl\n")[1:3])
     src = job["dir"] / "in.jsonl"
-    src.write_text(block)
+    src.write_text(openai + compact)  # the two formats in one file, as the README says
     out = job["dir"] / "out.jsonl"
     result = CliRunner().invoke(app, ["batch", str(src), "-o", str(out), "--config",
                                       str(job["config"])])
     assert result.exit_code == 0, result.output
-    (line,) = read_out(out)
+    line, short = read_out(out)
     assert line["custom_id"] == "q1" and line["error"] is None
     content = line["response"]["body"]["choices"][0]["message"]["content"]
     assert isinstance(json.loads(content)["prime"], bool)
+    assert (short["id"], short["line"], short["error"]) == ("q2", 2, None)
+    assert isinstance(short["value"]["prime"], bool)
+
+
+# Warmup's compact line format as batch input ---------------------------------------------
+LABEL_MODEL = '''
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class Label(BaseModel):
+    kind: Literal["a", "b", "c"]
+    note: str = Field(max_length=12)
+
+    @field_validator("kind")
+    @classmethod
+    def loud(cls, value: str) -> str:  # only the model does this: its answers are "A".."C"
+        return value.upper()
+'''
+COMPACT_GOOD = [
+    {"id": "c-inline", "prompt": "label 1", "schema": LABEL, "max_tokens": 40},
+    {"id": "c-file", "messages": [{"role": "system", "content": "be brief"},
+                                  {"role": "user", "content": "label 2"}],
+     "schema": "label.json", "max_tokens": 40, "temperature": 0},
+    {"id": "c-model", "prompt": "label 3", "schema": "batchpkg.models:Label",
+     "max_tokens": 40},
+    {"prompt": "label 4", "schema": LABEL, "max_tokens": 40},  # no id: line-N
+]
+COMPACT_BAD = {
+    "c-field": ({"id": "c-field", "prompt": "x", "schema": LABEL, "colour": "red"},
+                "unknown field(s): colour"),
+    "c-noschema": ({"id": "c-noschema", "prompt": "x"}, 'missing "schema"'),
+    "c-evil": ({"id": "c-evil", "prompt": "x", "schema": "evil.py:Label"},
+               "module 'evil.py' is not allowed"),
+    "c-other": ({"id": "c-other", "prompt": "x", "schema": "otherpkg.models:Label"},
+                "--allow-module otherpkg"),
+    "c-both": ({"id": "c-both", "prompt": "x", "messages": [], "schema": LABEL},
+               'exactly one of "prompt" or "messages"'),
+    "c-gpt": ({"id": "c-gpt", "prompt": "x", "schema": LABEL, "model": "gpt-9"},
+              "not a configured model"),
+}
+
+
+def test_compact_lines_run_beside_openai_lines_and_resume(
+        job: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    site = job["dir"] / "site"
+    (site / "batchpkg").mkdir(parents=True)
+    (site / "batchpkg" / "__init__.py").write_text("")
+    (site / "batchpkg" / "models.py").write_text(LABEL_MODEL)
+    monkeypatch.syspath_prepend(str(site))
+    (job["dir"] / "label.json").write_text(json.dumps(LABEL))
+    lines = [json.dumps(request(0))] + [json.dumps(x) for x in COMPACT_GOOD]
+    lines += [json.dumps(bad) for bad, _ in COMPACT_BAD.values()]
+    lines += [json.dumps({**COMPACT_GOOD[0], "prompt": "again"}),  # c-inline's id again
+              "[1, 2]", json.dumps({"id": ["x"], "prompt": "x", "schema": LABEL})]
+    src = job["dir"] / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = job["dir"] / "out.jsonl"
+    args = ["batch", str(src), "-o", str(out), "--config", str(job["config"]),
+            "--allow-module", "batchpkg"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output  # the bad lines are failures
+    written = read_out(out)
+    assert len(written) == len(lines)
+    by_id = {x.get("custom_id", x["id"]) if "response" in x else x["id"]: x for x in written}
+    check_answer(by_id["req-0"])  # the OpenAI line: an OpenAI result line
+    for cid in ("c-inline", "c-file", "c-model", "line-5"):
+        answer = by_id[cid]
+        assert set(answer) == {"id", "line", "value", "error", "backend", "model", "cached",
+                               "repaired", "usage"}, answer
+        assert answer["error"] is None and answer["backend"] == "local"
+        assert answer["usage"]["completion_tokens"] > 0 and answer["cached"] is False
+        if cid == "c-model":  # validated by the Pydantic model, by reference
+            assert answer["value"]["kind"] in {"A", "B", "C"}
+        else:
+            jsonschema.validate(answer["value"], LABEL)
+    assert by_id["line-5"]["line"] == 5
+    for cid, (_, message) in COMPACT_BAD.items():
+        error = by_id[cid]["error"]
+        assert (by_id[cid]["value"], error["code"]) == (None, "invalid_request"), cid
+        assert message in error["message"], (cid, error)
+    dupes = [x for x in written if x["error"] and x["error"]["code"] == "duplicate_custom_id"]
+    assert [(x["id"], x["line"]) for x in dupes] == [("c-inline", 12)]
+    assert by_id["line-14"]["error"]["message"] == "id must be a string or an integer"
+    not_object = next(x for x in written if "response" in x and x["custom_id"] is None)
+    assert not_object["error"]["message"] == "a line must be a JSON object"
+
+    again = CliRunner().invoke(app, args)  # everything is answered: nothing runs again
+    assert f"{len(lines)} lines: {len(lines)} already done" in again.stdout
+    assert read_out(out) == written
+
+
+def test_the_line_format_can_be_named(job: dict[str, Path]) -> None:
+    src = job["dir"] / "in.jsonl"
+    src.write_text(json.dumps(request(0)) + "\n" + json.dumps(COMPACT_GOOD[0]) + "\n")
+    lines = read_job(src, line_format="openai")
+    assert lines[0].error is None and lines[0].format == "openai"
+    assert 'missing "custom_id"' in str(lines[1].error)
+    lines = read_job(src, line_format="compact")
+    assert "an OpenAI batch line where a compact line was expected" in str(lines[0].error)
+    assert lines[1].error is None and lines[1].format == "compact"
+    with pytest.raises(ConfigError, match="unknown line format"):
+        read_job(src, line_format="yaml")

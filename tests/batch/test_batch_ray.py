@@ -1,6 +1,7 @@
 """`structgen batch --ray` on the real two-node Ray cluster and a real redis-server (the
 fixtures of tests/cache/test_warmup_ray.py: Ray actors are thin clients of the vLLM
-wire-format stand-in, so the test times Ray and Redis, not a model)."""
+wire-format stand-in, so the test times Ray and Redis, not a model): the driver killed and
+resumed, and a node killed under a running batch."""
 
 from __future__ import annotations
 
@@ -21,11 +22,16 @@ from tests.cache.test_warmup_ray import (  # noqa: F401 (fixtures)
     ENV,
     SCHEMA,
     Cluster,
+    _ray_start,
+    _stop,
+    _wait_started,
     cached_keys,
     ray_cluster,
     server,
     setup,
+    workers_of,
 )
+from tests.servers.wire import VLLMWireServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,3 +89,61 @@ def test_ray_batch_killed_then_resumed_answers_each_line_once(
             value = json.loads(line["response"]["body"]["choices"][0]["message"]["content"])
             assert value["kind"] in {"a", "b", "c"}
     assert len(cached_keys(s["redis"])) == N  # the actors filled the shared cache
+
+
+def test_a_node_killed_under_a_running_batch(
+        ray_cluster: Cluster, setup: dict[str, Any],  # noqa: F811
+        server: VLLMWireServer) -> None:  # noqa: F811
+    """A third node joins, one of three actors runs on it, and the whole node (raylet and
+    workers) is killed mid-run; a replacement node joins, as an autoscaler would start one.
+    Ray restarts the lost actor there and retries its batches: the batch finishes, and every
+    custom_id (OpenAI lines and compact lines alike) is in the output exactly once."""
+    s = setup
+    server.delay_s = 0.05  # the batch runs for seconds: long enough to kill a node in it
+    src = s["tmp"] / "in.jsonl"
+    compact = [json.dumps({"id": f"c{i}", "prompt": f"compact {i}", "schema": SCHEMA,
+                           "max_tokens": 32}) for i in range(40)]
+    src.write_text(write_job(s["tmp"] / "openai.jsonl").read_text() + "\n".join(compact)
+                   + "\n")
+    out = s["tmp"] / "out.jsonl"
+    nodes = []
+    try:
+        victim = _ray_start([f"--address={ray_cluster.address}"], s["tmp"] / "victim.log")
+        nodes.append(victim)
+        _wait_started(victim, s["tmp"] / "victim.log")
+        # three one-CPU actors on three one-CPU nodes: one of them on the victim
+        cmd = [*batch(s, src, out, ray_cluster.address), "-j", "1"]
+        cmd[cmd.index("--ray-actors") + 1] = "3"
+        cmd[cmd.index("--batch-size") + 1] = "5"
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while len(read_out(out)) < 40 or not [
+                w for w in workers_of(victim) if "_BatchActor" in " ".join(w.cmdline())]:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+            assert time.monotonic() < deadline, "no actor ever ran on the victim node"
+            time.sleep(0.02)
+        before = len(read_out(out))
+        for worker in workers_of(victim):  # in process groups of their own
+            worker.kill()
+        os.killpg(victim.pid, signal.SIGKILL)  # its raylet, agents and the rest
+        victim.wait()
+        assert before < N + 3 + len(compact), "the batch ended before the node was killed"
+        spare = _ray_start([f"--address={ray_cluster.address}"], s["tmp"] / "spare.log")
+        nodes.append(spare)
+        _wait_started(spare, s["tmp"] / "spare.log")
+        stdout, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err.decode()[-3000:]  # 1: the 3 malformed lines
+        assert f"{N + 40} valid (0 repaired), 3 failed" in stdout.decode(), stdout.decode()
+    finally:
+        _stop(*nodes)
+    lines = read_out(out)
+    assert len(lines) == N + 3 + len(compact)
+    answered = [x["custom_id"] if "response" in x else x["id"] for x in lines
+                if x["error"] is None]
+    assert sorted(answered) == sorted([f"r{i}" for i in range(N)]
+                                      + [f"c{i}" for i in range(40)])  # each exactly once
+    for line in lines:
+        if line["error"] is None and "value" in line:  # a compact line's answer
+            assert line["value"]["kind"] in {"a", "b", "c"}
+    assert len(cached_keys(s["redis"])) == N + len(compact)
