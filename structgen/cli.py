@@ -76,6 +76,20 @@ def _fail(exc: StructgenError) -> NoReturn:
     raise typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _resumable(kept: str) -> Iterator[None]:
+    """A resumable command's stops: a structgen error exits 2 (:func:`_fail`); Ctrl-C says
+    where what finished is (``kept``) and exits 130."""
+    try:
+        yield
+    except StructgenError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: {kept}; run the same command again to resume",
+                    fg="yellow", err=True)
+        raise typer.Exit(130) from None
+
+
 _SCHEMA_HELP = ("the output: path/to/file.py:Class or module:Class (a Pydantic model; the "
                 "current directory is searched first), a .json JSON Schema file, or "
                 "regex:PATTERN, choice:a,b,c, grammar:FILE")
@@ -431,7 +445,8 @@ def warmup(
     to the shared Redis cache; the report and resumability are the same.
     """
 
-    try:
+    report = report or file.with_name(file.stem + ".report.jsonl")
+    with _resumable(f"what finished is in the cache and in {report}"):
         if address is not None and not ray:
             raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
         engine = Engine.from_config(config)
@@ -448,7 +463,6 @@ def warmup(
             _print_plan(plan(engine, items))
             engine.close()
             return
-        report = report or file.with_name(file.stem + ".report.jsonl")
         options = RayOptions(address=address, actors=ray_actors, batch_size=batch_size,
                              num_cpus=ray_cpus, allow_modules=tuple(allowed))
         with _warmup_progress(len(items), progress) as on_progress:
@@ -456,13 +470,6 @@ def warmup(
                 engine, items, concurrency=concurrency, report=report, progress=on_progress,
                 executor="ray" if ray else "local", ray=options))
         engine.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
-    except KeyboardInterrupt:
-        typer.secho(f"interrupted: what finished is in the cache and in {report}; run the "
-                    "same command again to resume", fg="yellow", err=True)
-        raise typer.Exit(130) from None
     counts = summary.counts
     typer.echo(f"{summary.total} requests in {summary.elapsed_s:.1f}s: "
                + ", ".join(f"{counts.get(k, 0)} {k}" for k in
@@ -637,7 +644,7 @@ def batch(
 
     With --ray, the lines run on Ray actors (-j requests in flight per actor) that use the
     shared Redis cache; the output and resumability are the same."""
-    try:
+    with _resumable(f"the answered lines are in {output}"):
         if address is not None and not ray:
             raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
         lines = read_job(file, max_line_bytes=max_line_bytes, model=model)
@@ -652,13 +659,6 @@ def batch(
                 summary = asyncio.run(run_job(engine, lines, output, concurrency=concurrency,
                                               on_progress=on_progress))
         engine.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
-    except KeyboardInterrupt:
-        typer.secho(f"interrupted: the answered lines are in {output}; run the same command "
-                    "again to resume", fg="yellow", err=True)
-        raise typer.Exit(130) from None
     typer.echo(summary.describe())
     if summary.failed:
         raise typer.Exit(1)
