@@ -90,6 +90,11 @@ def _resumable(kept: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+# the Ray options warmup and batch share
+_RAY_ADDRESS = typer.Argument(None, help="with --ray: the cluster (head host:port, "
+                              "ray://host:port or auto); default: a local Ray instance")
+_RAY_CPUS = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor")
+
 _SCHEMA_HELP = ("the output: path/to/file.py:Class or module:Class (a Pydantic model; the "
                 "current directory is searched first), a .json JSON Schema file, or "
                 "regex:PATTERN, choice:a,b,c, grammar:FILE")
@@ -430,14 +435,12 @@ def warmup(
                                    "(repeatable; adds to [warmup] allow_modules)"),
     ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (Ray Data actors; "
                                                   "needs the Redis result cache)"),
-    address: str | None = typer.Argument(
-        None, help="with --ray: the cluster (head host:port, ray://host:port or auto); "
-                   "default: a local Ray instance"),
+    address: str | None = _RAY_ADDRESS,
     ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
                                           help="Ray actors, each one Engine (default: one "
                                                "per cluster CPU / --ray-cpus)"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="items per Ray batch"),
-    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor"),
+    ray_cpus: float = _RAY_CPUS,
 ) -> None:
     """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped).
 
@@ -630,13 +633,11 @@ def batch(
                                        help="a longer input line is an error line"),
     ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (warmup's executor; "
                                                   "needs the Redis result cache)"),
-    address: str | None = typer.Argument(
-        None, help="with --ray: the cluster (head host:port, ray://host:port or auto); "
-                   "default: a local Ray instance"),
+    address: str | None = _RAY_ADDRESS,
     ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
                                           help="Ray actors, each one Engine"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="lines per Ray batch"),
-    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor"),
+    ray_cpus: float = _RAY_CPUS,
 ) -> None:
     """Answer an OpenAI batch file (as for OpenAI's Batch API or vLLM's run_batch) into
     OpenAI result lines, exactly once per custom_id: an interrupted run resumes where it
