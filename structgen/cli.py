@@ -76,6 +76,25 @@ def _fail(exc: StructgenError) -> NoReturn:
     raise typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _resumable(kept: str) -> Iterator[None]:
+    """A resumable command's stops: a structgen error exits 2 (:func:`_fail`); Ctrl-C says
+    where what finished is (``kept``) and exits 130."""
+    try:
+        yield
+    except StructgenError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: {kept}; run the same command again to resume",
+                    fg="yellow", err=True)
+        raise typer.Exit(130) from None
+
+
+# the Ray options warmup and batch share
+_RAY_ADDRESS = typer.Argument(None, help="with --ray: the cluster (head host:port, "
+                              "ray://host:port or auto); default: a local Ray instance")
+_RAY_CPUS = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor")
+
 _SCHEMA_HELP = ("the output: path/to/file.py:Class or module:Class (a Pydantic model; the "
                 "current directory is searched first), a .json JSON Schema file, or "
                 "regex:PATTERN, choice:a,b,c, grammar:FILE")
@@ -416,14 +435,12 @@ def warmup(
                                    "(repeatable; adds to [warmup] allow_modules)"),
     ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (Ray Data actors; "
                                                   "needs the Redis result cache)"),
-    address: str | None = typer.Argument(
-        None, help="with --ray: the cluster (head host:port, ray://host:port or auto); "
-                   "default: a local Ray instance"),
+    address: str | None = _RAY_ADDRESS,
     ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
                                           help="Ray actors, each one Engine (default: one "
                                                "per cluster CPU / --ray-cpus)"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="items per Ray batch"),
-    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor"),
+    ray_cpus: float = _RAY_CPUS,
 ) -> None:
     """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped).
 
@@ -431,7 +448,8 @@ def warmup(
     to the shared Redis cache; the report and resumability are the same.
     """
 
-    try:
+    report = report or file.with_name(file.stem + ".report.jsonl")
+    with _resumable(f"what finished is in the cache and in {report}"):
         if address is not None and not ray:
             raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
         engine = Engine.from_config(config)
@@ -448,7 +466,6 @@ def warmup(
             _print_plan(plan(engine, items))
             engine.close()
             return
-        report = report or file.with_name(file.stem + ".report.jsonl")
         options = RayOptions(address=address, actors=ray_actors, batch_size=batch_size,
                              num_cpus=ray_cpus, allow_modules=tuple(allowed))
         with _warmup_progress(len(items), progress) as on_progress:
@@ -456,13 +473,6 @@ def warmup(
                 engine, items, concurrency=concurrency, report=report, progress=on_progress,
                 executor="ray" if ray else "local", ray=options))
         engine.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
-    except KeyboardInterrupt:
-        typer.secho(f"interrupted: what finished is in the cache and in {report}; run the "
-                    "same command again to resume", fg="yellow", err=True)
-        raise typer.Exit(130) from None
     counts = summary.counts
     typer.echo(f"{summary.total} requests in {summary.elapsed_s:.1f}s: "
                + ", ".join(f"{counts.get(k, 0)} {k}" for k in
@@ -630,13 +640,11 @@ def batch(
                                    "module:Class (repeatable; adds to [warmup] allow_modules)"),
     ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (warmup's executor; "
                                                   "needs the Redis result cache)"),
-    address: str | None = typer.Argument(
-        None, help="with --ray: the cluster (head host:port, ray://host:port or auto); "
-                   "default: a local Ray instance"),
+    address: str | None = _RAY_ADDRESS,
     ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
                                           help="Ray actors, each one Engine"),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="lines per Ray batch"),
-    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor"),
+    ray_cpus: float = _RAY_CPUS,
 ) -> None:
     """Answer an OpenAI batch file (as for OpenAI's Batch API or vLLM's run_batch) into
     OpenAI result lines, exactly once per custom_id: an interrupted run resumes where it
@@ -644,7 +652,7 @@ def batch(
 
     With --ray, the lines run on Ray actors (-j requests in flight per actor) that use the
     shared Redis cache; the output and resumability are the same."""
-    try:
+    with _resumable(f"the answered lines are in {output}"):
         if address is not None and not ray:
             raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
         engine = Engine.from_config(config)
@@ -662,13 +670,6 @@ def batch(
                 summary = asyncio.run(run_job(engine, lines, output, concurrency=concurrency,
                                               on_progress=on_progress))
         engine.close()
-    except StructgenError as exc:
-        _fail(exc)
-        return
-    except KeyboardInterrupt:
-        typer.secho(f"interrupted: the answered lines are in {output}; run the same command "
-                    "again to resume", fg="yellow", err=True)
-        raise typer.Exit(130) from None
     typer.echo(summary.describe())
     if summary.failed:
         raise typer.Exit(1)

@@ -13,6 +13,7 @@ closest setting's name), as a misspelt file key is an error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -21,10 +22,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from structgen.errors import ConfigError, did_you_mean
-from structgen.registry import BACKENDS, BUILT_IN_BACKENDS, ENGINES
+from structgen.registry import BACKENDS, BUILT_IN_BACKENDS, ENGINES, SECTIONS
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -347,7 +356,7 @@ class Config(_Section):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         try:
-            return cls.model_validate(data)
+            return cls.with_sections().model_validate(data)
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"])
@@ -361,13 +370,31 @@ class Config(_Section):
                                                    expected.replace(" or ", ",").split(",")])
             raise ConfigError(msg, key) from None
 
+    @classmethod
+    def with_sections(cls) -> type[Config]:
+        """This model with a section for each backend that declares its own ``settings``
+        (structgen.registry.SECTIONS), so a new backend needs no edit here."""
+        return _with_sections(cls, tuple((name, model) for name, model in SECTIONS.items()
+                                         if name not in cls.model_fields))
+
     def section(self, backend: str) -> Any:
+        if backend not in type(self).model_fields and backend in SECTIONS:
+            return SECTIONS[backend]()  # a config made before the backend was defined
         return getattr(self, backend)
+
+
+@functools.cache
+def _with_sections(base: type[Config], extra: tuple[tuple[str, Any], ...]) -> type[Config]:
+    if not extra:
+        return base
+    fields: dict[str, Any] = {name: (model, Field(default_factory=model))
+                              for name, model in extra}
+    return create_model(base.__name__, __base__=base, __module__=base.__module__, **fields)
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     """The keys the config allows at ``loc`` (a path of section names)."""
-    model: Any = Config
+    model: Any = Config.with_sections()
     for part in loc:
         fields = getattr(model, "model_fields", {})
         model = getattr(fields.get(str(part)), "annotation", None)
@@ -389,7 +416,8 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> None:
              "STRUCTGEN_FALLBACK": ("llm_backend", "fallback"),
              "STRUCTGEN_TIMEOUT_S": ("llm_backend", "timeout_s")}
     # every section of Config, by its field name (a new section maps itself)
-    sections = {name: field.annotation for name, field in Config.model_fields.items()
+    sections = {name: field.annotation
+                for name, field in Config.with_sections().model_fields.items()
                 if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)}
     for var, raw in env.items():
         if not var.startswith("STRUCTGEN_") or var == "STRUCTGEN_CONFIG":

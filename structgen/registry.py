@@ -4,7 +4,8 @@ A backend names itself in its class line (``class TinyBackend(BackendBase, name=
 a constraint engine by its support row (``class TinyConstraint(GrammarConstraint,
 support=TINY, package=...)``); defining the class registers it here, and every list that
 names them reads this one: the config's ``provider``, ``fallback`` and ``[local] engine``,
-the backend pool, warmup files. So a new backend or engine is one file.
+the backend pool, warmup files. A backend's own settings are its class's ``settings`` model:
+the config reads them from a section named as the backend. So a new backend or engine is one file.
 
 The built-in ones are named by where they live until their module is imported (on first
 use: the vLLM client never imports torch, nor the embedded backend httpx); the order of the
@@ -26,6 +27,10 @@ BACKENDS: dict[str, Any] = {
     "local": "structgen.backends.local:LocalBackend",
 }
 BUILT_IN_BACKENDS = tuple(BACKENDS)
+
+# The config section of a backend declared outside structgen/config.py: its class's
+# ``settings`` model, by the backend's name; ``Config`` takes it as ``[<name>]``.
+SECTIONS: dict[str, Any] = {}
 
 ENGINES: dict[str, Any] = {
     "llguidance": "structgen.constrain.llguidance:LLGuidanceConstraint",

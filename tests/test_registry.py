@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
-from structgen.config import Config
+from structgen.config import Config, ServerConfig
 from structgen.constrain.base import ConstraintOptions
 from structgen.constrain.llguidance import LLGuidanceConstraint
 from structgen.engine import Engine
+from structgen.errors import ConfigError
 from structgen.schema import CompiledOutput
 from structgen.schema.support import LLGUIDANCE
 from structgen.types import Regex
@@ -17,8 +20,14 @@ from structgen.types import Regex
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 
 
+class EchoSettings(ServerConfig):
+    answer: str = '{"ok": true}'
+
+
 class EchoBackend(BackendBase, name="tiny-echo"):
-    """A server backend in a few lines: always answers ``{"ok": true}``."""
+    """A server backend in a few lines: always answers its ``[tiny-echo] answer``."""
+
+    settings = EchoSettings
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -27,7 +36,8 @@ class EchoBackend(BackendBase, name="tiny-echo"):
         return Capabilities(output_kinds=frozenset({"json"}))
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
-        return GenerationResult(text='{"ok": true}', backend=self.name, model="echo")
+        answer = self.config.section(self.name).answer
+        return GenerationResult(text=answer, backend=self.name, model="echo")
 
     async def stream(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
         yield '{"ok": true}'
@@ -58,6 +68,20 @@ def test_a_backend_defined_in_one_file_is_a_provider(tmp_path: Path) -> None:
     result = engine.run("q", SCHEMA)
     assert (result.value, result.backend, result.model) == ({"ok": True}, "tiny-echo", "echo")
     engine.close()
+
+
+def test_a_backend_declares_its_own_config_section(tmp_path: Path) -> None:
+    cfg = Config.from_dict({
+        "tiny-echo": {"answer": '{"ok": false}', "model": "echo-2"},
+        "llm_backend": {"provider": "tiny-echo"}, "cache": {"backend": "none"},
+        "metrics": {"state_file": str(tmp_path / "m.json")}})
+    assert cfg.section("tiny-echo").model == "echo-2" and cfg.vllm.endpoint == "chat"
+    engine = Engine(cfg)
+    assert engine.run("q", SCHEMA).value == {"ok": False}
+    engine.close()
+    with pytest.raises(ConfigError) as err:  # its keys are checked as a built-in section's
+        Config.from_dict({"tiny-echo": {"answr": "{}"}})
+    assert err.value.key == "tiny-echo.answr" and "answer" in str(err.value)
 
 
 def test_an_engine_defined_in_one_file_serves_the_embedded_backend(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from structgen.portal import run_sync
-from structgen.registry import BACKENDS
+from structgen.registry import BACKENDS, SECTIONS
 from structgen.types import Message, OutputKind, RawToolCall, Sampling, ToolTurn
 
 if TYPE_CHECKING:
@@ -133,6 +133,9 @@ class BackendBase:
     """Shared sync wrappers; subclasses implement the async methods."""
 
     name: str = "base"
+    # the model of this backend's config section, ``[<name>]`` (a Pydantic model; the
+    # built-in backends' sections are declared in structgen/config.py)
+    settings: Any = None
 
     def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
         """``class TinyBackend(BackendBase, name="tiny")`` registers it (structgen.registry)."""
@@ -140,6 +143,8 @@ class BackendBase:
         if name is not None:
             cls.name = name
             BACKENDS[name] = cls
+            if cls.settings is not None:
+                SECTIONS[name] = cls.settings
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         raise NotImplementedError

@@ -186,20 +186,18 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
 
         return StreamingResponse(events(), media_type=media_type)
 
-    @route
-    async def chat_completions(request: Request) -> Response:
-        return await answer(request, openai.parse_request, openai.complete_stream,
-                            openai.complete, "text/event-stream")
+    def generating(parse: Any, stream: Any, whole: Any, media_type: str
+                   ) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            return await answer(request, parse, stream, whole, media_type)
+        return route(handler)
 
-    @route
-    async def api_chat(request: Request) -> Response:
-        return await answer(request, ollama.parse_chat, ollama.chat_stream, ollama.chat,
-                            "application/x-ndjson")
-
-    @route
-    async def api_generate(request: Request) -> Response:
-        return await answer(request, ollama.parse_generate, ollama.generate_stream,
-                            ollama.generate, "application/x-ndjson")
+    chat_completions = generating(openai.parse_request, openai.complete_stream,
+                                  openai.complete, "text/event-stream")
+    api_chat = generating(ollama.parse_chat, ollama.chat_stream, ollama.chat,
+                          "application/x-ndjson")
+    api_generate = generating(ollama.parse_generate, ollama.generate_stream, ollama.generate,
+                              "application/x-ndjson")
 
     @route
     async def v1_models(request: Request) -> Response:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from structgen.engine import Engine
 from structgen.errors import (
@@ -44,6 +46,38 @@ class ApiError(Exception):
         self.param = param
         self.details = details or {}
         super().__init__(message)
+
+
+# Request bodies -----------------------------------------------------------------------------
+class Wire(BaseModel):
+    # clients send fields this server does not read (user, logprobs, metadata, ...)
+    model_config = ConfigDict(extra="ignore")
+
+
+class WireFunction(Wire):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class WireTool(Wire):
+    """A ``function`` tool, the same in both formats' requests."""
+
+    type: Literal["function"] = "function"
+    function: WireFunction
+
+
+W = TypeVar("W", bound=Wire)
+
+
+def parse_wire(model: type[W], body: dict[str, Any]) -> W:
+    """A request body as ``model``; the first thing wrong is a 400 naming its field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ApiError(400, f"{where}: {err['msg']}", param=where) from None
 
 
 def status_of(exc: StructgenError) -> ApiError:
@@ -172,6 +206,20 @@ def content_of(result: StructuredResult, call: Call) -> str | None:
     if calls_of(result):
         return None
     return str(result.value)
+
+
+def assistant_message(result: StructuredResult, content: str | None,
+                      wire_call: Callable[[ToolCall], dict[str, Any]],
+                      reasoning_key: str) -> dict[str, Any]:
+    """The answer as an assistant message: its content, its tool calls in the format's shape
+    (``wire_call``), its reasoning under the format's key."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    tool_calls = calls_of(result)
+    if tool_calls:
+        message["tool_calls"] = [wire_call(c) for c in tool_calls]
+    if result.reasoning_text:
+        message[reasoning_key] = result.reasoning_text
+    return message
 
 
 def calls_of(result: StructuredResult) -> list[ToolCall]:

@@ -13,57 +13,29 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from structgen import __version__
 from structgen.engine import Engine
 from structgen.messages import Message
-from structgen.server.calls import (
-    ApiError,
-    Call,
-    answer,
-    calls_of,
-    chat_messages,
-    content_of,
-    dump_json,
-    function_tool,
-    model_route,
-    provenance,
-    served_models,
-    stable_prefix,
-    stream,
-)
+from structgen.server import calls
+from structgen.server.calls import ApiError, Call, Wire, WireTool
 from structgen.types import StructuredResult, ToolCall
 
 # Ollama's own version line; clients read it to pick features
 OLLAMA_VERSION = "0.12.0"
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class WireOllamaFunction(_Wire):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class WireOllamaTool(_Wire):
-    type: Literal["function"] = "function"
-    function: WireOllamaFunction
-
-
-class WireOllamaCalled(_Wire):
+class WireOllamaCalled(Wire):
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
-class WireOllamaToolCall(_Wire):
+class WireOllamaToolCall(Wire):
     function: WireOllamaCalled
 
 
-class WireOllamaMessage(_Wire):
+class WireOllamaMessage(Wire):
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
     images: list[Any] | None = None
@@ -71,7 +43,7 @@ class WireOllamaMessage(_Wire):
     tool_name: str | None = None  # a tool result: the tool that gave it
 
 
-class WireOllamaOptions(_Wire):
+class WireOllamaOptions(Wire):
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
@@ -79,17 +51,17 @@ class WireOllamaOptions(_Wire):
     stop: list[str] | None = None
 
 
-class WireOllamaChat(_Wire):
+class WireOllamaChat(Wire):
     model: str
     messages: list[WireOllamaMessage] = Field(min_length=1)
     format: Literal["json", ""] | dict[str, Any] | None = None
     options: WireOllamaOptions | None = None
     stream: bool = True
-    tools: list[WireOllamaTool] | None = None
+    tools: list[WireTool] | None = None
     think: bool | str | None = None
 
 
-class WireOllamaGenerate(_Wire):
+class WireOllamaGenerate(Wire):
     model: str
     prompt: str = ""
     system: str | None = None
@@ -100,25 +72,16 @@ class WireOllamaGenerate(_Wire):
 
 
 def parse_chat(body: dict[str, Any]) -> WireOllamaChat:
-    return _parse(WireOllamaChat, body)
+    return calls.parse_wire(WireOllamaChat, body)
 
 
 def parse_generate(body: dict[str, Any]) -> WireOllamaGenerate:
-    return _parse(WireOllamaGenerate, body)
-
-
-def _parse(model: type[Any], body: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ApiError(400, f"{where}: {err['msg']}", param=where) from None
+    return calls.parse_wire(WireOllamaGenerate, body)
 
 
 def _call(engine: Engine, model: str, messages: list[Message], fmt: Any,
           options: WireOllamaOptions | None, think: bool | str | None) -> Call:
-    backend, routed = model_route(engine, model)
+    backend, routed = calls.model_route(engine, model)
     sampling: dict[str, Any] = {}
     if options is not None:
         for name, value in (("temperature", options.temperature), ("top_p", options.top_p),
@@ -140,13 +103,13 @@ def _call(engine: Engine, model: str, messages: list[Message], fmt: Any,
 def chat_call(engine: Engine, req: WireOllamaChat) -> Call:
     if any(m.images for m in req.messages):
         raise ApiError(400, "images are not served", param="messages")
-    messages = chat_messages([m.model_dump(exclude_none=True) for m in req.messages])
+    messages = calls.chat_messages([m.model_dump(exclude_none=True) for m in req.messages])
     call = _call(engine, req.model, messages, req.format, req.options, req.think)
     if req.tools:
         if call.output is not None:
             raise ApiError(400, "give format or tools, not both", param="tools")
-        call.tools = [function_tool(t.function.name, t.function.parameters,
-                                    t.function.description) for t in req.tools]
+        call.tools = [calls.function_tool(t.function.name, t.function.parameters,
+                                          t.function.description) for t in req.tools]
     return call
 
 
@@ -168,33 +131,29 @@ def _done(model: str, result: StructuredResult) -> dict[str, Any]:
             "total_duration": ns, "load_duration": 0,
             "prompt_eval_count": result.usage.prompt_tokens,
             "eval_count": result.usage.completion_tokens, "eval_duration": ns,
-            "structgen": provenance(result)}
+            "structgen": calls.provenance(result)}
 
 
 def _message(result: StructuredResult, call: Call) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content_of(result, call) or ""}
-    calls = calls_of(result)
-    if calls:
-        message["tool_calls"] = [_wire_call(c) for c in calls]
-    if result.reasoning_text:
-        message["thinking"] = result.reasoning_text
-    return message
+    return calls.assistant_message(result, calls.content_of(result, call) or "", _wire_call,
+                                   "thinking")
 
 
 def _wire_call(call: ToolCall) -> dict[str, Any]:
-    return {"function": {"name": call.name, "arguments": json.loads(dump_json(call.arguments))}}
+    arguments = json.loads(calls.dump_json(call.arguments))
+    return {"function": {"name": call.name, "arguments": arguments}}
 
 
 async def chat(engine: Engine, req: WireOllamaChat) -> dict[str, Any]:
     call = chat_call(engine, req)
-    result = await answer(engine, call)
+    result = await calls.answer(engine, call)
     return {**_done(req.model, result), "message": _message(result, call)}
 
 
 async def generate(engine: Engine, req: WireOllamaGenerate) -> dict[str, Any]:
     call = generate_call(engine, req)
-    result = await answer(engine, call)
-    return {**_done(req.model, result), "response": content_of(result, call) or ""}
+    result = await calls.answer(engine, call)
+    return {**_done(req.model, result), "response": calls.content_of(result, call) or ""}
 
 
 async def chat_stream(engine: Engine, req: WireOllamaChat) -> AsyncIterator[str]:
@@ -222,20 +181,20 @@ async def _lines(engine: Engine, call: Call, model: str, *, chat: bool) -> Async
         body["done"] = False
         return json.dumps(body, ensure_ascii=False) + "\n"
 
-    items = stream(engine, call)
+    items = calls.stream(engine, call)
     item = await anext(items)  # errors before any line go out with their own status
     sent, last = "", ""
     try:
         while not isinstance(item, StructuredResult):
             if not isinstance(item, ToolCall | list):
-                text = dump_json(item) if call.json_output else str(item)
-                stable = stable_prefix(last, text) if call.json_output else text
+                text = calls.dump_json(item) if call.json_output else str(item)
+                stable = calls.stable_prefix(last, text) if call.json_output else text
                 last = text
                 if stable.startswith(sent) and len(stable) > len(sent):
                     yield line(stable[len(sent):])
                     sent = stable
             item = await anext(items)
-        content = content_of(item, call) or ""
+        content = calls.content_of(item, call) or ""
         done = _done(model, item)
         if content.startswith(sent):
             tail = content[len(sent):]
@@ -261,7 +220,7 @@ def tags(engine: Engine) -> dict[str, Any]:
                         "digest": "", "details": {"format": "", "family": backend or "structgen",
                                                   "families": None, "parameter_size": "",
                                                   "quantization_level": ""}}
-                       for name, (backend, _) in served_models(engine).items()]}
+                       for name, (backend, _) in calls.served_models(engine).items()]}
 
 
 def version() -> dict[str, Any]:

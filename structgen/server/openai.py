@@ -16,13 +16,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from structgen.engine import Engine
 from structgen.server.calls import (
     ApiError,
     Call,
+    Wire,
+    WireTool,
     answer,
+    assistant_message,
     call_id,
     calls_of,
     chat_messages,
@@ -30,6 +33,7 @@ from structgen.server.calls import (
     dump_json,
     function_tool,
     model_route,
+    parse_wire,
     provenance,
     served_models,
     stable_prefix,
@@ -38,58 +42,42 @@ from structgen.server.calls import (
 from structgen.types import Choice, Grammar, JsonSchema, Regex, StructuredResult, ToolCall
 
 
-class _Wire(BaseModel):
-    # clients send fields this server does not read (user, logprobs, metadata, ...)
-    model_config = ConfigDict(extra="ignore")
-
-
-class WireFunction(_Wire):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class WireTool(_Wire):
-    type: Literal["function"] = "function"
-    function: WireFunction
-
-
-class WireCalledFunction(_Wire):
+class WireCalledFunction(Wire):
     name: str
     arguments: str | dict[str, Any] = "{}"
 
 
-class WireToolCall(_Wire):
+class WireToolCall(Wire):
     id: str | None = None
     function: WireCalledFunction
 
 
-class WireMessage(_Wire):
+class WireMessage(Wire):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
     tool_calls: list[WireToolCall] | None = None
     tool_call_id: str | None = None
 
 
-class WireJsonSchema(_Wire):
+class WireJsonSchema(Wire):
     name: str = "output"
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
 
 
-class WireResponseFormat(_Wire):
+class WireResponseFormat(Wire):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: WireJsonSchema | None = None
 
 
-class WireStructuredOutputs(_Wire):
+class WireStructuredOutputs(Wire):
     json_: dict[str, Any] | str | None = Field(default=None, alias="json")
     regex: str | None = None
     choice: list[str] | None = None
     grammar: str | None = None
 
 
-class WireChatRequest(_Wire):
+class WireChatRequest(Wire):
     model: str
     messages: list[WireMessage] = Field(min_length=1)
     response_format: WireResponseFormat | None = None
@@ -112,12 +100,7 @@ class WireChatRequest(_Wire):
 
 
 def parse_request(body: dict[str, Any]) -> WireChatRequest:
-    try:
-        return WireChatRequest.model_validate(body)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ApiError(400, f"{where}: {err['msg']}", param=where) from None
+    return parse_wire(WireChatRequest, body)
 
 
 def to_call(engine: Engine, req: WireChatRequest) -> Call:
@@ -153,18 +136,13 @@ def _output(req: WireChatRequest) -> Any:
         specs.append(JsonSchema(rf.json_schema.schema_, name=rf.json_schema.name))
     elif rf is not None and rf.type == "json_object":
         specs.append({"type": "object"})
-    so_json = so.json_ if so else req.guided_json
-    if so_json is not None:
-        specs.append(_json_spec(so_json))
-    regex = so.regex if so else req.guided_regex
-    if regex is not None:
-        specs.append(Regex(regex))
-    choice = so.choice if so else req.guided_choice
-    if choice is not None:
-        specs.append(Choice(choice))
-    grammar = so.grammar if so else req.guided_grammar
-    if grammar is not None:
-        specs.append(Grammar(grammar))
+    kinds: tuple[tuple[str, str, Any], ...] = (
+        ("json_", "guided_json", _json_spec), ("regex", "guided_regex", Regex),
+        ("choice", "guided_choice", Choice), ("grammar", "guided_grammar", Grammar))
+    for field, guided, spec in kinds:  # structured_outputs' field, or its older guided_ one
+        value = getattr(so, field) if so else getattr(req, guided)
+        if value is not None:
+            specs.append(spec(value))
     if len(specs) > 1:
         raise ApiError(400, "give one output constraint (response_format or one of "
                             "structured_outputs' json/regex/choice/grammar)",
@@ -225,13 +203,7 @@ def _nth(call: Call, i: int) -> Call:
 
 
 def _assistant(result: StructuredResult, call: Call) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content_of(result, call)}
-    calls = calls_of(result)
-    if calls:
-        message["tool_calls"] = [_wire_call(c) for c in calls]
-    if result.reasoning_text:
-        message["reasoning_content"] = result.reasoning_text
-    return message
+    return assistant_message(result, content_of(result, call), _wire_call, "reasoning_content")
 
 
 def _wire_call(call: ToolCall) -> dict[str, Any]:
