@@ -265,7 +265,7 @@ class LlamaCppRuntime(Runtime):
 
     # Prompt ---------------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        messages, tools = chat_messages(request, self.template)
+        messages, tools = chat_messages(request, self.template, self.cfg.think_prompt)
         if self.template:
             text = render_chat_template(self.template, messages, self._piece(self.bos),
                                         self._piece(next(iter(sorted(self.eos_ids)))),

@@ -198,21 +198,36 @@ class Runtime(ABC):
         """Free the model (called when the backend shuts down)."""
 
 
-def chat_messages(request: GenerationRequest, template: str | None
+def chat_messages(request: GenerationRequest, template: str | None, think_prompt: str = ""
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(the messages, the ``tools`` to render them with) for a chat template.
+
+    A reasoning request gets ``think_prompt`` when the template has no ``<think>``.
 
     A tool turn's tools go to the template when it reads a ``tools`` variable (Qwen,
     Hermes, Llama 3.x templates); otherwise (SmolLM2's, the tiny test model's) they are
     written into the system prompt in the Hermes layout (:func:`with_tools_prompt`), whose
     ``<tool_call>`` tag is the trigger the ``"auto"`` grammar waits for."""
     messages = [dict(m) for m in request.messages]
+    if request.reasoning and not (template and "<think>" in template):
+        messages = with_think_prompt(messages, think_prompt)
     turn = request.tools
     if turn is None:
         return messages, None
     if template and "tools" in template:
         return messages, turn.openai_tools()
     return with_tools_prompt(messages, turn), None
+
+
+def with_think_prompt(messages: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
+    """``messages`` with ``prompt`` (``[local] think_prompt``) at the end of the system
+    message (a new system message when there is none)."""
+    if not prompt:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{prompt}"},
+                *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages]
 
 
 def reusable_prefix(cache: OrderedDict[tuple[int, ...], Any],

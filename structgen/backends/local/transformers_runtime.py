@@ -57,7 +57,7 @@ class TransformersRuntime(Runtime):
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         template = getattr(self.tokenizer, "chat_template", None)
         messages, tools = chat_messages(request, template if isinstance(template, str)
-                                        else None)
+                                        else None, self.cfg.think_prompt)
         if template:
             text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                       add_generation_prompt=True)
