@@ -18,7 +18,9 @@ Columns, in this one process; those that share a prompt (the same examples) run
 interleaved, request by request, so a shared machine's load falls on them alike:
 
 - ``sg-<layout>/<examples>``: structgen's embedded backend (llama.cpp runtime, llguidance;
-  ``sgx-``: xgrammar), the grammar enforcing ``<layout>`` (compact, spaced, any);
+  ``sgx-``: xgrammar; ``sgt-``: think, then answer: ``reasoning=True``, the think block
+  ended after THINK_TOKENS and the answer constrained after it), the grammar enforcing
+  ``<layout>`` (compact, spaced, any);
 - ``gbnf/<examples>``: llama-cpp-python with a GBNF grammar from the schema (Ollama's
   path; benchmarks/embedded.py's column (c));
 - ``free/<examples>``: llama-cpp-python unconstrained, the first JSON value in the text
@@ -69,8 +71,10 @@ COLUMNS = ("sg-spaced/none", "sg-compact/none", "gbnf/none", "free/none", "sgx-s
            "sg-spaced/spaced", "sg-compact/spaced", "gbnf/spaced",
            "sg-compact/compact", "sg-spaced/compact", "gbnf/compact",
            "sg-any/indented", "sg-spaced/indented", "gbnf/indented")
-# structgen's systems: the constraint engine each one runs (sgx: the same layouts on xgrammar)
-ENGINES = {"sg": "llguidance", "sgx": "xgrammar"}
+# structgen's systems: the constraint engine each one runs (sgx: the same layouts on
+# xgrammar; sgt: think, then answer: reasoning=True, the think block ended after THINK_TOKENS)
+ENGINES = {"sg": "llguidance", "sgx": "xgrammar", "sgt": "llguidance"}
+THINK_TOKENS = 64
 MAX_TOKENS = {"intent": 120, "extract": 80, "debugger": 160, "reflection": 120, "numeric": 16}
 
 
@@ -269,12 +273,14 @@ def score(row: Row, task: dict[str, Any], text: str) -> Row:
 class Structgen:
     """structgen's engine and embedded backend; the layout goes on each request."""
 
-    def __init__(self, engine: str) -> None:
+    def __init__(self, engine: str, think: bool = False) -> None:
         from structgen.config import Config
         from structgen.engine import Engine
 
+        self.think = think
         self.engine = Engine(Config.from_dict({
-            "local": {"runtime": "llamacpp", "threads": THREADS, "engine": engine},
+            "local": {"runtime": "llamacpp", "threads": THREADS, "engine": engine,
+                      "think_tokens": THINK_TOKENS},
             "cache": {"backend": "none"}, "metrics": {"enabled": False},
             "repair": {"max_retries": 0},
             "llm_backend": {"provider": "local", "fallback": ["local"]}}))
@@ -282,10 +288,16 @@ class Structgen:
 
     def run(self, msgs: list[dict[str, str]], model: type[BaseModel], layout: str,
             max_tokens: int) -> tuple[str, int, dict[str, Any]]:
-        request = self.engine.build_request(msgs, model, max_tokens=max_tokens)
+        if self.think:  # the think block's tokens come on top of the answer's
+            max_tokens += THINK_TOKENS
+        request = self.engine.build_request(msgs, model, max_tokens=max_tokens,
+                                            reasoning=self.think)
         request.whitespace = layout
         gen = self.backend.generate(request)
-        return gen.text, gen.completion_tokens, {"finish": gen.finish_reason}
+        stats = {"finish": gen.finish_reason}
+        if gen.reasoning_text is not None:
+            stats["thinking"] = gen.reasoning_text
+        return gen.text, gen.completion_tokens, stats
 
 
 class Llama:
@@ -345,7 +357,8 @@ def run(columns: list[str], tasks: list[dict[str, Any]], report: Any = None,
                 system = column.split("/")[0]
                 kind, _, layout = system.partition("-")
                 if kind not in runners:
-                    runners[kind] = (Structgen(ENGINES[kind]) if kind in ENGINES
+                    runners[kind] = (Structgen(ENGINES[kind], think=kind == "sgt")
+                                     if kind in ENGINES
                                      else Llama("c" if kind == "gbnf" else "d"))
                 row = Row(task["id"], task["task"], column)
                 t0 = time.perf_counter()
@@ -393,13 +406,23 @@ def summary(rows: list[Row]) -> dict[str, Any]:
 
 
 def speed_ratio(rows: list[Row], a: str, b: str) -> tuple[float, int] | None:
-    """Mean s/request of column ``a`` over that of ``b``, on the tasks both ran."""
-    ta = {r.id: r.wall_s for r in rows if r.column == a and not r.error}
-    tb = {r.id: r.wall_s for r in rows if r.column == b and not r.error}
-    common = ta.keys() & tb.keys()
-    if not common:
+    """Mean s/request of column ``a`` over that of ``b``, on the warm requests both answered
+    in the same, interleaved run: without the first request of each task kind (it pays
+    the system prompt's prefill in whichever column of a runner came first) and without a
+    request one of them refused (llama.cpp's unparsable GBNF takes no time)."""
+    def timed(column: str) -> dict[str, Row]:
+        return {r.id: r for r in rows if r.column == column and not r.error
+                and not r.stats.get("error") and not r.stats.get("earlier_run")}
+
+    ta, tb = timed(a), timed(b)
+    common = sorted(ta.keys() & tb.keys())
+    first = {next(i for i in common if ta[i].task == kind)
+             for kind in {ta[i].task for i in common}}
+    warm = [i for i in common if i not in first]
+    if not warm:
         return None
-    return sum(ta[i] for i in common) / max(1e-9, sum(tb[i] for i in common)), len(common)
+    return (sum(ta[i].wall_s for i in warm) / max(1e-9, sum(tb[i].wall_s for i in warm)),
+            len(warm))
 
 
 def auto_column(examples: str, tasks: list[dict[str, Any]]) -> str:
@@ -439,12 +462,16 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
         + "); the quality figures are counts and do not depend on it. The columns that share "
         "a prompt ran interleaved, request by request, so the load fell on them alike: "
         "their s/request ratios hold, their absolute seconds do not.",
+        *(["", *meta.get("notes", [])] if meta.get("notes") else []),
         "",
-        "Columns: `sg-<layout>/<examples>` is structgen's embedded backend with the grammar "
+        "Columns: `sg-<layout>/<examples>` is structgen's embedded backend (llguidance; "
+        "`sgx-`: the same on xgrammar; `sgt-`: think, then answer, `reasoning=True` with "
+        f"the think block ended after {THINK_TOKENS} tokens, those tokens on top of the "
+        "answer's budget) with the grammar "
         "enforcing `<layout>` (compact `{\"a\":1}`, spaced `{\"a\": 1}` as `json.dumps` "
         "writes it, any = up to 4 whitespace characters between tokens); `<examples>` is "
         "how the two worked examples in the system prompt are written (none, compact, "
-        "spaced). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
+        "spaced, indented = `json.dumps(indent=2)`). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
         "path), `free` the same without a grammar, its first JSON object parsed and scored "
         "whether or not it validates. Field accuracy counts every gold field (an invalid "
         "constrained answer scores 0); degenerate = an "
@@ -470,12 +497,13 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
                          else f"`{c}`")
                 lines.append(f"| {e} | {label} | {cells(by_col[c])} |")
     lines += ["", "Speed, structgen's default against llama.cpp + GBNF (the same requests, "
-              "interleaved):", ""]
+              "interleaved; the first of each task kind, which pays a cold prefill, and "
+              "those llama.cpp refused left out):", ""]
     for e in modes:
         ratio = speed_ratio(rows, autos[e], f"gbnf/{e}")
         if ratio is not None:
             lines.append(f"- examples {e}: `{autos[e]}` takes {ratio[0]:.2f}x the s/request "
-                         f"of `gbnf/{e}` over {ratio[1]} requests both answered")
+                         f"of `gbnf/{e}` over {ratio[1]} warm requests both answered")
     lines += ["", "## Every column", "",
               "| column | valid | exact fields | fuzzy fields | intent: gold path | degenerate "
               "| tokens/answer | s/request (under load) |", "|---|---|---|---|---|---|---|---|"]
