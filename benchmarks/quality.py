@@ -11,13 +11,16 @@ classification (schemas/intent.py, gold kind and path), extraction of a payment 
 (name, email, amount, currency, date), the debugger schema (gold error type, file, line),
 the reflection schema (gold verdict) and small integer questions. Every prompt is a system
 prompt with the task and the JSON Schema (``json.dumps``), optionally two worked examples
-written compact (``{"a":1}``) or spaced (``{"a": 1}``, json.dumps' default), then the
-request.
+written compact (``{"a":1}``), spaced (``{"a": 1}``, json.dumps' default) or indented
+(``json.dumps(indent=2)``), then the request.
 
-Columns, each a pass over every task in the same order, in this one process:
+Columns, in this one process; those that share a prompt (the same examples) run
+interleaved, request by request, so a shared machine's load falls on them alike:
 
-- ``sg-<layout>/<examples>``: structgen's embedded backend (llama.cpp runtime, llguidance
-  unless ``--engine``), the grammar enforcing ``<layout>`` (compact, spaced, any);
+- ``sg-<layout>/<examples>``: structgen's embedded backend (llama.cpp runtime, llguidance;
+  ``sgx-``: xgrammar; ``sgt-``: think, then answer: ``reasoning=True``, the think block
+  ended after THINK_TOKENS and the answer constrained after it), the grammar enforcing
+  ``<layout>`` (compact, spaced, any);
 - ``gbnf/<examples>``: llama-cpp-python with a GBNF grammar from the schema (Ollama's
   path; benchmarks/embedded.py's column (c));
 - ``free/<examples>``: llama-cpp-python unconstrained, the first JSON value in the text
@@ -39,6 +42,7 @@ import argparse
 import difflib
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -62,10 +66,15 @@ TASKS = ROOT / "benchmarks" / "data" / "quality_tasks.jsonl"
 NAME = "quality"
 GOLD: dict[str, dict[str, Any]] = {}  # task id -> gold fields (filled by main)
 # most telling first: a run stopped early (a shared machine) still answers the main question
-COLUMNS = ("sg-compact/none", "sg-spaced/none", "gbnf/none", "free/none",
-           "sg-compact/compact", "sg-spaced/spaced", "sg-compact/spaced", "gbnf/spaced",
-           "sg-any/none", "sg-spaced/compact", "gbnf/compact", "sg-any/spaced",
-           "free/spaced", "free/compact")
+COLUMNS = ("sg-spaced/none", "sg-compact/none", "gbnf/none", "free/none", "sgx-spaced/none",
+           "sg-any/none",
+           "sg-spaced/spaced", "sg-compact/spaced", "gbnf/spaced",
+           "sg-compact/compact", "sg-spaced/compact", "gbnf/compact",
+           "sg-any/indented", "sg-spaced/indented", "gbnf/indented")
+# structgen's systems: the constraint engine each one runs (sgx: the same layouts on
+# xgrammar; sgt: think, then answer: reasoning=True, the think block ended after THINK_TOKENS)
+ENGINES = {"sg": "llguidance", "sgx": "xgrammar", "sgt": "llguidance"}
+THINK_TOKENS = 64
 MAX_TOKENS = {"intent": 120, "extract": 80, "debugger": 160, "reflection": 120, "numeric": 16}
 
 
@@ -118,8 +127,11 @@ EXAMPLE_REQUESTS = {"intent": ["Add a --verbose flag to the command in structgen
 
 def example_text(example: BaseModel, layout: str) -> str:
     data = example.model_dump(mode="json", exclude_none=True)
-    return (json.dumps(data, separators=(",", ":"), ensure_ascii=False) if layout == "compact"
-            else json.dumps(data, ensure_ascii=False))
+    if layout == "compact":
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if layout == "indented":
+        return json.dumps(data, indent=2, ensure_ascii=False)
+    return json.dumps(data, ensure_ascii=False)
 
 
 def messages(task: dict[str, Any], examples: str) -> list[dict[str, str]]:
@@ -261,12 +273,14 @@ def score(row: Row, task: dict[str, Any], text: str) -> Row:
 class Structgen:
     """structgen's engine and embedded backend; the layout goes on each request."""
 
-    def __init__(self, engine: str) -> None:
+    def __init__(self, engine: str, think: bool = False) -> None:
         from structgen.config import Config
         from structgen.engine import Engine
 
+        self.think = think
         self.engine = Engine(Config.from_dict({
-            "local": {"runtime": "llamacpp", "threads": THREADS, "engine": engine},
+            "local": {"runtime": "llamacpp", "threads": THREADS, "engine": engine,
+                      "think_tokens": THINK_TOKENS},
             "cache": {"backend": "none"}, "metrics": {"enabled": False},
             "repair": {"max_retries": 0},
             "llm_backend": {"provider": "local", "fallback": ["local"]}}))
@@ -274,10 +288,16 @@ class Structgen:
 
     def run(self, msgs: list[dict[str, str]], model: type[BaseModel], layout: str,
             max_tokens: int) -> tuple[str, int, dict[str, Any]]:
-        request = self.engine.build_request(msgs, model, max_tokens=max_tokens)
+        if self.think:  # the think block's tokens come on top of the answer's
+            max_tokens += THINK_TOKENS
+        request = self.engine.build_request(msgs, model, max_tokens=max_tokens,
+                                            reasoning=self.think)
         request.whitespace = layout
         gen = self.backend.generate(request)
-        return gen.text, gen.completion_tokens, {"finish": gen.finish_reason}
+        stats = {"finish": gen.finish_reason}
+        if gen.reasoning_text is not None:
+            stats["thinking"] = gen.reasoning_text
+        return gen.text, gen.completion_tokens, stats
 
 
 class Llama:
@@ -317,37 +337,49 @@ class Llama:
         return self.column.last_text, row.tokens, {"finish": row.finish, "error": row.error}
 
 
-def run(columns: list[str], tasks: list[dict[str, Any]], engine: str,
-        report: Any = None) -> list[Row]:
-    """Every column over every task; ``report(rows, columns_done)`` after each column."""
-    rows: list[Row] = []
+def run(columns: list[str], tasks: list[dict[str, Any]], report: Any = None,
+        rows: list[Row] | None = None) -> list[Row]:
+    """Every column over every task; ``report(rows)`` after each task. The columns that
+    share a prompt (the same worked examples) run interleaved, task by task, so that the
+    load of a shared machine falls on all of them alike and each keeps that prompt cached;
+    one group of columns after the other. ``rows`` already done (a resumed run) are kept."""
+    rows = list(rows or [])
+    done = {(r.column, r.id) for r in rows}
     runners: dict[str, Any] = {}
-    for column in columns:
-        system, examples = column.split("/")
-        kind = system.split("-")[0]
-        if kind not in runners:
-            runners[kind] = (Structgen(engine) if kind == "sg"
-                             else Llama("c" if kind == "gbnf" else "d"))
-        layout = system.split("-", 1)[1] if kind == "sg" else ""
-        t_col = time.perf_counter()
+    groups = list(dict.fromkeys(c.split("/")[1] for c in columns))
+    for examples in groups:
+        group = [c for c in columns if c.split("/")[1] == examples]
+        t_group = time.perf_counter()
         for task in tasks:
-            row = Row(task["id"], task["task"], column)
-            t0 = time.perf_counter()
-            try:
-                text, row.tokens, row.stats = runners[kind].run(
-                    messages(task, examples), MODELS[task["task"]], layout,
-                    MAX_TOKENS[task["task"]])
-            except Exception as exc:  # a column that fails one request goes on
-                text, row.error = "", f"{type(exc).__name__}: {str(exc)[:160]}"
-            row.wall_s = time.perf_counter() - t0
-            rows.append(score(row, task, text))
-        done = [r for r in rows if r.column == column]
-        print(f"{column:22s} valid {sum(r.valid for r in done):2d}/{len(done)}  exact "
-              f"{sum(r.exact for r in done)}/{sum(r.fields for r in done)}  degenerate "
-              f"{sum(r.degenerate for r in done)}  {time.perf_counter() - t_col:.0f} s  "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
-        if report is not None:
-            report(rows, columns[:columns.index(column) + 1])
+            for column in group:
+                if (column, task["id"]) in done:
+                    continue
+                system = column.split("/")[0]
+                kind, _, layout = system.partition("-")
+                if kind not in runners:
+                    runners[kind] = (Structgen(ENGINES[kind], think=kind == "sgt")
+                                     if kind in ENGINES
+                                     else Llama("c" if kind == "gbnf" else "d"))
+                row = Row(task["id"], task["task"], column)
+                t0 = time.perf_counter()
+                try:
+                    text, row.tokens, row.stats = runners[kind].run(
+                        messages(task, examples), MODELS[task["task"]], layout,
+                        MAX_TOKENS[task["task"]])
+                except Exception as exc:  # a column that fails one request goes on
+                    text, row.error = "", f"{type(exc).__name__}: {str(exc)[:160]}"
+                row.wall_s = time.perf_counter() - t0
+                rows.append(score(row, task, text))
+            if report is not None:
+                report(rows)
+        for column in group:
+            col = [r for r in rows if r.column == column]
+            print(f"{column:22s} valid {sum(r.valid for r in col):2d}/{len(col)}  exact "
+                  f"{sum(r.exact for r in col)}/{sum(r.fields for r in col)}  degenerate "
+                  f"{sum(r.degenerate for r in col)}  s/request "
+                  f"{sum(r.wall_s for r in col) / max(1, len(col)):.2f}", flush=True)
+        print(f"group {examples}: {time.perf_counter() - t_group:.0f} s, load "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
     return rows
 
 
@@ -373,6 +405,26 @@ def summary(rows: list[Row]) -> dict[str, Any]:
             "s_per_request": sum(r.wall_s for r in rows) / max(1, n)}
 
 
+def speed_ratio(rows: list[Row], a: str, b: str) -> tuple[float, int] | None:
+    """Mean s/request of column ``a`` over that of ``b``, on the warm requests both answered
+    in the same, interleaved run: without the first request of each task kind (it pays
+    the system prompt's prefill in whichever column of a runner came first) and without a
+    request one of them refused (llama.cpp's unparsable GBNF takes no time)."""
+    def timed(column: str) -> dict[str, Row]:
+        return {r.id: r for r in rows if r.column == column and not r.error
+                and not r.stats.get("error") and not r.stats.get("earlier_run")}
+
+    ta, tb = timed(a), timed(b)
+    common = sorted(ta.keys() & tb.keys())
+    first = {next(i for i in common if ta[i].task == kind)
+             for kind in {ta[i].task for i in common}}
+    warm = [i for i in common if i not in first]
+    if not warm:
+        return None
+    return (sum(ta[i].wall_s for i in warm) / max(1e-9, sum(tb[i].wall_s for i in warm)),
+            len(warm))
+
+
 def auto_column(examples: str, tasks: list[dict[str, Any]]) -> str:
     """The structgen column ``whitespace = "auto"`` picks for these prompts (one layout for
     every task of a run: the examples are written the same way in all of them)."""
@@ -383,7 +435,7 @@ def auto_column(examples: str, tasks: list[dict[str, Any]]) -> str:
     return f"sg-{picked.pop()}/{examples}"
 
 
-def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]], engine: str,
+def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
           meta: dict[str, Any]) -> dict[str, Any]:
     by_col = {c: summary([r for r in rows if r.column == c]) for c in columns}
     task_kinds = list(dict.fromkeys(t["task"] for t in tasks))
@@ -392,25 +444,34 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]], engi
     modes = list(dict.fromkeys(c.split("/")[1] for c in columns))
     autos = {e: auto_column(e, tasks) for e in modes}
     n = len(tasks)
+    loads = meta.get("loads") or []
     lines = [
         "# Answer quality per JSON layout: structgen vs llama.cpp + GBNF vs unconstrained",
         "",
         f"Written by `benchmarks/quality.py` ({n} labelled tasks in "
         "`benchmarks/data/quality_tasks.jsonl`: "
         + ", ".join(f"{sum(t['task'] == k for t in tasks)} {k}" for k in task_kinds)
-        + "). SmolLM2-135M-Instruct Q4_1 GGUF, greedy, 2 threads, one process, structgen's "
-        f"constraint engine: {engine}.",
+        + "). SmolLM2-135M-Instruct Q4_1 GGUF, greedy, 2 threads, one process; structgen's "
+        "constraint engine llguidance (`sg-` columns) or xgrammar (`sgx-`).",
         "",
         f"Machine: {meta['machine']}. Libraries: {meta['versions']}.",
-        f"**Timings were measured under load** (a 2-core machine shared with 5 other jobs: "
-        f"1-minute load average {meta['load_start']:.1f} at the start, {meta['load_end']:.1f} "
-        "at the end); the quality figures are counts and do not depend on it.",
+        f"**Timings were measured under load** (a 2-core machine shared with other jobs: "
+        f"1-minute load average {meta['load_start']:.1f} at the start, "
+        + (f"{min(loads):.1f} to {max(loads):.1f} (median {statistics.median(loads):.1f}) "
+           "during the run" if loads else f"{meta.get('load_end', 0):.1f} at the end")
+        + "); the quality figures are counts and do not depend on it. The columns that share "
+        "a prompt ran interleaved, request by request, so the load fell on them alike: "
+        "their s/request ratios hold, their absolute seconds do not.",
+        *(["", *meta.get("notes", [])] if meta.get("notes") else []),
         "",
-        "Columns: `sg-<layout>/<examples>` is structgen's embedded backend with the grammar "
+        "Columns: `sg-<layout>/<examples>` is structgen's embedded backend (llguidance; "
+        "`sgx-`: the same on xgrammar; `sgt-`: think, then answer, `reasoning=True` with "
+        f"the think block ended after {THINK_TOKENS} tokens, those tokens on top of the "
+        "answer's budget) with the grammar "
         "enforcing `<layout>` (compact `{\"a\":1}`, spaced `{\"a\": 1}` as `json.dumps` "
         "writes it, any = up to 4 whitespace characters between tokens); `<examples>` is "
         "how the two worked examples in the system prompt are written (none, compact, "
-        "spaced). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
+        "spaced, indented = `json.dumps(indent=2)`). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
         "path), `free` the same without a grammar, its first JSON object parsed and scored "
         "whether or not it validates. Field accuracy counts every gold field (an invalid "
         "constrained answer scores 0); degenerate = an "
@@ -435,6 +496,14 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]], engi
                          else f"structgen before (= `{c}`)" if c.startswith("sg-compact")
                          else f"`{c}`")
                 lines.append(f"| {e} | {label} | {cells(by_col[c])} |")
+    lines += ["", "Speed, structgen's default against llama.cpp + GBNF (the same requests, "
+              "interleaved; the first of each task kind, which pays a cold prefill, and "
+              "those llama.cpp refused left out):", ""]
+    for e in modes:
+        ratio = speed_ratio(rows, autos[e], f"gbnf/{e}")
+        if ratio is not None:
+            lines.append(f"- examples {e}: `{autos[e]}` takes {ratio[0]:.2f}x the s/request "
+                         f"of `gbnf/{e}` over {ratio[1]} warm requests both answered")
     lines += ["", "## Every column", "",
               "| column | valid | exact fields | fuzzy fields | intent: gold path | degenerate "
               "| tokens/answer | s/request (under load) |", "|---|---|---|---|---|---|---|---|"]
@@ -484,42 +553,50 @@ def main() -> None:
     ap.add_argument("--columns", default=",".join(COLUMNS))
     ap.add_argument("--per-kind", default="",
                     help="the first N tasks of some kinds, e.g. extract=8,debugger=4")
-    ap.add_argument("--engine", default="llguidance")
     ap.add_argument("--name", default=NAME, help="results/NAME.md, .json, .png")
     ap.add_argument("--rewrite", action="store_true",
                     help="write quality.md and .png again from quality.json (no model run)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of results/NAME.json and run only what is missing")
     args = ap.parse_args()
     columns = args.columns.split(",")
     tasks = [json.loads(line) for line in TASKS.read_text().splitlines() if line.strip()]
     GOLD.update({t["id"]: t["gold"] for t in tasks})
     NAME = args.name
-    if args.rewrite:
+    resumed: list[Row] = []
+    meta: dict[str, Any] = {"machine": machine_line(), "versions": library_versions(),
+                            "load_start": os.getloadavg()[0], "png": "not yet written",
+                            "wall_s": 0.0}
+    if args.rewrite or args.resume:
         data = json.loads((RESULTS / f"{NAME}.json").read_text())
-        rows = [Row(**r) for r in data["rows"]]
-        done = list(dict.fromkeys(r.column for r in rows))
-        ids = {r.id for r in rows}
+        resumed = [Row(**r) for r in data["rows"]]
         meta = data["meta"]
-        meta["png"] = plot(write(rows, done, [t for t in tasks if t["id"] in ids],
-                                 args.engine, meta), done)
-        write(rows, done, [t for t in tasks if t["id"] in ids], args.engine, meta)
+    if args.rewrite:
+        done = [c for c in dict.fromkeys(r.column for r in resumed)]
+        ids = {r.id for r in resumed}
+        meta["png"] = plot(write(resumed, done, [t for t in tasks if t["id"] in ids], meta),
+                           done)
+        write(resumed, done, [t for t in tasks if t["id"] in ids], meta)
         print((RESULTS / f"{NAME}.md").read_text())
         return
     limits = {k: int(n) for k, _, n in (p.partition("=") for p in args.per_kind.split(",")
                                        if p)}
     tasks = [t for i, t in enumerate(tasks)
              if sum(u["task"] == t["task"] for u in tasks[:i]) < limits.get(t["task"], 10**6)]
-    meta: dict[str, Any] = {"machine": machine_line(), "versions": library_versions(),
-                            "load_start": os.getloadavg()[0], "png": "not yet written"}
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - meta["wall_s"]
 
-    def report(rows: list[Row], done: list[str]) -> None:
+    def started(rows: list[Row]) -> list[str]:
+        return [c for c in columns if any(r.column == c for r in rows)]
+
+    def report(rows: list[Row]) -> None:
         meta.update(wall_s=time.perf_counter() - t0, load_end=os.getloadavg()[0])
-        write(rows, done, tasks, args.engine, meta)
+        meta.setdefault("loads", []).append(os.getloadavg()[0])
+        write(rows, started(rows), tasks, meta)
 
-    rows = run(columns, tasks, args.engine, report)
-    data = write(rows, columns, tasks, args.engine, meta)
-    meta["png"] = plot(data, columns)
-    write(rows, columns, tasks, args.engine, meta)
+    rows = run(columns, tasks, report, resumed)
+    data = write(rows, started(rows), tasks, meta)
+    meta["png"] = plot(data, started(rows))
+    write(rows, started(rows), tasks, meta)
     print((RESULTS / f"{NAME}.md").read_text())
 
 

@@ -140,6 +140,14 @@ class LocalConfig(_Section):
     # layout of the JSON examples in the prompt, else "spaced": structgen/schema/layout.py)
     whitespace: Literal["auto", "compact", "spaced", "any"] = "auto"
     max_whitespace: int = Field(default=4, ge=0)
+    # reasoning=True: the free text before the answer ("<think>...") is ended with
+    # "</think>" after this many tokens; None = half of the request's max_tokens, so the
+    # answer always keeps the other half
+    think_tokens: int | None = Field(default=None, ge=1)
+    # reasoning=True with a model whose chat template has no "<think>" block: this goes at
+    # the end of the system prompt ("" = nothing), so the model knows what the block is for
+    think_prompt: str = ("Before the answer, think step by step: write your reasoning "
+                         "between <think> and </think>, briefly, then give the answer.")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     max_batch: int = Field(default=8, ge=1)

@@ -604,11 +604,11 @@ def test_budget_of_shortest_instance_plus_16_always_finishes(
     time, 0 runaways, on every grammar engine."""
     from structgen.errors import SchemaError
 
-    # xgrammar in the (default) spaced layout still cuts 1 answer of 200 at this budget
-    # (BFCL_parallel_multiple_167: complete JSON, finish "length"; 6 before its jump-forward
-    # left the separators' trailing space to the model): open, so it runs compact here
-    eng, backend = make(tiny_gguf, prefix_cache_entries=0, engine=engine,
-                        **({"whitespace": "compact"} if engine == "xgrammar" else {}))
+    # the default layout, spaced, on every engine (xgrammar cut BFCL_parallel_multiple_167
+    # here, complete JSON at exactly max_tokens read as cut, until its matcher counted an
+    # answer after which only the stop token may follow as finished)
+    eng, backend = make(tiny_gguf, prefix_cache_entries=0, engine=engine)
+    assert eng.build_request("Answer in JSON", {"type": "object"}).whitespace == "spaced"
     cases: list[tuple[str, Any]] = [*agent_schemas(),
                                     *maskbench_sample(maskbench_dir, per_split)]
     assert len(cases) >= least + 3

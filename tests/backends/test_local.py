@@ -157,8 +157,9 @@ def test_reasoning_splits_thinking_from_answer(thinking_model_dir: Path) -> None
     from structgen.constrain.llguidance import build_lark
     from structgen.schema.grammar_check import grammar_accepts
 
-    # compact: the layout of the Lark grammar built below with ConstraintOptions' default
-    eng, backend = make(thinking_model_dir, whitespace="compact")
+    # compact: the layout of the Lark grammar built below with ConstraintOptions' default;
+    # no think_prompt: the tiny model was trained on bare prompts
+    eng, backend = make(thinking_model_dir, whitespace="compact", think_prompt="")
     req = eng.build_request("think first", LongNames, reasoning=True, max_tokens=200)
     r = backend.generate(req)
     # The same grammar handed over as plain Lark, without the reasoning flag: the same

@@ -210,3 +210,23 @@ async def test_vllm_json_follows_the_layout(vllm_tiny, layout):
                                    temperature=1.0, seed=seed, use_cache=False)
         assert json_layout(result.raw_text) == want, result.raw_text
     await engine.aclose()
+
+
+async def test_vllm_default_layout_follows_the_prompt(vllm_tiny):
+    """The default, ``whitespace = "auto"``, reaches the server as it does the embedded
+    backend: spaced JSON for a prompt with no example, the examples' layout otherwise
+    (compact here). XGrammar servers write compact JSON for both (see above)."""
+    from structgen.schema.layout import json_layout
+
+    engine = Engine(vllm_config(vllm_tiny))
+    assert engine.config.local.whitespace == "auto"
+    prompts = {"spaced": "Review:",
+               "compact": 'Review. Examples of valid answers:\n{"verdict":"pass","ok":true,"score":3}'}
+    for shown, prompt in prompts.items():
+        want = shown if vllm_tiny.engine == "guidance" else "compact"
+        assert engine.build_request(prompt, SMALL).whitespace == shown
+        for seed in range(2):
+            result = await engine.arun(prompt, SMALL, backend="vllm", max_tokens=40,
+                                       temperature=1.0, seed=seed, use_cache=False)
+            assert json_layout(result.raw_text) == want, (shown, result.raw_text)
+    await engine.aclose()

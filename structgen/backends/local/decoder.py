@@ -552,8 +552,33 @@ class Decoder:
                     s.finish = "stop"
                 elif len(s.out_ids) >= s.request.sampling.max_tokens:
                     s.finish = "length"
+        if s.thinking and s.finish is None and len(s.out_ids) >= self._think_limit(s):
+            self._end_thinking(s)
         if s.on_text is not None:
             self._emit(s)
+
+    def _think_limit(self, s: Seq) -> int:
+        """Tokens a reasoning answer's think block may take: ``[local] think_tokens``, else
+        half of ``max_tokens`` (the answer keeps the rest)."""
+        return self.cfg.think_tokens or max(1, s.request.sampling.max_tokens // 2)
+
+    def _end_thinking(self, s: Seq) -> None:
+        """Write ``</think>`` for a think block that reached its limit: the answer (and its
+        guards) start here, whatever the model would have thought next."""
+        m = s.matcher
+        close = self.rt.tok.encode(THINK_CLOSE)
+        if m is None or not m.fork().consume_all(close) or not m.consume_all(close):
+            return  # the grammar cannot end it here; budget closing still will
+        forced = m.forced_tokens()
+        s.out_ids.extend([*close, *forced])
+        s.pending.extend([*close, *forced])
+        s.stats["think_cut_tokens"] = len(close)
+        for t in [*close, *forced]:
+            self._track(s, t)
+        if m.is_finished():
+            s.finish = "stop"
+        elif len(s.out_ids) >= s.request.sampling.max_tokens:
+            s.finish = "length"
 
     def _emit(self, s: Seq) -> None:
         """Stream the bytes of tokens produced since the last call (whole characters only)."""

@@ -290,7 +290,7 @@ class LlamaCppRuntime(Runtime):
 
     def render_ids(self, request: GenerationRequest, detail: str) -> list[int]:
         messages, tools = chat_messages(request, self.template, self.tool_arguments,
-                                        detail)
+                                        detail, self.cfg.think_prompt)
         if self.template:
             text = self.render(messages, tools)
         else:  # a base model: plain concatenation

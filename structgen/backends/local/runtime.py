@@ -213,9 +213,12 @@ class Runtime(ABC):
 
 
 def chat_messages(request: GenerationRequest, template: str | None,
-                  tool_arguments: ToolArguments | None = None, detail: str = "signatures"
+                  tool_arguments: ToolArguments | None = None, detail: str = "signatures",
+                  think_prompt: str = ""
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """(the messages, the ``tools`` to render them with) for a chat template.
+
+    A reasoning request gets ``think_prompt`` when the template has no ``<think>``.
 
     Earlier tool calls and results go to the template as they are when it renders them
     (``tool_arguments``, as :func:`structgen.messages.tool_arguments` found), else as text
@@ -228,12 +231,25 @@ def chat_messages(request: GenerationRequest, template: str | None,
     :func:`~structgen.schema.toolset.tools_prompt`)."""
     messages = template_messages(request.messages, tool_arguments) if tool_arguments \
         else hermes_messages(request.messages)
+    if request.reasoning and not (template and "<think>" in template):
+        messages = with_think_prompt(messages, think_prompt)
     turn = request.tools
     if turn is None:
         return messages, None
     if template and "tools" in template:  # the template's own rendering; a named choice
         return messages, dataclasses.replace(turn, tools=offered(turn)).openai_tools()
     return with_tools_prompt(messages, turn, detail), None
+
+
+def with_think_prompt(messages: list[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
+    """``messages`` with ``prompt`` (``[local] think_prompt``) at the end of the system
+    message (a new system message when there is none)."""
+    if not prompt:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{prompt}"},
+                *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages]
 
 
 def reusable_prefix(cache: OrderedDict[tuple[int, ...], Any],

@@ -62,7 +62,8 @@ class TransformersRuntime(Runtime):
     def render_ids(self, request: GenerationRequest, detail: str) -> list[int]:
         template = getattr(self.tokenizer, "chat_template", None)
         messages, tools = chat_messages(request, template if isinstance(template, str)
-                                        else None, self.tool_arguments, detail)
+                                        else None, self.tool_arguments, detail,
+                                        self.cfg.think_prompt)
         if template:
             text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                                       add_generation_prompt=True)
