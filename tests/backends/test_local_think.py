@@ -55,17 +55,17 @@ def test_think_prompt_only_for_templates_without_a_think_block() -> None:
     request = GenerationRequest(messages=[{"role": "system", "content": "Answer in JSON."},
                                           {"role": "user", "content": "6*7?"}],
                                 output=None, reasoning=True)
-    plain, _ = chat_messages(request, "{{ messages }}", prompt)
+    plain, _ = chat_messages(request, "{{ messages }}", think_prompt=prompt)
     assert plain[0]["content"] == f"Answer in JSON.\n\n{prompt}" and len(plain) == 2
     thinks, _ = chat_messages(request, "{% if thinking %}<think>\n{% endif %}{{ messages }}",
-                              prompt)
+                              think_prompt=prompt)
     assert thinks == request.messages
-    assert chat_messages(request, "{{ messages }}", "")[0] == request.messages
+    assert chat_messages(request, "{{ messages }}", think_prompt="")[0] == request.messages
     request.reasoning = False
-    assert chat_messages(request, "{{ messages }}", prompt)[0] == request.messages
+    assert chat_messages(request, "{{ messages }}", think_prompt=prompt)[0] == request.messages
     bare = GenerationRequest(messages=[{"role": "user", "content": "6*7?"}], output=None,
                              reasoning=True)
-    assert chat_messages(bare, None, prompt)[0][0] == {"role": "system", "content": prompt}
+    assert chat_messages(bare, None, think_prompt=prompt)[0][0] == {"role": "system", "content": prompt}
 
 
 def test_smollm2_thinks_then_answers(tmp_path: Path) -> None:
