@@ -155,7 +155,7 @@ class LocalConfig(_Section):
     # moment they finish (llama.cpp runtime); static: a batch decodes to its last answer
     # before the next starts (the transformers runtime always batches statically). Static
     # stays the default: benchmarks/results/concurrency.md measured continuous slower here
-    batching: Literal["continuous", "static"] = "static"
+    batching: Literal["continuous", "static"] = "continuous"
     # prompt tokens prefilled per decode step for requests joining a running batch, so a
     # long prompt does not hold up the others' next token for seconds
     prefill_chunk: int = Field(default=256, ge=16)
