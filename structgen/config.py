@@ -153,8 +153,8 @@ class LocalConfig(_Section):
     max_batch: int = Field(default=8, ge=1)
     # continuous: requests join the running batch between decode steps and leave it the
     # moment they finish (llama.cpp runtime); static: a batch decodes to its last answer
-    # before the next starts (the transformers runtime always batches statically). Static
-    # stays the default: benchmarks/results/concurrency.md measured continuous slower here
+    # before the next starts (the transformers runtime always batches statically).
+    # Continuous is the default since benchmarks/results/concurrency-r3.md measured it faster
     batching: Literal["continuous", "static"] = "continuous"
     # prompt tokens prefilled per decode step for requests joining a running batch, so a
     # long prompt does not hold up the others' next token for seconds
