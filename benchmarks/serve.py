@@ -47,6 +47,7 @@ CONFIG = ('[llm_backend]\nprovider = "local"\nfallback = ["local"]\ntimeout_s = 
           '[cache]\nbackend = "none"\n[metrics]\nenabled = false\n')
 SCHEMA = Intent.model_json_schema()
 MAX_TOKENS = 96
+ROUNDS = 4
 
 
 def messages(i: int) -> list[dict[str, str]]:
@@ -69,10 +70,17 @@ async def closed_loop(one: Any, concurrency: int, total: int) -> dict[str, Any]:
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    return {"concurrency": concurrency, "requests": total, "rps": total / wall,
-            "p50_s": pct(latencies, 50), "p99_s": pct(latencies, 99),
-            "ttft_p50_s": pct(ttfts, 50)}
+    return {"wall": time.perf_counter() - start, "latencies": latencies, "ttfts": ttfts}
+
+
+def summary(concurrency: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mode's rounds at one concurrency as one row."""
+    latencies = [x for r in rounds for x in r["latencies"]]
+    ttfts = [x for r in rounds for x in r["ttfts"]]
+    wall = sum(r["wall"] for r in rounds)
+    return {"concurrency": concurrency, "requests": len(latencies),
+            "rps": len(latencies) / wall, "p50_s": pct(latencies, 50),
+            "p99_s": pct(latencies, 99), "ttft_p50_s": pct(ttfts, 50)}
 
 
 def server_client(url: str) -> Any:
@@ -113,35 +121,36 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    per_level = {1: 6, 16: 16} if args.quick else {1: 16, 16: 48}
+    per_level = {1: 8, 16: 32} if args.quick else {1: 16, 16: 64}
     rows: list[dict[str, Any]] = []
 
     config = Config.from_dict({"llm_backend": {"provider": "local", "fallback": ["local"],
                                                "timeout_s": 900},
                                "cache": {"backend": "none"}, "metrics": {"enabled": False}})
     engine = Engine(config)
-    one = engine_client(engine)
-
-    async def in_process() -> None:
-        await one(0)  # load the model
-        for c, n in per_level.items():
-            rows.append({"mode": "in-process", **await closed_loop(one, c, n)})
-    asyncio.run(in_process())
-    engine.close()
-
     with tempfile.TemporaryDirectory() as folder:
         served = start_server(Path(folder), CONFIG + f'[server]\napi_keys = ["{KEY}"]\n'
                                                      "max_concurrency = 64\n")
         try:
-            remote = server_client(served.url)
+            modes = {"in-process": engine_client(engine),
+                     "structgen serve": server_client(served.url)}
 
-            async def over_http() -> None:
-                await remote(0)
+            async def interleaved() -> None:
+                for one in modes.values():
+                    await one(0)  # load the model, warm the prompt
                 for c, n in per_level.items():
-                    rows.append({"mode": "structgen serve", **await closed_loop(remote, c, n)})
-            asyncio.run(over_http())
+                    # the modes take turns, ROUNDS rounds each, the first mode alternating,
+                    # so a change of load (or of the engine's pace) falls on both alike
+                    done: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+                    for k in range(ROUNDS):
+                        order = list(modes) if k % 2 == 0 else list(modes)[::-1]
+                        for mode in order:
+                            done[mode].append(await closed_loop(modes[mode], c, n // ROUNDS))
+                    rows.extend({"mode": m, **summary(c, done[m])} for m in modes)
+            asyncio.run(interleaved())
         finally:
             served.stop()
+            engine.close()
     write(rows)
 
 
@@ -165,9 +174,9 @@ def write(rows: list[dict[str, Any]]) -> None:
             lines.append(f"\nConcurrency {c}: the server's throughput is {ratio:.1%} of "
                          "in-process.")
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    lines += ["", "Each mode ran once, one after the other, on a machine shared with other jobs "
-              f"(2 cores; load average {load} when it finished, i.e. under load): a few "
-              "percent either way is within that noise. TTFT is the first "
+    lines += ["", f"The two modes took turns, {ROUNDS} rounds each at every concurrency (the "
+              f"first mode alternating), so load falls on both alike; load average {load} "
+              "when it finished (2 cores). TTFT is the first "
               "SSE event as the client sees it (server) vs the engine's first partial value "
               "(in-process); at concurrency 16 it includes the wait for a batch slot.",
               "", f"Machine: {machine_line()}"]
