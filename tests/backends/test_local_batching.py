@@ -96,15 +96,12 @@ def test_greedy_output_is_the_same_whoever_joins_or_leaves(tiny_gguf: Path) -> N
     assert asyncio.run(staggered()) == expected
 
 
-def test_a_long_prompt_joins_in_chunks(favorite_gguf: Any) -> None:
-    """A prompt joining a running batch is prefilled ``prefill_chunk`` tokens per step."""
-    eng, backend = make(favorite_gguf("a"), batching="continuous", prefix_cache_entries=0,
-                        max_batch=2,
-                        prefill_chunk=16)
-    long_user = "Explain what the scheduler in app/jobs/queue.py does " * 8
+def _join_a_running_answer(eng: Any, backend: Any, lead_prompt: Any, join_prompt: Any) -> Any:
+    """The result of a yes/no request sent once a long ``RUNAWAY`` answer to
+    ``lead_prompt`` has started decoding (it joins that running batch)."""
 
     async def run() -> Any:
-        lead = eng.build_request("Classify it", RUNAWAY, max_tokens=1500)
+        lead = eng.build_request(lead_prompt, RUNAWAY, max_tokens=1500)
         started = asyncio.Event()
 
         async def decode_lead() -> None:
@@ -114,12 +111,22 @@ def test_a_long_prompt_joins_in_chunks(favorite_gguf: Any) -> None:
         async def join() -> Any:
             await started.wait()
             return await backend.agenerate(eng.build_request(
-                chat(long_user), Choice(["yes", "no"]), max_tokens=8))
+                join_prompt, Choice(["yes", "no"]), max_tokens=8))
 
         _, joined = await asyncio.gather(decode_lead(), join())
         return joined
 
-    joined = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_long_prompt_joins_in_chunks(favorite_gguf: Any) -> None:
+    """A prompt joining a running batch is prefilled ``prefill_chunk`` tokens per step."""
+    eng, backend = make(favorite_gguf("a"), batching="continuous", prefix_cache_entries=0,
+                        max_batch=2,
+                        prefill_chunk=16)
+    long_user = "Explain what the scheduler in app/jobs/queue.py does " * 8
+
+    joined = _join_a_running_answer(eng, backend, "Classify it", chat(long_user))
     assert joined.stats["joined_running_batch"] == 1
     chunks = -(-joined.stats["prefill_tokens"] // 16)
     assert chunks > 4
@@ -194,23 +201,7 @@ def test_a_joining_request_shares_the_system_prompt_of_a_running_one(
     eng, backend = make(favorite_gguf("a"), batching="continuous", prefix_cache_entries=0,
                         max_batch=2)
 
-    async def run() -> Any:
-        lead = eng.build_request(chat("Classify it"), RUNAWAY, max_tokens=1500)
-        started = asyncio.Event()
-
-        async def decode_lead() -> None:
-            async for _ in backend.stream(lead):
-                started.set()
-
-        async def join() -> Any:
-            await started.wait()
-            return await backend.agenerate(eng.build_request(
-                chat("Is 7 prime?"), Choice(["yes", "no"]), max_tokens=8))
-
-        _, joined = await asyncio.gather(decode_lead(), join())
-        return joined
-
-    joined = asyncio.run(run())
+    joined = _join_a_running_answer(eng, backend, chat("Classify it"), chat("Is 7 prime?"))
     assert joined.stats["joined_running_batch"] == 1
     assert joined.stats["prefix_shared_tokens"] > 60
     assert joined.stats["prefill_tokens"] < joined.prompt_tokens / 3
