@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -21,8 +23,9 @@ import typing
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 
@@ -59,6 +62,7 @@ from structgen.types import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Engine:
@@ -73,6 +77,11 @@ class Engine:
         self.cache = _open_cache(self.config)
         self.metrics = Metrics(self.config.metrics)
         self.router = Router(self.config, self.pool, in_flight=self.metrics.in_flight)
+        # Cache reads and writes leave the event loop for one thread of their own: a store
+        # holds a connection per thread (diskcache: sqlite + its WAL), so one thread keeps
+        # that to one connection whatever else the default executor runs.
+        self._cache_thread: ThreadPoolExecutor | None = None
+        self._cache_thread_lock = threading.Lock()
         # Buffered counters (cache hits/misses, metrics) reach their files when this engine
         # is dropped (an engine made inside a function: a CLI command) or the process exits.
         weakref.finalize(self, _flush_counters, self.cache, self.metrics)
@@ -180,7 +189,18 @@ class Engine:
         a large value (or a store that does not answer) must not hold the event loop."""
         if not (use_cache and self.cache.cacheable(request)):
             return None, None
-        return await asyncio.to_thread(self._cache_lookup, request, backend, use_cache, start)
+        return await self._in_cache_thread(self._cache_lookup, request, backend, use_cache,
+                                           start)
+
+    async def _in_cache_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the cache's own thread (made on first use, again after close)."""
+        with self._cache_thread_lock:
+            if self._cache_thread is None:
+                self._cache_thread = ThreadPoolExecutor(max_workers=1,
+                                                        thread_name_prefix="structgen-cache")
+            pool = self._cache_thread
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def _agenerate_request(self, request: GenerationRequest, backend: str | None,
                                  key: str | None, start: float,
@@ -212,7 +232,7 @@ class Engine:
         repaired = await self.finalize(gen, request, allow_truncated=allow_truncated)
         result = _structured(gen, repaired, trail, start, key)
         if key is not None and not result.truncated:  # a cut value is never served again
-            await asyncio.to_thread(self.cache.put, key, request, result)
+            await self._in_cache_thread(self.cache.put, key, request, result)
         self.metrics.record(request, gen, result)
         self.metrics.record_tool_calls(request, result.raw_text, valid=True)
         return _tool_result(request, result, gen.tool_calls)
@@ -382,6 +402,10 @@ class Engine:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+        with self._cache_thread_lock:
+            pool, self._cache_thread = self._cache_thread, None
+        if pool is not None:  # its last read or write ends before the store is closed
+            await asyncio.to_thread(pool.shutdown)
         self.cache.close()
 
     def close(self) -> None:

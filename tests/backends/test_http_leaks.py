@@ -71,3 +71,28 @@ def test_one_engine_used_from_many_event_loops_keeps_resources_flat(
     # each asyncio.run is a new event loop; the HTTP pool must not be re-opened per loop
     _assert_flat(lambda i: asyncio.run(engine.arun(f"Fix test {i}", Intent)))
     engine.close()
+
+
+def _cache_files_open(cache_dir: Path) -> int:
+    """Open descriptors of this process on the disk cache's files (sqlite, WAL, shm)."""
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith(str(cache_dir))
+               for fd in os.listdir("/proc/self/fd")
+               if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+def test_concurrent_requests_share_one_cache_connection(ollama: OllamaWireServer,
+                                                        tmp_path: Path) -> None:
+    # diskcache opens a sqlite connection (and its WAL) per thread: cache reads and writes
+    # run on one thread of their own, not on whichever default-executor thread is free
+    engine = Engine(_config(ollama, tmp_path))
+    engine.run("Fix app.py", Intent)
+    opened = _cache_files_open(tmp_path / "cache")
+
+    async def many() -> None:
+        await asyncio.gather(*(engine.arun(f"Fix test {i}", Intent) for i in range(12)))
+
+    asyncio.run(many())
+    assert _cache_files_open(tmp_path / "cache") == opened
+    engine.close()
+    engine.run("Fix app.py", Intent)  # a closed engine opens its cache thread again
+    engine.close()
