@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -90,10 +90,23 @@ def _resumable(kept: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-# the Ray options warmup and batch share
-_RAY_ADDRESS = typer.Argument(None, help="with --ray: the cluster (head host:port, "
-                              "ray://host:port or auto); default: a local Ray instance")
-_RAY_CPUS = typer.Option(1.0, "--ray-cpus", min=0.01, help="CPUs per Ray actor")
+# options several commands take, declared once (typer's reusable ``Annotated`` aliases)
+_ConfigPath = Annotated[Path | None, typer.Option("--config", "-c")]
+_AllowModules = Annotated[list[str], typer.Option(
+    "--allow-module", help="a package whose models lines may name as module:Class "
+                           r"(repeatable; adds to \[warmup] allow_modules)")]
+# the Ray executor's options (warmup and batch)
+_UseRay = Annotated[bool, typer.Option("--ray", help="run on a Ray cluster (Ray Data actors; "
+                                                    "needs the Redis result cache)")]
+_RayAddress = Annotated[str | None, typer.Argument(
+    help="with --ray: the cluster (head host:port, ray://host:port or auto); default: a "
+         "local Ray instance")]
+_RayActors = Annotated[int | None, typer.Option(
+    "--ray-actors", min=1, help="Ray actors, each one Engine (default: one per cluster CPU "
+                                "/ --ray-cpus)")]
+_RayBatchSize = Annotated[int, typer.Option("--batch-size", min=1,
+                                           help="lines per Ray batch")]
+_RayCpus = Annotated[float, typer.Option("--ray-cpus", min=0.01, help="CPUs per Ray actor")]
 
 _SCHEMA_HELP = ("the output: path/to/file.py:Class or module:Class (a Pydantic model; the "
                 "current directory is searched first), a .json JSON Schema file, or "
@@ -137,7 +150,7 @@ def generate(
     system: str | None = typer.Option(None, "--system", help="optional system message"),
     backend: str | None = typer.Option(None, "--backend", "-b"),
     model: str | None = typer.Option(None, "--model", "-m"),
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    config: _ConfigPath = None,
     max_tokens: int = typer.Option(512, "--max-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
     seed: int | None = typer.Option(None, "--seed"),
@@ -341,7 +354,7 @@ def _with_cache(config: Path | None, use: Callable[[ResultCache], _T]) -> _T:
 
 @cache_app.command("stats")
 def cache_stats(
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    config: _ConfigPath = None,
     as_json: bool = typer.Option(False, "--json", help="print entries, bytes, hits, misses"),
 ) -> None:
     """Entries, size, and hit/miss counts (all processes) of the result cache."""
@@ -357,7 +370,7 @@ def cache_stats(
 
 
 @cache_app.command("clear")
-def cache_clear(config: Path | None = typer.Option(None, "--config", "-c")) -> None:
+def cache_clear(config: _ConfigPath = None) -> None:
     """Delete every entry (and the hit/miss counters)."""
     n = _with_cache(config, lambda cache: cache.clear())
     typer.echo(f"cleared {n} entries")
@@ -366,7 +379,7 @@ def cache_clear(config: Path | None = typer.Option(None, "--config", "-c")) -> N
 @cache_app.command("export")
 def cache_export(
     out: Path | None = typer.Argument(None, help="JSONL file (default: stdout)"),
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    config: _ConfigPath = None,
 ) -> None:
     """Write every valid entry as one JSON object per line."""
     try:
@@ -391,7 +404,7 @@ def cache_export(
 @cache_app.command("import")
 def cache_import(
     src: Path = typer.Argument(..., help="JSONL file written by `structgen cache export`"),
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    config: _ConfigPath = None,
 ) -> None:
     """Load entries from an export; malformed lines are skipped and counted."""
     try:
@@ -422,25 +435,20 @@ def cache_import(
 @app.command()
 def warmup(
     file: Path = typer.Argument(..., help="JSONL: one request per line"),
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    address: _RayAddress = None,
+    config: _ConfigPath = None,
     concurrency: int = typer.Option(4, "--concurrency", "-j", min=1),
     report: Path | None = typer.Option(None, "--report", "-r",
                                        help="JSONL report (default: FILE.report.jsonl)"),
     backend: str | None = typer.Option(None, "--backend", "-b", help="default backend"),
     model: str | None = typer.Option(None, "--model", "-m", help="default model"),
+    allow_module: _AllowModules = [],  # noqa: B006 - typer passes a new list
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, run nothing"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
-    allow_module: list[str] = typer.Option(
-        [], "--allow-module", help="a package whose models lines may name as module:Class "
-                                   "(repeatable; adds to [warmup] allow_modules)"),
-    ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (Ray Data actors; "
-                                                  "needs the Redis result cache)"),
-    address: str | None = _RAY_ADDRESS,
-    ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
-                                          help="Ray actors, each one Engine (default: one "
-                                               "per cluster CPU / --ray-cpus)"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="items per Ray batch"),
-    ray_cpus: float = _RAY_CPUS,
+    ray: _UseRay = False,
+    ray_actors: _RayActors = None,
+    batch_size: _RayBatchSize = 16,
+    ray_cpus: _RayCpus = 1.0,
 ) -> None:
     """Fill the result cache from a JSONL file of requests (resumable: cached ones are skipped).
 
@@ -541,7 +549,7 @@ class _warmup_progress:
 @app.command()
 def stats(
     as_json: bool = typer.Option(False, "--json", help="print the numbers as JSON"),
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    config: _ConfigPath = None,
     state_file: Path | None = typer.Option(None, "--state-file",
                                            help="default: metrics.state_file from config"),
 ) -> None:
@@ -603,7 +611,7 @@ def stats(
 def serve(
     host: str | None = typer.Option(None, "--host", help="default [server] host, 127.0.0.1"),
     port: int | None = typer.Option(None, "--port", help="default [server] port, 8000"),
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    config: _ConfigPath = None,
 ) -> None:
     """Serve the engine over HTTP: OpenAI- and Ollama-compatible (docs/serving.md)."""
     if serve_forever is None:
@@ -618,9 +626,10 @@ def serve(
 @app.command()
 def batch(
     file: Path = typer.Argument(..., help="OpenAI batch file (JSONL, /v1/chat/completions)"),
+    address: _RayAddress = None,
     output: Path = typer.Option(..., "--output", "-o",
                                 help="results JSONL (appended to: a re-run resumes)"),
-    config: Path | None = typer.Option(None, "--config", "-c"),
+    config: _ConfigPath = None,
     concurrency: int | None = typer.Option(
         None, "--concurrency", "-j", min=1,
         help="requests in flight at once (default: two [local] max_batch batches, >= 8)"),
@@ -635,16 +644,11 @@ def batch(
     line_format: str = typer.Option(
         "auto", "--format", help="input lines: openai (batch API), compact (warmup's "
                                  "lines) or auto (each line's own)"),
-    allow_module: list[str] = typer.Option(
-        [], "--allow-module", help="a package whose models compact lines may name as "
-                                   "module:Class (repeatable; adds to [warmup] allow_modules)"),
-    ray: bool = typer.Option(False, "--ray", help="run on a Ray cluster (warmup's executor; "
-                                                  "needs the Redis result cache)"),
-    address: str | None = _RAY_ADDRESS,
-    ray_actors: int | None = typer.Option(None, "--ray-actors", min=1,
-                                          help="Ray actors, each one Engine"),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="lines per Ray batch"),
-    ray_cpus: float = _RAY_CPUS,
+    allow_module: _AllowModules = [],  # noqa: B006 - typer passes a new list
+    ray: _UseRay = False,
+    ray_actors: _RayActors = None,
+    batch_size: _RayBatchSize = 16,
+    ray_cpus: _RayCpus = 1.0,
 ) -> None:
     """Answer an OpenAI batch file (as for OpenAI's Batch API or vLLM's run_batch) into
     OpenAI result lines, exactly once per custom_id: an interrupted run resumes where it

@@ -319,12 +319,27 @@ class ServeConfig(_Section):
             yield name, ([REDACTED] * len(value) if name == "api_keys" else value)
 
 
-class Config(_Section):
+class BackendSections(_Section):
+    """The sections that choose the backends and set up the built-in ones.
+
+    A backend defined elsewhere brings its own section (its class's ``settings``, added by
+    :meth:`Config.with_sections`). The built-in backends' sections stay typed fields here:
+    code reads ``config.vllm.base_url`` under mypy's checks, and reading a config imports
+    no backend module (declaring ``VLLMConfig`` in ``backends/vllm.py`` would import httpx,
+    and make that module and this one import each other).
+    """
+
     llm_backend: LLMBackendConfig = Field(default_factory=LLMBackendConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     sglang: SGLangConfig = Field(default_factory=SGLangConfig)
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
+
+
+class Config(BackendSections):
+    """Every section of ``config.toml``: the backends' (:class:`BackendSections`), then one
+    per pipeline step."""
+
     cache: CacheConfig = Field(default_factory=CacheConfig)
     repair: RepairConfig = Field(default_factory=RepairConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)

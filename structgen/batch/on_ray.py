@@ -19,9 +19,7 @@ answers that reached the Redis cache come back as cache hits.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +34,10 @@ from structgen.batch.job import (
     start_job,
     wire_request,
 )
-from structgen.config import Config
 from structgen.engine import Engine
 from structgen.errors import ExecutorError, StructgenError
 from structgen.warmup.on_ray import (
+    EngineActor,
     RayOptions,
     _check_options,
     _interruptible,
@@ -88,33 +86,18 @@ def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
     return summary
 
 
-class _BatchActor:
-    """One Ray Data actor: one Engine, one event loop; bodies in, output lines back."""
+class _BatchActor(EngineActor):
+    """Batch lines in (bodies or compact lines), output lines back."""
 
     def __init__(self, config: dict[str, Any], allow_modules: list[str], concurrency: int,
                  model: str | None) -> None:
-        self.engine = Engine(Config.from_dict(config))
-        self.concurrency = concurrency
+        super().__init__(config, concurrency)
         self.model = model
         # a compact line's module:Class only from the modules the driver's user allowed
         self.reader = LineReader("compact", model, self.engine.config, Path("."),
                                  tuple(allow_modules), {})
-        self.loop = asyncio.new_event_loop()
 
-    def __call__(self, batch: Any) -> dict[str, list[str]]:
-        tasks = [json.loads(t) for t in batch.column("task").to_pylist()]
-        return {"result": self.loop.run_until_complete(self._run(tasks))}
-
-    async def _run(self, tasks: list[dict[str, Any]]) -> list[str]:
-        sem = asyncio.Semaphore(self.concurrency)
-
-        async def one(task: dict[str, Any]) -> str:
-            async with sem:
-                return await self._one(task)
-
-        return list(await asyncio.gather(*(one(t) for t in tasks)))
-
-    async def _one(self, task: dict[str, Any]) -> str:
+    async def answer(self, task: dict[str, Any]) -> str:
         item = JobLine(task["line"], task["custom_id"])
         try:
             if task.get("compact") is not None:
@@ -131,7 +114,3 @@ class _BatchActor:
             "valid": counts.valid == 1, "repaired": counts.repaired == 1,
             "cached": counts.cache_hits == 1, "prompt_tokens": counts.prompt_tokens,
             "completion_tokens": counts.completion_tokens}}, ensure_ascii=False)
-
-    def __del__(self) -> None:
-        with suppress(Exception):
-            self.engine.close()

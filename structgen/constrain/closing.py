@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from structgen.schema.layout import spaced
+
 _MAX_DEPTH = 24  # schema nesting followed when building a minimal value
 
 
@@ -197,7 +199,7 @@ class JsonCursor:
         if not text or not self.spaced:
             return text
         lead = " " if self.after_separator and self.lexeme not in ("string", "key") else ""
-        return lead + _spaced(text, in_string=self.lexeme in ("string", "key"))
+        return lead + spaced(text, in_string=self.lexeme in ("string", "key"))
 
     def _compact_completion(self) -> str | None:
         if self.broken:
@@ -250,27 +252,6 @@ class JsonCursor:
                 if cur.stack[-1].kind == "array":
                     cur.stack[-1].count += 1
         return "".join(out)
-
-
-def _spaced(text: str, *, in_string: bool) -> str:
-    """Compact JSON text (from inside a string when ``in_string``) with a space after each
-    "," and ":" between tokens."""
-    out: list[str] = []
-    escape = False
-    for ch in text:
-        out.append(ch)
-        if in_string:
-            if escape:
-                escape = False
-            elif ch == "\\":
-                escape = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in ",:":
-            out.append(" ")
-    return "".join(out)
 
 
 def _close_frame(root: dict[str, Any], frame: _Frame) -> str | None:

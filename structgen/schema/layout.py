@@ -66,14 +66,31 @@ def json_layout(text: str) -> str | None:
     return seen.pop() if len(seen) == 1 else "other"
 
 
+def spaced(text: str, *, in_string: bool = False) -> str:
+    """Compact JSON text as ``json.dumps`` spaces it: a space after each ``,`` and ``:``
+    between tokens (``text`` starts inside a string when ``in_string``).
+
+    >>> spaced('{"a":[1,2],"b:c":3}')
+    '{"a": [1, 2], "b:c": 3}'
+    """
+    return "".join(c + " " if between and c in ",:" else c
+                   for _, c, between in _scan(text, in_string=in_string))
+
+
 def _gaps(text: str) -> Iterator[tuple[str, str]]:
     """(the character before, the whitespace run) for each place between two JSON tokens
     (empty runs included)."""
-    in_string = escaped = False
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        i += 1
+    for i, c, between in _scan(text):
+        if between and c not in _WS:
+            yield from _gap_after(text, c, i + 1)
+
+
+def _scan(text: str, *, in_string: bool = False) -> Iterator[tuple[int, str, bool]]:
+    """Each character of JSON text with its index and whether, once it is read, the text
+    stands between tokens (outside every string: true of a string's closing quote, false
+    of its opening one); ``text`` starts inside a string when ``in_string``."""
+    escaped = False
+    for i, c in enumerate(text):
         if in_string:
             if escaped:
                 escaped = False
@@ -81,12 +98,9 @@ def _gaps(text: str) -> Iterator[tuple[str, str]]:
                 escaped = True
             elif c == '"':
                 in_string = False
-                yield from _gap_after(text, c, i)
-            continue
-        if c == '"':
+        elif c == '"':
             in_string = True
-        elif c not in _WS:
-            yield from _gap_after(text, c, i)
+        yield i, c, not in_string
 
 
 def _gap_after(text: str, before: str, i: int) -> Iterator[tuple[str, str]]:

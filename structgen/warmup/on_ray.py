@@ -271,30 +271,49 @@ def _interruptible() -> Iterator[None]:
 
 
 # The workers -----------------------------------------------------------------------------
-class _WarmupActor:
-    """One Ray Data actor: one Engine (one model, or one client pool), one event loop."""
+class EngineActor:
+    """One Ray Data actor: one Engine (one model, or one client pool), one event loop; a
+    batch's tasks (JSON) in, one result line (JSON) per task back, ``concurrency`` of them
+    in flight. Warmup's and batch's actors differ only in :meth:`answer`."""
 
-    def __init__(self, config: dict[str, Any], allow_modules: list[str],
-                 concurrency: int) -> None:
+    def __init__(self, config: dict[str, Any], concurrency: int) -> None:
         self.engine = Engine(Config.from_dict(config))
-        self.allowed = tuple(allow_modules)
         self.concurrency = concurrency
         self.loop = asyncio.new_event_loop()  # the backends' HTTP clients live on it
-        self.specs: dict[str, Any] = {}
 
     def __call__(self, batch: Any) -> dict[str, list[str]]:
         tasks = [json.loads(t) for t in batch.column("task").to_pylist()]
-        lines = self.loop.run_until_complete(self._run(tasks))
-        return {"result": [json.dumps(asdict(line), ensure_ascii=False) for line in lines]}
+        return {"result": self.loop.run_until_complete(self._run(tasks))}
 
-    async def _run(self, tasks: list[dict[str, Any]]) -> list[ReportLine]:
+    async def _run(self, tasks: list[dict[str, Any]]) -> list[str]:
         sem = asyncio.Semaphore(self.concurrency)
 
-        async def one(task: dict[str, Any]) -> ReportLine:
+        async def one(task: dict[str, Any]) -> str:
             async with sem:
-                return await self._one(task)
+                return await self.answer(task)
 
         return list(await asyncio.gather(*(one(t) for t in tasks)))
+
+    async def answer(self, task: dict[str, Any]) -> str:
+        """One task's result line."""
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        with suppress(Exception):
+            self.engine.close()
+
+
+class _WarmupActor(EngineActor):
+    """Warmup items in, report lines back."""
+
+    def __init__(self, config: dict[str, Any], allow_modules: list[str],
+                 concurrency: int) -> None:
+        super().__init__(config, concurrency)
+        self.allowed = tuple(allow_modules)
+        self.specs: dict[str, Any] = {}
+
+    async def answer(self, task: dict[str, Any]) -> str:
+        return json.dumps(asdict(await self._one(task)), ensure_ascii=False)
 
     async def _one(self, task: dict[str, Any]) -> ReportLine:
         item = WarmupItem(line=task["line"], id=task["id"], prompt=task["prompt"],
@@ -318,7 +337,3 @@ class _WarmupActor:
                 "this Ray worker computes a different cache key than the driver: its "
                 "structgen version (or installed model) differs from the driver's"))
         return await warm_one(self.engine, item)
-
-    def __del__(self) -> None:
-        with suppress(Exception):
-            self.engine.close()
