@@ -1,21 +1,31 @@
 """A backend and a constraint engine are one file each: both below are defined here and
-nowhere else, and the config, the engine and the embedded backend take them by name."""
+nowhere else, and the config, the engine, the embedded backend, the capability matrix and
+the tool-calling table take them by name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from structgen.backends import BackendBase, Capabilities, GenerationRequest, GenerationResult
+from structgen.backends.capabilities import (
+    ToolCalling,
+    capabilities_for,
+    matrix,
+    tool_calling_matrix,
+    tool_choice_kind,
+)
 from structgen.config import Config, ServerConfig
 from structgen.constrain.base import ConstraintOptions
 from structgen.constrain.llguidance import LLGuidanceConstraint
 from structgen.engine import Engine
 from structgen.errors import ConfigError
+from structgen.registry import BUILT_IN_BACKENDS
 from structgen.schema import CompiledOutput
 from structgen.schema.support import LLGUIDANCE
-from structgen.types import Regex
+from structgen.types import RawToolCall, Regex, ToolCall
 
 SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
 
@@ -25,18 +35,29 @@ class EchoSettings(ServerConfig):
 
 
 class EchoBackend(BackendBase, name="tiny-echo"):
-    """A server backend in a few lines: always answers its ``[tiny-echo] answer``."""
+    """A server backend in a few lines: always answers its ``[tiny-echo] answer``; a named
+    tool choice natively, as a call with that answer as its arguments."""
 
     settings = EchoSettings
+    # its row of the capability matrix and of the tool-calling table
+    capability_rows = {None: Capabilities(output_kinds=frozenset({"json"}))}
+    tool_calling_rows = {None: ToolCalling(
+        native=frozenset({"named"}), constrained=frozenset(),
+        notes=("a named tool gets the [tiny-echo] answer as its arguments",))}
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(output_kinds=frozenset({"json"}))
+        return self.capability_rows[None]
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         answer = self.config.section(self.name).answer
+        turn = request.tools
+        native = self.tool_calling_rows[None].native
+        if turn is not None and tool_choice_kind(turn.choice) in native:
+            return GenerationResult(text="", backend=self.name, model="echo",
+                                    tool_calls=[RawToolCall(turn.choice, answer)])
         return GenerationResult(text=answer, backend=self.name, model="echo")
 
     async def stream(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
@@ -96,4 +117,24 @@ def test_an_engine_defined_in_one_file_serves_the_embedded_backend(
     assert caps.output_kinds == frozenset({"json", "regex", "choice"})  # as it declared
     result = engine.run("q", Regex(r"[a-z]{1,3}"), max_tokens=8)
     assert len(result.value) <= 3 and TinyGuidance.compiles == 1
+    engine.close()
+
+
+class Flag(BaseModel):
+    """Set a flag."""
+
+    ok: bool
+
+
+def test_a_backend_declares_its_rows_of_the_matrix_and_the_tool_table(tmp_path: Path) -> None:
+    row = EchoBackend.capability_rows[None]
+    assert matrix()["tiny-echo"] is capabilities_for("tiny-echo") is row
+    assert tool_calling_matrix()["tiny-echo"].native == {"named"}
+    assert "tiny-echo" not in matrix(BUILT_IN_BACKENDS)  # the documented rows
+    cfg = Config.from_dict({
+        "llm_backend": {"provider": "tiny-echo", "fallback": []}, "cache": {"backend": "none"},
+        "metrics": {"state_file": str(tmp_path / "m.json")}})
+    engine = Engine(cfg)
+    result = engine.run("set it", tools=[Flag], tool_choice="Flag")  # answered natively
+    assert result.value == ToolCall("Flag", Flag(ok=True))
     engine.close()

@@ -10,12 +10,15 @@ schema, repair fixes what it can, and the result's ``post_enforced`` lists every
 them: a constraint is never dropped silently.
 
 Each server backend declares its rows in its own file (``capability_rows``, one per
-grammar engine it can be configured with); :func:`matrix` gathers them from the registry,
-and ``docs/capabilities.md``'s table is checked against it (tests/backends/test_capabilities.py).
+grammar engine it can be configured with; ``tool_calling_rows``, one per API it can be
+configured to speak); :func:`matrix` and :func:`tool_calling_matrix` gather them from the
+registry, and ``docs/capabilities.md``'s tables are checked against them
+(tests/backends/test_capabilities.py, tests/backends/test_tools_wire_format.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,14 +92,21 @@ def capabilities_for(backend: str, engine: str | None = None) -> Capabilities:
     return rows[engine]
 
 
-def matrix() -> dict[str, Capabilities]:
+def matrix(names: Iterable[str] | None = None) -> dict[str, Capabilities]:
     """The capability matrix (``docs/capabilities.md``), built from the registered backends
-    that declare rows: ``"vllm/xgrammar"``, ..., ``"ollama"`` for a backend with one row."""
-    out: dict[str, Capabilities] = {}
-    for name in list(BACKENDS):
-        rows = getattr(lookup(BACKENDS, name, "backend"), "capability_rows", None) or {}
-        for engine, caps in rows.items():
-            out[name if engine is None else f"{name}/{engine}"] = caps
+    that declare rows: ``"vllm/xgrammar"``, ..., ``"ollama"`` for a backend with one row.
+    ``names``: only these backends (``registry.BUILT_IN_BACKENDS``: the documented ones)."""
+    return _declared("capability_rows", names)
+
+
+def _declared(rows_attr: str, names: Iterable[str] | None) -> dict[str, Any]:
+    """The rows each backend's class declares as ``rows_attr`` (by a config value, or None
+    for its one row), keyed ``"<backend>/<value>"`` or ``"<backend>"``."""
+    out: dict[str, Any] = {}
+    for name in list(BACKENDS if names is None else names):
+        rows = getattr(lookup(BACKENDS, name, "backend"), rows_attr, None) or {}
+        for value, row in rows.items():
+            out[name if value is None else f"{name}/{value}"] = row
     return out
 
 
@@ -162,31 +172,20 @@ class ToolCalling:
     notes: tuple[str, ...] = ()
 
 
-_FORCED = frozenset({"required", "named"})
+# the choices that force a call (a named one: one tool by name); a server's own tool calling
+# often constrains only these
+FORCED_CHOICES = frozenset({"required", "named"})
 
-# vLLM forces a named choice with its structured-output engine on the tool's own schema.
-# Its "required" schema leaves each call object open ({"name", "parameters"} without
-# additionalProperties: false): a weak model adds keys until max_tokens, and a cut answer
-# comes back with empty content, nothing left to repair (tests/backends/test_vllm_tools.py).
-# "auto" needs --enable-auto-tool-choice and leaves the arguments free. Both go as the
-# envelope's JSON schema (closed, every call checked), the tools still shown to the template.
-# SGLang's chat endpoint does all three choices natively (its --tool-call-parser); only
-# required/named are constrained. Its native /generate takes no tools at all. Ollama has
-# no tool_choice: its `tools` are only "auto" and never constrained, so required/named go
-# as `format` = the envelope schema, which llama.cpp's grammar does enforce.
-TOOL_CALLING: dict[str, ToolCalling] = {
-    "vllm": ToolCalling(native=frozenset({"named"}), constrained=frozenset({"named"}), notes=(
-        "required/auto: the envelope JSON schema in structured_outputs, tool_choice=none",)),
-    "sglang/openai": ToolCalling(native=_FORCED | {"auto"}, constrained=_FORCED, notes=(
-        "auto needs --tool-call-parser; its arguments are validated after",)),
-    "sglang/native": ToolCalling(native=frozenset(), constrained=frozenset(), notes=(
-        "/generate has no tools: every choice is the envelope JSON schema",)),
-    "ollama": ToolCalling(native=frozenset({"auto"}), constrained=frozenset(), notes=(
-        "no tool_choice: required/named are `format` = the envelope JSON schema",
-        "auto: native tools, arguments validated after",)),
-}
+
+def tool_calling_matrix(names: Iterable[str] | None = None) -> dict[str, ToolCalling]:
+    """How each registered backend that declares ``tool_calling_rows`` answers a tool turn
+    (the tool table in ``docs/capabilities.md``): ``"sglang/openai"``, ... by the config
+    field the rows are keyed by, ``"<backend>"`` for a backend with one row. ``names``: only
+    these backends."""
+    return _declared("tool_calling_rows", names)
 
 
 def tool_choice_kind(choice: str) -> str:
-    """``"auto"``, ``"required"``, or ``"named"`` for a tool's name (a TOOL_CALLING key)."""
+    """``"auto"``, ``"required"``, or ``"named"`` for a tool's name (what
+    :class:`ToolCalling` lists)."""
     return choice if choice in ("auto", "required") else "named"

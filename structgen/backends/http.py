@@ -48,7 +48,12 @@ from structgen.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from structgen.backends.capabilities import PostEntries, loosen_for
+from structgen.backends.capabilities import (
+    PostEntries,
+    ToolCalling,
+    loosen_for,
+    tool_choice_kind,
+)
 from structgen.config import Config as _Config
 from structgen.config import redact_url
 from structgen.errors import (
@@ -61,7 +66,7 @@ from structgen.errors import (
 from structgen.messages import hermes_messages
 from structgen.portal import on_portal, portal
 from structgen.schema.support import WHOLE_OUTPUT
-from structgen.types import Sampling
+from structgen.types import Sampling, ToolTurn
 
 if TYPE_CHECKING:
     from structgen.config import Config, ServerConfig
@@ -427,6 +432,23 @@ class HTTPBackend(BackendBase):
     def capabilities(self) -> Capabilities:
         engine = getattr(self.section, self.engine_field) if self.engine_field else None
         return self.capability_rows[engine]
+
+    # The config field naming the API the backend speaks, and how it answers a tool turn
+    # by that field's value (None: one row): structgen.backends.capabilities.ToolCalling
+    api_field: str | None = None
+    tool_calling_rows: dict[str | None, ToolCalling] = {}
+
+    def tool_calling(self) -> ToolCalling:
+        api = getattr(self.section, self.api_field) if self.api_field else None
+        return self.tool_calling_rows[api]
+
+    def native_turn(self, request: GenerationRequest) -> ToolTurn | None:
+        """The request's tool turn when the server answers its choice with its own tool
+        calling (:meth:`tool_calling`); None when the call envelope's schema is sent."""
+        turn = request.tools
+        if turn is None or tool_choice_kind(turn.choice) not in self.tool_calling().native:
+            return None
+        return turn
 
     # The wire format: what each server backend's file writes --------------------------
     # What closes a complete stream, for the error when a stream ends without it.

@@ -26,11 +26,11 @@ from pydantic import BaseModel, NonNegativeInt, StrictStr
 
 from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import TOOL_CALLING, server_row
+from structgen.backends.capabilities import ToolCalling, server_row
 from structgen.errors import BackendProtocolError, BackendUnavailable, ConfigError
 from structgen.messages import ollama_messages
 from structgen.schema.support import LLAMACPP
-from structgen.types import RawToolCall, ToolTurn
+from structgen.types import RawToolCall
 
 CHAT_PATH = "/api/chat"
 GENERATE_PATH = "/api/generate"
@@ -88,6 +88,18 @@ class OllamaBackend(http.HTTPBackend, name="ollama"):
         LLAMACPP, "`format` takes a JSON Schema only: no regex or grammar outputs",
         "choice is sent as a JSON string enum and unwrapped",
         kinds=frozenset({"json", "choice"}), batching=False)}
+    # how it answers a tool turn, by [ollama] endpoint. Ollama has no tool_choice: its
+    # `tools` are only "auto" and never constrained, so required/named go as `format` = the
+    # envelope schema, which llama.cpp's grammar does enforce
+    api_field = "endpoint"
+    tool_calling_rows = {
+        "chat": ToolCalling(native=frozenset({"auto"}), constrained=frozenset(), notes=(
+            "no tool_choice: required/named are `format` = the envelope JSON schema",
+            "auto: native tools, arguments validated after",)),
+        "generate": ToolCalling(native=frozenset(), constrained=frozenset(), notes=(
+            "/api/generate has no tools: every choice is `format` = the envelope JSON "
+            "schema",)),
+    }
 
     # Request -------------------------------------------------------------------------
     def _format(self, request: GenerationRequest) -> tuple[dict[str, Any] | None, http.PostEntries]:
@@ -117,12 +129,12 @@ class OllamaBackend(http.HTTPBackend, name="ollama"):
             path = GENERATE_PATH
             body["prompt"] = http.render_prompt(request)
         fmt, post = self._format(request)
-        turn = self._native_turn(request)
+        turn = self.native_turn(request)
         if turn is not None:
             # the tools go as written: Ollama never constrains their arguments, so they are
             # validated after (post-enforced) and the model may as well see every keyword
             body["tools"] = turn.openai_tools()
-            post = toolcalls.unconstrained(turn, TOOL_CALLING["ollama"])  # all of them
+            post = toolcalls.unconstrained(turn, self.tool_calling())  # all of them
         elif fmt is not None:
             body["format"] = fmt  # the schema object itself, not a JSON string
         if self.section.keep_alive is not None:
@@ -130,13 +142,6 @@ class OllamaBackend(http.HTTPBackend, name="ollama"):
         if request.reasoning:
             body["think"] = True
         return path, body, post
-
-    def _native_turn(self, request: GenerationRequest) -> ToolTurn | None:
-        """The tool turn when it goes as Ollama's ``tools`` ("auto" on /api/chat only;
-        Ollama has no tool_choice, so a forced choice is ``format`` = the envelope)."""
-        if self.section.endpoint != "chat":
-            return None
-        return toolcalls.native_turn(request, "ollama")
 
     # Response ------------------------------------------------------------------------
     def _read(self, data: Any, path: str, what: str, *, streaming: bool = False
@@ -178,7 +183,7 @@ class OllamaBackend(http.HTTPBackend, name="ollama"):
               request: GenerationRequest) -> GenerationResult:
         answer, text, thinking = self._read(data, path, f"{path} answer")
         result = self._result(answer, text, thinking, request)
-        if self._native_turn(request) is not None and answer.message is not None:
+        if self.native_turn(request) is not None and answer.message is not None:
             result.tool_calls = [RawToolCall(c.function.name, _arguments(c.function))
                                  for c in answer.message.tool_calls or ()]
         return result
@@ -186,7 +191,7 @@ class OllamaBackend(http.HTTPBackend, name="ollama"):
     def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
         """NDJSON: one object a line, the last one ``done`` (a native tool turn's lines are
         written as the call envelope; Ollama sends each call whole)."""
-        turn = self._native_turn(request)
+        turn = self.native_turn(request)
         envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
 
         def decode(line: str) -> tuple[list[str | None], bool]:

@@ -28,13 +28,17 @@ from pydantic import BaseModel, FiniteFloat, NonNegativeInt
 
 from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
-from structgen.backends.capabilities import SERVER_XGRAMMAR, TOOL_CALLING, server_row
+from structgen.backends.capabilities import (
+    FORCED_CHOICES,
+    SERVER_XGRAMMAR,
+    ToolCalling,
+    server_row,
+)
 from structgen.backends.openai_format import Completion, Event, WireUsage
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, OUTLINES
-from structgen.types import ToolTurn
 
 NATIVE_PATH = "/generate"
 CHAT_PATH = "/v1/chat/completions"
@@ -80,6 +84,17 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
         "outlines": server_row(OUTLINES, "no grammar (EBNF) support",
                                kinds=frozenset({"json", "regex", "choice"})),
     }
+    # how it answers a tool turn, by [sglang] api: the chat endpoint does all three choices
+    # natively (its --tool-call-parser) and constrains the forced ones; /generate takes no
+    # tools at all
+    api_field = "api"
+    tool_calling_rows = {
+        "openai": ToolCalling(native=FORCED_CHOICES | {"auto"}, constrained=FORCED_CHOICES,
+                              notes=("auto needs --tool-call-parser; its arguments are "
+                                     "validated after",)),
+        "native": ToolCalling(native=frozenset(), constrained=frozenset(), notes=(
+            "/generate has no tools: every choice is the envelope JSON schema",)),
+    }
 
     # Request -------------------------------------------------------------------------
     def _constraint(self, request: GenerationRequest) -> tuple[dict[str, Any], http.PostEntries]:
@@ -107,7 +122,7 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
         """The path, JSON body and post-enforced entries for ``request``."""
         constraint, post = self._constraint(request)
         if self.section.api == "openai":
-            turn = self._native_turn(request)
+            turn = self.native_turn(request)
             if turn is None:
                 return CHAT_PATH, self._chat_body(request, constraint, stream), post
             # the tool choice replaces the envelope constraint
@@ -115,8 +130,7 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
             chat["tools"] = toolcalls.wire_tools(turn, self.capabilities())
             chat["tool_choice"] = turn.openai_tool_choice()
             chat["parallel_tool_calls"] = turn.parallel
-            return CHAT_PATH, chat, post + toolcalls.unconstrained(
-                turn, TOOL_CALLING["sglang/openai"])
+            return CHAT_PATH, chat, post + toolcalls.unconstrained(turn, self.tool_calling())
         params = http.sampling_fields(request.sampling, max_tokens="max_new_tokens",
                                  seed="sampling_seed")
         params.update(constraint)
@@ -145,12 +159,6 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
             body["chat_template_kwargs"] = {"enable_thinking": True}
         return body
 
-    def _native_turn(self, request: GenerationRequest) -> ToolTurn | None:
-        """The tool turn when SGLang answers it with its own tool calling: the chat
-        endpoint only (``/generate`` takes no tools: the envelope schema is sent)."""
-        row = "sglang/openai" if self.section.api == "openai" else "sglang/native"
-        return toolcalls.native_turn(request, row)
-
     # Response ------------------------------------------------------------------------
     def _parse_native(self, data: Any) -> GenerationResult:
         answer = http.parse_wire(_Native, data, self.name, f"{NATIVE_PATH} answer")
@@ -170,7 +178,7 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
                                        f"{str(data)[:200]}", self.name)
         usage = answer.usage or WireUsage()
         calls = (toolcalls.openai_calls(choice.message.tool_calls, self.name)
-                 if self._native_turn(request) is not None else None)
+                 if self.native_turn(request) is not None else None)
         return GenerationResult(
             text=choice.message.content or "", backend=self.name, model=answer.model or "",
             finish_reason=toolcalls.finish_reason(choice.finish_reason), tool_calls=calls,
@@ -190,7 +198,7 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
         """Native events carry the text so far; chat events carry deltas (a native tool
         turn's deltas are written as the call envelope)."""
         seen = ""
-        turn = self._native_turn(request) if path == CHAT_PATH else None
+        turn = self.native_turn(request) if path == CHAT_PATH else None
         envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
 
         def on_event(payload: str) -> list[str | None]:

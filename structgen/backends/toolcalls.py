@@ -1,8 +1,8 @@
 """Tool turns on the wire: what the server backends send and how they read the calls back.
 
 A tool turn (``GenerationRequest.tools``) goes to a server in one of two ways, chosen per
-backend and ``tool_choice`` by the table in :mod:`structgen.backends.capabilities`
-(``TOOL_CALLING``):
+backend and ``tool_choice`` by the backend's ``tool_calling_rows``
+(:class:`~structgen.backends.capabilities.ToolCalling`):
 
 - *native*: the server's own ``tools``/``tool_choice`` fields; the calls come back in the
   answer's ``tool_calls`` and the backend returns them as
@@ -21,25 +21,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from structgen.backends.base import Capabilities, Finished, GenerationRequest
-from structgen.backends.capabilities import (
-    TOOL_CALLING,
-    ToolCalling,
-    server_schema,
-    tool_choice_kind,
-)
+from structgen.backends.base import Capabilities, Finished
+from structgen.backends.capabilities import ToolCalling, server_schema, tool_choice_kind
 from structgen.backends.openai_format import Event, WireToolCall
 from structgen.errors import BackendProtocolError
 from structgen.schema.support import PostEnforced
 from structgen.types import RawToolCall, ToolTurn
-
-
-def native_turn(request: GenerationRequest, row: str) -> ToolTurn | None:
-    """The request's tool turn when backend ``row`` answers its choice natively."""
-    turn = request.tools
-    if turn is None or tool_choice_kind(turn.choice) not in TOOL_CALLING[row].native:
-        return None
-    return turn
 
 
 def wire_tools(turn: ToolTurn, caps: Capabilities) -> list[dict[str, Any]]:

@@ -30,9 +30,9 @@ from structgen.backends import http, toolcalls
 from structgen.backends.base import Finished, GenerationRequest, GenerationResult
 from structgen.backends.capabilities import (
     SERVER_XGRAMMAR,
-    TOOL_CALLING,
     VLLM_AUTO,
     PostEntries,
+    ToolCalling,
     server_row,
 )
 from structgen.backends.openai_format import Completion, Event, WireUsage
@@ -40,7 +40,7 @@ from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
 from structgen.schema.support import LLGUIDANCE, OUTLINES
-from structgen.types import RawToolCall, ToolTurn
+from structgen.types import RawToolCall
 
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
@@ -71,6 +71,21 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
                                "raw control characters possible in bounded strings"),
         "outlines": server_row(OUTLINES, "grammar outputs are sent as Lark"),
         "auto": server_row(VLLM_AUTO, "grammar outputs are sent as GBNF/EBNF"),
+    }
+    # how it answers a tool turn, by [vllm] endpoint. vLLM forces a named choice with its
+    # structured-output engine on the tool's own schema. Its "required" schema leaves each
+    # call object open ({"name", "parameters"} without additionalProperties: false): a weak
+    # model adds keys until max_tokens, and a cut answer comes back with empty content,
+    # nothing left to repair (tests/backends/test_vllm_tools.py). "auto" needs
+    # --enable-auto-tool-choice and leaves the arguments free. Both go as the envelope's
+    # JSON schema (closed, every call checked), the tools still shown to the template.
+    api_field = "endpoint"
+    tool_calling_rows = {
+        "chat": ToolCalling(native=frozenset({"named"}), constrained=frozenset({"named"}),
+                            notes=("required/auto: the envelope JSON schema in "
+                                   "structured_outputs, tool_choice=none",)),
+        "completions": ToolCalling(native=frozenset(), constrained=frozenset(), notes=(
+            "/v1/completions has no tools: every choice is the envelope JSON schema",)),
     }
 
     def __init__(self, config: Any) -> None:
@@ -143,7 +158,7 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
             body["prompt"] = http.render_prompt(request)
         body.update(http.sampling_fields(request.sampling))
         so, post = self.structured_outputs(request)
-        native = self._native_turn(request)
+        native = self.native_turn(request)
         if request.tools is not None and path == CHAT_PATH:
             # the tools always reach the chat template; "none" leaves the envelope schema
             # in structured_outputs as the constraint (vLLM refuses both with a forced choice)
@@ -152,20 +167,13 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
         if native is not None:
             body["tool_choice"] = native.openai_tool_choice()
             body["parallel_tool_calls"] = native.parallel
-            post += toolcalls.unconstrained(native, TOOL_CALLING["vllm"])
+            post += toolcalls.unconstrained(native, self.tool_calling())
         elif so is not None:
             body["structured_outputs"] = so
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return path, body, post
-
-    def _native_turn(self, request: GenerationRequest) -> ToolTurn | None:
-        """The tool turn when vLLM answers it with its own tool calling (chat endpoint,
-        a forced choice: see ``TOOL_CALLING["vllm"]``)."""
-        if self.section.endpoint != "chat":
-            return None
-        return toolcalls.native_turn(request, "vllm")
 
     # Response ------------------------------------------------------------------------
     stream_end = "data: [DONE]"
@@ -181,7 +189,7 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
                                            f"{str(data)[:200]}", self.name)
             text = choice.message.content or ""
             reasoning = choice.message.reasoning or choice.message.reasoning_content
-            if self._native_turn(request) is not None:
+            if self.native_turn(request) is not None:
                 calls = toolcalls.openai_calls(choice.message.tool_calls, self.name)
         else:
             if choice.text is None:
@@ -199,7 +207,7 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
             server_time_s=server_s, ttft_s=ttft_s, tool_calls=calls)
 
     def stream_decoder(self, path: str, request: GenerationRequest) -> http.StreamDecoder:
-        turn = self._native_turn(request)
+        turn = self.native_turn(request)
         envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
 
         def on_event(payload: str) -> list[str | None]:

@@ -188,14 +188,25 @@ async def test_sglang_tools_stream_fragments_out_of_order_are_a_protocol_error(s
 
 
 def test_tool_calling_table_is_documented():
-    """Every TOOL_CALLING row is in docs/capabilities.md's tool table, and a server only
-    constrains choices it answers natively."""
+    """Every built-in backend's tool-calling row is in docs/capabilities.md's tool table,
+    a server only constrains choices it answers natively, and a backend has a row for each
+    value of the config field its rows are keyed by."""
+    import typing
     from pathlib import Path
 
-    from structgen.backends.capabilities import TOOL_CALLING
+    from structgen.backends.capabilities import tool_calling_matrix
+    from structgen.config import Config
+    from structgen.registry import BACKENDS, BUILT_IN_BACKENDS, lookup
 
     doc = (Path(__file__).resolve().parents[2] / "docs/capabilities.md").read_text()
     table = doc[doc.index("## Tool calling"):]
-    for row, calling in TOOL_CALLING.items():
-        assert f"| `{row}`" in table, row
+    rows = tool_calling_matrix(BUILT_IN_BACKENDS)
+    documented = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert documented == set(rows)
+    for row, calling in rows.items():
         assert calling.constrained <= calling.native <= {"auto", "required", "named"}, row
+    for name in BUILT_IN_BACKENDS:
+        cls = lookup(BACKENDS, name, "backend")
+        if getattr(cls, "api_field", None):
+            field = Config.model_fields[name].annotation.model_fields[cls.api_field]
+            assert set(cls.tool_calling_rows) == set(typing.get_args(field.annotation)), name

@@ -5,7 +5,7 @@ strict tool calling off (``vllm_tools`` in conftest.py says why; xgrammar's stru
 are documented in docs/capabilities.md "Tool calling").
 A named choice is vLLM's own tool calling, guided on the server, and compared with the
 same body sent raw: structgen returns exactly the server's call. "required" and "auto" are
-sent as the call envelope's JSON schema (TOOL_CALLING in backends/capabilities.py says
+sent as the call envelope's JSON schema (VLLMBackend.tool_calling_rows in backends/vllm.py says
 why). The tool turns are built at the backend level (tests/backends/helpers.py), as the
 engine hands them over. Every call's arguments validate against its tool's schema.
 """

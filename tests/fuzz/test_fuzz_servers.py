@@ -135,7 +135,7 @@ ollama_tool_answer = maybe({"model": field(text), "done": field(st.booleans()),
                             "error": json_values})
 TOOL_ANSWERS = {"vllm": openai_tool_answer, "sglang-openai": openai_tool_answer,
                 "ollama": ollama_tool_answer}
-# the choice each backend answers natively (TOOL_CALLING): what the fuzzed answer reaches
+# the choice each backend answers natively (its tool_calling_rows): what the fuzzed answer reaches
 TOOL_REQUESTS = {"vllm": tool_request("ReadFile"), "sglang-openai": tool_request("required"),
                  "ollama": tool_request("auto")}
 
