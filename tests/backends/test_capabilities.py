@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -16,7 +17,8 @@ from structgen.backends.capabilities import (
     matrix,
     unenforced,
 )
-from structgen.registry import BUILT_IN_BACKENDS
+from structgen.config import Config
+from structgen.registry import BACKENDS, BUILT_IN_BACKENDS, lookup
 from structgen.schema import compile_output
 from structgen.schema.support import ENGINES, PostEnforced
 from structgen.types import Choice, Grammar, Regex
@@ -225,3 +227,13 @@ def test_xgrammar_servers_get_the_keywords_beside_an_any_of_in_its_branches() ->
         assert ("", "minLength") in {(e.pointer, e.keyword) for e in entries}
     sent, _ = server_schema(schema, capabilities_for("vllm", "guidance"))
     assert sent["anyOf"] == schema["anyOf"] and sent["required"] == ["w"]
+
+
+def test_a_backend_has_a_row_for_each_engine_its_config_allows() -> None:
+    """The config's choice of a server's grammar engine ([vllm] structured_backend, [sglang]
+    grammar_backend) and the backend's capability rows name the same engines."""
+    for name in BUILT_IN_BACKENDS:
+        cls = lookup(BACKENDS, name, "backend")
+        if getattr(cls, "engine_field", None):
+            field = Config.model_fields[name].annotation.model_fields[cls.engine_field]
+            assert set(cls.capability_rows) == set(get_args(field.annotation)), name
