@@ -333,6 +333,11 @@ class WireServer:
         self.connections = 0
         self.hung_up = 0
         self._lock = threading.Lock()
+        # One per test (``reset`` starts the next): a handler still sleeping out a delay
+        # when its test ended must not answer from, or change, the next test's settings
+        # (it would pop that test's ``fail_statuses``, say).
+        self._epoch = 0
+        self._epoch_over = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -378,6 +383,9 @@ class WireServer:
 
     def reset(self) -> None:
         with self._lock:
+            self._epoch += 1
+            self._epoch_over.set()  # wakes the handlers still delaying an earlier answer
+            self._epoch_over = threading.Event()
             self.requests.clear()
             self.violations.clear()
             self.connections = 0
@@ -479,8 +487,13 @@ class WireServer:
             return
         with self._lock:
             self.requests.append((h.path, body))
+            epoch, epoch_over = self._epoch, self._epoch_over
         if self.delay_s:
-            time.sleep(self.delay_s)
+            epoch_over.wait(self.delay_s)
+        with self._lock:
+            if epoch != self._epoch:  # its test is over: hang up, touching nothing
+                h.close_connection = True
+                return
         if self.fail_statuses:
             status = self.fail_statuses.pop(0)
             self._send_json(h, status, {"error": f"injected HTTP {status}"})
