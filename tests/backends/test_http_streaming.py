@@ -59,7 +59,9 @@ async def test_trickling_server_times_out_at_the_deadline(sglang: SGLangWireServ
     start = time.monotonic()
     with pytest.raises(BackendTimeout):
         [c async for c in b.stream(req)]
-    assert time.monotonic() - start < 2.5
+    # the next line is >= 15 s away (the server's sleeps only get longer under load): a
+    # wide margin over the 1 s deadline still tells the two apart on a starved machine
+    assert time.monotonic() - start < 10
     await b.aclose()
 
 
