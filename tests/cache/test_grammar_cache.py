@@ -142,17 +142,21 @@ def test_real_compile_past_deadline_then_cached_when_it_finishes(tmp_path: Path,
     info, compiler = xgr
     key = xgr_key(tokenizer, {**SCHEMA, "title": "deadline"})
     calls = []
+    gave_up = threading.Event()
 
     def compile_fn() -> Any:
         calls.append(1)
-        # the real compile, made slower than any scheduling hiccup: on a loaded machine a
-        # bare one could finish before the waiting thread even looked at its deadline
-        time.sleep(0.5)
+        # the real compile, once the caller has given up: however the threads are
+        # scheduled, it cannot finish before the deadline
+        gave_up.wait(60)
         return compiler.compile_json_schema(json.dumps(SCHEMA))
 
     cache = GrammarCache(directory=tmp_path)
-    with pytest.raises(GrammarCompileTimeout) as err:
-        cache.get_or_compile(key, compile_fn, timeout_s=0.01, codec=xgrammar_codec(info))
+    try:
+        with pytest.raises(GrammarCompileTimeout) as err:
+            cache.get_or_compile(key, compile_fn, timeout_s=0.01, codec=xgrammar_codec(info))
+    finally:
+        gave_up.set()
     assert err.value.key == key and not err.value.recorded
     deadline = time.monotonic() + 30
     while cache.timed_out(key) is not None or key not in cache._mem:
@@ -291,16 +295,20 @@ def test_embedded_compile_timeout_falls_back_to_plain_json(tmp_path: Path,
     cache = GrammarCache(directory=tmp_path)
     engine = _constraint(tiny_model_dir, cache, timeout_s=0.01)
     real = engine.compile
+    gave_up = threading.Event()
 
     def slow_compile(out: Any, options: Any) -> Any:
-        # the real compile of the full schema, made slower than any scheduling hiccup (a
-        # bare one could beat a waiting thread descheduled on a loaded machine)
+        # the real compile of the full schema, once the matcher has fallen back: however
+        # the threads are scheduled, it cannot beat the deadline
         if out.json_schema.get("description") == output.json_schema["description"]:
-            time.sleep(0.5)
+            gave_up.wait(60)
         return real(out, options)
 
     engine.compile = slow_compile
-    m = engine.matcher(output, ConstraintOptions())
+    try:
+        m = engine.matcher(output, ConstraintOptions())
+    finally:
+        gave_up.set()
     assert [(str(e), e.reason) for e in m.post_enforced] == [("/", "compile-timeout: type-only")]
     assert cache.timeouts == 1
     # plain JSON of the schema's type: any object, so validation has the last word
@@ -350,10 +358,12 @@ def test_llguidance_compiles_inline_without_the_deadline_thread(tmp_path: Path,
     tok = TokenizerData(hf, len(hf), (hf.eos_token_id,))
     cache = GrammarCache(directory=tmp_path)
     engine = create_constraint("llguidance", tok, grammar_cache=cache, compile_timeout_s=1e-9)
-    before = threading.active_count()
+    # no thread started (idle workers of earlier tests may exit meanwhile: a count of
+    # threads could drop, so the threads themselves are compared)
+    before = set(threading.enumerate())
     m = engine.matcher(compile_output(SCHEMA), ConstraintOptions())
     assert m.post_enforced == () and cache.timeouts == 0 and cache.misses == 1
-    assert threading.active_count() == before
+    assert set(threading.enumerate()) - before == set()
     assert not list(tmp_path.rglob("*.timeout"))
     for token in hf.encode(VALID, add_special_tokens=False):
         assert m.consume(token)
@@ -372,15 +382,25 @@ def test_compile_workers_are_reused_and_a_hung_compile_blocks_nothing() -> None:
     for _ in range(20):  # one after the other: one thread serves them all
         done = threading.Event()
         workers.submit(lambda done=done: (record(), done.set()))
-        assert done.wait(5)
+        assert done.wait(60)
+        # the job ran, but its worker is idle again only a moment later; submitting in
+        # between starts a second thread (correctly): wait until it is idle
+        _wait_until(lambda: workers._idle == 1, "the worker never went idle")
     assert len(set(names)) == 1
     release, started = threading.Event(), threading.Event()
-    workers.submit(lambda: (started.set(), release.wait(10)))
-    assert started.wait(5)
+    workers.submit(lambda: (started.set(), release.wait(60)))
+    assert started.wait(60)
     done = threading.Event()
     workers.submit(done.set)  # the only worker is stuck: a new one takes this job
-    assert done.wait(5)
+    assert done.wait(60)
     release.set()
+
+
+def _wait_until(check: Any, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
 
 
 def test_compile_workers_after_fork_start_fresh() -> None:
@@ -392,8 +412,9 @@ def test_compile_workers_after_fork_start_fresh() -> None:
 
     done = threading.Event()
     gc._COMPILE_WORKERS.submit(done.set)
-    assert done.wait(5)
-    time.sleep(0.05)  # the worker is back to idle in the parent
+    assert done.wait(60)
+    # the parent's pool counts on an idle worker, which the child does not have
+    _wait_until(lambda: gc._COMPILE_WORKERS._idle > 0, "the worker never went idle")
     pid = os.fork()
     if pid == 0:  # child: a compile with a deadline must still run
         code = 1
@@ -421,7 +442,7 @@ def test_a_compile_ending_at_the_deadline_leaves_no_stale_timeout_record(tmp_pat
     for key in keys:
         with contextlib.suppress(GrammarCompileTimeout):
             cache.get_or_compile(key, compile_fn, timeout_s=0.002, codec=text_codec())
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     for key in keys:
         while key not in cache._mem or cache.timed_out(key) is not None:
             assert time.monotonic() < deadline, f"{key[0]}: stale timeout record"
@@ -439,7 +460,7 @@ def test_a_compile_failing_after_its_caller_gave_up_does_not_block_the_key(tmp_p
 
     with pytest.raises(GrammarCompileTimeout):
         cache.get_or_compile(key, fails_late, timeout_s=0.01, codec=text_codec())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while key in cache._inflight:  # the failed compile frees its slot when it ends
         assert time.monotonic() < deadline, "the in-flight slot was never freed"
         time.sleep(0.01)
