@@ -95,26 +95,28 @@ def test_malformed_patterns_are_schema_errors(pattern: str) -> None:
         compile_output({"type": "string", "pattern": pattern})
 
 
+# The matchers run in the calling thread: its CPU time is what they cost, and unlike the
+# wall clock it does not grow while other processes hold the CPU (a loaded CI machine).
 def test_catastrophic_pattern_answers_in_linear_time() -> None:
     out = compile_output(Regex(r"(a+)+b"))
-    started = time.perf_counter()
+    started = time.thread_time()
     outcome = validate_text("a" * 10_000, out)
     assert not outcome.ok
-    assert time.perf_counter() - started < 0.5
+    assert time.thread_time() - started < 0.5
     schema = compile_output({"type": "string", "pattern": r"^(a|aa)+$"})
-    started = time.perf_counter()
+    started = time.thread_time()
     assert not validate_data("a" * 10_000 + "b", schema).ok
-    assert time.perf_counter() - started < 0.5
+    assert time.thread_time() - started < 0.5
 
 
 def test_fallback_matcher_is_bounded() -> None:
     # a backreference keeps RE2 out; nested quantifiers make a backtracker exponential
     out = compile_output(Regex(r"(a*)*\1b"))
     assert compile_ecma(r"(a*)*\1b").engine == "regex"
-    started = time.perf_counter()
+    started = time.thread_time()
     outcome = validate_text("a" * 5_000, out)
     assert not outcome.ok
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
 
 
 def _suite_files(optional: Path) -> list[Path]:
