@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,15 @@ class Served:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def wait_for_output(self, pattern: str, timeout_s: float = 60) -> str:
+        """The output once ``pattern`` (a regular expression) is in it. An access line is
+        written after the answer has gone out, so a client can read the answer first."""
+        deadline = time.monotonic() + timeout_s
+        while not re.search(pattern, output := self.output()):
+            assert time.monotonic() < deadline, f"{pattern!r} never logged:\n{output[-3000:]}"
+            time.sleep(0.05)
+        return output
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,10 +133,7 @@ def test_prompts_are_logged_only_when_asked(flooded: Served, tiny_server: Served
             "messages": [{"role": "user", "content": "secret prompt 0451"}]},
             headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": "rid-prompt"})
         assert answer.status_code == 200, answer.text
-    for _ in range(50):  # the access line is written once the answer has gone out
-        if "rid-prompt" in tiny_server.output():
-            break
-        time.sleep(0.1)
+    tiny_server.wait_for_output("rid-prompt")  # its access line follows the answer
     assert "rid-prompt body {" in flooded.output()
     assert "secret prompt 0451" in flooded.output()
     assert "secret prompt 0451" not in tiny_server.output()
