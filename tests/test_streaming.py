@@ -281,6 +281,9 @@ async def test_aclose_frees_the_embedded_decoder(tiny_model_dir: Path, tmp_path:
                           "seed": 1}
     items = engine.astream("Write", spec, **kw)
     assert await anext(items)
+    # counted from here: the decoder runs on while this loop handles the first item, as
+    # many passes as the machine's load lets it (no bound on those)
+    at_close = local.forward_passes
     await items.aclose()  # type: ignore[attr-defined]
     passes: list[int] = []
 
@@ -289,7 +292,7 @@ async def test_aclose_frees_the_embedded_decoder(tiny_model_dir: Path, tmp_path:
         return len(passes) > 10 and passes[-1] == passes[-11]
 
     await asyncio.to_thread(_wait_for, settled, "the decoder went idle", 120.0)
-    assert passes[-1] < 100, passes[-1]
+    assert passes[-1] - at_close < 100, (at_close, passes[-1])
     # the worker is free again: the next request is served
     again = await engine.arun("Write", Regex(r"[a-z]{1,3}"), backend="local", max_tokens=8,
                               use_cache=False)
