@@ -12,10 +12,12 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+import structgen.cache
 from structgen.cache import ENTRY_PREFIX, NullCache, ResultCache, open_result_cache
 from structgen.config import CacheConfig, Config
 from structgen.engine import Engine
@@ -97,7 +99,12 @@ class _FrozenStore:
         pass
 
 
-def test_failing_store_is_backed_off(tmp_path: Path) -> None:
+def test_failing_store_is_backed_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The backoff (1 s, then 2 s, ...) runs on the cache's monotonic clock: frozen here, as
+    # with a real one 20 calls slower than 3 s in all (a loaded machine) reached the store
+    # a third time, which is the backoff working, not failing.
+    monkeypatch.setattr(structgen.cache, "time", SimpleNamespace(
+        time=time.time, monotonic=lambda: 1000.0))
     cfg = CacheConfig(backend="disk", dir=str(tmp_path / "results"))
     cache = open_result_cache(cfg)
     assert isinstance(cache, ResultCache)
