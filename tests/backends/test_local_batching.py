@@ -6,6 +6,7 @@ never depends on who decodes beside it."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,23 @@ def test_a_prompt_that_can_never_fit_fails_at_once(tiny_gguf: Path) -> None:
 
 
 
+def _held_worker(backend: Any) -> threading.Event:
+    """Until the event is set, ``backend``'s worker (not started yet) takes nothing from its
+    queue. Requests sent together are then all queued when it forms its first batch; else
+    an event loop descheduled for the worker's 5 ms gather window (a loaded machine) splits
+    them, and a static batch of one runs to its end before the others start."""
+    assert backend._worker is None
+    release = threading.Event()
+    take = backend._queue.get
+
+    def get(*args: Any, **kwargs: Any) -> Any:
+        release.wait(60)
+        return take(*args, **kwargs)
+
+    backend._queue.get = get
+    return release
+
+
 @pytest.mark.parametrize("batching", ["static", "continuous"])
 def test_a_system_prompt_shared_by_requests_sent_together_is_prefilled_once(
         tiny_gguf: Path, batching: str) -> None:
@@ -179,10 +197,14 @@ def test_a_system_prompt_shared_by_requests_sent_together_is_prefilled_once(
     eng, alone = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=1)
     expected = [gen(eng, alone, LongNames, chat(u)).text for u in users]
     eng2, backend = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=4)
+    release = _held_worker(backend)
 
     async def together() -> list[Any]:
-        return await asyncio.gather(*(backend.agenerate(
-            eng2.build_request(chat(u), LongNames, max_tokens=160)) for u in users))
+        sent = [asyncio.ensure_future(backend.agenerate(
+            eng2.build_request(chat(u), LongNames, max_tokens=160))) for u in users]
+        await asyncio.sleep(0)  # each has queued its request
+        release.set()
+        return await asyncio.gather(*sent)
 
     results = asyncio.run(together())
     assert [r.text for r in results] == expected
