@@ -72,6 +72,21 @@ def workers_of(start: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return found
 
 
+def _wait_for_no_actor(cluster: Cluster, name: str, timeout_s: float = 120) -> None:
+    """Until no worker process of either node runs an actor of class ``name``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = []
+        for proc in workers_of(cluster.head) + cluster.node_workers():
+            with contextlib.suppress(psutil.Error):
+                if name in " ".join(proc.cmdline()):
+                    alive.append(proc.pid)
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"{name} actors still running: {alive}"
+        time.sleep(0.2)
+
+
 def _ray_start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     # --block keeps `ray start` in the foreground; in a session of its own, every process
     # of that node (raylet, GCS, workers) shares its process group, so teardown can end
@@ -262,11 +277,13 @@ def test_ctrl_c_then_resume_computes_only_the_missing(ray_cluster: Cluster,
     first = read_report(s["report"])
     assert 60 <= len(first) < 200
     assert {r["status"] for r in first} == {"done"}
+    # the interrupted job's actors are gone (Ray ends them after their driver) before the
+    # cache is read: an answer one of them was still storing is then in `stored`
+    _wait_for_no_actor(ray_cluster, "_WarmupActor")
     stored = cached_keys(s["redis"])
     # what the report says is done is in the cache (answers that finished after the last
     # report line are in the cache too, and the next run skips them as well)
     assert {r["key"] for r in first} <= stored
-    time.sleep(1)  # requests of actors that were still running end
     server.reset()
 
     run = subprocess.run(warmup(s, src, ray_cluster.address), cwd=ROOT, env=ENV,
