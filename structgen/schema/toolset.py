@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 import re
@@ -40,7 +41,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, RootModel, Tag
 from structgen.errors import SchemaError, ToolError
 from structgen.messages import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from structgen.schema.canonical import json_copy
-from structgen.schema.compiled import CallTable, CompiledOutput, compile_output
+from structgen.schema.compiled import (
+    COMPILER_VERSION,
+    CallTable,
+    CompiledOutput,
+    compile_output,
+    json_output,
+)
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
 from structgen.schema.pydantic_schema import model_json_schema
 from structgen.types import JsonSchema, RawToolCall, ToolCall, ToolSpec, ToolTurn
@@ -226,16 +233,28 @@ def toolset_key(turn: ToolTurn) -> tuple[Any, ...]:
     return (tuple(t.digest for t in turn.tools), turn.choice, turn.parallel, turn.max_calls)
 
 
-def envelope_output(turn: ToolTurn, limits: Limits = DEFAULT_LIMITS) -> CompiledOutput:
+# (key, make) -> the text kept under key, made and kept when missing (a shared store:
+# constrain.grammar_cache.text_store)
+TextStore = Callable[[str, Callable[[], str]], str]
+
+
+def envelope_output(turn: ToolTurn, limits: Limits = DEFAULT_LIMITS,
+                    store: TextStore | None = None) -> CompiledOutput:
     """The compiled output of a tool turn (see the module docstring), kept by tool-set key
     (:func:`toolset_key`): a repeated tool set costs a dictionary look-up, and the same
-    output object (so its cached hashes, and the grammar cache's entry) comes back."""
+    output object (so its cached hashes, and the grammar cache's entry) comes back.
+
+    ``store``: where a new tool set's compiled argument schemas are kept as text, by the
+    set's hash (the engine's grammar cache: disk, Redis), so another process or worker
+    offering the same set reads them instead of checking every schema again."""
     key = (toolset_key(turn), limits)
     with _envelopes_lock:
         known = _envelopes.get(key)
         if known is not None:
             _envelopes.move_to_end(key)
             return known
+    if store is not None:
+        _stored_arguments(offered(turn), limits, store)
     compiled = _envelope_output(turn, limits)
     with _envelopes_lock:
         _envelopes[key] = compiled
@@ -368,6 +387,37 @@ def compiled_arguments(tool: ToolSpec, limits: Limits = DEFAULT_LIMITS) -> Compi
         while len(_arguments) > ARGUMENTS_KEPT:
             _arguments.popitem(last=False)
     return compiled
+
+
+STORED_MIN_TOOLS = 8  # smaller sets compile faster than a store round trip
+
+
+def _stored_arguments(tools: Sequence[ToolSpec], limits: Limits, store: TextStore) -> None:
+    """Fill :func:`compiled_arguments`' memory for ``tools`` from ``store`` (one entry per
+    tool set, its JSON texts in order), compiling and storing them when it has none. The
+    store's entries are signed text (never code): a hit is only parsed, not checked again."""
+    with _envelopes_lock:
+        missing = [t for t in tools if (t.digest, limits) not in _arguments]
+    if len(missing) < STORED_MIN_TOOLS:
+        return
+    key = hashlib.sha256("\x00".join(
+        [COMPILER_VERSION, repr(limits), *(t.digest for t in tools)]).encode()).hexdigest()
+    texts = json.loads(store(f"toolset-arguments:{key}", lambda: json.dumps(
+        [compiled_arguments(t, limits).json_text for t in tools])))
+    if not isinstance(texts, list) or len(texts) != len(tools):
+        return  # not ours: compiled_arguments compiles them
+    for tool, text in zip(tools, texts, strict=True):
+        with _envelopes_lock:
+            if (tool.digest, limits) in _arguments:
+                continue
+        try:
+            compiled = json_output(json.loads(text), text, name=tool.name, limits=limits)
+        except (TypeError, ValueError, RecursionError):
+            return  # not ours either
+        with _envelopes_lock:
+            _arguments[(tool.digest, limits)] = compiled
+            while len(_arguments) > ARGUMENTS_KEPT:
+                _arguments.popitem(last=False)
 
 
 def _dispatch(tools: list[ToolSpec], parallel: bool, prefix: str,
