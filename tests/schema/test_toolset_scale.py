@@ -305,6 +305,12 @@ def test_the_tools_prompt_is_one_line_per_tool() -> None:
     # max_calls is said in the prompt as well
     assert "(at most 2)" in tools_prompt(tool_turn(generated_tools(2), "required",
                                                    parallel=True, max_calls=2))
+    # the grammar writes a required or named call's JSON from its first token: the prompt
+    # does not spend tokens describing it; "auto" says how to write the trigger and a call
+    assert prompt.endswith("</tools>\n\nCall one of these functions.")
+    assert '"arguments"' not in prompt and '"arguments"' not in named
+    assert '{"name": <function-name>, "arguments": <args-json-object>}' in tools_prompt(
+        tool_turn(generated_tools(2), "auto"))
 
 
 def test_shorter_details_for_large_sets() -> None:
