@@ -247,26 +247,40 @@ def envelope_output(turn: ToolTurn, limits: Limits = DEFAULT_LIMITS,
     ``store``: where a new tool set's compiled argument schemas are kept as text, by the
     set's hash (the engine's grammar cache: disk, Redis), so another process or worker
     offering the same set reads them instead of checking every schema again."""
-    key = (toolset_key(turn), limits)
+    def make() -> CompiledOutput:
+        if store is not None:
+            _stored_arguments(offered(turn), limits, store)
+        return _envelope_output(turn, limits)
+
+    return _kept(_envelopes, (toolset_key(turn), limits), make, ENVELOPES_KEPT)
+
+
+def _kept(kept: OrderedDict[Any, CompiledOutput], key: Any,
+          make: Callable[[], CompiledOutput], most: int) -> CompiledOutput:
+    """``kept[key]``, else ``make()`` kept there (the ``most`` recently used stay)."""
     with _envelopes_lock:
-        known = _envelopes.get(key)
+        known = kept.get(key)
         if known is not None:
-            _envelopes.move_to_end(key)
+            kept.move_to_end(key)
             return known
-    if store is not None:
-        _stored_arguments(offered(turn), limits, store)
-    compiled = _envelope_output(turn, limits)
+    made = make()
+    _keep(kept, key, made, most)
+    return made
+
+
+def _keep(kept: OrderedDict[Any, CompiledOutput], key: Any, value: CompiledOutput,
+          most: int) -> None:
     with _envelopes_lock:
-        _envelopes[key] = compiled
-        while len(_envelopes) > ENVELOPES_KEPT:
-            _envelopes.popitem(last=False)
-    return compiled
+        kept[key] = value
+        while len(kept) > most:
+            kept.popitem(last=False)
 
 
 def _envelope_output(turn: ToolTurn, limits: Limits) -> CompiledOutput:
-    """The grammar's schema goes through :func:`compile_output` like any JSON Schema
-    (checked, patterns made portable); validation reads the dispatching form. Every step
-    is one pass over the tools, so the cost grows linearly with their number."""
+    """The grammar's schema is put together from each tool's compiled arguments
+    (:func:`compiled_arguments`: checked, patterns made portable, once per tool);
+    validation reads the dispatching form. Every step is one pass over the tools, so the
+    cost grows linearly with their number."""
     offered = [t for t in turn.tools if turn.choice in CHOICES or t.name == turn.choice]
     auto = turn.choice == "auto"
     defs: dict[str, Any] = {}
@@ -321,23 +335,15 @@ CALLS_KEPT = 4096
 def call_output(tool: ToolSpec, limits: Limits = DEFAULT_LIMITS) -> CompiledOutput:
     """``{"name": <tool>, "arguments": <its schema>}`` alone, compiled once per tool
     (its digest): the grammar a :class:`CallTable` switches to once the name is known."""
-    key = (tool.digest, limits)
-    with _envelopes_lock:
-        known = _calls.get(key)
-        if known is not None:
-            _calls.move_to_end(key)
-            return known
-    defs: dict[str, Any] = {}
-    branch = _call_branch(tool, defs, "/properties/arguments", limits)
-    if defs:
-        branch["$defs"] = defs
-    compiled = CompiledOutput(kind="json", json_schema=branch, name="tool_call",
+    def make() -> CompiledOutput:
+        defs: dict[str, Any] = {}
+        branch = _call_branch(tool, defs, "/properties/arguments", limits)
+        if defs:
+            branch["$defs"] = defs
+        return CompiledOutput(kind="json", json_schema=branch, name="tool_call",
                               limits=limits)
-    with _envelopes_lock:
-        _calls[key] = compiled
-        while len(_calls) > CALLS_KEPT:
-            _calls.popitem(last=False)
-    return compiled
+
+    return _kept(_calls, (tool.digest, limits), make, CALLS_KEPT)
 
 
 def _bases(n: int, parallel: bool, prefix: str) -> list[str]:
@@ -372,21 +378,13 @@ def compiled_arguments(tool: ToolSpec, limits: Limits = DEFAULT_LIMITS) -> Compi
     patterns made portable), once per tool (its digest): envelopes are put together from
     these, so a tool set that differs from a known one by one tool checks that tool alone.
     Raises :class:`SchemaError` naming the tool."""
-    key = (tool.digest, limits)
-    with _envelopes_lock:
-        known = _arguments.get(key)
-        if known is not None:
-            _arguments.move_to_end(key)
-            return known
-    try:
-        compiled = compile_output(JsonSchema(tool.parameters, name=tool.name), limits=limits)
-    except SchemaError as exc:
-        raise SchemaError(f"tool {tool.name!r}: {exc.reason}", exc.pointer) from None
-    with _envelopes_lock:
-        _arguments[key] = compiled
-        while len(_arguments) > ARGUMENTS_KEPT:
-            _arguments.popitem(last=False)
-    return compiled
+    def make() -> CompiledOutput:
+        try:
+            return compile_output(JsonSchema(tool.parameters, name=tool.name), limits=limits)
+        except SchemaError as exc:
+            raise SchemaError(f"tool {tool.name!r}: {exc.reason}", exc.pointer) from None
+
+    return _kept(_arguments, (tool.digest, limits), make, ARGUMENTS_KEPT)
 
 
 STORED_MIN_TOOLS = 8  # smaller sets compile faster than a store round trip
@@ -414,10 +412,7 @@ def _stored_arguments(tools: Sequence[ToolSpec], limits: Limits, store: TextStor
             compiled = json_output(json.loads(text), text, name=tool.name, limits=limits)
         except (TypeError, ValueError, RecursionError):
             return  # not ours either
-        with _envelopes_lock:
-            _arguments[(tool.digest, limits)] = compiled
-            while len(_arguments) > ARGUMENTS_KEPT:
-                _arguments.popitem(last=False)
+        _keep(_arguments, (tool.digest, limits), compiled, ARGUMENTS_KEPT)
 
 
 def _dispatch(tools: list[ToolSpec], parallel: bool, prefix: str,
