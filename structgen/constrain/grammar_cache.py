@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import queue
 import threading
@@ -54,6 +55,7 @@ from structgen.signing import directory_secret
 if TYPE_CHECKING:
     from structgen.config import CacheConfig
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 GrammarKey = tuple[str, str, str, str]  # (schema hash, tokenizer hash, engine, engine version)
 
@@ -592,8 +594,13 @@ def default_grammar_cache(config: CacheConfig | None = None) -> GrammarCache:
             assert config is not None or url is None
             secret = None if config is None or not config.secret else \
                 hashlib.sha256(config.secret.encode("utf-8")).digest()
+            tier = None
+            if url is not None:
+                try:
+                    tier = RedisTier(url, config.ttl_s if config else None)
+                except ConfigError as exc:  # no redis client: the result cache says so too
+                    log.warning("grammar cache without its Redis tier: %s", exc)
             cache = _caches[(directory, url)] = GrammarCache(
                 directory=directory, disk_min_compile_s=1.0, background_writes=True,
-                redis=None if url is None else RedisTier(url, config.ttl_s if config else None),
-                secret=secret)
+                redis=tier, secret=secret)
         return cache

@@ -146,3 +146,14 @@ def test_the_default_cache_uses_the_result_caches_redis(redis_url: str,
                                               grammar_dir=str(tmp_path), secret="fleet"))
     assert isinstance(cache.redis, RedisTier)
     assert default_grammar_cache(CacheConfig(grammar_dir=str(tmp_path))).redis is None
+
+
+def test_without_the_redis_client_the_grammar_cache_goes_on_without_redis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # `import redis` raises ImportError
+    cache = default_grammar_cache(CacheConfig(backend="redis", url="redis://127.0.0.1:1/0",
+                                              grammar_dir=str(tmp_path / "no-client")))
+    assert cache.redis is None
+    assert cache.get_or_compile(("s", "t", "e", "1"), lambda: "G", codec=text_codec()) == "G"
