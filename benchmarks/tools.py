@@ -3,6 +3,7 @@
     nice -n 10 python benchmarks/tools.py [--base-url URL --model NAME] [--limit N]
     nice -n 10 python benchmarks/tools.py --embedded-only [--limit N]
     nice -n 10 python benchmarks/tools.py --scale [--requests N]
+    nice -n 10 python benchmarks/tools.py --compile-only
 
 **Real vLLM server** (started here on SmolLM2-135M-Instruct, vLLM CPU, ``guidance`` engine,
 hermes' tool-call parser, ``VLLM_ENFORCE_STRICT_TOOL_CALLING=0``: see docs/capabilities.md
@@ -550,6 +551,110 @@ def compile_rows(sizes: tuple[int, ...]) -> tuple[list[dict[str, Any]], dict[int
     return out, details
 
 
+COMPILE_HEADING = "## Tool-set compile: one grammar per tool"
+
+
+def _cold_worker(n: int, engine_name: str, conn: Any) -> None:
+    """In a fresh process (empty caches): the tools to a ready matcher (cold), a call of
+    one of them through it (its tool's grammar compiles on the way), the same set again
+    (warm), and the set with one tool replaced."""
+    from structgen.constrain.base import ConstraintOptions, create_constraint
+    from structgen.constrain.grammar_cache import GrammarCache
+    from structgen.engine import Engine
+    from structgen.schema.toolset import envelope_output, tool_turn
+
+    engine = Engine(Config.from_dict({"local": {"threads": EMBEDDED_THREADS},
+                                      "cache": {"backend": "none"},
+                                      "metrics": {"enabled": False}}))
+    rt = engine.backend("local").runtime(None)  # type: ignore[attr-defined]
+    tools = maskbench_tools(n)
+    specs = [spec for spec, _ in tools]
+    start = time.perf_counter()
+    constraint = create_constraint(engine_name, rt.tok, grammar_cache=GrammarCache())
+    row: dict[str, Any] = {"setup ms": 1000 * (time.perf_counter() - start)}
+    options = ConstraintOptions()
+    start = time.perf_counter()
+    matcher = constraint.matcher(envelope_output(tool_turn(specs, "required")), options)
+    row["cold ms"] = 1000 * (time.perf_counter() - start)
+    spec, example = next((s, e) for s, e in reversed(tools) if e is not None)
+    call = json.dumps({"name": spec.name, "arguments": example}, separators=(",", ":"))
+    start = time.perf_counter()
+    ok = matcher.consume_all(rt.tok.encode(call)) and matcher.is_accepting()
+    row["first call ms"] = 1000 * (time.perf_counter() - start)
+    row["first call ok"] = ok
+    warm = []
+    for _ in range(WARM_REPEATS):
+        start = time.perf_counter()
+        constraint.matcher(envelope_output(tool_turn(list(specs), "required")), options)
+        warm.append(1000 * (time.perf_counter() - start))
+    row["warm ms"] = _median(warm)
+    new = ToolSpec("a_new_tool", "One tool no earlier set had.", {
+        "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}, None)
+    start = time.perf_counter()
+    constraint.matcher(envelope_output(tool_turn([*specs[:-1], new], "required")), options)
+    row["one tool new ms"] = 1000 * (time.perf_counter() - start)
+    engine.close()
+    conn.send(row)
+
+
+def fresh_compile_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+    """:func:`_cold_worker` for each size and engine, each in its own process."""
+    ctx = mp.get_context("spawn")
+    out = []
+    for n in sizes:
+        row: dict[str, Any] = {"tools": n}
+        for name in ("llguidance", "xgrammar"):
+            conn, child = ctx.Pipe()
+            proc = ctx.Process(target=_cold_worker, args=(n, name, child), daemon=True)
+            proc.start()
+            child.close()
+            try:
+                got = conn.recv() if conn.poll(SCALE_TIMEOUT_S) else {"error": "timeout"}
+            except EOFError:
+                got = {"error": f"process died ({proc.exitcode})"}
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+            row.update({f"{name} {k}": v for k, v in got.items()})
+        out.append(row)
+        print(f"  compile {row}", flush=True)
+    return out
+
+
+def compile_main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
+    rows = fresh_compile_rows(SCALE_SIZES)
+    lines = ["", f"Machine: {machine_line()}.", "",
+             f"{_load(load_before, os.getloadavg())}; run with `nice -n 10`. Each engine "
+             "and tool set in a fresh process (empty caches), after the model and tokenizer "
+             "are loaded. **cold**: the tools to a ready matcher (`tool_turn` + "
+             "`envelope_output` + the engine's `matcher`); **first call**: then one call of "
+             "the set's last tool with an example through that matcher (the called tool's "
+             "grammar compiles on the way); **warm**: the same tools again as a new list "
+             f"(median of {WARM_REPEATS}); **one tool new**: the set with its last tool "
+             "replaced by a new one; **setup**: the engine's per-tokenizer set-up (once per "
+             "model, not per tool set).", "",
+             "| tools | llguidance cold ms | first call ms | warm ms | one tool new ms | "
+             "setup ms | XGrammar cold ms | first call ms | warm ms | one tool new ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for name in ("llguidance", "xgrammar"):
+            keys = ["cold ms", "first call ms", "warm ms", "one tool new ms"]
+            if name == "llguidance":
+                keys.append("setup ms")
+            cells += [(f"{r[f'{name} {k}']:.2f}" if k == "warm ms" and f"{name} {k}" in r
+                       else _ms(r.get(f"{name} {k}", "-"))) for k in keys]
+        lines.append(f"| {r['tools']} | " + " | ".join(cells) + " |")
+    bad = [r for r in rows for name in ("llguidance", "xgrammar")
+           if r.get(f"{name} first call ok") is not True]
+    if bad:
+        lines += ["", f"Calls refused or errors: {bad}"]
+    replace_section(args.out, COMPILE_HEADING, lines)
+    args.out.with_suffix(".compile.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+
+
 def _scale_worker(column: str, sizes: tuple[int, ...], requests: int,
                   details: dict[int, str], conn: Any) -> None:
     if column == SCALE_COLUMNS[0]:
@@ -837,6 +942,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=results_dir() / "tools.md")
     parser.add_argument("--arm", action="append", choices=list(EMBEDDED_ARMS),
                         help="with --embedded-only: only these columns (repeatable)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="only the tool-set compile times, each in a fresh process, "
+                             "written as the 'Tool-set compile' section of --out")
     parser.add_argument("--scale", action="store_true",
                         help="only the tool sets at scale (5-500 tools), written as the "
                              "'Tool sets at scale' section of --out")
@@ -846,6 +954,9 @@ def main() -> None:
                         help="only the embedded columns (no vLLM server), written as the "
                              "'Embedded' section of --out")
     args = parser.parse_args()
+    if args.compile_only:
+        compile_main(args)
+        return
     if args.scale:
         scale_main(args)
         return

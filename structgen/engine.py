@@ -35,6 +35,7 @@ from structgen.backends.capabilities import unenforced
 from structgen.backends.pool import BackendPool
 from structgen.cache import NullCache, ResultCache, open_result_cache
 from structgen.config import Config
+from structgen.constrain.grammar_cache import default_grammar_cache, text_store
 from structgen.errors import CacheError, StructgenError, ValidationFailed
 from structgen.metrics import Metrics
 from structgen.portal import run_sync
@@ -44,7 +45,7 @@ from structgen.schema import CompiledOutput, compile_output
 from structgen.schema.layout import choose_layout
 from structgen.schema.limits import DEFAULT_LIMITS, Limits
 from structgen.schema.support import PostEnforced
-from structgen.schema.toolset import envelope_output, tool_turn, tool_value
+from structgen.schema.toolset import TextStore, envelope_output, tool_turn, tool_value
 from structgen.streaming import partial_instance, partial_tool_value, partial_value
 from structgen.types import (
     SAMPLING_KEYS,
@@ -115,10 +116,19 @@ class Engine:
             raise StructgenError("a tool turn's answer is a tool call (or text): give either "
                                  "output or tools, not both")
         turn = tool_turn(tools, tool_choice, parallel, max_calls)
-        request = self._request(prompt_or_messages, envelope_output(turn, self.limits),
+        request = self._request(prompt_or_messages,
+                                envelope_output(turn, self.limits, self._toolsets()),
                                 model=model, reasoning=reasoning, **sampling)
         request.tools = turn
         return request
+
+    def _toolsets(self) -> TextStore:
+        """Where new tool sets' compiled schemas are kept (the grammar cache's tiers)."""
+        store: TextStore | None = getattr(self, "_toolset_store", None)
+        if store is None:
+            store = self._toolset_store = text_store(default_grammar_cache(self.config.cache),
+                                                     "toolset")
+        return store
 
     def _request(self, prompt_or_messages: str | Sequence[Any], output: CompiledOutput | None,
                  *, model: str | None, reasoning: bool | None,

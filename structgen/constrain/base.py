@@ -17,8 +17,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from structgen.constrain.closing import closing_candidates, walk_to_accept
+from structgen.constrain.calls import CallMatcher, crossing_tokens
+from structgen.constrain.closing import closing_candidates
 from structgen.constrain.grammar_cache import default_grammar_cache
+from structgen.constrain.matcher import Matcher
 from structgen.constrain.tokenizer import TokenizerData
 from structgen.errors import ConfigError, GrammarCompileTimeout, SchemaError
 from structgen.registry import ENGINES, lookup
@@ -34,7 +36,6 @@ from structgen.schema.support import (
 from structgen.types import ALL_KINDS, OutputKind
 
 if TYPE_CHECKING:
-    import torch
 
     from structgen.constrain.grammar_cache import Codec, GrammarCache
     from structgen.schema import CompiledOutput
@@ -61,71 +62,6 @@ class ConstraintOptions:
 
     def key(self) -> str:
         return f"ws={self.whitespace}:{self.max_whitespace}:think={int(self.reasoning)}"
-
-
-class Matcher(ABC):
-    """Per-request grammar state."""
-
-    @abstractmethod
-    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
-        """Write the allowed next tokens into ``bitmask[row]``."""
-
-    @abstractmethod
-    def consume(self, token: int) -> bool:
-        """Advance by one token; False when the grammar rejects it."""
-
-    def forced_tokens(self) -> list[int]:
-        """Tokens the grammar forces next, already consumed by the matcher ([] = none)."""
-        return []
-
-    @abstractmethod
-    def is_finished(self) -> bool:
-        """True when the grammar admits no further token (only end-of-sequence)."""
-
-    @abstractmethod
-    def is_accepting(self) -> bool:
-        """True when the text so far is a complete sentence of the grammar."""
-
-    def error(self) -> str | None:
-        return None
-
-    # Budget-aware closing: every engine here can copy its state (``fork``), test a token
-    # without taking it (``accepts``) and name an allowed token (``first_allowed``); the
-    # walk to a complete answer (closing.walk_to_accept) needs nothing else.
-    supports_closing: bool = False
-    # (candidates, text characters, string enders): see closing_candidates
-    closers: tuple[list[int], list[int], frozenset[int]] = ([], [], frozenset())
-
-    def fork(self) -> Matcher:
-        """An independent copy of this matcher's state (engines with ``supports_closing``)."""
-        raise NotImplementedError
-
-    def accepts(self, token: int) -> bool:
-        """True when the grammar takes ``token`` now (the matcher does not move)."""
-        return self.fork().consume(token)
-
-    def first_allowed(self) -> int | None:
-        """The lowest token id the grammar allows now (None: none is)."""
-        raise NotImplementedError
-
-    def closing_path(self, limit: int) -> list[int] | None:
-        """A short token path from the current state to a complete sentence, found by
-        walking the grammar (at most ``limit`` tokens; None when none is found). The
-        matcher itself does not move."""
-        return walk_to_accept(self.fork(), limit) if self.supports_closing else None
-
-    def completes_with(self, tokens: list[int]) -> bool:
-        """True when ``tokens`` take the current state to a complete sentence (checked on a
-        copy; the matcher itself does not move)."""
-        m = self.fork()
-        return all(m.consume(t) for t in tokens) and m.is_accepting()
-
-    def consume_all(self, tokens: list[int]) -> bool:
-        return all(self.consume(t) for t in tokens)
-
-    # what was taken out of the schema so the engine enforces all it is given (validation
-    # enforces the rest after decoding); set by GrammarConstraint.matcher
-    post_enforced: tuple[PostEnforced, ...] = ()
 
 
 Compiled = tuple[Any, tuple[PostEnforced, ...]]  # an engine's grammar, what it leaves out
@@ -179,6 +115,8 @@ class GrammarConstraint(ABC):
         self.compile_timeout_s = compile_timeout_s
         # the tokens budget-aware closing tries (every engine's matchers share them)
         self.closers = closing_candidates(tok.token_bytes())
+        # the tokens a tool call's head masks out (constrain/calls.py)
+        self.crossing = crossing_tokens(tok.token_bytes())
 
     def matcher(self, output: CompiledOutput, options: ConstraintOptions) -> Matcher:
         """A fresh matcher for ``output``; the compiled grammar is cached across requests
@@ -190,6 +128,12 @@ class GrammarConstraint(ABC):
         if options.reasoning and not self.supports_reasoning:
             raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
                               "use engine='llguidance'")
+        calls = output.calls
+        if calls is not None and not options.reasoning:
+            # one grammar per tool: the names now, the called tool's schema once named
+            return CallMatcher(self.matcher(calls.head, options),
+                               lambda name: self.matcher(calls.call(name), options),
+                               self.tok.token_bytes(), self.crossing)
         cache = self.grammar_cache or default_grammar_cache()
         key = (f"{output.engine_hash}:{options.key()}", self.tok.hash, self.name,
                f"{self.version}+prepare{PREPARE_VERSION}")

@@ -1,4 +1,4 @@
-"""Compiled-grammar cache: memory LRU + disk, keyed by
+"""Compiled-grammar cache: memory LRU + disk (+ Redis), keyed by
 (schema hash, tokenizer hash, engine, engine version).
 
 Compiling a grammar against a tokenizer is the expensive step of constrained decoding
@@ -17,6 +17,14 @@ per-directory secret (``.secret``, 32 random bytes, mode 0600, made on first use
 whose MAC does not verify (forged, copied from another cache, or written by an older
 version) is deleted and the grammar recompiled; it never reaches the C++ deserializer.
 
+With ``[cache] backend = "redis"`` the same signed entries also go to that Redis
+(:class:`RedisTier`, under ``structgen:grammar:``), so a fleet of workers compiles a grammar
+(or checks a tool set, :func:`text_store`) once. Its entries are signed with ``[cache]
+secret`` (else the grammar directory's own secret: then only this machine's workers trust
+each other's entries); an entry that does not verify is a miss, never loaded. Each Redis
+operation gives up after :data:`REDIS_TIMEOUT_S`, and a failure leaves Redis alone for a
+while (1 s, doubling to a minute): a Redis that is down costs a compile, not a request.
+
 >>> cache = default_grammar_cache()
 >>> key = (compiled.hash, tokenizer_hash, "xgrammar", xgrammar_version)   # doctest: +SKIP
 >>> grammar = cache.get_or_compile(key, lambda: compiler.compile_json_schema(s),
@@ -30,6 +38,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import queue
 import threading
@@ -40,16 +49,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from structgen.errors import GrammarCompileTimeout
+from structgen.errors import ConfigError, GrammarCompileTimeout
 from structgen.signing import directory_secret
 
 if TYPE_CHECKING:
     from structgen.config import CacheConfig
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 GrammarKey = tuple[str, str, str, str]  # (schema hash, tokenizer hash, engine, engine version)
 
 DISK_FORMAT_VERSION = 2  # 2: entries carry a keyed MAC instead of an unkeyed SHA-256
+REDIS_TIMEOUT_S = 0.5  # each Redis operation (a frozen Redis must not hold a compile)
+REDIS_BACKOFF_S = (1.0, 60.0)  # after a failure: first pause, longest pause
+REDIS_MAX_ENTRY_BYTES = 64 << 20  # larger serialized grammars stay on disk only
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,11 @@ class GrammarCache:
     """
 
     def __init__(self, max_entries: int = 256, directory: str | Path | None = None, *,
-                 disk_min_compile_s: float = 0.0, background_writes: bool = False) -> None:
+                 disk_min_compile_s: float = 0.0, background_writes: bool = False,
+                 redis: RedisTier | None = None, secret: bytes | None = None) -> None:
         self.max_entries = max_entries
         self.directory = Path(directory) if directory is not None else None
+        self.redis = redis
         # A grammar goes to disk only if compiling it took at least this long: XGrammar's
         # serialized form is large (88 MB for the intent schema on SmolLM2's vocabulary,
         # 4.5 s to write, 1.6 s to read back against a 3.1 s compile), so a fast compile is
@@ -118,21 +133,25 @@ class GrammarCache:
         self._mem: OrderedDict[GrammarKey, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._inflight: dict[GrammarKey, _Inflight] = {}
-        self._secret: bytes | None = None
+        self._secret: bytes | None = secret  # None: the directory's own (made on first use)
         self.hits = 0
         self.disk_hits = 0
+        self.redis_hits = 0
         self.misses = 0
         self.timeouts = 0
 
     # Public ---------------------------------------------------------------------------
     def get_or_compile(self, key: GrammarKey, compile_fn: Callable[[], T], *,
-                       timeout_s: float | None = None, codec: Codec[T] | None = None) -> T:
+                       timeout_s: float | None = None, codec: Codec[T] | None = None,
+                       store_s: float | None = None) -> T:
         """Return the cached compiled grammar for ``key`` or compile (and keep) it.
 
         ``key`` = (schema hash, tokenizer hash, engine name, engine version). With a
-        ``codec`` the grammar is also read from / written to the disk directory. With
-        ``timeout_s`` the compile gets that long; past it :class:`GrammarCompileTimeout`
-        is raised and recorded. An exception from ``compile_fn`` propagates unchanged.
+        ``codec`` the grammar is also read from / written to the disk directory (and
+        Redis), when its compile took at least ``store_s`` (default:
+        ``disk_min_compile_s``). With ``timeout_s`` the compile gets that long; past it
+        :class:`GrammarCompileTimeout` is raised and recorded. An exception from
+        ``compile_fn`` propagates unchanged.
         """
         key = tuple(map(str, key))  # type: ignore[assignment]
         with self._lock:
@@ -147,7 +166,8 @@ class GrammarCache:
         if not owner:
             return self._wait(key, flight, timeout_s)
         try:
-            return self._load_or_compile(key, flight, compile_fn, timeout_s, codec)
+            return self._load_or_compile(key, flight, compile_fn, timeout_s, codec,
+                                         self.disk_min_compile_s if store_s is None else store_s)
         finally:
             with self._lock:
                 if not flight.running:
@@ -186,17 +206,25 @@ class GrammarCache:
 
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._mem), "hits": self.hits, "disk_hits": self.disk_hits,
-                "misses": self.misses, "timeouts": self.timeouts}
+                "redis_hits": self.redis_hits, "misses": self.misses,
+                "timeouts": self.timeouts}
 
     # Internals ------------------------------------------------------------------------
     def _load_or_compile(self, key: GrammarKey, flight: _Inflight, compile_fn: Callable[[], T],
-                         timeout_s: float | None, codec: Codec[T] | None) -> T:
+                         timeout_s: float | None, codec: Codec[T] | None,
+                         store_s: float) -> T:
         if codec is not None:
             value = self._read_disk(key, codec)
+            tier = "disk"
+            if value is None and self.redis is not None:
+                value, tier = self._read_redis(key, codec), "redis"
             if value is not None:
                 with self._lock:
                     self.hits += 1
-                    self.disk_hits += 1
+                    if tier == "disk":
+                        self.disk_hits += 1
+                    else:
+                        self.redis_hits += 1
                 self._remember(key, value)
                 flight.finish(value)
                 return value
@@ -231,7 +259,7 @@ class GrammarCache:
             path = self._path(key, ".timeout") if timeout_s is not None else None
             if path is not None:  # it compiled after all: a timeout record no longer applies
                 path.unlink(missing_ok=True)  # (one this caller wrote is on disk by now)
-            if codec is not None and time.perf_counter() - started >= self.disk_min_compile_s:
+            if codec is not None and time.perf_counter() - started >= store_s:
                 if self.background_writes:
                     writer = threading.Thread(target=self._write_disk, args=(key, value, codec),
                                               daemon=True, name="grammar-disk-write")
@@ -286,7 +314,7 @@ class GrammarCache:
     def _path(self, key: GrammarKey, suffix: str) -> Path | None:
         if self.directory is None:
             return None
-        digest = hashlib.sha256("\x00".join(key).encode()).hexdigest()
+        digest = self._name(key)
         engine = "".join(c for c in key[2] if c.isalnum() or c in "-_") or "engine"
         return self.directory / engine / f"{digest}{suffix}"
 
@@ -295,31 +323,59 @@ class GrammarCache:
         if path is None or not path.is_file():
             return None
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            value = self._entry_value(key, path.read_text(encoding="utf-8"), codec)
+        except OSError:
+            value = None
+        if value is None:
+            path.unlink(missing_ok=True)  # corrupt, stale or from another library version
+        return value
+
+    def _read_redis(self, key: GrammarKey, codec: Codec[T]) -> T | None:
+        assert self.redis is not None
+        name = self._name(key)
+        text = self.redis.get(name)
+        if text is None:
+            return None
+        value = self._entry_value(key, text, codec)
+        if value is None:
+            self.redis.delete(name)  # forged, damaged or signed under another secret
+        return value
+
+    def _entry_value(self, key: GrammarKey, text: str, codec: Codec[T]) -> T | None:
+        """The value of a stored entry, or None when it does not verify (it never reaches
+        ``codec.loads`` then) or does not load."""
+        try:
+            entry = json.loads(text)
             payload = entry["payload"]
             # checked before the payload reaches the (C++) deserializer
             if (entry.get("v") == DISK_FORMAT_VERSION and isinstance(payload, str)
                     and self._verify(entry, key, payload)):
                 return codec.loads(payload)
-        except Exception:  # any unreadable file is a miss, never a crash
+        except Exception:  # any unreadable entry is a miss, never a crash
             pass
-        path.unlink(missing_ok=True)  # corrupt, stale or from another library version
         return None
 
     def _write_disk(self, key: GrammarKey, value: T, codec: Codec[T]) -> None:
+        """Write the entry to disk and to Redis (each where there is one)."""
         path = self._path(key, ".json")
-        if path is None:
+        if path is None and self.redis is None:
             return
         try:
             payload = codec.dumps(value)
             mac = self._mac(key, payload)
             if mac is None:
                 return
-            entry = {"v": DISK_FORMAT_VERSION, "key": list(key), "created_at": time.time(),
-                     "mac": mac, "payload": payload}
-            _atomic_write(path, json.dumps(entry))
+            entry = json.dumps({"v": DISK_FORMAT_VERSION, "key": list(key),
+                                "created_at": time.time(), "mac": mac, "payload": payload})
+            if path is not None:
+                _atomic_write(path, entry)
         except Exception:  # a read-only or full disk only costs a recompile
-            pass
+            return
+        if self.redis is not None and len(entry) <= REDIS_MAX_ENTRY_BYTES:
+            self.redis.set(self._name(key), entry)
+
+    def _name(self, key: GrammarKey) -> str:
+        return hashlib.sha256("\x00".join(key).encode()).hexdigest()
 
     def _record_timeout(self, key: GrammarKey, timeout_s: float) -> None:
         path = self._path(key, ".timeout")
@@ -353,6 +409,75 @@ class GrammarCache:
         if self._secret is None and self.directory is not None:
             self._secret = directory_secret(self.directory)
         return self._secret
+
+
+class RedisTier:
+    """Signed grammar-cache entries in a Redis shared by workers (``structgen:grammar:``).
+
+    Never raises: an operation that fails or takes longer than :data:`REDIS_TIMEOUT_S` is a
+    miss (or a write not made), and Redis is then left alone for :data:`REDIS_BACKOFF_S`
+    (doubling per failure). The connection is opened on first use."""
+
+    prefix = "structgen:grammar:"
+
+    def __init__(self, url: str, ttl_s: float | None = None) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise ConfigError("the grammar cache's Redis tier needs the redis client: "
+                              "pip install 'structgen[redis]'", "cache.backend") from None
+        self._r = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
+                                       socket_connect_timeout=REDIS_TIMEOUT_S)
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._pause = REDIS_BACKOFF_S[0]
+        self.failures = 0
+
+    def get(self, name: str) -> str | None:
+        raw = self._call(lambda: self._r.get(self.prefix + name))
+        if not isinstance(raw, bytes):
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    def set(self, name: str, text: str) -> None:
+        px = max(1, int(self.ttl_s * 1000)) if self.ttl_s else None
+        self._call(lambda: self._r.set(self.prefix + name, text.encode("utf-8"), px=px))
+
+    def delete(self, name: str) -> None:
+        self._call(lambda: self._r.delete(self.prefix + name))
+
+    def _call(self, op: Callable[[], Any]) -> Any:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            result = op()
+        except Exception:  # redis.RedisError, OSError, a timeout: a miss, then a pause
+            with self._lock:
+                self.failures += 1
+                self._down_until = time.monotonic() + self._pause
+                self._pause = min(self._pause * 2, REDIS_BACKOFF_S[1])
+            return None
+        with self._lock:
+            self._pause = REDIS_BACKOFF_S[0]
+        return result
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._r.close()
+
+
+def text_store(cache: GrammarCache, kind: str) -> Callable[[str, Callable[[], str]], str]:
+    """``(key, make) -> text``: the text kept under ``key`` in ``cache`` (memory, disk,
+    Redis), made by ``make()`` and kept when it is in none of them, however fast ``make``
+    was. For work upstream of grammars that is worth sharing as text: a tool set's
+    compiled argument schemas (:func:`structgen.schema.toolset.envelope_output`)."""
+    codec = text_codec()
+    return lambda key, make: cache.get_or_compile((key, "", kind, "1"), make, codec=codec,
+                                                  store_s=0.0)
 
 
 class _Workers:
@@ -454,16 +579,28 @@ def default_grammar_dir(config: CacheConfig | None = None) -> Path:
             else Path.home() / ".cache" / "structgen" / "grammars")
 
 
-_caches: dict[Path, GrammarCache] = {}
+_caches: dict[tuple[Path, str | None], GrammarCache] = {}
 _caches_lock = threading.Lock()
 
 
 def default_grammar_cache(config: CacheConfig | None = None) -> GrammarCache:
-    """The process-wide grammar cache for the configured directory (one per directory)."""
+    """The process-wide grammar cache for the configured directory (one per directory),
+    with the Redis tier when ``[cache] backend = "redis"``."""
     directory = default_grammar_dir(config)
+    url = config.url if config is not None and config.backend == "redis" else None
     with _caches_lock:
-        cache = _caches.get(directory)
+        cache = _caches.get((directory, url))
         if cache is None:
-            cache = _caches[directory] = GrammarCache(directory=directory, disk_min_compile_s=1.0,
-                                                      background_writes=True)
+            assert config is not None or url is None
+            secret = None if config is None or not config.secret else \
+                hashlib.sha256(config.secret.encode("utf-8")).digest()
+            tier = None
+            if url is not None:
+                try:
+                    tier = RedisTier(url, config.ttl_s if config else None)
+                except ConfigError as exc:  # no redis client: the result cache says so too
+                    log.warning("grammar cache without its Redis tier: %s", exc)
+            cache = _caches[(directory, url)] = GrammarCache(
+                directory=directory, disk_min_compile_s=1.0, background_writes=True,
+                redis=tier, secret=secret)
         return cache

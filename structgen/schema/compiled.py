@@ -8,6 +8,7 @@ validation reads the schema or the pattern, caches read ``hash``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -52,6 +53,9 @@ class CompiledOutput:
     # to 2020-12, references through nested $ids made root pointers): ``json_schema`` is
     # the rewrite, values are judged by this one, under the draft it declares
     written_schema: dict[str, Any] | None = None
+    # a tool turn's single call, one grammar per tool (schema/toolset.py): grammar engines
+    # compile the call's head and then the named tool's grammar alone, not the whole envelope
+    calls: CallTable | None = None
 
     @property
     def validation_schema(self) -> dict[str, Any] | None:
@@ -107,6 +111,19 @@ class CompiledOutput:
 
     def to_ebnf(self) -> str:
         return to_ebnf(self)
+
+
+@dataclass(frozen=True, eq=False)
+class CallTable:
+    """The one call of a tool turn as one small grammar per tool. ``head`` is the call
+    up to its arguments: ``{"name": <one of the names>, "arguments": <any JSON>}`` (its
+    arguments are a placeholder: a matcher leaves the head once the name is written).
+    ``call(name)`` is that tool's whole call (``{"name": N, "arguments": <its schema>}``),
+    made on first use and kept per tool, so a tool set pays for the tools its answers call,
+    and a set that differs from a known one by one tool compiles that tool alone."""
+
+    head: CompiledOutput
+    call: Callable[[str], CompiledOutput]
 
 
 def compile_output(output: Any, *, name: str | None = None,

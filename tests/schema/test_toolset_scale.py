@@ -138,6 +138,87 @@ def test_model_tools_among_schema_tools_validate_into_their_models() -> None:
     assert calls[1].arguments == {"city": "Rome", "days": 2}
 
 
+# One grammar per tool -----------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_call_compiles_the_names_and_the_called_tool_only(
+        tok: TokenizerData, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """500 tools: the engine compiles the call's head (the names) and, once the model has
+    written a name, that tool's grammar: not every tool's schema (the old code compiled the
+    whole envelope, ~130 KB of schema, before the first token)."""
+    tools = maskbench_tools()
+    output = envelope_output(tool_turn([spec for spec, _ in tools], "required"))
+    engine_ = constraint(tok, engine, GrammarCache())
+    compiled: list[int] = []
+    real = type(engine_).compile
+
+    def counting(self: GrammarConstraint, out: Any, options: ConstraintOptions) -> Any:
+        compiled.append(len(out.json_text))
+        return real(self, out, options)
+
+    monkeypatch.setattr(type(engine_), "compile", counting)
+    matcher = engine_.matcher(output, ConstraintOptions())
+    spec, example = next((s, e) for s, e in tools[250:] if e is not None)
+    assert matcher.consume_all(tok.encode(call_text(spec.name, example)))
+    assert matcher.is_accepting()
+    assert len(compiled) == 2, compiled  # the names, then the called tool
+    assert sum(compiled) < len(output.json_text) / 10
+
+
+def test_a_tool_set_one_tool_apart_checks_that_tool_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from structgen.schema import compiled as compiled_module
+
+    specs = [spec for spec, _ in maskbench_tools(200)]
+    envelope_output(tool_turn(specs, "required"))
+    checked: list[int] = []
+    real = compiled_module.check_schema
+
+    def counting(schema: Any, **kwargs: Any) -> Any:
+        checked.append(len(json.dumps(schema)))
+        return real(schema, **kwargs)
+
+    monkeypatch.setattr(compiled_module, "check_schema", counting)
+    new = ToolSpec("brand_new_tool", "A tool no set had.", {
+        "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}, None)
+    output = envelope_output(tool_turn([*specs[:-1], new], "required"))
+    # the new tool's schema and the head (its 200 names), not the 200 tools' schemas
+    assert len(checked) == 2 and sum(checked) < len(output.json_text) / 5, checked
+    outcome = validate_text(call_text("brand_new_tool", {"q": "x"}), output)
+    assert outcome.ok and tool_value(outcome.value) == ToolCall("brand_new_tool", {"q": "x"})
+    assert not validate_text(call_text("brand_new_tool", {"q": 1}), output).ok
+
+
+def test_tokens_that_run_into_the_arguments_are_masked_while_the_name_is_open(
+        tok: TokenizerData) -> None:
+    """The head's arguments are a placeholder, so a token that would run from the name
+    past the ``"arguments"`` key is masked out until the name is known (the tiny
+    tokenizer has no such token: some allowed ones are named crossing here)."""
+    import torch
+
+    from structgen.constrain.calls import CallMatcher, crossing_tokens
+
+    assert crossing_tokens([b"a", b'x","arguments":{', b'arguments"', b"args"]) == \
+        frozenset({1, 2})
+    output = envelope_output(tool_turn(_tools(), "required"))
+    assert output.calls is not None
+    engine_ = constraint(tok, "llguidance", GrammarCache())
+    head = engine_.matcher(output.calls.head, ConstraintOptions())
+    assert head.consume_all(tok.encode('{"name":"'))
+    words = (tok.vocab_size + 31) // 32
+    mask = torch.full((1, words), -1, dtype=torch.int32)
+    head.fill_bitmask(mask, 0)
+    allowed = [t for t in range(tok.vocab_size) if int(mask[0, t // 32]) >> (t % 32) & 1]
+    crossing = frozenset([*(t for t in allowed if t % 32 == 31)][:3] + allowed[:2])
+    matcher = CallMatcher(head, lambda name: engine_.matcher(output.calls.call(name),
+                                                             ConstraintOptions()),
+                          tok.token_bytes(), crossing)
+    mask.fill_(-1)
+    matcher.fill_bitmask(mask, 0)
+    now = {t for t in range(tok.vocab_size) if int(mask[0, t // 32]) >> (t % 32) & 1}
+    assert now == set(allowed) - crossing
+    assert not any(matcher.accepts(t) for t in crossing)
+
+
 # Exact call counts ------------------------------------------------------------------------
 def _tools() -> list[ToolSpec]:
     return generated_tools(3, "Count test {i}.")
@@ -224,6 +305,12 @@ def test_the_tools_prompt_is_one_line_per_tool() -> None:
     # max_calls is said in the prompt as well
     assert "(at most 2)" in tools_prompt(tool_turn(generated_tools(2), "required",
                                                    parallel=True, max_calls=2))
+    # the grammar writes a required or named call's JSON from its first token: the prompt
+    # does not spend tokens describing it; "auto" says how to write the trigger and a call
+    assert prompt.endswith("</tools>\n\nCall one of these functions.")
+    assert '"arguments"' not in prompt and '"arguments"' not in named
+    assert '{"name": <function-name>, "arguments": <args-json-object>}' in tools_prompt(
+        tool_turn(generated_tools(2), "auto"))
 
 
 def test_shorter_details_for_large_sets() -> None:
