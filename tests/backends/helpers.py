@@ -20,6 +20,21 @@ TOOLSET_FILE = Path(__file__).resolve().parents[1] / "data" / "toolsets" / \
     "maskbench_tools.jsonl.gz"
 
 
+def count_schema_checks(monkeypatch: Any) -> list[int]:
+    """From now on, the size (JSON characters) of each schema structgen checks."""
+    from structgen.schema import compiled as compiled_module
+
+    checked: list[int] = []
+    real = compiled_module.check_schema
+
+    def counting(schema: Any, **kwargs: Any) -> Any:
+        checked.append(len(json.dumps(schema)))
+        return real(schema, **kwargs)
+
+    monkeypatch.setattr(compiled_module, "check_schema", counting)
+    return checked
+
+
 def maskbench_tools(n: int | None = None) -> list[tuple[ToolSpec, Any]]:
     """The first ``n`` tools of the MaskBench tool set, each with a valid example of its
     arguments (None where the record has none)."""

@@ -112,10 +112,9 @@ def test_a_tool_set_is_checked_once_per_fleet(redis_tier: Any,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker that meets a tool set another worker has seen reads the tools' compiled
     schemas from Redis (one entry by the set's hash) instead of checking 200 schemas."""
-    from structgen.schema import compiled as compiled_module
     from structgen.schema import toolset
     from structgen.schema.toolset import envelope_output, tool_turn
-    from tests.backends.helpers import maskbench_tools
+    from tests.backends.helpers import count_schema_checks, maskbench_tools
 
     specs = [spec for spec, _ in maskbench_tools(200)]
     monkeypatch.setattr(toolset, "_arguments", type(toolset._arguments)())
@@ -124,14 +123,7 @@ def test_a_tool_set_is_checked_once_per_fleet(redis_tier: Any,
         GrammarCache(redis=redis_tier(), secret=SECRET), "toolset"))
     toolset._arguments.clear()  # another worker: nothing in memory
     toolset._envelopes.clear()
-    checked: list[int] = []
-    real = compiled_module.check_schema
-
-    def counting(schema: Any, **kwargs: Any) -> Any:
-        checked.append(len(json.dumps(schema)))
-        return real(schema, **kwargs)
-
-    monkeypatch.setattr(compiled_module, "check_schema", counting)
+    checked = count_schema_checks(monkeypatch)
     other = GrammarCache(redis=redis_tier(), secret=SECRET)
     again = envelope_output(tool_turn(list(specs), "required"),
                             store=text_store(other, "toolset"))

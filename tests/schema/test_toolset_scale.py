@@ -23,7 +23,7 @@ from structgen.schema import toolset
 from structgen.schema.toolset import envelope_output, tool_turn, tool_value
 from structgen.types import ToolCall, ToolSpec
 from structgen.validate import validate_text
-from tests.backends.helpers import generated_tools, maskbench_tools
+from tests.backends.helpers import count_schema_checks, generated_tools, maskbench_tools
 
 ENGINES = ("llguidance", "xgrammar")
 
@@ -166,18 +166,9 @@ def test_a_call_compiles_the_names_and_the_called_tool_only(
 
 def test_a_tool_set_one_tool_apart_checks_that_tool_alone(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from structgen.schema import compiled as compiled_module
-
     specs = [spec for spec, _ in maskbench_tools(200)]
     envelope_output(tool_turn(specs, "required"))
-    checked: list[int] = []
-    real = compiled_module.check_schema
-
-    def counting(schema: Any, **kwargs: Any) -> Any:
-        checked.append(len(json.dumps(schema)))
-        return real(schema, **kwargs)
-
-    monkeypatch.setattr(compiled_module, "check_schema", counting)
+    checked = count_schema_checks(monkeypatch)
     new = ToolSpec("brand_new_tool", "A tool no set had.", {
         "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}, None)
     output = envelope_output(tool_turn([*specs[:-1], new], "required"))
