@@ -473,7 +473,11 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
            "during the run" if loads else f"{meta.get('load_end', 0):.1f} at the end")
         + "); the quality figures are counts and do not depend on it. The columns that share "
         "a prompt ran interleaved, request by request, so the load fell on them alike: "
-        "their s/request ratios hold, their absolute seconds do not.",
+        "their s/request ratios hold, their absolute seconds do not. The `sg-` columns of "
+        "one engine share one model instance, so the second of them on a request finds its "
+        "whole prompt in the prefix cache: compare the default's seconds with `gbnf` "
+        "(its own instance, the same requests; below), not with another `sg-` column "
+        "(`benchmarks/layout_speed.py` times the layouts each on its own instance).",
         *(["", *meta.get("notes", [])] if meta.get("notes") else []),
         "",
         "Columns: `sg-<layout>/<examples>` is structgen's embedded backend (llguidance; "
@@ -483,7 +487,9 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
         "enforcing `<layout>` (compact `{\"a\":1}`, spaced `{\"a\": 1}` as `json.dumps` "
         "writes it, any = up to 4 whitespace characters between tokens); `<examples>` is "
         "how the two worked examples in the system prompt are written (none, compact, "
-        "spaced, indented = `json.dumps(indent=2)`). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
+        "spaced, indented = `json.dumps(indent=2)`; `<layout>-turns`: the same two "
+        "examples as few-shot chat turns, a request and its answer each, instead of in "
+        "the system prompt's text). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
         "path), `free` the same without a grammar, its first JSON object parsed and scored "
         "whether or not it validates. Field accuracy counts every gold field (an invalid "
         "constrained answer scores 0); degenerate = an "
