@@ -5,10 +5,11 @@ allowed, SmolLM2-135M answered an intent request with empty paths and confidence
 the same model, free to write ``{"kind": "debug", ...}``, copied the path from the request
 (docs/embedded.md, "JSON layout"). The ``"auto"`` layout therefore follows the worked
 examples a prompt gives as assistant turns (the model continues a conversation in the
-layout it answered in before), and is ``json.dumps``' default (``"spaced"``) otherwise,
-examples written inside a message's text included: measured (benchmarks/quality.py),
-the spaced grammar answered better than the compact one even beside compact examples in
-the system prompt.
+layout it answered in before); without them it is ``json.dumps``' default (``"spaced"``),
+compact or spaced examples written inside a message's text included (measured,
+benchmarks/quality.py: the spaced grammar answered better than the compact one even
+beside compact examples in the system prompt), and the free ``"any"`` when the examples
+written there are indented (measured: better than spaced beside them).
 """
 
 from __future__ import annotations
@@ -123,14 +124,32 @@ def prompt_layout(messages: Sequence[Mapping[str, object]]) -> str | None:
 
 def choose_layout(setting: str, messages: Sequence[Mapping[str, object]]) -> str:
     """The layout a request's grammar enforces: ``setting`` itself unless it is ``"auto"``,
-    then the layout of the prompt's assistant-turn examples (:func:`prompt_layout`), else
-    :data:`DEFAULT_LAYOUT`. An indented example gets :data:`INDENTED_LAYOUT`."""
+    then the layout of the prompt's assistant-turn examples (:func:`prompt_layout`); with
+    none, :data:`INDENTED_LAYOUT` when the JSON examples written inside the messages'
+    text are indented (measured: the free layout, in which the model writes their
+    indentation, answered better there than spaced), else :data:`DEFAULT_LAYOUT`. An
+    indented turn gets :data:`INDENTED_LAYOUT` too."""
     if setting != "auto":
         return setting
-    shown = prompt_layout(messages)
+    shown = prompt_layout(messages) or _text_layout(messages)
     if shown is None:
         return DEFAULT_LAYOUT
     return INDENTED_LAYOUT if shown == "indented" else shown
+
+
+def _text_layout(messages: Sequence[Mapping[str, object]]) -> str | None:
+    """``"indented"`` when most JSON examples written inside the messages' text (not JSON
+    Schemas) are indented, else None: compact or spaced examples there do not choose the
+    layout (measured: spaced answered better beside compact ones)."""
+    votes: Counter[str] = Counter()
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            for text in _embedded_objects(content):
+                layout = _example_layout(text)
+                if layout is not None:
+                    votes["indented" if layout == "indented" else "other"] += 1
+    return "indented" if votes["indented"] > votes["other"] else None
 
 
 def _example_layout(text: str) -> str | None:
@@ -144,3 +163,17 @@ def _example_layout(text: str) -> str | None:
         return None
     return json_layout(text)
 
+
+
+def _embedded_objects(content: str) -> Iterator[str]:
+    """The JSON objects written inside free text, outermost only, left to right."""
+    decoder = json.JSONDecoder()
+    i = content.find("{")
+    while i >= 0:
+        try:
+            _, end = decoder.raw_decode(content, i)
+        except (ValueError, RecursionError):
+            i = content.find("{", i + 1)
+            continue
+        yield content[i:end]
+        i = content.find("{", end)

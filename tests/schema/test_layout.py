@@ -46,14 +46,29 @@ COMPACT = [json.dumps(VALUE, separators=(",", ":")), '{"kind":"edit_code"}']
 SPACED = [json.dumps(VALUE), '{"kind": "explain"}']
 
 
-def test_examples_inside_a_message_do_not_count() -> None:
+def test_compact_or_spaced_examples_inside_a_message_do_not_count() -> None:
     # measured (benchmarks/results/quality.md): beside compact examples in the system
-    # prompt the spaced grammar answered better than the compact one, so text is not read
-    for examples in (COMPACT, SPACED, [json.dumps(VALUE, indent=2)]):
+    # prompt the spaced grammar answered better than the compact one
+    for examples in (COMPACT, SPACED):
         assert prompt_layout(_system(examples)) is None
         assert choose_layout("auto", _system(examples, (",", ":"))) == DEFAULT_LAYOUT == "spaced"
     user_json = [{"role": "user", "content": COMPACT[0]}]
     assert choose_layout("auto", user_json) == "spaced"
+
+
+def test_indented_examples_inside_a_message_get_the_free_layout() -> None:
+    # measured: beside indented examples in the system prompt "any" (the model writes
+    # their indentation) answered better than spaced (49% vs 41% of fields, 47 tasks)
+    indented = [json.dumps(VALUE, indent=2), json.dumps({"kind": "explain"}, indent=2)]
+    assert prompt_layout(_system(indented)) is None
+    assert choose_layout("auto", _system(indented)) == "any"
+    # most examples not indented: spaced
+    assert choose_layout("auto", _system([indented[0], *COMPACT])) == "spaced"
+    # an indented schema is not an example
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "string"}}}, indent=2)
+    assert choose_layout("auto", [{"role": "system", "content": schema}]) == "spaced"
+    # assistant turns still decide over the text
+    assert choose_layout("auto", [*_system(indented)[:1], *_turns(COMPACT)[1:]]) == "compact"
 
 
 def test_assistant_turns_are_examples() -> None:
