@@ -119,10 +119,22 @@ ROLE = {"intent": "You are the intent step of a multi-agent coding system.",
         "numeric": "You answer questions."}
 
 
-# the requests the intent examples answer: "<layout>-turns" columns show the examples as
+# the requests the worked examples answer: "<layout>-turns" columns show the examples as
 # few-shot chat turns (request, answer), as README's example does
-EXAMPLE_REQUESTS = {"intent": ["Add a --verbose flag to the command in structgen/cli.py",
-                               "Do the tests in tests/schema still pass?"]}
+EXAMPLE_REQUESTS = {
+    "intent": ["Add a --verbose flag to the command in structgen/cli.py",
+               "Do the tests in tests/schema still pass?"],
+    "extract": ["Lena Vogel (lena@vogel.de) paid 12.50 EUR on 2024-02-03.",
+                "Refund of 980 INR to Raj Mehta, raj.mehta@example.in, sent 2023-09-30."],
+    "debugger": ["Traceback (most recent call last):\n  File \"structgen/config.py\", line 42, "
+                 "in load_config\n    timeout = data['timeout']\nKeyError: 'timeout'",
+                 "pytest: tests/test_cache.py::test_seed_in_key FAILED, assert key_a != key_b "
+                 "(structgen/cache.py line 17; log: cache hit for seeded request)"],
+    "reflection": ["The task was: add 2 and 2. The agent answered: 4. Review the answer.",
+                   "The task was: add a --verbose flag and document it. The agent added the "
+                   "flag and its tests but left the README as it was. Review the answer."],
+    "numeric": ["What is 2 + 2?", "How many minutes are in an hour?"],
+}
 
 
 def example_text(example: BaseModel, layout: str) -> str:
@@ -146,7 +158,7 @@ def messages(task: dict[str, Any], examples: str) -> list[dict[str, str]]:
     if examples.endswith("-turns"):
         layout = examples.removesuffix("-turns")
         for request, e in zip(EXAMPLE_REQUESTS[task["task"]], EXAMPLES[task["task"]],
-                              strict=False):
+                              strict=True):
             turns += [{"role": "user", "content": request},
                       {"role": "assistant", "content": example_text(e, layout)}]
     elif examples != "none":
@@ -461,7 +473,11 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
            "during the run" if loads else f"{meta.get('load_end', 0):.1f} at the end")
         + "); the quality figures are counts and do not depend on it. The columns that share "
         "a prompt ran interleaved, request by request, so the load fell on them alike: "
-        "their s/request ratios hold, their absolute seconds do not.",
+        "their s/request ratios hold, their absolute seconds do not. The `sg-` columns of "
+        "one engine share one model instance, so the second of them on a request finds its "
+        "whole prompt in the prefix cache: compare the default's seconds with `gbnf` "
+        "(its own instance, the same requests; below), not with another `sg-` column "
+        "(`benchmarks/layout_speed.py` times the layouts each on its own instance).",
         *(["", *meta.get("notes", [])] if meta.get("notes") else []),
         "",
         "Columns: `sg-<layout>/<examples>` is structgen's embedded backend (llguidance; "
@@ -471,7 +487,9 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
         "enforcing `<layout>` (compact `{\"a\":1}`, spaced `{\"a\": 1}` as `json.dumps` "
         "writes it, any = up to 4 whitespace characters between tokens); `<examples>` is "
         "how the two worked examples in the system prompt are written (none, compact, "
-        "spaced, indented = `json.dumps(indent=2)`). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
+        "spaced, indented = `json.dumps(indent=2)`; `<layout>-turns`: the same two "
+        "examples as few-shot chat turns, a request and its answer each, instead of in "
+        "the system prompt's text). `gbnf` is llama-cpp-python with a GBNF grammar from the schema (Ollama's "
         "path), `free` the same without a grammar, its first JSON object parsed and scored "
         "whether or not it validates. Field accuracy counts every gold field (an invalid "
         "constrained answer scores 0); degenerate = an "
@@ -514,6 +532,12 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
     lines += [f"| `{c}` | " + " | ".join(
         f"{per_task[c][k]['exact']:.0%} ({per_task[c][k]['degenerate']} deg.)"
         for k in task_kinds) + " |" for c in columns]
+    # a column that did not answer every task (a run stopped early: `--resume` completes
+    # it) is named, so that its figures are not read as the whole set's
+    short = [f"`{c}` ({by_col[c]['n']} of {n})" for c in columns if by_col[c]["n"] < n]
+    if short:
+        lines += ["", "**Incomplete columns** (the run stopped before they answered every "
+                  "task; `--resume` completes them): " + ", ".join(short) + "."]
     lines += ["", f"Run time: {meta['wall_s']:.0f} s. PNG: {meta['png']}.", ""]
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines))
     data = {"columns": by_col, "per_task": per_task, "auto": autos, "meta": meta,

@@ -137,7 +137,8 @@ class LocalConfig(_Section):
     model_cache_dir: str | None = None  # default ~/.cache/structgen/models
     # the JSON layout the grammar enforces: "compact" ({"a":1,"b":2}), "spaced" (json.dumps'
     # default, {"a": 1, "b": 2}), "any" (up to max_whitespace between tokens), "auto" (the
-    # layout of the JSON examples in the prompt, else "spaced": structgen/schema/layout.py)
+    # layout of the prompt's few-shot assistant turns; else "any" beside indented examples
+    # in the text, else "spaced": schema/layout.py)
     whitespace: Literal["auto", "compact", "spaced", "any"] = "auto"
     max_whitespace: int = Field(default=4, ge=0)
     # reasoning=True: the free text before the answer ("<think>...") is ended with

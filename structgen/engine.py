@@ -145,7 +145,7 @@ class Engine:
             messages=messages, output=output, sampling=s,
             # reasoning=None: the router turns it on for reasoning models ([router issue]).
             model=model, reasoning=bool(reasoning), extra={"reasoning_auto": reasoning is None},
-            # "auto": the layout of the prompt's JSON examples, else json.dumps'
+            # "auto": the layout of the few-shot assistant turns, else json.dumps'
             whitespace=choose_layout(self.config.local.whitespace, messages))
 
     # The pipeline --------------------------------------------------------------------

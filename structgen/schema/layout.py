@@ -4,8 +4,12 @@ A grammar that forces a layout the model does not expect costs content: with no 
 allowed, SmolLM2-135M answered an intent request with empty paths and confidence 0 where
 the same model, free to write ``{"kind": "debug", ...}``, copied the path from the request
 (docs/embedded.md, "JSON layout"). The ``"auto"`` layout therefore follows the worked
-examples in the prompt, and is ``json.dumps``' default (``"spaced"``) when there are none:
-the layout most JSON a model was trained on has.
+examples a prompt gives as assistant turns (the model continues a conversation in the
+layout it answered in before); without them it is ``json.dumps``' default (``"spaced"``),
+compact or spaced examples written inside a message's text included (measured,
+benchmarks/quality.py: the spaced grammar answered better than the compact one even
+beside compact examples in the system prompt), and the free ``"any"`` when the examples
+written there are indented (measured: better than spaced beside them).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ def guidance_options(layout: str) -> dict[str, object] | None:
         return None
     return {"whitespace_flexible": False, "item_separator": separators[0],
             "key_separator": separators[1]}
-# what "auto" becomes when the prompt shows no JSON example (measured: benchmarks/quality.py)
+# what "auto" becomes when no assistant turn shows a JSON example (measured:
+# benchmarks/quality.py)
 DEFAULT_LAYOUT = "spaced"
 # a JSON example shown indented (json.dumps(indent=...)): no fixed-separator layout
 # matches it, so the answer gets the bounded free layout
@@ -112,24 +117,18 @@ def _gap_after(text: str, before: str, i: int) -> Iterator[tuple[str, str]]:
 
 
 def prompt_layout(messages: Sequence[Mapping[str, object]]) -> str | None:
-    """The layout of the JSON examples a prompt shows (``"compact"``, ``"spaced"`` or
-    ``"indented"``; the most frequent, ties going to ``"spaced"``), None when it shows none.
-    An example is an assistant turn that is a JSON object or array, or a JSON object inside
-    any message's text that is not a JSON Schema (a schema is shown, not answered)."""
+    """The layout of the worked examples a prompt gives as assistant turns (``"compact"``,
+    ``"spaced"`` or ``"indented"``; the most frequent, ties going to ``"spaced"``), None
+    when it gives none. An example is an assistant turn whose text is a JSON object or
+    array (not a JSON Schema); JSON written inside any message's text does not count."""
     votes: Counter[str] = Counter()
     for message in messages:
         content = message.get("content")
-        if not isinstance(content, str):
+        if message.get("role") != "assistant" or not isinstance(content, str):
             continue
-        if message.get("role") == "assistant":
-            layout = _example_layout(content.strip())
-            if layout is not None:
-                votes[layout] += 1
-                continue
-        for text in _embedded_objects(content):
-            layout = _example_layout(text)
-            if layout is not None:
-                votes[layout] += 1
+        layout = _example_layout(content.strip())
+        if layout is not None:
+            votes[layout] += 1
     votes.pop("other", None)
     if not votes:
         return None
@@ -139,14 +138,32 @@ def prompt_layout(messages: Sequence[Mapping[str, object]]) -> str | None:
 
 def choose_layout(setting: str, messages: Sequence[Mapping[str, object]]) -> str:
     """The layout a request's grammar enforces: ``setting`` itself unless it is ``"auto"``,
-    then the layout of the prompt's examples (:func:`prompt_layout`), else
-    :data:`DEFAULT_LAYOUT`. An indented example gets :data:`INDENTED_LAYOUT`."""
+    then the layout of the prompt's assistant-turn examples (:func:`prompt_layout`); with
+    none, :data:`INDENTED_LAYOUT` when the JSON examples written inside the messages'
+    text are indented (measured: the free layout, in which the model writes their
+    indentation, answered better there than spaced), else :data:`DEFAULT_LAYOUT`. An
+    indented turn gets :data:`INDENTED_LAYOUT` too."""
     if setting != "auto":
         return setting
-    shown = prompt_layout(messages)
+    shown = prompt_layout(messages) or _text_layout(messages)
     if shown is None:
         return DEFAULT_LAYOUT
     return INDENTED_LAYOUT if shown == "indented" else shown
+
+
+def _text_layout(messages: Sequence[Mapping[str, object]]) -> str | None:
+    """``"indented"`` when most JSON examples written inside the messages' text (not JSON
+    Schemas) are indented, else None: compact or spaced examples there do not choose the
+    layout (measured: spaced answered better beside compact ones)."""
+    votes: Counter[str] = Counter()
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            for text in _embedded_objects(content):
+                layout = _example_layout(text)
+                if layout is not None:
+                    votes["indented" if layout == "indented" else "other"] += 1
+    return "indented" if votes["indented"] > votes["other"] else None
 
 
 def _example_layout(text: str) -> str | None:
@@ -159,6 +176,7 @@ def _example_layout(text: str) -> str | None:
     if isinstance(value, dict) and _SCHEMA_KEYS & value.keys():
         return None
     return json_layout(text)
+
 
 
 def _embedded_objects(content: str) -> Iterator[str]:

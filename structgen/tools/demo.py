@@ -17,17 +17,19 @@ from schemas.intent import Intent
 from structgen.config import Config
 from structgen.engine import Engine
 
+# the examples are written as json.dumps writes them, the layout the default grammar emits
+# when no few-shot turn shows another (docs/embedded.md, "JSON layout")
 SYSTEM_PROMPT = (
     "You are the intake step of a coding agent. Read the user's request and classify it: "
     "kind is one of create_file, edit_code, explain, run_tests, debug, refactor, other; "
     "targets lists the file paths the request mentions; confidence is between 0 and 1; "
     "rationale is one short sentence. Answer with JSON only, like these examples:\n"
-    '{"kind":"edit_code","targets":["structgen/cli.py"],"confidence":0.92,'
-    '"rationale":"The user asks to add a --verbose flag to an existing command."}\n'
-    '{"kind":"run_tests","targets":["tests/schema"],"confidence":0.8,'
-    '"rationale":"The user wants to know whether the schema tests still pass."}\n'
-    '{"kind":"debug","targets":["tests/test_db.py","app/db.py"],"confidence":0.85,'
-    '"rationale":"A failing test points at a bug in app/db.py."}')
+    '{"kind": "edit_code", "targets": ["structgen/cli.py"], "confidence": 0.92, '
+    '"rationale": "The user asks to add a --verbose flag to an existing command."}\n'
+    '{"kind": "run_tests", "targets": ["tests/schema"], "confidence": 0.8, '
+    '"rationale": "The user wants to know whether the schema tests still pass."}\n'
+    '{"kind": "debug", "targets": ["tests/test_db.py", "app/db.py"], "confidence": 0.85, '
+    '"rationale": "A failing test points at a bug in app/db.py."}')
 SAMPLE_PROMPT = "The test in tests/test_parser.py fails with a KeyError, can you fix parser.py?"
 
 

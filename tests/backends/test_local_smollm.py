@@ -10,10 +10,12 @@ not only that the grammar produced something.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from schemas import debugger as debugger_mod
 from schemas import reflection as reflection_mod
@@ -28,13 +30,20 @@ from structgen.types import StructuredResult
 
 pytestmark = pytest.mark.slow
 
+
+def _shown(example: BaseModel) -> str:
+    """A worked example as json.dumps writes it: the layout the default grammar emits when
+    no few-shot turn shows another (measured: beside compact examples the 135M model
+    copied the debugger example whole, "orders" nowhere; beside these it takes the file)."""
+    return json.dumps(example.model_dump(mode="json", exclude_none=True), ensure_ascii=False)
+
+
 DEBUGGER_SYSTEM = (
     "You are the debugger step of a coding agent. Read the failing run the user pastes and "
     "diagnose it: error_type is the exception class, root_cause one or two sentences, "
     "locations the files and lines at fault, evidence the frames or log lines that show it, "
     "fix_steps short imperatives, confidence between 0 and 1. Answer with JSON only, like "
-    "these examples:\n" + "\n".join(e.model_dump_json(exclude_none=True)
-                                    for e in debugger_mod.EXAMPLES[:2]))
+    "these examples:\n" + "\n".join(_shown(e) for e in debugger_mod.EXAMPLES[:2]))
 TRACEBACK = (
     "pytest tests/test_orders.py fails:\n"
     "Traceback (most recent call last):\n"
@@ -46,7 +55,7 @@ REFLECTION_SYSTEM = (
     "You review the answer a coding agent just gave and reply with one JSON object: verdict "
     "is pass, revise or fail; issues lists what is wrong; next_action is the single next "
     "step; score is 0 to 10. Like these examples:\n"
-    + "\n".join(e.model_dump_json(exclude_none=True) for e in reflection_mod.EXAMPLES))
+    + "\n".join(_shown(e) for e in reflection_mod.EXAMPLES))
 
 
 @pytest.fixture(scope="module")

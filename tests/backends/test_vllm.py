@@ -214,15 +214,20 @@ async def test_vllm_json_follows_the_layout(vllm_tiny, layout):
 
 async def test_vllm_default_layout_follows_the_prompt(vllm_tiny):
     """The default, ``whitespace = "auto"``, reaches the server as it does the embedded
-    backend: spaced JSON for a prompt with no example, the examples' layout otherwise
-    (compact here). XGrammar servers write compact JSON for both (see above)."""
+    backend: the layout of few-shot assistant turns (compact here), else spaced JSON, a
+    compact example written inside the prompt's text included. XGrammar servers write
+    compact JSON for both (see above)."""
     from structgen.schema.layout import json_layout
 
     engine = Engine(vllm_config(vllm_tiny))
     assert engine.config.local.whitespace == "auto"
-    prompts = {"spaced": "Review:",
-               "compact": 'Review. Examples of valid answers:\n{"verdict":"pass","ok":true,"score":3}'}
-    for shown, prompt in prompts.items():
+    example = '{"verdict":"pass","ok":true,"score":3}'
+    prompts = [("Review:", "spaced"),
+               (f"Review. Examples of valid answers:\n{example}", "spaced"),
+               ([{"role": "user", "content": "Review: a"},
+                 {"role": "assistant", "content": example},
+                 {"role": "user", "content": "Review: b"}], "compact")]
+    for prompt, shown in prompts:
         want = shown if vllm_tiny.engine == "guidance" else "compact"
         assert engine.build_request(prompt, SMALL).whitespace == shown
         for seed in range(2):
