@@ -28,6 +28,7 @@ import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,26 @@ def instrument() -> None:
     batch_cls.step = step  # type: ignore[method-assign]
 
 
-MODES = {
-    # a cached prompt prefix is restored into every sequence, also when a live sequence
-    # holds it (the behaviour before _LlamaBatch._held)
-    "restore-each": lambda batch, prompt: 0,
-}
+def restore_each(backend: Any) -> Callable[[], None]:
+    """A cached prompt prefix is restored into every sequence, also when a live sequence
+    holds it (the behaviour before ``_LlamaBatch._held``)."""
+    from structgen.backends.local.llamacpp_runtime import _LlamaBatch
+
+    held = _LlamaBatch._held
+    _LlamaBatch._held = lambda self, prompt: 0  # type: ignore[method-assign]
+    return lambda: setattr(_LlamaBatch, "_held", held)
+
+
+def fixed_threads(backend: Any) -> Callable[[], None]:
+    """Calls of up to STEP_TOKENS tokens on decode_threads, longer ones on threads (the
+    behaviour before ``StepThreads``)."""
+    rt = backend.runtime(None)
+    chooser, rt.call_threads = rt.call_threads, None
+    return lambda: setattr(rt, "call_threads", chooser)
+
+
+MODES: dict[str, Callable[[Any], Callable[[], None]]] = {
+    "restore-each": restore_each, "fixed-threads": fixed_threads}
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -151,11 +167,8 @@ async def run(args: argparse.Namespace) -> None:
     await backend.agenerate(reqs[0])  # load the model, compile the grammars
     for r in reqs[1:len(work)]:
         await backend.agenerate(r)
-    from structgen.backends.local.llamacpp_runtime import _LlamaBatch
-
-    held = _LlamaBatch._held
     for mode in args.modes.split(","):
-        _LlamaBatch._held = MODES.get(mode, held)  # type: ignore[method-assign, assignment]
+        undo = MODES[mode](backend) if mode != "current" else (lambda: None)
         TIMES.clear()
         CPU.clear()
         CALLS.clear()
@@ -167,7 +180,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"\n## mode {mode} (load average {os.getloadavg()[0]:.1f})")
         report(wall, results)
         decode_calls()
-    _LlamaBatch._held = held  # type: ignore[method-assign]
+        undo()
     backend.shutdown()
 
 

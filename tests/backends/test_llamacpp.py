@@ -137,6 +137,34 @@ def test_more_decode_threads_are_kept_only_when_clearly_faster() -> None:
     assert step_threads({1: 0.018}) == 1
 
 
+def test_calls_of_a_few_tokens_learn_their_thread_count_by_size() -> None:
+    """Unset decode_threads: a call of several sequences' tokens runs on the thread count
+    its size ran fastest on lately, measured per size class, so a one-token step can keep
+    one thread while an 8-sequence step takes the second core; one call in THREAD_EXPLORE
+    tries the other count, so a change in the machine's load is followed."""
+    from structgen.backends.local.llamacpp_runtime import THREAD_EXPLORE, StepThreads
+
+    chooser = StepThreads((1, 2))
+    cost = {(2, 1): 0.018, (2, 2): 0.030, (8, 1): 0.120, (8, 2): 0.070}
+
+    def call(tokens: int) -> int:
+        n = chooser.pick(tokens)
+        chooser.record(tokens, n, cost[tokens, n])
+        return n
+
+    assert [call(8) for _ in range(4)] == [1, 1, 2, 2]  # each count measured first
+    assert [call(2) for _ in range(4)] == [1, 1, 2, 2]
+    picks8 = [call(8) for _ in range(2 * THREAD_EXPLORE)]
+    picks2 = [call(2) for _ in range(2 * THREAD_EXPLORE)]
+    assert picks8.count(2) == 2 * THREAD_EXPLORE - 2 and picks8.count(1) == 2
+    assert picks2.count(1) == 2 * THREAD_EXPLORE - 2 and picks2.count(2) == 2
+    # the machine gets busy: two threads are no longer faster for 8 tokens, and the calls
+    # that try one thread now and then bring it back
+    cost[8, 2] = 0.200
+    picks8 = [call(8) for _ in range(6 * THREAD_EXPLORE)]
+    assert picks8[-2 * THREAD_EXPLORE:].count(2) == 2  # only the calls that try it
+
+
 def test_decode_threads_are_measured_when_unset(tiny_gguf: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Unset, decode_threads is whichever of 1 and threads ran a one-token step faster,

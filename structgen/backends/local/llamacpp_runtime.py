@@ -21,12 +21,14 @@ of host memory costs a few milliseconds.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import hashlib
 import json
 import logging
 import os
+import statistics
 import sys
 import threading
 import time
@@ -204,6 +206,52 @@ def step_threads(fastest: dict[int, float]) -> int:
     return many if many > 1 and fastest[many] < THREAD_MARGIN * fastest[1] else 1
 
 
+# Calls of 2 .. BATCH_STEP_TOKENS tokens (several sequences' decode tokens, a short prompt
+# chunk) run on the thread count measured fastest for their size (StepThreads); a decode
+# step of one token on decode_threads, a longer call on threads.
+BATCH_STEP_TOKENS = 64
+THREAD_SAMPLES = 8  # recent calls per size and thread count whose median is compared
+THREAD_EXPLORE = 16  # every this many calls of a size, the count not chosen runs once
+
+
+class StepThreads:
+    """The thread count for a ``llama_decode`` call of a few tokens, learned from the calls
+    themselves: one call of a size class (1, 2-3, 4-7, ... tokens) in
+    :data:`THREAD_EXPLORE` runs on the count not chosen, and the count whose recent calls
+    of that size took less wall time (median of :data:`THREAD_SAMPLES`, more threads
+    :data:`THREAD_MARGIN` faster) runs the others.
+
+    Why learned and not fixed: a one-token step on 2 cores runs faster on one thread than
+    on two passively waiting ones (their barriers cost more than the second core gives),
+    while 8 sequences' step is a matrix product that the second core shares when it is
+    free, and how free it is changes with whatever else runs on the machine."""
+
+    def __init__(self, counts: tuple[int, ...]) -> None:
+        self.counts = counts
+        self.times: dict[tuple[int, int], collections.deque[float]] = {}
+        self.calls: collections.Counter[int] = collections.Counter()
+
+    def pick(self, tokens: int) -> int:
+        size = tokens.bit_length()
+        self.calls[size] += 1
+        medians = {}
+        for n in self.counts:
+            seen = self.times.get((size, n))
+            if not seen or len(seen) < 2:
+                return n  # each count is measured first (two calls: the first warms it)
+            medians[n] = statistics.median(seen)
+        best = step_threads(medians)
+        if self.calls[size] % THREAD_EXPLORE == 0:
+            return next(n for n in self.counts if n != best)
+        return best
+
+    def record(self, tokens: int, threads: int, seconds: float) -> None:
+        key = (tokens.bit_length(), threads)
+        if key not in self.times:
+            self.times[key] = collections.deque(maxlen=THREAD_SAMPLES)
+        self.times[key].append(seconds)
+
+
 class LlamaCppRuntime(Runtime):
     kind = "llamacpp"
 
@@ -266,6 +314,9 @@ class LlamaCppRuntime(Runtime):
         # here: an OpenMP team started on the loading thread would keep spinning there
         # under OMP_WAIT_POLICY=ACTIVE, and measured 2-3x slower requests)
         self.decode_threads: int | None = cfg.decode_threads or (1 if threads == 1 else None)
+        # unset decode_threads: the calls of a few tokens learn theirs (a set one is kept)
+        self.call_threads = StepThreads((1, threads)) \
+            if cfg.decode_threads is None and threads > 1 else None
         self.load_s = time.perf_counter() - start
 
     def _prefix_store(self, path: Path) -> PrefixStore | None:
@@ -395,9 +446,18 @@ class LlamaCppRuntime(Runtime):
 
     def _decode(self) -> None:
         self.forward_passes += 1
-        step = self.batch.n_tokens <= STEP_TOKENS
-        self._set_threads(self.decode_threads or self.threads if step else self.threads)
+        tokens = int(self.batch.n_tokens)
+        learn = self.call_threads is not None and 1 < tokens <= BATCH_STEP_TOKENS
+        if learn:
+            self._set_threads(self.call_threads.pick(tokens))  # type: ignore[union-attr]
+        else:
+            step = tokens <= STEP_TOKENS
+            self._set_threads(self.decode_threads or self.threads if step else self.threads)
+        start = time.perf_counter()
         rc = self.lc.llama_decode(self.ctx, self.batch)
+        if learn:
+            self.call_threads.record(tokens, self._threads_now,  # type: ignore[union-attr]
+                                     time.perf_counter() - start)
         if rc != 0:
             raise BackendError(
                 "llama.cpp has no room left in its KV cache for this batch "
