@@ -210,46 +210,50 @@ def step_threads(fastest: dict[int, float]) -> int:
 # chunk) run on the thread count measured fastest for their size (StepThreads); a decode
 # step of one token on decode_threads, a longer call on threads.
 BATCH_STEP_TOKENS = 64
-THREAD_SAMPLES = 8  # recent calls per size and thread count whose median is compared
-THREAD_EXPLORE = 16  # every this many calls of a size, the count not chosen runs once
+THREAD_TRIAL = 3  # calls on each thread count, taking turns, in one trial of a size
+THREAD_KEEP = 32  # calls of that size on the trial's winner before the next trial
 
 
 class StepThreads:
     """The thread count for a ``llama_decode`` call of a few tokens, learned from the calls
-    themselves: one call of a size class (1, 2-3, 4-7, ... tokens) in
-    :data:`THREAD_EXPLORE` runs on the count not chosen, and the count whose recent calls
-    of that size took less wall time (median of :data:`THREAD_SAMPLES`, more threads
-    :data:`THREAD_MARGIN` faster) runs the others.
+    themselves. For each size class (2-3, 4-7, 8-15, ... tokens) a trial runs
+    :data:`THREAD_TRIAL` calls on each count, taking turns, and the count whose calls took
+    less wall time per token (median; more threads :data:`THREAD_MARGIN` faster) runs the
+    next :data:`THREAD_KEEP` calls of that size; then another trial. The two counts are
+    compared on calls a few steps apart, so a load that comes and goes between trials
+    does not bias the choice, and a change of load is followed within one round.
 
-    Why learned and not fixed: a one-token step on 2 cores runs faster on one thread than
-    on two passively waiting ones (their barriers cost more than the second core gives),
-    while 8 sequences' step is a matrix product that the second core shares when it is
-    free, and how free it is changes with whatever else runs on the machine."""
+    Why learned and not fixed: a one-token step on 2 idle cores runs faster on one thread
+    than on two passively waiting ones (their barriers cost more than the second core
+    gives), while 8 sequences' step is a matrix product that the second core can share;
+    and on a busy machine two threads get the process two shares of the cores (measured
+    under load: 4-token steps 191 ms of wall time on 2 threads, 385 ms on 1)."""
 
     def __init__(self, counts: tuple[int, ...]) -> None:
         self.counts = counts
-        self.times: dict[tuple[int, int], collections.deque[float]] = {}
-        self.calls: collections.Counter[int] = collections.Counter()
+        self.best: dict[int, int] = {}
+        self.keep: collections.Counter[int] = collections.Counter()
+        self.trials: dict[int, dict[int, list[float]]] = {}
 
     def pick(self, tokens: int) -> int:
         size = tokens.bit_length()
-        self.calls[size] += 1
-        medians = {}
-        for n in self.counts:
-            seen = self.times.get((size, n))
-            if not seen or len(seen) < 2:
-                return n  # each count is measured first (two calls: the first warms it)
-            medians[n] = statistics.median(seen)
-        best = step_threads(medians)
-        if self.calls[size] % THREAD_EXPLORE == 0:
-            return next(n for n in self.counts if n != best)
-        return best
+        if self.keep[size] > 0:
+            self.keep[size] -= 1
+            return self.best[size]
+        trial = self.trials.setdefault(size, {n: [] for n in self.counts})
+        return min(self.counts, key=lambda n: len(trial[n]))  # they take turns
 
     def record(self, tokens: int, threads: int, seconds: float) -> None:
-        key = (tokens.bit_length(), threads)
-        if key not in self.times:
-            self.times[key] = collections.deque(maxlen=THREAD_SAMPLES)
-        self.times[key].append(seconds)
+        size = tokens.bit_length()
+        trial = self.trials.get(size)
+        if trial is None or threads not in trial:
+            return  # a call on the kept count
+        trial[threads].append(seconds / tokens)
+        if all(len(times) >= THREAD_TRIAL for times in trial.values()):
+            self.best[size] = step_threads({n: statistics.median(times)
+                                            for n, times in trial.items()})
+            self.keep[size] = THREAD_KEEP
+            del self.trials[size]
 
 
 class LlamaCppRuntime(Runtime):
