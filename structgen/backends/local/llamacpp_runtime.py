@@ -63,6 +63,7 @@ _INIT = threading.Lock()
 _initialised = False
 # a llama_decode call of at most this many tokens is a decode step (the sampled token and
 # the grammar's forced ones): it runs on decode_threads, a longer one (a prefill) on threads
+# (while decode_threads is unset, calls of 2 .. BATCH_STEP_TOKENS tokens learn theirs)
 STEP_TOKENS = 16
 # A cached prompt state is restored only when it gives more than this many tokens beyond
 # the prefix a live sequence already holds (which is shared instead): prefilling a few
