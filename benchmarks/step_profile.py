@@ -132,16 +132,7 @@ def restore_each(backend: Any) -> Callable[[], None]:
     return lambda: setattr(_LlamaBatch, "_held", held)
 
 
-def fixed_threads(backend: Any) -> Callable[[], None]:
-    """Calls of up to STEP_TOKENS tokens on decode_threads, longer ones on threads (the
-    behaviour before ``StepThreads``)."""
-    rt = backend.runtime(None)
-    chooser, rt.call_threads = rt.call_threads, None
-    return lambda: setattr(rt, "call_threads", chooser)
-
-
-MODES: dict[str, Callable[[Any], Callable[[], None]]] = {
-    "restore-each": restore_each, "fixed-threads": fixed_threads}
+MODES: dict[str, Callable[[Any], Callable[[], None]]] = {"restore-each": restore_each}
 
 
 async def run(args: argparse.Namespace) -> None:

@@ -170,10 +170,8 @@ class LocalConfig(_Section):
     fast_forward: bool = True
     threads: int | None = Field(default=None, ge=1)
     # llama.cpp threads for a decode step (a few tokens); None = measured when the context
-    # is created: the faster of 1 and `threads` for a one-token step, while calls of 2-64
-    # tokens (several sequences' step) learn theirs by size; a set value holds for every
-    # call of up to 16 tokens. With passive OpenMP waiting, 2 threads took 35 ms a
-    # one-token step where 1 took 18 (docs/embedded.md)
+    # is created: the faster of 1 and `threads` for a one-token step. With passive OpenMP
+    # waiting, 2 threads took 35 ms a step where 1 took 18 (docs/embedded.md)
     decode_threads: int | None = Field(default=None, ge=1)
     # llama.cpp's flash attention: off by default, as in llama-cpp-python and Ollama. On
     # 2 CPU cores it cost SmolLM2 a fifth of its decode speed (docs/embedded.md)

@@ -137,38 +137,6 @@ def test_more_decode_threads_are_kept_only_when_clearly_faster() -> None:
     assert step_threads({1: 0.018}) == 1
 
 
-def test_calls_of_a_few_tokens_learn_their_thread_count_by_size() -> None:
-    """Unset decode_threads: a call of several sequences' tokens runs on the thread count
-    its size ran fastest on in its last trial (the counts taking turns), so a one-token
-    step can keep one thread while an 8-sequence step takes the second core; trials
-    recur, so a change in the machine's load is followed."""
-    from structgen.backends.local.llamacpp_runtime import (
-        THREAD_KEEP,
-        THREAD_TRIAL,
-        StepThreads,
-    )
-
-    chooser = StepThreads((1, 2))
-    per_token = {(2, 1): 0.009, (2, 2): 0.015, (8, 1): 0.015, (8, 2): 0.009}
-    trial = [1, 2] * THREAD_TRIAL
-
-    def calls(tokens: int, n: int) -> list[int]:
-        picks = []
-        for _ in range(n):
-            picks.append(chooser.pick(tokens))
-            chooser.record(tokens, picks[-1], tokens * per_token[tokens, picks[-1]])
-        return picks
-
-    assert calls(8, len(trial) + THREAD_KEEP) == trial + [2] * THREAD_KEEP
-    assert calls(2, len(trial) + THREAD_KEEP) == trial + [1] * THREAD_KEEP
-    # within the noise (two threads not 15% faster): one thread
-    per_token[8, 2] = 0.014
-    assert calls(8, len(trial) + THREAD_KEEP) == trial + [1] * THREAD_KEEP
-    # calls of 9-15 tokens are a size of their own, with a trial of their own
-    per_token[12, 1], per_token[12, 2] = 0.015, 0.005
-    assert calls(12, len(trial) + 1) == [*trial, 2]
-
-
 def test_decode_threads_are_measured_when_unset(tiny_gguf: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Unset, decode_threads is whichever of 1 and threads ran a one-token step faster,

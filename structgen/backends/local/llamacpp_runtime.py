@@ -21,14 +21,12 @@ of host memory costs a few milliseconds.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import functools
 import hashlib
 import json
 import logging
 import os
-import statistics
 import sys
 import threading
 import time
@@ -63,7 +61,6 @@ _INIT = threading.Lock()
 _initialised = False
 # a llama_decode call of at most this many tokens is a decode step (the sampled token and
 # the grammar's forced ones): it runs on decode_threads, a longer one (a prefill) on threads
-# (while decode_threads is unset, calls of 2 .. BATCH_STEP_TOKENS tokens learn theirs)
 STEP_TOKENS = 16
 # A cached prompt state is restored only when it gives more than this many tokens beyond
 # the prefix a live sequence already holds (which is shared instead): prefilling a few
@@ -207,56 +204,6 @@ def step_threads(fastest: dict[int, float]) -> int:
     return many if many > 1 and fastest[many] < THREAD_MARGIN * fastest[1] else 1
 
 
-# Calls of 2 .. BATCH_STEP_TOKENS tokens (several sequences' decode tokens, a short prompt
-# chunk) run on the thread count measured fastest for their size (StepThreads); a decode
-# step of one token on decode_threads, a longer call on threads.
-BATCH_STEP_TOKENS = 64
-THREAD_TRIAL = 3  # calls on each thread count, taking turns, in one trial of a size
-THREAD_KEEP = 32  # calls of that size on the trial's winner before the next trial
-
-
-class StepThreads:
-    """The thread count for a ``llama_decode`` call of a few tokens, learned from the calls
-    themselves. For each size class (2-3, 4-7, 8-15, ... tokens) a trial runs
-    :data:`THREAD_TRIAL` calls on each count, taking turns, and the count whose calls took
-    less wall time per token (median; more threads :data:`THREAD_MARGIN` faster) runs the
-    next :data:`THREAD_KEEP` calls of that size; then another trial. The two counts are
-    compared on calls a few steps apart, so a load that comes and goes between trials
-    does not bias the choice, and a change of load is followed within one round.
-
-    Why learned and not fixed: a one-token step on 2 idle cores runs faster on one thread
-    than on two passively waiting ones (their barriers cost more than the second core
-    gives), while 8 sequences' step is a matrix product that the second core can share;
-    and on a busy machine two threads get the process two shares of the cores (measured
-    under load: 4-token steps 191 ms of wall time on 2 threads, 385 ms on 1)."""
-
-    def __init__(self, counts: tuple[int, ...]) -> None:
-        self.counts = counts
-        self.best: dict[int, int] = {}
-        self.keep: collections.Counter[int] = collections.Counter()
-        self.trials: dict[int, dict[int, list[float]]] = {}
-
-    def pick(self, tokens: int) -> int:
-        size = tokens.bit_length()
-        if self.keep[size] > 0:
-            self.keep[size] -= 1
-            return self.best[size]
-        trial = self.trials.setdefault(size, {n: [] for n in self.counts})
-        return min(self.counts, key=lambda n: len(trial[n]))  # they take turns
-
-    def record(self, tokens: int, threads: int, seconds: float) -> None:
-        size = tokens.bit_length()
-        trial = self.trials.get(size)
-        if trial is None or threads not in trial:
-            return  # a call on the kept count
-        trial[threads].append(seconds / tokens)
-        if all(len(times) >= THREAD_TRIAL for times in trial.values()):
-            self.best[size] = step_threads({n: statistics.median(times)
-                                            for n, times in trial.items()})
-            self.keep[size] = THREAD_KEEP
-            del self.trials[size]
-
-
 class LlamaCppRuntime(Runtime):
     kind = "llamacpp"
 
@@ -319,9 +266,6 @@ class LlamaCppRuntime(Runtime):
         # here: an OpenMP team started on the loading thread would keep spinning there
         # under OMP_WAIT_POLICY=ACTIVE, and measured 2-3x slower requests)
         self.decode_threads: int | None = cfg.decode_threads or (1 if threads == 1 else None)
-        # unset decode_threads: the calls of a few tokens learn theirs (a set one is kept)
-        self.call_threads = StepThreads((1, threads)) \
-            if cfg.decode_threads is None and threads > 1 else None
         self.load_s = time.perf_counter() - start
 
     def _prefix_store(self, path: Path) -> PrefixStore | None:
@@ -451,18 +395,9 @@ class LlamaCppRuntime(Runtime):
 
     def _decode(self) -> None:
         self.forward_passes += 1
-        tokens = int(self.batch.n_tokens)
-        learn = self.call_threads is not None and 1 < tokens <= BATCH_STEP_TOKENS
-        if learn:
-            self._set_threads(self.call_threads.pick(tokens))  # type: ignore[union-attr]
-        else:
-            step = tokens <= STEP_TOKENS
-            self._set_threads(self.decode_threads or self.threads if step else self.threads)
-        start = time.perf_counter()
+        step = self.batch.n_tokens <= STEP_TOKENS
+        self._set_threads(self.decode_threads or self.threads if step else self.threads)
         rc = self.lc.llama_decode(self.ctx, self.batch)
-        if learn:
-            self.call_threads.record(tokens, self._threads_now,  # type: ignore[union-attr]
-                                     time.perf_counter() - start)
         if rc != 0:
             raise BackendError(
                 "llama.cpp has no room left in its KV cache for this batch "
