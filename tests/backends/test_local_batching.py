@@ -216,6 +216,31 @@ def test_a_system_prompt_shared_by_requests_sent_together_is_prefilled_once(
     assert sum(r.stats.get("prefix_shared_tokens", 0) for r in results) > 60
 
 
+@pytest.mark.parametrize("batching", ["static", "continuous"])
+def test_a_cached_system_prompt_is_restored_once_for_requests_sent_together(
+        tiny_gguf: Path, batching: str) -> None:
+    """The system prompt is in the prefix cache: of three requests sent together, one
+    restores it and the others share that sequence's KV cells instead of restoring a copy
+    each (every decode step attends over every cell in use); every greedy answer is the
+    one it gets alone."""
+    users = ["Add a flag to cli.py", "Rename db.py", "Why does test_api fail?"]
+    eng, alone = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=1)
+    expected = [gen(eng, alone, LongNames, chat(u)).text for u in users]
+    eng2, backend = make(tiny_gguf, batching=batching, max_batch=4)
+    gen(eng2, backend, LongNames, chat("Explain the scheduler"))  # caches the system prompt
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(*(backend.agenerate(
+            eng2.build_request(chat(u), LongNames, max_tokens=160)) for u in users))
+
+    results = asyncio.run(together())
+    assert [r.text for r in results] == expected
+    restored = [r.stats["prefix_cache_hit_tokens"] for r in results]
+    assert sorted(n > 0 for n in restored) == [False, False, True], restored
+    shared = [r.stats.get("prefix_shared_tokens", 0) for r in results]
+    assert sorted(n > 60 for n in shared) == [False, True, True], shared
+
+
 def test_a_joining_request_shares_the_system_prompt_of_a_running_one(
         favorite_gguf: Any) -> None:
     """A request joining a running batch does not prefill again the system prompt that a

@@ -62,6 +62,10 @@ _initialised = False
 # a llama_decode call of at most this many tokens is a decode step (the sampled token and
 # the grammar's forced ones): it runs on decode_threads, a longer one (a prefill) on threads
 STEP_TOKENS = 16
+# A cached prompt state is restored only when it gives more than this many tokens beyond
+# the prefix a live sequence already holds (which is shared instead): prefilling a few
+# dozen tokens costs less than every later step attending over a second copy of the prefix
+SHARE_SLACK = 32
 
 
 def _llama() -> Any:
@@ -422,15 +426,26 @@ class LlamaCppRuntime(Runtime):
             raise
         return batch, logits
 
-    def _claim(self, seq: Seq) -> tuple[int, int]:
+    def _claim(self, seq: Seq, shared: int = 0) -> tuple[int, int]:
         """A free sequence id for ``seq``, holding the longest cached prefix of its prompt
-        (memory, then disk); returns the id and how many prompt tokens it already holds."""
+        (memory, then disk); returns the id and how many prompt tokens it already holds.
+
+        ``shared``: prompt tokens a live sequence of the batch holds, whose KV cells
+        ``seq`` will share instead (``_LlamaBatch._share``). A cached state is then
+        restored only when it gives more than :data:`SHARE_SLACK` tokens beyond them: a
+        restored prefix is a second copy of those cells, and every later decode step of
+        the batch attends over all the cells in use (a unified cache), so 8 agent
+        requests that each restored their ~580-token system prompt made every step
+        attend over ~4,000 more cells than sharing it does."""
         sid = self.free_ids.pop()
         self.lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
         ids = seq.prompt_ids
+        floor = shared + SHARE_SLACK if shared else 0
         try:
             state, use = reusable_prefix(self.prefix_cache, ids)
-            from_disk = self._from_store(ids, use)
+            if use <= floor:
+                state, use = None, 0
+            from_disk = self._from_store(ids, max(use, floor))
             if from_disk is not None:
                 state, use, disk_key = from_disk
                 seq.stats["prefix_disk_hit_tokens"] = use
@@ -550,7 +565,7 @@ class _LlamaBatch(Batch):
         self.prompts: list[list[int]] = []
 
     def add(self, seq: Seq) -> None:
-        sid, use = self.rt._claim(seq)
+        sid, use = self.rt._claim(seq, self._held(seq.prompt_ids))
         self.sids.append(sid)
         self.n_past.append(use)
         self.prompts.append(seq.prompt_ids)
@@ -587,6 +602,16 @@ class _LlamaBatch(Batch):
             budget -= len(chunk)
             items.append((k, chunk, self.n_past[k]))
         return items
+
+    def _held(self, prompt: list[int]) -> int:
+        """The longest prefix of ``prompt`` that a sequence of the batch holds in its KV
+        cells now (at least one prompt token is left to run: its logits)."""
+        best = 0
+        for t, other in enumerate(self.prompts):
+            held = min(self.n_past[t], len(other), len(prompt) - 1)
+            if held > best:
+                best = max(best, min(common_prefix(other, prompt), held))
+        return best
 
     def _common(self, t: int, k: int) -> int:
         """Prompt positions sequence ``k`` can take from sequence ``t`` once ``t`` holds
