@@ -9,7 +9,7 @@ tokens are fed together, so passes < tokens), and the time per forward pass afte
 first token. llama.cpp's own split comes from its performance counters (prompt eval and
 eval milliseconds). The three systems run interleaved request by request, each on its
 own model instance (SmolLM2-135M Q4_1, 2 threads, greedy), so a shared machine's load
-falls on them alike. Writes results/layout-speed.md and .json.
+falls on them alike. Writes results/layout_speed.md and .json.
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ def main() -> None:
                          f"{statistics.fmean(r['tokens'] for r in xs):.0f} tok" if xs else "-")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines.append("")
-    (RESULTS / "layout-speed.md").write_text("\n".join(lines))
-    (RESULTS / "layout-speed.json").write_text(json.dumps({"rows": rows}, indent=1))
+    (RESULTS / "layout_speed.md").write_text("\n".join(lines))
+    (RESULTS / "layout_speed.json").write_text(json.dumps({"rows": rows}, indent=1))
     print("\n".join(lines))
 
 

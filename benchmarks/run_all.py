@@ -45,7 +45,8 @@ RESULTS = results_dir()
 MASKBENCH = Path(os.environ.get("STRUCTGEN_MASKBENCH_DIR",
                                ROOT / "tests" / "data" / "maskbench"))
 TEST_SUITE = ROOT / "tests" / "data" / "json-schema-test-suite" / "draft2020-12"
-SKIP = {"run_all.py", "__init__.py", "conftest.py"}
+# step_profile.py is a profiler (it prints a decode step's parts), not a benchmark with results
+SKIP = {"run_all.py", "__init__.py", "conftest.py", "step_profile.py"}
 TIMEOUT_S = 3 * 3600
 # --quick: the smoke run, steps that load no model (script stem → its arguments)
 QUICK = {"compile_mask": ["--n", "10", "--timeout-s", "5", "--engines", "structgen,llguidance"]}

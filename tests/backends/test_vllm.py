@@ -167,7 +167,10 @@ async def test_vllm_smollm_agent_schemas(vllm_smollm):
     assert isinstance(intent, Intent)
     # As the reflection agent prompts it: the task plus one worked answer. (With no example,
     # greedy SmolLM2 nests `critique.sub_points` until max_tokens: the schema is recursive.)
-    example = reflection_mod.EXAMPLES[2].model_dump_json(exclude_none=True)
+    # The example as json.dumps writes it, the layout the default grammar emits when the
+    # example is in the text (schema/layout.py): beside a compact one, greedy SmolLM2
+    # writing spaced JSON nests sub_points until max_tokens.
+    example = json.dumps(reflection_mod.EXAMPLES[2].model_dump(mode="json", exclude_none=True))
     messages = [{"role": "system", "content": "You review an agent's answer and reply with "
                                               f"one JSON object like this one: {example}"},
                 {"role": "user", "content": "Answer: 2+2=5. Review it."}]

@@ -298,7 +298,10 @@ def test_sigterm_answers_everything_in_flight_then_exits_0(tiny_model_dir: Path,
     for _ in range(100):  # it stops accepting while the 8 are still being answered
         try:
             httpx.get(f"{server.url}/health", timeout=5)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+            # refused, or reset: a probe that reached the listening socket's backlog just
+            # before it closed is reset, never answered (the server's exit and the 8
+            # answers are checked below)
             break
         time.sleep(0.1)
     else:
