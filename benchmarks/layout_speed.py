@@ -114,9 +114,12 @@ def main() -> None:
         "request by request, each on its own model instance.",
         "",
         f"Machine: {machine_line()}. Libraries: {library_versions()}.",
-        f"**Measured under load** (a 2-core machine shared with other jobs; 1-minute load "
-        f"average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end): "
-        "the ratios between systems hold better than the seconds.",
+        ("**Measured under load** (a 2-core machine shared with other jobs; " if
+         max(load_start, os.getloadavg()[0]) > 2.0 else "Quiet machine (this benchmark "
+         "alone on the 2 cores; ")
+        + f"1-minute load average {load_start:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end): the ratios between systems hold better "
+        "than the seconds.",
         "",
         f"Means over the {n} warm requests all three answered (the first of each task kind, "
         "which pays its system prompt's prefill, and the schemas whose GBNF llama.cpp "
