@@ -91,9 +91,6 @@ class CallMatcher(Matcher):
             return self.call.consume(token)
         return self.head.consume(token) and self._took([token])
 
-    def consume_all(self, tokens: list[int]) -> bool:
-        return all(self.consume(t) for t in tokens)
-
     def forced_tokens(self) -> list[int]:
         if self.call is not None:
             return self.call.forced_tokens()

@@ -400,8 +400,12 @@ def _stored_arguments(tools: Sequence[ToolSpec], limits: Limits, store: TextStor
         return
     key = hashlib.sha256("\x00".join(
         [COMPILER_VERSION, repr(limits), *(t.digest for t in tools)]).encode()).hexdigest()
-    texts = json.loads(store(f"toolset-arguments:{key}", lambda: json.dumps(
-        [compiled_arguments(t, limits).json_text for t in tools])))
+    kept = store(f"toolset-arguments:{key}", lambda: json.dumps(
+        [compiled_arguments(t, limits).json_text for t in tools]))
+    try:
+        texts = json.loads(kept)
+    except (ValueError, RecursionError):
+        return  # not ours: compiled_arguments compiles them
     if not isinstance(texts, list) or len(texts) != len(tools):
         return  # not ours: compiled_arguments compiles them
     for tool, text in zip(tools, texts, strict=True):
