@@ -40,10 +40,8 @@ from structgen.warmup.on_ray import (
     EngineActor,
     RayOptions,
     _check_options,
-    _interruptible,
-    _ray_session,
     _worker_config,
-    stream_tasks,
+    ray_stream,
 )
 
 __all__ = ["RayOptions", "run_job_on_ray"]
@@ -68,8 +66,8 @@ def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
                       "allow_modules": list(opts.allow_modules), "concurrency": (default_concurrency(engine) if concurrency is None
                                       else max(1, concurrency)),
                       "model": model}
-            with _interruptible(), _ray_session(opts) as ray:
-                for raw in stream_tasks(ray, _BatchActor, tasks, kwargs, opts):
+            with ray_stream(_BatchActor, tasks, kwargs, opts) as raws:
+                for raw in raws:
                     answer = json.loads(raw)
                     if by_line.pop(answer["line"], None) is None:
                         continue  # a retried batch that came back twice

@@ -34,7 +34,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,8 +109,11 @@ def run_on_ray(engine: Engine, items: list[WarmupItem], *, concurrency: int = 4,
                 todo.append(item)
         if todo:
             by_key = {item.key: item for item in todo}
-            with _interruptible(), _ray_session(opts) as ray:
-                for line in _stream(ray, engine, todo, concurrency, opts):
+            with ray_stream(_WarmupActor, [_task(item) for item in todo],
+                            {"config": _worker_config(engine),
+                             "allow_modules": list(opts.allow_modules),
+                             "concurrency": max(1, concurrency)}, opts) as raws:
+                for line in (ReportLine(**json.loads(raw)) for raw in raws):
                     if line.key not in by_key:
                         # a retried batch that came back twice: its items were reported
                         continue
@@ -140,21 +143,28 @@ def _check_options(engine: Engine, opts: RayOptions) -> None:
         raise ConfigError("must be more than 0", "ray num_cpus")
 
 
-def _stream(ray: Any, engine: Engine, todo: list[WarmupItem], concurrency: int,
-            opts: RayOptions) -> Iterator[ReportLine]:
-    """Report lines as Ray Data's actors finish batches (in no particular order)."""
-    for raw in stream_tasks(ray, _WarmupActor, [_task(item) for item in todo],
-                            {"config": _worker_config(engine),
-                             "allow_modules": list(opts.allow_modules),
-                             "concurrency": max(1, concurrency)}, opts):
-        yield ReportLine(**json.loads(raw))
+@contextmanager
+def ray_stream(actor: type, tasks: list[str], actor_kwargs: dict[str, Any],
+               opts: RayOptions) -> Iterator[Iterator[str]]:
+    """Run ``tasks`` (JSON strings) on a pool of ``actor(**actor_kwargs)`` with Ray Data and
+    give the ``result`` strings as their batches come back (in no particular order; a retried
+    batch may come back twice). Shared by warmup and ``structgen batch --ray``.
+
+    Ctrl-C raises KeyboardInterrupt at once, and the job is taken down in order: Ray Data's
+    executor first, while Ray is still up, then the connection. (A results iterator left to
+    the garbage collector would stop its executor after ``ray.shutdown()``; Ray's core worker
+    then ends the whole process with status 1, not the 130 of an interrupted job.)
+    """
+    with _interruptible(), _ray_session(opts) as ray:
+        results = _results(ray, actor, tasks, actor_kwargs, opts)
+        try:
+            yield results
+        finally:
+            results.close()
 
 
-def stream_tasks(ray: Any, actor: type, tasks: list[str], actor_kwargs: dict[str, Any],
-                 opts: RayOptions) -> Iterator[str]:
-    """Run ``tasks`` (JSON strings) on a pool of ``actor(**actor_kwargs)`` with Ray Data;
-    yield each ``result`` string as its batch comes back (in no particular order; a retried
-    batch may come back twice). Shared by warmup and ``structgen batch --ray``."""
+def _results(ray: Any, actor: type, tasks: list[str], actor_kwargs: dict[str, Any],
+             opts: RayOptions) -> Generator[str, None, None]:
     import ray.data
 
     data_log = logging.getLogger("ray.data")
@@ -174,17 +184,22 @@ def stream_tasks(ray: Any, actor: type, tasks: list[str], actor_kwargs: dict[str
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=opts.num_cpus, batch_format="pyarrow", fn_constructor_kwargs=actor_kwargs)
     batches = iter(results.iter_batches(batch_size=None, batch_format="pyarrow"))
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except Exception as exc:  # RayError, Ray Data's wrapped errors: the job is over
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ExecutorError(
-                f"the Ray job failed ({type(exc).__name__}: {first[:300]}); what finished is "
-                "in the cache and the report, run again to resume") from exc
-        yield from batch.column("result").to_pylist()
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as exc:  # RayError, Ray Data's wrapped errors: the job is over
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ExecutorError(
+                    f"the Ray job failed ({type(exc).__name__}: {first[:300]}); what finished "
+                    "is in the cache and the report, run again to resume") from exc
+            yield from batch.column("result").to_pylist()
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # Ray Data's own finally: its executor shuts down, its actors go
 
 
 def _no_progress_bar_notice(record: logging.LogRecord) -> bool:
