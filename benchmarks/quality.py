@@ -73,7 +73,10 @@ COLUMNS = ("sg-spaced/none", "sg-compact/none", "gbnf/none", "free/none", "sgx-s
            "sg-any/indented", "sg-spaced/indented", "gbnf/indented")
 # structgen's systems: the constraint engine each one runs (sgx: the same layouts on
 # xgrammar; sgt: think, then answer: reasoning=True, the think block ended after THINK_TOKENS)
-ENGINES = {"sg": "llguidance", "sgx": "xgrammar", "sgt": "llguidance"}
+ENGINES = {"sg": "llguidance", "sgx": "xgrammar", "sgt": "llguidance", "sgn": "llguidance"}
+# sgn: structgen as sg without the repeat guards ([local] max_string_repeat = 0,
+# repeated_items_end = false: the decoder before them), to show what they change
+LOCAL = {"sgn": {"max_string_repeat": 0, "repeated_items_end": False}}
 THINK_TOKENS = 64
 MAX_TOKENS = {"intent": 120, "extract": 80, "debugger": 160, "reflection": 120, "numeric": 16}
 
@@ -285,14 +288,15 @@ def score(row: Row, task: dict[str, Any], text: str) -> Row:
 class Structgen:
     """structgen's engine and embedded backend; the layout goes on each request."""
 
-    def __init__(self, engine: str, think: bool = False) -> None:
+    def __init__(self, engine: str, think: bool = False,
+                 local: dict[str, Any] | None = None) -> None:
         from structgen.config import Config
         from structgen.engine import Engine
 
         self.think = think
         self.engine = Engine(Config.from_dict({
             "local": {"runtime": "llamacpp", "threads": THREADS, "engine": engine,
-                      "think_tokens": THINK_TOKENS},
+                      "think_tokens": THINK_TOKENS, **(local or {})},
             "cache": {"backend": "none"}, "metrics": {"enabled": False},
             "repair": {"max_retries": 0},
             "llm_backend": {"provider": "local", "fallback": ["local"]}}))
@@ -369,7 +373,8 @@ def run(columns: list[str], tasks: list[dict[str, Any]], report: Any = None,
                 system = column.split("/")[0]
                 kind, _, layout = system.partition("-")
                 if kind not in runners:
-                    runners[kind] = (Structgen(ENGINES[kind], think=kind == "sgt")
+                    runners[kind] = (Structgen(ENGINES[kind], think=kind == "sgt",
+                                               local=LOCAL.get(kind))
                                      if kind in ENGINES
                                      else Llama("c" if kind == "gbnf" else "d"))
                 row = Row(task["id"], task["task"], column)

@@ -132,6 +132,12 @@ class LocalConfig(_Section):
     # significant digits a JSON number may have (17 holds any float64; integers get 19,
     # int64); 0 = unbounded
     max_number_digits: int = Field(default=17, ge=0)
+    # a JSON string value may not repeat a run of this many of its own tokens and go on
+    # the same way (a loop: "a.py::a.py::a.py::..."); 0 = no loop guard
+    max_string_repeat: int = Field(default=8, ge=0)
+    # an array whose last item (a string, object or array) repeats an earlier one ends
+    # there (the model may not start another item after it)
+    repeated_items_end: bool = True
     # steer to the shortest completion when the tokens left are about what it needs
     budget_closing: bool = True
     model_cache_dir: str | None = None  # default ~/.cache/structgen/models

@@ -13,6 +13,13 @@ Termination guarantees, so a small model cannot run away until ``max_tokens``:
 - **numbers** are bounded to what their type can hold (``[local] max_number_digits``
   significant digits, 2 exponent digits): past the bound no token continues the number
   unless nothing else can follow;
+- **repeated items**: an array whose last item (a string, object or array) repeats an
+  earlier one ends there (``[local] repeated_items_end``): no ``,`` after it unless nothing
+  else is allowed;
+- **loops inside a string** are cut (``[local] max_string_repeat``): no token may make a
+  string value repeat a run of that many of its own tokens and go on the same way (a small
+  greedy model otherwise spends the budget on ``test_cache.py::test_cache.py::...`` and the
+  answer's other members get budget-aware closing's minimal values);
 - **budget-aware closing**: before a token is taken, the decoder checks that a completion
   of the grammar still fits in the tokens left after it (the matcher's shortest closing
   path). When it would not, the decoder takes the closing path from the current state
@@ -29,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from structgen.backends.base import GenerationResult
+from structgen.backends.local.guards import ItemGuard, NumberGuard, RepeatGuard
 from structgen.backends.local.runtime import Batch, Runtime, Seq
 from structgen.constrain.base import ConstraintOptions, Matcher
 from structgen.constrain.closing import JsonCursor
@@ -64,78 +72,6 @@ _SHORTEST_LIMIT = 4096
 # which the grammar could not end the number within its room (a ``multipleOf``, whose
 # grammar wants the last digits to be a multiple, otherwise runs on past the bound)
 NUMBER_LOOKAHEAD = 3
-_DIGITS = frozenset(b"0123456789")
-
-
-class NumberGuard:
-    """A JSON lexer over the answer's bytes that knows when a number has as many digits as
-    its type can hold (a float: ``max_digits`` significant digits; an integer: 19, int64).
-    """
-
-    __slots__ = (
-        "escape",
-        "exp_digits",
-        "frac",
-        "in_exp",
-        "in_number",
-        "in_string",
-        "max_digits",
-        "sig",
-        "zeros",
-    )
-
-    def __init__(self, max_digits: int) -> None:
-        self.max_digits = max_digits
-        self.in_string = self.escape = self.in_number = False
-        self.sig = self.zeros = self.exp_digits = 0
-        self.frac = self.in_exp = False
-
-    def feed(self, data: bytes) -> None:
-        for c in data:
-            if self.in_string:
-                if self.escape:
-                    self.escape = False
-                elif c == 0x5C:  # backslash
-                    self.escape = True
-                elif c == 0x22:
-                    self.in_string = False
-                continue
-            if c == 0x22:
-                self.in_string, self.in_number = True, False
-                continue
-            if not self.in_number:
-                if c == 0x2D or c in _DIGITS:  # a number starts
-                    self.in_number = True
-                    self.sig = self.zeros = self.exp_digits = 0
-                    self.frac = self.in_exp = False
-                else:
-                    continue
-            if c in _DIGITS:
-                if self.in_exp:
-                    self.exp_digits += 1
-                elif self.sig or c != 0x30:
-                    self.sig += 1
-                else:
-                    self.zeros += 1
-            elif c == 0x2E:
-                self.frac = True
-            elif c in (0x65, 0x45):
-                self.in_exp = True
-            elif c not in (0x2B, 0x2D):
-                self.in_number = False
-
-    def room(self) -> int | None:
-        """How many more digits the number in progress may take (None: not in a number).
-
-        The exponent gets two digits (|e| <= 99): with at most 17 significant digits that
-        stays inside float64, so the value never overflows to infinity."""
-        if not self.in_number:
-            return None
-        if self.in_exp:
-            return max(0, 2 - self.exp_digits)
-        cap = self.max_digits if self.frac else max(self.max_digits, 19)
-        return max(0, cap - max(self.sig, self.zeros))
-
 
 
 def fail(seq: Seq, exc: BaseException) -> None:
@@ -340,6 +276,18 @@ class Decoder:
                     self._hold_back(s, logits[i], rt.digit_ids[rt.digit_runs > room])
                     if room <= NUMBER_LOOKAHEAD and s.matcher is not None:
                         self._hold_back_dead_ends(s, logits[i], room)
+            if s.items is not None:
+                closers = s.items.held()
+                if closers is not None and closers in rt.item_starts:
+                    # item guard: an array whose item repeats an earlier one ends there
+                    self._hold_back(s, logits[i], rt.item_starts[closers])
+            if s.repeat is not None:
+                held = s.repeat.held()
+                if held:
+                    import torch
+
+                    # loop guard: no token that would make the string repeat itself again
+                    self._hold_back(s, logits[i], torch.tensor(sorted(held), dtype=torch.long))
         greedy = logits.argmax(-1).tolist()
         now = time.perf_counter()
         for i, s in enumerate(live):
@@ -395,12 +343,17 @@ class Decoder:
         return False
 
     def _answer_guards(self, seq: Seq) -> None:
-        """The number guard and the closing cursor of a JSON answer (from its first byte)."""
+        """The number and loop guards and the closing cursor of a JSON answer (from its first
+        byte)."""
         output = seq.request.output
         if output is None or output.kind != "json":
             return
         if self.cfg.max_number_digits:
             seq.number = NumberGuard(self.cfg.max_number_digits)
+        if self.cfg.max_string_repeat:
+            seq.repeat = RepeatGuard(self.cfg.max_string_repeat)
+        if self.cfg.repeated_items_end:
+            seq.items = ItemGuard()
         if self.cfg.budget_closing:
             seq.cursor = JsonCursor(output.json_schema,
                                     spaced=seq.request.whitespace == "spaced")
@@ -603,6 +556,10 @@ class Decoder:
         s.ws_run = s.ws_run + len(b) if not stripped else len(b) - len(stripped)
         if s.number is not None:
             s.number.feed(b)
+        if s.repeat is not None:
+            s.repeat.feed(tok, b)
+        if s.items is not None:
+            s.items.feed(b.decode("utf-8", errors="replace"))
         if s.cursor is not None:
             s.cursor.feed(b.decode("utf-8", errors="replace"))
 

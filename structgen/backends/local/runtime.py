@@ -53,7 +53,9 @@ class Seq:
     out_ids: list[int] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)
     ws_run: int = 0
-    number: Any = None  # the JSON lexer state of the number guard (decoder.NumberGuard)
+    number: Any = None  # the JSON lexer state of the number guard (guards.NumberGuard)
+    repeat: Any = None  # the loop guard of the string being written (guards.RepeatGuard)
+    items: Any = None  # the arrays of a JSON answer and their items (guards.ItemGuard)
     close_cost: int | None = None  # tokens of the last computed closing path
     close_peak: int | None = None  # the longest closing path seen (None: not looked yet)
     close_steps: int = 0  # budget checks so far (every CLOSE_REFRESH-th one refreshes)
@@ -144,6 +146,16 @@ class Runtime(ABC):
                             if b and b.isdigit()]
         self.number_ends = [i for i, b in enumerate(self.token_bytes)
                             if b in (b",", b"}", b"]", b" ", b"\n")]
+        # tokens that end what is open and start a next item: closing characters, then a
+        # ",", by those closing characters (whitespace left out; "": a "," first). What the
+        # item guard holds back after (or at the end of) a repeated array item.
+        ends: dict[str, list[int]] = {}
+        for i, b in enumerate(self.token_bytes):
+            head, comma, _ = b.partition(b",")
+            closers = head.translate(None, b" \t\n\r")
+            if comma and not closers.strip(b'"]}'):
+                ends.setdefault(closers.decode(), []).append(i)
+        self.item_starts = {k: torch.tensor(v, dtype=torch.long) for k, v in ends.items()}
         self.bitmask = torch.full((self.cfg.max_batch, (self.vocab_size + 31) // 32), -1,
                                   dtype=torch.int32)
         self.apply_mask = mask_applier()

@@ -1,0 +1,115 @@
+"""The embedded decoder's repeat guards (issue 25): a string that loops on its own tokens
+and an array that repeats an item are cut, so a small greedy model's budget goes to the
+answer's other members instead of budget-aware closing's minimal values.
+
+The model tests use a tiny GGUF that always prefers one token (a runaway on purpose) and
+run each request twice: with the guard (the default) and without it, so each shows the
+loop the guard removes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from structgen.backends.local.guards import ItemGuard, RepeatGuard
+from structgen.validate import validate_text
+
+from .test_llamacpp import make
+
+NOTE = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"],
+        "additionalProperties": False}
+TAGS = {"type": "object",
+        "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 3}},
+                       "done": {"type": "boolean"}},
+        "required": ["tags", "done"], "additionalProperties": False}
+
+
+# The guards alone --------------------------------------------------------------------------
+def feed_all(guard: RepeatGuard, pieces: list[tuple[int, bytes]]) -> None:
+    for tok, data in pieces:
+        guard.feed(tok, data)
+
+
+def test_repeat_guard_holds_back_the_token_that_repeats_a_run_of_the_string() -> None:
+    g = RepeatGuard(3)
+    feed_all(g, [(1, b'{"a": "'), (10, b"x"), (11, b"y"), (12, b"z"), (13, b"w"),
+                 (10, b"x"), (11, b"y")])
+    assert g.held() is None  # "x y" is a run of 2: it may repeat
+    g.feed(12, b"z")  # now the run "x y z" has come twice
+    assert g.held() == {13}  # ... and "w" would make "x y z w" come twice
+    g.feed(14, b"v")
+    assert g.held() is None
+
+
+def test_repeat_guard_compares_a_string_only_with_itself() -> None:
+    """Copying a value into a second member is never held back: each string starts
+    afresh (the prompt and the other members are not looked at)."""
+    g = RepeatGuard(2)
+    feed_all(g, [(1, b'{"a": "'), (10, b"x"), (11, b"y"), (12, b"z"), (2, b'", "b": "'),
+                 (10, b"x"), (11, b"y")])
+    assert g.held() is None
+    g.feed(3, b'"}')
+    assert not g.in_string and g.held() is None
+
+
+@pytest.mark.parametrize(("pieces", "held"), [
+    (['{"a": ["x", "y"'], None),
+    (['{"a": ["x", "y", "x'], '"'),  # `",` would end the repeat and start an item
+    (['{"a": ["x", "y", "x"'], ""),  # after it: a ","
+    (['{"a": ["x", "y", "x"', "]"], None),
+    (['{"a": ["x", "x\\'], None),  # an escape is pending: the string goes on
+    (['{"e": [{"t": "a"}, {"t": "a'], '"}'),  # `"},` ends the object item and goes on
+    (['{"e": [{"t": "a"}, {"t": "ab'], None),
+    (['{"e": [[1, 2], [1, 2]'], ""),  # (inside the inner array: its own items count)
+    (['{"n": [1, 1, 1'], None),  # numbers repeat in earnest
+    (['{"o": {"k": "v"}, "p": {"k": "v'], None),  # members, not items
+])
+def test_item_guard_names_the_tokens_that_go_on_after_a_repeated_item(
+        pieces: list[str], held: str | None) -> None:
+    g = ItemGuard()
+    for piece in pieces:
+        g.feed(piece)
+    assert g.held() == held
+
+
+# On a model that loops ---------------------------------------------------------------------
+def test_a_string_that_loops_is_cut(favorite_gguf: Any) -> None:
+    gguf = favorite_gguf("a")
+    eng, guarded = make(gguf)
+    _, unguarded = make(gguf, max_string_repeat=0)
+    request = eng.build_request("x", NOTE, max_tokens=60)
+    try:
+        loose = unguarded.generate(request)
+        cut = guarded.generate(request)
+    finally:
+        guarded.shutdown()
+        unguarded.shutdown()
+    assert "a" * 30 in json.loads(loose.text)["note"]  # the runaway, unguarded
+    for r in (loose, cut):
+        assert validate_text(r.text, request.output).ok, r.text
+    note = json.loads(cut.text)["note"]
+    assert "a" * 10 not in note, note  # 9 tokens "a" may come, not a 10th (a run of 8 twice)
+    assert cut.stats["guarded_steps"] > 0
+
+
+def test_an_array_ends_after_a_repeated_item(favorite_gguf: Any) -> None:
+    gguf = favorite_gguf("a")
+    eng, guarded = make(gguf)
+    _, unguarded = make(gguf, repeated_items_end=False)
+    request = eng.build_request("x", TAGS, max_tokens=80)
+    try:
+        loose = unguarded.generate(request)
+        cut = guarded.generate(request)
+    finally:
+        guarded.shutdown()
+        unguarded.shutdown()
+    for r in (loose, cut):
+        assert validate_text(r.text, request.output).ok, r.text
+    many = json.loads(loose.text)["tags"]
+    assert len(many) >= 4 and len(set(many)) < len(many) - 1, loose.text  # the runaway
+    tags = json.loads(cut.text)["tags"]
+    # the first repeat is kept (nothing the model wrote is changed), and nothing after it
+    assert tags[-1] in tags[:-1] and len(set(tags[:-1])) == len(tags) - 1, cut.text
+    assert cut.stats["guarded_steps"] > 0
