@@ -74,9 +74,9 @@ COLUMNS = ("sg-spaced/none", "sg-compact/none", "gbnf/none", "free/none", "sgx-s
 # structgen's systems: the constraint engine each one runs (sgx: the same layouts on
 # xgrammar; sgt: think, then answer: reasoning=True, the think block ended after THINK_TOKENS)
 ENGINES = {"sg": "llguidance", "sgx": "xgrammar", "sgt": "llguidance", "sgn": "llguidance"}
-# sgn: structgen as sg without the repeat guards ([local] max_string_repeat = 0,
-# repeated_items_end = false: the decoder before them), to show what they change
-LOCAL = {"sgn": {"max_string_repeat": 0, "repeated_items_end": False}}
+# sgn: structgen as sg without the repeat guards and wrap-up ([local] max_string_repeat = 0,
+# repeated_items_end = false, budget_wrap_up = 0: the decoder before them), to show what they change
+LOCAL = {"sgn": {"max_string_repeat": 0, "repeated_items_end": False, "budget_wrap_up": 0}}
 THINK_TOKENS = 64
 MAX_TOKENS = {"intent": 120, "extract": 80, "debugger": 160, "reflection": 120, "numeric": 16}
 

@@ -140,6 +140,10 @@ class LocalConfig(_Section):
     repeated_items_end: bool = True
     # steer to the shortest completion when the tokens left are about what it needs
     budget_closing: bool = True
+    # within this many tokens of what the shortest completion needs, arrays end as soon as
+    # they may (no new item), so the members after them are the model's, not closing's
+    # minimal values ("confidence": 0); 0 = off
+    budget_wrap_up: int = Field(default=40, ge=0, le=48)
     model_cache_dir: str | None = None  # default ~/.cache/structgen/models
     # the JSON layout the grammar enforces: "compact" ({"a":1,"b":2}), "spaced" (json.dumps'
     # default, {"a": 1, "b": 2}), "any" (up to max_whitespace between tokens), "auto" (the

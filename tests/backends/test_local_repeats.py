@@ -113,3 +113,52 @@ def test_an_array_ends_after_a_repeated_item(favorite_gguf: Any) -> None:
     # the first repeat is kept (nothing the model wrote is changed), and nothing after it
     assert tags[-1] in tags[:-1] and len(set(tags[:-1])) == len(tags) - 1, cut.text
     assert cut.stats["guarded_steps"] > 0
+
+
+def test_near_the_end_of_the_budget_arrays_end_as_soon_as_they_may(favorite_gguf: Any) -> None:
+    """Wrap-up: within ``budget_wrap_up`` tokens of what closing needs, an array takes no
+    new item, so the model ends it and writes the members after it itself; without it the
+    array runs on until budget-aware closing writes the rest."""
+    gguf = favorite_gguf("a")
+    # repeats allowed here: the item guard alone would end this array after "aaa", "aaa"
+    eng, wrapping = make(gguf, repeated_items_end=False)
+    _, running = make(gguf, repeated_items_end=False, budget_wrap_up=0)
+    request = eng.build_request("x", TAGS, max_tokens=70)
+    try:
+        ran = running.generate(request)
+        wrapped = wrapping.generate(request)
+    finally:
+        wrapping.shutdown()
+        running.shutdown()
+    for r in (ran, wrapped):
+        assert validate_text(r.text, request.output).ok, r.text
+    assert ran.stats["closing_tokens"] > 0, ran.text  # the array ran into the closing
+    assert wrapped.stats["closing_tokens"] == 0, wrapped.text  # the model ended it
+    assert len(json.loads(wrapped.text)["tags"]) < len(json.loads(ran.text)["tags"])
+
+
+def test_an_item_that_ends_and_goes_on_in_one_token_ends_the_array() -> None:
+    """Holding back '",' inside a repeated string item would only make the string longer
+    (the model's next choice is more text): the decoder writes '"]' instead."""
+    from structgen.backends.local.decoder import Decoder
+
+    class Rt:
+        token_bytes = [b'",', b'"]', b'.",', b'."]', b"x"]
+        item_start_sets = {'"': frozenset({0, 2})}
+
+        class tok:  # noqa: N801 - the runtime's tokenizer attribute
+            @staticmethod
+            def encode(text: str) -> list[int]:
+                return {'"]': [1], '."]': [3]}.get(text, [4])
+
+    class Seq:
+        matcher = None
+        stats = {"guarded_steps": 0}
+
+    d = Decoder.__new__(Decoder)
+    d.rt = Rt()  # type: ignore[assignment]
+    s = Seq()
+    assert d._end_array(s, 0, '"') == 1  # type: ignore[arg-type]
+    assert d._end_array(s, 2, '"') == 3  # type: ignore[arg-type]
+    assert d._end_array(s, 4, '"') == 4  # type: ignore[arg-type]  # more text: as chosen
+    assert s.stats["guarded_steps"] == 2

@@ -20,6 +20,9 @@ Termination guarantees, so a small model cannot run away until ``max_tokens``:
   string value repeat a run of that many of its own tokens and go on the same way (a small
   greedy model otherwise spends the budget on ``test_cache.py::test_cache.py::...`` and the
   answer's other members get budget-aware closing's minimal values);
+- **wrap-up**: when the tokens left come within ``[local] budget_wrap_up`` of what the
+  closing path needs, arrays take no new item (the ``,`` is held back while ``]`` is
+  allowed), so the members still to come are the model's own words, not closing's;
 - **budget-aware closing**: before a token is taken, the decoder checks that a completion
   of the grammar still fits in the tokens left after it (the matcher's shortest closing
   path). When it would not, the decoder takes the closing path from the current state
@@ -277,10 +280,16 @@ class Decoder:
                     if room <= NUMBER_LOOKAHEAD and s.matcher is not None:
                         self._hold_back_dead_ends(s, logits[i], room)
             if s.items is not None:
-                closers = s.items.held()
-                if closers is not None and closers in rt.item_starts:
-                    # item guard: an array whose item repeats an earlier one ends there
-                    self._hold_back(s, logits[i], rt.item_starts[closers])
+                # item guard: an array whose item repeats an earlier one ends there, and near
+                # the end of the budget every array ends as soon as it may
+                closers = s.items.held(repeats=self.cfg.repeated_items_end,
+                                       wrap_up=self._wrapping_up(s))
+                if closers == "" and "" in rt.item_starts:
+                    self._hold_back(s, logits[i], rt.item_starts[""])  # no "," after the item
+                elif closers:
+                    # the item is open (a string, an object): holding back '",' would only
+                    # make it longer; a token that ends it and goes on ends the array instead
+                    s.end_array = closers
             if s.repeat is not None:
                 held = s.repeat.held()
                 if held:
@@ -299,6 +308,9 @@ class Decoder:
             if s.matcher is not None and logits[i, tok].item() == float("-inf"):
                 raise BackendError(f"the grammar allows no token here: {s.matcher.error()}",
                                    "local")
+            if s.end_array is not None:  # (a token the grammar accepts, checked there)
+                tok = self._end_array(s, tok, s.end_array)
+                s.end_array = None
             self._advance(s, tok)
 
     @staticmethod
@@ -352,7 +364,7 @@ class Decoder:
             seq.number = NumberGuard(self.cfg.max_number_digits)
         if self.cfg.max_string_repeat:
             seq.repeat = RepeatGuard(self.cfg.max_string_repeat)
-        if self.cfg.repeated_items_end:
+        if self.cfg.repeated_items_end or self.cfg.budget_wrap_up:
             seq.items = ItemGuard()
         if self.cfg.budget_closing:
             seq.cursor = JsonCursor(output.json_schema,
@@ -391,6 +403,27 @@ class Decoder:
                 if len(ids) <= limit and m.completes_with(ids):
                     return ids
         return m.closing_path(limit if search is None else min(limit, search))
+
+    def _end_array(self, s: Seq, tok: int, closers: str) -> int:
+        """``tok`` if it does not end the array's current item and start another; else the
+        first token of the same text with the array ended there (``.",`` becomes ``."]``)."""
+        if tok not in self.rt.item_start_sets.get(closers, ()):
+            return tok
+        text = self.rt.token_bytes[tok].partition(b",")[0].decode("utf-8", errors="replace")
+        ids = self.rt.tok.encode(text.rstrip() + "]")
+        if not ids or (s.matcher is not None and not s.matcher.accepts(ids[0])):
+            return tok
+        s.stats["guarded_steps"] += 1
+        return ids[0]
+
+    def _wrapping_up(self, s: Seq) -> bool:
+        """Whether the tokens left are within ``[local] budget_wrap_up`` of what the
+        closing path needs: then arrays take no new item, so the budget goes to the members
+        after them, written by the model, rather than to closing's minimal values."""
+        if not self.cfg.budget_wrap_up or s.close_cost is None:
+            return False
+        left = s.request.sampling.max_tokens - len(s.out_ids)
+        return left - s.close_cost <= self.cfg.budget_wrap_up
 
     def _budget_close(self, s: Seq, tok: int) -> bool:
         """Take the closing path instead of ``tok`` when, after ``tok``, no completion would

@@ -4,7 +4,8 @@ nothing else is allowed, so a guard never makes an answer invalid).
 
 - :class:`NumberGuard`: a number stops at the digits its type can hold;
 - :class:`RepeatGuard`: a string does not repeat a run of its own tokens again (a loop);
-- :class:`ItemGuard`: an array whose last item repeats an earlier one ends there.
+- :class:`ItemGuard`: an array whose item repeats an earlier one ends there, and every
+  array ends as soon as it may when the budget is nearly spent (wrap-up).
 """
 
 from __future__ import annotations
@@ -201,12 +202,13 @@ class ItemGuard:
         top.items.add(item)
         top.ended = True
 
-    def held(self) -> str | None:
+    def held(self, *, repeats: bool = True, wrap_up: bool = False) -> str | None:
         """The closing characters of the tokens to hold back next, the ``,`` after them not
         counted (``""``: a ``,``; ``'"'``: ``",``; ``'"}'``: ``"},``), or None: none.
 
-        They are the tokens that would end the innermost array's current item as a repeat
-        of an earlier one and start another item."""
+        They are the tokens that would end the innermost array's current item and start
+        another: when the item repeats an earlier one (``repeats``), or whatever it is
+        (``wrap_up``: the budget is nearly spent, so the array ends as soon as it may)."""
         at = next((i for i in range(len(self.stack) - 1, -1, -1) if self.stack[i].array),
                   None)
         if at is None or self.escape:
@@ -214,10 +216,14 @@ class ItemGuard:
         array = self.stack[at]
         inner = self.stack[at + 1:]
         if array.ended:
-            return "" if array.repeated and not inner and not self.in_string else None
+            if inner or self.in_string:
+                return None
+            return "" if wrap_up or (repeats and array.repeated) else None
         closers = ('"' if self.in_string else "") + "".join(
             "]" if o.array else "}" for o in reversed(inner))
-        if not closers:
+        if wrap_up:
+            return closers  # "": a number or literal item (or none yet), then a ","
+        if not closers or not repeats:
             return None  # a number or literal item, or none yet
         item = ("".join(self.text[array.start:]) + closers).strip()
         return closers if item in array.items else None

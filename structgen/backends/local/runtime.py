@@ -56,6 +56,9 @@ class Seq:
     number: Any = None  # the JSON lexer state of the number guard (guards.NumberGuard)
     repeat: Any = None  # the loop guard of the string being written (guards.RepeatGuard)
     items: Any = None  # the arrays of a JSON answer and their items (guards.ItemGuard)
+    # the closing characters after which the array ends instead of taking another item
+    # (guards.ItemGuard.held), for the token chosen this step; None: no such end
+    end_array: str | None = None
     close_cost: int | None = None  # tokens of the last computed closing path
     close_peak: int | None = None  # the longest closing path seen (None: not looked yet)
     close_steps: int = 0  # budget checks so far (every CLOSE_REFRESH-th one refreshes)
@@ -147,15 +150,20 @@ class Runtime(ABC):
         self.number_ends = [i for i, b in enumerate(self.token_bytes)
                             if b in (b",", b"}", b"]", b" ", b"\n")]
         # tokens that end what is open and start a next item: closing characters, then a
-        # ",", by those closing characters (whitespace left out; "": a "," first). What the
-        # item guard holds back after (or at the end of) a repeated array item.
+        # ",", by those closing characters (whitespace left out; "": a "," first), string
+        # text before a closing quote allowed ('.",' is '"'). What the item guard holds
+        # back after (or at the end of) an array item.
         ends: dict[str, list[int]] = {}
         for i, b in enumerate(self.token_bytes):
             head, comma, _ = b.partition(b",")
-            closers = head.translate(None, b" \t\n\r")
-            if comma and not closers.strip(b'"]}'):
+            quote = head.find(b'"')
+            text, closers = (b"", head) if quote < 0 else (head[:quote], head[quote:])
+            closers = closers.translate(None, b" \t\n\r")
+            if comma and b"\\" not in text and not closers.strip(b'"]}') \
+                    and (not text or closers[:1] == b'"'):
                 ends.setdefault(closers.decode(), []).append(i)
         self.item_starts = {k: torch.tensor(v, dtype=torch.long) for k, v in ends.items()}
+        self.item_start_sets = {k: frozenset(v) for k, v in ends.items()}
         self.bitmask = torch.full((self.cfg.max_batch, (self.vocab_size + 31) // 32), -1,
                                   dtype=torch.int32)
         self.apply_mask = mask_applier()
