@@ -418,6 +418,8 @@ def summary(rows: list[Row]) -> dict[str, Any]:
             "exact": sum(r.exact for r in rows) / fields,
             "fuzzy": sum(r.fuzzy for r in rows) / fields,
             "degenerate": sum(r.degenerate for r in rows),
+            # what a user can act on: an answer that validates and is not degenerate
+            "useful": sum(r.valid and not r.degenerate for r in rows),
             "tokens": sum(r.tokens for r in rows) / max(1, n),
             "s_per_request": sum(r.wall_s for r in rows) / max(1, n)}
 
@@ -498,24 +500,30 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
         "path), `free` the same without a grammar, its first JSON object parsed and scored "
         "whether or not it validates. Field accuracy counts every gold field (an invalid "
         "constrained answer scores 0); degenerate = an "
-        "empty string, confidence 0 or an empty list where the gold has items.",
+        "empty string, confidence 0 or an empty list where the gold has items; useful = "
+        "valid and not degenerate (what an agent can act on). `sgn-` is `sg-` without the "
+        "decoder's repeat guards and wrap-up (`[local] max_string_repeat = 0`, "
+        "`repeated_items_end = false`, `budget_wrap_up = 0`: the decoder before them).",
         "",
         "## `whitespace = \"auto\"` (the default) against the peers",
         "",
         "| examples in the prompt | system | valid | exact fields | fuzzy fields | "
-        "intent: gold path | degenerate | tokens/answer | s/request (under load) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "intent: gold path | degenerate | useful | tokens/answer | s/request (under load) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cells(s: dict[str, Any]) -> str:
         return (f"{s['valid']}/{s['n']} | {s['exact']:.0%} | {s['fuzzy']:.0%} | "
                 f"{s['paths']}/{s['intents']} | {s['degenerate']}/{s['n']} | "
-                f"{s['tokens']:.0f} | {s['s_per_request']:.2f}")
+                f"{s.get('useful', '?')}/{s['n']} | {s['tokens']:.0f} | "
+                f"{s['s_per_request']:.2f}")
 
     for e in modes:
-        for c in dict.fromkeys((autos[e], "sg-compact/" + e, f"gbnf/{e}", f"free/{e}")):
+        for c in dict.fromkeys((autos[e], "sgn-" + autos[e][3:], "sg-compact/" + e,
+                                f"gbnf/{e}", f"free/{e}")):
             if c in by_col:
                 label = (f"**structgen auto** (= `{c}`)" if c == autos[e]
+                         else f"the same without the guards (= `{c}`)" if c.startswith("sgn-")
                          else f"structgen before (= `{c}`)" if c.startswith("sg-compact")
                          else f"`{c}`")
                 lines.append(f"| {e} | {label} | {cells(by_col[c])} |")
@@ -529,7 +537,8 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
                          f"of `gbnf/{e}` over {ratio[1]} warm requests both answered")
     lines += ["", "## Every column", "",
               "| column | valid | exact fields | fuzzy fields | intent: gold path | degenerate "
-              "| tokens/answer | s/request (under load) |", "|---|---|---|---|---|---|---|---|"]
+              "| useful | tokens/answer | s/request (under load) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| `{c}` | {cells(by_col[c])} |" for c in columns]
     lines += ["", "## Exact field accuracy per task", "",
               "| column | " + " | ".join(task_kinds) + " |",
