@@ -75,38 +75,32 @@ def test_item_guard_names_the_tokens_that_go_on_after_a_repeated_item(
 
 
 # On a model that loops ---------------------------------------------------------------------
-def test_a_string_that_loops_is_cut(favorite_gguf: Any) -> None:
-    gguf = favorite_gguf("a")
-    eng, guarded = make(gguf)
-    _, unguarded = make(gguf, max_string_repeat=0)
-    request = eng.build_request("x", NOTE, max_tokens=60)
+def off_and_on(gguf: Any, schema: dict[str, Any], max_tokens: int, off: dict[str, Any],
+               on: dict[str, Any]) -> tuple[Any, Any]:
+    """The same request on a runaway tiny model with a guard off, then on; both valid."""
+    eng, with_off = make(gguf, **off)
+    _, with_on = make(gguf, **on)
+    request = eng.build_request("x", schema, max_tokens=max_tokens)
     try:
-        loose = unguarded.generate(request)
-        cut = guarded.generate(request)
+        results = with_off.generate(request), with_on.generate(request)
     finally:
-        guarded.shutdown()
-        unguarded.shutdown()
-    assert "a" * 30 in json.loads(loose.text)["note"]  # the runaway, unguarded
-    for r in (loose, cut):
+        with_off.shutdown()
+        with_on.shutdown()
+    for r in results:
         assert validate_text(r.text, request.output).ok, r.text
+    return results
+
+
+def test_a_string_that_loops_is_cut(favorite_gguf: Any) -> None:
+    loose, cut = off_and_on(favorite_gguf("a"), NOTE, 60, {"max_string_repeat": 0}, {})
+    assert "a" * 30 in json.loads(loose.text)["note"]  # the runaway, unguarded
     note = json.loads(cut.text)["note"]
     assert "a" * 10 not in note, note  # 9 tokens "a" may come, not a 10th (a run of 8 twice)
     assert cut.stats["guarded_steps"] > 0
 
 
 def test_an_array_ends_after_a_repeated_item(favorite_gguf: Any) -> None:
-    gguf = favorite_gguf("a")
-    eng, guarded = make(gguf)
-    _, unguarded = make(gguf, repeated_items_end=False)
-    request = eng.build_request("x", TAGS, max_tokens=80)
-    try:
-        loose = unguarded.generate(request)
-        cut = guarded.generate(request)
-    finally:
-        guarded.shutdown()
-        unguarded.shutdown()
-    for r in (loose, cut):
-        assert validate_text(r.text, request.output).ok, r.text
+    loose, cut = off_and_on(favorite_gguf("a"), TAGS, 80, {"repeated_items_end": False}, {})
     many = json.loads(loose.text)["tags"]
     assert len(many) >= 4 and len(set(many)) < len(many) - 1, loose.text  # the runaway
     tags = json.loads(cut.text)["tags"]
@@ -119,19 +113,10 @@ def test_near_the_end_of_the_budget_arrays_end_as_soon_as_they_may(favorite_gguf
     """Wrap-up: within ``budget_wrap_up`` tokens of what closing needs, an array takes no
     new item, so the model ends it and writes the members after it itself; without it the
     array runs on until budget-aware closing writes the rest."""
-    gguf = favorite_gguf("a")
     # repeats allowed here: the item guard alone would end this array after "aaa", "aaa"
-    eng, wrapping = make(gguf, repeated_items_end=False)
-    _, running = make(gguf, repeated_items_end=False, budget_wrap_up=0)
-    request = eng.build_request("x", TAGS, max_tokens=70)
-    try:
-        ran = running.generate(request)
-        wrapped = wrapping.generate(request)
-    finally:
-        wrapping.shutdown()
-        running.shutdown()
-    for r in (ran, wrapped):
-        assert validate_text(r.text, request.output).ok, r.text
+    ran, wrapped = off_and_on(favorite_gguf("a"), TAGS, 70,
+                              {"repeated_items_end": False, "budget_wrap_up": 0},
+                              {"repeated_items_end": False})
     assert ran.stats["closing_tokens"] > 0, ran.text  # the array ran into the closing
     assert wrapped.stats["closing_tokens"] == 0, wrapped.text  # the model ended it
     assert len(json.loads(wrapped.text)["tags"]) < len(json.loads(ran.text)["tags"])
@@ -146,7 +131,7 @@ def test_an_item_that_ends_and_goes_on_in_one_token_ends_the_array() -> None:
         token_bytes = [b'",', b'"]', b'.",', b'."]', b"x"]
         item_start_sets = {'"': frozenset({0, 2})}
 
-        class tok:  # noqa: N801 - the runtime's tokenizer attribute
+        class tok:
             @staticmethod
             def encode(text: str) -> list[int]:
                 return {'"]': [1], '."]': [3]}.get(text, [4])

@@ -11,43 +11,54 @@ nothing else is allowed, so a guard never makes an answer invalid).
 from __future__ import annotations
 
 _DIGITS = frozenset(b"0123456789")
+_QUOTE, _BACKSLASH = 0x22, 0x5C
+# what a byte (or a character's code) was to the JSON strings: StringState.step
+OUTSIDE, OPENED, INSIDE, CLOSED = 0, 1, 2, 3
 
 
-class NumberGuard:
+class StringState:
+    """Whether a JSON text, followed byte by byte, is inside a string (escapes known)."""
+
+    __slots__ = ("escape", "in_string")
+
+    def __init__(self) -> None:
+        self.in_string = self.escape = False
+
+    def step(self, c: int) -> int:
+        """Follow ``c``; OPENED / INSIDE / CLOSED for a string's bytes, else OUTSIDE."""
+        if self.in_string:
+            if self.escape:
+                self.escape = False
+            elif c == _BACKSLASH:
+                self.escape = True
+            elif c == _QUOTE:
+                self.in_string = False
+                return CLOSED
+            return INSIDE
+        if c == _QUOTE:
+            self.in_string = True
+            return OPENED
+        return OUTSIDE
+
+
+class NumberGuard(StringState):
     """A JSON lexer over the answer's bytes that knows when a number has as many digits as
     its type can hold (a float: ``max_digits`` significant digits; an integer: 19, int64).
     """
 
-    __slots__ = (
-        "escape",
-        "exp_digits",
-        "frac",
-        "in_exp",
-        "in_number",
-        "in_string",
-        "max_digits",
-        "sig",
-        "zeros",
-    )
+    __slots__ = ("exp_digits", "frac", "in_exp", "in_number", "max_digits", "sig", "zeros")
 
     def __init__(self, max_digits: int) -> None:
+        super().__init__()
         self.max_digits = max_digits
-        self.in_string = self.escape = self.in_number = False
+        self.in_number = False
         self.sig = self.zeros = self.exp_digits = 0
         self.frac = self.in_exp = False
 
     def feed(self, data: bytes) -> None:
         for c in data:
-            if self.in_string:
-                if self.escape:
-                    self.escape = False
-                elif c == 0x5C:  # backslash
-                    self.escape = True
-                elif c == 0x22:
-                    self.in_string = False
-                continue
-            if c == 0x22:
-                self.in_string, self.in_number = True, False
+            if self.step(c) != OUTSIDE:
+                self.in_number = False
                 continue
             if not self.in_number:
                 if c == 0x2D or c in _DIGITS:  # a number starts
@@ -83,7 +94,7 @@ class NumberGuard:
         return max(0, cap - max(self.sig, self.zeros))
 
 
-class RepeatGuard:
+class RepeatGuard(StringState):
     """What may not come next in the JSON string being written: no string value holds the
     same ``n + 1`` tokens twice.
 
@@ -97,26 +108,18 @@ class RepeatGuard:
     ``no_repeat_ngram_size`` of Hugging Face's generation, kept to one string value.)
     """
 
-    __slots__ = ("escape", "follow", "ids", "in_string", "n")
+    __slots__ = ("follow", "ids", "n")
 
     def __init__(self, n: int) -> None:
+        super().__init__()
         self.n = n
-        self.in_string = self.escape = False
         self.ids: list[int] = []  # the tokens of the string being written
         self.follow: dict[tuple[int, ...], set[int]] = {}  # a run of n -> what followed it
 
     def feed(self, tok: int, data: bytes) -> None:
         opened = False
         for c in data:
-            if self.in_string:
-                if self.escape:
-                    self.escape = False
-                elif c == 0x5C:  # backslash
-                    self.escape = True
-                elif c == 0x22:
-                    self.in_string = False
-            elif c == 0x22:
-                self.in_string = opened = True
+            opened = self.step(c) == OPENED or opened
         if opened or not self.in_string:  # a new string (or none): nothing to repeat yet
             self.ids.clear()
             self.follow.clear()
@@ -147,7 +150,7 @@ class _Open:
         self.repeated = False  # ... and it repeated an earlier one
 
 
-class ItemGuard:
+class ItemGuard(StringState):
     """The arrays of a JSON answer, followed character by character: an array whose item (a
     string, object or array) repeats an earlier item of it ends there.
 
@@ -161,28 +164,22 @@ class ItemGuard:
     and literals, which repeat in earnest, are not compared.
     """
 
-    __slots__ = ("escape", "in_string", "stack", "text")
+    __slots__ = ("stack", "text")
 
     def __init__(self) -> None:
-        self.in_string = self.escape = False
+        super().__init__()
         self.text: list[str] = []  # the answer so far, one character per entry
         self.stack: list[_Open] = []
 
     def feed(self, data: str) -> None:
         for ch in data:
             self.text.append(ch)
-            if self.in_string:
-                if self.escape:
-                    self.escape = False
-                elif ch == "\\":
-                    self.escape = True
-                elif ch == '"':
-                    self.in_string = False
-                    self._item_ended()
+            seen = self.step(ord(ch))
+            if seen == CLOSED:
+                self._item_ended()
+            if seen != OUTSIDE:
                 continue
-            if ch == '"':
-                self.in_string = True
-            elif ch in "[{":
+            if ch in "[{":
                 self.stack.append(_Open(ch == "[", len(self.text)))
             elif ch in "]}":
                 if self.stack:
