@@ -551,17 +551,36 @@ def compile_rows(sizes: tuple[int, ...]) -> tuple[list[dict[str, Any]], dict[int
     return out, details
 
 
-COMPILE_HEADING = "## Tool-set compile: one grammar per tool"
+COMPILE_HEADING = "## Tool-set compile: every turn"
 
 
-def _cold_worker(n: int, engine_name: str, conn: Any) -> None:
+# The turns measured by --compile-only: tool_turn's arguments ("named": the set's last tool
+# with an example), and how one call of the set's last tool is written in each
+TURNS: dict[str, dict[str, Any]] = {
+    "required": {"choice": "required"},
+    "named": {"choice": "named"},
+    "parallel": {"choice": "required", "parallel": True, "max_calls": 3},
+    "auto": {"choice": "auto"},
+    "auto parallel": {"choice": "auto", "parallel": True, "max_calls": 3},
+}
+
+
+def turn_text(turn: str, call: str) -> str:
+    """One call written as an answer of ``turn`` (compact layout)."""
+    if turn.startswith("auto"):
+        return f"Sure.\n<tool_call>\n{call}\n</tool_call>"
+    return f"[{call}]" if TURNS[turn].get("parallel") else call
+
+
+def _cold_worker(n: int, engine_name: str, turn_name: str, conn: Any) -> None:
     """In a fresh process (empty caches): the tools to a ready matcher (cold), a call of
     one of them through it (its tool's grammar compiles on the way), the same set again
-    (warm), and the set with one tool replaced."""
+    (warm), and the set with one tool replaced; for ``turn_name`` (:data:`TURNS`), the
+    output the embedded backend decodes under (an "auto" turn's trigger grammar)."""
     from structgen.constrain.base import ConstraintOptions, create_constraint
     from structgen.constrain.grammar_cache import GrammarCache
     from structgen.engine import Engine
-    from structgen.schema.toolset import envelope_output, tool_turn
+    from structgen.schema.toolset import decoded_output, envelope_output, tool_turn
 
     engine = Engine(Config.from_dict({"local": {"threads": EMBEDDED_THREADS},
                                       "cache": {"backend": "none"},
@@ -569,74 +588,94 @@ def _cold_worker(n: int, engine_name: str, conn: Any) -> None:
     rt = engine.backend("local").runtime(None)  # type: ignore[attr-defined]
     tools = maskbench_tools(n)
     specs = [spec for spec, _ in tools]
+    spec, example = next((s, e) for s, e in reversed(tools) if e is not None)
+    kwargs = dict(TURNS[turn_name])
+    if kwargs["choice"] == "named":
+        kwargs["choice"] = spec.name
+
+    def ready(tools: list[ToolSpec]) -> Any:
+        turn = tool_turn(tools, **kwargs)
+        return constraint.matcher(decoded_output(turn, envelope_output(turn)), options)
+
     start = time.perf_counter()
     constraint = create_constraint(engine_name, rt.tok, grammar_cache=GrammarCache())
     row: dict[str, Any] = {"setup ms": 1000 * (time.perf_counter() - start)}
     options = ConstraintOptions()
     start = time.perf_counter()
-    matcher = constraint.matcher(envelope_output(tool_turn(specs, "required")), options)
+    matcher = ready(specs)
     row["cold ms"] = 1000 * (time.perf_counter() - start)
-    spec, example = next((s, e) for s, e in reversed(tools) if e is not None)
     call = json.dumps({"name": spec.name, "arguments": example}, separators=(",", ":"))
     start = time.perf_counter()
-    ok = matcher.consume_all(rt.tok.encode(call)) and matcher.is_accepting()
+    ok = matcher.consume_all(rt.tok.encode(turn_text(turn_name, call))) \
+        and matcher.is_accepting()
     row["first call ms"] = 1000 * (time.perf_counter() - start)
     row["first call ok"] = ok
     warm = []
     for _ in range(WARM_REPEATS):
         start = time.perf_counter()
-        constraint.matcher(envelope_output(tool_turn(list(specs), "required")), options)
+        ready(list(specs))
         warm.append(1000 * (time.perf_counter() - start))
     row["warm ms"] = _median(warm)
     new = ToolSpec("a_new_tool", "One tool no earlier set had.", {
         "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}, None)
     start = time.perf_counter()
-    constraint.matcher(envelope_output(tool_turn([*specs[:-1], new], "required")), options)
+    last = max(i for i, t in enumerate(specs) if t is not spec)  # the named tool stays
+    ready([*specs[:last], new, *specs[last + 1:]])
     row["one tool new ms"] = 1000 * (time.perf_counter() - start)
     engine.close()
     conn.send(row)
 
 
-def fresh_compile_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-    """:func:`_cold_worker` for each size and engine, each in its own process."""
+def fresh_compile_rows(sizes: tuple[int, ...], turns: list[str]) -> list[dict[str, Any]]:
+    """:func:`_cold_worker` for each size, turn and engine, each in its own process."""
     ctx = mp.get_context("spawn")
     out = []
     for n in sizes:
-        row: dict[str, Any] = {"tools": n}
-        for name in ("llguidance", "xgrammar"):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_cold_worker, args=(n, name, child), daemon=True)
-            proc.start()
-            child.close()
-            try:
-                got = conn.recv() if conn.poll(SCALE_TIMEOUT_S) else {"error": "timeout"}
-            except EOFError:
-                got = {"error": f"process died ({proc.exitcode})"}
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-            row.update({f"{name} {k}": v for k, v in got.items()})
-        out.append(row)
-        print(f"  compile {row}", flush=True)
+        for turn in turns:
+            row: dict[str, Any] = {"tools": n, "turn": turn}
+            for name in ("llguidance", "xgrammar"):
+                if turn.startswith("auto") and name != "llguidance":
+                    row[f"{name} cold ms"] = "n/a"  # "auto" is an llguidance grammar
+                    continue
+                conn, child = ctx.Pipe()
+                proc = ctx.Process(target=_cold_worker, args=(n, name, turn, child),
+                                   daemon=True)
+                proc.start()
+                child.close()
+                try:
+                    got = conn.recv() if conn.poll(SCALE_TIMEOUT_S) else {"error": "timeout"}
+                except EOFError:
+                    got = {"error": f"process died ({proc.exitcode})"}
+                proc.join(30)
+                if proc.is_alive():
+                    proc.kill()
+                row.update({f"{name} {k}": v for k, v in got.items()})
+            out.append(row)
+            print(f"  compile {row}", flush=True)
     return out
 
 
 def compile_main(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
-    rows = fresh_compile_rows(SCALE_SIZES)
+    turns = args.turn or list(TURNS)
+    rows = fresh_compile_rows(SCALE_SIZES, turns)
     lines = ["", f"Machine: {machine_line()}.", "",
-             f"{_load(load_before, os.getloadavg())}; run with `nice -n 10`. Each engine "
-             "and tool set in a fresh process (empty caches), after the model and tokenizer "
-             "are loaded. **cold**: the tools to a ready matcher (`tool_turn` + "
-             "`envelope_output` + the engine's `matcher`); **first call**: then one call of "
-             "the set's last tool with an example through that matcher (the called tool's "
-             "grammar compiles on the way); **warm**: the same tools again as a new list "
-             f"(median of {WARM_REPEATS}); **one tool new**: the set with its last tool "
-             "replaced by a new one; **setup**: the engine's per-tokenizer set-up (once per "
-             "model, not per tool set).", "",
-             "| tools | llguidance cold ms | first call ms | warm ms | one tool new ms | "
-             "setup ms | XGrammar cold ms | first call ms | warm ms | one tool new ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{_load(load_before, os.getloadavg())}; run with `nice -n 10`. Each engine, "
+             "turn and tool set in a fresh process (empty caches), after the model and "
+             "tokenizer are loaded. Turns: `required`, `named` (the set's last tool), "
+             "`parallel` (`tool_choice=\"required\", parallel=True, max_calls=3`), `auto` "
+             "and `auto parallel` (`max_calls=3`); an `auto` turn is the embedded backend's "
+             "trigger grammar, llguidance only. **cold**: the tools to a ready matcher "
+             "(`tool_turn` + `envelope_output` + `decoded_output` + the engine's "
+             "`matcher`); **first call**: then one call of the set's last tool with an "
+             "example, written as the turn's answer, through that matcher (the called "
+             "tool's grammar compiles on the way); **warm**: the same tools again as a new "
+             f"list (median of {WARM_REPEATS}); **one tool new**: the set with one tool "
+             "(not the named one) replaced by a new one; **setup**: the engine's "
+             "per-tokenizer set-up (once per model, not per tool set).", "",
+             "| tools | turn | llguidance cold ms | first call ms | warm ms | one tool new ms "
+             "| setup ms | XGrammar cold ms | first call ms | warm ms | one tool new ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = []
         for name in ("llguidance", "xgrammar"):
@@ -645,12 +684,12 @@ def compile_main(args: argparse.Namespace) -> None:
                 keys.append("setup ms")
             cells += [(f"{r[f'{name} {k}']:.2f}" if k == "warm ms" and f"{name} {k}" in r
                        else _ms(r.get(f"{name} {k}", "-"))) for k in keys]
-        lines.append(f"| {r['tools']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['tools']} | {r['turn']} | " + " | ".join(cells) + " |")
     bad = [r for r in rows for name in ("llguidance", "xgrammar")
-           if r.get(f"{name} first call ok") is not True]
+           if r.get(f"{name} cold ms") != "n/a" and r.get(f"{name} first call ok") is not True]
     if bad:
         lines += ["", f"Calls refused or errors: {bad}"]
-    replace_section(args.out, COMPILE_HEADING, lines)
+    replace_section(args.out, args.heading, lines)
     args.out.with_suffix(".compile.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
 
@@ -945,6 +984,10 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true",
                         help="only the tool-set compile times, each in a fresh process, "
                              "written as the 'Tool-set compile' section of --out")
+    parser.add_argument("--turn", action="append", choices=list(TURNS),
+                        help="with --compile-only: only these turns (repeatable)")
+    parser.add_argument("--heading", default=COMPILE_HEADING,
+                        help="with --compile-only: the section of --out it writes")
     parser.add_argument("--scale", action="store_true",
                         help="only the tool sets at scale (5-500 tools), written as the "
                              "'Tool sets at scale' section of --out")

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from structgen.schema import CompiledOutput
 
 
+ANY_TEXT = r"[\s\S]*"  # what may follow an open-ended output (ConstraintOptions.open_end)
+
+
 def _enum_outside_type(node: dict[str, Any]) -> set[str] | None:
     """The node's types when its ``enum`` lists a value of another type, else None."""
     types, enum = declared_types(node), node.get("enum")
@@ -247,15 +250,24 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         return Codec(dumps=dumps, loads=loads)
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
+        import xgrammar as xgr
+
         c = self.compiler
         try:
             if output.kind == "json":
                 separators = json_separators(options)
                 fixed = separators is not None
-                return c.compile_json_schema(
-                    json.dumps(output.to_json_schema()), any_whitespace=not fixed,
-                    separators=separators,
-                    max_whitespace_cnt=None if fixed else max(options.max_whitespace, 1))
+                layout: dict[str, Any] = {
+                    "any_whitespace": not fixed, "separators": separators,
+                    "max_whitespace_cnt": None if fixed else max(options.max_whitespace, 1)}
+                if options.open_end:  # any text after the value
+                    return c.compile_grammar(xgr.Grammar.concat(
+                        xgr.Grammar.from_json_schema(json.dumps(output.to_json_schema()),
+                                                     **layout),
+                        xgr.Grammar.from_regex(ANY_TEXT)))
+                return c.compile_json_schema(json.dumps(output.to_json_schema()), **layout)
+            if options.open_end:
+                raise SchemaError("an open-ended output is a JSON Schema here")
             if output.kind == "regex":
                 return c.compile_regex(output.pattern or "")
             if output.kind == "choice":
