@@ -694,6 +694,100 @@ def compile_main(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+DECODE_TURNS = ("parallel", "auto")
+DECODE_HEADING = "## Parallel and auto turns decoded"
+
+
+def turn_decode_rows(sizes: tuple[int, ...], requests: int) -> list[dict[str, Any]]:
+    """SmolLM2 answers :data:`DECODE_TURNS` turns (:data:`TURNS`) on the first ``n`` tools,
+    ``requests`` requests each that name one tool and its arguments; every call is checked
+    against its tool's full schema and the count against ``max_calls``."""
+    from structgen.engine import Engine
+    from structgen.errors import ValidationFailed
+
+    engine = Engine(Config.from_dict({
+        "local": {"threads": EMBEDDED_THREADS}, "cache": {"backend": "none"},
+        "metrics": {"enabled": False},
+        "llm_backend": {"provider": "local", "fallback": ["local"],
+                        "timeout_s": SCALE_TIMEOUT_S}}))
+    out = []
+    for n in sizes:
+        for turn in DECODE_TURNS:
+            kwargs = dict(TURNS[turn])
+            for i, case in enumerate(scale_cases(n, requests)[1]):
+                row: dict[str, Any] = {"tools": n, "turn": turn, "case": case.id, "first": i == 0}
+                start = time.perf_counter()
+                try:
+                    result = engine.run(case.prompt, tools=list(case.tools),
+                                        tool_choice=kwargs["choice"],
+                                        parallel=kwargs.get("parallel", False),
+                                        max_calls=kwargs.get("max_calls"), use_cache=False,
+                                        max_tokens=MAX_TOKENS)
+                except ValidationFailed as exc:
+                    row.update(wall_s=time.perf_counter() - start, valid=False,
+                               error=f"ValidationFailed: {str(exc)[:140]}")
+                    out.append(row)
+                    continue
+                calls = result.value if isinstance(result.value, list) else (
+                    [result.value] if isinstance(result.value, ToolCall) else [])
+                errors = [e for c in calls if (e := _checked_call(c.name, c.arguments, case))]
+                bound = kwargs.get("max_calls") or 1
+                row.update(wall_s=time.perf_counter() - start, calls=len(calls),
+                           text_answer=isinstance(result.value, str),
+                           valid=not errors and len(calls) <= bound, errors=errors,
+                           repaired=result.repaired, tokens=result.usage.completion_tokens,
+                           prompt_tokens=result.usage.prompt_tokens)
+                out.append(row)
+                print(f"  {row}", flush=True)
+    engine.close()
+    return out
+
+
+def turn_decode_main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
+    start = time.time()
+    rows = turn_decode_rows(DECODE_SIZES, args.requests)
+    lines = ["", f"Machine: {machine_line()}.", "",
+             f"One run, {time.time() - start:.0f} s, run with `nice -n 10`. "
+             f"{_load(load_before, os.getloadavg())}. SmolLM2-135M-Instruct Q4_1 on the "
+             f"embedded default (llguidance), greedy, max_tokens {MAX_TOKENS}, "
+             f"{EMBEDDED_THREADS} threads; `Engine.run(prompt, tools=<the first n MaskBench "
+             "tools>, ...)` with `parallel=True, max_calls=3` (`tool_choice=\"required\"`) "
+             "or `tool_choice=\"auto\"`, each prompt naming one tool and its ground-truth "
+             "arguments. Valid: every call's arguments validate against its tool's full "
+             "schema (jsonschema) and the count is within `max_calls`; a text answer to "
+             "`\"auto\"` is valid but no call.", "",
+             "| tools | turn | requests | valid | calls per answer | text answers | repaired "
+             "| s/request (first, new tool set) | s/request (later) | prompt tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in DECODE_SIZES:
+        for turn in DECODE_TURNS:
+            mine = [r for r in rows if r["tools"] == n and r["turn"] == turn]
+            if not mine:
+                continue
+            first = [r["wall_s"] for r in mine if r["first"]]
+            later = [r["wall_s"] for r in mine if not r["first"]]
+            lines.append(
+                f"| {n} | {turn} | {len(mine)} | {sum(r['valid'] for r in mine)} | "
+                f"{', '.join(str(r.get('calls', '-')) for r in mine)} | "
+                f"{sum(bool(r.get('text_answer')) for r in mine)} | "
+                f"{sum(bool(r.get('repaired')) for r in mine)} | "
+                f"{first[0] if first else float('nan'):.1f} | "
+                f"{sum(later) / max(1, len(later)):.1f} | "
+                f"{mine[0].get('prompt_tokens', '-')} |")
+    failures = [r for r in rows if not r["valid"]]
+    if failures:
+        lines += ["", "Not valid:", ""] + [f"- {r['case']} / {r['turn']}: "
+                                           f"{r.get('error') or r.get('errors')}"
+                                           for r in failures]
+    replace_section(args.out, DECODE_HEADING, lines)
+    args.out.with_suffix(".turns.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+
+
+DECODE_SIZES = (32, 128, 500)
+
+
 def _scale_worker(column: str, sizes: tuple[int, ...], requests: int,
                   details: dict[int, str], conn: Any) -> None:
     if column == SCALE_COLUMNS[0]:
@@ -988,6 +1082,10 @@ def main() -> None:
                         help="with --compile-only: only these turns (repeatable)")
     parser.add_argument("--heading", default=COMPILE_HEADING,
                         help="with --compile-only: the section of --out it writes")
+    parser.add_argument("--turn-decode", action="store_true",
+                        help="SmolLM2 decodes parallel and auto turns on 32, 128 and 500 tools "
+                             "(--requests each), the 'Parallel and auto turns decoded' "
+                             "section of --out")
     parser.add_argument("--scale", action="store_true",
                         help="only the tool sets at scale (5-500 tools), written as the "
                              "'Tool sets at scale' section of --out")
@@ -999,6 +1097,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.compile_only:
         compile_main(args)
+        return
+    if args.turn_decode:
+        turn_decode_main(args)
         return
     if args.scale:
         scale_main(args)

@@ -48,7 +48,8 @@ TRIGGER = b"<tool_call>"  # structgen.messages.TOOL_CALL_OPEN: where an "auto" c
 
 
 def crossing_tokens(token_bytes: list[bytes]) -> frozenset[int]:
-    """The tokens masked out while the head is live (see the module docstring)."""
+    """The tokens that could run from a name into the arguments: masked out while a
+    single call's head is live, tried on a copy in a frame (see the module docstring)."""
     if KEY_END not in b"\n".join(token_bytes):  # most vocabularies: one scan in C
         return frozenset()
     return frozenset(i for i, b in enumerate(token_bytes) if KEY_END in b)
@@ -228,8 +229,6 @@ class CallMatcher(Matcher):
             return False
         if self.scan is None and self.call is not None:
             return self.call.consume(token)
-        if self.call is not None and not self.call.accepts(token):
-            return False
         return self.head.consume(token) and self._took([token])
 
     def forced_tokens(self) -> list[int]:
