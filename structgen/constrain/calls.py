@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from structgen.constrain.matcher import Matcher
+from structgen.constrain.matcher import Matcher, lowest_allowed
 
 if TYPE_CHECKING:
     import torch
@@ -298,12 +298,7 @@ class CallMatcher(Matcher):
 
         mask = torch.full((1, (len(self.token_bytes) + 31) // 32), -1, dtype=torch.int32)
         self.fill_bitmask(mask, 0)
-        words = torch.nonzero(mask[0]).flatten()
-        if not len(words):
-            return None
-        word = int(words[0])
-        bits = int(mask[0, word]) & 0xFFFFFFFF
-        return word * 32 + (bits & -bits).bit_length() - 1
+        return lowest_allowed(mask[0])
 
 
 def _clear(bitmask: torch.Tensor, row: int, token: int) -> None:

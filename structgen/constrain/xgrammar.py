@@ -16,6 +16,7 @@ from structgen.constrain.base import (
     json_separators,
 )
 from structgen.constrain.grammar_cache import Codec, xgrammar_codec
+from structgen.constrain.matcher import lowest_allowed
 from structgen.errors import SchemaError
 from structgen.schema.check import declared_types, json_type, walk
 from structgen.schema.relax import disjoint_one_of_to_any_of
@@ -93,17 +94,11 @@ class XGrammarMatcher(Matcher):
         return True
 
     def first_allowed(self) -> int | None:
-        import torch
         import xgrammar as xgr
 
         mask = xgr.allocate_token_bitmask(1, len(self.token_bytes))
         self.m.fill_next_token_bitmask(mask, 0)
-        words = torch.nonzero(mask[0]).flatten()
-        if not len(words):
-            return None
-        word = int(words[0])
-        bits = int(mask[0, word]) & 0xFFFFFFFF
-        return word * 32 + (bits & -bits).bit_length() - 1
+        return lowest_allowed(mask[0])
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self.m.fill_next_token_bitmask(bitmask, row)
