@@ -3,7 +3,8 @@
     nice -n 10 python benchmarks/tools.py [--base-url URL --model NAME] [--limit N]
     nice -n 10 python benchmarks/tools.py --embedded-only [--limit N]
     nice -n 10 python benchmarks/tools.py --scale [--requests N]
-    nice -n 10 python benchmarks/tools.py --compile-only
+    nice -n 10 python benchmarks/tools.py --compile-only [--turn parallel ...]
+    nice -n 10 python benchmarks/tools.py --turn-decode [--requests N]
 
 **Real vLLM server** (started here on SmolLM2-135M-Instruct, vLLM CPU, ``guidance`` engine,
 hermes' tool-call parser, ``VLLM_ENFORCE_STRICT_TOOL_CALLING=0``: see docs/capabilities.md
@@ -29,6 +30,9 @@ schemas): cold and warm compile of the call envelope (llguidance and XGrammar on
 vocabulary; llama.cpp's GBNF from the same envelope schema), prompt tokens (structgen's
 one-line signatures against the full JSON Schemas it wrote before), then s/request and valid
 calls, structgen embedded vs llama-cpp-python + GBNF on the same messages.
+``--compile-only`` times every turn (required, named, parallel, auto) from tools to a ready
+matcher, each in a fresh process; ``--turn-decode`` has SmolLM2 answer parallel and auto
+turns on 32, 128 and 500 tools.
 
 Prompts: 20 tool sets built from the MaskBench dev BFCL schemas (the target function plus up
 to 3 others, the request written from BFCL's ground-truth arguments) and the agent requests
