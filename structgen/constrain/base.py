@@ -101,9 +101,11 @@ class GrammarConstraint(ABC):
     # True when the engine bounds its own compile work (and fails instead of running on):
     # its compiles then run inline, without the worker thread that enforces the deadline
     bounded_compile: bool = False
-    # True when a tool turn's calls may compile one grammar per tool (output.calls,
-    # constrain/calls.py): the head's any-JSON placeholder must compile as such
-    splits_calls: bool = True
+    # True when several calls (parallel, "auto") may compile one grammar per tool
+    # (output.calls, constrain/calls.py): their head judges the text around the calls, so
+    # its any-JSON placeholder must compile as such (a single call leaves its head at the
+    # name, before the placeholder)
+    frames_calls: bool = True
 
     def __init_subclass__(cls, *, support: EngineSupport, package: str,
                           fast_forward: bool = False, reasoning: bool = False,
@@ -136,7 +138,8 @@ class GrammarConstraint(ABC):
             raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
                               "use engine='llguidance'")
         calls = output.calls
-        if calls is not None and not options.reasoning and self.splits_calls:
+        if calls is not None and not options.reasoning and (calls.frame == "single"
+                                                            or self.frames_calls):
             # one grammar per tool: the names now, the called tool's schema once named
             # (beside the head, open-ended, when the head frames several calls)
             own = replace(options, whitespace=calls.layout or options.whitespace,

@@ -101,8 +101,8 @@ class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_
              "construction can take seconds for large schemas",)
     # outlines-core's regex for an any-JSON schema ({}) lets its alternatives out of their
     # group (outlines-core 0.2.14: '"arguments":true' ends a call, then anything), so a
-    # call table's head would not hold: a tool turn compiles its whole envelope
-    splits_calls = False
+    # head that frames several calls would not hold: those turns compile the whole envelope
+    frames_calls = False
 
     def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         from outlines_core import Vocabulary

@@ -347,7 +347,7 @@ def _tools() -> list[ToolSpec]:
     return generated_tools(3, "Count test {i}.")
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", [*ENGINES, "outlines"])
 def test_without_parallel_the_grammar_holds_exactly_one_call(tok: TokenizerData,
                                                             engine: str) -> None:
     output = envelope_output(tool_turn(_tools(), "required"))
@@ -361,7 +361,7 @@ def test_without_parallel_the_grammar_holds_exactly_one_call(tok: TokenizerData,
     assert not any(after.accepts(t) for t in tok.encode(",[{ \n"))  # only the end
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", [*ENGINES, "outlines"])
 @pytest.mark.parametrize("max_calls", [1, 2, 3])
 def test_max_calls_bounds_the_grammar(tok: TokenizerData, engine: str, max_calls: int) -> None:
     output = envelope_output(tool_turn(_tools(), "required", parallel=True,
