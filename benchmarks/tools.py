@@ -3,7 +3,8 @@
     nice -n 10 python benchmarks/tools.py [--base-url URL --model NAME] [--limit N]
     nice -n 10 python benchmarks/tools.py --embedded-only [--limit N]
     nice -n 10 python benchmarks/tools.py --scale [--requests N]
-    nice -n 10 python benchmarks/tools.py --compile-only
+    nice -n 10 python benchmarks/tools.py --compile-only [--turn parallel ...]
+    nice -n 10 python benchmarks/tools.py --turn-decode [--requests N]
 
 **Real vLLM server** (started here on SmolLM2-135M-Instruct, vLLM CPU, ``guidance`` engine,
 hermes' tool-call parser, ``VLLM_ENFORCE_STRICT_TOOL_CALLING=0``: see docs/capabilities.md
@@ -29,6 +30,9 @@ schemas): cold and warm compile of the call envelope (llguidance and XGrammar on
 vocabulary; llama.cpp's GBNF from the same envelope schema), prompt tokens (structgen's
 one-line signatures against the full JSON Schemas it wrote before), then s/request and valid
 calls, structgen embedded vs llama-cpp-python + GBNF on the same messages.
+``--compile-only`` times every turn (required, named, parallel, auto) from tools to a ready
+matcher, each in a fresh process; ``--turn-decode`` has SmolLM2 answer parallel and auto
+turns on 32, 128 and 500 tools.
 
 Prompts: 20 tool sets built from the MaskBench dev BFCL schemas (the target function plus up
 to 3 others, the request written from BFCL's ground-truth arguments) and the agent requests
@@ -551,17 +555,36 @@ def compile_rows(sizes: tuple[int, ...]) -> tuple[list[dict[str, Any]], dict[int
     return out, details
 
 
-COMPILE_HEADING = "## Tool-set compile: one grammar per tool"
+COMPILE_HEADING = "## Tool-set compile: every turn"
 
 
-def _cold_worker(n: int, engine_name: str, conn: Any) -> None:
+# The turns measured by --compile-only: tool_turn's arguments ("named": the set's last tool
+# with an example), and how one call of the set's last tool is written in each
+TURNS: dict[str, dict[str, Any]] = {
+    "required": {"choice": "required"},
+    "named": {"choice": "named"},
+    "parallel": {"choice": "required", "parallel": True, "max_calls": 3},
+    "auto": {"choice": "auto"},
+    "auto parallel": {"choice": "auto", "parallel": True, "max_calls": 3},
+}
+
+
+def turn_text(turn: str, call: str) -> str:
+    """One call written as an answer of ``turn`` (compact layout)."""
+    if turn.startswith("auto"):
+        return f"Sure.\n<tool_call>\n{call}\n</tool_call>"
+    return f"[{call}]" if TURNS[turn].get("parallel") else call
+
+
+def _cold_worker(n: int, engine_name: str, turn_name: str, conn: Any) -> None:
     """In a fresh process (empty caches): the tools to a ready matcher (cold), a call of
     one of them through it (its tool's grammar compiles on the way), the same set again
-    (warm), and the set with one tool replaced."""
+    (warm), and the set with one tool replaced; for ``turn_name`` (:data:`TURNS`), the
+    output the embedded backend decodes under (an "auto" turn's trigger grammar)."""
     from structgen.constrain.base import ConstraintOptions, create_constraint
     from structgen.constrain.grammar_cache import GrammarCache
     from structgen.engine import Engine
-    from structgen.schema.toolset import envelope_output, tool_turn
+    from structgen.schema.toolset import decoded_output, envelope_output, tool_turn
 
     engine = Engine(Config.from_dict({"local": {"threads": EMBEDDED_THREADS},
                                       "cache": {"backend": "none"},
@@ -569,74 +592,94 @@ def _cold_worker(n: int, engine_name: str, conn: Any) -> None:
     rt = engine.backend("local").runtime(None)  # type: ignore[attr-defined]
     tools = maskbench_tools(n)
     specs = [spec for spec, _ in tools]
+    spec, example = next((s, e) for s, e in reversed(tools) if e is not None)
+    kwargs = dict(TURNS[turn_name])
+    if kwargs["choice"] == "named":
+        kwargs["choice"] = spec.name
+
+    def ready(tools: list[ToolSpec]) -> Any:
+        turn = tool_turn(tools, **kwargs)
+        return constraint.matcher(decoded_output(turn, envelope_output(turn)), options)
+
     start = time.perf_counter()
     constraint = create_constraint(engine_name, rt.tok, grammar_cache=GrammarCache())
     row: dict[str, Any] = {"setup ms": 1000 * (time.perf_counter() - start)}
     options = ConstraintOptions()
     start = time.perf_counter()
-    matcher = constraint.matcher(envelope_output(tool_turn(specs, "required")), options)
+    matcher = ready(specs)
     row["cold ms"] = 1000 * (time.perf_counter() - start)
-    spec, example = next((s, e) for s, e in reversed(tools) if e is not None)
     call = json.dumps({"name": spec.name, "arguments": example}, separators=(",", ":"))
     start = time.perf_counter()
-    ok = matcher.consume_all(rt.tok.encode(call)) and matcher.is_accepting()
+    ok = matcher.consume_all(rt.tok.encode(turn_text(turn_name, call))) \
+        and matcher.is_accepting()
     row["first call ms"] = 1000 * (time.perf_counter() - start)
     row["first call ok"] = ok
     warm = []
     for _ in range(WARM_REPEATS):
         start = time.perf_counter()
-        constraint.matcher(envelope_output(tool_turn(list(specs), "required")), options)
+        ready(list(specs))
         warm.append(1000 * (time.perf_counter() - start))
     row["warm ms"] = _median(warm)
     new = ToolSpec("a_new_tool", "One tool no earlier set had.", {
         "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}, None)
     start = time.perf_counter()
-    constraint.matcher(envelope_output(tool_turn([*specs[:-1], new], "required")), options)
+    last = max(i for i, t in enumerate(specs) if t is not spec)  # the named tool stays
+    ready([*specs[:last], new, *specs[last + 1:]])
     row["one tool new ms"] = 1000 * (time.perf_counter() - start)
     engine.close()
     conn.send(row)
 
 
-def fresh_compile_rows(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-    """:func:`_cold_worker` for each size and engine, each in its own process."""
+def fresh_compile_rows(sizes: tuple[int, ...], turns: list[str]) -> list[dict[str, Any]]:
+    """:func:`_cold_worker` for each size, turn and engine, each in its own process."""
     ctx = mp.get_context("spawn")
     out = []
     for n in sizes:
-        row: dict[str, Any] = {"tools": n}
-        for name in ("llguidance", "xgrammar"):
-            conn, child = ctx.Pipe()
-            proc = ctx.Process(target=_cold_worker, args=(n, name, child), daemon=True)
-            proc.start()
-            child.close()
-            try:
-                got = conn.recv() if conn.poll(SCALE_TIMEOUT_S) else {"error": "timeout"}
-            except EOFError:
-                got = {"error": f"process died ({proc.exitcode})"}
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-            row.update({f"{name} {k}": v for k, v in got.items()})
-        out.append(row)
-        print(f"  compile {row}", flush=True)
+        for turn in turns:
+            row: dict[str, Any] = {"tools": n, "turn": turn}
+            for name in ("llguidance", "xgrammar"):
+                if turn.startswith("auto") and name != "llguidance":
+                    row[f"{name} cold ms"] = "n/a"  # "auto" is an llguidance grammar
+                    continue
+                conn, child = ctx.Pipe()
+                proc = ctx.Process(target=_cold_worker, args=(n, name, turn, child),
+                                   daemon=True)
+                proc.start()
+                child.close()
+                try:
+                    got = conn.recv() if conn.poll(SCALE_TIMEOUT_S) else {"error": "timeout"}
+                except EOFError:
+                    got = {"error": f"process died ({proc.exitcode})"}
+                proc.join(30)
+                if proc.is_alive():
+                    proc.kill()
+                row.update({f"{name} {k}": v for k, v in got.items()})
+            out.append(row)
+            print(f"  compile {row}", flush=True)
     return out
 
 
 def compile_main(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
-    rows = fresh_compile_rows(SCALE_SIZES)
+    turns = args.turn or list(TURNS)
+    rows = fresh_compile_rows(SCALE_SIZES, turns)
     lines = ["", f"Machine: {machine_line()}.", "",
-             f"{_load(load_before, os.getloadavg())}; run with `nice -n 10`. Each engine "
-             "and tool set in a fresh process (empty caches), after the model and tokenizer "
-             "are loaded. **cold**: the tools to a ready matcher (`tool_turn` + "
-             "`envelope_output` + the engine's `matcher`); **first call**: then one call of "
-             "the set's last tool with an example through that matcher (the called tool's "
-             "grammar compiles on the way); **warm**: the same tools again as a new list "
-             f"(median of {WARM_REPEATS}); **one tool new**: the set with its last tool "
-             "replaced by a new one; **setup**: the engine's per-tokenizer set-up (once per "
-             "model, not per tool set).", "",
-             "| tools | llguidance cold ms | first call ms | warm ms | one tool new ms | "
-             "setup ms | XGrammar cold ms | first call ms | warm ms | one tool new ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{_load(load_before, os.getloadavg())}; run with `nice -n 10`. Each engine, "
+             "turn and tool set in a fresh process (empty caches), after the model and "
+             "tokenizer are loaded. Turns: `required`, `named` (the set's last tool), "
+             "`parallel` (`tool_choice=\"required\", parallel=True, max_calls=3`), `auto` "
+             "and `auto parallel` (`max_calls=3`); an `auto` turn is the embedded backend's "
+             "trigger grammar, llguidance only. **cold**: the tools to a ready matcher "
+             "(`tool_turn` + `envelope_output` + `decoded_output` + the engine's "
+             "`matcher`); **first call**: then one call of the set's last tool with an "
+             "example, written as the turn's answer, through that matcher (the called "
+             "tool's grammar compiles on the way); **warm**: the same tools again as a new "
+             f"list (median of {WARM_REPEATS}); **one tool new**: the set with one tool "
+             "(not the named one) replaced by a new one; **setup**: the engine's "
+             "per-tokenizer set-up (once per model, not per tool set).", "",
+             "| tools | turn | llguidance cold ms | first call ms | warm ms | one tool new ms "
+             "| setup ms | XGrammar cold ms | first call ms | warm ms | one tool new ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = []
         for name in ("llguidance", "xgrammar"):
@@ -645,14 +688,108 @@ def compile_main(args: argparse.Namespace) -> None:
                 keys.append("setup ms")
             cells += [(f"{r[f'{name} {k}']:.2f}" if k == "warm ms" and f"{name} {k}" in r
                        else _ms(r.get(f"{name} {k}", "-"))) for k in keys]
-        lines.append(f"| {r['tools']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['tools']} | {r['turn']} | " + " | ".join(cells) + " |")
     bad = [r for r in rows for name in ("llguidance", "xgrammar")
-           if r.get(f"{name} first call ok") is not True]
+           if r.get(f"{name} cold ms") != "n/a" and r.get(f"{name} first call ok") is not True]
     if bad:
         lines += ["", f"Calls refused or errors: {bad}"]
-    replace_section(args.out, COMPILE_HEADING, lines)
+    replace_section(args.out, args.heading, lines)
     args.out.with_suffix(".compile.json").write_text(json.dumps(rows, indent=1))
     print("\n".join(lines))
+
+
+DECODE_TURNS = ("parallel", "auto")
+DECODE_HEADING = "## Parallel and auto turns decoded"
+
+
+def turn_decode_rows(sizes: tuple[int, ...], requests: int) -> list[dict[str, Any]]:
+    """SmolLM2 answers :data:`DECODE_TURNS` turns (:data:`TURNS`) on the first ``n`` tools,
+    ``requests`` requests each that name one tool and its arguments; every call is checked
+    against its tool's full schema and the count against ``max_calls``."""
+    from structgen.engine import Engine
+    from structgen.errors import ValidationFailed
+
+    engine = Engine(Config.from_dict({
+        "local": {"threads": EMBEDDED_THREADS}, "cache": {"backend": "none"},
+        "metrics": {"enabled": False},
+        "llm_backend": {"provider": "local", "fallback": ["local"],
+                        "timeout_s": SCALE_TIMEOUT_S}}))
+    out = []
+    for n in sizes:
+        for turn in DECODE_TURNS:
+            kwargs = dict(TURNS[turn])
+            for i, case in enumerate(scale_cases(n, requests)[1]):
+                row: dict[str, Any] = {"tools": n, "turn": turn, "case": case.id, "first": i == 0}
+                start = time.perf_counter()
+                try:
+                    result = engine.run(case.prompt, tools=list(case.tools),
+                                        tool_choice=kwargs["choice"],
+                                        parallel=kwargs.get("parallel", False),
+                                        max_calls=kwargs.get("max_calls"), use_cache=False,
+                                        max_tokens=MAX_TOKENS)
+                except ValidationFailed as exc:
+                    row.update(wall_s=time.perf_counter() - start, valid=False,
+                               error=f"ValidationFailed: {str(exc)[:140]}")
+                    out.append(row)
+                    continue
+                calls = result.value if isinstance(result.value, list) else (
+                    [result.value] if isinstance(result.value, ToolCall) else [])
+                errors = [e for c in calls if (e := _checked_call(c.name, c.arguments, case))]
+                bound = kwargs.get("max_calls") or 1
+                row.update(wall_s=time.perf_counter() - start, calls=len(calls),
+                           text_answer=isinstance(result.value, str),
+                           valid=not errors and len(calls) <= bound, errors=errors,
+                           repaired=result.repaired, tokens=result.usage.completion_tokens,
+                           prompt_tokens=result.usage.prompt_tokens)
+                out.append(row)
+                print(f"  {row}", flush=True)
+    engine.close()
+    return out
+
+
+def turn_decode_main(args: argparse.Namespace) -> None:
+    load_before = os.getloadavg()
+    start = time.time()
+    rows = turn_decode_rows(DECODE_SIZES, args.requests)
+    lines = ["", f"Machine: {machine_line()}.", "",
+             f"One run, {time.time() - start:.0f} s, run with `nice -n 10`. "
+             f"{_load(load_before, os.getloadavg())}. SmolLM2-135M-Instruct Q4_1 on the "
+             f"embedded default (llguidance), greedy, max_tokens {MAX_TOKENS}, "
+             f"{EMBEDDED_THREADS} threads; `Engine.run(prompt, tools=<the first n MaskBench "
+             "tools>, ...)` with `parallel=True, max_calls=3` (`tool_choice=\"required\"`) "
+             "or `tool_choice=\"auto\"`, each prompt naming one tool and its ground-truth "
+             "arguments. Valid: every call's arguments validate against its tool's full "
+             "schema (jsonschema) and the count is within `max_calls`; a text answer to "
+             "`\"auto\"` is valid but no call.", "",
+             "| tools | turn | requests | valid | calls per answer | text answers | repaired "
+             "| s/request (first, new tool set) | s/request (later) | prompt tokens |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in DECODE_SIZES:
+        for turn in DECODE_TURNS:
+            mine = [r for r in rows if r["tools"] == n and r["turn"] == turn]
+            if not mine:
+                continue
+            first = [r["wall_s"] for r in mine if r["first"]]
+            later = [r["wall_s"] for r in mine if not r["first"]]
+            lines.append(
+                f"| {n} | {turn} | {len(mine)} | {sum(r['valid'] for r in mine)} | "
+                f"{', '.join(str(r.get('calls', '-')) for r in mine)} | "
+                f"{sum(bool(r.get('text_answer')) for r in mine)} | "
+                f"{sum(bool(r.get('repaired')) for r in mine)} | "
+                f"{first[0] if first else float('nan'):.1f} | "
+                f"{sum(later) / max(1, len(later)):.1f} | "
+                f"{mine[0].get('prompt_tokens', '-')} |")
+    failures = [r for r in rows if not r["valid"]]
+    if failures:
+        lines += ["", "Not valid:", ""] + [f"- {r['case']} / {r['turn']}: "
+                                           f"{r.get('error') or r.get('errors')}"
+                                           for r in failures]
+    replace_section(args.out, DECODE_HEADING, lines)
+    args.out.with_suffix(".turns.json").write_text(json.dumps(rows, indent=1))
+    print("\n".join(lines))
+
+
+DECODE_SIZES = (32, 128, 500)
 
 
 def _scale_worker(column: str, sizes: tuple[int, ...], requests: int,
@@ -945,6 +1082,14 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true",
                         help="only the tool-set compile times, each in a fresh process, "
                              "written as the 'Tool-set compile' section of --out")
+    parser.add_argument("--turn", action="append", choices=list(TURNS),
+                        help="with --compile-only: only these turns (repeatable)")
+    parser.add_argument("--heading", default=COMPILE_HEADING,
+                        help="with --compile-only: the section of --out it writes")
+    parser.add_argument("--turn-decode", action="store_true",
+                        help="SmolLM2 decodes parallel and auto turns on 32, 128 and 500 tools "
+                             "(--requests each), the 'Parallel and auto turns decoded' "
+                             "section of --out")
     parser.add_argument("--scale", action="store_true",
                         help="only the tool sets at scale (5-500 tools), written as the "
                              "'Tool sets at scale' section of --out")
@@ -956,6 +1101,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.compile_only:
         compile_main(args)
+        return
+    if args.turn_decode:
+        turn_decode_main(args)
         return
     if args.scale:
         scale_main(args)

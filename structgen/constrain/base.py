@@ -54,14 +54,18 @@ class ConstraintOptions:
     elsewhere) or ``"any"`` (at most ``max_whitespace`` whitespace characters between
     tokens); see :data:`structgen.schema.layout.JSON_SEPARATORS`. ``reasoning``: free text in
     ``<think>...</think>`` before the answer (engines that cannot express it raise).
+    ``open_end``: any text may follow the output (one tool call inside a sequence of calls,
+    :mod:`structgen.constrain.calls`: what follows is the sequence's grammar's to judge).
     """
 
     whitespace: str = "compact"
     max_whitespace: int = 4
     reasoning: bool = False
+    open_end: bool = False
 
     def key(self) -> str:
-        return f"ws={self.whitespace}:{self.max_whitespace}:think={int(self.reasoning)}"
+        key = f"ws={self.whitespace}:{self.max_whitespace}:think={int(self.reasoning)}"
+        return f"{key}:open" if self.open_end else key
 
 
 Compiled = tuple[Any, tuple[PostEnforced, ...]]  # an engine's grammar, what it leaves out
@@ -97,6 +101,11 @@ class GrammarConstraint(ABC):
     # True when the engine bounds its own compile work (and fails instead of running on):
     # its compiles then run inline, without the worker thread that enforces the deadline
     bounded_compile: bool = False
+    # True when several calls (parallel, "auto") may compile one grammar per tool
+    # (output.calls, constrain/calls.py): their head judges the text around the calls, so
+    # its any-JSON placeholder must compile as such (a single call leaves its head at the
+    # name, before the placeholder)
+    frames_calls: bool = True
 
     def __init_subclass__(cls, *, support: EngineSupport, package: str,
                           fast_forward: bool = False, reasoning: bool = False,
@@ -129,11 +138,16 @@ class GrammarConstraint(ABC):
             raise SchemaError(f"the {self.name} engine cannot constrain reasoning output; "
                               "use engine='llguidance'")
         calls = output.calls
-        if calls is not None and not options.reasoning:
+        if calls is not None and not options.reasoning and (calls.frame == "single"
+                                                            or self.frames_calls):
             # one grammar per tool: the names now, the called tool's schema once named
+            # (beside the head, open-ended, when the head frames several calls)
+            own = replace(options, whitespace=calls.layout or options.whitespace,
+                          open_end=calls.frame != "single")
             return CallMatcher(self.matcher(calls.head, options),
-                               lambda name: self.matcher(calls.call(name), options),
-                               self.tok.token_bytes(), self.crossing)
+                               lambda name: self.matcher(calls.call(name), own),
+                               self.tok.token_bytes(), self.crossing, frame=calls.frame,
+                               encode=self.tok.encode)
         cache = self.grammar_cache or default_grammar_cache()
         key = (f"{output.engine_hash}:{options.key()}", self.tok.hash, self.name,
                f"{self.version}+prepare{PREPARE_VERSION}")

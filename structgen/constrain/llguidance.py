@@ -72,7 +72,7 @@ def build_grammar(output: CompiledOutput, options: ConstraintOptions) -> str:
     with SmolLM2's tokenizer). Everything else is one Lark grammar (:func:`build_lark`)."""
     import llguidance
 
-    if output.kind == "json" and not options.reasoning:
+    if output.kind == "json" and not options.reasoning and not options.open_end:
         schema = output.to_json_schema()
         text = output.json_text
         if "x-guidance" in schema or not text.startswith("{") or text == "{}":
@@ -92,12 +92,16 @@ def build_lark(output: CompiledOutput, options: ConstraintOptions) -> str:
     elif output.kind == "choice":
         body = " | ".join(json.dumps(c) for c in output.choices or ())
     else:
+        if options.open_end:
+            raise SchemaError("an open-ended output is a JSON Schema, a regex or a choice")
         if not options.reasoning:
             return output.grammar or ""
         # rename the user's start rule so it can follow the thinking block
         body = "user_start"
         return (_reasoning_prefix(body) + "\n" +
                 _rename_start(output.grammar or ""))
+    if options.open_end:  # any text after it (a lexeme of its own, after the value)
+        return f"start: answer ANY_TEXT\nANY_TEXT: /(?s:.*)/\nanswer: {body}\n"
     if not options.reasoning:
         return f"start: {body}\n"
     return _reasoning_prefix("answer") + f"\nanswer: {body}\n"

@@ -14,6 +14,18 @@ if TYPE_CHECKING:
     from structgen.schema.support import PostEnforced
 
 
+def lowest_allowed(row: torch.Tensor) -> int | None:
+    """The lowest token id whose bit is set in one bitmask row (int32 words), if any."""
+    import torch
+
+    words = torch.nonzero(row).flatten()
+    if not len(words):
+        return None
+    word = int(words[0])
+    bits = int(row[word]) & 0xFFFFFFFF
+    return word * 32 + (bits & -bits).bit_length() - 1
+
+
 class Matcher(ABC):
     """Per-request grammar state."""
 

@@ -99,6 +99,10 @@ class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_
                          kinds=frozenset({"json", "regex", "choice"})):
     notes = ("outlines: regular languages only (no recursive schemas, no grammars); index "
              "construction can take seconds for large schemas",)
+    # outlines-core's regex for an any-JSON schema ({}) lets its alternatives out of their
+    # group (outlines-core 0.2.14: '"arguments":true' ends a call, then anything), so a
+    # head that frames several calls would not hold: those turns compile the whole envelope
+    frames_calls = False
 
     def __init__(self, tok: TokenizerData, **cache: Any) -> None:
         from outlines_core import Vocabulary
@@ -125,6 +129,8 @@ class OutlinesConstraint(GrammarConstraint, support=OUTLINES, package="outlines_
             else:
                 raise SchemaError("the outlines engine cannot enforce context-free grammars; "
                                   "use engine='llguidance'")
+            if options.open_end:  # any text after it
+                regex = f"(?:{regex})[\\s\\S]*"
             return Index(regex, self.vocabulary)
         except SchemaError:
             raise

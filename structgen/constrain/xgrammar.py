@@ -16,6 +16,7 @@ from structgen.constrain.base import (
     json_separators,
 )
 from structgen.constrain.grammar_cache import Codec, xgrammar_codec
+from structgen.constrain.matcher import lowest_allowed
 from structgen.errors import SchemaError
 from structgen.schema.check import declared_types, json_type, walk
 from structgen.schema.relax import disjoint_one_of_to_any_of
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     import torch
 
     from structgen.schema import CompiledOutput
+
+
+ANY_TEXT = r"[\s\S]*"  # what may follow an open-ended output (ConstraintOptions.open_end)
 
 
 def _enum_outside_type(node: dict[str, Any]) -> set[str] | None:
@@ -90,17 +94,11 @@ class XGrammarMatcher(Matcher):
         return True
 
     def first_allowed(self) -> int | None:
-        import torch
         import xgrammar as xgr
 
         mask = xgr.allocate_token_bitmask(1, len(self.token_bytes))
         self.m.fill_next_token_bitmask(mask, 0)
-        words = torch.nonzero(mask[0]).flatten()
-        if not len(words):
-            return None
-        word = int(words[0])
-        bits = int(mask[0, word]) & 0xFFFFFFFF
-        return word * 32 + (bits & -bits).bit_length() - 1
+        return lowest_allowed(mask[0])
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self.m.fill_next_token_bitmask(bitmask, row)
@@ -247,15 +245,24 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         return Codec(dumps=dumps, loads=loads)
 
     def compile(self, output: CompiledOutput, options: ConstraintOptions) -> Any:
+        import xgrammar as xgr
+
         c = self.compiler
         try:
             if output.kind == "json":
                 separators = json_separators(options)
                 fixed = separators is not None
-                return c.compile_json_schema(
-                    json.dumps(output.to_json_schema()), any_whitespace=not fixed,
-                    separators=separators,
-                    max_whitespace_cnt=None if fixed else max(options.max_whitespace, 1))
+                layout: dict[str, Any] = {
+                    "any_whitespace": not fixed, "separators": separators,
+                    "max_whitespace_cnt": None if fixed else max(options.max_whitespace, 1)}
+                if options.open_end:  # any text after the value
+                    return c.compile_grammar(xgr.Grammar.concat(
+                        xgr.Grammar.from_json_schema(json.dumps(output.to_json_schema()),
+                                                     **layout),
+                        xgr.Grammar.from_regex(ANY_TEXT)))
+                return c.compile_json_schema(json.dumps(output.to_json_schema()), **layout)
+            if options.open_end:
+                raise SchemaError("an open-ended output is a JSON Schema here")
             if output.kind == "regex":
                 return c.compile_regex(output.pattern or "")
             if output.kind == "choice":

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -115,15 +115,22 @@ class CompiledOutput:
 
 @dataclass(frozen=True, eq=False)
 class CallTable:
-    """The one call of a tool turn as one small grammar per tool. ``head`` is the call
-    up to its arguments: ``{"name": <one of the names>, "arguments": <any JSON>}`` (its
-    arguments are a placeholder: a matcher leaves the head once the name is written).
-    ``call(name)`` is that tool's whole call (``{"name": N, "arguments": <its schema>}``),
-    made on first use and kept per tool, so a tool set pays for the tools its answers call,
-    and a set that differs from a known one by one tool compiles that tool alone."""
+    """The calls of a tool turn as one small grammar per tool. ``head`` is the answer with
+    every call's arguments a placeholder: ``{"name": <one of the names>, "arguments": <any
+    JSON>}``, alone (``frame="single"``: a matcher leaves the head once the name is
+    written), as the items of an array (``"array"``: ``parallel``, ``max_calls`` its
+    ``maxItems``) or after each ``<tool_call>`` trigger of an ``"auto"`` turn's grammar
+    (``"trigger"``); in the last two the head holds the count and the frame, and each
+    call's own grammar runs beside it. ``call(name)`` is that tool's whole call
+    (``{"name": N, "arguments": <its schema>}``), made on first use and kept per tool, so a
+    tool set pays for the tools its answers call, and a set that differs from a known one
+    by one tool compiles that tool alone. ``layout``: the JSON layout the head writes calls
+    in when it fixes one (the trigger grammar's compact calls), else the request's."""
 
     head: CompiledOutput
     call: Callable[[str], CompiledOutput]
+    frame: Literal["single", "array", "trigger"] = "single"
+    layout: str | None = None
 
 
 def compile_output(output: Any, *, name: str | None = None,

@@ -307,25 +307,39 @@ def _envelope_output(turn: ToolTurn, limits: Limits) -> CompiledOutput:
         grammar["$defs"] = defs
     if check_defs:
         check["$defs"] = check_defs
-    single = not turn.parallel and not auto and len(offered) > 1
     # each tool's arguments were compiled (checked, made portable) on their own, once per
-    # tool: the envelope around them needs no pass over the whole document
+    # tool: the envelope around them needs no pass over the whole document. An "auto"
+    # turn's table is its trigger grammar's (decoded_output)
+    calls = None if auto or len(offered) < 2 else call_table(
+        offered, limits, frame="array" if turn.parallel else "single",
+        max_calls=turn.max_calls)
     return CompiledOutput(kind="json", json_schema=grammar, model=envelope_model(turn),
-                          name="tool_call", limits=limits, written_schema=check,
-                          calls=call_table(offered, limits) if single else None)
+                          name="tool_call", limits=limits, written_schema=check, calls=calls)
 
 
-def call_table(tools: Sequence[ToolSpec], limits: Limits = DEFAULT_LIMITS) -> CallTable:
-    """One call of one of ``tools``, one grammar per tool (see :class:`CallTable`): the
-    head names them all, each tool's call is :func:`call_output`. A grammar engine then
-    compiles the names, not every tool's schema (llguidance: ~0.3 ms per tool, so 150 ms
-    for 500 MaskBench tools, against a few ms for their names)."""
+def call_table(tools: Sequence[ToolSpec], limits: Limits = DEFAULT_LIMITS, *,
+               frame: Literal["single", "array"] = "single",
+               max_calls: int | None = None) -> CallTable:
+    """The calls of ``tools``, one grammar per tool (see :class:`CallTable`): the head
+    names them all (``frame="array"``: an array of 1 to ``max_calls`` calls), each tool's
+    call is :func:`call_output`. A grammar engine then compiles the names, not every
+    tool's schema (llguidance: ~0.3 ms per tool, so 150 ms for 500 MaskBench tools,
+    against a few ms for their names)."""
     by_name = {t.name: t for t in tools}
-    head = {"type": "object",
-            "properties": {"name": {"enum": list(by_name)}, "arguments": {}},
-            "required": ["name", "arguments"], "additionalProperties": False}
+    head: dict[str, Any] = call_head(tools)
+    if frame == "array":
+        bound = {} if max_calls is None else {"maxItems": max_calls}
+        head = {"type": "array", "items": head, "minItems": 1, **bound}
     return CallTable(compile_output(JsonSchema(head, name="tool_call_head"), limits=limits),
-                     lambda name: call_output(by_name[name], limits))
+                     lambda name: call_output(by_name[name], limits), frame)
+
+
+def call_head(tools: Sequence[ToolSpec]) -> dict[str, Any]:
+    """One call of one of ``tools`` with its arguments any JSON (a :class:`CallTable`'s
+    placeholder: each call's own grammar holds them)."""
+    return {"type": "object",
+            "properties": {"name": {"enum": [t.name for t in tools]}, "arguments": {}},
+            "required": ["name", "arguments"], "additionalProperties": False}
 
 
 _calls: OrderedDict[tuple[str, Limits], CompiledOutput] = OrderedDict()
@@ -575,6 +589,37 @@ def trigger_grammar(turn: ToolTurn, call_schema: dict[str, Any]) -> str:
             f"TEXT: /(?s:.*)/ & ~/(?s:.*{re.escape(TRIGGER_OPEN)}.*)/\n"
             f"pre[lazy]: /(?s:.*){re.escape(TRIGGER_OPEN)}/\n"
             f"call: %json {body}\n")
+
+
+_decoded: OrderedDict[tuple[Any, ...], CompiledOutput] = OrderedDict()
+
+
+def decoded_output(turn: ToolTurn, output: CompiledOutput) -> CompiledOutput:
+    """What the embedded backend decodes a tool turn under: an ``"auto"`` turn's trigger
+    grammar (:func:`trigger_grammar`), else the turn's ``output`` (its envelope) itself.
+
+    The trigger grammar's :class:`CallTable` is the same grammar with each call's arguments
+    a placeholder (the names, the trigger, the count), and one grammar per called tool
+    beside it; the whole grammar is kept for the engines' other paths (reasoning). Kept by
+    tool-set key, like the envelope."""
+    if turn.choice != "auto":
+        return output
+
+    def make() -> CompiledOutput:
+        grammar = trigger_grammar(turn, single_call_schema(output))
+        tools = offered(turn)
+        by_name = {t.name: t for t in tools}
+        head = trigger_grammar(turn, call_head(tools))
+        table = CallTable(
+            CompiledOutput(kind="grammar", grammar=head, grammar_source=head,
+                           grammar_syntax="lark", name="tool_call_head", limits=output.limits),
+            lambda name: call_output(by_name[name], output.limits), "trigger",
+            layout="compact")  # the trigger grammar writes calls compact
+        return CompiledOutput(kind="grammar", grammar=grammar, grammar_source=grammar,
+                              grammar_syntax="lark", name="tool_call", limits=output.limits,
+                              calls=table)
+
+    return _kept(_decoded, (toolset_key(turn), output.limits), make, ENVELOPES_KEPT)
 
 
 def single_call_schema(output: CompiledOutput) -> dict[str, Any]:

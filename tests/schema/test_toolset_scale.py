@@ -210,12 +210,144 @@ def test_tokens_that_run_into_the_arguments_are_masked_while_the_name_is_open(
     assert not any(matcher.accepts(t) for t in crossing)
 
 
+def count_compiles(engine: GrammarConstraint, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the size of each output ``engine`` compiles (its schema or grammar)."""
+    compiled: list[int] = []
+    real = type(engine).compile
+
+    def counting(self: GrammarConstraint, out: Any, options: ConstraintOptions) -> Any:
+        compiled.append(len(out.json_text if out.kind == "json" else out.grammar))
+        return real(self, out, options)
+
+    monkeypatch.setattr(type(engine), "compile", counting)
+    return compiled
+
+
+def _examples(n: int = 500) -> tuple[list[ToolSpec], list[tuple[ToolSpec, Any]]]:
+    tools = maskbench_tools(n)
+    return [spec for spec, _ in tools], [(s, e) for s, e in tools if e is not None]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_parallel_calls_compile_the_names_and_the_called_tools_only(
+        tok: TokenizerData, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """500 tools, ``parallel=True, max_calls=3``: the engine compiles the array of calls
+    with their arguments left open (the names and the count), then each called tool's own
+    grammar (the old code compiled the whole envelope, ~130 KB of schema, first). The
+    answers validate, and the count is the grammar's: 1 to 3 calls, never 4."""
+    specs, examples = _examples()
+    output = envelope_output(tool_turn(specs, "required", parallel=True, max_calls=3))
+    engine_ = constraint(tok, engine, GrammarCache())
+    compiled = count_compiles(engine_, monkeypatch)
+    matcher = engine_.matcher(output, ConstraintOptions())
+    (a, x), (b, y), (c, z) = examples[100], examples[200], examples[-1]
+    calls = [call_text(a.name, x), call_text(b.name, y), call_text(c.name, z)]
+    for n in (1, 2, 3, 4):
+        text = "[" + ",".join((calls * 2)[:n]) + "]"
+        assert admits(matcher, tok, text) == (n <= 3), (engine, n)
+        if n <= 3:
+            outcome = validate_text(text, output)
+            assert outcome.ok, outcome.errors
+            assert [c.name for c in tool_value(outcome.value)] == [a.name, b.name, c.name][:n]
+    # the head (the names) and the three called tools, each compiled once
+    assert len(compiled) == 4 and sum(compiled) < len(output.json_text) / 10, compiled
+    # a later call's arguments are its own tool's: another tool's are refused
+    assert not admits(matcher, tok, "[" + calls[0] + "," + call_text(b.name, x) + "]")
+    assert not admits(matcher, tok, "[" + calls[0] + "," + call_text("no_such_tool", {}) + "]")
+
+
+def test_auto_compiles_the_trigger_names_and_the_called_tools_only(
+        tok: TokenizerData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """500 tools, ``"auto"``: the embedded backend's trigger grammar is compiled with each
+    call's arguments open, then the called tool's grammar beside it (the old code compiled
+    one Lark grammar holding every tool's schema). A text answer, one call, and with
+    ``max_calls=2`` two calls but not three; the calls read back validate."""
+    from structgen.schema.toolset import decoded_output, parse_triggered
+
+    specs, examples = _examples()
+    (a, x), (b, y) = examples[50], examples[300]
+    block = "<tool_call>\n{}\n</tool_call>"
+    one, two = block.format(call_text(a.name, x)), block.format(call_text(b.name, y))
+    for max_calls in (None, 2):
+        turn = tool_turn(specs, "auto", parallel=max_calls is not None, max_calls=max_calls)
+        envelope = envelope_output(turn)
+        output = decoded_output(turn, envelope)
+        assert decoded_output(tool_turn(list(specs), "auto", parallel=turn.parallel,
+                                        max_calls=max_calls), envelope) is output  # kept
+        engine_ = constraint(tok, "llguidance", GrammarCache())
+        compiled = count_compiles(engine_, monkeypatch)
+        matcher = engine_.matcher(output, ConstraintOptions())
+        assert admits(matcher, tok, "No function fits: {\"a\": 1}.")
+        assert admits(matcher, tok, "Sure.\n" + one)
+        assert admits(matcher, tok, "\n".join([one, two])) == (max_calls == 2)
+        assert not admits(matcher, tok, "\n".join([one, two, one]))
+        assert not admits(matcher, tok, block.format(call_text(a.name, y)))
+        # the head, the first tool, and the second where a second call may follow
+        assert len(compiled) == (2 if max_calls is None else 3), compiled
+        assert sum(compiled) < len(output.grammar or "") / 10, compiled
+        calls, _ = parse_triggered("Sure.\n" + "\n".join([one, two]), turn.parallel)
+        assert calls is not None and len(calls) == 2
+        texts = [call_text(call.name, json.loads(call.arguments)) for call in calls]
+        answer = f"[{','.join(texts)}]" if turn.parallel else texts[0]
+        outcome = validate_text(answer, envelope)
+        assert outcome.ok, outcome.errors
+        assert tool_value(outcome.value) == ([ToolCall(a.name, x), ToolCall(b.name, y)]
+                                             if turn.parallel else ToolCall(a.name, x))
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "outlines"])
+def test_an_open_ended_output_takes_any_text_after_it(tok: TokenizerData, engine: str) -> None:
+    """``ConstraintOptions(open_end=True)``, what a call in a frame compiles with: the
+    value as its schema says, then anything (the frame judges it)."""
+    tool = ToolSpec("t", "", {"type": "object", "properties": {"q": {"type": "integer"}},
+                              "required": ["q"], "additionalProperties": False}, None)
+    output = toolset.call_output(tool)
+    matcher = constraint(tok, engine, GrammarCache()).matcher(
+        output, ConstraintOptions(open_end=True))
+    assert admits(matcher, tok, call_text("t", {"q": 1}) + '},{"x":[ and more')
+    assert not admits(matcher, tok, call_text("t", {"q": "1"}))
+    assert not admits(matcher, tok, '{"name":"t","arguments":{"q":1,"r":2}}')
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tokens_across_call_boundaries_in_a_frame(tok: TokenizerData, engine: str) -> None:
+    """A token that starts before a call's ``{`` (`` {"`` after a spaced ``,``) or closes
+    a string, the arguments and the call at once (``"}}``): the frame's mask allows them
+    and the called tools' grammars judge what they carry."""
+    tools = [ToolSpec(f"t{i}", "", {
+        "type": "object", "properties": {"days": {"type": "integer"}, "city": {"type": "string"}},
+        "required": ["days", "city"], "additionalProperties": False}, None) for i in range(3)]
+    output = envelope_output(tool_turn(tools, "required", parallel=True, max_calls=2))
+    options = ConstraintOptions(whitespace="spaced")
+    matcher = constraint(tok, engine, GrammarCache()).matcher(output, options)
+    space_open, close_all = tok.encode(' {"'), tok.encode('"}}')
+    assert len(space_open) == 1 and len(close_all) == 1  # the tiny tokenizer has both
+
+    def call(name: str, days: str) -> list[int]:
+        return tok.encode(f'name": "{name}", "arguments": {{"days": {days}, "city": "Oslo') \
+            + close_all
+
+    good = tok.encode('[{"') + call("t1", "2") + tok.encode(",") + space_open + call("t2", "3")
+    ahead = matcher.fork()
+    for i, token in enumerate(good):
+        if token in (*space_open, *close_all):
+            import torch
+
+            mask = torch.full((1, (tok.vocab_size + 31) // 32), -1, dtype=torch.int32)
+            ahead.fill_bitmask(mask, 0)
+            assert int(mask[0, token // 32]) >> (token % 32) & 1, (engine, i)
+        assert ahead.consume(token), (engine, i)
+    assert ahead.consume_all(tok.encode("]")) and ahead.is_accepting()
+    bad = tok.encode('[{"') + call("t1", "2") + tok.encode(",") + space_open + call("t2", '"3"')
+    assert not matcher.completes_with(bad + tok.encode("]"))
+
+
 # Exact call counts ------------------------------------------------------------------------
 def _tools() -> list[ToolSpec]:
     return generated_tools(3, "Count test {i}.")
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", [*ENGINES, "outlines"])
 def test_without_parallel_the_grammar_holds_exactly_one_call(tok: TokenizerData,
                                                             engine: str) -> None:
     output = envelope_output(tool_turn(_tools(), "required"))
@@ -229,7 +361,7 @@ def test_without_parallel_the_grammar_holds_exactly_one_call(tok: TokenizerData,
     assert not any(after.accepts(t) for t in tok.encode(",[{ \n"))  # only the end
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", [*ENGINES, "outlines"])
 @pytest.mark.parametrize("max_calls", [1, 2, 3])
 def test_max_calls_bounds_the_grammar(tok: TokenizerData, engine: str, max_calls: int) -> None:
     output = envelope_output(tool_turn(_tools(), "required", parallel=True,
@@ -256,20 +388,23 @@ def test_the_auto_grammar_holds_the_same_counts(tok: TokenizerData,
                                                 max_calls: int | None) -> None:
     """``"auto"`` on the embedded backend is the trigger grammar: one ``<tool_call>`` block
     without ``parallel``, at most ``max_calls`` with it."""
-    from structgen.schema.compiled import CompiledOutput
-    from structgen.schema.toolset import single_call_schema, trigger_grammar
+    import dataclasses
+
+    from structgen.schema.toolset import decoded_output
 
     parallel = max_calls is not None
     turn = tool_turn(_tools(), "auto", parallel=parallel, max_calls=max_calls)
-    grammar = trigger_grammar(turn, single_call_schema(envelope_output(turn)))
-    output = CompiledOutput(kind="grammar", grammar=grammar, grammar_source=grammar,
-                            grammar_syntax="lark", name="tool_call")
-    matcher = constraint(tok, "llguidance", GrammarCache()).matcher(output, ConstraintOptions())
+    output = decoded_output(turn, envelope_output(turn))
     block = "<tool_call>\n" + call_text("forecast_000", {"city": "Oslo", "days": 1}) + \
         "\n</tool_call>"
     allowed = max_calls or 1
-    for n in range(1, allowed + 2):
-        assert admits(matcher, tok, "Sure.\n" + "\n".join([block] * n)) == (n <= allowed), n
+    # one grammar per called tool beside the trigger grammar, and the whole grammar (the
+    # engines' path with reasoning) hold the same counts
+    for whole in (output, dataclasses.replace(output, calls=None)):
+        matcher = constraint(tok, "llguidance", GrammarCache()).matcher(whole,
+                                                                        ConstraintOptions())
+        for n in range(1, allowed + 2):
+            assert admits(matcher, tok, "Sure.\n" + "\n".join([block] * n)) == (n <= allowed)
 
 
 # Short tool prompts -------------------------------------------------------------------------

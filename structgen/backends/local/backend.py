@@ -41,8 +41,7 @@ from structgen.backends.local.transformers_runtime import TransformersRuntime
 from structgen.constrain.base import engine_class
 from structgen.constrain.grammar_cache import default_grammar_cache
 from structgen.errors import BackendUnavailable, SchemaError, StructgenError
-from structgen.schema.compiled import CompiledOutput
-from structgen.schema.toolset import parse_triggered, single_call_schema, trigger_grammar
+from structgen.schema.toolset import decoded_output, parse_triggered
 from structgen.types import call_envelope
 
 if TYPE_CHECKING:
@@ -109,11 +108,7 @@ class LocalBackend(BackendBase, name="local"):
             raise SchemaError("tool_choice='auto' on the embedded backend needs the "
                               "llguidance engine ([local] engine = 'llguidance'): its "
                               f"grammar is llguidance Lark, not {self.cfg.engine}'s")
-        grammar = trigger_grammar(turn, single_call_schema(request.output))
-        output = CompiledOutput(kind="grammar", grammar=grammar, grammar_source=grammar,
-                                grammar_syntax="lark", name="tool_call",
-                                limits=request.output.limits)
-        return dataclasses.replace(request, output=output)
+        return dataclasses.replace(request, output=decoded_output(turn, request.output))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
         """Yield text chunks as the worker produces tokens (fast-forwarded runs arrive as one
