@@ -59,9 +59,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _INIT = threading.Lock()
 _initialised = False
-# a llama_decode call of at most this many tokens is a decode step (the sampled token and
-# the grammar's forced ones): it runs on decode_threads, a longer one (a prefill) on threads
-STEP_TOKENS = 16
+# a llama_decode call of at most this many tokens runs on decode_threads (what one
+# sequence's step costs, as measured at load), a longer one on threads: a prefill, or a
+# step of several sequences at once. Measured on 2 cores, SmolLM2-135M, quiet, 16 requests
+# at max_batch 8 (benchmarks/step_profile.py): calls of 1-4 tokens took the same on 1 and 2
+# threads (22.7 / 21.2 ms, 63.1 / 59.3 ms), calls of 5-8 tokens 108.9 ms on 1 and 91.6 on
+# 2, of 9-16 tokens 172.5 and 136.4: the probe's one-token pick (1 thread there) must not
+# hold a batched step to one core.
+STEP_TOKENS = 4
+# KV cells a sequence keeps free beyond its prompt and budget: one step's forced tokens
+STEP_SLACK = 16
 # A cached prompt state is restored only when it gives more than this many tokens beyond
 # the prefix a live sequence already holds (which is shared instead): prefilling a few
 # dozen tokens costs less than every later step attending over a second copy of the prefix
@@ -471,7 +478,7 @@ class LlamaCppRuntime(Runtime):
     def kv_cells(self, seq: Seq) -> int:
         """KV cells ``seq`` may come to hold: its prompt, its token budget and the few
         forced tokens a last step can add past it."""
-        return len(seq.prompt_ids) + seq.request.sampling.max_tokens + STEP_TOKENS
+        return len(seq.prompt_ids) + seq.request.sampling.max_tokens + STEP_SLACK
 
     def _from_store(self, ids: list[int], use: int
                     ) -> tuple[ctypes.Array[ctypes.c_uint8], int, tuple[int, ...]] | None:
