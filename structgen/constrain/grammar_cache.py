@@ -256,18 +256,23 @@ class GrammarCache:
                         self._inflight.pop(key, None)
                 return
             self._remember(key, value)
-            path = self._path(key, ".timeout") if timeout_s is not None else None
-            if path is not None:  # it compiled after all: a timeout record no longer applies
-                path.unlink(missing_ok=True)  # (one this caller wrote is on disk by now)
-            if codec is not None and time.perf_counter() - started >= store_s:
-                if self.background_writes:
+            # it compiled after all: a timeout record no longer applies (one this caller
+            # wrote is on disk by now). A grammar that missed a deadline goes to disk however
+            # long this run took, and before the record goes: a process reading in between
+            # would otherwise find neither and compile again.
+            record = self._path(key, ".timeout") if timeout_s is not None else None
+            missed = record is not None and record.exists()
+            if codec is not None and (missed or time.perf_counter() - started >= store_s):
+                if missed or not self.background_writes:
+                    self._write_disk(key, value, codec)
+                else:
                     writer = threading.Thread(target=self._write_disk, args=(key, value, codec),
                                               daemon=True, name="grammar-disk-write")
                     with self._lock:
                         self._writers = [w for w in self._writers if w.is_alive()] + [writer]
                     writer.start()
-                else:
-                    self._write_disk(key, value, codec)
+            if record is not None:
+                record.unlink(missing_ok=True)
             flight.finish(value)
             if late:  # the caller gave up on us; nobody else will clear the in-flight slot
                 with self._lock:

@@ -535,3 +535,43 @@ def test_forged_timeout_record_does_not_block_compiles(tmp_path: Path) -> None:
 def test_grammar_dir_expands_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_grammar_dir(CacheConfig(grammar_dir="~/grammars")) == tmp_path / "grammars"
+
+
+def test_a_compile_that_missed_its_deadline_is_stored_before_its_record_goes(
+        tmp_path: Path) -> None:
+    """A compile that ends after its caller gave up used to remove the timeout record first
+    and write the grammar after (in the background, and only when slower than
+    ``disk_min_compile_s``): a process reading in between, or ever for a grammar under
+    that bound, found neither and compiled again (a CI failure of
+    test_embedded_compile_timeout_falls_back_to_plain_json). Now a grammar that missed a
+    deadline always goes to disk, and before its record goes."""
+    key = ("late", "t", "e", "1")
+    cache = GrammarCache(directory=tmp_path, disk_min_compile_s=3600, background_writes=True)
+    go, writing, release = threading.Event(), threading.Event(), threading.Event()
+    real_write = cache._write_disk
+
+    def held_write(*args: Any) -> None:
+        writing.set()
+        release.wait(60)
+        real_write(*args)
+
+    def compile_fn() -> str:
+        go.wait(60)
+        return "g-late"
+
+    cache._write_disk = held_write  # type: ignore[method-assign]
+    with pytest.raises(GrammarCompileTimeout):
+        cache.get_or_compile(key, compile_fn, timeout_s=0.01, codec=text_codec())
+    go.set()
+    assert writing.wait(10), "the late grammar was not stored"
+    # while it is being written, another process still sees the record (not: nothing)
+    assert GrammarCache(directory=tmp_path).timed_out(key) is not None
+    release.set()
+    for _ in range(6000):  # the record goes once the grammar is on disk
+        if GrammarCache(directory=tmp_path).timed_out(key) is None:
+            break
+        time.sleep(0.01)
+    restarted = GrammarCache(directory=tmp_path)
+    assert restarted.get_or_compile(key, lambda: pytest.fail("compiled again"),
+                                    timeout_s=0.01, codec=text_codec()) == "g-late"
+    assert restarted.disk_hits == 1 and restarted.misses == 0
