@@ -13,16 +13,17 @@ Termination guarantees, so a small model cannot run away until ``max_tokens``:
 - **numbers** are bounded to what their type can hold (``[local] max_number_digits``
   significant digits, 2 exponent digits): past the bound no token continues the number
   unless nothing else can follow;
-- **repeated items**: an array whose last item (a string, object or array) repeats an
-  earlier one ends there (``[local] repeated_items_end``): no ``,`` after it unless nothing
-  else is allowed;
+- **repeated items**: an array whose item (a string, object or array) repeats an earlier
+  one ends there (``[local] repeated_items_end``): no ``,`` after it unless nothing else is
+  allowed, and a token that ends it and goes on in one piece (``",``) is written with the
+  array ended (``"]``) instead;
 - **loops inside a string** are cut (``[local] max_string_repeat``): no token may make a
   string value repeat a run of that many of its own tokens and go on the same way (a small
   greedy model otherwise spends the budget on ``test_cache.py::test_cache.py::...`` and the
   answer's other members get budget-aware closing's minimal values);
 - **wrap-up**: when the tokens left come within ``[local] budget_wrap_up`` of what the
-  closing path needs, arrays take no new item (the ``,`` is held back while ``]`` is
-  allowed), so the members still to come are the model's own words, not closing's;
+  closing path needs, arrays take no new item (the same way), so the members still to come
+  are the model's own words, not closing's;
 - **budget-aware closing**: before a token is taken, the decoder checks that a completion
   of the grammar still fits in the tokens left after it (the matcher's shortest closing
   path). When it would not, the decoder takes the closing path from the current state
