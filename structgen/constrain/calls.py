@@ -33,10 +33,11 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from structgen.constrain.matcher import Matcher, lowest_allowed
+from structgen.schema.layout import OUTSIDE, StringState
 
 if TYPE_CHECKING:
     import torch
@@ -65,10 +66,9 @@ class CallScan:
     depth: int
     trigger: bool
     nesting: int = 0
-    in_string: bool = False
-    escaped: bool = False
     in_text: bool = False  # a trigger frame's free text, before its next <tool_call>
     tail: bytes = b""  # the last bytes of free text, to find the trigger in
+    strings: StringState = field(default_factory=StringState)
 
     def __post_init__(self) -> None:
         self.in_text = self.trigger
@@ -79,20 +79,12 @@ class CallScan:
             self.tail = (self.tail + bytes((byte,)))[-len(TRIGGER):]
             self.in_text = self.tail != TRIGGER
             return 0
-        if self.in_string:
-            if self.escaped:
-                self.escaped = False
-            elif byte == 0x5C:  # backslash
-                self.escaped = True
-            elif byte == 0x22:
-                self.in_string = False
+        if self.strings.step(byte) != OUTSIDE:
             return 0
-        if byte == 0x22:
-            self.in_string = True
-        elif byte in (0x7B, 0x5B):  # { [
+        if byte in (0x7B, 0x5B):  # { [
             self.nesting += 1
             return 1 if byte == 0x7B and self.nesting == self.depth + 1 else 0
-        elif byte in (0x7D, 0x5D):  # } ]
+        if byte in (0x7D, 0x5D):  # } ]
             self.nesting -= 1
             if byte == 0x7D and self.nesting == self.depth:
                 self.in_text, self.tail = self.trigger, b""

@@ -46,6 +46,40 @@ _SCHEMA_KEYS = frozenset({"$schema", "$defs", "properties", "definitions"})
 _WS = " \t\n\r"
 
 
+# what a byte (or a character's code) was to the JSON strings: StringState.step
+OUTSIDE, OPENED, INSIDE, CLOSED = 0, 1, 2, 3
+_QUOTE, _BACKSLASH = 0x22, 0x5C
+
+
+class StringState:
+    """Whether a JSON text, followed byte by byte (or character code by character code),
+    is inside a string, escapes known: the one string lexer of the layout reader, the
+    tool-call scanner (``constrain.calls``) and the decoder's guards (``backends.local``).
+    """
+
+    __slots__ = ("escape", "in_string")
+
+    def __init__(self, *, in_string: bool = False) -> None:
+        self.in_string = in_string
+        self.escape = False
+
+    def step(self, c: int) -> int:
+        """Follow ``c``; OPENED / INSIDE / CLOSED for a string's bytes, else OUTSIDE."""
+        if self.in_string:
+            if self.escape:
+                self.escape = False
+            elif c == _BACKSLASH:
+                self.escape = True
+            elif c == _QUOTE:
+                self.in_string = False
+                return CLOSED
+            return INSIDE
+        if c == _QUOTE:
+            self.in_string = True
+            return OPENED
+        return OUTSIDE
+
+
 def json_layout(text: str) -> str | None:
     """The layout of one JSON text: ``"compact"`` (no whitespace between tokens),
     ``"spaced"`` (exactly one space after each ``,`` and ``:``, none elsewhere, as
@@ -94,18 +128,10 @@ def _scan(text: str, *, in_string: bool = False) -> Iterator[tuple[int, str, boo
     """Each character of JSON text with its index and whether, once it is read, the text
     stands between tokens (outside every string: true of a string's closing quote, false
     of its opening one); ``text`` starts inside a string when ``in_string``."""
-    escaped = False
+    strings = StringState(in_string=in_string)
     for i, c in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_string = False
-        elif c == '"':
-            in_string = True
-        yield i, c, not in_string
+        strings.step(ord(c))
+        yield i, c, not strings.in_string
 
 
 def _gap_after(text: str, before: str, i: int) -> Iterator[tuple[str, str]]:

@@ -10,35 +10,9 @@ nothing else is allowed, so a guard never makes an answer invalid).
 
 from __future__ import annotations
 
+from structgen.schema.layout import CLOSED, OPENED, OUTSIDE, StringState
+
 _DIGITS = frozenset(b"0123456789")
-_QUOTE, _BACKSLASH = 0x22, 0x5C
-# what a byte (or a character's code) was to the JSON strings: StringState.step
-OUTSIDE, OPENED, INSIDE, CLOSED = 0, 1, 2, 3
-
-
-class StringState:
-    """Whether a JSON text, followed byte by byte, is inside a string (escapes known)."""
-
-    __slots__ = ("escape", "in_string")
-
-    def __init__(self) -> None:
-        self.in_string = self.escape = False
-
-    def step(self, c: int) -> int:
-        """Follow ``c``; OPENED / INSIDE / CLOSED for a string's bytes, else OUTSIDE."""
-        if self.in_string:
-            if self.escape:
-                self.escape = False
-            elif c == _BACKSLASH:
-                self.escape = True
-            elif c == _QUOTE:
-                self.in_string = False
-                return CLOSED
-            return INSIDE
-        if c == _QUOTE:
-            self.in_string = True
-            return OPENED
-        return OUTSIDE
 
 
 class NumberGuard(StringState):
