@@ -5,8 +5,11 @@ through llama-cpp-python with a GBNF grammar.
         [--concurrency N] [--max-batch 8] [--batching static|continuous] [--systems abcd]
         [--peer-requests N]
 
-Workload: an OpenAI batch file of ``--requests`` distinct ticket-triage requests (a small JSON
-Schema: a category enum, a priority 1-5 and a boolean), greedy, at most 48 tokens each, on the
+Workload: an OpenAI batch file of ``--requests`` distinct requests of one ``--workload``:
+``triage`` (ticket triage: a category enum, a priority 1-5 and a boolean, at most 48 tokens;
+most of an answer is forced keys, which one request at a time already feeds in one llama.cpp
+call) or ``extract`` (a contact's name, email, company and topic copied out of a short note,
+at most 64 tokens; most of an answer is sampled tokens, which batching shares). Greedy, on the
 embedded backend with its default model (SmolLM2-135M-Instruct). Each system gets a fresh
 result cache (no answer is served from another's run) and a warm engine (the model loaded and
 one request answered before the clock starts):
@@ -52,30 +55,67 @@ from structgen.engine import Engine  # noqa: E402
 from structgen.errors import StructgenError  # noqa: E402
 
 THREADS = 2  # llama-cpp-python's threads (the machine's cores)
-MAX_TOKENS = 48
-SCHEMA = {"type": "object", "properties": {
-    "category": {"enum": ["bug", "feature", "question", "billing"]},
-    "priority": {"type": "integer", "minimum": 1, "maximum": 5},
-    "needs_reply": {"type": "boolean"}},
-    "required": ["category", "priority", "needs_reply"], "additionalProperties": False}
 SUBJECTS = ["the login page", "invoices", "the export button", "dark mode", "the API",
             "password reset", "the mobile app", "search results"]
 PROBLEMS = ["crashes on open", "is too slow", "shows the wrong total", "needs a CSV option",
             "was charged twice", "how do I enable it?"]
+FIRST = ["Ana", "Bram", "Chen", "Dara", "Emil", "Fatima", "Goran", "Hana", "Ivo", "Jun"]
+LAST = ["Lopez", "Novak", "Okafor", "Schmidt", "Tanaka", "Varga", "Weiss"]
+COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark Labs"]
+
+
+class Workload:
+    """One kind of request: its schema, its token budget and its i-th request's messages."""
+
+    def __init__(self, name: str, schema: dict[str, Any], max_tokens: int,
+                 system: str, user: Any) -> None:
+        self.name, self.schema, self.max_tokens = name, schema, max_tokens
+        self.system, self.user = system, user
+
+    def lines(self, n: int) -> list[dict[str, Any]]:
+        return [{"custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"messages": [{"role": "system", "content": self.system},
+                                       {"role": "user", "content": self.user(i)}],
+                          "response_format": {"type": "json_schema", "json_schema": {
+                              "name": self.name, "schema": self.schema}},
+                          "max_tokens": self.max_tokens, "temperature": 0}}
+                for i in range(n)]
+
+
+WORKLOADS = {
+    # a label from a small enum, a number and a boolean: most of the answer is forced keys
+    "triage": Workload(
+        "triage",
+        {"type": "object", "properties": {
+            "category": {"enum": ["bug", "feature", "question", "billing"]},
+            "priority": {"type": "integer", "minimum": 1, "maximum": 5},
+            "needs_reply": {"type": "boolean"}},
+         "required": ["category", "priority", "needs_reply"], "additionalProperties": False},
+        48, "Triage the support ticket as JSON.",
+        lambda i: f"Ticket {i}: {SUBJECTS[i % len(SUBJECTS)]} "
+                  f"{PROBLEMS[i % len(PROBLEMS)]}"),
+    # fields copied out of a short text: most of the answer is the model's own tokens
+    "extract": Workload(
+        "contact",
+        {"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 40},
+            "email": {"type": "string", "maxLength": 60},
+            "company": {"type": "string", "maxLength": 40},
+            "topic": {"type": "string", "maxLength": 60}},
+         "required": ["name", "email", "company", "topic"], "additionalProperties": False},
+        64, "Extract the sender's name, email, company and topic from the note as JSON.",
+        lambda i: (lambda f, la, c: f"Note {i}: {f} {la} from {c} "
+                   f"({f.lower()}.{la.lower()}@{c.lower().replace(' ', '')}.com) "
+                   f"writes that {SUBJECTS[i % len(SUBJECTS)]} {PROBLEMS[i % 5]}.")(
+            FIRST[i % len(FIRST)], LAST[i % len(LAST)], COMPANIES[i % len(COMPANIES)])),
+}
+WORK = WORKLOADS["triage"]  # set by --workload
+SCHEMA = WORK.schema
+MAX_TOKENS = WORK.max_tokens
 
 
 def lines(n: int) -> list[dict[str, Any]]:
-    out = []
-    for i in range(n):
-        ticket = f"Ticket {i}: {SUBJECTS[i % len(SUBJECTS)]} {PROBLEMS[i % len(PROBLEMS)]}"
-        out.append({"custom_id": f"t{i}", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"messages": [
-                        {"role": "system", "content": "Triage the support ticket as JSON."},
-                        {"role": "user", "content": ticket}],
-                        "response_format": {"type": "json_schema", "json_schema": {
-                            "name": "triage", "schema": SCHEMA}},
-                        "max_tokens": MAX_TOKENS, "temperature": 0}})
-    return out
+    return WORK.lines(n)
 
 
 def engine(cache_dir: Path, args: argparse.Namespace | None = None) -> Engine:
@@ -192,8 +232,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=None,
                     help="structgen batch's -j (default: its own, from [local] max_batch)")
     ap.add_argument("--max-batch", type=int, default=8, help="[local] max_batch")
-    ap.add_argument("--batching", choices=["static", "continuous"], default="static")
+    ap.add_argument("--batching", choices=["static", "continuous"], default="continuous")
     ap.add_argument("--systems", default="abcd", help="which rows to run (a, b, c, d)")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="triage",
+                    help="triage: an enum, a number, a boolean (mostly forced keys); "
+                         "extract: four string fields copied from a note")
     ap.add_argument("--peer-requests", type=int, default=None,
                     help="run (d) only on the first N requests (its rounds come first)")
     ap.add_argument("--name", default="batch", help="results file name (NAME.md/.json)")
@@ -201,6 +244,9 @@ def main() -> None:
                                       "(other jobs running): compare the rows, not the "
                                       "absolute rates")
     args = ap.parse_args()
+    global WORK, SCHEMA, MAX_TOKENS
+    WORK = WORKLOADS[args.workload]
+    SCHEMA, MAX_TOKENS = WORK.schema, WORK.max_tokens
     load_before = os.getloadavg()[0]
     totals: dict[str, dict[str, Any]] = {}
     all_lines = lines(args.requests)
@@ -245,7 +291,8 @@ def write_report(args: argparse.Namespace, totals: dict[str, dict[str, Any]], do
     report = {"machine": machine_line(), "note": args.note, "load": load,
               "requests": done, "requests_planned": args.requests, "round": args.round,
               "concurrency": args.concurrency, "max_batch": args.max_batch,
-              "batching": args.batching, "max_tokens": MAX_TOKENS, "rows": rows,
+              "batching": args.batching, "workload": args.workload,
+              "max_tokens": MAX_TOKENS, "rows": rows,
               "speedup": speedup}
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +302,8 @@ def write_report(args: argparse.Namespace, totals: dict[str, dict[str, Any]], do
           "", f"{machine_line()}", "", f"**{args.note}; {load}.**", "",
           f"structgen: `[local] max_batch = {args.max_batch}`, `batching = "
           f"\"{args.batching}\"`, `-j {jobs}`. Greedy, at most {MAX_TOKENS} tokens per "
-          f"answer, distinct requests, the same messages for every system. The systems take "
+          f"answer, distinct `{args.workload}` requests ({WORKLOADS[args.workload].system!r} "
+          "and a generated text each), the same messages for every system. The systems take "
           f"turns on slices of {args.round} requests, so the machine's load falls on each "
           "alike; made by `benchmarks/batch.py`.", "",
           "| system | requests | time (s) | requests/s | x one at a time | valid |",
