@@ -73,6 +73,12 @@ class CallScan:
     def __post_init__(self) -> None:
         self.in_text = self.trigger
 
+    def fork(self) -> CallScan:
+        """An independent copy: the fork's bytes move neither this scan nor its strings."""
+        out = copy.copy(self)  # not dataclasses.replace: __post_init__ would reset in_text
+        out.strings = self.strings.copy()
+        return out
+
     def step(self, byte: int) -> int:
         """Take one byte: 1 when it opens a call, -1 when it closes one, else 0."""
         if self.in_text:
@@ -269,7 +275,7 @@ class CallMatcher(Matcher):
         out.call = None if self.call is None else self.call.fork()
         out.ids, out.text, out.first = list(self.ids), self.text, list(self.first)
         out.failed, out.post_enforced = self.failed, self.post_enforced
-        out.scan = None if self.scan is None else copy.copy(self.scan)
+        out.scan = None if self.scan is None else self.scan.fork()
         out.in_call, out.named = self.in_call, self.named
         return out
 

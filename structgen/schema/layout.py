@@ -63,6 +63,12 @@ class StringState:
         self.in_string = in_string
         self.escape = False
 
+    def copy(self) -> StringState:
+        """An independent copy (a fork of the text followed so far)."""
+        out = StringState(in_string=self.in_string)
+        out.escape = self.escape
+        return out
+
     def step(self, c: int) -> int:
         """Follow ``c``; OPENED / INSIDE / CLOSED for a string's bytes, else OUTSIDE."""
         if self.in_string:

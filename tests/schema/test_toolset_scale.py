@@ -448,3 +448,17 @@ def test_shorter_details_for_large_sets() -> None:
     assert sizes == sorted(sizes, reverse=True) and sizes[0] < full / 3
     bare = tools_prompt(turn, detail="bare")
     assert all(f"\n{spec.name}\n" in bare for spec in turn.tools[1:-1])
+
+
+def test_a_forked_call_scan_leaves_the_original_where_it_was() -> None:
+    """A frame's matcher is forked to try each crossing token; the fork's scan must not
+    move the original's (it once shared its string state: after the fork closed a string,
+    the original read the ``}`` inside its own string as the end of the call)."""
+    from structgen.constrain.calls import CallScan
+
+    scan = CallScan(1, False)
+    assert [scan.step(b) for b in b'[{"q": "a'] == [0, 1, 0, 0, 0, 0, 0, 0, 0]
+    fork = scan.fork()
+    assert [fork.step(b) for b in b'"}'] == [0, -1]  # the fork ends its string and call
+    assert scan.step(ord("}")) == 0  # the original is still inside "a...": no call ends
+    assert [scan.step(b) for b in b'"}'] == [0, -1]
