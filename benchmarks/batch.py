@@ -64,6 +64,15 @@ LAST = ["Lopez", "Novak", "Okafor", "Schmidt", "Tanaka", "Varga", "Weiss"]
 COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark Labs"]
 
 
+def note(i: int) -> str:
+    """The i-th contact note of the extract workload (every one distinct)."""
+    first, last = FIRST[i % len(FIRST)], LAST[i % len(LAST)]
+    company = COMPANIES[i % len(COMPANIES)]
+    email = f"{first.lower()}.{last.lower()}@{company.lower().replace(' ', '')}.com"
+    return (f"Note {i}: {first} {last} from {company} ({email}) writes that "
+            f"{SUBJECTS[i % len(SUBJECTS)]} {PROBLEMS[i % 5]}.")
+
+
 class Workload:
     """One kind of request: its schema, its token budget and its i-th request's messages."""
 
@@ -104,10 +113,7 @@ WORKLOADS = {
             "topic": {"type": "string", "maxLength": 60}},
          "required": ["name", "email", "company", "topic"], "additionalProperties": False},
         64, "Extract the sender's name, email, company and topic from the note as JSON.",
-        lambda i: (lambda f, la, c: f"Note {i}: {f} {la} from {c} "
-                   f"({f.lower()}.{la.lower()}@{c.lower().replace(' ', '')}.com) "
-                   f"writes that {SUBJECTS[i % len(SUBJECTS)]} {PROBLEMS[i % 5]}.")(
-            FIRST[i % len(FIRST)], LAST[i % len(LAST)], COMPANIES[i % len(COMPANIES)])),
+        note),
 }
 WORK = WORKLOADS["triage"]  # set by --workload
 SCHEMA = WORK.schema
