@@ -34,6 +34,9 @@ from quality import MAX_TOKENS, MODELS, TASKS, Llama, Structgen, messages  # noq
 
 RESULTS = ROOT / "benchmarks" / "results"
 SYSTEMS = ("sg-spaced", "sg-compact", "gbnf")
+# more systems to choose from (--systems): the layout with draft tokens from prompt lookup
+# ([local] draft_tokens = 4; off by default)
+OPTIONAL = ("sg-spaced-draft", "sg-compact-draft")
 
 
 def structgen_row(runner: Structgen, msgs: list[dict[str, str]], model: type, layout: str,
@@ -50,6 +53,8 @@ def structgen_row(runner: Structgen, msgs: list[dict[str, str]], model: type, la
             "prefill_tokens": int(s.get("prefill_tokens", 0)),
             "cached_tokens": int(s.get("prefix_cache_hit_tokens", 0)),
             "passes": passes, "ff_tokens": int(s.get("ff_tokens", 0)),
+            "draft_tokens": int(s.get("draft_tokens", 0)),
+            "draft_accepted": int(s.get("draft_accepted", 0)),
             "decode_s": max(0.0, wall - ttft), "text": gen.text}
 
 
@@ -76,21 +81,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-kind", type=int, default=3, help="the first N tasks of each kind")
     ap.add_argument("--examples", default="none", help="as quality.py's columns name them")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"comma-separated, of {', '.join(SYSTEMS + OPTIONAL)}")
+    ap.add_argument("--name", default="layout_speed", help="results/NAME.md and .json")
     args = ap.parse_args()
+    systems = tuple(args.systems.split(","))
+    unknown = set(systems) - set(SYSTEMS + OPTIONAL)
+    if unknown or "gbnf" not in systems:
+        ap.error(f"--systems: unknown {sorted(unknown)} (gbnf is the baseline, always in)")
     tasks = [json.loads(line) for line in TASKS.read_text().splitlines() if line.strip()]
     tasks = [t for i, t in enumerate(tasks)
              if sum(u["task"] == t["task"] for u in tasks[:i]) < args.per_kind]
-    runners = {"sg-spaced": Structgen("llguidance"), "sg-compact": Structgen("llguidance"),
-               "gbnf": Llama("c")}
+    runners = {system: Llama("c") if system == "gbnf" else
+               Structgen("llguidance", local={"draft_tokens": 4} if system.endswith("-draft")
+                         else None)
+               for system in systems}
     load_start = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     for task in tasks:
         msgs = messages(task, args.examples)
         model, budget = MODELS[task["task"]], MAX_TOKENS[task["task"]]
-        for system in SYSTEMS:
+        for system in systems:
             runner = runners[system]
+            layout = system.removeprefix("sg-").removesuffix("-draft")
             row = (gbnf_row(runner, msgs, model, budget) if system == "gbnf" else
-                   structgen_row(runner, msgs, model, system.removeprefix("sg-"), budget))
+                   structgen_row(runner, msgs, model, layout, budget))
             if row is not None:
                 rows.append({"id": task["id"], "task": task["task"], "system": system, **row})
         print(task["id"], flush=True)
@@ -126,32 +141,43 @@ def main() -> None:
         "cannot parse, left out):",
         "",
         "| system | s/request | prefill tokens | time to 1st token s | answer tokens | "
-        "forward passes | decode s | ms per pass after the 1st token |",
-        "|---|---|---|---|---|---|---|---|",
+        "forward passes | draft tokens fed / taken | decode s | ms per pass after the 1st "
+        "token |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for system in SYSTEMS:
+    for system in systems:
         passes, decode = mean(system, "passes"), mean(system, "decode_s")
+        drafts = (f"{mean(system, 'draft_tokens'):.1f} / {mean(system, 'draft_accepted'):.1f}"
+                  if system != "gbnf" else "-")
         lines.append(
             f"| `{system}` | {mean(system, 'wall_s'):.2f} | {mean(system, 'prefill_tokens'):.0f}"
             f" | {mean(system, 'ttft_s'):.2f} | {mean(system, 'tokens'):.0f} | {passes:.0f} | "
-            f"{decode:.2f} | {1000 * decode / max(1.0, passes):.1f} |")
+            f"{drafts} | {decode:.2f} | {1000 * decode / max(1.0, passes):.1f} |")
     base = mean("gbnf", "wall_s")
     if base:
-        lines += ["", f"`sg-spaced` takes {mean('sg-spaced', 'wall_s') / base:.2f}x and "
-                  f"`sg-compact` {mean('sg-compact', 'wall_s') / base:.2f}x the s/request of "
-                  "llama.cpp + GBNF on these requests.", ""]
-    lines += ["## Per task kind (warm requests): s/request, answer tokens", "",
-              "| task | " + " | ".join(SYSTEMS) + " |", "|---|" + "---|" * len(SYSTEMS)]
+        lines += ["", "Against llama.cpp + GBNF on these requests (s/request): " + ", ".join(
+            f"`{system}` {mean(system, 'wall_s') / base:.2f}x" for system in systems
+            if system != "gbnf") + "."]
+    for system in systems:
+        if system.endswith("-draft") and system.removesuffix("-draft") in systems:
+            plain = system.removesuffix("-draft")
+            texts = {(r["id"], r["system"]): r["text"] for r in rows}
+            ids = {r["id"] for r in rows if r["system"] == system}
+            same = sum(texts.get((i, plain)) == texts[(i, system)] for i in ids)
+            lines.append(f"`{system}` and `{plain}` wrote the same answer on {same} of "
+                         f"{len(ids)} requests (greedy).")
+    lines += ["", "## Per task kind (warm requests): s/request, answer tokens", "",
+              "| task | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
     for kind in dict.fromkeys(t["task"] for t in tasks):
         cells = []
-        for system in SYSTEMS:
+        for system in systems:
             xs = [r for r in warm if r["system"] == system and r["task"] == kind]
             cells.append(f"{statistics.fmean(r['wall_s'] for r in xs):.2f} s, "
                          f"{statistics.fmean(r['tokens'] for r in xs):.0f} tok" if xs else "-")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines.append("")
-    (RESULTS / "layout_speed.md").write_text("\n".join(lines))
-    (RESULTS / "layout_speed.json").write_text(json.dumps({"rows": rows}, indent=1))
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"rows": rows}, indent=1))
     print("\n".join(lines))
 
 

@@ -29,8 +29,9 @@ interleaved, request by request, so a shared machine's load falls on them alike:
 Metrics per column: valid (the answer validates against the schema), exact and fuzzy field
 accuracy over every gold field (an invalid constrained answer scores 0 on its fields; an
 unconstrained one is scored on the JSON object it contains, valid or not), degenerate
-answers (an empty string anywhere, ``confidence`` 0, or an empty list where the gold has
-items), completion tokens and s/request. The ``auto`` rows are the columns that
+answers (an empty string anywhere, ``confidence`` 0, an empty list where the gold has
+items, or budget-aware closing's filler: a string ``"a"``, a reflection's ``score`` 0),
+completion tokens and s/request. The ``auto`` rows are the columns that
 ``[local] whitespace = "auto"`` picks for each prompt (structgen/schema/layout.py).
 
 Writes results/quality.md, .json and .png.
@@ -241,10 +242,12 @@ def checks(task: str, gold: dict[str, Any], value: Any) -> list[tuple[Any, Any]]
 
 
 def degenerate(value: Any, task: str, gold: dict[str, Any]) -> bool:
-    """An empty string anywhere, confidence 0, or an empty list where the gold has items."""
+    """An empty string anywhere, confidence 0, or an empty list where the gold has items;
+    and budget-aware closing's filler (the minimal values it gives the members an answer
+    had no tokens left for): a string "a", a reflection's score 0."""
     def walk(x: Any) -> bool:
         if isinstance(x, str):
-            return not x.strip()
+            return not x.strip() or x == "a"
         if isinstance(x, dict):
             return any(walk(y) for y in x.values())
         if isinstance(x, list):
@@ -253,7 +256,8 @@ def degenerate(value: Any, task: str, gold: dict[str, Any]) -> bool:
 
     if not isinstance(value, dict):
         return False
-    if walk(value) or value.get("confidence") == 0:
+    if walk(value) or value.get("confidence") == 0 \
+            or (task == "reflection" and value.get("score") == 0):
         return True
     wanted = {"intent": "targets", "debugger": "locations"}.get(task)
     return wanted is not None and not value.get(wanted) and bool(
@@ -500,7 +504,8 @@ def write(rows: list[Row], columns: list[str], tasks: list[dict[str, Any]],
         "path), `free` the same without a grammar, its first JSON object parsed and scored "
         "whether or not it validates. Field accuracy counts every gold field (an invalid "
         "constrained answer scores 0); degenerate = an "
-        "empty string, confidence 0 or an empty list where the gold has items; useful = "
+        "empty string, confidence 0, an empty list where the gold has items, or budget "
+        "closing's filler (a string `\"a\"`, a reflection's score 0); useful = "
         "valid and not degenerate (what an agent can act on). `sgn-` is `sg-` without the "
         "decoder's repeat guards and wrap-up (`[local] max_string_repeat = 0`, "
         "`repeated_items_end = false`, `budget_wrap_up = 0`: the decoder before them).",
@@ -593,7 +598,8 @@ def main() -> None:
                     help="the first N tasks of some kinds, e.g. extract=8,debugger=4")
     ap.add_argument("--name", default=NAME, help="results/NAME.md, .json, .png")
     ap.add_argument("--rewrite", action="store_true",
-                    help="write quality.md and .png again from quality.json (no model run)")
+                    help="score the answers in quality.json again and write quality.md "
+                    "and .png from them (no model run)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of results/NAME.json and run only what is missing")
     args = ap.parse_args()
@@ -609,7 +615,10 @@ def main() -> None:
         data = json.loads((RESULTS / f"{NAME}.json").read_text())
         resumed = [Row(**r) for r in data["rows"]]
         meta = data["meta"]
-    if args.rewrite:
+    if args.rewrite:  # scored again from the stored answers: the metric as it is now
+        by_id = {t["id"]: t for t in tasks}
+        resumed = [score(r, by_id[r.id], r.text) if r.id in by_id and not r.error else r
+                   for r in resumed]
         done = [c for c in dict.fromkeys(r.column for r in resumed)]
         ids = {r.id for r in resumed}
         meta["png"] = plot(write(resumed, done, [t for t in tasks if t["id"] in ids], meta),

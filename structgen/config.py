@@ -179,6 +179,13 @@ class LocalConfig(_Section):
     prefix_cache_disk_mb: int = Field(default=0, ge=0)
     prefix_cache_dir: str | None = None
     fast_forward: bool = True
+    # draft tokens per decode step from the sequence's own context (prompt lookup:
+    # backends/local/drafts.py), each position chosen as one pass at a time would choose
+    # it. 0 = off (the default: on 2 CPU cores with SmolLM2 a drafted row costs about what
+    # the pass it saves does, docs/embedded.md). Drafted only while at most draft_max_live
+    # sequences decode: in a full batch every row costs about as much as a token of its own
+    draft_tokens: int = Field(default=0, ge=0, le=16)
+    draft_max_live: int = Field(default=2, ge=1)
     threads: int | None = Field(default=None, ge=1)
     # llama.cpp threads for a decode step (a few tokens); None = measured when the context
     # is created: the faster of 1 and `threads` for a one-token step. With passive OpenMP

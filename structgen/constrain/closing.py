@@ -24,6 +24,12 @@ from typing import Any, Protocol
 from structgen.schema.layout import spaced
 
 _MAX_DEPTH = 24  # schema nesting followed when building a minimal value
+# Tokens of the model's own words a required member not yet begun is owed beyond its
+# minimal value (:meth:`JsonCursor.reserve`): a string's, and the most one member (an
+# object or array of several) is owed in all. A number, boolean or enum member's minimal
+# value is about as long as the model's (a token or two); a number's a few tokens shorter.
+RESERVE_STRING = 12
+RESERVE_MEMBER = 24
 
 
 @dataclass
@@ -57,6 +63,7 @@ class JsonCursor:
         # (``spaced``), else as written so far (a space after a "," or ":")
         self.spaced = spaced
         self.after_separator = False  # the last character was a "," or ":" (no space yet)
+        self._owed: dict[int, int] = {}  # content_reserve per member schema (shared by copies)
 
     def copy(self) -> JsonCursor:
         out = JsonCursor.__new__(JsonCursor)
@@ -190,6 +197,50 @@ class JsonCursor:
     def _close(self) -> None:
         self.stack.pop()
         self._after_value()
+
+    def open_frame(self) -> _Frame | None:
+        """The innermost open object or array (None: none, or the text left JSON)."""
+        return self.stack[-1] if self.stack and not self.broken else None
+
+    def missing_keys(self, frame: _Frame) -> set[str]:
+        """The required members of ``frame`` (an object) not begun yet."""
+        return {k for k in _required(self.root, frame.schema) if k not in frame.keys}
+
+    def optional_keys(self, frame: _Frame) -> set[str]:
+        """The declared members of ``frame`` (an object) that are neither required nor
+        begun."""
+        required = set(_required(self.root, frame.schema))
+        return {k for k in _properties(self.root, frame.schema)
+                if k not in required and k not in frame.keys}
+
+    def in_string_value(self) -> bool:
+        """Whether the answer is inside a string value (not a key), past any escape."""
+        return self.lexeme == "string" and not self.escape and not self.broken
+
+    def reserve(self) -> int:
+        """Tokens owed to the required members not begun yet, in every open object, beyond
+        the minimal values the closing path would give them: what the decoder keeps back
+        from the member being written, so that those members are the model's words and
+        not closing's ``"a"`` and ``0`` (:func:`content_reserve`)."""
+        return self.owed()[0]
+
+    def owed(self) -> tuple[int, int]:
+        """(:meth:`reserve`, how many required members it is owed to)."""
+        if self.broken or not self.started:
+            return 0, 0
+        total = members = 0
+        for frame in self.stack:
+            if frame.kind != "object":
+                continue
+            for key in _required(self.root, frame.schema):
+                if key not in frame.keys:
+                    member = _member_schema(self.root, frame.schema, key)
+                    owed = self._owed.get(id(member))
+                    if owed is None:  # (the schema's parts live as long as the cursor)
+                        owed = self._owed[id(member)] = content_reserve(self.root, member)
+                    total += owed
+                    members += 1
+        return total, members
 
     # Completion -----------------------------------------------------------------------------
     def completion(self) -> str | None:
@@ -426,6 +477,44 @@ def _string_rest(root: dict[str, Any], schema: Any, partial: str) -> str | None:
 
 def _string_min(root: dict[str, Any], schema: Any) -> int:
     return int(_num(_resolve(root, schema).get("minLength"), 0))
+
+
+def content_reserve(root: dict[str, Any], schema: Any, depth: int = 0) -> int:
+    """Tokens a member of ``schema`` is owed beyond its minimal value: a free string
+    :data:`RESERVE_STRING` (its ``maxLength`` permitting), an array what its ``minItems``
+    (at least one) items are owed, an object what its required members are, at most
+    :data:`RESERVE_MEMBER`; a number 3 (``0.85`` against ``0``), an integer, boolean or
+    enum 1, a constant or null nothing."""
+    if depth > _MAX_DEPTH or schema is True or schema == {}:
+        return 0
+    schema = _resolve(root, schema)
+    if "const" in schema:
+        return 0
+    if "enum" in schema:
+        return 1
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return min(content_reserve(root, b, depth + 1) for b in schema[key])
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else types if isinstance(types, list) else []
+    if "null" in types:
+        return 0
+    if "number" in types:  # "0.85" against closing's "0"
+        return 3
+    if "integer" in types or "boolean" in types:
+        return 1
+    if "string" in types:
+        longest = _num(schema.get("maxLength"), math.inf)
+        return int(min(RESERVE_STRING, longest / 2))
+    if "array" in types or "items" in schema:
+        need = max(1, int(_num(schema.get("minItems"), 0)))
+        each = content_reserve(root, _item_schema(root, schema, 0), depth + 1)
+        return min(RESERVE_MEMBER, need * each)
+    if "object" in types or "properties" in schema:
+        owed = sum(content_reserve(root, _member_schema(root, schema, key), depth + 1)
+                   for key in _required(root, schema))
+        return min(RESERVE_MEMBER, owed)
+    return 0
 
 
 def minimal_value(root: dict[str, Any], schema: Any, depth: int = 0) -> str | None:

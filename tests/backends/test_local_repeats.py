@@ -147,3 +147,53 @@ def test_an_item_that_ends_and_goes_on_in_one_token_ends_the_array() -> None:
     assert d._end_array(s, 2, '"') == 3  # type: ignore[arg-type]
     assert d._end_array(s, 4, '"') == 4  # type: ignore[arg-type]  # more text: as chosen
     assert s.stats["guarded_steps"] == 2
+
+
+# What the required members still to come are owed ------------------------------------------
+TWO_NOTES = {"type": "object",
+             "properties": {"note": {"type": "string"}, "next": {"type": "string"}},
+             "required": ["note", "next"], "additionalProperties": False}
+ASIDE = {"type": "object",
+         "properties": {"note": {"type": "string", "maxLength": 12},
+                        "aside": {"type": "string"}, "next": {"type": "string"}},
+         "required": ["note", "next"], "additionalProperties": False}
+
+
+def test_a_long_string_ends_where_the_members_after_it_are_owed_the_rest(
+        favorite_gguf: Any) -> None:
+    """A string that would run to the end of the budget leaves the tokens the required
+    members after it are owed (``JsonCursor.reserve``): they get the model's words, not
+    closing's minimal ``""``. Loop guard off: the runaway string is the point here."""
+    ran, cut = off_and_on(favorite_gguf("a"), TWO_NOTES, 60,
+                          {"max_string_repeat": 0, "budget_wrap_up": 0},
+                          {"max_string_repeat": 0})
+    assert json.loads(ran.text)["next"] == "", ran.text  # closing's minimal value
+    assert ran.stats["closing_tokens"] > 0
+    value = json.loads(cut.text)
+    assert len(value["next"]) >= 5, cut.text  # the model's own (runaway) words
+    assert len(value["note"]) < len(json.loads(ran.text)["note"])
+    assert cut.stats["string_cuts"] > 0
+
+
+def test_wrapping_up_starts_no_optional_member(favorite_gguf: Any) -> None:
+    """Near the end of the budget an object takes the required members it lacks, not an
+    optional one: the runaway model, which likes "a", would write "aside" first."""
+    ran, wrapped = off_and_on(favorite_gguf("a"), ASIDE, 40,
+                              {"max_string_repeat": 0, "budget_wrap_up": 0},
+                              {"max_string_repeat": 0})
+    assert "aside" in json.loads(ran.text), ran.text
+    value = json.loads(wrapped.text)
+    assert "aside" not in value and value["next"], wrapped.text
+
+
+def test_a_budget_too_small_for_every_reserve_is_shared(favorite_gguf: Any) -> None:
+    """Ten required strings owe 120 tokens; a budget of 90 cannot hold that, so no string
+    may end before its part (not every string cut at its first token, which would leave
+    them all empty)."""
+    schema = {"type": "object", "properties": {f"s{i}": {"type": "string"} for i in range(10)},
+              "required": [f"s{i}" for i in range(10)], "additionalProperties": False}
+    _, shared = off_and_on(favorite_gguf("a"), schema, 90,
+                           {"max_string_repeat": 0, "budget_wrap_up": 0},
+                           {"max_string_repeat": 0})
+    values = json.loads(shared.text)
+    assert sum(1 for v in values.values() if len(v) >= 2) >= 5, shared.text

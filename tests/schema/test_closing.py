@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from structgen.constrain.closing import JsonCursor, minimal_value
+from structgen.constrain.closing import JsonCursor, content_reserve, minimal_value
 from structgen.errors import SchemaError
 from structgen.schema import compile_output
 from structgen.validate import validate_data
@@ -141,3 +141,54 @@ def test_a_spaced_cursor_completes_spaced_from_the_start() -> None:
                                    '"meta": {"n": 4}}')
     cursor.feed('{"kind":')
     assert cursor.completion() == ' "debug", "targets": ["aa"], "confidence": 1, "meta": {"n": 4}}'
+
+
+# What the decoder keeps back for the required members still to come --------------------
+REFLECTION = {
+    "type": "object",
+    "properties": {
+        "verdict": {"enum": ["pass", "revise", "fail"]},
+        "issues": {"type": "array", "items": {"type": "string"}},
+        "next_action": {"type": "string", "minLength": 1},
+        "score": {"type": "integer"},
+        "confidence": {"type": "number"},
+        "steps": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        "short": {"type": "string", "maxLength": 6},
+    },
+    "required": ["verdict", "next_action", "score"],
+}
+
+
+@pytest.mark.parametrize(("schema", "owed"), [
+    ({"type": "string"}, 12), ({"type": "string", "maxLength": 6}, 3),
+    ({"type": "number"}, 3), ({"type": "integer"}, 1), ({"type": "boolean"}, 1),
+    ({"enum": ["a", "b"]}, 1), ({"const": "x"}, 0), ({"type": "null"}, 0),
+    ({"type": "array", "items": {"type": "string"}}, 12),
+    ({"type": "array", "items": {"type": "string"}, "minItems": 2}, 24),
+    ({"type": "array", "items": {"type": "string"}, "minItems": 5}, 24),  # capped
+    ({"$ref": "#/$defs/Meta"}, 1),  # Meta's one required integer
+    ({"anyOf": [{"type": "string"}, {"type": "integer"}]}, 1),
+])
+def test_content_reserve_per_member_schema(schema: dict, owed: int) -> None:
+    root = {"$defs": SCHEMA["$defs"]}
+    assert content_reserve(root, schema) == owed
+
+
+def test_the_reserve_counts_required_members_not_begun() -> None:
+    cur = JsonCursor(REFLECTION, spaced=True)
+    assert cur.reserve() == 0  # nothing written yet: nothing to weigh against
+    cur.feed('{"verdict": "pass", "issues": ["')
+    assert cur.in_string_value()
+    assert cur.reserve() == 12 + 1  # next_action's words and the score
+    frame = cur.open_frame()
+    assert frame is not None and frame.kind == "array"
+    cur.feed('a"], "next_action": "Ship')
+    assert cur.reserve() == 1  # next_action is begun: only the score is owed
+    top = cur.stack[0]
+    assert cur.missing_keys(top) == {"score"}
+    assert cur.optional_keys(top) == {"confidence", "steps", "short"}
+    cur.feed(' it.", "score": 7')
+    assert cur.reserve() == 0
+    assert not cur.in_string_value()
+    cur.feed(', "short": "a\\')
+    assert not cur.in_string_value()  # an escape is pending: its next byte is not an end

@@ -40,10 +40,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from structgen.backends.base import GenerationResult
+from structgen.backends.local.drafts import PromptLookup
 from structgen.backends.local.guards import ItemGuard, NumberGuard, RepeatGuard
-from structgen.backends.local.runtime import Batch, Runtime, Seq
+from structgen.backends.local.runtime import Batch, Runtime, Seq, common_prefix
 from structgen.constrain.base import ConstraintOptions, Matcher
-from structgen.constrain.closing import JsonCursor
+from structgen.constrain.closing import RESERVE_STRING, JsonCursor
 from structgen.errors import BackendError, BackendTimeout, BackendUnavailable, StructgenError
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ class Decoder:
                     self._answer_guards(seq)
             # the guards of a reasoning answer start when its think block ends (_track)
             seq.thinking = req.reasoning
+        if self.cfg.draft_tokens and self.cfg.fast_forward:
+            seq.lookup = PromptLookup(seq.prompt_ids)
         if req.sampling.temperature > 0:
             seq.generator = torch.Generator()
             seq.generator.manual_seed(req.sampling.seed if req.sampling.seed is not None
@@ -213,6 +216,7 @@ class Decoder:
                 rows = [i for i, s in enumerate(live) if not s.prefill]
                 ready = [live[i] for i in rows]
                 self._choose(ready, logits if len(rows) == len(live) else logits[rows])
+                self._verify(ready)
                 for s in live:
                     if s.prefill and s.future.cancelled():  # closed while it prefilled
                         s.finish = "cancelled"
@@ -226,6 +230,10 @@ class Decoder:
                     self._admit(live, batch, waiting)  # type: ignore[arg-type]
                 if not live:
                     return
+                if batch.drafts and self.cfg.fast_forward:
+                    drafting = len(live) <= self.cfg.draft_max_live
+                    for s in live:
+                        s.draft = self._draft(s) if drafting and not s.prefill else []
                 logits = batch.step(live, self.cfg.fast_forward)
         finally:
             batch.close()
@@ -251,6 +259,60 @@ class Decoder:
             live.append(seq)
             seq.stats["batch_size"] = len(live)
             seq.stats["joined_running_batch"] = 1
+
+    def _draft(self, s: Seq) -> list[int]:
+        """Tokens to feed after ``s.pending`` on a guess (:mod:`drafts`): what followed the
+        answer's last few tokens where they occurred before in the context, cut where the
+        grammar would refuse it or the token budget ends."""
+        lookup = s.lookup
+        if lookup is None or s.finish is not None:
+            return []
+        k = min(self.cfg.draft_tokens, s.request.sampling.max_tokens - len(s.out_ids))
+        lookup.extend(s.out_ids[len(lookup.ids) - len(s.prompt_ids):])
+        guess = lookup.propose(k)
+        if not guess or s.matcher is None:
+            return guess
+        ahead, n = s.matcher.fork(), 0
+        for tok in guess:
+            if tok in self.rt.eos_ids or not ahead.consume(tok):
+                break
+            n += 1
+            if ahead.is_finished():
+                break
+        return guess[:n]
+
+    def _verify(self, ready: list[Seq]) -> None:
+        """Go on choosing tokens for the sequences whose drafts were fed, position by
+        position, while the tokens chosen (sampled and forced) are the drafted ones: each
+        position's logits came in the same pass. Each choice is made as one pass at a time
+        would make it (``_choose``: masks, guards, the sampler), so the answer is the same.
+        What was not taken is fed next step (``pending``) and the memory's drafted
+        positions after it are dropped (``unfed``)."""
+        import torch
+
+        drafted = [s for s in ready if s.draft]
+        if not drafted:
+            return
+        made = {id(s): list(s.pending) for s in drafted}
+        active = drafted
+        while active:
+            active = [s for s in active if s.finish is None
+                      and len(made[id(s)]) <= len(s.draft)
+                      and s.draft[:len(made[id(s)])] == made[id(s)]]
+            if not active:
+                break
+            rows = torch.stack([s.draft_logits[len(made[id(s)]) - 1]  # type: ignore[index]
+                                for s in active])
+            self._choose(active, rows)
+            for s in active:
+                made[id(s)] += s.pending
+        for s in drafted:
+            taken = common_prefix(s.draft, made[id(s)])
+            s.pending = made[id(s)][taken:]
+            s.unfed = len(s.draft) - taken
+            s.stats["draft_tokens"] = s.stats.get("draft_tokens", 0) + len(s.draft)
+            s.stats["draft_accepted"] = s.stats.get("draft_accepted", 0) + taken
+            s.draft, s.draft_logits = [], None
 
     def _choose(self, live: list[Seq], logits: torch.Tensor) -> None:
         """Pick each live sequence's next token and queue what the next pass feeds."""
@@ -291,6 +353,13 @@ class Decoder:
                     # the item is open (a string, an object): holding back '",' would only
                     # make it longer; a token that ends it and goes on ends the array instead
                     s.end_array = closers
+            if s.cursor is not None and self._wrapping_up(s):
+                self._wrap_up_members(s, logits[i])
+            if self._cut_string(s):
+                # the members still to come are owed the tokens left: end the string here
+                # (the tokens that go on inside it are held back)
+                self._hold_back(s, logits[i], rt.string_inner_ids)
+                s.stats["string_cuts"] = s.stats.get("string_cuts", 0) + 1
             if s.repeat is not None:
                 held = s.repeat.held()
                 if held:
@@ -424,7 +493,77 @@ class Decoder:
         if not self.cfg.budget_wrap_up or s.close_cost is None:
             return False
         left = s.request.sampling.max_tokens - len(s.out_ids)
-        return left - s.close_cost <= self.cfg.budget_wrap_up
+        return left - s.close_cost <= self.cfg.budget_wrap_up + self._reserve(s)
+
+    def _reserve(self, s: Seq) -> int:
+        """Tokens owed to the required members the answer has not begun (beyond their
+        minimal values; ``JsonCursor.reserve``); 0 with wrap-up off."""
+        if not self.cfg.budget_wrap_up or s.cursor is None:
+            return 0
+        return s.cursor.reserve()
+
+    def _wrap_up_members(self, s: Seq, row: torch.Tensor) -> None:
+        """While wrapping up, no container takes more than it must: an object starts no
+        optional member (it ends, or writes the required ones it lacks) and an array just
+        opened takes no first item (where ``minItems`` allows). Otherwise an optional
+        member begun late (a reflection's ``critique`` tree) took the budget of the required
+        members after it (``next_action``, ``score``), which closing then gave ``"a"``
+        and ``0``."""
+        import torch
+
+        rt, cur = self.rt, s.cursor
+        frame = cur.open_frame()
+        if frame is None:
+            return
+        if frame.kind == "array":
+            if frame.state == "value_or_end" and cur.lexeme == "":
+                self._hold_back(s, row, rt.not_array_end_ids)  # "[" then "]" at once
+            return
+        optional = cur.optional_keys(frame)
+        if not optional:
+            return
+        if frame.state == "comma_or_end" and cur.lexeme == "":
+            if not cur.missing_keys(frame):  # nothing required is left: end it, no ","
+                self._hold_back(s, row, rt.comma_ids)
+            return
+        if frame.state not in ("key_or_end", "key") or cur.lexeme not in ("", "key"):
+            return
+        held = []
+        for tok in torch.isfinite(row).nonzero().flatten().tolist():
+            text = rt.token_bytes[tok].decode("utf-8", errors="replace")
+            if cur.lexeme == "":
+                text = text.lstrip(" \t\n\r")
+                if not text.startswith('"'):
+                    continue
+                text = text[1:]
+            name, ended, _ = text.partition('"')
+            name = cur.buf + name
+            fits = [k for k in optional | cur.missing_keys(frame)
+                    if (k == name if ended else k.startswith(name))]
+            if fits and all(k in optional for k in fits):
+                held.append(tok)
+        if held:
+            self._hold_back(s, row, torch.tensor(held, dtype=torch.long))
+
+    def _cut_string(self, s: Seq) -> bool:
+        """Whether the string value being written must end now: the tokens left, less what
+        the closing path needs, are no more than the required members still to come are
+        owed (:meth:`_reserve`), and the string has had its own share (what a string is
+        owed, or an equal part of the tokens free when they cannot hold every reserve).
+        Without this a long string (a cause that loops, a rationale that rambles) took the
+        budget of the members after it, and closing gave those its minimal values:
+        ``"fix_steps": ["a"], "confidence": 0``."""
+        if not self.cfg.budget_wrap_up or s.cursor is None or s.close_cost is None \
+                or not s.cursor.in_string_value():
+            return False
+        free = s.request.sampling.max_tokens - len(s.out_ids) - s.close_cost
+        owed, members = s.cursor.owed()
+        if owed <= 0 or free > owed:
+            return False
+        # a budget too small for every reserve is shared: this string, too, gets its part
+        # of what is free (never less than a string is owed, when the budget holds that)
+        share = min(RESERVE_STRING, (free + s.string_run) // (members + 1))
+        return s.string_run >= share
 
     def _budget_close(self, s: Seq, tok: int) -> bool:
         """Take the closing path instead of ``tok`` when, after ``tok``, no completion would
@@ -596,6 +735,7 @@ class Decoder:
             s.items.feed(b.decode("utf-8", errors="replace"))
         if s.cursor is not None:
             s.cursor.feed(b.decode("utf-8", errors="replace"))
+            s.string_run = s.string_run + 1 if s.cursor.in_string_value() else 0
 
     def _hit_stop(self, s: Seq) -> bool:
         text = self.rt.text(s.out_ids)

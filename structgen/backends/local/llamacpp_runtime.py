@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -332,8 +333,10 @@ class LlamaCppRuntime(Runtime):
         return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
 
     # Forward passes ----------------------------------------------------------------------
-    def feed(self, items: list[tuple[int, list[int], int]]) -> torch.Tensor:
-        """Run ``(seq_id, tokens, first_position)`` items; logits of each item's last token.
+    def feed(self, items: list[tuple[int, list[int], int]],
+             outs: list[int] | None = None) -> torch.Tensor:
+        """Run ``(seq_id, tokens, first_position)`` items; logits of each item's last token,
+        or of its last ``outs[i]`` tokens (rows in item order, positions in order).
 
         Items are packed into as few ``llama_decode`` calls as the batch size allows."""
         import numpy as np
@@ -342,23 +345,28 @@ class LlamaCppRuntime(Runtime):
         lc, b = self.lc, self.batch
         if self.decode_threads is None:
             self.decode_threads = self._fastest_step_threads()
-        out = torch.empty((len(items), self.vocab_size), dtype=torch.float32)
-        flat = [(i, sid, tok, pos + j, j == len(toks) - 1)
-                for i, (sid, toks, pos) in enumerate(items) for j, tok in enumerate(toks)]
+        outs = outs or [1] * len(items)
+        first = list(itertools.accumulate(outs, initial=0))
+        out = torch.empty((first[-1], self.vocab_size), dtype=torch.float32)
+        # (output row or -1, seq id, token, position)
+        flat = [(first[i] + j - (len(toks) - n) if j >= len(toks) - n else -1, sid, tok,
+                 pos + j)
+                for i, ((sid, toks, pos), n) in enumerate(zip(items, outs, strict=True))
+                for j, tok in enumerate(toks)]
         for start in range(0, len(flat), self.n_batch):
             chunk = flat[start:start + self.n_batch]
-            for k, (_, sid, tok, pos, last) in enumerate(chunk):
+            for k, (row, sid, tok, pos) in enumerate(chunk):
                 b.token[k] = tok
                 b.pos[k] = pos
                 b.n_seq_id[k] = 1
                 b.seq_id[k][0] = sid
-                b.logits[k] = last
+                b.logits[k] = row >= 0
             b.n_tokens = len(chunk)
             self._decode()
-            for k, (i, _, _, _, last) in enumerate(chunk):
-                if last:
+            for k, (row, _, _, _) in enumerate(chunk):
+                if row >= 0:
                     ptr = lc.llama_get_logits_ith(self.ctx, k)
-                    out[i].copy_(torch.from_numpy(
+                    out[row].copy_(torch.from_numpy(
                         np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))))
         return out
 
@@ -564,6 +572,7 @@ class _LlamaBatch(Batch):
     shared cell by cell: ``kv_unified``)."""
 
     admits = True
+    drafts = True
 
     def __init__(self, rt: LlamaCppRuntime) -> None:
         self.rt = rt
@@ -654,16 +663,28 @@ class _LlamaBatch(Batch):
 
         rt = self.rt
         logits = torch.zeros((len(live), rt.vocab_size), dtype=torch.float32)
+        for i, s in enumerate(live):
+            if s.unfed:  # drafts the last step fed and the decoder did not take
+                self.n_past[i] -= s.unfed
+                rt.lc.llama_memory_seq_rm(rt.mem, self.sids[i], self.n_past[i], -1)
+                s.unfed = 0
         prefill = self._prefill_items(live)
         decoding = [i for i, s in enumerate(live) if not s.prefill]
         fed = [len(live[i].pending) if not live[i].prefill else 0 for i in range(len(live))]
         if fast_forward:
-            items = [(i, live[i].pending, self.n_past[i]) for i in decoding] + prefill
+            items = [(i, live[i].pending + live[i].draft, self.n_past[i]) for i in decoding] \
+                + prefill
+            outs = [1 + len(live[i].draft) for i in decoding] + [1] * len(prefill)
             for i in decoding:
                 live[i].stats["forward_passes"] += 1
-            rows = rt.feed([(self.sids[i], toks, pos) for i, toks, pos in items])
-            for r, (i, _, _) in enumerate(items):
-                logits[i] = rows[r]
+                fed[i] += len(live[i].draft)
+            rows = rt.feed([(self.sids[i], toks, pos) for i, toks, pos in items], outs)
+            at = 0
+            for (i, _, _), n in zip(items, outs, strict=True):
+                logits[i] = rows[at]
+                if n > 1:
+                    live[i].draft_logits = rows[at + 1:at + n]
+                at += n
         else:  # one token per pass: the reference path fast-forward must reproduce
             if prefill:
                 rows = rt.feed([(self.sids[i], toks, pos) for i, toks, pos in prefill])

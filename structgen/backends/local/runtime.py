@@ -63,6 +63,7 @@ class Seq:
     close_peak: int | None = None  # the longest closing path seen (None: not looked yet)
     close_steps: int = 0  # budget checks so far (every CLOSE_REFRESH-th one refreshes)
     cursor: Any = None  # where a JSON answer stands in its schema (constrain.closing)
+    string_run: int = 0  # tokens of the string value being written (0: not in one)
     thinking: bool = False  # a reasoning answer's think block is still open
     think_tail: str = ""  # the last characters of it (to see "</think>" arrive)
     ctrl_mask: torch.Tensor | None = None  # allowed-token row ANDed into the grammar mask
@@ -76,6 +77,14 @@ class Seq:
     # left the sequence has no logits to decode from
     prefill: list[int] = field(default_factory=list)
     set_up: bool = False  # prompt tokenized, matcher and guards made (decoder.setup)
+    # draft tokens (drafts.py): fed after ``pending`` in the next pass, which returns their
+    # logits too (``draft_logits``: the row after each of them); ``unfed``: how many
+    # positions at the end of the sequence's memory hold drafts that were not taken (the
+    # next step drops them)
+    lookup: Any = None
+    draft: list[int] = field(default_factory=list)
+    draft_logits: torch.Tensor | None = None
+    unfed: int = 0
     stats: dict[str, int] = field(default_factory=lambda: {
         "forward_passes": 0, "ff_tokens": 0, "prefill_tokens": 0,
         "prefix_cache_hit_tokens": 0, "batch_size": 1, "closing_tokens": 0,
@@ -90,6 +99,9 @@ class Batch(ABC):
     feed in chunks beside the other sequences' decode tokens."""
 
     admits: bool = False
+    # whether ``step`` feeds a sequence's ``draft`` after its pending tokens and sets its
+    # ``draft_logits``, and drops the ``unfed`` positions first
+    drafts: bool = False
 
     @abstractmethod
     def step(self, live: list[Seq], fast_forward: bool) -> torch.Tensor:
@@ -163,7 +175,20 @@ class Runtime(ABC):
                     and (not text or closers[:1] == b'"'):
                 ends.setdefault(closers.decode(), []).append(i)
         self.item_starts = {k: torch.tensor(v, dtype=torch.long) for k, v in ends.items()}
+        # tokens that cannot end a JSON string (no '"' before any backslash): what a string
+        # value that must end now holds back (decoder.Decoder._cut_string)
+        self.string_inner_ids = torch.tensor(
+            [i for i, b in enumerate(self.token_bytes) if b'"' not in b.partition(b"\\")[0]],
+            dtype=torch.long)
         self.item_start_sets = {k: frozenset(v) for k, v in ends.items()}
+        # what wrap-up holds back (decoder.Decoder._wrap_up_members): the tokens that start
+        # another member of an object (a ","), and those that start an item of an array
+        # just opened (whatever does not end it: "]")
+        lead = [b.lstrip(b" \t\n\r")[:1] for b in self.token_bytes]
+        self.comma_ids = torch.tensor([i for i, c in enumerate(lead) if c == b","],
+                                      dtype=torch.long)
+        self.not_array_end_ids = torch.tensor([i for i, c in enumerate(lead) if c != b"]"],
+                                              dtype=torch.long)
         self.bitmask = torch.full((self.cfg.max_batch, (self.vocab_size + 31) // 32), -1,
                                   dtype=torch.int32)
         self.apply_mask = mask_applier()
