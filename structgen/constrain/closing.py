@@ -481,7 +481,8 @@ def _string_min(root: dict[str, Any], schema: Any) -> int:
 
 def content_reserve(root: dict[str, Any], schema: Any, depth: int = 0) -> int:
     """Tokens a member of ``schema`` is owed beyond its minimal value: a free string
-    :data:`RESERVE_STRING` (its ``maxLength`` permitting), an array what its ``minItems``
+    :data:`RESERVE_STRING` (its ``maxLength`` permitting; one with a ``pattern`` or
+    ``format``, a code or a date whose closing value is as long as the model's, 1), an array what its ``minItems``
     (at least one) items are owed, an object what its required members are, at most
     :data:`RESERVE_MEMBER`; a number 3 (``0.85`` against ``0``), an integer, boolean or
     enum 1, a constant or null nothing."""
@@ -504,6 +505,9 @@ def content_reserve(root: dict[str, Any], schema: Any, depth: int = 0) -> int:
     if "integer" in types or "boolean" in types:
         return 1
     if "string" in types:
+        if "pattern" in schema or "format" in schema:
+            # a code, a date: the closing path already writes as much as the model would
+            return 1
         longest = _num(schema.get("maxLength"), math.inf)
         return int(min(RESERVE_STRING, longest / 2))
     if "array" in types or "items" in schema:

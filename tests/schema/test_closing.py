@@ -161,6 +161,7 @@ REFLECTION = {
 
 @pytest.mark.parametrize(("schema", "owed"), [
     ({"type": "string"}, 12), ({"type": "string", "maxLength": 6}, 3),
+    ({"type": "string", "pattern": "^[A-Z]{3}$"}, 1), ({"type": "string", "format": "date"}, 1),
     ({"type": "number"}, 3), ({"type": "integer"}, 1), ({"type": "boolean"}, 1),
     ({"enum": ["a", "b"]}, 1), ({"const": "x"}, 0), ({"type": "null"}, 0),
     ({"type": "array", "items": {"type": "string"}}, 12),
