@@ -25,7 +25,7 @@ from structgen.schema.layout import spaced
 
 _MAX_DEPTH = 24  # schema nesting followed when building a minimal value
 # Tokens of the model's own words a required member not yet begun is owed beyond its
-# minimal value (:meth:`JsonCursor.reserve`): a string's, and the most one member (an
+# minimal value (:meth:`JsonCursor.owed`): a string's, and the most one member (an
 # object or array of several) is owed in all. A number, boolean or enum member's minimal
 # value is about as long as the model's (a token or two); a number's a few tokens shorter.
 RESERVE_STRING = 12
@@ -217,15 +217,12 @@ class JsonCursor:
         """Whether the answer is inside a string value (not a key), past any escape."""
         return self.lexeme == "string" and not self.escape and not self.broken
 
-    def reserve(self) -> int:
-        """Tokens owed to the required members not begun yet, in every open object, beyond
-        the minimal values the closing path would give them: what the decoder keeps back
-        from the member being written, so that those members are the model's words and
-        not closing's ``"a"`` and ``0`` (:func:`content_reserve`)."""
-        return self.owed()[0]
-
     def owed(self) -> tuple[int, int]:
-        """(:meth:`reserve`, how many required members it is owed to)."""
+        """(tokens, members): what the required members not begun yet, in every open
+        object, are owed beyond the minimal values the closing path would give them
+        (:func:`content_reserve`), and how many they are. What the decoder keeps back from
+        the member being written, so that those members are the model's words and not
+        closing's ``"a"`` and ``0``."""
         if self.broken or not self.started:
             return 0, 0
         total = members = 0

@@ -162,7 +162,7 @@ ASIDE = {"type": "object",
 def test_a_long_string_ends_where_the_members_after_it_are_owed_the_rest(
         favorite_gguf: Any) -> None:
     """A string that would run to the end of the budget leaves the tokens the required
-    members after it are owed (``JsonCursor.reserve``): they get the model's words, not
+    members after it are owed (``JsonCursor.owed``): they get the model's words, not
     closing's minimal ``""``. Loop guard off: the runaway string is the point here."""
     ran, cut = off_and_on(favorite_gguf("a"), TWO_NOTES, 60,
                           {"max_string_repeat": 0, "budget_wrap_up": 0},

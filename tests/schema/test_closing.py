@@ -175,21 +175,21 @@ def test_content_reserve_per_member_schema(schema: dict, owed: int) -> None:
     assert content_reserve(root, schema) == owed
 
 
-def test_the_reserve_counts_required_members_not_begun() -> None:
+def test_what_is_owed_counts_required_members_not_begun() -> None:
     cur = JsonCursor(REFLECTION, spaced=True)
-    assert cur.reserve() == 0  # nothing written yet: nothing to weigh against
+    assert cur.owed() == (0, 0)  # nothing written yet: nothing to weigh against
     cur.feed('{"verdict": "pass", "issues": ["')
     assert cur.in_string_value()
-    assert cur.reserve() == 12 + 1  # next_action's words and the score
+    assert cur.owed() == (12 + 1, 2)  # next_action's words and the score
     frame = cur.open_frame()
     assert frame is not None and frame.kind == "array"
     cur.feed('a"], "next_action": "Ship')
-    assert cur.reserve() == 1  # next_action is begun: only the score is owed
+    assert cur.owed() == (1, 1)  # next_action is begun: only the score is owed
     top = cur.stack[0]
     assert cur.missing_keys(top) == {"score"}
     assert cur.optional_keys(top) == {"confidence", "steps", "short"}
     cur.feed(' it.", "score": 7')
-    assert cur.reserve() == 0
+    assert cur.owed() == (0, 0)
     assert not cur.in_string_value()
     cur.feed(', "short": "a\\')
     assert not cur.in_string_value()  # an escape is pending: its next byte is not an end

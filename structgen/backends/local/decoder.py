@@ -230,7 +230,7 @@ class Decoder:
                     self._admit(live, batch, waiting)  # type: ignore[arg-type]
                 if not live:
                     return
-                if batch.drafts and self.cfg.fast_forward:
+                if self.cfg.draft_tokens and batch.drafts and self.cfg.fast_forward:
                     drafting = len(live) <= self.cfg.draft_max_live
                     for s in live:
                         s.draft = self._draft(s) if drafting and not s.prefill else []
@@ -285,7 +285,9 @@ class Decoder:
         """Go on choosing tokens for the sequences whose drafts were fed, position by
         position, while the tokens chosen (sampled and forced) are the drafted ones: each
         position's logits came in the same pass. Each choice is made as one pass at a time
-        would make it (``_choose``: masks, guards, the sampler), so the answer is the same.
+        would make it (``_choose``: masks, guards, the sampler) from the logits the pass
+        gave (llama.cpp's CPU kernels give a row's logits slightly differently in passes of
+        different sizes, so greedy near-ties may break otherwise, as with fast-forward).
         What was not taken is fed next step (``pending``) and the memory's drafted
         positions after it are dropped (``unfed``)."""
         import torch
@@ -342,20 +344,23 @@ class Decoder:
                     self._hold_back(s, logits[i], rt.digit_ids[rt.digit_runs > room])
                     if room <= NUMBER_LOOKAHEAD and s.matcher is not None:
                         self._hold_back_dead_ends(s, logits[i], room)
+            # what the required members not begun yet are owed (tokens, members)
+            owed = s.cursor.owed() if s.cursor is not None and self.cfg.budget_wrap_up \
+                else (0, 0)
+            wrapping = self._wrapping_up(s, owed[0])
             if s.items is not None:
                 # item guard: an array whose item repeats an earlier one ends there, and near
                 # the end of the budget every array ends as soon as it may
-                closers = s.items.held(repeats=self.cfg.repeated_items_end,
-                                       wrap_up=self._wrapping_up(s))
+                closers = s.items.held(repeats=self.cfg.repeated_items_end, wrap_up=wrapping)
                 if closers == "" and "" in rt.item_starts:
                     self._hold_back(s, logits[i], rt.item_starts[""])  # no "," after the item
                 elif closers:
                     # the item is open (a string, an object): holding back '",' would only
                     # make it longer; a token that ends it and goes on ends the array instead
                     s.end_array = closers
-            if s.cursor is not None and self._wrapping_up(s):
+            if wrapping and s.cursor is not None:
                 self._wrap_up_members(s, logits[i])
-            if self._cut_string(s):
+            if self._cut_string(s, *owed):
                 # the members still to come are owed the tokens left: end the string here
                 # (the tokens that go on inside it are held back)
                 self._hold_back(s, logits[i], rt.string_inner_ids)
@@ -486,21 +491,15 @@ class Decoder:
         s.stats["guarded_steps"] += 1
         return ids[0]
 
-    def _wrapping_up(self, s: Seq) -> bool:
-        """Whether the tokens left are within ``[local] budget_wrap_up`` of what the
-        closing path needs: then arrays take no new item, so the budget goes to the members
-        after them, written by the model, rather than to closing's minimal values."""
+    def _wrapping_up(self, s: Seq, owed: int = 0) -> bool:
+        """Whether the tokens left are within ``[local] budget_wrap_up`` plus what the
+        required members not begun yet are ``owed`` of what the closing path needs: then
+        arrays take no new item and objects no optional member, so the budget goes to the
+        members after them, written by the model, rather than to closing's minimal values."""
         if not self.cfg.budget_wrap_up or s.close_cost is None:
             return False
         left = s.request.sampling.max_tokens - len(s.out_ids)
-        return left - s.close_cost <= self.cfg.budget_wrap_up + self._reserve(s)
-
-    def _reserve(self, s: Seq) -> int:
-        """Tokens owed to the required members the answer has not begun (beyond their
-        minimal values; ``JsonCursor.reserve``); 0 with wrap-up off."""
-        if not self.cfg.budget_wrap_up or s.cursor is None:
-            return 0
-        return s.cursor.reserve()
+        return left - s.close_cost <= self.cfg.budget_wrap_up + owed
 
     def _wrap_up_members(self, s: Seq, row: torch.Tensor) -> None:
         """While wrapping up, no container takes more than it must: an object starts no
@@ -545,10 +544,10 @@ class Decoder:
         if held:
             self._hold_back(s, row, torch.tensor(held, dtype=torch.long))
 
-    def _cut_string(self, s: Seq) -> bool:
+    def _cut_string(self, s: Seq, owed: int, members: int) -> bool:
         """Whether the string value being written must end now: the tokens left, less what
-        the closing path needs, are no more than the required members still to come are
-        owed (:meth:`_reserve`), and the string has had its own share (what a string is
+        the closing path needs, are no more than the ``members`` required members still to
+        come are ``owed`` (``JsonCursor.owed``), and the string has had its own share (what a string is
         owed, or an equal part of the tokens free when they cannot hold every reserve).
         Without this a long string (a cause that loops, a rationale that rambles) took the
         budget of the members after it, and closing gave those its minimal values:
@@ -557,7 +556,6 @@ class Decoder:
                 or not s.cursor.in_string_value():
             return False
         free = s.request.sampling.max_tokens - len(s.out_ids) - s.close_cost
-        owed, members = s.cursor.owed()
         if owed <= 0 or free > owed:
             return False
         # a budget too small for every reserve is shared: this string, too, gets its part

@@ -9,7 +9,10 @@ after the sequence's pending tokens in the same ``llama_decode`` call and reads 
 of every position: each position's token is then chosen exactly as it would have been one
 pass at a time (grammar mask, guards, greedy or the sequence's seeded sampler), and as long
 as the chosen tokens are the guessed ones, the next position's logits are already there.
-The answer is the one decoding without drafts gives; only the number of passes changes.
+The choices are the ones decoding without drafts makes from the same logits; what changes
+is the number of passes (and, as with fast-forward, llama.cpp's CPU kernels give a row's
+logits slightly differently in a pass of several rows, so a greedy near-tie may break the
+other way: ``docs/embedded.md``).
 
 :class:`PromptLookup` indexes the context's n-grams as tokens arrive, so a guess costs a
 few dictionary lookups, never a scan of the prompt.
