@@ -222,6 +222,14 @@ def assistant_message(result: StructuredResult, content: str | None,
     return message
 
 
+def cut_off(result: StructuredResult, call: Call) -> bool:
+    """Was the answer cut at ``max_tokens`` (OpenAI's ``finish_reason: "length"``)? A value
+    made from a cut answer is ``truncated``; a plain-text answer has nothing to validate, so
+    the backend's finish reason says it."""
+    plain = call.tools is None and call.output is None
+    return result.truncated or (plain and result.finish_reason == "length")
+
+
 def calls_of(result: StructuredResult) -> list[ToolCall]:
     value = result.value
     if isinstance(value, ToolCall):

@@ -124,10 +124,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _done(model: str, result: StructuredResult) -> dict[str, Any]:
+def _done(model: str, result: StructuredResult, call: Call) -> dict[str, Any]:
     ns = int(result.latency_s * 1e9)
     return {"model": model, "created_at": _now(), "done": True,
-            "done_reason": "length" if result.truncated else "stop",
+            "done_reason": "length" if calls.cut_off(result, call) else "stop",
             "total_duration": ns, "load_duration": 0,
             "prompt_eval_count": result.usage.prompt_tokens,
             "eval_count": result.usage.completion_tokens, "eval_duration": ns,
@@ -147,13 +147,13 @@ def _wire_call(call: ToolCall) -> dict[str, Any]:
 async def chat(engine: Engine, req: WireOllamaChat) -> dict[str, Any]:
     call = chat_call(engine, req)
     result = await calls.answer(engine, call)
-    return {**_done(req.model, result), "message": _message(result, call)}
+    return {**_done(req.model, result, call), "message": _message(result, call)}
 
 
 async def generate(engine: Engine, req: WireOllamaGenerate) -> dict[str, Any]:
     call = generate_call(engine, req)
     result = await calls.answer(engine, call)
-    return {**_done(req.model, result), "response": calls.content_of(result, call) or ""}
+    return {**_done(req.model, result, call), "response": calls.content_of(result, call) or ""}
 
 
 async def chat_stream(engine: Engine, req: WireOllamaChat) -> AsyncIterator[str]:
@@ -195,7 +195,7 @@ async def _lines(engine: Engine, call: Call, model: str, *, chat: bool) -> Async
                     sent = stable
             item = await anext(items)
         content = calls.content_of(item, call) or ""
-        done = _done(model, item)
+        done = _done(model, item, call)
         if content.startswith(sent):
             tail = content[len(sent):]
         else:  # repair changed what was sent: the done line restates it whole

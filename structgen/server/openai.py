@@ -30,6 +30,7 @@ from structgen.server.calls import (
     calls_of,
     chat_messages,
     content_of,
+    cut_off,
     dump_json,
     function_tool,
     model_route,
@@ -183,7 +184,7 @@ async def complete(engine: Engine, req: WireChatRequest) -> dict[str, Any]:
     call = to_call(engine, req)
     results = await asyncio.gather(*(answer(engine, _nth(call, i)) for i in range(req.n)))
     choices = [{"index": i, "message": _assistant(r, call), "logprobs": None,
-                "finish_reason": _finish(r)} for i, r in enumerate(results)]
+                "finish_reason": _finish(r, call)} for i, r in enumerate(results)]
     prompt = max(r.usage.prompt_tokens for r in results)
     completion = sum(r.usage.completion_tokens for r in results)
     return {"id": _id(), "object": "chat.completion", "created": int(time.time()),
@@ -211,10 +212,10 @@ def _wire_call(call: ToolCall) -> dict[str, Any]:
             "function": {"name": call.name, "arguments": dump_json(call.arguments)}}
 
 
-def _finish(result: StructuredResult) -> str:
+def _finish(result: StructuredResult, call: Call) -> str:
     if calls_of(result):
         return "tool_calls"
-    return "length" if result.truncated else "stop"
+    return "length" if cut_off(result, call) else "stop"
 
 
 def _id() -> str:
@@ -259,7 +260,7 @@ async def complete_stream(engine: Engine, req: WireChatRequest) -> AsyncIterator
                 for delta in sent.final(item):
                     yield chunk(delta)
                 usage = item.usage
-                yield chunk({}, _finish(item), usage={
+                yield chunk({}, _finish(item, call), usage={
                     "prompt_tokens": usage.prompt_tokens,
                     "completion_tokens": usage.completion_tokens,
                     "total_tokens": usage.prompt_tokens + usage.completion_tokens},

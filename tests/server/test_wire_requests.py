@@ -1,0 +1,91 @@
+"""The server's ASGI app in-process, in front of a vLLM wire stand-in (no model): what a
+client sends that is wrong is answered 4xx in the API's own error shape, never 500 or
+plain text; what a client reads (``finish_reason``, ``/v1/models``) is what the real APIs
+answer. The ``openai`` and ``ollama`` packages are the clients where they can be."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+from starlette.testclient import TestClient
+
+from structgen.engine import Engine
+from structgen.server import create_app
+from tests.backends.helpers import server_config
+from tests.servers.wire import VLLMWireServer
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Status?"}]
+READ_FILE = {"type": "function", "function": {"name": "read_file", "parameters": {
+    "type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
+
+
+@pytest.fixture(scope="module")
+def vllm() -> Iterator[VLLMWireServer]:
+    with VLLMWireServer() as server:
+        yield server
+
+
+@pytest.fixture
+def http(vllm: VLLMWireServer) -> Iterator[TestClient]:
+    vllm.reset()
+    engine = Engine(server_config("vllm", vllm.base_url, model="tiny"))
+    with TestClient(create_app(engine), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def client(http: TestClient) -> openai.OpenAI:
+    return openai.OpenAI(base_url="http://testserver/v1", api_key="none", max_retries=0,
+                         http_client=http)
+
+
+def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response is ``status`` with OpenAI's error object; that object."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}, error
+    assert error["message"] and "Traceback" not in response.text
+    return dict(error)
+
+
+def ollama_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    error = response.json()["error"]
+    assert isinstance(error, str) and error and "Traceback" not in response.text
+    return error
+
+
+# finish_reason --------------------------------------------------------------------------------
+def test_plain_text_cut_at_max_tokens_is_finish_reason_length(vllm: VLLMWireServer,
+                                                              client: openai.OpenAI,
+                                                              http: TestClient) -> None:
+    """A plain-text answer the backend cut at ``max_tokens`` is ``finish_reason: "length"``
+    (OpenAI) and ``done_reason: "length"`` (Ollama), as clients check to tell a whole answer
+    from a cut one; it was "stop"."""
+    vllm.reply, vllm.finish = "The build is", "length"
+    answer = client.chat.completions.create(model="structgen", messages=MESSAGES,
+                                            max_tokens=3)
+    assert answer.choices[0].message.content == "The build is"
+    assert answer.choices[0].finish_reason == "length"
+    chunks = list(client.chat.completions.create(model="structgen", messages=MESSAGES,
+                                                 max_tokens=3, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    ollama_client = ollama.Client(host="http://testserver")
+    ollama_client._client = http  # the app in-process, through the ollama package
+    reply = ollama_client.chat(model="structgen", messages=MESSAGES,
+                               options={"num_predict": 3})
+    assert reply.done_reason == "length"
+    assert ollama_client.generate(model="structgen", prompt="Status?",
+                                  options={"num_predict": 3}).done_reason == "length"
+
+    vllm.finish = "stop"
+    answer = client.chat.completions.create(model="structgen", messages=MESSAGES,
+                                            max_tokens=30)
+    assert answer.choices[0].finish_reason == "stop"
