@@ -173,7 +173,8 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> str:
         raise ApiError(400, f"tool_choice {choice!r}: auto, none, required or "
                             '{"type": "function", "function": {"name": ...}}',
                        param="tool_choice")
-    name = (choice.get("function") or {}).get("name")
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise ApiError(400, "tool_choice names no function", param="tool_choice")
     return name

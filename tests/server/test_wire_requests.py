@@ -89,3 +89,17 @@ def test_plain_text_cut_at_max_tokens_is_finish_reason_length(vllm: VLLMWireServ
     answer = client.chat.completions.create(model="structgen", messages=MESSAGES,
                                             max_tokens=30)
     assert answer.choices[0].finish_reason == "stop"
+
+
+# Bad requests: 4xx in the API's own shape ----------------------------------------------------
+@pytest.mark.parametrize("tool_choice", [
+    {"type": "function", "function": "read_file"},  # the name where its object should be
+    {"type": "function", "function": ["read_file"]},
+    {"type": "function", "function": {"name": 5}},
+    {"type": "function"},
+])
+def test_malformed_named_tool_choice_is_400(http: TestClient, tool_choice: Any) -> None:
+    response = http.post("/v1/chat/completions", json={
+        "model": "structgen", "messages": MESSAGES, "tools": [READ_FILE],
+        "tool_choice": tool_choice})
+    assert openai_error(response, 400)["param"] == "tool_choice"
