@@ -27,6 +27,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
@@ -237,7 +238,7 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
     if settings.cors_origins:  # outermost: a browser's preflight carries no key
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                                         allow_methods=["GET", "POST"], allow_headers=["*"]))
-    return Starlette(routes=[
+    return Starlette(exception_handlers={HTTPException: _no_route}, routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", v1_models, methods=["GET"]),
         Route("/api/chat", api_chat, methods=["POST"]),
@@ -266,6 +267,22 @@ def _key(request: Request) -> int | None:
 def _head_size(scope: Scope) -> int:
     return (len(scope.get("raw_path") or b"") + len(scope["query_string"])
             + sum(len(name) + len(value) + 4 for name, value in scope["headers"]))
+
+
+def _no_route(request: Request, exc: Exception) -> Response:
+    """An unserved path (404) or method (405, with ``Allow``), in the API's error shape."""
+    assert isinstance(exc, HTTPException)
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 405:
+        error = ApiError(405, f"{where}: method not allowed (allowed: "
+                              f"{(exc.headers or {}).get('Allow', '')})", "method_not_allowed")
+    elif exc.status_code == 404:
+        error = ApiError(404, f"{where}: no such route", "not_found")
+    else:
+        error = ApiError(exc.status_code, f"{where}: {exc.detail}")
+    response = _error(error, request.url.path.startswith("/api/"))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _error(exc: ApiError, ollama_api: bool) -> JSONResponse:

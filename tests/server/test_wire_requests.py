@@ -103,3 +103,28 @@ def test_malformed_named_tool_choice_is_400(http: TestClient, tool_choice: Any) 
         "model": "structgen", "messages": MESSAGES, "tools": [READ_FILE],
         "tool_choice": tool_choice})
     assert openai_error(response, 400)["param"] == "tool_choice"
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v1/nothing", 404), ("POST", "/v1/completions", 404),
+    ("POST", "/v1/embeddings", 404), ("GET", "/v1/chat/completions", 405),
+    ("DELETE", "/v1/models", 405), ("GET", "/api/nothing", 404), ("POST", "/api/tags", 405),
+    ("GET", "/api/chat", 405),
+])
+def test_unknown_routes_and_methods_answer_in_the_apis_shape(http: TestClient, method: str,
+                                                             path: str, status: int) -> None:
+    """An unserved route or method is the API's own JSON error (a client parses it), not
+    Starlette's plain-text "Not Found"."""
+    response = http.request(method, path, json={})
+    if path.startswith("/api/"):
+        ollama_error(response, status)
+    else:
+        openai_error(response, status)
+    if status == 405:
+        assert response.headers["allow"]
+
+
+def test_an_unserved_openai_route_is_a_not_found_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        client.embeddings.create(model="structgen", input="x")
+    assert "/v1/embeddings" in info.value.message
