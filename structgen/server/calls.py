@@ -50,8 +50,10 @@ class ApiError(Exception):
 
 # Request bodies -----------------------------------------------------------------------------
 class Wire(BaseModel):
-    # clients send fields this server does not read (user, logprobs, metadata, ...)
-    model_config = ConfigDict(extra="ignore")
+    # clients send fields this server does not read (user, logprobs, metadata, ...); a
+    # field's value must have its JSON type, as OpenAI and Ollama ask: "10" is not taken as
+    # 10, nor "false" as false (an integer is still a number)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class WireFunction(Wire):

@@ -128,3 +128,39 @@ def test_an_unserved_openai_route_is_a_not_found_error(client: openai.OpenAI) ->
     with pytest.raises(openai.NotFoundError) as info:
         client.embeddings.create(model="structgen", input="x")
     assert "/v1/embeddings" in info.value.message
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_tokens", "10"), ("max_completion_tokens", "10"), ("max_tokens", True),
+    ("n", "2"), ("stream", "yes"), ("stream", "false"), ("stream", 1), ("temperature", "0.5"),
+    ("top_p", "1"), ("seed", "7"), ("seed", 7.5), ("parallel_tool_calls", "true"),
+    ("response_format", {"type": "json_schema", "json_schema": {
+        "name": "x", "strict": "yes", "schema": {"type": "object"}}}),
+])
+def test_openai_wrong_types_are_400_naming_the_field(http: TestClient, field: str,
+                                                     value: Any) -> None:
+    """OpenAI answers a string for an integer (``"max_tokens": "10"``) with a 400, and so
+    does this server: a value is not guessed from another type (pydantic's lax mode took
+    "10" as 10 and "false" as false)."""
+    response = http.post("/v1/chat/completions", json={
+        "model": "structgen", "messages": MESSAGES, field: value})
+    assert openai_error(response, 400)["param"].startswith(field)
+
+
+@pytest.mark.parametrize("body", [
+    {"options": {"num_predict": "10"}}, {"options": {"temperature": "0.5"}},
+    {"options": {"seed": "7"}}, {"stream": "false"}, {"stream": 0}])
+def test_ollama_wrong_types_are_400(http: TestClient, body: dict[str, Any]) -> None:
+    for path, request in (("/api/chat", {"messages": MESSAGES}), ("/api/generate",
+                                                                    {"prompt": "Status?"})):
+        response = http.post(path, json={"model": "structgen", **request, **body})
+        assert next(iter(body)) in ollama_error(response, 400)
+
+
+def test_right_types_are_taken(vllm: VLLMWireServer, client: openai.OpenAI) -> None:
+    """Integers for numbers, numbers for floats: what clients send is still served."""
+    vllm.reply = "green"
+    answer = client.chat.completions.create(
+        model="structgen", messages=MESSAGES, max_tokens=10, temperature=1, top_p=1,
+        seed=7, n=1, stream=False)
+    assert answer.choices[0].message.content == "green"
