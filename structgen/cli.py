@@ -628,11 +628,16 @@ def batch(
     file: Path = typer.Argument(..., help="OpenAI batch file (JSONL, /v1/chat/completions)"),
     address: _RayAddress = None,
     output: Path = typer.Option(..., "--output", "-o",
-                                help="results JSONL (appended to: a re-run resumes)"),
+                                help="results JSONL (appended to: a re-run resumes); with "
+                                     "--shards, a directory"),
     config: _ConfigPath = None,
     concurrency: int | None = typer.Option(
         None, "--concurrency", "-j", min=1,
         help="requests in flight at once (default: two [local] max_batch batches, >= 8)"),
+    shards: bool = typer.Option(
+        False, "--shards", help="with --ray: the actors write the answers themselves, a "
+                                "shard per Ray batch, into the directory -o (shared by "
+                                "every node); cat DIR/part-*.jsonl is the output"),
     model: str | None = typer.Option(None, "--model", "-m",
                                      help="the model to answer with (a line's body.model "
                                           "is ignored)"),
@@ -655,10 +660,15 @@ def batch(
     stopped when run again. See structgen/batch/job.py for the formats.
 
     With --ray, the lines run on Ray actors (-j requests in flight per actor) that use the
-    shared Redis cache; the output and resumability are the same."""
+    shared Redis cache; the output and resumability are the same. With --shards as well,
+    -o is a directory and the actors write the answers there, a shard per Ray batch, for
+    jobs too large to pass through this process (structgen/batch/shards.py)."""
     with _resumable(f"the answered lines are in {output}"):
         if address is not None and not ray:
             raise ConfigError(f"a cluster address ({address}) needs --ray", "--ray")
+        if shards and not ray:
+            raise ConfigError("--shards is for --ray jobs (one machine writes one file)",
+                              "--shards")
         engine = Engine.from_config(config)
         allowed = (*engine.config.warmup.allow_modules, *allow_module)
         lines = read_job(file, max_line_bytes=max_line_bytes, model=model,
@@ -667,7 +677,7 @@ def batch(
             if ray:
                 summary = run_job_on_ray(
                     engine, lines, output, concurrency=concurrency, on_progress=on_progress,
-                    model=model, options=RayOptions(
+                    model=model, shards=shards, options=RayOptions(
                         address=address, actors=ray_actors, batch_size=batch_size,
                         num_cpus=ray_cpus, allow_modules=allowed))
             else:

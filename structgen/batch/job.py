@@ -379,6 +379,36 @@ def compact_line(item: JobLine, result: StructuredResult) -> dict[str, Any]:
                       "completion_tokens": result.usage.completion_tokens}}
 
 
+class Answered(typing.Protocol):
+    """What an output already holds: the ``custom_id`` s answered (or failed), and the input
+    line numbers of error lines known by line (no ``custom_id``, or a repeated one)."""
+
+    done_ids: set[str]
+    done_lines: set[int]
+
+
+def remember(answered: Answered, text: bytes) -> None:
+    """Note one output line in ``answered``; ConfigError if it is not a result line."""
+    try:
+        obj = json.loads(text)  # a compact line's "id" is its custom_id
+        custom_id = obj["custom_id"] if "custom_id" in obj else obj["id"]
+        error = obj["error"]
+        if error and (custom_id is None or error.get("code") == "duplicate_custom_id"):
+            answered.done_lines.add(int(error["line"]))
+        elif isinstance(custom_id, str):
+            answered.done_ids.add(custom_id)
+        else:
+            raise TypeError(custom_id)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError("not a batch result line") from None
+
+
+def is_done(answered: Answered, item: JobLine) -> bool:
+    if item.custom_id is None or item.duplicate:
+        return item.line in answered.done_lines
+    return item.custom_id in answered.done_ids
+
+
 class ResultFile:
     """The output file, appended one durable line at a time; knows what it already holds.
 
@@ -420,22 +450,14 @@ class ResultFile:
 
     def _remember(self, n: int, text: bytes) -> None:
         try:
-            obj = json.loads(text)  # a compact line's "id" is its custom_id
-            custom_id = obj["custom_id"] if "custom_id" in obj else obj["id"]
-            error = obj["error"]
-        except (ValueError, KeyError, TypeError):
+            remember(self, text)
+        except ConfigError:
             os.close(self.fd)
             raise ConfigError(f"{self.path} line {n} is not a batch result line: is it the "
                               "output of this batch?") from None
-        if error and (custom_id is None or error.get("code") == "duplicate_custom_id"):
-            self.done_lines.add(int(error["line"]))
-        else:
-            self.done_ids.add(custom_id)
 
     def done(self, item: JobLine) -> bool:
-        if item.custom_id is None or item.duplicate:
-            return item.line in self.done_lines
-        return item.custom_id in self.done_ids
+        return is_done(self, item)
 
     def write(self, obj: dict[str, Any]) -> None:
         data = (json.dumps(obj, ensure_ascii=False) + "\n").encode()
@@ -462,7 +484,20 @@ class JobSummary(BatchSummary):
                 + super().describe() + f"; output: {self.output}")
 
 
-def start_job(out: ResultFile, lines: list[JobLine], on_progress: ProgressFn | None
+class Output(typing.Protocol):
+    """Where a job's lines go: one :class:`ResultFile`, or a directory of shards
+    (:class:`structgen.batch.shards.ShardDir`)."""
+
+    path: Path
+
+    def done(self, item: JobLine) -> bool: ...
+
+    def write(self, obj: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def start_job(out: Output, lines: list[JobLine], on_progress: ProgressFn | None
               ) -> tuple[JobSummary, list[JobLine]]:
     """Skip what ``out`` holds, write the malformed lines' error lines; (the running
     summary, the lines left to run). Shared by both executors."""

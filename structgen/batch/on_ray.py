@@ -15,6 +15,10 @@ output, so the output and resume guarantees are those of one machine
 
 An actor killed mid-batch loses only answers not yet written; Ray retries its batch, and
 answers that reached the Redis cache come back as cache hits.
+
+With ``shards=True`` (``--shards``) the output is a directory and each batch's actor writes
+that batch's lines itself, as one shard; only counts come back to the driver
+(:mod:`structgen.batch.shards`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from structgen.batch.job import (
     JobLine,
     JobSummary,
     LineReader,
+    Output,
     ResultFile,
     answer_line,
     parse_compact,
     start_job,
     wire_request,
 )
+from structgen.batch.shards import ShardDir, commit_shard
 from structgen.engine import Engine
 from structgen.errors import ExecutorError, StructgenError
 from structgen.warmup.on_ray import (
@@ -49,12 +55,13 @@ __all__ = ["RayOptions", "run_job_on_ray"]
 
 def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
                    concurrency: int | None = None, on_progress: ProgressFn | None = None,
-                   options: RayOptions | None = None, model: str | None = None
-                   ) -> JobSummary:
-    """:func:`structgen.batch.job.run_job` on Ray (``concurrency`` in flight per actor)."""
+                   options: RayOptions | None = None, model: str | None = None,
+                   shards: bool = False) -> JobSummary:
+    """:func:`structgen.batch.job.run_job` on Ray (``concurrency`` in flight per actor);
+    with ``shards``, ``output`` is a directory the actors write shards into."""
     opts = options or RayOptions()
     _check_options(engine, opts)
-    out = ResultFile(output)
+    out: Output = ShardDir(output) if shards else ResultFile(output)
     try:
         summary, runnable = start_job(out, lines, on_progress)
         by_line = {item.line: item for item in runnable}
@@ -65,13 +72,16 @@ def run_job_on_ray(engine: Engine, lines: list[JobLine], output: Path, *,
             kwargs = {"config": _worker_config(engine),
                       "allow_modules": list(opts.allow_modules), "concurrency": (default_concurrency(engine) if concurrency is None
                                       else max(1, concurrency)),
-                      "model": model}
+                      "model": model,
+                      "shards": {"path": str(output.resolve()), "run": out.run}
+                      if isinstance(out, ShardDir) else None}
             with ray_stream(_BatchActor, tasks, kwargs, opts) as raws:
                 for raw in raws:
                     answer = json.loads(raw)
                     if by_line.pop(answer["line"], None) is None:
                         continue  # a retried batch that came back twice
-                    out.write(answer["out"])
+                    if "out" in answer:  # else an actor wrote it, in a shard
+                        out.write(answer["out"])
                     summary.count(**answer["counts"])
                     if on_progress is not None:
                         on_progress(summary)
@@ -88,12 +98,22 @@ class _BatchActor(EngineActor):
     """Batch lines in (bodies or compact lines), output lines back."""
 
     def __init__(self, config: dict[str, Any], allow_modules: list[str], concurrency: int,
-                 model: str | None) -> None:
+                 model: str | None, shards: dict[str, str] | None = None) -> None:
         super().__init__(config, concurrency)
         self.model = model
+        self.shards = shards
         # a compact line's module:Class only from the modules the driver's user allowed
         self.reader = LineReader("compact", model, self.engine.config, Path("."),
                                  tuple(allow_modules), {})
+
+    def __call__(self, batch: Any) -> dict[str, list[str]]:
+        results = super().__call__(batch)
+        if self.shards is None:
+            return results
+        answers = [json.loads(raw) for raw in results["result"]]
+        commit_shard(Path(self.shards["path"]), self.shards["run"],
+                     [a["line"] for a in answers], [a.pop("out") for a in answers])
+        return {"result": [json.dumps(a) for a in answers]}
 
     async def answer(self, task: dict[str, Any]) -> str:
         item = JobLine(task["line"], task["custom_id"])

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.batch.test_batch_file import MALFORMED, read_out
+from tests.batch.test_batch_file import read_out as read_out_file
 from tests.cache.conftest import redis_url  # noqa: F401 (a fixture)
 from tests.cache.test_warmup_ray import (  # noqa: F401 (fixtures)
     ENV,
@@ -91,28 +92,32 @@ def test_ray_batch_killed_then_resumed_answers_each_line_once(
     assert len(cached_keys(s["redis"])) == N  # the actors filled the shared cache
 
 
+@pytest.mark.parametrize("shards", [False, True], ids=["one-file", "shards"])
 def test_a_node_killed_under_a_running_batch(
         ray_cluster: Cluster, setup: dict[str, Any],  # noqa: F811
-        server: VLLMWireServer) -> None:  # noqa: F811
+        server: VLLMWireServer, shards: bool) -> None:  # noqa: F811
     """A third node joins, one of three actors runs on it, and the whole node (raylet and
     workers) is killed mid-run; a replacement node joins, as an autoscaler would start one.
     Ray restarts the lost actor there and retries its batches: the batch finishes, and every
-    custom_id (OpenAI lines and compact lines alike) is in the output exactly once."""
+    custom_id (OpenAI lines and compact lines alike) is in the output exactly once, in one
+    file or (--shards) over the shards the actors wrote, a retried batch's included."""
     s = setup
+    read_out = read_shards if shards else read_out_file
     server.delay_s = 0.05  # the batch runs for seconds: long enough to kill a node in it
     src = s["tmp"] / "in.jsonl"
     compact = [json.dumps({"id": f"c{i}", "prompt": f"compact {i}", "schema": SCHEMA,
                            "max_tokens": 32}) for i in range(40)]
     src.write_text(write_job(s["tmp"] / "openai.jsonl").read_text() + "\n".join(compact)
                    + "\n")
-    out = s["tmp"] / "out.jsonl"
+    out = s["tmp"] / ("shards" if shards else "out.jsonl")
     nodes = []
     try:
         victim = _ray_start([f"--address={ray_cluster.address}"], s["tmp"] / "victim.log")
         nodes.append(victim)
         _wait_started(victim, s["tmp"] / "victim.log")
         # three one-CPU actors on three one-CPU nodes: one of them on the victim
-        cmd = [*batch(s, src, out, ray_cluster.address), "-j", "1"]
+        cmd = [*batch(s, src, out, ray_cluster.address), "-j", "1",
+               *(["--shards"] if shards else [])]
         cmd[cmd.index("--ray-actors") + 1] = "3"
         cmd[cmd.index("--batch-size") + 1] = "5"
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -147,3 +152,60 @@ def test_a_node_killed_under_a_running_batch(
         if line["error"] is None and "value" in line:  # a compact line's answer
             assert line["value"]["kind"] in {"a", "b", "c"}
     assert len(cached_keys(s["redis"])) == N + len(compact)
+
+
+def read_shards(path: Path) -> list[dict[str, Any]]:
+    return [x for part in sorted(path.glob("part-*.jsonl")) for x in read_out(part)]
+
+
+def test_shards_killed_then_resumed_answer_each_line_once(
+        ray_cluster: Cluster, setup: dict[str, Any]) -> None:  # noqa: F811
+    """--shards: the actors write the answers into the directory themselves, a shard per
+    Ray batch; the driver killed mid-run and run again: each custom_id once over all the
+    shards, none of them torn, and the driver received no answer text."""
+    s = setup
+    src = write_job(s["tmp"] / "in.jsonl")
+    out = s["tmp"] / "shards"
+    cmd = [*batch(s, src, out, ray_cluster.address), "--shards"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(read_shards(out)) < 30:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = read_shards(out)
+    assert len(first) < N + 3
+
+    again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{N + 3} lines: {len(first)} already done, 0 invalid" in again.stdout
+    lines = read_shards(out)
+    assert len(lines) == N + 3
+    assert sorted(x["custom_id"] for x in lines if x["error"] is None) == sorted(
+        f"r{i}" for i in range(N))  # each exactly once
+    errors = read_out(out / "part-driver.jsonl")  # the malformed lines, by the driver
+    assert len(errors) == 3 and all(x["error"] for x in errors)
+    shard_files = [p for p in out.glob("part-*.jsonl") if p.name != "part-driver.jsonl"]
+    assert len(shard_files) >= N // 10  # --batch-size 10: a shard per Ray batch
+    for part in shard_files:  # whole lines only: a shard is renamed into place, whole
+        text = part.read_text()
+        assert text.endswith("\n") and len(read_out(part)) == len(text.splitlines())
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    for line in lines:
+        if line["error"] is None:
+            value = json.loads(line["response"]["body"]["choices"][0]["message"]["content"])
+            assert value["kind"] in {"a", "b", "c"}
+    assert len(cached_keys(s["redis"])) == N
+
+
+def test_shards_need_ray(setup: dict[str, Any]) -> None:  # noqa: F811
+    s = setup
+    src = write_job(s["tmp"] / "in.jsonl")
+    cmd = batch(s, src, s["tmp"] / "shards", "x")
+    cmd = [c for c in cmd if c not in ("--ray", "x")] + ["--shards"]
+    run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--shards is for --ray jobs" in run.stderr
