@@ -44,8 +44,8 @@ class WireOllamaMessage(Wire):
 
 
 class WireOllamaOptions(Wire):
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
     num_predict: int | None = None
     stop: list[str] | None = None

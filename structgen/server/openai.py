@@ -91,10 +91,10 @@ class WireChatRequest(Wire):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     stream: bool = False
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=16)
@@ -107,7 +107,8 @@ def parse_request(body: dict[str, Any]) -> WireChatRequest:
 def to_call(engine: Engine, req: WireChatRequest) -> Call:
     backend, model = model_route(engine, req.model)
     sampling: dict[str, Any] = {}
-    max_tokens = req.max_completion_tokens or req.max_tokens
+    max_tokens = req.max_tokens if req.max_completion_tokens is None \
+        else req.max_completion_tokens
     for name, value in (("max_tokens", max_tokens), ("temperature", req.temperature),
                         ("top_p", req.top_p), ("seed", req.seed), ("stop", req.stop)):
         if value is not None:

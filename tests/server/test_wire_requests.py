@@ -164,3 +164,22 @@ def test_right_types_are_taken(vllm: VLLMWireServer, client: openai.OpenAI) -> N
         model="structgen", messages=MESSAGES, max_tokens=10, temperature=1, top_p=1,
         seed=7, n=1, stream=False)
     assert answer.choices[0].message.content == "green"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_completion_tokens", 0), ("max_tokens", 0), ("max_tokens", -5),
+    ("temperature", -0.5), ("top_p", 0), ("top_p", 1.5)])
+def test_sampling_out_of_range_is_400_naming_the_field(http: TestClient, field: str,
+                                                       value: Any) -> None:
+    """``max_completion_tokens: 0`` was dropped (read with ``or``: no limit at all); the
+    others were refused by the engine with ``param: null``."""
+    response = http.post("/v1/chat/completions", json={
+        "model": "structgen", "messages": MESSAGES, field: value})
+    assert openai_error(response, 400)["param"] == field
+
+
+def test_ollama_sampling_out_of_range_is_400_naming_the_option(http: TestClient) -> None:
+    for option, value in (("temperature", -1), ("top_p", 0)):
+        response = http.post("/api/chat", json={"model": "structgen", "messages": MESSAGES,
+                                                "options": {option: value}})
+        assert f"options.{option}" in ollama_error(response, 400)
