@@ -140,8 +140,10 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
             raise ApiError(400, "body must be a JSON object")
         return body
 
-    def route(handler: Callable[[Request], Awaitable[Response]]
+    def route(handler: Callable[[Request], Awaitable[Response]], label: str | None = None
               ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` answering errors in the API's shape, counted under ``label`` (a path
+        with parameters: its template, so a client cannot add a series per path)."""
         async def endpoint(request: Request) -> Response:
             ollama_api = request.url.path.startswith("/api/")
             try:
@@ -153,7 +155,7 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
                 response = _error(ApiError(500, f"internal error (request "
                                                 f"{request.state.request_id})",
                                            "internal_error"), ollama_api)
-            requests.labels(request.url.path, str(response.status_code)).inc()
+            requests.labels(label or request.url.path, str(response.status_code)).inc()
             return response
         return endpoint
 
@@ -204,6 +206,11 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
     async def v1_models(request: Request) -> Response:
         return JSONResponse(openai.models(engine))
 
+    async def get_v1_model(request: Request) -> Response:
+        return JSONResponse(openai.model(engine, request.path_params["model"]))
+
+    v1_model = route(get_v1_model, "/v1/models/{model}")
+
     @route
     async def api_tags(request: Request) -> Response:
         return JSONResponse(ollama.tags(engine))
@@ -241,6 +248,7 @@ def create_app(engine: Engine, settings: ServeConfig | None = None) -> Starlette
     return Starlette(exception_handlers={HTTPException: _no_route}, routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", v1_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", v1_model, methods=["GET"]),  # names hold "/"
         Route("/api/chat", api_chat, methods=["POST"]),
         Route("/api/generate", api_generate, methods=["POST"]),
         Route("/api/tags", api_tags, methods=["GET"]),

@@ -225,11 +225,22 @@ def _id() -> str:
 
 
 def models(engine: Engine) -> dict[str, Any]:
-    created = int(time.time())
     return {"object": "list",
-            "data": [{"id": name, "object": "model", "created": created,
-                      "owned_by": backend or "structgen"}
-                     for name, (backend, _) in served_models(engine).items()]}
+            "data": [_model(name, backend) for name, (backend, _) in served_models(engine).items()]}
+
+
+def model(engine: Engine, name: str) -> dict[str, Any]:
+    """``GET /v1/models/{model}``: one served model, else 404."""
+    backend, _ = model_route(engine, name)
+    return _model(name, backend)
+
+
+def _model(name: str, backend: str | None) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": _STARTED,
+            "owned_by": backend or "structgen"}
+
+
+_STARTED = int(time.time())  # a model's "created": the same in every answer
 
 
 # Streaming ----------------------------------------------------------------------------------

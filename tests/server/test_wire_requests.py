@@ -33,7 +33,7 @@ def vllm() -> Iterator[VLLMWireServer]:
 @pytest.fixture
 def http(vllm: VLLMWireServer) -> Iterator[TestClient]:
     vllm.reset()
-    engine = Engine(server_config("vllm", vllm.base_url, model="tiny"))
+    engine = Engine(server_config("vllm", vllm.base_url, model="org/tiny"))
     with TestClient(create_app(engine), raise_server_exceptions=False) as client:
         yield client
 
@@ -183,3 +183,19 @@ def test_ollama_sampling_out_of_range_is_400_naming_the_option(http: TestClient)
         response = http.post("/api/chat", json={"model": "structgen", "messages": MESSAGES,
                                                 "options": {option: value}})
         assert f"options.{option}" in ollama_error(response, 400)
+
+
+# What clients read ---------------------------------------------------------------------------
+def test_models_retrieve(client: openai.OpenAI, http: TestClient) -> None:
+    """``GET /v1/models/{model}`` (the openai package's ``models.retrieve``, which clients
+    call to check a model before using it): each listed model, and 404 in OpenAI's shape
+    for another."""
+    listed = {m.id: m for m in client.models.list()}
+    assert set(listed) == {"structgen", "org/tiny"}
+    for name, model in listed.items():
+        assert client.models.retrieve(name).model_dump() == model.model_dump()
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    assert openai_error(http.get("/v1/models/gpt-4o"), 404)["type"] == "model_not_found"
+    metrics = http.get("/metrics").text  # counted per route, not per path a client makes up
+    assert 'route="/v1/models/{model}"' in metrics and "gpt-4o" not in metrics
