@@ -517,7 +517,8 @@ _SAMPLING_TYPES = {name: pydantic.TypeAdapter(hint)
 
 
 def _checked_sampling(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with their types checked; ``stop="END"`` means one stop string."""
+    """``values`` with their types checked; ``stop="END"`` means one stop string, and no
+    stop string may be empty."""
     out = dict(values)
     if isinstance(out.get("stop"), str):
         out["stop"] = [out["stop"]]  # list("END") would be three stop strings
@@ -527,6 +528,10 @@ def _checked_sampling(values: dict[str, Any]) -> dict[str, Any]:
             out[name] = _SAMPLING_TYPES[name].validate_python(value, strict=True)
         except pydantic.ValidationError as exc:
             problems.append(f"{name}={value!r}: {exc.errors()[0]['msg']}")
+    if not problems and "" in out.get("stop", ()):
+        # it matches before the first token: every answer would be empty (OpenAI refuses it)
+        problems.append(f"stop={values['stop']!r}: an empty stop string would end every "
+                        "answer at once")
     if problems:
         raise StructgenError(f"invalid sampling parameter(s): {'; '.join(problems)}")
     return out

@@ -161,6 +161,9 @@ def test_schema_and_config_errors_reach_the_engine_caller() -> None:
     ([], {}, "non-empty"),
     ("hi", {"temprature": 0.5}, "unknown sampling parameter"),
     ("hi", {"top_p": 0}, "top_p"),
+    ("hi", {"stop": ""}, "stop"),  # an empty stop string would end every answer at once
+    ("hi", {"stop": [""]}, "stop"),
+    ("hi", {"stop": ["END", ""]}, "stop"),
 ])
 def test_bad_request_is_a_plain_structgen_error(prompt: Any, sampling: dict[str, Any],
                                                 words: str) -> None:

@@ -82,6 +82,14 @@ def parse_wire(model: type[W], body: dict[str, Any]) -> W:
         raise ApiError(400, f"{where}: {err['msg']}", param=where) from None
 
 
+def check_stop(stop: str | list[str] | None, param: str) -> None:
+    """An empty stop string is a 400 naming ``param``, as OpenAI answers it: it matches
+    before the first token, so the answer would end at once with empty text."""
+    if stop is not None and "" in ([stop] if isinstance(stop, str) else stop):
+        raise ApiError(400, f"{param}: an empty stop string would end every answer at once",
+                       param=param)
+
+
 def status_of(exc: StructgenError) -> ApiError:
     """The HTTP answer for an error the engine raised."""
     if isinstance(exc, ValidationFailed):

@@ -84,6 +84,7 @@ def _call(engine: Engine, model: str, messages: list[Message], fmt: Any,
     backend, routed = calls.model_route(engine, model)
     sampling: dict[str, Any] = {}
     if options is not None:
+        calls.check_stop(options.stop, "options.stop")
         for name, value in (("temperature", options.temperature), ("top_p", options.top_p),
                             ("seed", options.seed), ("stop", options.stop)):
             if value is not None:

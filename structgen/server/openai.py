@@ -28,6 +28,7 @@ from structgen.server.calls import (
     assistant_message,
     call_id,
     calls_of,
+    check_stop,
     chat_messages,
     content_of,
     cut_off,
@@ -106,6 +107,7 @@ def parse_request(body: dict[str, Any]) -> WireChatRequest:
 
 def to_call(engine: Engine, req: WireChatRequest) -> Call:
     backend, model = model_route(engine, req.model)
+    check_stop(req.stop, "stop")
     sampling: dict[str, Any] = {}
     max_tokens = req.max_tokens if req.max_completion_tokens is None \
         else req.max_completion_tokens

@@ -199,3 +199,37 @@ def test_models_retrieve(client: openai.OpenAI, http: TestClient) -> None:
     assert openai_error(http.get("/v1/models/gpt-4o"), 404)["type"] == "model_not_found"
     metrics = http.get("/metrics").text  # counted per route, not per path a client makes up
     assert 'route="/v1/models/{model}"' in metrics and "gpt-4o" not in metrics
+
+
+@pytest.mark.parametrize("stop", ["", [""], ["END", ""]])
+def test_an_empty_stop_string_is_400_naming_the_field(vllm: VLLMWireServer, http: TestClient,
+                                                      stop: Any) -> None:
+    """An empty stop string matches before the first token: a backend ended the answer at
+    once, empty text with ``finish_reason: "stop"``. OpenAI refuses it with a 400; so does this server, in each
+    API's shape (Ollama's ``options.stop`` is a list), before the backend is asked."""
+    vllm.reply = "green"
+    for stream in (False, True):
+        response = http.post("/v1/chat/completions", json={
+            "model": "structgen", "messages": MESSAGES, "stop": stop, "stream": stream})
+        assert openai_error(response, 400)["param"] == "stop"
+    if isinstance(stop, list):
+        for path, request in (("/api/chat", {"messages": MESSAGES}),
+                              ("/api/generate", {"prompt": "Status?"})):
+            response = http.post(path, json={"model": "structgen", **request,
+                                             "options": {"stop": stop}, "stream": False})
+            assert "options.stop" in ollama_error(response, 400)
+    assert not vllm.requests
+
+
+def test_a_stop_string_is_still_taken(vllm: VLLMWireServer, client: openai.OpenAI,
+                                      http: TestClient) -> None:
+    vllm.reply = "green"
+    for stop in ("END", ["END", "\n\n"]):
+        answer = client.chat.completions.create(model="structgen", messages=MESSAGES,
+                                                stop=stop)
+        assert answer.choices[0].message.content == "green"
+    response = http.post("/api/chat", json={"model": "structgen", "messages": MESSAGES,
+                                            "options": {"stop": ["END"]}, "stream": False})
+    assert response.status_code == 200, response.text
+    assert [body.get("stop") for _, body in vllm.requests] == [["END"], ["END", "\n\n"],
+                                                                ["END"]]
