@@ -359,6 +359,7 @@ class Engine:
         text = ""
         finish = "stop"
         reported: tuple[PostEnforced, ...] | None = None
+        end: Finished | None = None  # the last chunk that said why it ended
         last: Any = None
         parsed = 0  # the length of the text last parsed
         chunks = [opened.first]
@@ -369,6 +370,7 @@ class Engine:
                     if isinstance(chunk, Finished):  # every backend ends with its reason
                         finish = chunk.finish_reason
                         reported = chunk.post_enforced
+                        end = chunk
                 chunks = []
                 # Each parse reads the whole text: past 256 characters it waits until the
                 # text grew by 1/256, so a long answer in small chunks costs linear time
@@ -388,11 +390,14 @@ class Engine:
             # backend's request now, not whenever the generator is collected
             await opened.chunks.aclose()  # type: ignore[attr-defined]
         # Same bookkeeping as a non-streamed call: what the backend's engine did not enforce,
-        # as the backend reported it (or as its capabilities say, when it did not), and the
-        # thinking kept out of the answer.
+        # as the backend reported it (or as its capabilities say, when it did not), the token
+        # counts and model it reported at the end, and the thinking kept out of the answer.
         name = opened.backend
+        end = end if end is not None else Finished("", finish)
         gen = opened.finished(GenerationResult(
-            text=text, backend=name, model=request.model or "", finish_reason=finish,
+            text=text, backend=name, model=end.model or request.model or "",
+            finish_reason=finish, prompt_tokens=end.prompt_tokens or 0,
+            completion_tokens=end.completion_tokens or 0,
             latency_s=time.perf_counter() - start, ttft_s=ttft,
             post_enforced=reported if reported is not None
             else unenforced(request.output, self.backend(name).capabilities())))

@@ -99,13 +99,29 @@ class Finished(str):
     # ``GenerationResult.post_enforced`` (None: not reported), so a stream reports the same
     # ``post_enforced`` as a call
     post_enforced: tuple[PostEnforced, ...] | None
+    # the token counts and model the backend reported at the end of the stream (None: not
+    # reported), so a streamed answer's usage is that of a call
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str | None
 
     def __new__(cls, text: str, finish_reason: str,
-                post_enforced: tuple[PostEnforced, ...] | None = None) -> Finished:
+                post_enforced: tuple[PostEnforced, ...] | None = None, *,
+                prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                model: str | None = None) -> Finished:
         chunk = super().__new__(cls, text)
         chunk.finish_reason = finish_reason
         chunk.post_enforced = post_enforced
+        chunk.prompt_tokens = prompt_tokens
+        chunk.completion_tokens = completion_tokens
+        chunk.model = model
         return chunk
+
+    def reported(self, post_enforced: tuple[PostEnforced, ...] | None) -> Finished:
+        """This chunk with ``post_enforced`` set (the rest as it is)."""
+        return Finished(str(self), self.finish_reason, post_enforced,
+                        prompt_tokens=self.prompt_tokens,
+                        completion_tokens=self.completion_tokens, model=self.model)
 
 
 @runtime_checkable

@@ -503,7 +503,7 @@ class HTTPBackend(BackendBase):
                 chunks, done = decode(line)
                 for chunk in chunks:
                     if isinstance(chunk, Finished):  # an empty one says why it ended
-                        yield Finished(chunk, chunk.finish_reason, post)
+                        yield chunk.reported(post)
                     elif chunk:
                         yield chunk
                 if done:

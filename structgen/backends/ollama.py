@@ -204,8 +204,11 @@ class OllamaBackend(http.HTTPBackend, name="ollama"):
                     for c in calls or ())
                 if event.done:
                     chunk += envelope.close()
-            if event.done:  # the last line says why it stopped
-                return [Finished(chunk, event.done_reason or "stop")], True
+            if event.done:  # the last line says why it stopped, and what it took
+                return [Finished(chunk, event.done_reason or "stop",
+                                 prompt_tokens=event.prompt_eval_count,
+                                 completion_tokens=event.eval_count,
+                                 model=event.model)], True
             return [chunk], False
         return decode
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, NonNegativeInt, StrictStr
 
+from structgen.backends.base import Finished
+
 
 class WireFunction(BaseModel):
     name: StrictStr | None = None  # only in a call's first delta when streamed
@@ -51,4 +53,17 @@ class Event(BaseModel):
 
     choices: list[WireChoice] = Field(default_factory=list)
     usage: WireUsage | None = None
+    model: str | None = None
     error: Any = None
+
+
+def usage_chunk(event: Event, out: list[str | None], finish: list[str]) -> list[Finished]:
+    """The token counts of a stream's usage event (``stream_options.include_usage``: an
+    event of its own after the finish reason, no choices) as a last :class:`Finished`
+    chunk with the reason given before; ``finish`` keeps that reason between events."""
+    finish.extend(c.finish_reason for c in out if isinstance(c, Finished))
+    usage = event.usage
+    if usage is None or usage.completion_tokens is None:
+        return []
+    return [Finished("", finish[-1] if finish else "stop", prompt_tokens=usage.prompt_tokens,
+                     completion_tokens=usage.completion_tokens, model=event.model)]

@@ -34,7 +34,7 @@ from structgen.backends.capabilities import (
     ToolCalling,
     server_row,
 )
-from structgen.backends.openai_format import Completion, Event, WireUsage
+from structgen.backends.openai_format import Completion, Event, WireUsage, usage_chunk
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
@@ -146,6 +146,8 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
         body: dict[str, Any] = {"model": self.model_for(request) or "default",
                                 "messages": openai_messages(request.messages),
                                 **http.sampling_fields(request.sampling), "stream": stream}
+        if stream:  # the token counts, in an event of their own at the end
+            body["stream_options"] = {"include_usage": True}
         if "json_schema" in constraint:
             out = request.output
             assert out is not None
@@ -215,12 +217,22 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
                                                "previous one", self.name)
                 chunk, seen = text[len(seen):], text
                 reason = _finish_type(native.meta_info)  # only on the last event
-                return [Finished(chunk, reason) if reason else chunk]
+                if not reason:
+                    return [chunk]
+                meta = native.meta_info
+                assert meta is not None
+                return [Finished(chunk, reason, prompt_tokens=meta.prompt_tokens,
+                                 completion_tokens=meta.completion_tokens)]
             chat = http.parse_wire(Event, event, self.name, "stream event")
             if envelope is not None:
-                return toolcalls.envelope_chunks(envelope, chat)
-            return [Finished(piece or "", choice.finish_reason) if choice.finish_reason
-                    else piece
-                    for choice in chat.choices
-                    for piece in [choice.delta.content if choice.delta is not None else None]]
+                out = toolcalls.envelope_chunks(envelope, chat)
+            else:
+                out = [Finished(piece or "", choice.finish_reason) if choice.finish_reason
+                       else piece
+                       for choice in chat.choices
+                       for piece in [choice.delta.content if choice.delta is not None
+                                     else None]]
+            return [*out, *usage_chunk(chat, out, finish)]
+
+        finish: list[str] = []  # the finish reason, once an event said it
         return http.sse_decoder(on_event)

@@ -35,7 +35,7 @@ from structgen.backends.capabilities import (
     ToolCalling,
     server_row,
 )
-from structgen.backends.openai_format import Completion, Event, WireUsage
+from structgen.backends.openai_format import Completion, Event, WireUsage, usage_chunk
 from structgen.errors import BackendProtocolError, BackendUnavailable
 from structgen.messages import openai_messages
 from structgen.schema.layout import guidance_options
@@ -217,13 +217,16 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
                 raise BackendUnavailable(f"server error mid-stream: {event.error}",
                                          self.name, retryable=True)
             if envelope is not None:
-                return toolcalls.envelope_chunks(envelope, event)
-            # the last content event says why it stopped
-            return [Finished(chunk or "", choice.finish_reason) if choice.finish_reason
-                    else chunk
-                    for choice in event.choices
-                    for chunk in [choice.delta.content if choice.delta is not None
-                                  else choice.text]]
+                out = toolcalls.envelope_chunks(envelope, event)
+            else:  # the last content event says why it stopped
+                out = [Finished(chunk or "", choice.finish_reason) if choice.finish_reason
+                       else chunk
+                       for choice in event.choices
+                       for chunk in [choice.delta.content if choice.delta is not None
+                                     else choice.text]]
+            return [*out, *usage_chunk(event, out, finish)]
+
+        finish: list[str] = []  # the finish reason, once an event said it
         return http.sse_decoder(on_event)
 
 
@@ -241,3 +244,4 @@ def _server_times(metrics: _Metrics | None) -> tuple[float | None, float | None]
     ttft = metrics.time_to_first_token_ms
     return ((sum(known) / 1000 if known else None),
             ttft / 1000 if ttft is not None else None)
+

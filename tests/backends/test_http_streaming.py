@@ -17,7 +17,7 @@ from structgen.engine import Engine
 from structgen.errors import BackendProtocolError, BackendTimeout, ValidationFailed
 from structgen.streaming import partial_model, partial_value
 from tests.backends.helpers import request, server_config
-from tests.servers.wire import Canned, OllamaWireServer, SGLangWireServer
+from tests.servers.wire import Canned, OllamaWireServer, SGLangWireServer, VLLMWireServer
 
 
 def test_partial_value_grows_with_the_prefix():
@@ -116,3 +116,38 @@ async def test_streaming_honours_the_circuit_breaker(ollama: OllamaWireServer,
     assert len(ollama.requests) == 1  # open: the stream went straight to SGLang
     assert engine.router.breaker("sglang").state == "closed"
     await engine.aclose()
+
+
+# A streamed answer's usage is the call's -----------------------------------------------------
+STREAMED = [("ollama", {"model": "m"}), ("sglang", {}), ("sglang", {"api": "openai"}),
+            ("vllm", {"model": "m"})]
+
+
+@pytest.mark.parametrize(("backend", "section"), STREAMED,
+                         ids=["ollama", "sglang-native", "sglang-openai", "vllm"])
+async def test_a_streamed_answer_reports_the_calls_token_counts(
+        backend: str, section: dict[str, str]) -> None:
+    """Every backend reports its token counts at the end of a stream (Ollama's last line,
+    SGLang's last meta_info, an OpenAI server's usage event when asked for with
+    stream_options.include_usage): the streamed result's usage is what the same call
+    reports unstreamed, not zeros (which is what a server's streamed answer and the metrics
+    used to get)."""
+    servers = {"ollama": OllamaWireServer, "sglang": SGLangWireServer,
+               "vllm": VLLMWireServer}
+    reply = json.dumps({"kind": "debug", "targets": ["app.py"], "confidence": 0.5,
+                        "rationale": "The test fails."})
+    with servers[backend]() as server:
+        server.reply = reply
+        engine = Engine(server_config(backend, server.base_url, **section))
+        try:
+            called = await engine.arun("Why does app.py fail?", Intent)
+            items = [i async for i in engine.astream("Why does app.py fail?", Intent,
+                                                     final_result=True)]
+        finally:
+            await engine.aclose()
+    streamed = items[-1]
+    assert streamed.value == called.value
+    assert called.usage.completion_tokens == len(reply)  # the stand-ins count characters
+    counts = ("prompt_tokens", "completion_tokens")
+    assert [streamed.usage[k] for k in counts] == [called.usage[k] for k in counts]
+    assert streamed.model == called.model  # (SGLang's native answers name none)

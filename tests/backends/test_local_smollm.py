@@ -104,3 +104,17 @@ def test_reflection(engine: Engine) -> None:
         "The task was: add two numbers. The agent answered: 2+2=5. Review the answer.",
         Reflection, 300).value
     assert reflection.verdict != "pass", reflection
+
+
+def test_a_streamed_answer_reports_its_token_counts(engine: Engine) -> None:
+    """The embedded backend's stream ends with the call's token counts and model: the
+    streamed result's usage is the unstreamed call's (the same greedy answer), not zeros."""
+    messages = [{"role": "system", "content": INTENT_SYSTEM},
+                {"role": "user", "content": SAMPLE_PROMPT}]
+    called = engine.run(messages, Intent, backend="local", use_cache=False, max_tokens=160)
+    streamed = list(engine.stream(messages, Intent, backend="local", use_cache=False,
+                                  max_tokens=160, final_result=True))[-1]
+    assert streamed.raw_text == called.raw_text
+    assert streamed.usage.prompt_tokens == called.usage.prompt_tokens > 100
+    assert streamed.usage.completion_tokens == called.usage.completion_tokens > 5
+    assert streamed.model == called.model and "SmolLM2" in streamed.model

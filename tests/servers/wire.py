@@ -153,6 +153,8 @@ class SGLangChat(_Strict):
     seed: StrictInt | None = None
     stop: StrictStr | list[StrictStr] | None = None
     stream: StrictBool = False
+    stream_options: dict[Literal["include_usage", "continuous_usage_stats"], StrictBool] \
+        | None = None
     response_format: ResponseFormat | None = None
     regex: StrictStr | None = None
     ebnf: StrictStr | None = None
@@ -702,6 +704,11 @@ class SGLangWireServer(_ServesModels):
                 last = i == len(deltas) - 1
                 yield "data: " + json.dumps({"choices": [{"index": 0, "delta": delta,
                     "finish_reason": finish if last else None}]}) + "\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                # as OpenAI servers do: the counts in an event of their own, no choices
+                yield "data: " + json.dumps({"choices": [], "model": body["model"], "usage": {
+                    "prompt_tokens": 5, "completion_tokens": len(text),
+                    "total_tokens": 5 + len(text)}}) + "\n\n"
             yield "data: [DONE]\n\n"
 
         self._send_stream(h, chat_events(), "text/event-stream")
@@ -818,7 +825,9 @@ class VLLMWireServer(_ServesModels):
                 else:
                     choice["text"] = piece
                 yield "data: " + json.dumps({"choices": [choice]}) + "\n\n"
-            yield "data: " + json.dumps({"choices": [], "usage": usage}) + "\n\n"
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield "data: " + json.dumps({"choices": [], "model": body["model"],
+                                             "usage": usage}) + "\n\n"
             yield "data: [DONE]\n\n"
 
         self._send_stream(h, events(), "text/event-stream")

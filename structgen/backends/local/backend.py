@@ -120,7 +120,7 @@ class LocalBackend(BackendBase, name="local"):
             result = await self.agenerate(request)
             text = result.text if result.tool_calls is None or request.tools is None else \
                 call_envelope(result.tool_calls, result.text, parallel=request.tools.parallel)
-            yield Finished(text, result.finish_reason, result.post_enforced)
+            yield _finished(text, result)
             return
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[str | None] = asyncio.Queue()
@@ -142,7 +142,7 @@ class LocalBackend(BackendBase, name="local"):
             # (or before it starts), which frees its slot in the batch
             future.cancel()
         result = await asyncio.wrap_future(future)  # raises the request's error, if any
-        yield Finished("", result.finish_reason, result.post_enforced)
+        yield _finished("", result)
 
     async def health(self) -> bool:
         try:
@@ -343,3 +343,10 @@ def _shutdown_at_exit(ref: weakref.ref[LocalBackend]) -> None:
     backend = ref()
     if backend is not None:
         backend.shutdown(timeout_s=5.0)
+
+
+def _finished(text: str, result: GenerationResult) -> Finished:
+    """The stream's last chunk: why it ended, and the call's token counts."""
+    return Finished(text, result.finish_reason, result.post_enforced,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens, model=result.model)
