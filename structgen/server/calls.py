@@ -12,7 +12,8 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -78,8 +79,53 @@ def parse_wire(model: type[W], body: dict[str, Any]) -> W:
         return model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
+        where = field_path(model, err["loc"])
         raise ApiError(400, f"{where}: {err['msg']}", param=where) from None
+
+
+def field_path(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The request field a pydantic error's ``loc`` names, as ``messages.0.content``.
+
+    Where a field takes more than one type, pydantic puts the union member it tried in the
+    ``loc`` (``messages.0.content.str``, ``stop.list[str].0``, a model's class name); that
+    is no part of the request, so it is left out: ``loc`` is walked along ``model``'s
+    fields, and at a union the next item is its member's tag."""
+    kept: list[str] = []
+    here: list[Any] = [model]  # the types the next item of loc is inside
+    for item in loc:
+        if any(len(_members(t)) > 1 for t in here):  # pydantic tags each member's errors
+            here = [m for t in here for m in _members(t)]
+            continue
+        inner = [c for t in here for c in _inside(t, item)]
+        kept.append(str(item))
+        here = inner or [Any]  # past what the annotations say: the rest as it is
+    return ".".join(kept)
+
+
+def _members(hint: Any) -> list[Any]:
+    """A union's members (without None, which pydantic does not tag); ``[hint]`` else."""
+    if get_origin(hint) is Annotated:
+        return _members(get_args(hint)[0])
+    if get_origin(hint) in (Union, UnionType):
+        return [m for a in get_args(hint) if a is not type(None) for m in _members(a)]
+    return [hint]
+
+
+def _inside(hint: Any, item: int | str) -> list[Any]:
+    """The type at ``item`` inside ``hint`` (a model's field, a list's item, a dict's
+    value); none when ``item`` is not in it."""
+    hint = _members(hint)[0]
+    origin = get_origin(hint)
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        return [f.annotation for name, f in hint.model_fields.items()
+                if item in (name, f.alias, f.validation_alias)]
+    if origin is list and isinstance(item, int):
+        return list(get_args(hint)[:1]) or [Any]
+    if origin is dict and isinstance(item, str):
+        return list(get_args(hint)[1:]) or [Any]
+    if hint is Any:
+        return [Any]
+    return []
 
 
 def check_stop(stop: str | list[str] | None, param: str) -> None:

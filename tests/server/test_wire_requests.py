@@ -233,3 +233,72 @@ def test_a_stop_string_is_still_taken(vllm: VLLMWireServer, client: openai.OpenA
     assert response.status_code == 200, response.text
     assert [body.get("stop") for _, body in vllm.requests] == [["END"], ["END", "\n\n"],
                                                                 ["END"]]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"stop": 5}, "stop"),
+    ({"stop": [5]}, "stop"),  # pydantic's first error is the str member's: "stop"
+    ({"stop": ["END", 5]}, "stop"),
+    ({"guided_json": 5}, "guided_json"),
+    ({"tool_choice": 5}, "tool_choice"),
+    ({"structured_outputs": {"json": 5}}, "structured_outputs.json"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": 5}}},
+     "response_format.json_schema.schema"),
+    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "read_file", "arguments": 5}}]}]},
+     "messages.1.tool_calls.0.function.arguments"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, 5]}]},
+     "messages.0.content"),
+])
+def test_a_union_fields_400_names_the_field_not_a_type(http: TestClient, body: dict[str, Any],
+                                                       param: str) -> None:
+    """A field that takes more than one type: pydantic's error location has the union
+    member it tried (``messages.0.content.str``, ``stop.list[str].0``), which is no part of
+    the request; ``param`` (and the message) name the request's field."""
+    response = http.post("/v1/chat/completions", json={
+        "model": "structgen", "messages": MESSAGES, **body})
+    error = openai_error(response, 400)
+    assert error["param"] == param
+    assert error["message"].startswith(f"{param}: ")
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"format": 5}, "format"), ({"format": "yaml"}, "format"), ({"think": 5}, "think"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"options": {"stop": "END"}}, "options.stop"),
+])
+def test_ollama_a_union_fields_400_names_the_field_not_a_type(http: TestClient,
+                                                              body: dict[str, Any],
+                                                              field: str) -> None:
+    response = http.post("/api/chat", json={"model": "structgen", "messages": MESSAGES,
+                                            "stream": False, **body})
+    assert ollama_error(response, 400).startswith(f"{field}: ")
+
+
+def test_field_path_leaves_out_union_members_only() -> None:
+    """Tags are dropped wherever the union is (inside a list, a dict, a nested model); a
+    dict key or a field that looks like a type name is kept."""
+    from pydantic import Field, ValidationError
+
+    from structgen.server.calls import Wire, field_path
+
+    class Inner(Wire):
+        str_: int | list[int] = Field(alias="str")
+
+    class Outer(Wire):
+        items: list[Inner | bool] = []
+        table: dict[str, list[int] | str] = {}
+        plain: list[int] = []
+
+    def where(body: dict[str, Any]) -> list[str]:
+        with pytest.raises(ValidationError) as info:
+            Outer.model_validate(body)
+        return [field_path(Outer, e["loc"]) for e in info.value.errors()]
+
+    assert where({"items": [True, {"str": "x"}]}) == ["items.1.str", "items.1.str",
+                                                      "items.1"]
+    assert where({"items": [{"str": [1, "x"]}]}) == ["items.0.str", "items.0.str.1",
+                                                     "items.0"]
+    assert where({"table": {"str": [1, "x"]}}) == ["table.str.1", "table.str"]
+    assert where({"plain": [1, "x"]}) == ["plain.1"]
