@@ -52,14 +52,15 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# every column's OpenMP threads wait the same way: structgen sets PASSIVE when imported
-# (see benchmarks/contention.py), so llama-cpp-python's columns get it too
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# every column's OpenMP threads wait the same way: structgen's short spin
+# (GOMP_SPINCOUNT, structgen/__init__.py) applies to llama-cpp-python's columns too
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import machine_line, results_dir  # noqa: E402
+
+import structgen  # noqa: E402,F401 (its OpenMP spin, before any OpenMP library loads)
 
 RESULTS = results_dir()
 NAME = "embedded"  # results/NAME.md, .json, .png (--name)

@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -60,6 +59,7 @@ from _common import machine_line  # noqa: E402
 from embedded import THREADS, Case, LlamaColumn, library_versions  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 
+import structgen  # noqa: E402,F401 (its OpenMP spin, before any OpenMP library loads)
 from schemas import debugger, intent, reflection  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -8,15 +8,20 @@
 import os
 
 # The embedded backend's kernels (llama.cpp, torch) run on OpenMP threads that meet at a
-# barrier after every operation, hundreds of times per token, and OpenMP's default is to spin
-# there. When anything else wants the cores (a test run, an IDE, another agent), a spinning
-# thread burns its time slice waiting for one that was preempted. Measured on 2 cores
-# (benchmarks/results/contention.md): with 1-2 busy processes passive waiting decodes 1.9x
-# faster, at a load of ~9 spinning fell to 0.9-1.7 tok/s against 14-17; on idle cores
-# passive costs 24%. libgomp reads this once, when the first OpenMP library loads (torch and
-# llama.cpp share one), so it is set here, before either can load; a value the user set
-# wins. See docs/embedded.md.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# barrier after every operation, hundreds of times per token. OpenMP's default is to spin
+# there for 300,000 rounds: when anything else wants the cores (a test run, an IDE, another
+# agent), a spinning thread burns its time slice waiting for one that was preempted
+# (benchmarks/results/contention.md: 2 threads with one busy process beside them fell from
+# 46 to 15 tok/s; two busy processes, 3.5 s a step). Passive waiting (sleeping at once) is
+# robust but wakes threads hundreds of times a step: a one-token step took 15.2 ms on 2
+# threads, no faster than 1 (15.5), against 10.6 spinning. A short spin, 200 rounds (a few
+# microseconds), keeps nearly all of the idle speed (11.1 ms) and bounds what a preempted
+# partner costs; under load the llama.cpp runtime moves its calls onto one thread
+# (backends/local/llamacpp_runtime.py, ThreadChooser). libgomp reads this once, when the
+# first OpenMP library loads (torch and llama.cpp alike), so it is set here, before either
+# can load; a policy or spin count the user set wins. See docs/embedded.md.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "200")
 
 from structgen.batch import agenerate_batch, generate_batch
 from structgen.config import Config

@@ -60,13 +60,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _INIT = threading.Lock()
 _initialised = False
-# a llama_decode call of at most this many tokens runs on decode_threads (what one
-# sequence's step costs, as measured at load), a longer one on threads: a prefill, or a
-# step of several sequences at once. Measured on 2 cores, SmolLM2-135M, quiet, 16 requests
-# at max_batch 8 (benchmarks/step_profile.py): calls of 1-4 tokens took the same on 1 and 2
+# with [local] decode_threads set, a llama_decode call of at most this many tokens runs on
+# decode_threads, a longer one on threads: a prefill, or a step of several sequences at
+# once. Measured on 2 cores, SmolLM2-135M, quiet, passive OpenMP waiting, 16 requests at
+# max_batch 8 (benchmarks/step_profile.py): calls of 1-4 tokens took the same on 1 and 2
 # threads (22.7 / 21.2 ms, 63.1 / 59.3 ms), calls of 5-8 tokens 108.9 ms on 1 and 91.6 on
-# 2, of 9-16 tokens 172.5 and 136.4: the probe's one-token pick (1 thread there) must not
-# hold a batched step to one core.
+# 2, of 9-16 tokens 172.5 and 136.4. Unset (the default), ThreadChooser learns each size's.
 STEP_TOKENS = 4
 # KV cells a sequence keeps free beyond its prompt and budget: one step's forced tokens
 STEP_SLACK = 16
@@ -200,16 +199,60 @@ def tokenize(lc: Any, vocab: Any, data: bytes, *, add_special: bool,
     return list(buf[:n])
 
 
-THREAD_PROBE_ROUNDS = 3
-THREAD_MARGIN = 0.85  # more threads must step at least 15% faster to be kept
+class ThreadChooser:
+    """The thread count (1 or ``many``) for each ``llama_decode`` call, learned from the
+    calls themselves: per call size (1 token, 2-4, 5-16, 17-64, more), the time per token
+    each count took lately (an exponential average), and the faster one is used. The other
+    is tried again every :attr:`EXPLORE` calls of that size, so a load that comes or goes
+    moves the choice within a few seconds.
 
+    Why learned, and per size: with OpenMP threads that spin briefly at their barriers
+    (``GOMP_SPINCOUNT``, structgen/__init__.py), SmolLM2-135M on 2 idle cores steps one
+    token in 11 ms on 2 threads and 15.5 on 1; with one busy process beside it 2 threads
+    took 21-28 ms and 1 thread 15.6 (a thread waits for its preempted partner), and under
+    passive waiting a one-token step is no faster on 2. Long calls (a prefill) gain from
+    the second thread in all of these. No fixed split is right on every machine and load.
+    """
 
-def step_threads(fastest: dict[int, float]) -> int:
-    """The thread count for decode steps from the fastest step measured with each count:
-    one thread unless more are clearly faster (by :data:`THREAD_MARGIN`), so noise under
-    load does not flip a process onto the slower count."""
-    many = max(fastest)
-    return many if many > 1 and fastest[many] < THREAD_MARGIN * fastest[1] else 1
+    BOUNDS = (1, 4, 16, 64)  # a call of more tokens than the last bound is the last size
+    EXPLORE = 32  # calls of one size between tries of the slower count
+    ALPHA = 0.4  # weight of the newest time in the average
+
+    def __init__(self, many: int) -> None:
+        self.many = many
+        self.per_token: dict[tuple[int, int], float] = {}  # (size, threads) -> seconds
+        self.calls = [0] * (len(self.BOUNDS) + 1)
+        self.tried: dict[tuple[int, int], int] = {}  # (size, threads) -> call number
+
+    def size(self, tokens: int) -> int:
+        return next((i for i, bound in enumerate(self.BOUNDS) if tokens <= bound),
+                    len(self.BOUNDS))
+
+    def pick(self, tokens: int) -> int:
+        """The thread count for a call of ``tokens`` tokens."""
+        if self.many <= 1:
+            return 1
+        size = self.size(tokens)
+        self.calls[size] += 1
+        counts = (self.many, 1)
+        for n in counts:  # each count measured once first
+            if (size, n) not in self.per_token:
+                return n
+        best = min(counts, key=lambda n: self.per_token[size, n])
+        other = 1 if best == self.many else self.many
+        if self.calls[size] - self.tried.get((size, other), 0) >= self.EXPLORE:
+            return other
+        return best
+
+    def record(self, tokens: int, threads: int, seconds: float) -> None:
+        """What a call of ``tokens`` tokens on ``threads`` threads took."""
+        if self.many <= 1:
+            return
+        key = (self.size(tokens), threads)
+        t = seconds / max(1, tokens)
+        old = self.per_token.get(key)
+        self.per_token[key] = t if old is None else old + self.ALPHA * (t - old)
+        self.tried[key] = self.calls[key[0]]
 
 
 class LlamaCppRuntime(Runtime):
@@ -235,7 +278,7 @@ class LlamaCppRuntime(Runtime):
         cparams = lc.llama_context_default_params()
         cparams.n_ctx = cfg.context_size
         cparams.n_batch = cparams.n_ubatch = 512
-        cparams.n_seq_max = self.n_seq + 1  # and one to time decode steps on (below)
+        cparams.n_seq_max = self.n_seq
         threads = cfg.threads or max(1, min(os.cpu_count() or 1, 8))
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.kv_unified = True  # sequences share cells: prefix reuse without copies
@@ -270,10 +313,11 @@ class LlamaCppRuntime(Runtime):
         self.prefix_cache_bytes = 0
         self.store = self._prefix_store(path)
         self._derive()
-        # unset: measured before the first forward pass, on the thread that decodes (not
-        # here: an OpenMP team started on the loading thread would keep spinning there
-        # under OMP_WAIT_POLICY=ACTIVE, and measured 2-3x slower requests)
-        self.decode_threads: int | None = cfg.decode_threads or (1 if threads == 1 else None)
+        # a decode step's threads when set ([local] decode_threads: calls of at most
+        # STEP_TOKENS tokens on it, longer ones on `threads`); unset, every call's count
+        # is learned from the calls (ThreadChooser)
+        self.decode_threads: int | None = cfg.decode_threads
+        self.chooser = ThreadChooser(threads)
         self.load_s = time.perf_counter() - start
 
     def _prefix_store(self, path: Path) -> PrefixStore | None:
@@ -343,8 +387,6 @@ class LlamaCppRuntime(Runtime):
         import torch
 
         lc, b = self.lc, self.batch
-        if self.decode_threads is None:
-            self.decode_threads = self._fastest_step_threads()
         outs = outs or [1] * len(items)
         first = list(itertools.accumulate(outs, initial=0))
         out = torch.empty((first[-1], self.vocab_size), dtype=torch.float32)
@@ -370,39 +412,6 @@ class LlamaCppRuntime(Runtime):
                         np.ctypeslib.as_array(ptr, shape=(self.vocab_size,))))
         return out
 
-    def _fastest_step_threads(self) -> int:
-        """The thread count that runs a one-token decode step fastest, measured: 1 or
-        ``threads``. With OpenMP's passive waiting every one of a step's few hundred
-        barriers puts threads to sleep and wakes them, and on 2 cores that overhead can
-        outweigh the second core (measured on a 2-core Xeon, SmolLM2-135M: 18 ms a step on
-        1 thread, 35 ms on 2; spinning threads: 10.5 ms on 2). A large model's step is long
-        enough for more threads to win, and then they are kept."""
-        lc = self.lc
-        b = lc.llama_batch_init(1, 0, 1)
-        sid = self.n_seq  # the context's spare sequence: requests use 0 .. n_seq - 1
-        token = self.bos if self.bos >= 0 else 0
-        times: dict[int, list[float]] = {1: [], self.threads: []}
-        try:
-            # the counts alternate, round after round, so a load that comes or goes while
-            # measuring falls on both alike (one run of each flipped under load: 1, 2, 1)
-            for _round in range(THREAD_PROBE_ROUNDS):
-                for n in times:
-                    self._set_threads(n)
-                    for pos in range(3):  # the first step of a thread count warms it up
-                        b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0] = token, pos, 1, True
-                        b.seq_id[0][0] = sid
-                        b.n_tokens = 1
-                        start = time.perf_counter()
-                        if lc.llama_decode(self.ctx, b) != 0:
-                            return self.threads
-                        if pos:
-                            times[n].append(time.perf_counter() - start)
-                    lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
-        finally:
-            lc.llama_memory_seq_rm(self.mem, sid, -1, -1)
-            lc.llama_batch_free(b)
-        return step_threads({n: min(t) for n, t in times.items()})
-
     def _set_threads(self, n: int) -> None:
         if n != self._threads_now:
             self.lc.llama_set_n_threads(self.ctx, n, n)
@@ -410,9 +419,15 @@ class LlamaCppRuntime(Runtime):
 
     def _decode(self) -> None:
         self.forward_passes += 1
-        step = self.batch.n_tokens <= STEP_TOKENS
-        self._set_threads(self.decode_threads or self.threads if step else self.threads)
+        tokens = int(self.batch.n_tokens)
+        if self.decode_threads is not None:  # a fixed split ([local] decode_threads)
+            self._set_threads(self.decode_threads if tokens <= STEP_TOKENS else self.threads)
+        else:
+            self._set_threads(self.chooser.pick(tokens))
+        start = time.perf_counter()
         rc = self.lc.llama_decode(self.ctx, self.batch)
+        if self.decode_threads is None and rc == 0:
+            self.chooser.record(tokens, self._threads_now, time.perf_counter() - start)
         if rc != 0:
             raise BackendError(
                 "llama.cpp has no room left in its KV cache for this batch "
