@@ -12,12 +12,13 @@ import os
 # there for 300,000 rounds: when anything else wants the cores (a test run, an IDE, another
 # agent), a spinning thread burns its time slice waiting for one that was preempted
 # (benchmarks/results/contention.md: 2 threads with one busy process beside them fell from
-# 46 to 15 tok/s; two busy processes, 3.5 s a step). Passive waiting (sleeping at once) is
-# robust but wakes threads hundreds of times a step: a one-token step took 15.2 ms on 2
-# threads, no faster than 1 (15.5), against 10.6 spinning. A short spin, 200 rounds (a few
-# microseconds), keeps nearly all of the idle speed (11.1 ms) and bounds what a preempted
-# partner costs; under load the llama.cpp runtime moves its calls onto one thread
-# (backends/local/llamacpp_runtime.py, ThreadChooser). libgomp reads this once, when the
+# 88 to 28 decode tok/s; with two, 12 requests did not finish in 180 s). Passive waiting
+# (sleeping at once) is robust but wakes threads hundreds of times a step: a one-token step
+# took 15.2 ms on 2 threads, no faster than 1 (15.5), against 10.6 spinning. A short spin,
+# 200 rounds (a few microseconds), keeps nearly all of the idle speed (11.1 ms) and bounds
+# what a preempted partner costs; under load the llama.cpp runtime moves its calls onto
+# one thread (backends/local/llamacpp_runtime.py, ThreadChooser): end to end 1.30x faster
+# than passive waiting on idle cores, as fast beside one or two busy processes. libgomp reads this once, when the
 # first OpenMP library loads (torch and llama.cpp alike), so it is set here, before either
 # can load; a policy or spin count the user set wins. See docs/embedded.md.
 if "OMP_WAIT_POLICY" not in os.environ:
