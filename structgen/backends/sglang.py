@@ -203,6 +203,8 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
         turn = self.native_turn(request) if path == CHAT_PATH else None
         envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
 
+        finish: list[str] = []  # the finish reason, once an event said it
+
         def on_event(payload: str) -> list[str | None]:
             nonlocal seen
             event = http.loads_event(payload, self.name)
@@ -234,5 +236,4 @@ class SGLangBackend(http.HTTPBackend, name="sglang"):
                                      else None]]
             return [*out, *usage_chunk(chat, out, finish)]
 
-        finish: list[str] = []  # the finish reason, once an event said it
         return http.sse_decoder(on_event)

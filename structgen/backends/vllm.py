@@ -210,6 +210,8 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
         turn = self.native_turn(request)
         envelope = toolcalls.EnvelopeStream(turn, self.name) if turn is not None else None
 
+        finish: list[str] = []  # the finish reason, once an event said it
+
         def on_event(payload: str) -> list[str | None]:
             event = http.parse_wire(Event, http.loads_event(payload, self.name), self.name,
                                "stream event")
@@ -226,7 +228,6 @@ class VLLMBackend(http.HTTPBackend, name="vllm"):
                                      else choice.text]]
             return [*out, *usage_chunk(event, out, finish)]
 
-        finish: list[str] = []  # the finish reason, once an event said it
         return http.sse_decoder(on_event)
 
 
