@@ -357,9 +357,7 @@ class Engine:
         as_partial = (partial_tool_value(request.tools) if request.tools is not None
                       else _partial_builder(request.output))
         text = ""
-        finish = "stop"
-        reported: tuple[PostEnforced, ...] | None = None
-        end: Finished | None = None  # the last chunk that said why it ended
+        end = Finished("", "stop")  # the last chunk that said why it ended (none yet)
         last: Any = None
         parsed = 0  # the length of the text last parsed
         chunks = [opened.first]
@@ -368,8 +366,6 @@ class Engine:
                 for chunk in chunks:
                     text += chunk
                     if isinstance(chunk, Finished):  # every backend ends with its reason
-                        finish = chunk.finish_reason
-                        reported = chunk.post_enforced
                         end = chunk
                 chunks = []
                 # Each parse reads the whole text: past 256 characters it waits until the
@@ -393,13 +389,12 @@ class Engine:
         # as the backend reported it (or as its capabilities say, when it did not), the token
         # counts and model it reported at the end, and the thinking kept out of the answer.
         name = opened.backend
-        end = end if end is not None else Finished("", finish)
         gen = opened.finished(GenerationResult(
             text=text, backend=name, model=end.model or request.model or "",
-            finish_reason=finish, prompt_tokens=end.prompt_tokens or 0,
+            finish_reason=end.finish_reason, prompt_tokens=end.prompt_tokens or 0,
             completion_tokens=end.completion_tokens or 0,
             latency_s=time.perf_counter() - start, ttft_s=ttft,
-            post_enforced=reported if reported is not None
+            post_enforced=end.post_enforced if end.post_enforced is not None
             else unenforced(request.output, self.backend(name).capabilities())))
         result = await self._settle(gen, request, opened.trail, start, key, allow_truncated)
         yield result if final_result else result.value
