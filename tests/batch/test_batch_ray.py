@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,7 +183,11 @@ def test_shards_killed_then_resumed_answer_each_line_once(
     again = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{N + 3} lines: {len(first)} already done, 0 invalid" in again.stdout
+    # An actor of the killed run may still commit its batch until the new run moves the
+    # fence, so the new run can find more done than was on disk when the driver died.
+    done = re.search(rf"{N + 3} lines: (\d+) already done, 0 invalid; (\d+)/", again.stdout)
+    assert done, again.stdout
+    assert int(done[1]) >= len(first) and int(done[1]) + int(done[2]) == N + 3
     lines = read_shards(out)
     assert len(lines) == N + 3
     assert sorted(x["custom_id"] for x in lines if x["error"] is None) == sorted(
