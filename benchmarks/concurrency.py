@@ -16,6 +16,8 @@ Systems, each in a process of its own (its peak RSS is its own):
     so time to first token is measured. Build it from the ``vendor/llama.cpp`` tree of the
     llama-cpp-python sdist (``cmake -B build -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF``,
     ``cmake --build build --target llama-server``); not part of CI.
+(d), (e) (a) and (b) with ``[local] kv_cache = "per_sequence"``: a KV stream per sequence,
+    so each row of a step attends over its own cells only (``--systems a,b,d,e``).
 
 Workload: the agent requests of ``embedded.py`` (intent, debugger, reflection; the schema in
 the system prompt, no examples), cycled, at most 160 tokens each, greedy. Load: closed loop
@@ -54,7 +56,9 @@ import structgen  # noqa: E402,F401 (its OpenMP spin, before any OpenMP library 
 RESULTS = ROOT / "benchmarks" / "results"
 LABELS = {"a": "structgen embedded, continuous batching",
           "b": "structgen embedded, static batching",
-          "c": "llama.cpp llama-server -np 4, response_format json_schema"}
+          "c": "llama.cpp llama-server -np 4, response_format json_schema",
+          "d": "structgen embedded, continuous batching, a KV stream per sequence",
+          "e": "structgen embedded, static batching, a KV stream per sequence"}
 MAX_TOKENS = 160
 SLOTS = 4  # llama-server's -np, and structgen's max_batch for a like-for-like box
 
@@ -67,7 +71,8 @@ def cases() -> list[Any]:
 
 # Systems ------------------------------------------------------------------------------
 class Structgen:
-    def __init__(self, batching: str, decode_threads: int | None = None) -> None:
+    def __init__(self, batching: str, decode_threads: int | None = None,
+                 kv_cache: str = "unified") -> None:
         from structgen.backends.local import LocalBackend
         from structgen.config import Config
         from structgen.engine import Engine
@@ -76,6 +81,7 @@ class Structgen:
         cfg.cache.backend = "none"
         cfg.local.batching = batching  # type: ignore[assignment]
         cfg.local.max_batch = SLOTS
+        cfg.local.kv_cache = kv_cache  # type: ignore[assignment]
         # unset, each process measures it (1 or 2 threads) once: under load that pick flips
         # from run to run, and a 2-thread pick makes every decode step wait on barriers
         cfg.local.decode_threads = decode_threads
@@ -215,8 +221,9 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
 def worker(system_id: str, args: argparse.Namespace) -> dict[str, Any]:
     work = cases()
     system: Any = (LlamaServer(args.llama_server) if system_id == "c"
-                   else Structgen("continuous" if system_id == "a" else "static",
-                                  args.decode_threads))
+                   else Structgen("continuous" if system_id in "ad" else "static",
+                                  args.decode_threads,
+                                  "per_sequence" if system_id in "de" else "unified"))
     try:
         # load the model, compile every schema's grammar and compute every system prompt once,
         # in each system alike, so the first load point does not time cold starts
@@ -265,6 +272,12 @@ def write(results: dict[str, Any], args: argparse.Namespace, load: str) -> None:
         if "a" in row and "b" in row:
             parts.append(f"p99 (a)/(b) = {row['a']['p99'] / row['b']['p99']:.2f} "
                          "(target <= 0.5 at the highest sustainable rate)")
+        if "d" in row and "e" in row:
+            parts.append(f"p99 (d)/(e) = {row['d']['p99'] / row['e']['p99']:.2f}")
+        if "d" in row and "b" in row:
+            parts.append(f"p99 (d)/(b) = {row['d']['p99'] / row['b']['p99']:.2f}")
+        if "a" in row and "d" in row:
+            parts.append(f"req/s (d)/(a) = {row['d']['req_s'] / row['a']['req_s']:.2f}")
         if "a" in row and "c" in row:
             parts.append(f"req/s (a)/(c) = {row['a']['req_s'] / row['c']['req_s']:.2f} "
                          "(target >= 1.5 at 16 concurrent)")

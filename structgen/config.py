@@ -129,6 +129,13 @@ class LocalConfig(_Section):
     engine: EngineName = "llguidance"
     # llama.cpp: KV cells shared by the sequences in flight (a batch of max_batch requests)
     context_size: int = Field(default=8192, ge=256)
+    # llama.cpp's KV cache: "unified" (one cache: live sequences with the same prompt
+    # prefix share its cells, but every row of a decode step attends over every cell in
+    # use) or "per_sequence" (a stream of context_size / max_batch cells each: a row
+    # attends over its own cells only, a prefix is copied, not shared). Concurrent
+    # requests with different prompts decode faster per sequence, requests sharing one
+    # prompt faster unified (docs/embedded.md, benchmarks/results/kv-cache.md)
+    kv_cache: Literal["unified", "per_sequence"] = "unified"
     # significant digits a JSON number may have (17 holds any float64; integers get 19,
     # int64); 0 = unbounded
     max_number_digits: int = Field(default=17, ge=0)

@@ -62,16 +62,19 @@ def test_a_short_request_does_not_wait_for_a_running_long_one(favorite_gguf: Any
     assert order == ["long", "short"]
 
 
-def test_greedy_output_is_the_same_whoever_joins_or_leaves(tiny_gguf: Path) -> None:
+@pytest.mark.parametrize("kv_cache", ["unified", "per_sequence"])
+def test_greedy_output_is_the_same_whoever_joins_or_leaves(tiny_gguf: Path,
+                                                            kv_cache: str) -> None:
     """Interleaved arrivals (each request starts when the previous one has streamed its
     first tokens), long prompts prefilled in chunks of 16 tokens beside running decode
-    steps: every answer is the one it gets decoding alone."""
+    steps: every answer is the one it gets decoding alone (in a unified KV cache), with
+    one KV cache for all or a KV stream per sequence."""
     users = ["Add a flag to cli.py", "Why does test_api fail? " * 6, "Rename db.py",
              "Explain what the scheduler in app/jobs/queue.py does " * 3]
     eng, alone = make(tiny_gguf, batching="continuous", prefix_cache_entries=0, max_batch=1)
     expected = [gen(eng, alone, LongNames, chat(u)).text for u in users]
     eng2, backend = make(tiny_gguf, batching="continuous", prefix_cache_entries=0,
-                          max_batch=4, prefill_chunk=16)
+                          max_batch=4, prefill_chunk=16, kv_cache=kv_cache)
 
     async def staggered() -> list[Any]:
         results: list[Any] = [None] * len(users)
@@ -167,6 +170,37 @@ def test_a_prompt_that_can_never_fit_fails_at_once(tiny_gguf: Path) -> None:
     msgs = [{"role": "user", "content": "word " * 400}]
     with pytest.raises(BackendError, match=r"context_size=256"):
         gen(eng, backend, LongNames, msgs)
+
+
+def test_per_sequence_kv_streams_split_the_context_and_share_no_cells(tiny_gguf: Path
+                                                                      ) -> None:
+    """kv_cache = "per_sequence": each of max_batch sequences has context_size / max_batch
+    cells of its own, so a prompt a unified cache of that size holds is refused at once
+    with the setting named; requests sent together each compute their own prompt (no
+    cells shared across streams) and answer as they do alone."""
+    long_msgs = [{"role": "user", "content": "word " * 150}]  # ~610 tokens
+    eng, unified = make(tiny_gguf, batching="continuous", context_size=2048, max_batch=4)
+    assert gen(eng, unified, LongNames, long_msgs).text
+    eng2, streams = make(tiny_gguf, batching="continuous", context_size=2048, max_batch=4,
+                         kv_cache="per_sequence", prefix_cache_entries=0)
+    users = ["Add a flag to cli.py", "Rename db.py", "Why does test_api fail?"]
+    expected = [gen(eng, unified, LongNames, chat(u)).text for u in users]
+    release = _held_worker(streams)
+
+    async def together() -> list[Any]:
+        sent = [asyncio.ensure_future(streams.agenerate(
+            eng2.build_request(chat(u), LongNames, max_tokens=160))) for u in users]
+        await asyncio.sleep(0)
+        release.set()
+        return await asyncio.gather(*sent)
+
+    results = asyncio.run(together())
+    assert [r.text for r in results] == expected
+    assert max(r.stats["batch_size"] for r in results) == 3
+    assert all(r.stats["prefill_tokens"] == r.prompt_tokens for r in results)
+    assert not any(r.stats.get("prefix_shared_tokens") for r in results)
+    with pytest.raises(BackendError, match=r"512 tokens a sequence.*per_sequence"):
+        gen(eng2, streams, LongNames, long_msgs)
 
 
 
