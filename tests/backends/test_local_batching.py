@@ -172,36 +172,18 @@ def test_a_prompt_that_can_never_fit_fails_at_once(tiny_gguf: Path) -> None:
         gen(eng, backend, LongNames, msgs)
 
 
-def test_per_sequence_kv_streams_split_the_context_and_share_no_cells(tiny_gguf: Path
-                                                                      ) -> None:
+def test_per_sequence_kv_streams_split_the_context(tiny_gguf: Path) -> None:
     """kv_cache = "per_sequence": each of max_batch sequences has context_size / max_batch
-    cells of its own, so a prompt a unified cache of that size holds is refused at once
-    with the setting named; requests sent together each compute their own prompt (no
-    cells shared across streams) and answer as they do alone."""
+    cells of its own, so a prompt a unified cache of that size holds is refused at once,
+    the setting named."""
     long_msgs = [{"role": "user", "content": "word " * 150}]  # ~610 tokens
     eng, unified = make(tiny_gguf, batching="continuous", context_size=2048, max_batch=4)
     assert gen(eng, unified, LongNames, long_msgs).text
     eng2, streams = make(tiny_gguf, batching="continuous", context_size=2048, max_batch=4,
-                         kv_cache="per_sequence", prefix_cache_entries=0)
-    users = ["Add a flag to cli.py", "Rename db.py", "Why does test_api fail?"]
-    expected = [gen(eng, unified, LongNames, chat(u)).text for u in users]
-    release = _held_worker(streams)
-
-    async def together() -> list[Any]:
-        sent = [asyncio.ensure_future(streams.agenerate(
-            eng2.build_request(chat(u), LongNames, max_tokens=160))) for u in users]
-        await asyncio.sleep(0)
-        release.set()
-        return await asyncio.gather(*sent)
-
-    results = asyncio.run(together())
-    assert [r.text for r in results] == expected
-    assert max(r.stats["batch_size"] for r in results) == 3
-    assert all(r.stats["prefill_tokens"] == r.prompt_tokens for r in results)
-    assert not any(r.stats.get("prefix_shared_tokens") for r in results)
+                         kv_cache="per_sequence")
+    assert gen(eng2, streams, LongNames, chat("Rename db.py")).text
     with pytest.raises(BackendError, match=r"512 tokens a sequence.*per_sequence"):
         gen(eng2, streams, LongNames, long_msgs)
-
 
 
 def _held_worker(backend: Any) -> threading.Event:
@@ -221,16 +203,19 @@ def _held_worker(backend: Any) -> threading.Event:
     return release
 
 
-@pytest.mark.parametrize("batching", ["static", "continuous"])
+@pytest.mark.parametrize(("batching", "kv_cache"), [
+    ("static", "unified"), ("continuous", "unified"), ("continuous", "per_sequence")])
 def test_a_system_prompt_shared_by_requests_sent_together_is_prefilled_once(
-        tiny_gguf: Path, batching: str) -> None:
+        tiny_gguf: Path, batching: str, kv_cache: str) -> None:
     """Three requests with one system prompt, sent at once, no prefix cache: the first
-    computes the system prompt, the others share its KV cells and compute only their own
-    turn; every greedy answer is the one it gets alone."""
+    computes the system prompt, the others share its KV cells (per_sequence: copy its KV
+    stream) and compute only their own turn; every greedy answer is the one it gets
+    alone."""
     users = ["Add a flag to cli.py", "Rename db.py", "Why does test_api fail?"]
     eng, alone = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=1)
     expected = [gen(eng, alone, LongNames, chat(u)).text for u in users]
-    eng2, backend = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=4)
+    eng2, backend = make(tiny_gguf, batching=batching, prefix_cache_entries=0, max_batch=4,
+                         kv_cache=kv_cache)
     release = _held_worker(backend)
 
     async def together() -> list[Any]:
@@ -275,12 +260,14 @@ def test_a_cached_system_prompt_is_restored_once_for_requests_sent_together(
     assert sorted(n > 60 for n in shared) == [False, True, True], shared
 
 
+@pytest.mark.parametrize("kv_cache", ["unified", "per_sequence"])
 def test_a_joining_request_shares_the_system_prompt_of_a_running_one(
-        favorite_gguf: Any) -> None:
+        favorite_gguf: Any, kv_cache: str) -> None:
     """A request joining a running batch does not prefill again the system prompt that a
-    live sequence already holds (no prefix cache: the KV cells are shared)."""
+    live sequence already holds (no prefix cache: the KV cells are shared, or with
+    per-sequence streams the running one's stream is copied)."""
     eng, backend = make(favorite_gguf("a"), batching="continuous", prefix_cache_entries=0,
-                        max_batch=2)
+                        max_batch=2, kv_cache=kv_cache)
 
     joined = _join_a_running_answer(eng, backend, chat("Classify it"), chat("Is 7 prime?"))
     assert joined.stats["joined_running_batch"] == 1
