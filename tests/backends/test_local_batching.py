@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from structgen.backends.base import Finished
 from structgen.errors import BackendError
 from structgen.types import Choice
+from structgen.validate import validate_text
 
 from .test_llamacpp import chat, gen, make
 from .test_local import LongNames
@@ -184,6 +186,40 @@ def test_per_sequence_kv_streams_split_the_context(tiny_gguf: Path) -> None:
     assert gen(eng2, streams, LongNames, chat("Rename db.py")).text
     with pytest.raises(BackendError, match=r"512 tokens a sequence.*per_sequence"):
         gen(eng2, streams, LongNames, long_msgs)
+
+
+def test_an_answer_longer_than_its_kv_stream_is_closed_there(favorite_gguf: Any) -> None:
+    """per_sequence streams of 512 cells: an answer that never ends on its own (max_tokens
+    1,500) is closed, valid, within its stream, and the request decoding beside it is
+    answered; before, the full stream failed the whole batch ("no room left")."""
+    eng, backend = make(favorite_gguf("a"), batching="continuous", context_size=2048,
+                        max_batch=4, kv_cache="per_sequence")
+    long_req = eng.build_request("Classify it", RUNAWAY, max_tokens=1500)
+
+    async def both() -> tuple[str, Any, Any]:
+        text, last, started = "", None, asyncio.Event()
+
+        async def long() -> None:
+            nonlocal text, last
+            async for chunk in backend.stream(long_req):
+                text += chunk
+                last = chunk if isinstance(chunk, Finished) else last
+                started.set()
+
+        async def short() -> Any:
+            await started.wait()
+            return await backend.agenerate(eng.build_request(
+                "Is 7 prime?", Choice(["yes", "no"]), max_tokens=8))
+
+        _, answer = await asyncio.gather(long(), short())
+        return text, last, answer
+
+    text, last, short = asyncio.run(both())
+    assert short.text in ("yes", "no")
+    assert short.stats["joined_running_batch"] == 1
+    assert last is not None and last.prompt_tokens + last.completion_tokens <= 512
+    assert last.completion_tokens > 400  # it ran to its stream's end
+    assert validate_text(text, long_req.output).ok, text[-200:]
 
 
 def _held_worker(backend: Any) -> threading.Event:

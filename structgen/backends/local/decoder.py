@@ -34,6 +34,7 @@ Termination guarantees, so a small model cannot run away until ``max_tokens``:
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -136,6 +137,10 @@ class Decoder:
 
         req = seq.request
         seq.prompt_ids = self.rt.prompt_ids(req)
+        room = self.rt.answer_room(seq.prompt_ids)
+        if room is not None and req.sampling.max_tokens > room:  # the memory's budget
+            seq.request = req = dataclasses.replace(
+                req, sampling=dataclasses.replace(req.sampling, max_tokens=max(1, room)))
         if req.output is not None:
             options = self._options(req)
             engine = self.rt.engine(self.cfg.engine)

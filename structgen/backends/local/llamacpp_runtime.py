@@ -507,6 +507,11 @@ class LlamaCppRuntime(Runtime):
         seq.stats["prefix_cache_hit_tokens"] = use
         return sid, use
 
+    def answer_room(self, prompt_ids: list[int]) -> int | None:
+        """Per-sequence KV streams: what the sequence's stream holds after its prompt (so
+        a long answer is closed there, not the whole batch failed by a full stream)."""
+        return self.context_tokens - len(prompt_ids) - STEP_SLACK if self.streams else None
+
     def fits(self, live: list[Seq], seq: Seq) -> bool:
         """Room for ``seq`` beside ``live`` when each may use its whole token budget, so
         a running sequence never meets a full cache: the others wait for room."""

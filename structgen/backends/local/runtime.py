@@ -243,6 +243,11 @@ class Runtime(ABC):
         """The request's messages through the model's chat template, as token ids, with
         ``detail`` of each tool in a tools prompt (:func:`chat_messages`)."""
 
+    def answer_room(self, prompt_ids: list[int]) -> int | None:
+        """The most tokens an answer to ``prompt_ids`` can hold in this sequence's own
+        memory, when that bounds it (None: the batch's shared memory does, ``fits``)."""
+        return None
+
     def fits(self, live: list[Seq], seq: Seq) -> bool:
         """Whether ``seq`` can decode beside ``live`` without running out of memory (a
         sequence alone always may: its own prompt is checked when it is tokenized)."""
