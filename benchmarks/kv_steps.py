@@ -7,11 +7,12 @@ sequences share one prompt and rows whose prompts differ.
 SmolLM2-135M Q4_1 (the bundled GGUF), 2 threads, flash attention off (structgen's
 settings), 4 sequences of 650 prompt tokens each; a step feeds each listed sequence the
 given number of tokens; median of 15 steps, the step's cells removed after each. Writes
-results/kv_steps.md. The end-to-end effect is `concurrency.py --systems a,b,d,e`.
+results/kv_steps.md and .json. The end-to-end effect is `concurrency.py --systems a,b,d,e`.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from _common import machine_line  # noqa: E402
+from _common import machine_line, results_dir  # noqa: E402
 
 import structgen  # noqa: E402,F401 (its OpenMP spin, before llama.cpp loads)
 
@@ -109,7 +110,12 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{col[i]:.1f}" for col in columns.values())
                      + " |")
     lines.append("")
-    (ROOT / "benchmarks" / "results" / "kv_steps.md").write_text("\n".join(lines))
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kv_steps.md").write_text("\n".join(lines))
+    (out / "kv_steps.json").write_text(json.dumps(
+        {"prompt_tokens": PROMPT, "sequences": SEQS, "steps": [name for name, _ in STEPS],
+         "median_ms": columns, "machine": machine_line(), "load": load}, indent=1) + "\n")
     print("\n".join(lines))
 
 

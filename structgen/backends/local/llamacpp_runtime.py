@@ -277,7 +277,7 @@ class LlamaCppRuntime(Runtime):
         # per_sequence: a KV stream of its own for each sequence id, so a row attends
         # over its own cells only (a unified cache makes each row of a step attend over
         # every cell in use: beside 3 other 650-token prompts, a one-token step took 22
-        # ms against 11 alone); a prefix another live sequence holds is then copied with
+        # ms against 13 alone); a prefix another live sequence holds is then copied with
         # its stream instead of shared
         self.streams = cfg.kv_cache == "per_sequence"
         cparams = lc.llama_context_default_params()
