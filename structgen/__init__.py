@@ -18,9 +18,10 @@ import os
 # 200 rounds (a few microseconds), keeps nearly all of the idle speed (11.1 ms) and bounds
 # what a preempted partner costs; under load the llama.cpp runtime moves its calls onto
 # one thread (backends/local/llamacpp_runtime.py, ThreadChooser): end to end 1.30x faster
-# than passive waiting on idle cores, as fast beside one or two busy processes. libgomp reads this once, when the
-# first OpenMP library loads (torch and llama.cpp alike), so it is set here, before either
-# can load; a policy or spin count the user set wins. See docs/embedded.md.
+# than passive waiting on idle cores, as fast beside one or two busy processes. libgomp
+# reads this once, when the first OpenMP library loads (torch and llama.cpp alike), so it
+# is set here, before either can load; a policy or spin count the user set wins. See
+# docs/embedded.md.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "200")
 
