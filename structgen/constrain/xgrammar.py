@@ -71,19 +71,37 @@ def _multi_all_of(node: dict[str, Any]) -> bool:
     return isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1
 
 
+def longer_tokens(token_bytes: list[bytes]) -> dict[int, tuple[int, ...]]:
+    """Each token whose bytes begin other, longer tokens -> those tokens (``' ['`` ->
+    ``' [{'``, ``' ["'``, ...)."""
+    ids: dict[bytes, int] = {}
+    for i, b in enumerate(token_bytes):
+        ids.setdefault(b, i)
+    out: dict[int, list[int]] = {}
+    for i, b in enumerate(token_bytes):
+        for k in range(1, len(b)):
+            j = ids.get(b[:k])
+            if j is not None:
+                out.setdefault(j, []).append(i)
+    return {j: tuple(v) for j, v in out.items()}
+
+
 class XGrammarMatcher(Matcher):
-    __slots__ = ("closers", "encode", "m", "token_bytes")
+    __slots__ = ("closers", "encode", "longer", "m", "token_bytes")
     supports_closing = True  # xgrammar's matcher forks and rolls back
 
     def __init__(self, m: Any, encode: Any, token_bytes: list[bytes],
-                 closers: tuple[list[int], list[int], frozenset[int]]) -> None:
+                 closers: tuple[list[int], list[int], frozenset[int]],
+                 longer: dict[int, tuple[int, ...]] | None = None) -> None:
         self.m = m
         self.encode = encode
         self.token_bytes = token_bytes
         self.closers = closers
+        self.longer = longer or {}
 
     def fork(self) -> XGrammarMatcher:
-        out = XGrammarMatcher(self.m.fork(), self.encode, self.token_bytes, self.closers)
+        out = XGrammarMatcher(self.m.fork(), self.encode, self.token_bytes, self.closers,
+                              self.longer)
         out.post_enforced = self.post_enforced
         return out
 
@@ -118,7 +136,29 @@ class XGrammarMatcher(Matcher):
         # it; only take it when its tokens spell exactly that string.
         if b"".join(self.token_bytes[i] for i in ids) != s.encode("utf-8"):
             return []
-        return ids if self.consume_all(ids) else []
+        *head, last = ids
+        if not self.consume_all(head):
+            return []
+        # Nor is its last token forced when a longer token the grammar allows there begins
+        # with it (' [' where ' [{' may come): fed alone, it splits the text where the
+        # tokenizer would not (benchmarks/token_seams.py); the model writes it instead.
+        if self._allows_any(self.longer.get(last, ())):
+            return head
+        if not self.m.accept_token(last):
+            if head:
+                self.m.rollback(len(head))
+            return []
+        return ids
+
+    def _allows_any(self, tokens: tuple[int, ...]) -> bool:
+        if not tokens:
+            return False
+        import xgrammar as xgr
+
+        mask = xgr.allocate_token_bitmask(1, len(self.token_bytes))
+        self.m.fill_next_token_bitmask(mask, 0)
+        words = mask[0].tolist()
+        return any((words[t // 32] >> (t % 32)) & 1 for t in tokens)
 
     def consume_all(self, tokens: list[int]) -> bool:
         """All of ``tokens`` or none: a rejected token rolls back the ones before it."""
@@ -164,6 +204,7 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self._token_bytes = tok.token_bytes()
         self._encode = tok.encode
+        self._longer: dict[int, tuple[int, ...]] | None = None  # (longer_tokens, on first use)
 
     def prepare_schema(self, output: CompiledOutput
                        ) -> tuple[dict[str, Any], tuple[PostEnforced, ...]]:
@@ -281,5 +322,7 @@ class XGrammarConstraint(GrammarConstraint, support=XGRAMMAR, package="xgrammar"
     def new_matcher(self, compiled: Any) -> Matcher:
         import xgrammar as xgr
 
+        if self._longer is None:
+            self._longer = longer_tokens(self._token_bytes)
         return XGrammarMatcher(xgr.GrammarMatcher(compiled), self._encode, self._token_bytes,
-                               self.closers)
+                               self.closers, self._longer)

@@ -527,7 +527,8 @@ def test_budget_closing_gets_out_of_a_key_whose_pattern_takes_punctuation(
     assert r.finish_reason == "stop", r.text
     # xgrammar matches a key pattern against the whole key: "a$" admits only "a" there, so
     # no runaway starts
-    assert r.stats["closing_tokens"] > 0 or (engine, r.text) == ("xgrammar", '{"a":14}')
+    assert r.stats["closing_tokens"] > 0 or (engine == "xgrammar"
+                                             and list(json.loads(r.text)) == ["a"]), r.text
     assert validate_text(r.text, eng.build_request("x", schema).output).ok, r.text
 
 

@@ -124,29 +124,43 @@ def test_near_the_end_of_the_budget_arrays_end_as_soon_as_they_may(favorite_gguf
 
 def test_an_item_that_ends_and_goes_on_in_one_token_ends_the_array() -> None:
     """Holding back '",' inside a repeated string item would only make the string longer
-    (the model's next choice is more text): the decoder writes '"]' instead."""
+    (the model's next choice is more text): the decoder writes the array's end instead, as
+    the tokenizer writes it where the answer goes on with a ',' ('"],' rather than '"]'
+    then ',': benchmarks/token_seams.py found the split one)."""
     from structgen.backends.local.decoder import Decoder
 
     class Rt:
-        token_bytes = [b'",', b'"]', b'.",', b'."]', b"x"]
-        item_start_sets = {'"': frozenset({0, 2})}
+        token_bytes = [b'",', b'"]', b'.",', b'."]', b"x", b'"],', b",", b"}", b"],", b'"},',
+                       b'"']
+        item_start_sets = {'"': frozenset({0, 2}), '"}': frozenset({9})}
 
         class tok:
             @staticmethod
             def encode(text: str) -> list[int]:
-                return {'"]': [1], '."]': [3]}.get(text, [4])
+                return {'"]': [1], '."]': [3], '"],': [5], '."],': [3, 6],
+                        '"}],': [10, 7, 8]}.get(text, [4])
 
     class Seq:
-        matcher = None
+        matcher: Any = None
         stats = {"guarded_steps": 0}
+
+    class EndsTheObject:  # a matcher where no "," may follow the array
+        @staticmethod
+        def accepts(tok: int) -> bool:
+            return tok != 5
 
     d = Decoder.__new__(Decoder)
     d.rt = Rt()  # type: ignore[assignment]
     s = Seq()
-    assert d._end_array(s, 0, '"') == 1  # type: ignore[arg-type]
-    assert d._end_array(s, 2, '"') == 3  # type: ignore[arg-type]
+    assert d._end_array(s, 0, '"') == 5  # type: ignore[arg-type]  # '"],': one token
+    assert d._end_array(s, 2, '"') == 3  # type: ignore[arg-type]  # no '."],' token
     assert d._end_array(s, 4, '"') == 4  # type: ignore[arg-type]  # more text: as chosen
-    assert s.stats["guarded_steps"] == 2
+    # an object item: the tokenizer writes '"}],' as '"' '}' '],', so '"' comes first (the
+    # item and the array end at the next steps)
+    assert d._end_array(s, 9, '"}') == 10  # type: ignore[arg-type]
+    s.matcher = EndsTheObject()
+    assert d._end_array(s, 0, '"') == 1  # type: ignore[arg-type]  # '"]', then '}'
+    assert s.stats["guarded_steps"] == 4
 
 
 # What the required members still to come are owed ------------------------------------------

@@ -55,6 +55,16 @@ if TYPE_CHECKING:
     from structgen.config import LocalConfig
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Where each answer token came from (``stats["token_origins"]``, a letter a token, beside
+# ``stats["token_ids"]``): the token-boundary audit (benchmarks/token_seams.py) compares
+# them with the tokenizer's own encoding of the answer.
+ORIGINS = {
+    "m": "the model's choice among the tokens the grammar and guards allowed",
+    "g": "a guard's replacement of the model's choice (an array ended: '\",' -> '\"]')",
+    "f": "forced by the grammar (fast-forward), fed after the token before it",
+    "c": "budget-aware closing's path",
+    "t": "'</think>' written at the think block's limit",
+}
 # While the tokens left exceed the last closing cost by more than this, the closing path is
 # recomputed only every CLOSE_REFRESH steps (a walk costs ~0.1-1 ms); inside the window it
 # is checked before every token.
@@ -388,10 +398,12 @@ class Decoder:
             if s.matcher is not None and logits[i, tok].item() == float("-inf"):
                 raise BackendError(f"the grammar allows no token here: {s.matcher.error()}",
                                    "local")
+            origin = "m"
             if s.end_array is not None:  # (a token the grammar accepts, checked there)
-                tok = self._end_array(s, tok, s.end_array)
+                chosen, tok = tok, self._end_array(s, tok, s.end_array)
+                origin = "m" if tok == chosen else "g"
                 s.end_array = None
-            self._advance(s, tok)
+            self._advance(s, tok, origin)
 
     @staticmethod
     def _hold_back(s: Seq, row: torch.Tensor, ids: torch.Tensor) -> None:
@@ -486,15 +498,22 @@ class Decoder:
 
     def _end_array(self, s: Seq, tok: int, closers: str) -> int:
         """``tok`` if it does not end the array's current item and start another; else the
-        first token of the same text with the array ended there (``.",`` becomes ``."]``)."""
+        first token of the same text with the array ended there (``.",`` becomes ``."]``),
+        as the tokenizer writes that text with what may follow it (``"],`` rather than
+        ``"]`` then ``,``; ``}`` then ``],`` rather than ``}]`` then ``,``:
+        benchmarks/token_seams.py). A first token that stops short of the ``]`` (``}``)
+        closes the item, and the guard ends the array at the next step."""
         if tok not in self.rt.item_start_sets.get(closers, ()):
             return tok
         text = self.rt.token_bytes[tok].partition(b",")[0].decode("utf-8", errors="replace")
-        ids = self.rt.tok.encode(text.rstrip() + "]")
-        if not ids or (s.matcher is not None and not s.matcher.accepts(ids[0])):
-            return tok
-        s.stats["guarded_steps"] += 1
-        return ids[0]
+        ended = text.rstrip() + "]"
+        for then in (",", "}", "]", ""):
+            ids = self.rt.tok.encode(ended + then)
+            if ids and (ended + then).encode().startswith(self.rt.token_bytes[ids[0]]) \
+                    and (s.matcher is None or s.matcher.accepts(ids[0])):
+                s.stats["guarded_steps"] += 1
+                return ids[0]
+        return tok
 
     def _wrapping_up(self, s: Seq, owed: int = 0) -> bool:
         """Whether the tokens left are within ``[local] budget_wrap_up`` plus what the
@@ -627,6 +646,7 @@ class Decoder:
             raise BackendError(f"the grammar rejected its own closing path: {m.error()}",
                                "local")
         s.out_ids.extend(path)
+        s.origins.extend("c" * len(path))
         s.stats["closing_tokens"] += len(path)
         s.finish = "stop"
         if s.on_text is not None:
@@ -638,7 +658,7 @@ class Decoder:
         s.close_cost = cost
         s.close_peak = max(s.close_peak or 0, cost)
 
-    def _advance(self, s: Seq, tok: int) -> None:
+    def _advance(self, s: Seq, tok: int, origin: str = "m") -> None:
         rt = self.rt
         if tok in rt.eos_ids:
             s.finish = "stop"
@@ -649,6 +669,7 @@ class Decoder:
         if m is not None and not m.consume(tok):
             raise BackendError(f"the grammar rejected token {tok}: {m.error()}", "local")
         s.out_ids.append(tok)
+        s.origins.append(origin)
         self._track(s, tok)
         s.pending = [tok]
         if self.closing.is_set():
@@ -673,6 +694,7 @@ class Decoder:
             forced = m.forced_tokens()
             if forced:
                 s.out_ids.extend(forced)
+                s.origins.extend("f" * len(forced))
                 s.pending.extend(forced)
                 s.stats["ff_tokens"] += len(forced)
                 for t in forced:
@@ -700,6 +722,7 @@ class Decoder:
             return  # the grammar cannot end it here; budget closing still will
         forced = m.forced_tokens()
         s.out_ids.extend([*close, *forced])
+        s.origins.extend("t" * len(close) + "f" * len(forced))
         s.pending.extend([*close, *forced])
         s.stats["think_cut_tokens"] = len(close)
         for t in [*close, *forced]:
@@ -768,6 +791,8 @@ class Decoder:
                 text = tail.lstrip("\n")
         stats: dict[str, Any] = dict(s.stats)
         stats["generated_tokens"] = len(s.out_ids)
+        stats["token_ids"] = list(s.out_ids)
+        stats["token_origins"] = "".join(s.origins)
         stats["engine"] = self.cfg.engine if s.matcher is not None else "none"
         stats["runtime"] = self.rt.kind
         stats["finish_reason"] = s.finish or "stop"

@@ -51,6 +51,8 @@ class Seq:
     matcher: Matcher | None = None
     generator: torch.Generator | None = None
     out_ids: list[int] = field(default_factory=list)
+    # where each token of out_ids came from, a letter each (ORIGINS in decoder.py)
+    origins: list[str] = field(default_factory=list)
     pending: list[int] = field(default_factory=list)
     ws_run: int = 0
     number: Any = None  # the JSON lexer state of the number guard (guards.NumberGuard)
