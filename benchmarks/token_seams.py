@@ -45,12 +45,13 @@ EXAMPLES = ("none", "compact", "spaced-turns")
 ORIGIN_NAMES = {"m": "model", "f": "forced", "g": "guard", "c": "closing", "t": "think cut"}
 
 
-def audit(tokenizer: _Tokenizer, ids: list[int], origins: str, text: str, fresh: Any,
+def audit(rt: Any, ids: list[int], origins: str, text: str, fresh: Any,
           last_prompt_id: int | None) -> dict[str, Any]:
-    """One answer against the tokenizer's encoding of its text. ``fresh``: a matcher of the
-    answer's grammar at its start (None for a peer without one)."""
-    canon = tokenizer.encode(text)
-    spans = seams.audit(tokenizer.rt.token_bytes, ids, canon, origins, fresh)
+    """One answer against the tokenizer's encoding of its text (``rt``: the embedded
+    runtime, whose tokenizer the decoder uses). ``fresh``: a matcher of the answer's
+    grammar at its start (None for a peer without one)."""
+    canon = rt.tok.encode(text)
+    spans = seams.audit(rt.token_bytes, ids, canon, origins, fresh)
     row: dict[str, Any] = {
         "tokens": len(ids), "canonical_tokens": len(canon), "canonical": ids == canon,
         "origins": Counter(origins),
@@ -62,22 +63,9 @@ def audit(tokenizer: _Tokenizer, ids: list[int], origins: str, text: str, fresh:
         whole = fresh.fork()
         row["grammar_takes_canonical"] = bool(whole.consume_all(canon) and whole.is_accepting())
     if last_prompt_id is not None and text:
-        seam_text = tokenizer.decode([last_prompt_id]) + text[:16]
-        row["seam_merges"] = tokenizer.encode(seam_text)[:1] != [last_prompt_id]
+        seam_text = rt.text([last_prompt_id]) + text[:16]
+        row["seam_merges"] = rt.tok.encode(seam_text)[:1] != [last_prompt_id]
     return row
-
-
-class _Tokenizer:
-    """encode/decode on the embedded runtime's tokenizer (llama.cpp's, as the decoder uses)."""
-
-    def __init__(self, rt: Any) -> None:
-        self.rt = rt
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.rt.tok.encode(text))
-
-    def decode(self, ids: list[int]) -> str:
-        return b"".join(self.rt.token_bytes[i] for i in ids).decode("utf-8", "replace")
 
 
 def structgen_rows(engine: str, examples: str, tasks: list[dict[str, Any]]
@@ -86,7 +74,6 @@ def structgen_rows(engine: str, examples: str, tasks: list[dict[str, Any]]
 
     runner = Structgen(engine)
     rt = runner.backend.runtime(None)
-    tok = _Tokenizer(rt)
     decoder = Decoder(rt, runner.backend.cfg, threading.Event())
     rows = []
     for task in tasks:
@@ -96,14 +83,14 @@ def structgen_rows(engine: str, examples: str, tasks: list[dict[str, Any]]
         gen = runner.backend.generate(req)
         fresh = rt.engine(engine).matcher(req.output, decoder._options(req))
         prompt = rt.prompt_ids(req)
-        row = audit(tok, gen.stats["token_ids"], gen.stats["token_origins"], gen.text, fresh,
+        row = audit(rt, gen.stats["token_ids"], gen.stats["token_origins"], gen.text, fresh,
                     prompt[-1] if prompt else None)
         rows.append({"id": task["id"], "task": task["task"], "layout": req.whitespace,
                      "text": gen.text, **row})
     return rows
 
 
-def gbnf_rows(examples: str, tasks: list[dict[str, Any]], tok: _Tokenizer
+def gbnf_rows(examples: str, tasks: list[dict[str, Any]], rt: Any
               ) -> list[dict[str, Any]]:
     runner = Llama("c")
     llm = runner.column.llm
@@ -126,12 +113,12 @@ def gbnf_rows(examples: str, tasks: list[dict[str, Any]], tok: _Tokenizer
         # after the prompt, llama-cpp-python feeds each sampled token but the last one (an
         # end of text, or the budget's last token, which is then decoded without a pass)
         ids = [t for chunk in fed[1:] for t in chunk]
-        got, target = b"".join(tok.rt.token_bytes[t] for t in ids), text.encode()
+        got, target = b"".join(rt.token_bytes[t] for t in ids), text.encode()
         if not target.startswith(got):
             continue  # the text is not what was fed (not seen here; left out if it were)
         if got != target:
-            ids += tok.encode(target[len(got):].decode("utf-8", "replace"))
-        row = audit(tok, ids, "m" * len(ids), text, None, fed[0][-1] if fed else None)
+            ids += rt.tok.encode(target[len(got):].decode("utf-8", "replace"))
+        row = audit(rt, ids, "m" * len(ids), text, None, fed[0][-1] if fed else None)
         rows.append({"id": task["id"], "task": task["task"], "layout": "gbnf", "text": text,
                      **row})
     return rows
@@ -169,7 +156,7 @@ def main() -> None:
                  if sum(u["task"] == t["task"] for u in tasks[:i]) < args.per_kind]
     t0 = time.perf_counter()
     columns: dict[str, list[dict[str, Any]]] = {}
-    tok: _Tokenizer | None = None
+    rt: Any = None  # the embedded runtime's tokenizer reads the GBNF answers too
     for examples in args.examples.split(","):
         for system in args.engines.split(","):
             if system == "gbnf":
@@ -177,9 +164,9 @@ def main() -> None:
             columns[f"{system}/{examples}"] = structgen_rows(ENGINES[system], examples, tasks)
             print(system, examples, summary(columns[f"{system}/{examples}"]), flush=True)
         if "gbnf" in args.engines.split(","):
-            if tok is None:
-                tok = _Tokenizer(Structgen("llguidance").backend.runtime(None))
-            columns[f"gbnf/{examples}"] = gbnf_rows(examples, tasks, tok)
+            if rt is None:
+                rt = Structgen("llguidance").backend.runtime(None)
+            columns[f"gbnf/{examples}"] = gbnf_rows(examples, tasks, rt)
             print("gbnf", examples, summary(columns[f"gbnf/{examples}"]), flush=True)
     sums = {c: summary(rows) for c, rows in columns.items()}
     lines = [

@@ -111,12 +111,16 @@ class XGrammarMatcher(Matcher):
         self.m.rollback(1)
         return True
 
-    def first_allowed(self) -> int | None:
+    def _next_mask(self) -> torch.Tensor:
+        """The tokens allowed next, as one bitmask row (32 tokens a word)."""
         import xgrammar as xgr
 
         mask = xgr.allocate_token_bitmask(1, len(self.token_bytes))
         self.m.fill_next_token_bitmask(mask, 0)
-        return lowest_allowed(mask[0])
+        return mask[0]
+
+    def first_allowed(self) -> int | None:
+        return lowest_allowed(self._next_mask())
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         self.m.fill_next_token_bitmask(bitmask, row)
@@ -153,11 +157,7 @@ class XGrammarMatcher(Matcher):
     def _allows_any(self, tokens: tuple[int, ...]) -> bool:
         if not tokens:
             return False
-        import xgrammar as xgr
-
-        mask = xgr.allocate_token_bitmask(1, len(self.token_bytes))
-        self.m.fill_next_token_bitmask(mask, 0)
-        words = mask[0].tolist()
+        words = self._next_mask().tolist()
         return any((words[t // 32] >> (t % 32)) & 1 for t in tokens)
 
     def consume_all(self, tokens: list[int]) -> bool:
@@ -177,11 +177,7 @@ class XGrammarMatcher(Matcher):
                                                 and self._only_stop_allowed())
 
     def _only_stop_allowed(self) -> bool:
-        import xgrammar as xgr
-
-        mask = xgr.allocate_token_bitmask(1, len(self.token_bytes))
-        self.m.fill_next_token_bitmask(mask, 0)
-        words = [int(w) & 0xFFFFFFFF for w in mask[0].tolist()]
+        words = [int(w) & 0xFFFFFFFF for w in self._next_mask().tolist()]
         for stop in self.m.stop_token_ids:
             if stop // 32 < len(words):
                 words[stop // 32] &= ~(1 << (stop % 32))
